@@ -1,0 +1,104 @@
+"""Spatial views of a sample: the clean centre crop and seeded augmented copies.
+
+Parameters are drawn once per (recipe seed, video, view) and applied identically to every frame
+of the sample, so motion stays coherent and a rerun is bitwise identical. `params_for` is pure;
+`apply` is a pure function of (frame, params, size).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.sampling import seed_for
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    top: float         # crop box as fractions of the source frame
+    left: float
+    height: float
+    width: float
+    flip: bool         # horizontal flip
+    brightness: float  # multiplicative factors; 1.0 = unchanged
+    contrast: float
+    saturation: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def centre_crop(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> ViewParams:
+    """The largest centred box with the output's aspect ratio (no distortion, nothing added)."""
+    sh, sw = src_hw
+    oh, ow = out_hw
+    target = ow / oh
+    if sw / sh > target:  # source wider: trim left and right
+        w = sh * target / sw
+        return ViewParams(0.0, (1 - w) / 2, 1.0, w, False, 1.0, 1.0, 1.0)
+    h = sw / target / sh
+    return ViewParams((1 - h) / 2, 0.0, h, 1.0, False, 1.0, 1.0, 1.0)
+
+
+def random_view(src_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator,
+                scale: tuple[float, float] = (0.4, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                jitter: float = 0.3) -> ViewParams:
+    """Random resized crop (as torchvision's, in the output's aspect frame), flip, colour jitter."""
+    sh, sw = src_hw
+    oh, ow = out_hw
+    area = sh * sw
+    box = None
+    for _ in range(10):
+        a = area * rng.uniform(*scale)
+        r = (ow / oh) * math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w = math.sqrt(a * r)
+        h = math.sqrt(a / r)
+        if 1 <= w <= sw and 1 <= h <= sh:
+            top = rng.uniform(0, sh - h)
+            left = rng.uniform(0, sw - w)
+            box = (top / sh, left / sw, h / sh, w / sw)
+            break
+    if box is None:
+        c = centre_crop(src_hw, out_hw)
+        box = (c.top, c.left, c.height, c.width)
+    flip = bool(rng.random() < 0.5)
+    b, c, s = (float(rng.uniform(1 - jitter, 1 + jitter)) for _ in range(3))
+    return ViewParams(*box, flip, b, c, s)
+
+
+def params_for(seed: int, video: str, view: int, src_hw: tuple[int, int],
+               out_hw: tuple[int, int]) -> ViewParams:
+    """View 0 is the clean centre crop; view v >= 1 is drawn from seed_for(seed, video, v)."""
+    if view == 0:
+        return centre_crop(src_hw, out_hw)
+    return random_view(src_hw, out_hw, np.random.default_rng(seed_for(seed, video, "view", view)))
+
+
+def apply(rgb: np.ndarray, p: ViewParams, out_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (oh, ow, 3) uint8: crop, resize (area filter), flip, jitter."""
+    import cv2
+
+    sh, sw = rgb.shape[:2]
+    y0 = int(round(p.top * sh))
+    x0 = int(round(p.left * sw))
+    y1 = max(y0 + 1, min(sh, int(round((p.top + p.height) * sh))))
+    x1 = max(x0 + 1, min(sw, int(round((p.left + p.width) * sw))))
+    crop = rgb[y0:y1, x0:x1]
+    oh, ow = out_hw
+    shrinking = crop.shape[0] >= oh and crop.shape[1] >= ow
+    out = cv2.resize(crop, (ow, oh), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if p.flip:
+        out = out[:, ::-1]
+    if (p.brightness, p.contrast, p.saturation) != (1.0, 1.0, 1.0):
+        out = _jitter(out, p.brightness, p.contrast, p.saturation)
+    return np.ascontiguousarray(out)
+
+
+def _jitter(img: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    x = img.astype(np.float32) * brightness
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W)
+    x = grey.mean() + (x - grey.mean()) * contrast
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = grey[..., None] + (x - grey[..., None]) * saturation
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)

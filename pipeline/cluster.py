@@ -1,0 +1,58 @@
+"""Run independent tasks: in-process, on a local Dask cluster, or on an existing one.
+
+Plan first, then hand the frozen tasks to `run_tasks`; the same plan runs the same way on any
+executor, so tests can compare them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SYNCHRONOUS = "synchronous"
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callable[[Any], None],
+              scheduler: str | None = None, workers: int | None = None) -> None:
+    """Call fn(task) for every task and on_result(result) as each finishes (any order).
+
+    scheduler None: a local dask.distributed cluster of `workers` processes (default: all cores),
+    one thread each. "synchronous": a plain loop in this process. Anything else: the address of
+    a running dask.distributed scheduler (tcp://host:8786) whose workers can import `pipeline`
+    and reach the store path.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        return
+    if scheduler == SYNCHRONOUS:
+        for t in tasks:
+            on_result(fn(t))
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        n = max(1, min(workers or cpu_count(), len(tasks)))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler, timeout="20s")
+    try:
+        futures = client.map(fn, tasks, pure=False)
+        for fut in as_completed(futures):
+            on_result(fut.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

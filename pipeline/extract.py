@@ -1,0 +1,496 @@
+"""`har extract`: videos -> frame store, as a Dask graph over batches of videos.
+
+Plan, then execute:
+1. index the dataset and fingerprint its sources (hashes reused when size and mtime match);
+2. compare with the store already there: same fingerprint -> nothing to do;
+3. plan batches of videos; a video whose source is unchanged since the last store is copied
+   from it, the rest are decoded;
+4. run the batches (each writes its own shard and chunks; status last) into a working store
+   beside the target, which a killed run resumes;
+5. when every video is done, swap the working store in (Zarr: rename; HDF5: convert).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import augment, datasets, lineage, sampling, store, video
+from pipeline.cluster import cpu_count, run_tasks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every parameter that changes the stored bytes; its fingerprint names the store version."""
+    sampling: str = "uniform"  # uniform | random-uniform | clip | multiclip (DESIGN.md)
+    frames: int = 16           # T frames per sample
+    clips: int = 1             # K clips per video (multiclip only)
+    stride: int = 1            # frame step inside a clip (clip, multiclip)
+    height: int = 112          # stored frame size; the clean view is the centred crop of this aspect
+    width: int = 112
+    views: int = 0             # augmented copies stored besides the clean view
+    seed: int = 0              # seeds random-uniform, random clip starts and the views
+    lossy: bool = False        # JPEG-coded frames (q95): several times smaller, PSNR about 40 dB
+
+    @property
+    def samples(self) -> int:
+        return self.clips * (1 + self.views)
+
+    def validate(self) -> None:
+        if self.sampling not in sampling.STRATEGIES:
+            raise ValueError(f"unknown sampling {self.sampling!r}; allowed: {', '.join(sampling.STRATEGIES)}")
+        for name, lo in (("frames", 1), ("clips", 1), ("stride", 1), ("height", 8), ("width", 8), ("views", 0)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"--{name} {getattr(self, name)} is out of range; allowed: >= {lo}")
+        if self.clips != 1 and self.sampling != "multiclip":
+            raise ValueError(f"--clips {self.clips} needs --sampling multiclip; {self.sampling!r} stores one clip")
+        if max(self.height, self.width) > 4096:
+            raise ValueError(f"--size {self.height}x{self.width} is too large; allowed: up to 4096")
+
+    def fingerprint(self) -> str:
+        return lineage.fingerprint(asdict(self))
+
+
+def recipe_names() -> tuple[str, ...]:
+    return tuple(datasets.manifest()["recipes"])
+
+
+def named_recipe(name: str, **overrides) -> Recipe:
+    """A recipe from data_manifest.yaml, with single fields overridden (None = keep)."""
+    recipes = datasets.manifest()["recipes"]
+    if name not in recipes:
+        raise ValueError(f"unknown recipe {name!r}; allowed: {', '.join(recipes)}")
+    spec = dict(recipes[name])
+    size = spec.pop("size")
+    spec["height"], spec["width"] = parse_size(size) if isinstance(size, str) else (size, size)
+    spec.update({k: v for k, v in overrides.items() if v is not None})
+    return Recipe(**spec)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'112' -> (112, 112); '128x171' -> (128, 171) as height x width."""
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 8 or max(parts) > 4096:
+        raise ValueError(f"--size {text!r} is not a size; allowed: PX or HxW, each 8..4096 (e.g. 112, 128x171)")
+    return parts[0], parts[1]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    dataset: str
+    recipe: Recipe
+    root: Path | None = None        # default $HAR_HOME/datasets/<dataset>
+    out: Path | None = None         # the store itself; default a versioned path under $HAR_HOME
+    format: str = "zarr"            # zarr | hdf5
+    workers: int | None = None      # local cluster processes; default all cores
+    scheduler: str | None = None    # None local cluster, "synchronous", or tcp://host:port
+    force: bool = False             # overwrite an --out store made with another recipe
+
+
+@dataclass
+class ExtractResult:
+    store: Path
+    up_to_date: bool = False
+    decoded: int = 0
+    reused: int = 0
+    ok: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    frames: int = 0
+    store_bytes: int = 0
+    source_bytes: int = 0
+    seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+
+
+def default_store_path(dataset: str, recipe: Recipe, fmt: str = "zarr") -> Path:
+    name = "frames.h5" if fmt == "hdf5" else "frames.zarr"
+    return lineage.har_home() / "stores" / dataset / recipe.fingerprint()[:12] / name
+
+
+def latest_store(dataset: str, kind: str = "frames") -> Path:
+    """The store the last default-path extraction of `dataset` wrote (what later stages find)."""
+    pointer = lineage.har_home() / "stores" / dataset / f"latest-{kind}.json"
+    if not pointer.exists():
+        raise store.StoreError(f"no {kind} store for {dataset!r} under {pointer.parent}; run `har extract {dataset}` first")
+    return Path(json.loads(pointer.read_text())["store"])
+
+
+def dir_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# ---- one video ------------------------------------------------------------------------------
+
+def sample_plan(recipe: Recipe, rel: str, n: int) -> np.ndarray:
+    """(S, T) source frame indices for a video of n frames; sample s = view * K + clip."""
+    rows = []
+    for v in range(1 + recipe.views):
+        randomised = recipe.sampling == "random-uniform" or (recipe.sampling == "clip" and v > 0)
+        seed = sampling.seed_for(recipe.seed, rel, "time", v) if randomised else None
+        rows.append(sampling.sample_indices(recipe.sampling, n, recipe.frames, recipe.clips, recipe.stride, seed))
+    return np.concatenate(rows).astype(np.int32)
+
+
+def sample_axes(recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """clip_index and view_index of the S samples, (S,) int16 each."""
+    s = np.arange(recipe.samples)
+    return (s % recipe.clips).astype(np.int16), (s // recipe.clips).astype(np.int16)
+
+
+def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
+    """Decode one video into its samples: frames (S, T, H, W, 3) uint8, frame_idx (S, T),
+    the true frame count and the average fps. Raises video.VideoError for a bad file.
+
+    The header's frame count plans the indices; if decoding finds another count (HMDB51's
+    headers are often one off), the plan is redone with the true count and, if it moved, the
+    video is decoded again, so stored frames are always exactly frame_idx of the stream.
+    """
+    info = video.probe(path)
+    out_hw = (recipe.height, recipe.width)
+    _, view_of = sample_axes(recipe)
+    n = max(1, info.frames_estimate)
+    for _attempt in range(2):
+        idx = sample_plan(recipe, rel, n)
+        where: dict[int, list[tuple[int, int]]] = {}
+        for (s, t), k in np.ndenumerate(idx):
+            where.setdefault(int(k), []).append((s, t))
+        out = np.zeros((recipe.samples, recipe.frames, *out_hw, 3), np.uint8)
+        params: dict[int, augment.ViewParams] = {}
+
+        def on_frame(k: int, frame) -> None:
+            rgb = video.frame_rgb(frame)
+            for s, t in where[k]:
+                v = int(view_of[s])
+                if v not in params:
+                    params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw)
+                out[s, t] = augment.apply(rgb, params[v], out_hw)
+
+        true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
+        if true_n == 0:
+            raise video.VideoError("no decodable video frames")
+        if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
+            return out, idx, true_n, info.fps
+        logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)
+        n = true_n
+    raise video.VideoError(f"frame count changed between two decodes ({n})")
+
+
+# ---- a batch of videos: one Dask task ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchTask:
+    start: int                 # first video index of the batch
+    work: str                  # the working Zarr store
+    root: str                  # dataset root
+    videos: tuple[str, ...]    # relative paths
+    reuse: tuple[int, ...]     # index of the same unchanged source in `old`, -1 = decode
+    old: str | None            # previous finished store (Zarr or HDF5), for reuse
+    recipe: Recipe
+    threads: int = 0           # decoder threads per video (0: FFmpeg decides)
+
+
+def run_batch(task: BatchTask) -> list[dict]:
+    """Extract (or copy) every video of the batch and write it to the working store."""
+    r = task.recipe
+    m = len(task.videos)
+    frames = np.zeros((m, r.samples, r.frames, r.height, r.width, 3), np.uint8)
+    frame_idx = np.full((m, r.samples, r.frames), -1, np.int32)
+    num_frames = np.zeros(m, np.int32)
+    fps = np.zeros(m, np.float32)
+    status = np.full(m, store.FAILED, np.int8)
+    error = np.full(m, "", dtype=object)
+    old = store.StoreReader(Path(task.old)) if task.old and any(j >= 0 for j in task.reuse) else None
+    for i, (rel, j) in enumerate(zip(task.videos, task.reuse)):
+        if j >= 0:
+            status[i] = old["status"][j]
+            error[i] = str(old["error"][j])
+            num_frames[i] = old["num_frames"][j]
+            fps[i] = old["fps"][j]
+            frame_idx[i] = old["frame_idx"][j]
+            frames[i] = old["frames"][j]
+            continue
+        try:
+            frames[i], frame_idx[i], num_frames[i], fps[i] = extract_video(Path(task.root) / rel, rel, r, task.threads)
+            status[i] = store.OK
+        except video.VideoError as e:
+            error[i] = str(e)
+        except Exception as e:  # recorded with its type, never dropped
+            logger.exception("%s: unexpected failure", rel)
+            error[i] = f"{type(e).__name__}: {e}"
+    if old is not None:
+        old.close()
+    store.write_batch(Path(task.work), task.start, {"frames": frames, "frame_idx": frame_idx,
+                                                     "num_frames": num_frames, "fps": fps,
+                                                     "error": error.astype(str), "status": status})
+    return [{"index": task.start + i, "video": rel, "status": int(status[i]), "error": str(error[i]),
+             "reused": task.reuse[i] >= 0} for i, rel in enumerate(task.videos)]
+
+
+# ---- the whole stage --------------------------------------------------------------------------
+
+def build_lineage(index: datasets.DatasetIndex, recipe: Recipe, sources: list[lineage.Source]) -> dict:
+    manifest_entry = datasets.manifest()["datasets"].get(index.name, {})
+    content = {
+        "schema_version": store.SCHEMA_VERSION,
+        "dataset": index.name,
+        "classes": list(index.classes),
+        "videos": [[v.path, v.label, v.group] for v in index.videos],
+        "sources": [[s.path, s.sha256] for s in sources],
+        "recipe": asdict(recipe),
+        "manifest": manifest_entry,
+    }
+    return {
+        "fingerprint": lineage.fingerprint(content),
+        "recipe_fingerprint": recipe.fingerprint(),
+        "inputs": {"root": str(index.root), "sources": [s.as_dict() for s in sources]},
+        "params": asdict(recipe),
+        "manifest": manifest_entry,
+        "seed": recipe.seed,
+        "versions": lineage.versions(),
+        "created": lineage.now(),
+    }
+
+
+def _work_path(target: Path) -> Path:
+    return target.with_name(target.name + ".partial.zarr")
+
+
+def _recover(target: Path) -> None:
+    """Finish a swap that a kill interrupted; drop old versions left behind."""
+    work = _work_path(target)
+    if not target.exists() and work.exists() and store.format_of(target) == "zarr":
+        try:
+            if store.StoreReader(work).attrs.get("complete"):
+                os.rename(work, target)
+        except store.StoreError:
+            pass
+    if target.exists():
+        for old in target.parent.glob(target.name + ".old-*"):
+            store.remove(old)
+
+
+def _open_old(target: Path) -> store.StoreReader | None:
+    if not target.exists():
+        return None
+    try:
+        return store.StoreReader(target)
+    except (store.StoreError, OSError) as e:
+        raise store.StoreError(f"{target} exists but is not a readable har store ({e}); move it away or pass --force") from None
+
+
+def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None] | None = None) -> ExtractResult:
+    """Bring the frame store for `cfg` up to date and say what was done."""
+    t0 = time.perf_counter()
+    if cfg.format not in store.FORMATS:
+        raise ValueError(f"--format {cfg.format!r} is not supported; allowed: {', '.join(store.FORMATS)}")
+    cfg.recipe.validate()
+    recipe = cfg.recipe
+    index = datasets.load(cfg.dataset, cfg.root)
+    target = Path(cfg.out) if cfg.out else default_store_path(index.name, recipe, cfg.format)
+    if cfg.out and store.format_of(target) != cfg.format and target.suffix:
+        cfg = replace(cfg, format=store.format_of(target))
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with store.WriterLock(target):
+        _recover(target)
+        old = _open_old(target)
+        if old is not None:
+            lin = old.attrs.get("lineage", {})
+            same = lin.get("recipe_fingerprint") == recipe.fingerprint() and old.attrs.get("dataset") == index.name
+            if not same and not cfg.force:
+                old.close()
+                raise store.StoreError(
+                    f"{target} holds {old.attrs.get('dataset')!r} extracted with another recipe "
+                    f"({lin.get('params')}); choose another --out or pass --force to replace it")
+            if not same:
+                old.close()
+                old = None
+        known = {s["path"]: s for s in old.attrs["lineage"]["inputs"]["sources"]} if old else {}
+        rels = [v.path for v in index.videos]
+        sources = lineage.source_fingerprints(index.root, rels, known)
+        lin = build_lineage(index, recipe, sources)
+        result = ExtractResult(store=target, notes=index.notes)
+        result.source_bytes = sum(s.size for s in sources)
+        if old is not None and old.attrs["lineage"]["fingerprint"] == lin["fingerprint"]:
+            _summarise(result, old)
+            old.close()
+            result.up_to_date = True
+            result.seconds = time.perf_counter() - t0
+            _point_latest(cfg, index.name, target)
+            return result
+
+        # which videos can be copied from the previous version
+        reuse = np.full(len(rels), -1, np.int64)
+        if old is not None:
+            old_hash = {s["path"]: (i, s["sha256"]) for i, s in enumerate(old.attrs["lineage"]["inputs"]["sources"])}
+            old_status = old.read("status")
+            for i, s in enumerate(sources):
+                j, h = old_hash.get(s.path, (-1, None))
+                if j >= 0 and h == s.sha256 and old_status[j] != store.PENDING:
+                    reuse[i] = j
+            old.close()
+
+        work = _work_path(target)
+        layout = store.Layout(len(rels), recipe.samples, recipe.frames, recipe.height, recipe.width,
+                              store.choose_batch(len(rels), recipe.samples * recipe.frames * recipe.height * recipe.width * 3))
+        if work.exists():
+            try:
+                w = store.StoreReader(work)
+                resumable = w.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
+                w.close()
+            except store.StoreError:
+                resumable = False
+            if not resumable:
+                store.remove(work)
+        if not work.exists():
+            clip_index, view_index = sample_axes(recipe)
+            static = {
+                "video": np.array(rels, dtype=str),
+                "label": np.array([v.label for v in index.videos], np.int16),
+                "group": np.array([v.group for v in index.videos], np.int16),
+                "clip_index": np.tile(clip_index, (len(rels), 1)),
+                "view_index": np.tile(view_index, (len(rels), 1)),
+                **{f"split/{k}": v for k, v in index.splits.items()},
+            }
+            attrs = {"schema_version": store.SCHEMA_VERSION, "kind": "frames", "dataset": index.name,
+                     "classes": list(index.classes), "default_split": index.default_split,
+                     "recipe": asdict(recipe), "lineage": lin, "complete": False}
+            store.create_zarr(work, layout, static, attrs, lossy=recipe.lossy)
+
+        status = store.StoreReader(work).read("status")
+        workers = cfg.workers or cpu_count()
+        threads = max(1, cpu_count() // workers) if cfg.scheduler is None else 0
+        tasks = [BatchTask(a, str(work), str(index.root), tuple(rels[a:b]), tuple(int(x) for x in reuse[a:b]),
+                           str(target) if old is not None else None, recipe, threads)
+                 for a, b in layout.batches() if (status[a:b] == store.PENDING).any()]
+        done = int((status != store.PENDING).sum())
+        total = len(rels)
+
+        def on_result(rows: list[dict]) -> None:
+            nonlocal done
+            done += len(rows)
+            for row in rows:
+                if row["reused"]:
+                    result.reused += 1
+                else:
+                    result.decoded += 1
+            if progress:
+                progress(done, total, rows)
+
+        if progress:
+            progress(done, total, [])
+        run_tasks(run_batch, tasks, on_result, scheduler=cfg.scheduler, workers=workers)
+
+        import zarr
+
+        zarr.open_group(str(work), mode="r+", zarr_format=3).attrs["complete"] = True
+        _swap_in(work, target, cfg.format)
+        with store.StoreReader(target) as final:
+            _summarise(result, final)
+        _point_latest(cfg, index.name, target)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _swap_in(work: Path, target: Path, fmt: str) -> None:
+    if fmt == "hdf5":
+        store.zarr_to_hdf5(work, target)
+        store.remove(work)
+        return
+    if target.exists():
+        trash = target.with_name(target.name + f".old-{os.getpid()}")
+        os.rename(target, trash)
+        os.rename(work, target)
+        store.remove(trash)
+    else:
+        os.rename(work, target)
+
+
+def _summarise(result: ExtractResult, reader: store.StoreReader) -> None:
+    status = reader.read("status")
+    videos = reader.read("video")
+    errors = reader.read("error")
+    result.ok = int((status == store.OK).sum())
+    result.failed = [(str(videos[i]), str(errors[i])) for i in np.flatnonzero(status == store.FAILED)]
+    r = reader.attrs["recipe"]
+    result.frames = result.ok * r["frames"] * r["clips"] * (1 + r["views"])
+    result.store_bytes = dir_bytes(reader.path)
+
+
+def _point_latest(cfg: ExtractConfig, dataset: str, target: Path) -> None:
+    if cfg.out is not None:
+        return
+    pointer = lineage.har_home() / "stores" / dataset / "latest-frames.json"
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"store": str(target), "updated": lineage.now()}))
+    tmp.replace(pointer)
+
+
+# ---- har status -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoreState:
+    path: Path
+    dataset: str
+    kind: str
+    videos: int
+    ok: int
+    failed: int
+    bytes: int
+    current: bool
+    reason: str  # why it is not current ("" when it is)
+
+
+def store_state(path: Path) -> StoreState:
+    """Compare a store's lineage with what a rerun of the same recipe would compute now."""
+    with store.StoreReader(path) as r:
+        attrs = r.attrs
+        status = r.read("status")
+    lin = attrs.get("lineage", {})
+    dataset = attrs.get("dataset", "?")
+    base = dict(path=Path(path), dataset=dataset, kind=attrs.get("kind", "?"), videos=len(status),
+                ok=int((status == store.OK).sum()), failed=int((status == store.FAILED).sum()),
+                bytes=dir_bytes(Path(path)))
+    if attrs.get("kind") != "frames":
+        return StoreState(**base, current=True, reason="")
+    root = Path(lin.get("inputs", {}).get("root", ""))
+    try:
+        index = datasets.load(dataset, root)
+    except (datasets.DatasetError, OSError) as e:
+        return StoreState(**base, current=False, reason=f"sources unreadable: {e}")
+    old = {s["path"]: s for s in lin["inputs"]["sources"]}
+    rels = [v.path for v in index.videos]
+    sources = lineage.source_fingerprints(index.root, rels, old)
+    now = build_lineage(index, Recipe(**attrs["recipe"]), sources)
+    if now["fingerprint"] == lin.get("fingerprint"):
+        return StoreState(**base, current=True, reason="")
+    new = {s.path: s.sha256 for s in sources}
+    added = len(set(new) - set(old))
+    removed = len(set(old) - set(new))
+    modified = sum(1 for p, h in new.items() if p in old and old[p]["sha256"] != h)
+    parts = [f"{n} {what}" for n, what in ((added, "added"), (removed, "removed"), (modified, "modified")) if n]
+    if now["manifest"] != lin.get("manifest"):
+        parts.append("manifest entry changed")
+    return StoreState(**base, current=False, reason="sources: " + ", ".join(parts) if parts else "lineage differs")
+
+
+def find_stores() -> list[Path]:
+    """Every store under $HAR_HOME/stores, newest first."""
+    base = lineage.har_home() / "stores"
+    found = [p for pat in ("*/*/frames.zarr", "*/*/frames.h5", "*/*/features.zarr") for p in base.glob(pat)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -1,0 +1,230 @@
+"""Frame and feature stores: Zarr v3 (default) or HDF5 with the same names (see DESIGN.md).
+
+Writers only ever write whole chunks (or whole shards) that no other task touches, so Dask
+workers write in parallel with no lock, and a write killed half-way leaves the old bytes
+(LocalStore renames a finished temporary file into place). `status` is written after the data
+of its videos, so a video whose status is 1 is complete.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+PENDING, OK, FAILED = 0, 1, 2
+FORMATS = ("zarr", "hdf5")
+PER_VIDEO_RESULTS = ("frame_idx", "num_frames", "fps", "error")  # written by extraction tasks, then status
+
+
+class StoreError(ValueError):
+    """A store that is missing, of the wrong kind, or busy; the message says which."""
+
+
+def format_of(path: Path) -> str:
+    return "hdf5" if Path(path).suffix.lower() in (".h5", ".hdf5") else "zarr"
+
+
+@dataclass(frozen=True)
+class Layout:
+    videos: int   # N
+    samples: int  # S = clips x (1 + views)
+    frames: int   # T
+    height: int
+    width: int
+    batch: int    # videos per task, per shard and per chunk of the per-video arrays
+
+    def batches(self) -> list[tuple[int, int]]:
+        return [(b, min(b + self.batch, self.videos)) for b in range(0, self.videos, self.batch)]
+
+
+def choose_batch(videos: int, bytes_per_video: int, max_bytes: int = 96 << 20, max_batch: int = 64,
+                 min_tasks: int = 16) -> int:
+    """Videos per task: big enough to keep file counts low (hundreds of files for UCF50), small
+    enough that a task's frames fit comfortably in a worker's memory and that small datasets
+    still give every worker something to do. Depends on the data only, never on worker count,
+    so every run of a recipe lays out the store the same way."""
+    by_memory = max(1, max_bytes // max(1, bytes_per_video))
+    by_spread = max(1, -(-videos // min_tasks))
+    return int(max(1, min(max_batch, by_memory, by_spread)))
+
+
+def _frame_codecs(lossy: bool):
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    if lossy:
+        from pipeline.codecs import JpegCodec
+
+        return {"serializer": JpegCodec(), "compressors": None}
+    return {"compressors": BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)}
+
+
+def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs: dict,
+                lossy: bool = False, data_name: str = "frames", data_dtype: str = "uint8",
+                data_tail: tuple[int, ...] | None = None) -> None:
+    """An empty store: per-video results pending (status 0), static arrays written, attrs set."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    n, s, t, b = layout.videos, layout.samples, layout.frames, layout.batch
+    tail = data_tail if data_tail is not None else (layout.height, layout.width, 3)
+    root = zarr.create_group(str(path), zarr_format=3, overwrite=True)
+    small = {"compressors": BloscCodec(cname="zstd", clevel=5)}
+    root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
+                      shards=(b, s, t, *tail), fill_value=0, **(_frame_codecs(lossy) if data_name == "frames" else small))
+    root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
+    root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
+    root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)
+    root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="")
+    root.create_array("status", shape=(n,), dtype="int8", chunks=(b,), fill_value=PENDING, **small)
+    for name, arr in static.items():
+        arr = np.asarray(arr)
+        dtype = str if arr.dtype.kind in "OUT" else arr.dtype
+        a = root.create_array(name, shape=arr.shape, dtype=dtype, chunks=arr.shape or (1,), **({} if dtype is str else small))
+        a[...] = arr
+    root.attrs.update(attrs)
+
+
+def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames") -> None:
+    """Write results for videos [start, start+len): the data, the per-video arrays, status last."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    stop = start + len(data["status"])
+    for name in (data_name, *PER_VIDEO_RESULTS):
+        if name in data:
+            root[name][start:stop] = data[name]
+    root["status"][start:stop] = data["status"]
+
+
+class StoreReader:
+    """Read-only view of a Zarr or HDF5 store: `reader["frames"][i]`, `reader.attrs`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.format = format_of(self.path)
+        if not self.path.exists():
+            raise StoreError(f"no store at {self.path}")
+        if self.format == "hdf5":
+            import h5py
+
+            self._h5 = h5py.File(self.path, "r")
+            self.attrs = {k: json.loads(v) for k, v in self._h5.attrs.items()}
+        else:
+            import zarr
+
+            import pipeline.codecs  # noqa: F401  registers the lossy frame codec
+
+            try:
+                self._root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+            except Exception as e:  # not a zarr v3 group
+                raise StoreError(f"{self.path} is not a har store: {e}") from None
+            self.attrs = dict(self._root.attrs)
+        if self.attrs.get("kind") not in ("frames", "features"):
+            raise StoreError(f"{self.path} is not a har store (attrs kind={self.attrs.get('kind')!r})")
+
+    def names(self) -> list[str]:
+        if self.format == "hdf5":
+            out: list[str] = []
+            self._h5.visit(lambda n: out.append(n) if hasattr(self._h5[n], "shape") else None)
+            return sorted(out)
+        return sorted(name for name, _ in self._root.arrays()) + sorted(
+            f"{g}/{a}" for g, grp in self._root.groups() for a, _ in grp.arrays())
+
+    def __getitem__(self, name: str):
+        if self.format == "hdf5":
+            ds = self._h5[name]
+            return ds.asstr() if ds.dtype.kind == "O" else ds
+        return self._root[name]
+
+    def read(self, name: str) -> np.ndarray:
+        out = np.asarray(self[name][...])
+        return np.array(out.tolist(), dtype=object) if out.dtype.kind in "OT" else out
+
+    def close(self) -> None:
+        if self.format == "hdf5":
+            self._h5.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def zarr_to_hdf5(src: Path, dst: Path, data_name: str = "frames") -> None:
+    """Copy a finished Zarr store to an HDF5 file with the same names (written to a temporary
+    name, renamed into place: a kill leaves either the old file or the new one)."""
+    import h5py
+    import zarr
+
+    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+    root = zarr.open_group(str(src), mode="r", zarr_format=3)
+    with h5py.File(tmp, "w") as h5:
+        for k, v in root.attrs.items():
+            h5.attrs[k] = json.dumps(v)
+
+        def copy(name: str, arr) -> None:
+            if arr.dtype.kind in "OT" or str(arr.dtype).startswith("String") or arr.dtype == str:
+                h5.create_dataset(name, data=np.asarray(arr[...]).astype(object),
+                                  dtype=h5py.string_dtype())
+                return
+            big = name == data_name
+            ds = h5.create_dataset(name, shape=arr.shape, dtype=arr.dtype,
+                                   chunks=tuple(arr.chunks) if big else None,
+                                   compression="gzip" if big else None, compression_opts=4 if big else None)
+            if big:
+                step = arr.shards[0] if arr.shards else 1
+                for i in range(0, arr.shape[0], step):
+                    ds[i:i + step] = arr[i:i + step]
+            else:
+                ds[...] = arr[...]
+
+        for name, arr in root.arrays():
+            copy(name, arr)
+        for gname, grp in root.groups():
+            for name, arr in grp.arrays():
+                copy(f"{gname}/{name}", arr)
+    os.replace(tmp, dst)
+
+
+class WriterLock:
+    """One writer per store: an flock on `<store>.lock`, released by the OS even on kill -9."""
+
+    def __init__(self, store: Path):
+        self.path = Path(str(store) + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"{self.path.name[:-5]} is being written by {holder}; "
+                             "wait for it to finish (a second writer is refused)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def remove(path: Path) -> None:
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

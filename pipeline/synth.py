@@ -1,0 +1,169 @@
+"""`har synth`: a small action dataset made here, with no download, in the UCF50 layout.
+
+Each class is a temporal pattern of an object on a textured background. Classes come in pairs
+made of the same frames in opposite order (Grow/Shrink, Brighten/Darken, CountUp/CountDown,
+WarmUp/CoolDown), so a bag-of-frames model cannot tell a pair apart and a sequence model can.
+The patterns change what a frozen CNN's globally pooled features see (size, brightness,
+colour, count), not only where things are. A group shares its look (background, shape, colour,
+camera offset), so a random split leaks appearance from train to test just as UCF50's does.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.sampling import seed_for
+from pipeline.video import write_video
+
+# (name, pattern, reversed?) in the order `--classes N` takes them
+CLASSES = (
+    ("Grow", "size", False), ("Shrink", "size", True),
+    ("Brighten", "brightness", False), ("Darken", "brightness", True),
+    ("CountUp", "count", False), ("CountDown", "count", True),
+    ("WarmUp", "colour", False), ("CoolDown", "colour", True),
+    ("Pulse", "pulse", False), ("Blink", "blink", False),
+)
+SHAPES = ("disc", "square", "diamond", "ring")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    classes: int = 6         # how many of CLASSES, in order (pairs first)
+    groups: int = 8          # appearance groups per class (_gGG_)
+    clips: int = 3           # clips per group (_cCC_)
+    seed: int = 0
+    frames: int = 50         # mean frames per clip (each clip varies by +-20%)
+    width: int = 320
+    height: int = 240
+    fps: int = 25
+    bit_rate: int = 1_200_000  # about UCF50's 1.2 Mbit/s Xvid
+
+    def validate(self) -> None:
+        if not 1 <= self.classes <= len(CLASSES):
+            raise ValueError(f"--classes {self.classes} is out of range; allowed: 1..{len(CLASSES)}")
+        for name in ("groups", "clips", "frames", "width", "height", "fps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)} must be >= 1")
+        if self.frames < 8:
+            raise ValueError(f"--frames {self.frames} is too short for a motion pattern; allowed: >= 8")
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth coloured texture: a few random low-frequency waves per channel. (h, w, 3) float32."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(40, 160, 3).astype(np.float32)
+    img = np.broadcast_to(base, (h, w, 3)).copy()
+    for _ in range(4):
+        fy, fx = rng.uniform(0.005, 0.05, 2)
+        ph = rng.uniform(0, 2 * np.pi)
+        amp = rng.uniform(8, 30, 3).astype(np.float32)
+        img += np.sin(fy * y + fx * x + ph)[..., None] * amp
+    return img
+
+
+def _shape_mask(shape: str, y: np.ndarray, x: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    dy, dx = np.abs(y - cy), np.abs(x - cx)
+    if shape == "disc":
+        return dy**2 + dx**2 <= r * r
+    if shape == "square":
+        return np.maximum(dy, dx) <= r * 0.85
+    if shape == "diamond":
+        return dy + dx <= r * 1.2
+    d = np.sqrt(dy**2 + dx**2)
+    return (d <= r) & (d >= r * 0.55)
+
+
+def _pattern(kind: str, u: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame parameters for progress u in [0, 1] (already reversed for the reversed class)."""
+    ones = np.ones_like(u)
+    out = {"size": ones * 0.6, "bright": ones, "count": ones, "warm": ones * 0.5, "visible": ones > 0}
+    if kind == "size":
+        out["size"] = 0.25 + 0.85 * u
+    elif kind == "brightness":
+        out["bright"] = 0.15 + 1.0 * u
+    elif kind == "count":
+        out["count"] = 1 + np.floor(u * 4.999)
+    elif kind == "colour":
+        out["warm"] = u
+    elif kind == "pulse":
+        out["size"] = 0.6 + 0.35 * np.sin(2 * np.pi * 2 * u)
+    elif kind == "blink":
+        out["visible"] = (np.floor(u * 6) % 2) == 0
+    return out
+
+
+def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.ndarray:
+    """(n, H, W, 3) uint8 frames of one clip; a pure function of (cfg.seed, class, group, clip)."""
+    name, kind, reverse = CLASSES[class_i]
+    h, w = cfg.height, cfg.width
+    g_rng = np.random.default_rng(seed_for(cfg.seed, "group", group))  # shared by every class
+    bg = _background(g_rng, h, w)
+    shape = SHAPES[int(g_rng.integers(len(SHAPES)))]
+    colour = g_rng.uniform(60, 255, 3).astype(np.float32)
+    off_y, off_x = g_rng.uniform(-0.15, 0.15, 2) * (h, w)
+    c_rng = np.random.default_rng(seed_for(cfg.seed, name, group, clip))
+    n = max(8, int(round(cfg.frames * c_rng.uniform(0.8, 1.2))))
+    u = np.linspace(0, 1, n, dtype=np.float32)
+    p = _pattern(kind, 1 - u if reverse else u)
+    scale = c_rng.uniform(0.85, 1.15)
+    drift = c_rng.uniform(-0.1, 0.1, 2) * (h, w)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r0 = min(h, w) * 0.22 * scale
+    warm, cool = np.array([255, 90, 40], np.float32), np.array([40, 110, 255], np.float32)
+    spots = [(0.0, 0.0), (-0.3, -0.3), (0.3, 0.3), (-0.3, 0.3), (0.3, -0.3)]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        img = bg.copy()
+        cy = h / 2 + off_y + drift[0] * u[t]
+        cx = w / 2 + off_x + drift[1] * u[t]
+        if p["visible"][t]:
+            col = colour * p["bright"][t]
+            if kind == "colour":
+                col = (warm * p["warm"][t] + cool * (1 - p["warm"][t])) * 0.5 + colour * 0.5
+            count = int(p["count"][t])
+            r = r0 * p["size"][t] * (0.55 if kind == "count" else 1.0)
+            for sy, sx in spots[:count]:
+                m = _shape_mask(shape, y, x, cy + sy * h * 0.8, cx + sx * w * 0.8, r)
+                img[m] = col
+        img += c_rng.normal(0, 3, (h, w, 1)).astype(np.float32)  # sensor noise
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return frames
+
+
+def class_names(cfg: SynthConfig) -> list[str]:
+    return [CLASSES[i][0] for i in range(cfg.classes)]
+
+
+def generate(out: Path, cfg: SynthConfig, on_video=None) -> list[Path]:
+    """Write every clip as <out>/<Class>/v_<Class>_gGG_cCC.avi and <out>/synth.json.
+
+    An existing clip whose synth.json recorded the same config is kept (rerun = no-op).
+    """
+    cfg.validate()
+    out = Path(out)
+    meta_path = out / "synth.json"
+    meta = {"generator": "har synth", "config": asdict(cfg), "classes": class_names(cfg),
+            "reversed_pairs": [[CLASSES[i][0], CLASSES[i + 1][0]] for i in range(0, cfg.classes - 1, 2)
+                               if CLASSES[i + 1][2]]}
+    same = meta_path.exists() and json.loads(meta_path.read_text()).get("config") == asdict(cfg)
+    if meta_path.exists() and not same:
+        meta_path.unlink()  # a half-rewritten folder must never look finished
+    paths = []
+    for ci, cname in enumerate(class_names(cfg)):
+        for g in range(1, cfg.groups + 1):
+            for c in range(1, cfg.clips + 1):
+                path = out / cname / f"v_{cname}_g{g:02d}_c{c:02d}.avi"
+                if not (same and path.exists()):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(path.stem + ".tmp.avi")
+                    write_video(tmp, render_clip(cfg, ci, g, c), fps=cfg.fps, codec="mpeg4",
+                                bit_rate=cfg.bit_rate, options={"threads": "1"})
+                    tmp.replace(path)
+                paths.append(path)
+                if on_video:
+                    on_video(path)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return paths
