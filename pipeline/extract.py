@@ -156,6 +156,9 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
     """Decode one video into its samples: frames (S, T, H, W, 3) uint8, frame_idx (S, T),
     the true frame count and the average fps. Raises video.VideoError for a bad file.
 
+    A video that decodes to far fewer frames than its container announces (a truncated
+    download) fails rather than being sampled from the part that survived.
+
     The header's frame count plans the indices; if decoding finds another count (HMDB51's
     headers are often one off), the plan is redone with the true count and, if it moved, the
     video is decoded again, so stored frames are always exactly frame_idx of the stream.
@@ -183,6 +186,9 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
         true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
         if true_n == 0:
             raise video.VideoError("no decodable video frames")
+        if true_n < info.frames_estimate - max(2, info.frames_estimate // 20):
+            raise video.VideoError(f"truncated or damaged: the container announces {info.frames_estimate} frames, "
+                                   f"only {true_n} decode")
         if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
             return out, idx, true_n, info.fps
         logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)

@@ -96,18 +96,21 @@ def _pattern(kind: str, u: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.ndarray:
-    """(n, H, W, 3) uint8 frames of one clip; a pure function of (cfg.seed, class, group, clip)."""
-    name, kind, reverse = CLASSES[class_i]
+    """(n, H, W, 3) uint8 frames of one clip; a pure function of (cfg.seed, class, group, clip).
+
+    The reversed class of a pair (Shrink for Grow) is exactly its partner's frames backwards.
+    """
+    _, kind, reverse = CLASSES[class_i]
     h, w = cfg.height, cfg.width
     g_rng = np.random.default_rng(seed_for(cfg.seed, "group", group))  # shared by every class
     bg = _background(g_rng, h, w)
     shape = SHAPES[int(g_rng.integers(len(SHAPES)))]
     colour = g_rng.uniform(60, 255, 3).astype(np.float32)
     off_y, off_x = g_rng.uniform(-0.15, 0.15, 2) * (h, w)
-    c_rng = np.random.default_rng(seed_for(cfg.seed, name, group, clip))
+    c_rng = np.random.default_rng(seed_for(cfg.seed, kind, group, clip))  # shared by a reversed pair
     n = max(8, int(round(cfg.frames * c_rng.uniform(0.8, 1.2))))
     u = np.linspace(0, 1, n, dtype=np.float32)
-    p = _pattern(kind, 1 - u if reverse else u)
+    p = _pattern(kind, u)
     scale = c_rng.uniform(0.85, 1.15)
     drift = c_rng.uniform(-0.1, 0.1, 2) * (h, w)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -130,7 +133,7 @@ def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.nda
                 img[m] = col
         img += c_rng.normal(0, 3, (h, w, 1)).astype(np.float32)  # sensor noise
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-    return frames
+    return frames[::-1].copy() if reverse else frames
 
 
 def class_names(cfg: SynthConfig) -> list[str]:

@@ -1,0 +1,32 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def har_home(tmp_path, monkeypatch):
+    """Every test gets its own $HAR_HOME, so nothing touches the user's stores."""
+    home = tmp_path / "har_home"
+    monkeypatch.setenv("HAR_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic dataset: 4 classes x 3 groups x 2 clips of about 24 frames."""
+    from pipeline.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, SynthConfig(classes=4, groups=3, clips=2, frames=24))
+    return root
+
+
+def shared_data() -> Path:
+    if not SHARED.exists():
+        pytest.skip(f"reference data not found at {SHARED}")
+    return SHARED

@@ -1,0 +1,180 @@
+"""The extraction stage: schema, reruns, versions, bad inputs, Zarr/HDF5, determinism, locking."""
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from helpers import write_audio_only
+
+from pipeline import store
+from pipeline.extract import ExtractConfig, Recipe, extract, store_state
+from pipeline.store import StoreReader
+
+SYNC = "synchronous"
+SMALL = Recipe(frames=8, height=32, width=40, views=1)
+
+
+def run(root, out=None, recipe=SMALL, **kw):
+    return extract(ExtractConfig("synthetic", recipe, root=root, out=out, scheduler=SYNC, **kw))
+
+
+def arrays(path):
+    with StoreReader(path) as r:
+        return {name: r.read(name) for name in r.names()}
+
+
+def assert_same_arrays(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_schema_matches_design(synthetic_root, tmp_path):
+    res = run(synthetic_root, tmp_path / "s.zarr", Recipe(sampling="multiclip", clips=2, frames=4, height=24, width=32, views=1))
+    assert res.ok == 24 and not res.failed and res.decoded == 24
+    with StoreReader(res.store) as r:
+        a = r.attrs
+        assert a["kind"] == "frames" and a["schema_version"] == 1 and a["dataset"] == "synthetic"
+        assert a["classes"] == ["Brighten", "Darken", "Grow", "Shrink"]
+        assert a["recipe"]["sampling"] == "multiclip"
+        lin = a["lineage"]
+        assert {"fingerprint", "inputs", "params", "manifest", "versions", "seed"} <= lin.keys()
+        assert len(lin["inputs"]["sources"]) == 24 and len(lin["inputs"]["sources"][0]["sha256"]) == 64
+        assert {"av", "zarr", "dask", "python"} <= lin["versions"].keys()
+        shapes = {n: (r[n].shape, str(r[n].dtype)) for n in ("frames", "frame_idx", "clip_index", "view_index",
+                                                            "label", "group", "num_frames", "fps", "status")}
+    assert shapes == {"frames": ((24, 4, 4, 24, 32, 3), "uint8"), "frame_idx": ((24, 4, 4), "int32"),
+                      "clip_index": ((24, 4), "int16"), "view_index": ((24, 4), "int16"),
+                      "label": ((24,), "int16"), "group": ((24,), "int16"), "num_frames": ((24,), "int32"),
+                      "fps": ((24,), "float32"), "status": ((24,), "int8")}
+    x = arrays(res.store)
+    assert x["clip_index"][0].tolist() == [0, 1, 0, 1] and x["view_index"][0].tolist() == [0, 0, 1, 1]
+    assert (x["status"] == 1).all() and (x["error"] == "").all() and (x["fps"] == 25).all()
+    assert {"split/groups", "split/random", "split/logo01"} <= x.keys()
+    # views differ from the clean sample, the clean samples follow frame_idx
+    assert not np.array_equal(x["frames"][0, 0], x["frames"][0, 2])
+    assert (x["frame_idx"][:, :, -1] <= x["num_frames"][:, None] - 1).all()
+
+
+def test_sharding_keeps_file_count_small(synthetic_root, tmp_path):
+    res = run(synthetic_root, tmp_path / "s.zarr")
+    files = sum(1 for f in res.store.rglob("*") if f.is_file())
+    # 24 videos x 2 samples = 48 frame chunks; sharded by batch they are a handful of files
+    frame_files = sum(1 for f in (res.store / "frames").rglob("*") if f.is_file() and f.name != "zarr.json")
+    assert frame_files < 24 and files < 150
+
+
+def test_rerun_is_a_noop_and_recipe_change_is_a_new_version(synthetic_root):
+    first = run(synthetic_root)
+    mtime = (first.store / "zarr.json").stat().st_mtime_ns
+    again = run(synthetic_root)
+    assert again.up_to_date and again.store == first.store and again.decoded == 0
+    assert (first.store / "zarr.json").stat().st_mtime_ns == mtime
+    other = run(synthetic_root, recipe=Recipe(frames=6, height=32, width=40))
+    assert other.store != first.store and first.store.exists() and other.decoded == 24
+
+
+def test_added_removed_modified_sources_redo_only_them(synthetic_root, tmp_path):
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    out = tmp_path / "s.zarr"
+    before = arrays(run(root, out).store)
+    # modify one, remove one, add one
+    victim = root / "Grow" / "v_Grow_g01_c01.avi"
+    shutil.copy(root / "Grow" / "v_Grow_g02_c02.avi", victim)
+    (root / "Darken" / "v_Darken_g03_c02.avi").unlink()
+    shutil.copy(root / "Shrink" / "v_Shrink_g01_c01.avi", root / "Shrink" / "v_Shrink_g04_c01.avi")
+    assert store_state(out).reason == "sources: 1 added, 1 removed, 1 modified"
+    res = run(root, out)
+    assert (res.decoded, res.reused) == (2, 22)
+    after = arrays(out)
+    # equal to extracting the changed dataset from scratch
+    assert_same_arrays(after, arrays(run(root, tmp_path / "fresh.zarr").store))
+    v = list(after["video"])
+    assert "Darken/v_Darken_g03_c02.avi" not in v and "Shrink/v_Shrink_g04_c01.avi" in v
+    i, j = v.index("Grow/v_Grow_g01_c01.avi"), v.index("Grow/v_Grow_g02_c02.avi")
+    np.testing.assert_array_equal(after["frames"][i, 0], after["frames"][j, 0])  # clean views; augmented
+    assert not np.array_equal(after["frames"][i, 1], after["frames"][j, 1])      # ones are seeded per video
+    k = list(before["video"]).index("Brighten/v_Brighten_g01_c01.avi")
+    np.testing.assert_array_equal(after["frames"][v.index("Brighten/v_Brighten_g01_c01.avi")], before["frames"][k])
+    assert store_state(out).current
+
+
+def test_touched_but_unchanged_source_is_not_redone(synthetic_root, tmp_path):
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    out = tmp_path / "s.zarr"
+    run(root, out)
+    os.utime(root / "Grow" / "v_Grow_g01_c01.avi", (time.time() + 100, time.time() + 100))
+    assert run(root, out).up_to_date
+
+
+def test_bad_videos_are_recorded_and_the_rest_extracted(synthetic_root, tmp_path):
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    (root / "Grow" / "v_Grow_g09_c01.avi").write_bytes(b"")
+    (root / "Grow" / "v_Grow_g09_c02.avi").write_text("this is not a video\n" * 100)
+    good = (root / "Shrink" / "v_Shrink_g01_c01.avi").read_bytes()
+    (root / "Shrink" / "v_Shrink_g09_c01.avi").write_bytes(good[: len(good) // 3])
+    write_audio_only(root / "Shrink" / "v_Shrink_g09_c02.mp4")
+    (root / "Brighten" / "v_Brighten_g09_c01.mkv").write_bytes(os.urandom(5000))
+    res = run(root, tmp_path / "s.zarr")
+    failed = dict(res.failed)
+    assert res.ok == 24 and len(failed) == 5
+    assert "empty file" in failed["Grow/v_Grow_g09_c01.avi"]
+    assert "not a readable container" in failed["Grow/v_Grow_g09_c02.avi"]
+    assert "truncated" in failed["Shrink/v_Shrink_g09_c01.avi"]
+    assert "no video stream" in failed["Shrink/v_Shrink_g09_c02.mp4"]
+    assert failed["Brighten/v_Brighten_g09_c01.mkv"]
+    x = arrays(res.store)
+    bad = x["status"] == 2
+    assert bad.sum() == 5 and (x["frame_idx"][bad] == -1).all() and (x["error"][~bad] == "").all()
+    # failed videos stay in every split array: nothing silently disappears
+    assert len(x["split/groups"]) == 29
+
+
+def test_same_command_is_bitwise_identical(synthetic_root, tmp_path):
+    r = Recipe(sampling="random-uniform", frames=6, height=32, width=40, views=2, seed=3)
+    a = arrays(run(synthetic_root, tmp_path / "a.zarr", r).store)
+    b = arrays(run(synthetic_root, tmp_path / "b.zarr", r).store)
+    assert_same_arrays(a, b)
+    c = arrays(run(synthetic_root, tmp_path / "c.zarr", Recipe(**{**r.__dict__, "seed": 4})).store)
+    assert not np.array_equal(a["frames"], c["frames"])
+
+
+def test_zarr_and_hdf5_hold_the_same_arrays(synthetic_root, tmp_path):
+    z = run(synthetic_root, tmp_path / "s.zarr")
+    h = run(synthetic_root, tmp_path / "s.h5", format="hdf5")
+    assert h.store.is_file() and not (tmp_path / "s.h5.partial.zarr").exists()
+    assert_same_arrays(arrays(z.store), arrays(h.store))
+    with StoreReader(z.store) as a, StoreReader(h.store) as b:
+        assert a.attrs == b.attrs or a.attrs["lineage"]["fingerprint"] == b.attrs["lineage"]["fingerprint"]
+    assert run(synthetic_root, tmp_path / "s.h5", format="hdf5").up_to_date
+
+
+def test_lossy_store_is_smaller_and_close(synthetic_root, tmp_path):
+    lossless = run(synthetic_root, tmp_path / "a.zarr", Recipe(frames=8, height=112, width=112))
+    lossy = run(synthetic_root, tmp_path / "b.zarr", Recipe(frames=8, height=112, width=112, lossy=True))
+    a, b = arrays(lossless.store)["frames"], arrays(lossy.store)["frames"]
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    assert 10 * np.log10(255**2 / mse) >= 38
+    assert lossy.store_bytes < 0.5 * lossless.store_bytes
+
+
+def test_other_recipe_into_existing_out_is_refused(synthetic_root, tmp_path):
+    out = tmp_path / "s.zarr"
+    run(synthetic_root, out)
+    with pytest.raises(store.StoreError, match="another recipe.*--force"):
+        run(synthetic_root, out, Recipe(frames=5, height=32, width=40))
+    res = run(synthetic_root, out, Recipe(frames=5, height=32, width=40), force=True)
+    assert res.decoded == 24 and arrays(out)["frames"].shape[2] == 5
+
+
+def test_second_writer_is_refused(synthetic_root, tmp_path):
+    out = tmp_path / "s.zarr"
+    with store.WriterLock(out):
+        with pytest.raises(store.StoreError, match="being written by pid"):
+            run(synthetic_root, out)

@@ -1,0 +1,117 @@
+"""Frame exactness: stored frame k must be decoded frame frame_idx[k], whatever the container."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CODECS, indexed_frames, read_index, write_audio_only, write_indexed, write_vfr
+
+from conftest import shared_data
+from pipeline import video
+from pipeline.extract import Recipe, extract_video
+
+
+@pytest.mark.parametrize("suffix, codec, options, what", CODECS, ids=[c[3] for c in CODECS])
+def test_decoded_frames_carry_their_own_index(tmp_path, suffix, codec, options, what):
+    path = write_indexed(tmp_path / f"v{suffix}", 60, codec, options)
+    frames = video.decode_all(path)
+    assert [read_index(f) for f in frames] == list(range(60))
+
+
+def test_b_frames_are_really_there(tmp_path):
+    import av
+
+    for suffix, codec, options, _ in CODECS[:2]:
+        path = write_indexed(tmp_path / f"b{suffix}", 40, codec, options)
+        with av.open(str(path)) as c:
+            kinds = {int(f.pict_type) for f in c.decode(video=0)}
+        assert int(av.video.frame.PictureType.B) in kinds, f"{codec}: no B-frames, the test would not test reordering"
+
+
+def test_variable_frame_rate(tmp_path):
+    path = write_vfr(tmp_path / "vfr.mp4", 80)
+    assert [read_index(f) for f in video.decode_all(path)] == list(range(80))
+
+
+@pytest.mark.parametrize("sampling, clips, stride", [("uniform", 1, 1), ("random-uniform", 1, 1),
+                                                     ("clip", 1, 2), ("multiclip", 3, 1)])
+@pytest.mark.parametrize("suffix, codec, options, what", CODECS, ids=[c[3] for c in CODECS])
+def test_extracted_samples_are_the_indexed_frames(tmp_path, sampling, clips, stride, suffix, codec, options, what):
+    path = write_indexed(tmp_path / f"v{suffix}", 57, codec, options)
+    recipe = Recipe(sampling=sampling, frames=8, clips=clips, stride=stride, height=32, width=48, views=1)
+    frames, idx, n, fps = extract_video(path, "v", recipe)
+    assert n == 57 and fps == pytest.approx(25)
+    assert frames.shape == (recipe.samples, 8, 32, 48, 3)
+    # the clean view keeps the whole 96x64 frame (same aspect), so every bit block is readable
+    for s in range(clips):
+        assert [read_index(f) for f in frames[s]] == idx[s].tolist()
+
+
+def test_vfr_and_shorter_than_t(tmp_path):
+    for path, n in ((write_vfr(tmp_path / "vfr.mp4", 45), 45), (write_indexed(tmp_path / "short.avi", 5), 5)):
+        frames, idx, got_n, _ = extract_video(path, "v", Recipe(frames=16, height=32, width=48))
+        assert got_n == n
+        assert [read_index(f) for f in frames[0]] == idx[0].tolist()
+    assert idx[0].tolist() == [0, 1, 2, 3, 4] + [4] * 11  # the repeats are visible in frame_idx
+
+
+@pytest.mark.parametrize("name, frames", [
+    ("v_ApplyEyeMakeup_g01_c01.avi", 164),
+    ("v_BaseballPitch_g01_c01.avi", 107),
+    ("AdvancedBoxingTechniquesandExercises_punch_u_nm_np1_ba_med_23.avi", 172),  # header says 173
+    ("Golf_Tips_-_Hit_The_Driver_300+_Yards!!!_golf_f_nm_np1_fr_med_0.avi", 89),  # header says 90
+    ("decord_video_90.mov", 3),
+    ("torchcodec_var_fps_video.mp4", 300),
+    ("moviepy_big_buck_bunny_432_433.webm", 24),  # no count in the header
+    ("decord_corrupted.mp4", 49),                 # one broken packet of 50
+])
+def test_real_clips_count(name, frames):
+    path = shared_data() / "videos" / name
+    assert video.count_frames(path) == frames
+
+
+@pytest.mark.parametrize("name", ["AdvancedBoxingTechniquesandExercises_punch_u_nm_np1_ba_med_23.avi",
+                                  "decord_corrupted.mp4", "torchcodec_var_fps_video.mp4",
+                                  "moviepy_big_buck_bunny_432_433.webm"])
+def test_real_clips_stored_frames_equal_decoded_frames(name):
+    """Header off by one (HMDB51), corrupt packet, VFR, no header count: stored == decoded[frame_idx]."""
+    from pipeline import augment
+
+    path = shared_data() / "videos" / name
+    recipe = Recipe(frames=16, height=64, width=64)
+    frames, idx, n, _ = extract_video(path, name, recipe)
+    everything = video.decode_all(path)
+    assert n == len(everything)
+    assert idx[0, -1] == n - 1  # uniform reaches the true last frame, not the header's
+    p = augment.centre_crop(everything.shape[1:3], (64, 64))
+    expected = np.stack([augment.apply(everything[k], p, (64, 64)) for k in idx[0]])
+    np.testing.assert_array_equal(frames[0], expected)
+
+
+def test_rotation_is_applied():
+    path = shared_data() / "videos" / "decord_video_90.mov"
+    frames = video.decode_all(path)
+    assert frames.shape[1:3] == (568, 320)  # stored 568x320 landscape, displayed portrait
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda d: (d / "empty.avi").write_bytes(b"") and d / "empty.avi" or d / "empty.avi", "empty file"),
+    (lambda d: (d / "text.mp4").write_text("not a video at all\n" * 50) and d / "text.mp4", "not a readable container"),
+    (lambda d: write_audio_only(d / "audio.m4a"), "no video stream"),
+])
+def test_bad_files_raise_video_error(tmp_path, make, reason):
+    path = make(tmp_path)
+    with pytest.raises(video.VideoError, match=reason):
+        extract_video(path, "x", Recipe())
+
+
+def test_truncated_file_fails_with_reason(tmp_path):
+    path = write_video_long(tmp_path / "full.avi")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(video.VideoError, match="truncated"):
+        extract_video(cut, "cut", Recipe())
+
+
+def write_video_long(path: Path) -> Path:
+    return video.write_video(path, indexed_frames(120), codec="mpeg4", options={"qscale": "2"})
