@@ -40,10 +40,14 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
         return
     from dask.distributed import Client, LocalCluster, as_completed
 
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # cluster start/stop chatter
+        for name in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     cluster = None
     if scheduler is None:
         n = max(1, min(workers or cpu_count(), len(tasks)))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=None, scheduler_kwargs={"dashboard": False},
                                silence_logs=logging.ERROR)
         client = Client(cluster)
     else:

@@ -1,0 +1,84 @@
+"""The command line as a user meets it: help, errors, a real run on the default local cluster."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def har(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_help_is_light():
+    code = "import sys, cli; print(sorted(m for m in ('torch', 'numpy', 'av', 'zarr', 'dask', 'h5py', 'cv2') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["synth", "extract", "status"])
+def test_every_command_has_help_with_examples(command):
+    res = har(command, "--help")
+    assert res.returncode == 0 and "Examples" in res.stdout and f"har {command}" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["extract", "kinetics"], "unknown dataset 'kinetics'; allowed: ucf50, ucf101, hmdb51, folder, synthetic"),
+    (["extract", "synthetic", "--frames", "-3"], "--frames -3 is out of range; allowed: >= 1"),
+    (["extract", "synthetic", "--size", "12x"], "--size '12x' is not a size; allowed: PX or HxW"),
+    (["extract", "synthetic", "--sampling", "zigzag"], "unknown sampling 'zigzag'; allowed: uniform, random-uniform, clip, multiclip"),
+    (["extract", "synthetic", "--recipe", "fast"], "unknown recipe 'fast'; allowed: default"),
+    (["extract", "synthetic", "--format", "tiff"], "--format 'tiff' is not supported; allowed: zarr, hdf5"),
+    (["extract", "synthetic", "--clips", "3"], "--clips 3 needs --sampling multiclip"),
+    (["extract", "ucf50", "--root", "/nonexistent/UCF50"], "ucf50: no dataset folder at /nonexistent/UCF50. Download: https://www.crcv.ucf.edu/data/UCF50.rar"),
+    (["extract", "synthetic", "--root", "/nonexistent"], "har synth"),
+    (["synth", "x", "--classes", "11"], "--classes 11 is out of range; allowed: 1..10"),
+])
+def test_usage_errors_are_one_line_exit_2(args, message):
+    res = har(*args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_second_writer_refused_from_cli(synthetic_root, tmp_path):
+    from pipeline.store import WriterLock
+
+    out = tmp_path / "s.zarr"
+    with WriterLock(out):
+        res = har("extract", "synthetic", "--root", synthetic_root, "--out", out, "--scheduler", "synchronous")
+    assert res.returncode == 2 and "is being written by pid" in res.stderr and not out.exists()
+
+
+def test_extract_status_and_stale_detection(synthetic_root, tmp_path, har_home):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    env = {"HAR_HOME": str(har_home)}
+    res = har("extract", "synthetic", "--root", root, "--frames", 8, "--size", 48, "--workers", 2, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "24 ok, 0 failed" in res.stdout and "x the" in res.stdout
+    store = next((har_home / "stores" / "synthetic").glob("*/frames.zarr"))
+    assert str(store) in res.stdout
+    again = har("extract", "synthetic", "--root", root, "--frames", 8, "--size", 48, env=env)
+    assert again.returncode == 0 and again.stdout.startswith("up to date")
+    st = har("status", env=env)
+    assert "current" in st.stdout and "stale (" not in st.stdout
+    (root / "Grow" / "v_Grow_g01_c01.avi").unlink()
+    st = har("status", env=env)
+    assert "stale (sources: 1 removed)" in st.stdout
+
+
+def test_failed_videos_listed_exit_3(synthetic_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    (root / "Grow" / "v_Grow_g07_c01.avi").write_bytes(b"")
+    res = har("extract", "synthetic", "--root", root, "--out", tmp_path / "s.zarr", "--frames", 4, "--size", 32,
+              "--scheduler", "synchronous")
+    assert res.returncode == 3
+    assert "1 videos failed" in res.stderr and "Grow/v_Grow_g07_c01.avi: empty file" in res.stderr
+    assert "24 ok, 1 failed" in res.stdout

@@ -1,0 +1,58 @@
+"""A real dask.distributed cluster on 127.0.0.1: a scheduler and two worker processes started here."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.extract import ExtractConfig, Recipe, extract
+from pipeline.store import StoreReader
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    bindir = Path(sys.executable).parent
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    try:
+        for _ in range(200):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", "--scheduler-file", str(sched_file),
+                                           "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        from dask.distributed import Client
+
+        with Client(scheduler_file=str(sched_file), timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+            address = c.scheduler.address
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_distributed_run_equals_local_run(synthetic_root, tmp_path, cluster):
+    assert cluster.startswith("tcp://127.0.0.1:")
+    recipe = Recipe(sampling="clip", frames=6, stride=2, height=32, width=40, views=1)
+    dist = extract(ExtractConfig("synthetic", recipe, root=synthetic_root, out=tmp_path / "d.zarr", scheduler=cluster))
+    local = extract(ExtractConfig("synthetic", recipe, root=synthetic_root, out=tmp_path / "l.zarr", scheduler="synchronous"))
+    assert dist.ok == local.ok == 24
+    with StoreReader(dist.store) as a, StoreReader(local.store) as b:
+        assert a.names() == b.names()
+        for name in a.names():
+            np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+        assert a.attrs["lineage"]["fingerprint"] == b.attrs["lineage"]["fingerprint"]
