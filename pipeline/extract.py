@@ -402,9 +402,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             progress(done, total, [])
         run_tasks(run_batch, tasks, on_result, scheduler=cfg.scheduler, workers=workers)
 
-        import zarr
-
-        zarr.open_group(str(work), mode="r+", zarr_format=3).attrs["complete"] = True
+        store.mark_complete(work)
         _swap_in(work, target, cfg.format)
         with store.StoreReader(target) as final:
             _summarise(result, final)

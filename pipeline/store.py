@@ -26,6 +26,15 @@ class StoreError(ValueError):
     """A store that is missing, of the wrong kind, or busy; the message says which."""
 
 
+def _zarr():
+    """zarr, with har's lossy frame codec registered (any process may open a --lossy store)."""
+    import zarr
+
+    import pipeline.codecs  # noqa: F401  registers "har.jpeg"
+
+    return zarr
+
+
 def format_of(path: Path) -> str:
     return "hdf5" if Path(path).suffix.lower() in (".h5", ".hdf5") else "zarr"
 
@@ -68,7 +77,7 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
                 lossy: bool = False, data_name: str = "frames", data_dtype: str = "uint8",
                 data_tail: tuple[int, ...] | None = None) -> None:
     """An empty store: per-video results pending (status 0), static arrays written, attrs set."""
-    import zarr
+    zarr = _zarr()
     from zarr.codecs import BloscCodec
 
     n, s, t, b = layout.videos, layout.samples, layout.frames, layout.batch
@@ -92,14 +101,17 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
 
 def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames") -> None:
     """Write results for videos [start, start+len): the data, the per-video arrays, status last."""
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    root = _zarr().open_group(str(path), mode="r+", zarr_format=3)
     stop = start + len(data["status"])
     for name in (data_name, *PER_VIDEO_RESULTS):
         if name in data:
             root[name][start:stop] = data[name]
     root["status"][start:stop] = data["status"]
+
+
+def mark_complete(path: Path) -> None:
+    """Flag a working store whose every video is done (a kill after this only needs the swap)."""
+    _zarr().open_group(str(path), mode="r+", zarr_format=3).attrs["complete"] = True
 
 
 class StoreReader:
@@ -116,12 +128,8 @@ class StoreReader:
             self._h5 = h5py.File(self.path, "r")
             self.attrs = {k: json.loads(v) for k, v in self._h5.attrs.items()}
         else:
-            import zarr
-
-            import pipeline.codecs  # noqa: F401  registers the lossy frame codec
-
             try:
-                self._root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+                self._root = _zarr().open_group(str(self.path), mode="r", zarr_format=3)
             except Exception as e:  # not a zarr v3 group
                 raise StoreError(f"{self.path} is not a har store: {e}") from None
             self.attrs = dict(self._root.attrs)
@@ -161,10 +169,9 @@ def zarr_to_hdf5(src: Path, dst: Path, data_name: str = "frames") -> None:
     """Copy a finished Zarr store to an HDF5 file with the same names (written to a temporary
     name, renamed into place: a kill leaves either the old file or the new one)."""
     import h5py
-    import zarr
 
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
-    root = zarr.open_group(str(src), mode="r", zarr_format=3)
+    root = _zarr().open_group(str(src), mode="r", zarr_format=3)
     with h5py.File(tmp, "w") as h5:
         for k, v in root.attrs.items():
             h5.attrs[k] = json.dumps(v)

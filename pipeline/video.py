@@ -118,10 +118,11 @@ def count_frames(path: Path) -> int:
     return scan(path, lambda k: False, lambda k, f: None)
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "mpeg4",
+def write_video(path: Path, frames, fps: float = 25, codec: str = "mpeg4",
                 options: dict | None = None, pts: Iterable[int] | None = None,
                 time_base: Fraction | None = None, bit_rate: int | None = None) -> Path:
-    """Encode RGB frames (n, H, W, 3) uint8 to a real video file with PyAV.
+    """Encode RGB frames, an (n, H, W, 3) uint8 array or any iterable of (H, W, 3) frames
+    (streamed: a 10-minute video needs no 10 minutes of frames in memory), to a real video file.
 
     `pts` with `time_base` gives each frame its own timestamp (variable frame rate).
     The container comes from the suffix; `.avi` with mpeg4 is tagged XVID like UCF50's files.
@@ -129,12 +130,15 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "m
     import av
 
     path = Path(path)
-    n, h, w, _ = frames.shape
+    it = iter(frames)
+    first = next(it)
+    h, w = first.shape[:2]
+    pts_iter = iter(pts) if pts is not None else None
     with av.open(str(path), mode="w") as out:
         rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
         stream = out.add_stream(codec, rate=rate, options=options or {})
         stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p" if codec not in ("gif",) else "rgb8"
+        stream.pix_fmt = "yuv420p"
         if codec == "mpeg4" and path.suffix == ".avi":
             stream.codec_tag = "XVID"
         if bit_rate:
@@ -142,14 +146,18 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 25, codec: str = "m
         if time_base is not None:
             stream.codec_context.time_base = time_base
             stream.time_base = time_base
-        pts_list = list(pts) if pts is not None else None
-        for i in range(n):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
-            if pts_list is not None:
-                vf.pts = pts_list[i]
+        for img in _chain(first, it):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            if pts_iter is not None:
+                vf.pts = next(pts_iter)
                 vf.time_base = time_base
             for packet in stream.encode(vf):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest

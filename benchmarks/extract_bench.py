@@ -1,0 +1,257 @@
+"""Frame-store extraction benchmark: har extract vs the decode ceiling vs the seed studies' way.
+
+One run, one machine, every figure a ratio against a baseline measured in the same run:
+  - har extract (uniform, 16 frames, 112 px and 224 px), videos/s at 1 and 2 workers;
+  - decode ceiling: PyAV decoding every frame, no conversion, same workers and threads;
+  - seed studies' way: OpenCV VideoCapture seeking with CAP_PROP_POS_FRAMES to each sampled frame
+    and writing one JPEG per frame, same workers;
+  - store bytes / source bytes, lossless and lossy (with PSNR), peak RSS per worker,
+    and the same for one 10-minute video.
+Prints one JSON object per measurement and a final summary line.
+
+    python benchmarks/extract_bench.py [--videos 200] [--seconds 7] [--work DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import sampling, synth, video  # noqa: E402
+from pipeline.cluster import cpu_count, run_tasks  # noqa: E402
+from pipeline.extract import ExtractConfig, Recipe, extract  # noqa: E402
+from pipeline.store import StoreReader, choose_batch  # noqa: E402
+
+
+def emit(**row):
+    print(json.dumps(row), flush=True)
+    return row
+
+
+class PeakRSS:
+    """Samples the RSS of every descendant process (the Dask workers); keeps each one's peak."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak: dict[int, int] = {}
+        self.interval = interval
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            for p in self.me.children(recursive=True):
+                try:
+                    self.peak[p.pid] = max(self.peak.get(p.pid, 0), p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    def max_mib(self) -> float:
+        return max(self.peak.values(), default=0) / 2**20
+
+
+# ---- baselines, run as tasks on the same kind of cluster as har extract ---------------------
+
+def decode_only(args) -> int:
+    """The decode ceiling: every frame decoded, nothing converted. Returns frames decoded."""
+    paths, threads = args
+    return sum(video.scan(Path(p), lambda k: False, lambda k, f: None, threads=threads) for p in paths)
+
+
+def opencv_seek_jpeg(args) -> int:
+    """The seed studies' way: seek to each sampled frame with CAP_PROP_POS_FRAMES, resize, one JPEG each."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    paths, size, out_dir = args
+    written = 0
+    for p in paths:
+        cap = cv2.VideoCapture(p)
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        d = Path(out_dir) / Path(p).stem
+        d.mkdir(parents=True, exist_ok=True)
+        for k in sampling.uniform(max(n, 1), 16)[0]:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(k))
+            ok, frame = cap.read()
+            if ok:
+                cv2.imwrite(str(d / f"frame_{int(k):05d}.jpg"), cv2.resize(frame, (size, size)))
+                written += 1
+        cap.release()
+    return written
+
+
+def timed_tasks(fn, tasks, workers):
+    results = []
+    t = time.perf_counter()
+    with PeakRSS() as rss:
+        run_tasks(fn, tasks, results.append, scheduler=None, workers=workers)
+    return time.perf_counter() - t, results, rss.max_mib()
+
+
+def batches(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def store_psnr(a_path: Path, b_path: Path) -> float:
+    """PSNR over every frame of two stores, one video at a time (bounded memory)."""
+    se, count = 0.0, 0
+    with StoreReader(a_path) as a, StoreReader(b_path) as b:
+        for i in range(a["frames"].shape[0]):
+            x, y = np.asarray(a["frames"][i], np.float64), np.asarray(b["frames"][i], np.float64)
+            se += float(((x - y) ** 2).sum())
+            count += x.size
+    return float(10 * np.log10(255**2 / (se / count)))
+
+
+def dir_bytes(p: Path) -> int:
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+# ---- the long video --------------------------------------------------------------------------
+
+def long_video(path: Path, minutes: float) -> Path:
+    if path.exists():
+        return path
+    cfg = synth.SynthConfig(frames=250)
+    clip = synth.render_clip(cfg, 0, 1, 1)  # ~10 s of motion, looped with fresh noise
+    n = int(minutes * 60 * 25)
+    rng = np.random.default_rng(0)
+
+    def frames():
+        for i in range(n):
+            f = clip[i % len(clip)].astype(np.int16) + rng.integers(-2, 3, (1, 1, 3), dtype=np.int16)
+            yield np.clip(f, 0, 255).astype(np.uint8)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return video.write_video(path, frames(), codec="mpeg4", bit_rate=1_200_000)
+
+
+LONG_CHILD = r"""
+import sys, time, json
+from pathlib import Path
+from pipeline.extract import ExtractConfig, Recipe, extract
+t = time.perf_counter()
+res = extract(ExtractConfig("folder", Recipe(frames=16, height=224, width=224), root=Path(sys.argv[1]),
+                            out=Path(sys.argv[2]), scheduler="synchronous", force=True))
+print(json.dumps({"seconds": time.perf_counter() - t, "ok": res.ok, "store_bytes": res.store_bytes}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=7.0, help="mean clip length")
+    ap.add_argument("--long-minutes", type=float, default=10.0)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/har-bench"))
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+
+    work = args.work
+    groups = 5
+    classes = min(10, max(1, args.videos // (groups * 4)))
+    clips = -(-args.videos // (classes * groups))
+    cfg = synth.SynthConfig(classes=classes, groups=groups, clips=clips, frames=int(args.seconds * 25))
+    data = work / "data"
+    t = time.perf_counter()
+    paths = [str(p) for p in synth.generate(data, cfg)]
+    src_bytes = sum(os.path.getsize(p) for p in paths)
+    n_frames = sum(video.probe(Path(p)).frames_estimate for p in paths)
+    emit(what="dataset", videos=len(paths), frames=n_frames, source_bytes=src_bytes,
+         mean_seconds=n_frames / len(paths) / 25, generate_s=round(time.perf_counter() - t, 1), cores=cpu_count())
+
+    summary: dict = {"machine": f"{cpu_count()} cores", "videos": len(paths)}
+    for w in args.workers:
+        threads = max(1, cpu_count() // w)
+        bsize = choose_batch(len(paths), 16 * 112 * 112 * 3)
+        dt, frames, rss = timed_tasks(decode_only, [(b, threads) for b in batches(paths, bsize)], w)
+        ceiling = emit(what="decode_ceiling", workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+                       frames_per_s=sum(frames) / dt, peak_rss_mib_per_worker=rss)
+        summary[f"ceiling_w{w}"] = ceiling["videos_per_s"]
+        for size in (112, 224):
+            out = work / f"store_{size}_w{w}.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            with PeakRSS() as mon:
+                res = extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
+                                            out=out, workers=w))
+            dt = time.perf_counter() - t
+            assert res.ok == len(paths), res.failed
+            har = emit(what="har_extract", size=size, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+                       vs_ceiling=(len(paths) / dt) / ceiling["videos_per_s"], store_bytes=res.store_bytes,
+                       store_over_source=res.store_bytes / src_bytes, peak_rss_mib_per_worker=mon.max_mib())
+            jpg = work / f"jpeg_{size}_w{w}"
+            shutil.rmtree(jpg, ignore_errors=True)
+            dt, written, rss = timed_tasks(opencv_seek_jpeg, [(b, size, str(jpg)) for b in batches(paths, bsize)], w)
+            seed = emit(what="opencv_seek_jpeg", size=size, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+                        frames_written=sum(written), jpeg_bytes=dir_bytes(jpg),
+                        files=sum(1 for _ in jpg.rglob("*.jpg")), peak_rss_mib_per_worker=rss)
+            summary[f"har_{size}_w{w}"] = har["videos_per_s"]
+            summary[f"har_{size}_w{w}_vs_ceiling"] = har["vs_ceiling"]
+            summary[f"har_{size}_w{w}_vs_opencv_seek"] = har["videos_per_s"] / seed["videos_per_s"]
+            summary[f"rss_mib_w{w}"] = max(summary.get(f"rss_mib_w{w}", 0), har["peak_rss_mib_per_worker"])
+    if 1 in args.workers and 2 in args.workers:
+        for size in (112, 224):
+            summary[f"scaling_{size}_2w_over_1w"] = summary[f"har_{size}_w2"] / summary[f"har_{size}_w1"]
+        summary["ceiling_2w_over_1w"] = summary["ceiling_w2"] / summary["ceiling_w1"]
+
+    # lossless vs lossy sizes and PSNR (frames of the same videos)
+    w = max(args.workers)
+    for size in (112, 224):
+        lossless = work / f"store_{size}_w{w}.zarr"
+        lossy = work / f"store_{size}_lossy.zarr"
+        shutil.rmtree(lossy, ignore_errors=True)
+        res = extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size, lossy=True), root=data,
+                                    out=lossy, workers=w))
+        row = emit(what="store_size", size=size, lossless_over_source=dir_bytes(lossless) / src_bytes,
+                   lossy_over_source=dir_bytes(lossy) / src_bytes,
+                   lossy_psnr_db=store_psnr(lossless, lossy))
+        summary[f"lossless_{size}_over_source"] = row["lossless_over_source"]
+        summary[f"lossy_{size}_over_source"] = row["lossy_over_source"]
+        summary[f"lossy_{size}_psnr_db"] = row["lossy_psnr_db"]
+
+    # one 10-minute video: bounded memory, in a fresh process
+    if args.long_minutes > 0:
+        root = work / "long"
+        lv = long_video(root / "Long" / "long_video.avi", args.long_minutes)
+        # a fresh process, its RSS sampled from outside (ru_maxrss would inherit this process's peak)
+        with PeakRSS(interval=0.02) as mon:
+            out = subprocess.run([sys.executable, "-c", LONG_CHILD, str(root), str(work / "long.zarr")],
+                                 capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        child["maxrss_mib"] = mon.max_mib()
+        t = time.perf_counter()
+        n = video.count_frames(lv)
+        ceiling_s = time.perf_counter() - t
+        row = emit(what="long_video", minutes=args.long_minutes, frames=n, source_bytes=lv.stat().st_size,
+                   extract_s=child["seconds"], decode_ceiling_s=ceiling_s, peak_rss_mib=child["maxrss_mib"],
+                   store_bytes=child["store_bytes"])
+        summary["long_video_peak_rss_mib"] = row["peak_rss_mib"]
+        summary["long_video_vs_ceiling"] = ceiling_s / child["seconds"]
+    emit(what="summary", **summary)
+
+
+if __name__ == "__main__":
+    main()
