@@ -161,6 +161,8 @@ def extract(
             res = E.extract(cfg, progress=on_progress)
         except (ValueError, OSError) as e:  # DatasetError, StoreError, missing files
             _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; the finished videos are kept, run the same command again to finish", 130)
     for note in res.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     if res.up_to_date:

@@ -236,6 +236,7 @@ def main() -> None:
     if args.long_minutes > 0:
         root = work / "long"
         lv = long_video(root / "Long" / "long_video.avi", args.long_minutes)
+        shutil.rmtree(work / "long.zarr", ignore_errors=True)
         # a fresh process, its RSS sampled from outside (ru_maxrss would inherit this process's peak)
         with PeakRSS(interval=0.02) as mon:
             out = subprocess.run([sys.executable, "-c", LONG_CHILD, str(root), str(work / "long.zarr")],

@@ -99,6 +99,15 @@ def stratified_split(labels: np.ndarray, key: str) -> np.ndarray:
     return out
 
 
+def leakage(split: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Fraction of test videos whose (class, group) also has a video in train: near-copies."""
+    test = np.flatnonzero(split == TEST)
+    if not len(test) or (groups < 0).all():
+        return 0.0
+    train = {(int(l), int(g)) for l, g in zip(labels[split == TRAIN], groups[split == TRAIN])}
+    return float(np.mean([(int(labels[i]), int(groups[i])) in train for i in test]))
+
+
 def logo_splits(groups: np.ndarray) -> dict[str, np.ndarray]:
     """Leave-one-group-out: fold `logoNN` tests on group NN and trains on the rest."""
     folds = {}
@@ -153,13 +162,17 @@ def _grouped(name: str, root: Path, key: str, default_split: str = "groups") -> 
     labels = np.array([v.label for v in videos])
     groups = np.array([v.group for v in videos])
     splits = {"random": stratified_split(labels, key)}
+    notes = list(_check_counts(name, len(videos), len(classes)))
     if (groups >= 0).any():
         splits["groups"] = group_split(groups, key)
         splits.update(logo_splits(groups))
+        leak = leakage(splits["random"], labels, groups)
+        if leak > 0:
+            notes.append(f"split 'random' leaks groups: {leak:.0%} of its test videos have a clip of the same "
+                         f"group in train (near-duplicates); the default split 'groups' has none")
     else:
         default_split = "random"
-    return DatasetIndex(name, root, tuple(classes), videos, splits, default_split,
-                        _check_counts(name, len(videos), len(classes)))
+    return DatasetIndex(name, root, tuple(classes), videos, splits, default_split, tuple(notes))
 
 
 def load_ucf50(root: Path) -> DatasetIndex:

@@ -163,8 +163,11 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
     headers are often one off), the plan is redone with the true count and, if it moved, the
     video is decoded again, so stored frames are always exactly frame_idx of the stream.
     """
+    from av.video.reformatter import VideoReformatter
+
     info = video.probe(path)
     out_hw = (recipe.height, recipe.width)
+    reformatter = VideoReformatter()  # keeps its swscale context between frames
     _, view_of = sample_axes(recipe)
     n = max(1, info.frames_estimate)
     for _attempt in range(2):
@@ -176,9 +179,14 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
         params: dict[int, augment.ViewParams] = {}
 
         def on_frame(k: int, frame) -> None:
-            rgb = video.frame_rgb(frame)
+            rgb = None
             for s, t in where[k]:
                 v = int(view_of[s])
+                if v == 0:
+                    out[s, t] = augment.clean(frame, out_hw, reformatter)
+                    continue
+                if rgb is None:
+                    rgb = video.frame_rgb(frame)
                 if v not in params:
                     params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw)
                 out[s, t] = augment.apply(rgb, params[v], out_hw)
@@ -212,6 +220,9 @@ class BatchTask:
 
 def run_batch(task: BatchTask) -> list[dict]:
     """Extract (or copy) every video of the batch and write it to the working store."""
+    import cv2
+
+    cv2.setNumThreads(max(1, task.threads))  # one worker process per core share: no oversubscription
     r = task.recipe
     m = len(task.videos)
     frames = np.zeros((m, r.samples, r.frames, r.height, r.width, 3), np.uint8)

@@ -32,6 +32,9 @@ def _zarr():
 
     import pipeline.codecs  # noqa: F401  registers "har.jpeg"
 
+    # we always write whole chunks of real data: skip zarr's per-chunk "is it all fill value?"
+    # comparison, which cost more than compressing the chunk (a third of the write time)
+    zarr.config.set({"array.write_empty_chunks": True})
     return zarr
 
 
@@ -70,7 +73,10 @@ def _frame_codecs(lossy: bool):
         from pipeline.codecs import JpegCodec
 
         return {"serializer": JpegCodec(), "compressors": None}
-    return {"compressors": BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)}
+    # bit-shuffled zstd level 1: on video frames both smaller and ~4x faster than plain zstd 3
+    # (measured on 224 px frames: 1.58x at 700 MB/s vs 1.49x at 190 MB/s; 1 MiB blocks)
+    return {"compressors": BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle, typesize=1,
+                                      blocksize=1 << 20)}
 
 
 def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs: dict,
