@@ -25,8 +25,27 @@ class ViewParams:
     contrast: float
     saturation: float
 
+    def __post_init__(self):
+        # float32-representable, so the store's float32 `view_params` give back these exact values
+        for f in FIELDS:
+            if f != "flip":
+                object.__setattr__(self, f, float(np.float32(getattr(self, f))))
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def as_array(self) -> np.ndarray:
+        """float32 [8] in FIELDS order, as the store's `view_params` keeps it."""
+        return np.array([getattr(self, f) for f in FIELDS], np.float32)
+
+
+FIELDS = ("top", "left", "height", "width", "flip", "brightness", "contrast", "saturation")
+
+
+def upright_hw(frame) -> tuple[int, int]:
+    """(height, width) of a decoded frame as displayed (a 90-degree rotation swaps them)."""
+    rot = int(getattr(frame, "rotation", 0) or 0) % 180
+    return (frame.width, frame.height) if rot == 90 else (frame.height, frame.width)
 
 
 def centre_crop(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> ViewParams:

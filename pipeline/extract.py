@@ -152,9 +152,17 @@ def sample_axes(recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
     return (s % recipe.clips).astype(np.int16), (s // recipe.clips).astype(np.int16)
 
 
-def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
-    """Decode one video into its samples: frames (S, T, H, W, 3) uint8, frame_idx (S, T),
-    the true frame count and the average fps. Raises video.VideoError for a bad file.
+@dataclass(frozen=True)
+class VideoSamples:
+    frames: np.ndarray       # (S, T, H, W, 3) uint8
+    frame_idx: np.ndarray    # (S, T) int32 source frame of each stored frame
+    num_frames: int          # frames the source really decodes to
+    fps: float               # average frame rate
+    view_params: np.ndarray  # (S, 8) float32 crop/flip/jitter of each sample (augment.FIELDS)
+
+
+def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> VideoSamples:
+    """Decode one video into its S samples. Raises video.VideoError for a bad file.
 
     A video that decodes to far fewer frames than its container announces (a truncated
     download) fails rather than being sampled from the part that survived.
@@ -177,8 +185,11 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
             where.setdefault(int(k), []).append((s, t))
         out = np.zeros((recipe.samples, recipe.frames, *out_hw, 3), np.uint8)
         params: dict[int, augment.ViewParams] = {}
+        src_hw: list[tuple[int, int]] = []
 
         def on_frame(k: int, frame) -> None:
+            if not src_hw:
+                src_hw.append(augment.upright_hw(frame))
             rgb = None
             for s, t in where[k]:
                 v = int(view_of[s])
@@ -198,7 +209,9 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0):
             raise video.VideoError(f"truncated or damaged: the container announces {info.frames_estimate} frames, "
                                    f"only {true_n} decode")
         if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
-            return out, idx, true_n, info.fps
+            vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw).as_array()
+                           for v in view_of])
+            return VideoSamples(out, idx, true_n, info.fps, vp)
         logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)
         n = true_n
     raise video.VideoError(f"frame count changed between two decodes ({n})")
@@ -227,6 +240,7 @@ def run_batch(task: BatchTask) -> list[dict]:
     m = len(task.videos)
     frames = np.zeros((m, r.samples, r.frames, r.height, r.width, 3), np.uint8)
     frame_idx = np.full((m, r.samples, r.frames), -1, np.int32)
+    view_params = np.zeros((m, r.samples, len(augment.FIELDS)), np.float32)
     num_frames = np.zeros(m, np.int32)
     fps = np.zeros(m, np.float32)
     status = np.full(m, store.FAILED, np.int8)
@@ -239,10 +253,13 @@ def run_batch(task: BatchTask) -> list[dict]:
             num_frames[i] = old["num_frames"][j]
             fps[i] = old["fps"][j]
             frame_idx[i] = old["frame_idx"][j]
+            view_params[i] = old["view_params"][j]
             frames[i] = old["frames"][j]
             continue
         try:
-            frames[i], frame_idx[i], num_frames[i], fps[i] = extract_video(Path(task.root) / rel, rel, r, task.threads)
+            v = extract_video(Path(task.root) / rel, rel, r, task.threads)
+            frames[i], frame_idx[i], num_frames[i], fps[i], view_params[i] = (
+                v.frames, v.frame_idx, v.num_frames, v.fps, v.view_params)
             status[i] = store.OK
         except video.VideoError as e:
             error[i] = str(e)
@@ -252,6 +269,7 @@ def run_batch(task: BatchTask) -> list[dict]:
     if old is not None:
         old.close()
     store.write_batch(Path(task.work), task.start, {"frames": frames, "frame_idx": frame_idx,
+                                                     "view_params": view_params,
                                                      "num_frames": num_frames, "fps": fps,
                                                      "error": error.astype(str), "status": status})
     return [{"index": task.start + i, "video": rel, "status": int(status[i]), "error": str(error[i]),
@@ -386,7 +404,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             }
             attrs = {"schema_version": store.SCHEMA_VERSION, "kind": "frames", "dataset": index.name,
                      "classes": list(index.classes), "default_split": index.default_split,
-                     "recipe": asdict(recipe), "lineage": lin, "complete": False}
+                     "recipe": asdict(recipe), "view_params_fields": list(augment.FIELDS),
+                     "lineage": lin, "complete": False}
             store.create_zarr(work, layout, static, attrs, lossy=recipe.lossy)
 
         status = store.StoreReader(work).read("status")

@@ -19,7 +19,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 PENDING, OK, FAILED = 0, 1, 2
 FORMATS = ("zarr", "hdf5")
-PER_VIDEO_RESULTS = ("frame_idx", "num_frames", "fps", "error")  # written by extraction tasks, then status
+PER_VIDEO_RESULTS = ("frame_idx", "view_params", "num_frames", "fps", "error")  # written by extraction tasks, then status
 
 
 class StoreError(ValueError):
@@ -93,6 +93,8 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
                       shards=(b, s, t, *tail), fill_value=0, **(_frame_codecs(lossy) if data_name == "frames" else small))
     root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
+    # beyond DESIGN.md's table: each sample's crop box, flip and jitter (augment.FIELDS order)
+    root.create_array("view_params", shape=(n, s, 8), dtype="float32", chunks=(b, s, 8), fill_value=0.0, **small)
     root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
     root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)
     root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="")

@@ -178,3 +178,23 @@ def test_second_writer_is_refused(synthetic_root, tmp_path):
     with store.WriterLock(out):
         with pytest.raises(store.StoreError, match="being written by pid"):
             run(synthetic_root, out)
+
+
+def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tmp_path):
+    from pipeline import augment, video
+
+    recipe = Recipe(frames=4, height=48, width=48, views=2, seed=11)
+    res = run(synthetic_root, tmp_path / "s.zarr", recipe)
+    x = arrays(res.store)
+    with StoreReader(res.store) as r:
+        assert r.attrs["view_params_fields"] == list(augment.FIELDS)
+    i = 5
+    rel = str(x["video"][i])
+    decoded = video.decode_all(synthetic_root / rel)
+    for s in (1, 2):
+        p = augment.ViewParams(*[bool(v) if f == "flip" else float(v) for f, v in zip(augment.FIELDS, x["view_params"][i, s])])
+        assert p == augment.params_for(11, rel, s, decoded.shape[1:3], (48, 48))  # float32-exact round trip
+        for t in range(4):
+            expected = augment.apply(decoded[x["frame_idx"][i, s, t]], p, (48, 48))
+            np.testing.assert_array_equal(x["frames"][i, s, t], expected)
+    assert x["view_params"][i, 0].tolist()[4:] == [0, 1, 1, 1]  # the clean view: no flip, no jitter

@@ -38,7 +38,8 @@ def test_variable_frame_rate(tmp_path):
 def test_extracted_samples_are_the_indexed_frames(tmp_path, sampling, clips, stride, suffix, codec, options, what):
     path = write_indexed(tmp_path / f"v{suffix}", 57, codec, options)
     recipe = Recipe(sampling=sampling, frames=8, clips=clips, stride=stride, height=32, width=48, views=1)
-    frames, idx, n, fps = extract_video(path, "v", recipe)
+    v = extract_video(path, "v", recipe)
+    frames, idx, n, fps = v.frames, v.frame_idx, v.num_frames, v.fps
     assert n == 57 and fps == pytest.approx(25)
     assert frames.shape == (recipe.samples, 8, 32, 48, 3)
     # the clean view keeps the whole 96x64 frame (same aspect), so every bit block is readable
@@ -48,8 +49,9 @@ def test_extracted_samples_are_the_indexed_frames(tmp_path, sampling, clips, str
 
 def test_vfr_and_shorter_than_t(tmp_path):
     for path, n in ((write_vfr(tmp_path / "vfr.mp4", 45), 45), (write_indexed(tmp_path / "short.avi", 5), 5)):
-        frames, idx, got_n, _ = extract_video(path, "v", Recipe(frames=16, height=32, width=48))
-        assert got_n == n
+        v = extract_video(path, "v", Recipe(frames=16, height=32, width=48))
+        frames, idx = v.frames, v.frame_idx
+        assert v.num_frames == n
         assert [read_index(f) for f in frames[0]] == idx[0].tolist()
     assert idx[0].tolist() == [0, 1, 2, 3, 4] + [4] * 11  # the repeats are visible in frame_idx
 
@@ -78,7 +80,8 @@ def test_real_clips_stored_frames_equal_decoded_frames(name):
 
     path = shared_data() / "videos" / name
     recipe = Recipe(frames=16, height=64, width=64)
-    frames, idx, n, _ = extract_video(path, name, recipe)
+    v = extract_video(path, name, recipe)
+    frames, idx, n = v.frames, v.frame_idx, v.num_frames
     by_index: dict[int, np.ndarray] = {}
     total = video.scan(path, lambda k: True, lambda k, f: by_index.__setitem__(k, augment.clean(f, (64, 64))))
     assert n == total
