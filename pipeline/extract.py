@@ -361,7 +361,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         lin = build_lineage(index, recipe, sources)
         result = ExtractResult(store=target, notes=index.notes)
         result.source_bytes = sum(s.size for s in sources)
-        if old is not None and old.attrs["lineage"]["fingerprint"] == lin["fingerprint"]:
+        if (old is not None and old.attrs["lineage"]["fingerprint"] == lin["fingerprint"]
+                and store.has_results(old)):
             _summarise(result, old)
             old.close()
             result.up_to_date = True
@@ -372,12 +373,13 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         # which videos can be copied from the previous version
         reuse = np.full(len(rels), -1, np.int64)
         if old is not None:
-            old_hash = {s["path"]: (i, s["sha256"]) for i, s in enumerate(old.attrs["lineage"]["inputs"]["sources"])}
-            old_status = old.read("status")
-            for i, s in enumerate(sources):
-                j, h = old_hash.get(s.path, (-1, None))
-                if j >= 0 and h == s.sha256 and old_status[j] != store.PENDING:
-                    reuse[i] = j
+            if store.has_results(old):  # a store from an older har may lack arrays: decode all
+                old_hash = {s["path"]: (i, s["sha256"]) for i, s in enumerate(old.attrs["lineage"]["inputs"]["sources"])}
+                old_status = old.read("status")
+                for i, s in enumerate(sources):
+                    j, h = old_hash.get(s.path, (-1, None))
+                    if j >= 0 and h == s.sha256 and old_status[j] != store.PENDING:
+                        reuse[i] = j
             old.close()
 
         work = _work_path(target)
@@ -386,7 +388,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         if work.exists():
             try:
                 w = store.StoreReader(work)
-                resumable = w.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
+                resumable = (w.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
+                             and store.has_results(w, layout))
                 w.close()
             except store.StoreError:
                 resumable = False
@@ -412,7 +415,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         workers = cfg.workers or cpu_count()
         threads = max(1, cpu_count() // workers) if cfg.scheduler is None else 0
         tasks = [BatchTask(a, str(work), str(index.root), tuple(rels[a:b]), tuple(int(x) for x in reuse[a:b]),
-                           str(target) if old is not None else None, recipe, threads)
+                           str(target) if (reuse[a:b] >= 0).any() else None, recipe, threads)
                  for a, b in layout.batches() if (status[a:b] == store.PENDING).any()]
         done = int((status != store.PENDING).sum())
         total = len(rels)

@@ -117,6 +117,18 @@ def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: 
     root["status"][start:stop] = data["status"]
 
 
+def has_results(reader: "StoreReader", layout: Layout | None = None) -> bool:
+    """Does this store hold every array an extraction task writes (with the layout's shapes)?
+    A store written by an older har may not; it is then neither resumed nor copied from."""
+    names = set(reader.names())
+    if not {"frames", "status", *PER_VIDEO_RESULTS} <= names:
+        return False
+    if layout is None:
+        return True
+    return (reader["frames"].shape == (layout.videos, layout.samples, layout.frames, layout.height, layout.width, 3)
+            and reader["status"].shape == (layout.videos,))
+
+
 def mark_complete(path: Path) -> None:
     """Flag a working store whose every video is done (a kill after this only needs the swap)."""
     _zarr().open_group(str(path), mode="r+", zarr_format=3).attrs["complete"] = True

@@ -198,3 +198,19 @@ def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tm
             expected = augment.apply(decoded[x["frame_idx"][i, s, t]], p, (48, 48))
             np.testing.assert_array_equal(x["frames"][i, s, t], expected)
     assert x["view_params"][i, 0].tolist()[4:] == [0, 1, 1, 1]  # the clean view: no flip, no jitter
+
+
+def test_stores_from_an_older_layout_are_rebuilt_not_resumed(synthetic_root, tmp_path):
+    """A store (or a killed run's working store) missing an array the tasks write, as one from an
+    older har would, is neither resumed, copied from, nor taken as up to date."""
+    out = tmp_path / "s.zarr"
+    run(synthetic_root, out)
+    shutil.rmtree(out / "view_params")
+    res = run(synthetic_root, out)
+    assert not res.up_to_date and (res.decoded, res.reused) == (24, 0) and "view_params" in arrays(out)
+    # the same for a working store left behind by a kill
+    shutil.copytree(out, tmp_path / "t.zarr.partial.zarr")
+    shutil.rmtree(tmp_path / "t.zarr.partial.zarr" / "view_params")
+    res = run(synthetic_root, tmp_path / "t.zarr")
+    assert res.decoded == 24 and not res.failed
+    assert_same_arrays(arrays(out), arrays(tmp_path / "t.zarr"))
