@@ -95,10 +95,15 @@ def params_for(seed: int, video: str, view: int, src_hw: tuple[int, int],
 
 
 def clean(frame, out_hw: tuple[int, int], reformatter=None) -> np.ndarray:
-    """The clean view straight from a decoded av.VideoFrame: centre crop + area resize + RGB
-    conversion in one swscale pass (scale the whole frame so the centred crop is out_hw, then
-    slice), about twice as fast as converting to RGB and resizing after. Rotated streams go
-    through `apply` on the upright RGB frame."""
+    """The clean view straight from a decoded av.VideoFrame: the centred crop of the output's
+    aspect ratio, resized to out_hw, RGB.
+
+    Shrinking a lot (UCF's 240 px to 112) goes through one swscale pass with area averaging:
+    scale the whole frame so that the centred crop is out_hw, then slice; no aliasing, and about
+    twice as fast as RGB conversion followed by a resize. A mild resize (240 to 224) converts to
+    RGB and resizes bilinearly, which is as good there and three times faster than area
+    averaging. Rotated streams go through `apply` on the upright RGB frame.
+    """
     from pipeline.video import frame_rgb
 
     oh, ow = out_hw
@@ -107,6 +112,9 @@ def clean(frame, out_hw: tuple[int, int], reformatter=None) -> np.ndarray:
         return apply(rgb, centre_crop(rgb.shape[:2], out_hw), out_hw)
     h, w = frame.height, frame.width
     s = max(oh / h, ow / w)
+    if s >= MILD_SCALE:
+        rgb = frame.to_ndarray(format="rgb24")
+        return apply(rgb, centre_crop((h, w), out_hw), out_hw)
     sh, sw = max(oh, math.ceil(h * s - 1e-6)), max(ow, math.ceil(w * s - 1e-6))
     if reformatter is None:
         from av.video.reformatter import VideoReformatter
@@ -115,6 +123,9 @@ def clean(frame, out_hw: tuple[int, int], reformatter=None) -> np.ndarray:
     big = reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
     y0, x0 = (sh - oh) // 2, (sw - ow) // 2
     return np.ascontiguousarray(big[y0:y0 + oh, x0:x0 + ow])
+
+
+MILD_SCALE = 0.75  # output/input size above which bilinear resampling is as good as area averaging
 
 
 def apply(rgb: np.ndarray, p: ViewParams, out_hw: tuple[int, int]) -> np.ndarray:
@@ -128,8 +139,8 @@ def apply(rgb: np.ndarray, p: ViewParams, out_hw: tuple[int, int]) -> np.ndarray
     x1 = max(x0 + 1, min(sw, int(round((p.left + p.width) * sw))))
     crop = rgb[y0:y1, x0:x1]
     oh, ow = out_hw
-    shrinking = crop.shape[0] >= oh and crop.shape[1] >= ow
-    out = cv2.resize(crop, (ow, oh), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    strong = oh < MILD_SCALE * crop.shape[0] or ow < MILD_SCALE * crop.shape[1]
+    out = cv2.resize(crop, (ow, oh), interpolation=cv2.INTER_AREA if strong else cv2.INTER_LINEAR)
     if p.flip:
         out = out[:, ::-1]
     if (p.brightness, p.contrast, p.saturation) != (1.0, 1.0, 1.0):
