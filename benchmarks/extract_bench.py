@@ -167,27 +167,35 @@ def main() -> None:
     ap.add_argument("--long-minutes", type=float, default=10.0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/har-bench"))
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--gops", type=int, nargs="+", default=[12, 250],
+                    help="keyframe intervals to encode the dataset with (seeking costs more with long ones)")
     args = ap.parse_args()
+    for gop in args.gops:
+        run_one(args, gop)
+    if args.long_minutes > 0:
+        long_video_run(args)
 
-    work = args.work
+
+def run_one(args, gop: int) -> None:
+    work = args.work / f"gop{gop}"
     groups = 5
     classes = min(10, max(1, args.videos // (groups * 4)))
     clips = -(-args.videos // (classes * groups))
-    cfg = synth.SynthConfig(classes=classes, groups=groups, clips=clips, frames=int(args.seconds * 25))
+    cfg = synth.SynthConfig(classes=classes, groups=groups, clips=clips, frames=int(args.seconds * 25), gop=gop)
     data = work / "data"
     t = time.perf_counter()
     paths = [str(p) for p in synth.generate(data, cfg)]
     src_bytes = sum(os.path.getsize(p) for p in paths)
     n_frames = sum(video.probe(Path(p)).frames_estimate for p in paths)
-    emit(what="dataset", videos=len(paths), frames=n_frames, source_bytes=src_bytes,
+    emit(what="dataset", gop=gop, videos=len(paths), frames=n_frames, source_bytes=src_bytes,
          mean_seconds=n_frames / len(paths) / 25, generate_s=round(time.perf_counter() - t, 1), cores=cpu_count())
 
-    summary: dict = {"machine": f"{cpu_count()} cores", "videos": len(paths)}
+    summary: dict = {"machine": f"{cpu_count()} cores", "videos": len(paths), "gop": gop}
     for w in args.workers:
         threads = max(1, cpu_count() // w)
         bsize = choose_batch(len(paths), 16 * 112 * 112 * 3)
         dt, frames, rss = timed_tasks(decode_only, [(b, threads) for b in batches(paths, bsize)], w)
-        ceiling = emit(what="decode_ceiling", workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+        ceiling = emit(what="decode_ceiling", gop=gop, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
                        frames_per_s=sum(frames) / dt, peak_rss_mib_per_worker=rss)
         summary[f"ceiling_w{w}"] = ceiling["videos_per_s"]
         for size in (112, 224):
@@ -199,13 +207,13 @@ def main() -> None:
                                             out=out, workers=w))
             dt = time.perf_counter() - t
             assert res.ok == len(paths), res.failed
-            har = emit(what="har_extract", size=size, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+            har = emit(what="har_extract", gop=gop, size=size, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
                        vs_ceiling=(len(paths) / dt) / ceiling["videos_per_s"], store_bytes=res.store_bytes,
                        store_over_source=res.store_bytes / src_bytes, peak_rss_mib_per_worker=mon.max_mib())
             jpg = work / f"jpeg_{size}_w{w}"
             shutil.rmtree(jpg, ignore_errors=True)
             dt, written, rss = timed_tasks(opencv_seek_jpeg, [(b, size, str(jpg)) for b in batches(paths, bsize)], w)
-            seed = emit(what="opencv_seek_jpeg", size=size, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+            seed = emit(what="opencv_seek_jpeg", gop=gop, size=size, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
                         frames_written=sum(written), jpeg_bytes=dir_bytes(jpg),
                         files=sum(1 for _ in jpg.rglob("*.jpg")), peak_rss_mib_per_worker=rss)
             summary[f"har_{size}_w{w}"] = har["videos_per_s"]
@@ -225,33 +233,33 @@ def main() -> None:
         shutil.rmtree(lossy, ignore_errors=True)
         res = extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size, lossy=True), root=data,
                                     out=lossy, workers=w))
-        row = emit(what="store_size", size=size, lossless_over_source=dir_bytes(lossless) / src_bytes,
+        row = emit(what="store_size", gop=gop, size=size, lossless_over_source=dir_bytes(lossless) / src_bytes,
                    lossy_over_source=dir_bytes(lossy) / src_bytes,
                    lossy_psnr_db=store_psnr(lossless, lossy))
         summary[f"lossless_{size}_over_source"] = row["lossless_over_source"]
         summary[f"lossy_{size}_over_source"] = row["lossy_over_source"]
         summary[f"lossy_{size}_psnr_db"] = row["lossy_psnr_db"]
 
-    # one 10-minute video: bounded memory, in a fresh process
-    if args.long_minutes > 0:
-        root = work / "long"
-        lv = long_video(root / "Long" / "long_video.avi", args.long_minutes)
-        shutil.rmtree(work / "long.zarr", ignore_errors=True)
-        # a fresh process, its RSS sampled from outside (ru_maxrss would inherit this process's peak)
-        with PeakRSS(interval=0.02) as mon:
-            out = subprocess.run([sys.executable, "-c", LONG_CHILD, str(root), str(work / "long.zarr")],
-                                 capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
-        child = json.loads(out.stdout.strip().splitlines()[-1])
-        child["maxrss_mib"] = mon.max_mib()
-        t = time.perf_counter()
-        n = video.count_frames(lv)
-        ceiling_s = time.perf_counter() - t
-        row = emit(what="long_video", minutes=args.long_minutes, frames=n, source_bytes=lv.stat().st_size,
-                   extract_s=child["seconds"], decode_ceiling_s=ceiling_s, peak_rss_mib=child["maxrss_mib"],
-                   store_bytes=child["store_bytes"])
-        summary["long_video_peak_rss_mib"] = row["peak_rss_mib"]
-        summary["long_video_vs_ceiling"] = ceiling_s / child["seconds"]
     emit(what="summary", **summary)
+
+
+def long_video_run(args) -> None:
+    """One 10-minute video: bounded memory, in a fresh process."""
+    work = args.work
+    root = work / "long"
+    lv = long_video(root / "Long" / "long_video.avi", args.long_minutes)
+    shutil.rmtree(work / "long.zarr", ignore_errors=True)
+    # a fresh process, its RSS sampled from outside (ru_maxrss would inherit this process's peak)
+    with PeakRSS(interval=0.02) as mon:
+        out = subprocess.run([sys.executable, "-c", LONG_CHILD, str(root), str(work / "long.zarr")],
+                             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    t = time.perf_counter()
+    n = video.count_frames(lv)
+    ceiling_s = time.perf_counter() - t
+    emit(what="long_video", minutes=args.long_minutes, frames=n, source_bytes=lv.stat().st_size,
+         extract_s=child["seconds"], decode_ceiling_s=ceiling_s, vs_ceiling=ceiling_s / child["seconds"],
+         peak_rss_mib=mon.max_mib(), store_bytes=child["store_bytes"])
 
 
 if __name__ == "__main__":

@@ -40,11 +40,12 @@ class SynthConfig:
     height: int = 240
     fps: int = 25
     bit_rate: int = 1_200_000  # about UCF50's 1.2 Mbit/s Xvid
+    gop: int = 12              # keyframe interval; Xvid's default allows up to 300 (one keyframe per clip)
 
     def validate(self) -> None:
         if not 1 <= self.classes <= len(CLASSES):
             raise ValueError(f"--classes {self.classes} is out of range; allowed: 1..{len(CLASSES)}")
-        for name in ("groups", "clips", "frames", "width", "height", "fps"):
+        for name in ("groups", "clips", "frames", "width", "height", "fps", "gop"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)} must be >= 1")
         if self.frames < 8:
@@ -163,7 +164,7 @@ def generate(out: Path, cfg: SynthConfig, on_video=None) -> list[Path]:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     tmp = path.with_name(path.stem + ".tmp.avi")
                     write_video(tmp, render_clip(cfg, ci, g, c), fps=cfg.fps, codec="mpeg4",
-                                bit_rate=cfg.bit_rate, options={"threads": "1"})
+                                bit_rate=cfg.bit_rate, options={"threads": "1", "g": str(cfg.gop)})
                     tmp.replace(path)
                 paths.append(path)
                 if on_video:
