@@ -112,14 +112,14 @@ def clean(frame, out_hw: tuple[int, int], reformatter=None) -> np.ndarray:
         return apply(rgb, centre_crop(rgb.shape[:2], out_hw), out_hw)
     h, w = frame.height, frame.width
     s = max(oh / h, ow / w)
-    if s >= MILD_SCALE:
-        rgb = frame.to_ndarray(format="rgb24")
-        return apply(rgb, centre_crop((h, w), out_hw), out_hw)
-    sh, sw = max(oh, math.ceil(h * s - 1e-6)), max(ow, math.ceil(w * s - 1e-6))
     if reformatter is None:
         from av.video.reformatter import VideoReformatter
 
         reformatter = VideoReformatter()
+    if s >= MILD_SCALE:
+        rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()  # reuses its swscale context
+        return apply(rgb, centre_crop((h, w), out_hw), out_hw)
+    sh, sw = max(oh, math.ceil(h * s - 1e-6)), max(ow, math.ceil(w * s - 1e-6))
     big = reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
     y0, x0 = (sh - oh) // 2, (sw - ow) // 2
     return np.ascontiguousarray(big[y0:y0 + oh, x0:x0 + ow])

@@ -43,8 +43,12 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # cluster start/stop chatter
         for name in ("distributed", "tornado"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    import dask
+
     cluster = None
     if scheduler is None:
+        # workers' statistical profiler samples every thread every 10 ms: pure overhead here
+        dask.config.set({"distributed.worker.profile.enabled": False})
         n = max(1, min(workers or cpu_count(), len(tasks)))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                dashboard_address=None, scheduler_kwargs={"dashboard": False},
