@@ -197,9 +197,9 @@ def status(
     from rich.table import Table
 
     from pipeline import lineage, store
-    from pipeline import extract as E
+    from pipeline import status as S
 
-    paths = list(stores) if stores else E.find_stores()
+    paths = list(stores) if stores else S.find_stores()
     if not paths:
         out.print(f"no stores under {lineage.har_home() / 'stores'}")
         return
@@ -207,7 +207,7 @@ def status(
     stale = 0
     for p in paths:
         try:
-            s = E.store_state(p)
+            s = S.store_state(p)
         except (store.StoreError, OSError, KeyError) as e:
             table.add_row(str(p), "?", "?", "", "", "", f"[red]unreadable: {e}[/]")
             stale += 1

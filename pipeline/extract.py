@@ -319,13 +319,17 @@ def _recover(target: Path) -> None:
             store.remove(old)
 
 
-def _open_old(target: Path) -> store.StoreReader | None:
+def _open_old(target: Path, force: bool) -> store.StoreReader | None:
+    """The finished store at `target`, None if there is none (or it is unreadable and --force)."""
     if not target.exists():
         return None
     try:
         return store.StoreReader(target)
     except (store.StoreError, OSError) as e:
-        raise store.StoreError(f"{target} exists but is not a readable har store ({e}); move it away or pass --force") from None
+        if force:
+            return None  # replaced by the swap at the end
+        raise store.StoreError(f"{target} exists but is not a readable har store ({e}); "
+                               "move it away or pass --force to replace it") from None
 
 
 def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None] | None = None) -> ExtractResult:
@@ -343,7 +347,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
     target.parent.mkdir(parents=True, exist_ok=True)
     with store.WriterLock(target):
         _recover(target)
-        old = _open_old(target)
+        old = _open_old(target, cfg.force)
         if old is not None:
             lin = old.attrs.get("lineage", {})
             same = lin.get("recipe_fingerprint") == recipe.fingerprint() and old.attrs.get("dataset") == index.name
@@ -476,58 +480,3 @@ def _point_latest(cfg: ExtractConfig, dataset: str, target: Path) -> None:
     tmp = pointer.with_suffix(".tmp")
     tmp.write_text(json.dumps({"store": str(target), "updated": lineage.now()}))
     tmp.replace(pointer)
-
-
-# ---- har status -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StoreState:
-    path: Path
-    dataset: str
-    kind: str
-    videos: int
-    ok: int
-    failed: int
-    bytes: int
-    current: bool
-    reason: str  # why it is not current ("" when it is)
-
-
-def store_state(path: Path) -> StoreState:
-    """Compare a store's lineage with what a rerun of the same recipe would compute now."""
-    with store.StoreReader(path) as r:
-        attrs = r.attrs
-        status = r.read("status")
-    lin = attrs.get("lineage", {})
-    dataset = attrs.get("dataset", "?")
-    base = dict(path=Path(path), dataset=dataset, kind=attrs.get("kind", "?"), videos=len(status),
-                ok=int((status == store.OK).sum()), failed=int((status == store.FAILED).sum()),
-                bytes=dir_bytes(Path(path)))
-    if attrs.get("kind") != "frames":
-        return StoreState(**base, current=True, reason="")
-    root = Path(lin.get("inputs", {}).get("root", ""))
-    try:
-        index = datasets.load(dataset, root)
-    except (datasets.DatasetError, OSError) as e:
-        return StoreState(**base, current=False, reason=f"sources unreadable: {e}")
-    old = {s["path"]: s for s in lin["inputs"]["sources"]}
-    rels = [v.path for v in index.videos]
-    sources = lineage.source_fingerprints(index.root, rels, old)
-    now = build_lineage(index, Recipe(**attrs["recipe"]), sources)
-    if now["fingerprint"] == lin.get("fingerprint"):
-        return StoreState(**base, current=True, reason="")
-    new = {s.path: s.sha256 for s in sources}
-    added = len(set(new) - set(old))
-    removed = len(set(old) - set(new))
-    modified = sum(1 for p, h in new.items() if p in old and old[p]["sha256"] != h)
-    parts = [f"{n} {what}" for n, what in ((added, "added"), (removed, "removed"), (modified, "modified")) if n]
-    if now["manifest"] != lin.get("manifest"):
-        parts.append("manifest entry changed")
-    return StoreState(**base, current=False, reason="sources: " + ", ".join(parts) if parts else "lineage differs")
-
-
-def find_stores() -> list[Path]:
-    """Every store under $HAR_HOME/stores, newest first."""
-    base = lineage.har_home() / "stores"
-    found = [p for pat in ("*/*/frames.zarr", "*/*/frames.h5", "*/*/features.zarr") for p in base.glob(pat)]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

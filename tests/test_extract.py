@@ -8,7 +8,8 @@ import pytest
 from helpers import write_audio_only
 
 from pipeline import store
-from pipeline.extract import ExtractConfig, Recipe, extract, store_state
+from pipeline.extract import ExtractConfig, Recipe, extract
+from pipeline.status import store_state
 from pipeline.store import StoreReader
 
 SYNC = "synchronous"
@@ -214,3 +215,14 @@ def test_stores_from_an_older_layout_are_rebuilt_not_resumed(synthetic_root, tmp
     res = run(synthetic_root, tmp_path / "t.zarr")
     assert res.decoded == 24 and not res.failed
     assert_same_arrays(arrays(out), arrays(tmp_path / "t.zarr"))
+
+
+def test_unreadable_target_is_refused_unless_forced(synthetic_root, tmp_path):
+    out = tmp_path / "s.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a store")
+    with pytest.raises(store.StoreError, match="not a readable har store.*--force"):
+        run(synthetic_root, out)
+    assert (out / "notes.txt").exists()  # nothing was touched
+    res = run(synthetic_root, out, force=True)
+    assert res.ok == 24 and not (out / "notes.txt").exists()
