@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -301,24 +300,6 @@ def build_lineage(index: datasets.DatasetIndex, recipe: Recipe, sources: list[li
     }
 
 
-def _work_path(target: Path) -> Path:
-    return target.with_name(target.name + ".partial.zarr")
-
-
-def _recover(target: Path) -> None:
-    """Finish a swap that a kill interrupted; drop old versions left behind."""
-    work = _work_path(target)
-    if not target.exists() and work.exists() and store.format_of(target) == "zarr":
-        try:
-            if store.StoreReader(work).attrs.get("complete"):
-                os.rename(work, target)
-        except store.StoreError:
-            pass
-    if target.exists():
-        for old in target.parent.glob(target.name + ".old-*"):
-            store.remove(old)
-
-
 def _open_old(target: Path, force: bool) -> store.StoreReader | None:
     """The finished store at `target`, None if there is none (or it is unreadable and --force)."""
     if not target.exists():
@@ -346,7 +327,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
     target = target.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     with store.WriterLock(target):
-        _recover(target)
+        store.recover(target)
         old = _open_old(target, cfg.force)
         if old is not None:
             lin = old.attrs.get("lineage", {})
@@ -386,7 +367,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
                         reuse[i] = j
             old.close()
 
-        work = _work_path(target)
+        work = store.work_path(target)
         layout = store.Layout(len(rels), recipe.samples, recipe.frames, recipe.height, recipe.width,
                               store.choose_batch(len(rels), recipe.samples * recipe.frames * recipe.height * recipe.width * 3))
         if work.exists():
@@ -440,26 +421,12 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         run_tasks(run_batch, tasks, on_result, scheduler=cfg.scheduler, workers=workers)
 
         store.mark_complete(work)
-        _swap_in(work, target, cfg.format)
+        store.swap_in(work, target, cfg.format)
         with store.StoreReader(target) as final:
             _summarise(result, final)
         _point_latest(cfg, index.name, target)
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def _swap_in(work: Path, target: Path, fmt: str) -> None:
-    if fmt == "hdf5":
-        store.zarr_to_hdf5(work, target)
-        store.remove(work)
-        return
-    if target.exists():
-        trash = target.with_name(target.name + f".old-{os.getpid()}")
-        os.rename(target, trash)
-        os.rename(work, target)
-        store.remove(trash)
-    else:
-        os.rename(work, target)
 
 
 def _summarise(result: ExtractResult, reader: store.StoreReader) -> None:

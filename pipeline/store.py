@@ -81,8 +81,11 @@ def _frame_codecs(lossy: bool):
 
 def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs: dict,
                 lossy: bool = False, data_name: str = "frames", data_dtype: str = "uint8",
-                data_tail: tuple[int, ...] | None = None) -> None:
-    """An empty store: per-video results pending (status 0), static arrays written, attrs set."""
+                data_tail: tuple[int, ...] | None = None, results: bool = True,
+                status: np.ndarray | None = None) -> None:
+    """An empty store: the data array (one chunk per sample, one shard per batch), the per-video
+    result arrays when `results` (chunked by batch, written by the tasks), `status` (0 pending
+    unless given), the static arrays (one chunk each) and the attrs."""
     zarr = _zarr()
     from zarr.codecs import BloscCodec
 
@@ -92,13 +95,16 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     small = {"compressors": BloscCodec(cname="zstd", clevel=5)}
     root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
                       shards=(b, s, t, *tail), fill_value=0, **(_frame_codecs(lossy) if data_name == "frames" else small))
-    root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
-    # beyond DESIGN.md's table: each sample's crop box, flip and jitter (augment.FIELDS order)
-    root.create_array("view_params", shape=(n, s, 8), dtype="float32", chunks=(b, s, 8), fill_value=0.0, **small)
-    root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
-    root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)
-    root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="")
-    root.create_array("status", shape=(n,), dtype="int8", chunks=(b,), fill_value=PENDING, **small)
+    if results:
+        root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
+        # beyond DESIGN.md's table: each sample's crop box, flip and jitter (augment.FIELDS order)
+        root.create_array("view_params", shape=(n, s, 8), dtype="float32", chunks=(b, s, 8), fill_value=0.0, **small)
+        root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
+        root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)
+        root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="")
+    st = root.create_array("status", shape=(n,), dtype="int8", chunks=(b,), fill_value=PENDING, **small)
+    if status is not None:
+        st[:] = status
     for name, arr in static.items():
         arr = np.asarray(arr)
         dtype = str if arr.dtype.kind in "OUT" else arr.dtype
@@ -117,15 +123,17 @@ def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: 
     root["status"][start:stop] = data["status"]
 
 
-def has_results(reader: "StoreReader", layout: Layout | None = None) -> bool:
-    """Does this store hold every array an extraction task writes (with the layout's shapes)?
+def has_results(reader: "StoreReader", layout: Layout | None = None, data_name: str = "frames",
+                data_tail: tuple[int, ...] | None = None) -> bool:
+    """Does this store hold every array a stage's tasks write (with the layout's shapes)?
     A store written by an older har may not; it is then neither resumed nor copied from."""
     names = set(reader.names())
-    if not {"frames", "status", *PER_VIDEO_RESULTS} <= names:
+    if not {data_name, "status", *PER_VIDEO_RESULTS} <= names:
         return False
     if layout is None:
         return True
-    return (reader["frames"].shape == (layout.videos, layout.samples, layout.frames, layout.height, layout.width, 3)
+    tail = data_tail if data_tail is not None else (layout.height, layout.width, 3)
+    return (reader[data_name].shape == (layout.videos, layout.samples, layout.frames, *tail)
             and reader["status"].shape == (layout.videos,))
 
 
@@ -247,6 +255,41 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def work_path(target: Path) -> Path:
+    """Where a stage builds the next version of `target`; a killed run resumes it."""
+    return target.with_name(target.name + ".partial.zarr")
+
+
+def recover(target: Path) -> None:
+    """Finish a swap that a kill interrupted; drop old versions left behind."""
+    work = work_path(target)
+    if not target.exists() and work.exists() and format_of(target) == "zarr":
+        try:
+            if StoreReader(work).attrs.get("complete"):
+                os.rename(work, target)
+        except StoreError:
+            pass
+    if target.exists():
+        for old in target.parent.glob(target.name + ".old-*"):
+            remove(old)
+
+
+def swap_in(work: Path, target: Path, fmt: str) -> None:
+    """Replace `target` by the finished working store (Zarr: two renames; HDF5: a conversion
+    written to a temporary file and renamed). `recover` finishes a swap a kill interrupted."""
+    if fmt == "hdf5":
+        zarr_to_hdf5(work, target)
+        remove(work)
+        return
+    if target.exists():
+        trash = target.with_name(target.name + f".old-{os.getpid()}")
+        os.rename(target, trash)
+        os.rename(work, target)
+        remove(trash)
+    else:
+        os.rename(work, target)
 
 
 def remove(path: Path) -> None:
