@@ -182,6 +182,68 @@ def extract(
 
 
 @app.command()
+def features(
+    backbone: str = typer.Option("resnet152", "--backbone", help="resnet152 | resnet50 | resnet18 | convnext_tiny | efficientnet_v2_s"),
+    store_path: Optional[Path] = typer.Option(None, "--store", help="The frame store (.zarr or .h5)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Use the latest frame store extracted for this dataset."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet (torchvision's cache) | none (random init, marked) | PATH of a state_dict."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="The feature store [default: beside the frame store]."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    batch_size: int = typer.Option(256, "--batch-size", help="Frames per forward pass."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16 | fp16"),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the backbone (GPU)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed address: shards spread over its workers."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Encode every frame of a frame store with a frozen 2D backbone into a feature store.
+
+    Examples:
+
+        har features --dataset ucf50 --backbone resnet152
+
+        har features --store frames.zarr --backbone resnet18 --weights none --out feats.zarr
+
+        har features --dataset ucf101 --backbone convnext_tiny --device cuda --batch-size 1024
+    """
+    _setup_logging(verbose)
+    if store_path is None and dataset is None:
+        _fail("give --store PATH or --dataset NAME (the frame store to encode)")
+    from pipeline import backbones
+    from pipeline import features as F
+
+    cfg = F.FeatureConfig(backbone=backbone, weights=weights, store=store_path, dataset=dataset, out=out_path,
+                          device=device, batch_size=batch_size, precision=precision, compile=compile_,
+                          scheduler=scheduler)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        _fail(str(e))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("features", total=None)
+        try:
+            res = F.features(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (ValueError, OSError, backbones.WeightsError) as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; the finished shards are kept, run the same command again to finish", 130)
+    w = res.weights
+    marked = "" if w.pretrained else "  [RANDOM WEIGHTS: features carry no ImageNet knowledge]"
+    if res.up_to_date:
+        out.print(f"up to date: {res.store}{marked}")
+        return
+    rate = res.frames / res.seconds if res.seconds else 0
+    out.print(f"store:    {res.store}\n"
+              f"backbone: {backbone} ({w.source}{', sha256 ' + w.sha256[:12] if w.sha256 else ''}){marked}\n"
+              f"encoded:  {res.encoded_videos} videos, {res.frames:,} frames on {res.device} ({res.precision}), "
+              f"{rate:.0f} frames/s\n"
+              f"failed:   {res.failed} videos (kept marked, not encoded)\n"
+              f"bytes:    {_human(res.store_bytes)}\ntime:     {res.seconds:.1f} s", highlight=False)
+
+
+@app.command()
 def status(
     stores: Optional[list[Path]] = typer.Argument(None, help="Stores to check [default: every store under $HAR_HOME/stores]."),
 ):

@@ -1,0 +1,167 @@
+"""Frozen 2D backbones from torchvision: one registry, each with its feature size and the
+preprocessing its weights expect. Features are the pooled penultimate activations, one vector
+per frame (the classifier's last Linear is replaced by Identity).
+
+Weights go through torchvision's weights API and its cache ($TORCH_HOME/hub/checkpoints). Where
+the file is missing and cannot be downloaded (no internet), `WeightsError` says which file to put
+where. `weights="none"` gives a seeded random initialisation, for tests and offline demos;
+every output built on it says so.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch  # this module is imported only by the stages that run a network, never by `har --help`
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be had; the message says what to download and where to put it."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    builder: str   # torchvision.models function
+    weights: str   # torchvision weights enum member whose file and preprocessing we use
+    dim: int       # feature size
+    head: str      # path of the final Linear replaced by Identity ("fc", "classifier.2", ...)
+
+
+_REGISTRY: dict[str, Backbone] = {}
+
+
+def register(b: Backbone) -> Backbone:
+    if b.name in _REGISTRY:
+        raise ValueError(f"An entry is already registered under the name '{b.name}'.")
+    _REGISTRY[b.name] = b
+    return b
+
+
+register(Backbone("resnet152", "resnet152", "ResNet152_Weights.IMAGENET1K_V1", 2048, "fc"))  # as the seed studies
+register(Backbone("resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048, "fc"))
+register(Backbone("resnet18", "resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, "fc"))
+register(Backbone("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", 768, "classifier.2"))
+register(Backbone("efficientnet_v2_s", "efficientnet_v2_s", "EfficientNet_V2_S_Weights.IMAGENET1K_V1", 1280, "classifier.1"))
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Backbone:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    kind: str            # "imagenet" | "none" | "file"
+    source: str          # torchvision enum member, file path, or "random init (seed 0)"
+    sha256: str | None   # of the state_dict file; None for random init
+    scale: float = 1.0   # features are multiplied by this (random init only: brings them to ~1 for float16)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "none"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_file(name: str) -> Path:
+    """Where torchvision's cache keeps (or would keep) this backbone's ImageNet weights."""
+    from torchvision.models import get_weight
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(get_weight(get(name).weights).url).name
+
+
+def load(name: str, weights: str = "imagenet"):
+    """(model, preprocess, WeightsInfo): an eval-mode, frozen feature extractor on the CPU.
+
+    `weights`: "imagenet" (torchvision's cache, downloaded if possible), "none" (seeded random
+    init), or the path of a local state_dict (loaded with weights_only=True).
+    `preprocess` maps a uint8 (B, 3, H, W) tensor to the network's input, exactly as the
+    weights' own transforms() do (resize, centre crop, scale, normalise).
+    """
+    import torchvision
+    from torchvision.models import get_weight
+
+    spec = get(name)
+    enum = get_weight(spec.weights)
+    if weights == "none":
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, spec.builder)(weights=None)
+        info = None
+    else:
+        if weights == "imagenet":
+            path = weights_file(name)
+            if not path.exists():
+                try:
+                    enum.get_state_dict(progress=False, check_hash=True)  # downloads into the cache
+                except Exception:
+                    raise WeightsError(
+                        f"{name}: ImageNet weights {path.name} are not in {path.parent} and cannot be downloaded "
+                        f"here; download {enum.url} and put it there, or pass --weights PATH or --weights none") from None
+            kind, source = "imagenet", spec.weights
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise WeightsError(f"--weights {weights!r} is not a file; allowed: imagenet, none, or a state_dict path")
+            kind, source = "file", str(path.resolve())
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise WeightsError(f"{path} is not a loadable state_dict ({type(e).__name__}: {e})") from None
+        model = getattr(torchvision.models, spec.builder)(weights=None)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise WeightsError(f"{path} does not fit {name}: {str(e).splitlines()[0]}") from None
+        info = WeightsInfo(kind, source, sha256_file(path))
+    _strip_head(model, spec.head)
+    model.eval().requires_grad_(False)
+    preprocess = enum.transforms(antialias=True)
+    if info is None:
+        # Untrained networks put features anywhere from 1e-6 (EfficientNet) to 1e8 (ResNet-152,
+        # whose 50 residual blocks add up unnormalised): outside float16. One scalar, measured on
+        # seeded noise, brings their mean magnitude to 1; it is recorded in the lineage.
+        factor = _unit_scale(model, preprocess)
+        model = torch.nn.Sequential(model, _Scale(factor))
+        info = WeightsInfo("none", "random init (seed 0)", None, factor)
+    return model, preprocess, info
+
+
+def _unit_scale(model, preprocess) -> float:
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8, generator=g)
+    with torch.inference_mode():
+        mean = float(model(preprocess(probe)).abs().mean())
+    return float(1.0 / mean) if mean > 0 else 1.0
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):  # (B, D)
+        return x * self.factor
+
+
+def _strip_head(model, head: str) -> None:
+    *parents, last = head.split(".")
+    owner = model
+    for p in parents:
+        owner = getattr(owner, p)
+    if last.isdigit():
+        owner[int(last)] = torch.nn.Identity()
+    else:
+        setattr(owner, last, torch.nn.Identity())

@@ -1,0 +1,304 @@
+"""`har features`: frame store -> feature store through a frozen 2D backbone.
+
+Same plan-then-execute shape as extraction: batches of videos (one shard of `features` each) are
+encoded into a working Zarr store beside the target, `status` last, then swapped in. A rerun with
+nothing changed does nothing; a killed run resumes. Only videos with status ok in the frame store
+are encoded; failed ones stay marked (status 2) with their error.
+
+On CUDA: bf16 autocast, channels_last, large batches, pinned host memory with non-blocking copies,
+and the next batch read from the store while the GPU works on this one. On CPU: every core,
+inference mode, batched.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import backbones, lineage, store
+from pipeline.cluster import run_tasks
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COPIED = ("video", "label", "group", "num_frames", "fps", "error", "frame_idx", "clip_index", "view_index",
+          "view_params")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    backbone: str = "resnet152"
+    weights: str = "imagenet"       # imagenet | none (random init, marked) | path of a state_dict
+    store: Path | None = None       # the frame store; or
+    dataset: str | None = None      # the latest frame store extracted for this dataset
+    out: Path | None = None         # default: features-<backbone>-<weights>.zarr beside the frame store
+    device: str = "auto"            # auto: cuda when present
+    batch_size: int = 256           # frames per forward pass
+    precision: str = "auto"         # auto: bf16 on cuda, fp32 on cpu
+    compile: bool = False           # torch.compile the backbone (GPU; slow to start)
+    scheduler: str | None = None    # dask.distributed address: shards spread over its workers
+
+    def validate(self) -> None:
+        backbones.get(self.backbone)
+        if self.device not in DEVICES:
+            raise ValueError(f"--device {self.device!r} is not supported; allowed: {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size} must be >= 1")
+        if (self.store is None) == (self.dataset is None):
+            raise ValueError("give exactly one of --store PATH or --dataset NAME")
+
+
+@dataclass
+class FeatureResult:
+    store: Path
+    up_to_date: bool = False
+    encoded_videos: int = 0
+    frames: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+    precision: str = "fp32"
+    weights: backbones.WeightsInfo | None = None
+    store_bytes: int = 0
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "bf16" if device == "cuda" else "fp32"
+    return precision
+
+
+# ---- the math: frames -> features ----------------------------------------------------------
+
+class Encoder:
+    """A loaded backbone on a device: encode(uint8 (M, H, W, 3)) -> float16 (M, D)."""
+
+    def __init__(self, backbone: str, weights: str, device: str, precision: str, batch_size: int,
+                 compile: bool = False):
+        import torch
+
+        self.model, self.preprocess, self.weights = backbones.load(backbone, weights)
+        self.device = torch.device(device)
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.batch_size = batch_size
+        if device == "cpu":
+            from pipeline.cluster import cpu_count
+
+            torch.set_num_threads(cpu_count())
+        self.model = self.model.to(self.device)
+        if device == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model = torch.compile(self.model)
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        import torch
+
+        chunks = []
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode():
+            for i in range(0, len(frames), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(frames[i:i + self.batch_size])).permute(0, 3, 1, 2)  # (B, 3, H, W)
+                if cuda:
+                    x = x.pin_memory().to(self.device, non_blocking=True)
+                x = self.preprocess(x)  # resize, crop, scale to [0, 1], normalise: the weights' own transforms
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    y = self.model(x)
+                chunks.append(y.float().to("cpu").numpy().astype(np.float16))
+        return np.concatenate(chunks)
+
+
+_ENCODERS: dict[tuple, Encoder] = {}
+
+
+def encoder_for(key: tuple) -> Encoder:
+    """One Encoder per process and settings (a Dask worker keeps its model between shards)."""
+    if key not in _ENCODERS:
+        _ENCODERS[key] = Encoder(*key)
+    return _ENCODERS[key]
+
+
+# ---- one shard: a task ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardTask:
+    start: int
+    stop: int
+    frames: str          # the frame store
+    work: str            # the working feature store
+    encoder: tuple       # Encoder arguments
+
+
+def run_shard(task: ShardTask, prefetched: np.ndarray | None = None) -> dict:
+    enc = encoder_for(task.encoder)
+    with store.StoreReader(Path(task.frames)) as fr:
+        status = fr.read("status")[task.start:task.stop]
+        frames = prefetched if prefetched is not None else np.asarray(fr["frames"][task.start:task.stop])
+    m, s, t = frames.shape[:3]
+    ok = status == store.OK
+    flat = frames[ok].reshape(-1, *frames.shape[3:])  # (frames of ok videos, H, W, 3)
+    feats = np.zeros((m, s, t, backbones.get(task.encoder[0]).dim), np.float16)
+    if len(flat):
+        feats[ok] = enc.encode(flat).reshape(int(ok.sum()), s, t, -1)
+    out_status = np.where(ok, store.OK, store.FAILED).astype(np.int8)
+    store.write_batch(Path(task.work), task.start, {"features": feats, "status": out_status}, data_name="features")
+    return {"start": task.start, "videos": int(ok.sum()), "frames": int(len(flat))}
+
+
+# ---- the stage -----------------------------------------------------------------------------
+
+def frame_store_for(cfg: FeatureConfig) -> Path:
+    if cfg.store is not None:
+        return Path(cfg.store)
+    from pipeline.extract import latest_store
+
+    return latest_store(cfg.dataset, "frames")
+
+
+def default_out(frames: Path, backbone: str, weights: backbones.WeightsInfo) -> Path:
+    tag = {"imagenet": "imagenet", "none": "random"}.get(weights.kind, (weights.sha256 or "file")[:12])
+    return frames.parent / f"features-{backbone}-{tag}.zarr"
+
+
+def features(cfg: FeatureConfig, progress: Callable[[int, int], None] | None = None) -> FeatureResult:
+    """Bring the feature store for `cfg` up to date and say what was done."""
+    t0 = time.perf_counter()
+    cfg.validate()
+    src = frame_store_for(cfg).absolute()
+    with store.StoreReader(src) as fr:
+        if fr.attrs.get("kind") != "frames":
+            raise store.StoreError(f"{src} is a {fr.attrs.get('kind')} store; har features reads a frame store")
+        if not store.has_results(fr):
+            raise store.StoreError(f"{src} was written by an older har and lacks arrays; run `har extract` again")
+        attrs = fr.attrs
+        n, s, t = fr["frame_idx"].shape
+        src_status = fr.read("status")
+        copied = {name: fr.read(name) for name in COPIED}
+        copied.update({name: fr.read(name) for name in fr.names() if name.startswith("split/")})
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    spec = backbones.get(cfg.backbone)
+    enc_key = (cfg.backbone, cfg.weights, device, precision, cfg.batch_size, cfg.compile)
+    weights = encoder_for(enc_key).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
+    target = Path(cfg.out).absolute() if cfg.out else default_out(src, cfg.backbone, weights)
+    content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
+               "frames_fingerprint": attrs["lineage"]["fingerprint"], "backbone": cfg.backbone,
+               "weights": asdict(weights), "precision": precision}
+    lin = {"fingerprint": lineage.fingerprint(content), "inputs": {"frames_store": str(src),
+           "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "device": device,
+           "batch_size": cfg.batch_size}, "versions": lineage.versions(), "created": lineage.now()}
+    result = FeatureResult(store=target, device=device, precision=precision, weights=weights)
+    with store.WriterLock(target):
+        store.recover(target)
+        layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, s * t * spec.dim * 2))
+        if target.exists():
+            with store.StoreReader(target) as old:
+                if (old.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
+                        and store.has_results(old, data_name="features")):
+                    result.up_to_date = True
+                    result.failed = int((old.read("status") == store.FAILED).sum())
+        if result.up_to_date:
+            result.seconds = time.perf_counter() - t0
+            result.store_bytes = _bytes(target)
+            _point_latest(attrs["dataset"], target, cfg)
+            return result
+        work = store.work_path(target)
+        if work.exists():
+            try:
+                with store.StoreReader(work) as w:
+                    ok = (w.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
+                          and store.has_results(w, layout, "features", (spec.dim,)))
+            except store.StoreError:
+                ok = False
+            if not ok:
+                store.remove(work)
+        if not work.exists():
+            fattrs = {"schema_version": store.SCHEMA_VERSION, "kind": "features", "dataset": attrs["dataset"],
+                      "classes": attrs["classes"], "default_split": attrs.get("default_split"),
+                      "recipe": attrs["recipe"], "backbone": cfg.backbone, "feature_dim": spec.dim,
+                      "weights": asdict(weights), "pretrained": weights.pretrained, "precision": precision,
+                      "frames_fingerprint": content["frames_fingerprint"], "lineage": lin, "complete": False}
+            initial = np.where(src_status == store.OK, store.PENDING, store.FAILED).astype(np.int8)
+            store.create_zarr(work, layout, copied, fattrs, data_name="features", data_dtype="float16",
+                              data_tail=(spec.dim,), results=False, status=initial)
+        with store.StoreReader(work) as w:
+            status = w.read("status")
+        tasks = [ShardTask(a, b, str(src), str(work), enc_key) for a, b in layout.batches()
+                 if (status[a:b] == store.PENDING).any()]
+        done = int((status != store.PENDING).sum())
+        if progress:
+            progress(done, n)
+
+        def on_result(row: dict) -> None:
+            nonlocal done
+            done += row["videos"]
+            result.encoded_videos += row["videos"]
+            result.frames += row["frames"]
+            if progress:
+                progress(done, n)
+
+        if cfg.scheduler is None:
+            _run_local(tasks, on_result)
+        else:
+            run_tasks(run_shard, tasks, on_result, scheduler=cfg.scheduler)
+        store.mark_complete(work)
+        store.swap_in(work, target, "zarr")
+        with store.StoreReader(target) as final:
+            result.failed = int((final.read("status") == store.FAILED).sum())
+    result.seconds = time.perf_counter() - t0
+    result.store_bytes = _bytes(target)
+    _point_latest(attrs["dataset"], target, cfg)
+    return result
+
+
+def _run_local(tasks: list[ShardTask], on_result: Callable[[dict], None]) -> None:
+    """In this process, reading the next shard's frames while the backbone encodes this one."""
+    if not tasks:
+        return
+
+    def read(task: ShardTask) -> np.ndarray:
+        with store.StoreReader(Path(task.frames)) as fr:
+            return np.asarray(fr["frames"][task.start:task.stop])
+
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(read, tasks[0])
+        for i, task in enumerate(tasks):
+            frames = nxt.result()
+            if i + 1 < len(tasks):
+                nxt = pool.submit(read, tasks[i + 1])
+            on_result(run_shard(task, frames))
+
+
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _point_latest(dataset: str, target: Path, cfg: FeatureConfig) -> None:
+    if cfg.out is not None:
+        return
+    pointer = lineage.har_home() / "stores" / dataset / "latest-features.json"
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"store": str(target), "backbone": cfg.backbone, "updated": lineage.now()}))
+    tmp.replace(pointer)

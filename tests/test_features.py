@@ -1,0 +1,143 @@
+"""The feature stage on CPU: every backbone, equality with a direct torchvision forward, lineage,
+no-op reruns, resume, failed videos, Zarr and HDF5 frame stores, CLI errors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import backbones, store
+from pipeline.extract import ExtractConfig, Recipe, extract
+from pipeline.features import FeatureConfig, features
+from pipeline.store import StoreReader
+
+torch = pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_frames(tmp_path_factory):
+    """2 classes x 2 groups, 2 frames of 32 px per video: a frame store a CPU encodes in seconds."""
+    from pipeline.synth import SynthConfig, generate
+
+    base = tmp_path_factory.mktemp("tiny")
+    generate(base / "data", SynthConfig(classes=2, groups=2, clips=1, frames=8))
+    (base / "data" / "Grow" / "v_Grow_g09_c01.avi").write_bytes(b"")  # one failed video
+    z = extract(ExtractConfig("synthetic", Recipe(frames=2, height=32, width=32, views=1), root=base / "data",
+                              out=base / "frames.zarr", scheduler="synchronous"))
+    h = extract(ExtractConfig("synthetic", Recipe(frames=2, height=32, width=32, views=1), root=base / "data",
+                              out=base / "frames.h5", format="hdf5", scheduler="synchronous"))
+    assert len(z.failed) == 1
+    return z.store, h.store
+
+
+def read(path, name):
+    with StoreReader(path) as r:
+        return r.read(name)
+
+
+@pytest.mark.parametrize("name", backbones.names())
+def test_every_backbone_encodes_on_cpu(tiny_frames, tmp_path, name):
+    res = features(FeatureConfig(backbone=name, weights="none", store=tiny_frames[0], out=tmp_path / "f.zarr",
+                                 device="cpu", batch_size=3))
+    f = read(res.store, "features")
+    assert f.shape == (5, 2, 2, backbones.get(name).dim) and f.dtype == np.float16
+    status = read(res.store, "status")
+    assert (status == [1, 1, 1, 2, 1]).all() or sorted(status.tolist()) == [1, 1, 1, 1, 2]
+    assert np.isfinite(f[status == 1]).all() and np.abs(f[status == 1]).sum() > 0
+    assert (f[status == 2] == 0).all()
+
+
+def test_features_equal_a_direct_torchvision_forward(tiny_frames, tmp_path):
+    import torchvision
+
+    torch.manual_seed(123)
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    res = features(FeatureConfig(backbone="resnet18", weights=str(path), store=tiny_frames[0],
+                                 out=tmp_path / "f.zarr", device="cpu", batch_size=4))
+    ref.fc = torch.nn.Identity()
+    ref.eval()
+    frames = read(tiny_frames[0], "frames")
+    ok = read(tiny_frames[0], "status") == 1
+    x = torch.from_numpy(frames[ok].reshape(-1, 32, 32, 3)).permute(0, 3, 1, 2)
+    preprocess = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms(antialias=True)
+    with torch.inference_mode():
+        expected = ref(preprocess(x)).numpy()
+    got = read(res.store, "features")[ok].reshape(len(expected), -1).astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
+    with StoreReader(res.store) as r:
+        w = r.attrs["weights"]
+        assert w["kind"] == "file" and w["sha256"] == backbones.sha256_file(path) and r.attrs["pretrained"]
+
+
+def test_lineage_noop_and_random_weights_marked(tiny_frames, tmp_path):
+    cfg = FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[0], out=tmp_path / "f.zarr", device="cpu")
+    first = features(cfg)
+    again = features(cfg)
+    assert again.up_to_date and not first.up_to_date
+    with StoreReader(first.store) as r:
+        a = r.attrs
+        assert a["kind"] == "features" and a["backbone"] == "resnet18" and a["pretrained"] is False
+        assert a["weights"]["source"] == "random init (seed 0)" and a["precision"] == "fp32"
+        with StoreReader(tiny_frames[0]) as fr:
+            assert a["frames_fingerprint"] == fr.attrs["lineage"]["fingerprint"]
+            for name in ("video", "label", "group", "frame_idx", "view_index", "split/groups"):
+                np.testing.assert_array_equal(r.read(name), fr.read(name))
+    other = features(FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[0],
+                                   out=tmp_path / "f.zarr", device="cpu", precision="bf16"))
+    assert not other.up_to_date  # a changed parameter redoes the stage
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_frames, tmp_path, monkeypatch):
+    import pipeline.features as F
+
+    cfg = FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[0], out=tmp_path / "f.zarr", device="cpu")
+    real = F.run_shard
+    calls = []
+
+    def dies_after_one(task, prefetched=None):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(task)
+        return real(task, prefetched)
+
+    monkeypatch.setattr(F, "run_shard", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        features(cfg)
+    monkeypatch.setattr(F, "run_shard", real)
+    work = store.work_path(tmp_path / "f.zarr")
+    assert 0 < (read(work, "status") != 0).sum() < 5
+    resumed = features(cfg)
+    assert resumed.encoded_videos < 4  # only what was missing
+    fresh = features(FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[0], out=tmp_path / "g.zarr",
+                                   device="cpu"))
+    np.testing.assert_array_equal(read(resumed.store, "features"), read(fresh.store, "features"))
+
+
+def test_hdf5_and_zarr_frame_stores_give_the_same_features(tiny_frames, tmp_path):
+    a = features(FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[0], out=tmp_path / "a.zarr", device="cpu"))
+    b = features(FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[1], out=tmp_path / "b.zarr", device="cpu"))
+    np.testing.assert_array_equal(read(a.store, "features"), read(b.store, "features"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "vgg16", "--store", "x.zarr"], "unknown backbone 'vgg16'; allowed: resnet152, resnet50, resnet18"),
+    (["--backbone", "resnet18", "--store", "/nonexistent/frames.zarr"], "no store at /nonexistent/frames.zarr"),
+    (["--backbone", "resnet18"], "give --store PATH or --dataset NAME"),
+    (["--backbone", "resnet18", "--dataset", "ucf50"], "run `har extract ucf50` first"),
+    (["--backbone", "resnet18", "--store", "FRAMES", "--weights", "imagenet"],
+     "resnet18: ImageNet weights resnet18-f37072fd.pth are not in"),
+    (["--backbone", "resnet18", "--store", "FRAMES", "--weights", "/nonexistent.pth"], "--weights '/nonexistent.pth' is not a file"),
+    (["--backbone", "resnet18", "--store", "FRAMES", "--device", "tpu"], "--device 'tpu' is not supported; allowed: auto, cpu, cuda"),
+])
+def test_cli_errors_one_line_exit_2(tiny_frames, tmp_path, args, message):
+    args = [str(tiny_frames[0]) if a == "FRAMES" else a for a in args]
+    env = {**os.environ, "HAR_HOME": str(tmp_path / "home"), "TORCH_HOME": str(tmp_path / "torch"), "COLUMNS": "300"}
+    res = subprocess.run([sys.executable, "-m", "cli", "features", *args], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("Downloading:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr
