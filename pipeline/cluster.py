@@ -23,13 +23,15 @@ def cpu_count() -> int:
 
 
 def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callable[[Any], None],
-              scheduler: str | None = None, workers: int | None = None) -> None:
+              scheduler: str | None = None, workers: int | None = None,
+              resources: dict[str, float] | None = None) -> None:
     """Call fn(task) for every task and on_result(result) as each finishes (any order).
 
     scheduler None: a local dask.distributed cluster of `workers` processes (default: all cores),
     one thread each. "synchronous": a plain loop in this process. Anything else: the address of
     a running dask.distributed scheduler (tcp://host:8786) whose workers can import `pipeline`
-    and reach the store path.
+    and reach the store path. `resources` (e.g. {"GPU": 1}) places each task on a worker started
+    with that resource (`dask worker --resources GPU=1`, one per GPU).
     """
     tasks = list(tasks)
     if not tasks:
@@ -57,7 +59,7 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
     else:
         client = Client(scheduler, timeout="20s")
     try:
-        futures = client.map(fn, tasks, pure=False)
+        futures = client.map(fn, tasks, pure=False, resources=resources)
         for fut in as_completed(futures):
             on_result(fut.result())
     finally:

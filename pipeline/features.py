@@ -261,7 +261,8 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int], None] | None = N
         if cfg.scheduler is None:
             _run_local(tasks, on_result)
         else:
-            run_tasks(run_shard, tasks, on_result, scheduler=cfg.scheduler)
+            run_tasks(run_shard, tasks, on_result, scheduler=cfg.scheduler,
+                      resources={"GPU": 1} if device == "cuda" else None)
         store.mark_complete(work)
         store.swap_in(work, target, "zarr")
         with store.StoreReader(target) as final:

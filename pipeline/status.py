@@ -31,7 +31,15 @@ def store_state(path: Path) -> StoreState:
     base = dict(path=Path(path), dataset=dataset, kind=attrs.get("kind", "?"), videos=len(status),
                 ok=int((status == store.OK).sum()), failed=int((status == store.FAILED).sum()),
                 bytes=dir_bytes(Path(path)))
-    if attrs.get("kind") != "frames":
+    if attrs.get("kind") == "features":
+        src = Path(lin.get("inputs", {}).get("frames_store", ""))
+        try:
+            with store.StoreReader(src) as fr:
+                now_fp = fr.attrs["lineage"]["fingerprint"]
+        except (store.StoreError, OSError, KeyError):
+            return StoreState(**base, current=False, reason=f"frame store {src} is gone")
+        if now_fp != attrs.get("frames_fingerprint"):
+            return StoreState(**base, current=False, reason="its frame store changed since; run har features again")
         return StoreState(**base, current=True, reason="")
     root = Path(lin.get("inputs", {}).get("root", ""))
     try:
@@ -57,5 +65,6 @@ def store_state(path: Path) -> StoreState:
 def find_stores() -> list[Path]:
     """Every store under $HAR_HOME/stores, newest first."""
     base = lineage.har_home() / "stores"
-    found = [p for pat in ("*/*/frames.zarr", "*/*/frames.h5", "*/*/features.zarr") for p in base.glob(pat)]
+    found = [p for pat in ("*/*/frames.zarr", "*/*/frames.h5", "*/*/features-*.zarr") for p in base.glob(pat)
+             if not p.name.endswith(".partial.zarr")]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -141,3 +141,31 @@ def test_cli_errors_one_line_exit_2(tiny_frames, tmp_path, args, message):
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("Downloading:")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr
+
+
+def test_bf16_features_match_fp32(tiny_frames, tmp_path):
+    """bf16 autocast (the GPU default) against fp32: cosine similarity per frame. On CPU here;
+    the same check runs on CUDA when a device is present (see BENCHMARKS.md)."""
+    a = features(FeatureConfig(backbone="resnet50", weights="none", store=tiny_frames[0], out=tmp_path / "a.zarr",
+                               device="cpu", precision="fp32"))
+    b = features(FeatureConfig(backbone="resnet50", weights="none", store=tiny_frames[0], out=tmp_path / "b.zarr",
+                               device="cpu", precision="bf16"))
+    ok = read(a.store, "status") == 1
+    x = read(a.store, "features")[ok].reshape(-1, 2048).astype(np.float64)
+    y = read(b.store, "features")[ok].reshape(-1, 2048).astype(np.float64)
+    cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert cos.min() >= 0.999, cos.min()
+
+
+def test_status_follows_the_frame_store(tiny_frames, tmp_path):
+    import shutil
+
+    from pipeline.status import store_state
+
+    frames = tmp_path / "frames.zarr"
+    shutil.copytree(tiny_frames[0], frames)
+    res = features(FeatureConfig(backbone="resnet18", weights="none", store=frames, out=tmp_path / "f.zarr", device="cpu"))
+    assert store_state(res.store).current
+    shutil.rmtree(frames)
+    state = store_state(res.store)
+    assert not state.current and "is gone" in state.reason
