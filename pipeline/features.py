@@ -5,7 +5,7 @@ encoded into a working Zarr store beside the target, `status` last, then swapped
 nothing changed does nothing; a killed run resumes. Only videos with status ok in the frame store
 are encoded; failed ones stay marked (status 2) with their error.
 
-On CUDA: bf16 autocast, channels_last, large batches, pinned host memory with non-blocking copies,
+On CUDA: bf16 autocast, channels_last (on CPU too), large batches, pinned host memory with non-blocking copies,
 and the next batch read from the store while the GPU works on this one. On CPU: every core,
 inference mode, batched.
 """
@@ -104,9 +104,8 @@ class Encoder:
             from pipeline.cluster import cpu_count
 
             torch.set_num_threads(cpu_count())
-        self.model = self.model.to(self.device)
-        if device == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # channels_last: cuDNN's and oneDNN's fast convolution layout (measured 1.3x on this CPU)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
         if compile:
             self.model = torch.compile(self.model)
 
@@ -121,8 +120,7 @@ class Encoder:
                 if cuda:
                     x = x.pin_memory().to(self.device, non_blocking=True)
                 x = self.preprocess(x)  # resize, crop, scale to [0, 1], normalise: the weights' own transforms
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     y = self.model(x)
                 chunks.append(y.float().to("cpu").numpy().astype(np.float16))
@@ -211,7 +209,9 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int], None] | None = N
     result = FeatureResult(store=target, device=device, precision=precision, weights=weights)
     with store.WriterLock(target):
         store.recover(target)
-        layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, s * t * spec.dim * 2))
+        h, w = attrs["recipe"]["height"], attrs["recipe"]["width"]
+        # a task holds a shard of frames (and the next one, prefetched): size shards by the frames
+        layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, max(s * t * h * w * 3, s * t * spec.dim * 2)))
         if target.exists():
             with store.StoreReader(target) as old:
                 if (old.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
