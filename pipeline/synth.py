@@ -169,5 +169,20 @@ def generate(out: Path, cfg: SynthConfig, on_video=None) -> list[Path]:
                 paths.append(path)
                 if on_video:
                     on_video(path)
+    _remove_stale(out, set(paths))
     meta_path.write_text(json.dumps(meta, indent=2))
     return paths
+
+
+def _remove_stale(out: Path, keep: set[Path]) -> None:
+    """Clips an earlier, larger config wrote (more classes, groups or clips) would otherwise stay
+    in the dataset. Only files named as har synth names them are touched."""
+    for name, _, _ in CLASSES:
+        folder = out / name
+        if not folder.is_dir():
+            continue
+        for f in folder.glob(f"v_{name}_g*_c*.avi"):
+            if f not in keep:
+                f.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()

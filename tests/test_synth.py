@@ -95,3 +95,12 @@ def test_classes_separable_across_groups_through_a_random_frozen_cnn(tmp_path):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="--classes 0 is out of range; allowed: 1..10"):
         synth.SynthConfig(classes=0).validate()
+
+
+def test_smaller_config_removes_the_clips_it_no_longer_has(tmp_path):
+    synth.generate(tmp_path, synth.SynthConfig(classes=4, groups=2, clips=2, frames=8))
+    synth.generate(tmp_path, synth.SynthConfig(classes=2, groups=1, clips=2, frames=8))
+    (tmp_path / "notes.txt").write_text("mine")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.avi")) == [
+        "Grow/v_Grow_g01_c01.avi", "Grow/v_Grow_g01_c02.avi", "Shrink/v_Shrink_g01_c01.avi", "Shrink/v_Shrink_g01_c02.avi"]
+    assert (tmp_path / "notes.txt").exists() and not (tmp_path / "Brighten").exists()
