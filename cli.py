@@ -220,11 +220,19 @@ def features(
         _fail(str(e))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    import time
+
+    t0 = time.perf_counter()
     with Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("features", total=None)
+                  TextColumn("{task.fields[rate]} frames/s"), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("features", total=None, rate="-")
+
+        def on_progress(done: int, total: int, frames: int) -> None:
+            dt = time.perf_counter() - t0
+            bar.update(task, completed=done, total=total, rate=f"{frames / dt:.0f}" if frames and dt else "-")
+
         try:
-            res = F.features(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            res = F.features(cfg, progress=on_progress)
         except (ValueError, OSError, backbones.WeightsError) as e:
             _fail(str(e))
         except KeyboardInterrupt:

@@ -179,8 +179,10 @@ def default_out(frames: Path, backbone: str, weights: backbones.WeightsInfo) -> 
     return frames.parent / f"features-{backbone}-{tag}.zarr"
 
 
-def features(cfg: FeatureConfig, progress: Callable[[int, int], None] | None = None) -> FeatureResult:
-    """Bring the feature store for `cfg` up to date and say what was done."""
+def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | None = None) -> FeatureResult:
+    """Bring the feature store for `cfg` up to date and say what was done.
+
+    `progress(videos_done, videos_total, frames_encoded_so_far)` is called after every shard."""
     t0 = time.perf_counter()
     cfg.validate()
     src = frame_store_for(cfg).absolute()
@@ -248,7 +250,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int], None] | None = N
                  if (status[a:b] == store.PENDING).any()]
         done = int((status != store.PENDING).sum())
         if progress:
-            progress(done, n)
+            progress(done, n, 0)
 
         def on_result(row: dict) -> None:
             nonlocal done
@@ -256,7 +258,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int], None] | None = N
             result.encoded_videos += row["videos"]
             result.frames += row["frames"]
             if progress:
-                progress(done, n)
+                progress(done, n, result.frames)
 
         if cfg.scheduler is None:
             _run_local(tasks, on_result)
