@@ -169,3 +169,35 @@ def test_status_follows_the_frame_store(tiny_frames, tmp_path):
     shutil.rmtree(frames)
     state = store_state(res.store)
     assert not state.current and "is gone" in state.reason
+
+
+def test_kill_9_mid_run_then_rerun_finishes_the_rest(tiny_frames, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "f.zarr"
+    work = store.work_path(out)
+    cmd = [sys.executable, "-m", "cli", "features", "--store", str(tiny_frames[0]), "--backbone", "resnet50",
+           "--weights", "none", "--out", str(out), "--device", "cpu", "--batch-size", "2"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_half_way = False
+    deadline = time.time() + 120
+    while p.poll() is None and time.time() < deadline:
+        try:
+            done = (read(work, "status") == 1).sum()
+        except Exception:
+            done = 0
+        if 0 < done < 4:
+            os.kill(p.pid, signal.SIGKILL)
+            killed_half_way = True
+            break
+        time.sleep(0.05)
+    p.wait()
+    assert killed_half_way, "the run ended before a kill could land half-way"
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "encoded:" in again.stdout and not work.exists()
+    fresh = features(FeatureConfig(backbone="resnet50", weights="none", store=tiny_frames[0], out=tmp_path / "g.zarr",
+                                   device="cpu", batch_size=2))
+    np.testing.assert_array_equal(read(out, "status"), read(fresh.store, "status"))
+    np.testing.assert_array_equal(read(out, "features"), read(fresh.store, "features"))
