@@ -370,17 +370,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         work = store.work_path(target)
         layout = store.Layout(len(rels), recipe.samples, recipe.frames, recipe.height, recipe.width,
                               store.choose_batch(len(rels), recipe.samples * recipe.frames * recipe.height * recipe.width * 3))
-        if work.exists():
-            try:
-                w = store.StoreReader(work)
-                resumable = (w.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
-                             and store.has_results(w, layout))
-                w.close()
-            except store.StoreError:
-                resumable = False
-            if not resumable:
-                store.remove(work)
-        if not work.exists():
+        if not store.resumable(work, lin["fingerprint"], layout):
             clip_index, view_index = sample_axes(recipe)
             static = {
                 "video": np.array(rels, dtype=str),

@@ -226,16 +226,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
             _point_latest(attrs["dataset"], target, cfg)
             return result
         work = store.work_path(target)
-        if work.exists():
-            try:
-                with store.StoreReader(work) as w:
-                    ok = (w.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
-                          and store.has_results(w, layout, "features", (spec.dim,)))
-            except store.StoreError:
-                ok = False
-            if not ok:
-                store.remove(work)
-        if not work.exists():
+        if not store.resumable(work, lin["fingerprint"], layout, "features", (spec.dim,)):
             fattrs = {"schema_version": store.SCHEMA_VERSION, "kind": "features", "dataset": attrs["dataset"],
                       "classes": attrs["classes"], "default_split": attrs.get("default_split"),
                       "recipe": attrs["recipe"], "backbone": cfg.backbone, "feature_dim": spec.dim,

@@ -262,6 +262,23 @@ def work_path(target: Path) -> Path:
     return target.with_name(target.name + ".partial.zarr")
 
 
+def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "frames",
+              data_tail: tuple[int, ...] | None = None) -> bool:
+    """Keep a killed run's working store if it was started for the same lineage fingerprint and
+    holds every array with the layout's shapes; otherwise remove it. True when it was kept."""
+    if not work.exists():
+        return False
+    try:
+        with StoreReader(work) as w:
+            keep = (w.attrs.get("lineage", {}).get("fingerprint") == fingerprint
+                    and has_results(w, layout, data_name, data_tail))
+    except StoreError:
+        keep = False
+    if not keep:
+        remove(work)
+    return keep
+
+
 def recover(target: Path) -> None:
     """Finish a swap that a kill interrupted; drop old versions left behind."""
     work = work_path(target)
