@@ -21,7 +21,7 @@ def test_help_is_light():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", ["synth", "extract", "status"])
+@pytest.mark.parametrize("command", ["synth", "extract", "features", "status", "demo"])
 def test_every_command_has_help_with_examples(command):
     res = har(command, "--help")
     assert res.returncode == 0 and "Examples" in res.stdout and f"har {command}" in res.stdout
