@@ -26,11 +26,14 @@ def store_state(path: Path) -> StoreState:
     with store.StoreReader(path) as r:
         attrs = r.attrs
         status = r.read("status")
+        complete = store.has_results(r, data_name="features" if attrs.get("kind") == "features" else "frames")
     lin = attrs.get("lineage", {})
     dataset = attrs.get("dataset", "?")
     base = dict(path=Path(path), dataset=dataset, kind=attrs.get("kind", "?"), videos=len(status),
                 ok=int((status == store.OK).sum()), failed=int((status == store.FAILED).sum()),
                 bytes=dir_bytes(Path(path)))
+    if not complete:
+        return StoreState(**base, current=False, reason="written by an older har (arrays missing); run the stage again")
     if attrs.get("kind") == "features":
         src = Path(lin.get("inputs", {}).get("frames_store", ""))
         try:

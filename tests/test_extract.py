@@ -207,6 +207,7 @@ def test_stores_from_an_older_layout_are_rebuilt_not_resumed(synthetic_root, tmp
     out = tmp_path / "s.zarr"
     run(synthetic_root, out)
     shutil.rmtree(out / "view_params")
+    assert "older har" in store_state(out).reason
     res = run(synthetic_root, out)
     assert not res.up_to_date and (res.decoded, res.reused) == (24, 0) and "view_params" in arrays(out)
     # the same for a working store left behind by a kill
