@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import sampling, synth, video  # noqa: E402
 from pipeline.cluster import cpu_count, run_tasks  # noqa: E402
 from pipeline.extract import ExtractConfig, Recipe, extract  # noqa: E402
-from pipeline.store import StoreReader, choose_batch  # noqa: E402
+from pipeline.store import StoreReader, choose_batch, dir_bytes  # noqa: E402
 
 
 def emit(**row):
@@ -124,10 +124,6 @@ def store_psnr(a_path: Path, b_path: Path) -> float:
             se += float(((x - y) ** 2).sum())
             count += x.size
     return float(10 * np.log10(255**2 / (se / count)))
-
-
-def dir_bytes(p: Path) -> int:
-    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
 # ---- the long video --------------------------------------------------------------------------

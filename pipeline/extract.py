@@ -11,7 +11,6 @@ Plan, then execute:
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -117,20 +116,6 @@ class ExtractResult:
 def default_store_path(dataset: str, recipe: Recipe, fmt: str = "zarr") -> Path:
     name = "frames.h5" if fmt == "hdf5" else "frames.zarr"
     return lineage.har_home() / "stores" / dataset / recipe.fingerprint()[:12] / name
-
-
-def latest_store(dataset: str, kind: str = "frames") -> Path:
-    """The store the last default-path extraction of `dataset` wrote (what later stages find)."""
-    pointer = lineage.har_home() / "stores" / dataset / f"latest-{kind}.json"
-    if not pointer.exists():
-        raise store.StoreError(f"no {kind} store for {dataset!r} under {pointer.parent}; run `har extract {dataset}` first")
-    return Path(json.loads(pointer.read_text())["store"])
-
-
-def dir_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 # ---- one video ------------------------------------------------------------------------------
@@ -352,7 +337,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             old.close()
             result.up_to_date = True
             result.seconds = time.perf_counter() - t0
-            _point_latest(cfg, index.name, target)
+            if cfg.out is None:
+                store.point_latest(index.name, "frames", target)
             return result
 
         # which videos can be copied from the previous version
@@ -414,7 +400,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         store.swap_in(work, target, cfg.format)
         with store.StoreReader(target) as final:
             _summarise(result, final)
-        _point_latest(cfg, index.name, target)
+        if cfg.out is None:
+            store.point_latest(index.name, "frames", target)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -427,13 +414,4 @@ def _summarise(result: ExtractResult, reader: store.StoreReader) -> None:
     result.failed = [(str(videos[i]), str(errors[i])) for i in np.flatnonzero(status == store.FAILED)]
     r = reader.attrs["recipe"]
     result.frames = result.ok * r["frames"] * r["clips"] * (1 + r["views"])
-    result.store_bytes = dir_bytes(reader.path)
-
-
-def _point_latest(cfg: ExtractConfig, dataset: str, target: Path) -> None:
-    if cfg.out is not None:
-        return
-    pointer = lineage.har_home() / "stores" / dataset / "latest-frames.json"
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"store": str(target), "updated": lineage.now()}))
-    tmp.replace(pointer)
+    result.store_bytes = store.dir_bytes(reader.path)

@@ -11,7 +11,6 @@ inference mode, batched.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -169,9 +168,7 @@ def run_shard(task: ShardTask, prefetched: np.ndarray | None = None) -> dict:
 def frame_store_for(cfg: FeatureConfig) -> Path:
     if cfg.store is not None:
         return Path(cfg.store)
-    from pipeline.extract import latest_store
-
-    return latest_store(cfg.dataset, "frames")
+    return store.latest_store(cfg.dataset, "frames")
 
 
 def default_out(frames: Path, backbone: str, weights: backbones.WeightsInfo) -> Path:
@@ -222,8 +219,9 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
                     result.failed = int((old.read("status") == store.FAILED).sum())
         if result.up_to_date:
             result.seconds = time.perf_counter() - t0
-            result.store_bytes = _bytes(target)
-            _point_latest(attrs["dataset"], target, cfg)
+            result.store_bytes = store.dir_bytes(target)
+            if cfg.out is None:
+                store.point_latest(attrs["dataset"], "features", target, backbone=cfg.backbone)
             return result
         work = store.work_path(target)
         if not store.resumable(work, lin["fingerprint"], layout, "features", (spec.dim,)):
@@ -261,8 +259,9 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
         with store.StoreReader(target) as final:
             result.failed = int((final.read("status") == store.FAILED).sum())
     result.seconds = time.perf_counter() - t0
-    result.store_bytes = _bytes(target)
-    _point_latest(attrs["dataset"], target, cfg)
+    result.store_bytes = store.dir_bytes(target)
+    if cfg.out is None:
+        store.point_latest(attrs["dataset"], "features", target, backbone=cfg.backbone)
     return result
 
 
@@ -282,17 +281,3 @@ def _run_local(tasks: list[ShardTask], on_result: Callable[[dict], None]) -> Non
             if i + 1 < len(tasks):
                 nxt = pool.submit(read, tasks[i + 1])
             on_result(run_shard(task, frames))
-
-
-def _bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _point_latest(dataset: str, target: Path, cfg: FeatureConfig) -> None:
-    if cfg.out is not None:
-        return
-    pointer = lineage.har_home() / "stores" / dataset / "latest-features.json"
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"store": str(target), "backbone": cfg.backbone, "updated": lineage.now()}))
-    tmp.replace(pointer)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import datasets, lineage, store
-from pipeline.extract import Recipe, build_lineage, dir_bytes
+from pipeline.extract import Recipe, build_lineage
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def store_state(path: Path) -> StoreState:
     dataset = attrs.get("dataset", "?")
     base = dict(path=Path(path), dataset=dataset, kind=attrs.get("kind", "?"), videos=len(status),
                 ok=int((status == store.OK).sum()), failed=int((status == store.FAILED).sum()),
-                bytes=dir_bytes(Path(path)))
+                bytes=store.dir_bytes(Path(path)))
     if not complete:
         return StoreState(**base, current=False, reason="written by an older har (arrays missing); run the stage again")
     if attrs.get("kind") == "features":

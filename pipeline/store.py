@@ -309,6 +309,40 @@ def swap_in(work: Path, target: Path, fmt: str) -> None:
         os.rename(work, target)
 
 
+def dir_bytes(path: Path) -> int:
+    """Bytes on disk of a store (a Zarr folder or an HDF5 file)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _pointer(dataset: str, kind: str) -> Path:
+    from pipeline.lineage import har_home
+
+    return har_home() / "stores" / dataset / f"latest-{kind}.json"
+
+
+def point_latest(dataset: str, kind: str, target: Path, **extra) -> None:
+    """Record `target` as the latest `kind` store of `dataset` (what later stages find by name)."""
+    from pipeline.lineage import now
+
+    pointer = _pointer(dataset, kind)
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"store": str(target), **extra, "updated": now()}))
+    tmp.replace(pointer)
+
+
+def latest_store(dataset: str, kind: str = "frames") -> Path:
+    """The store the last default-path run of a stage wrote for `dataset`."""
+    pointer = _pointer(dataset, kind)
+    if not pointer.exists():
+        stage = "extract" if kind == "frames" else kind
+        raise StoreError(f"no {kind} store for {dataset!r} under {pointer.parent}; run `har {stage} {dataset}` first")
+    return Path(json.loads(pointer.read_text())["store"])
+
+
 def remove(path: Path) -> None:
     path = Path(path)
     if path.is_dir():

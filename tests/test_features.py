@@ -45,7 +45,7 @@ def test_every_backbone_encodes_on_cpu(tiny_frames, tmp_path, name):
     f = read(res.store, "features")
     assert f.shape == (5, 2, 2, backbones.get(name).dim) and f.dtype == np.float16
     status = read(res.store, "status")
-    assert (status == [1, 1, 1, 2, 1]).all() or sorted(status.tolist()) == [1, 1, 1, 1, 2]
+    assert sorted(status.tolist()) == [1, 1, 1, 1, 2]
     assert np.isfinite(f[status == 1]).all() and np.abs(f[status == 1]).sum() > 0
     assert (f[status == 2] == 0).all()
 
