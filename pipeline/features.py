@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESIZES = ("weights", "stored")
 COPIED = ("video", "label", "group", "num_frames", "fps", "error", "frame_idx", "clip_index", "view_index",
           "view_params")
 
@@ -42,6 +43,8 @@ class FeatureConfig:
     batch_size: int = 256           # frames per forward pass
     precision: str = "auto"         # auto: bf16 on cuda, fp32 on cpu
     compile: bool = False           # torch.compile the backbone (GPU; slow to start)
+    resize: str = "weights"         # weights: the weights' resize + centre crop (224 px for ImageNet);
+                                    # stored: frames at their stored size, only scaled and normalised
     scheduler: str | None = None    # dask.distributed address: shards spread over its workers
 
     def validate(self) -> None:
@@ -50,6 +53,8 @@ class FeatureConfig:
             raise ValueError(f"--device {self.device!r} is not supported; allowed: {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"--resize {self.resize!r} is not supported; allowed: {', '.join(RESIZES)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size} must be >= 1")
         if (self.store is None) == (self.dataset is None):
@@ -92,10 +97,10 @@ class Encoder:
     """A loaded backbone on a device: encode(uint8 (M, H, W, 3)) -> float16 (M, D)."""
 
     def __init__(self, backbone: str, weights: str, device: str, precision: str, batch_size: int,
-                 compile: bool = False):
+                 compile: bool = False, resize: str = "weights"):
         import torch
 
-        self.model, self.preprocess, self.weights = backbones.load(backbone, weights)
+        self.model, self.preprocess, self.weights = backbones.load(backbone, weights, resize == "weights")
         self.device = torch.device(device)
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.batch_size = batch_size
@@ -171,9 +176,9 @@ def frame_store_for(cfg: FeatureConfig) -> Path:
     return store.latest_store(cfg.dataset, "frames")
 
 
-def default_out(frames: Path, backbone: str, weights: backbones.WeightsInfo) -> Path:
+def default_out(frames: Path, backbone: str, weights: backbones.WeightsInfo, resize: str = "weights") -> Path:
     tag = {"imagenet": "imagenet", "none": "random"}.get(weights.kind, (weights.sha256 or "file")[:12])
-    return frames.parent / f"features-{backbone}-{tag}.zarr"
+    return frames.parent / f"features-{backbone}-{tag}{'-stored' if resize == 'stored' else ''}.zarr"
 
 
 def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | None = None) -> FeatureResult:
@@ -196,12 +201,13 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     spec = backbones.get(cfg.backbone)
-    enc_key = (cfg.backbone, cfg.weights, device, precision, cfg.batch_size, cfg.compile)
+    enc_key = (cfg.backbone, cfg.weights, device, precision, cfg.batch_size, cfg.compile, cfg.resize)
     weights = encoder_for(enc_key).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
-    target = Path(cfg.out).absolute() if cfg.out else default_out(src, cfg.backbone, weights)
+    target = Path(cfg.out).absolute() if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
     content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
                "frames_fingerprint": attrs["lineage"]["fingerprint"], "backbone": cfg.backbone,
-               "weights": asdict(weights), "precision": precision}
+               "weights": asdict(weights), "precision": precision,
+               **({"resize": cfg.resize} if cfg.resize != "weights" else {})}  # old stores keep their fingerprint
     lin = {"fingerprint": lineage.fingerprint(content), "inputs": {"frames_store": str(src),
            "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "device": device,
            "batch_size": cfg.batch_size}, "versions": lineage.versions(), "created": lineage.now()}
@@ -221,7 +227,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
             result.seconds = time.perf_counter() - t0
             result.store_bytes = store.dir_bytes(target)
             if cfg.out is None:
-                store.point_latest(attrs["dataset"], "features", target, backbone=cfg.backbone)
+                _point_latest(attrs["dataset"], target, cfg.backbone)
             return result
         work = store.work_path(target)
         if not store.resumable(work, lin["fingerprint"], layout, "features", (spec.dim,)):
@@ -229,6 +235,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
                       "classes": attrs["classes"], "default_split": attrs.get("default_split"),
                       "recipe": attrs["recipe"], "backbone": cfg.backbone, "feature_dim": spec.dim,
                       "weights": asdict(weights), "pretrained": weights.pretrained, "precision": precision,
+                      "resize": cfg.resize,
                       "frames_fingerprint": content["frames_fingerprint"], "lineage": lin, "complete": False}
             initial = np.where(src_status == store.OK, store.PENDING, store.FAILED).astype(np.int8)
             store.create_zarr(work, layout, copied, fattrs, data_name="features", data_dtype="float16",
@@ -261,8 +268,14 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     result.seconds = time.perf_counter() - t0
     result.store_bytes = store.dir_bytes(target)
     if cfg.out is None:
-        store.point_latest(attrs["dataset"], "features", target, backbone=cfg.backbone)
+        _point_latest(attrs["dataset"], target, cfg.backbone)
     return result
+
+
+def _point_latest(dataset: str, target: Path, backbone: str) -> None:
+    """What `--dataset NAME` finds later: the latest feature store, and the latest per backbone."""
+    store.point_latest(dataset, "features", target, backbone=backbone)
+    store.point_latest(dataset, f"features-{backbone}", target, backbone=backbone)
 
 
 def _run_local(tasks: list[ShardTask], on_result: Callable[[dict], None]) -> None:

@@ -335,11 +335,14 @@ def point_latest(dataset: str, kind: str, target: Path, **extra) -> None:
 
 
 def latest_store(dataset: str, kind: str = "frames") -> Path:
-    """The store the last default-path run of a stage wrote for `dataset`."""
+    """The store the last default-path run of a stage wrote for `dataset`; `kind` is "frames",
+    "features" (any backbone) or "features-<backbone>"."""
     pointer = _pointer(dataset, kind)
     if not pointer.exists():
-        stage = "extract" if kind == "frames" else kind
-        raise StoreError(f"no {kind} store for {dataset!r} under {pointer.parent}; run `har {stage} {dataset}` first")
+        what = "har extract {d}" if kind == "frames" else "har features --dataset {d}"
+        if kind.startswith("features-"):
+            what += f" --backbone {kind.split('-', 1)[1]}"
+        raise StoreError(f"no {kind} store for {dataset!r} under {pointer.parent}; run `{what.format(d=dataset)}` first")
     return Path(json.loads(pointer.read_text())["store"])
 
 

@@ -55,12 +55,12 @@ class SynthConfig:
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth coloured texture: a few random low-frequency waves per channel. (h, w, 3) float32."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = rng.uniform(40, 160, 3).astype(np.float32)
+    base = rng.uniform(20, 110, 3).astype(np.float32)
     img = np.broadcast_to(base, (h, w, 3)).copy()
     for _ in range(4):
         fy, fx = rng.uniform(0.005, 0.05, 2)
         ph = rng.uniform(0, 2 * np.pi)
-        amp = rng.uniform(8, 30, 3).astype(np.float32)
+        amp = rng.uniform(4, 16, 3).astype(np.float32)
         img += np.sin(fy * y + fx * x + ph)[..., None] * amp
     return img
 
@@ -106,7 +106,7 @@ def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.nda
     g_rng = np.random.default_rng(seed_for(cfg.seed, "group", group))  # shared by every class
     bg = _background(g_rng, h, w)
     shape = SHAPES[int(g_rng.integers(len(SHAPES)))]
-    colour = g_rng.uniform(60, 255, 3).astype(np.float32)
+    colour = g_rng.uniform(190, 255, 3).astype(np.float32)  # light objects on darker textures: the change shows
     off_y, off_x = g_rng.uniform(-0.15, 0.15, 2) * (h, w)
     c_rng = np.random.default_rng(seed_for(cfg.seed, kind, group, clip))  # shared by a reversed pair
     n = max(8, int(round(cfg.frames * c_rng.uniform(0.8, 1.2))))
@@ -139,6 +139,17 @@ def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.nda
 
 def class_names(cfg: SynthConfig) -> list[str]:
     return [CLASSES[i][0] for i in range(cfg.classes)]
+
+
+def reversed_classes(classes: list[str]) -> list[str]:
+    """The classes of `classes` whose reversed partner is there too (Grow and Shrink, ...): the
+    ones a bag-of-frames model cannot separate."""
+    by_pattern: dict[str, list[str]] = {}
+    for name, pattern, _rev in CLASSES:
+        if pattern not in ("pulse", "blink"):
+            by_pattern.setdefault(pattern, []).append(name)
+    present = set(classes)
+    return [c for pair in by_pattern.values() if set(pair) <= present for c in pair]
 
 
 def generate(out: Path, cfg: SynthConfig, on_video=None) -> list[Path]:

@@ -1,0 +1,189 @@
+"""Cached features for training: a feature store read once, splits, and which sample each video
+contributes to an epoch.
+
+`features` is [N, S, T, D] float16 (S = clips x (1 + views)). Training draws, per video and
+epoch, one random augmented view (any clip); evaluation averages the clean view's clips per video.
+Failed videos (status 2) are never used and are counted in every run's metrics, so none vanishes
+without a word. A store larger than `ram_limit` is copied once into a memory-mapped file
+beside it instead of into RAM.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import datasets, store
+from pipeline.sampling import seed_for
+
+logger = logging.getLogger(__name__)
+
+TRAIN, VAL, TEST = datasets.TRAIN, datasets.VAL, datasets.TEST
+SPLIT_ROLES = {"train": TRAIN, "val": VAL, "test": TEST}
+
+
+@dataclass
+class FeatureSet:
+    path: Path
+    features: np.ndarray      # [N, S, T, D] float16, in RAM or memory-mapped
+    labels: np.ndarray        # [N] int
+    groups: np.ndarray        # [N] int, -1 = none
+    ok: np.ndarray            # [N] bool: status ok
+    clip_index: np.ndarray    # [N, S]
+    view_index: np.ndarray    # [N, S]
+    videos: np.ndarray        # [N] str
+    splits: dict[str, np.ndarray]
+    attrs: dict
+    mapped: bool = False
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.attrs["classes"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.attrs["lineage"]["fingerprint"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+    @property
+    def frames(self) -> int:
+        return int(self.features.shape[2])
+
+    def failed(self) -> list[str]:
+        return [str(v) for v in self.videos[~self.ok]]
+
+
+def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
+    """Read a feature store. Raises store.StoreError for a missing, wrong-kind or unfinished store."""
+    path = Path(path)
+    if not path.exists():
+        raise store.StoreError(f"feature store {path} does not exist; run `har features` first")
+    with store.StoreReader(path) as r:
+        attrs = r.attrs
+        if attrs.get("kind") != "features":
+            raise store.StoreError(f"{path} is a {attrs.get('kind')} store; heads train on a feature store "
+                                   f"(`har features --store {path}` makes one)")
+        if not attrs.get("complete", True) or not store.has_results(r, data_name="features"):
+            raise store.StoreError(f"{path} is unfinished; run the `har features` command that made it again")
+        arr = r["features"]
+        nbytes = int(np.prod(arr.shape)) * 2
+        if ram_limit is None:
+            import psutil
+
+            ram_limit = psutil.virtual_memory().available // 2
+        mapped = nbytes > ram_limit
+        feats = _memory_map(path, r, attrs["lineage"]["fingerprint"]) if mapped else np.asarray(arr[...])
+        fs = FeatureSet(path=path, features=feats, labels=r.read("label").astype(np.int64),
+                        groups=r.read("group").astype(np.int64), ok=r.read("status") == store.OK,
+                        clip_index=r.read("clip_index"), view_index=r.read("view_index"),
+                        videos=r.read("video"),
+                        splits={n.split("/", 1)[1]: r.read(n) for n in r.names() if n.startswith("split/")},
+                        attrs=attrs, mapped=mapped)
+    if mapped:
+        logger.info("%s: %.1f GB of features > %.1f GB for RAM: memory-mapped", path, nbytes / 1e9, ram_limit / 1e9)
+    return fs
+
+
+def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.ndarray:
+    """The features as a .npy memory map beside the store, written once, shard by shard."""
+    cache = path.parent / f".{path.name}.{fingerprint[:12]}.npy"
+    arr = reader["features"]
+    if not cache.exists():
+        tmp = cache.with_suffix(".partial.npy")
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=arr.shape)
+        step = max(1, (64 << 20) // max(1, int(np.prod(arr.shape[1:])) * 2))
+        for a in range(0, arr.shape[0], step):
+            mm[a:a + step] = arr[a:a + step]
+        mm.flush()
+        del mm
+        tmp.rename(cache)
+    return np.load(cache, mmap_mode="r")
+
+
+# ---- splits ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    train: np.ndarray   # video indices
+    val: np.ndarray
+    test: np.ndarray
+    leakage: float      # share of test videos with a same-class clip of their group in train
+    carved_val: bool    # val was taken from train (the split had none)
+
+
+def split_names(fs: FeatureSet) -> list[str]:
+    return sorted(fs.splits)
+
+
+def default_split(fs: FeatureSet) -> str:
+    return fs.attrs.get("default_split") or ("groups" if "groups" in fs.splits else split_names(fs)[0])
+
+
+def make_split(fs: FeatureSet, name: str | None = None) -> Split:
+    """Train/val/test video indices of split `name` (failed videos left out). A split without
+    validation videos (the leave-one-group-out folds) gets one carved from its training part:
+    whole groups where there are groups (about 10 %), else a stratified tenth."""
+    name = name or default_split(fs)
+    if name not in fs.splits:
+        raise ValueError(f"unknown split {name!r} for {fs.path.name}; allowed: {', '.join(split_names(fs))}")
+    s = fs.splits[name].copy()
+    carved = not (s == VAL).any()
+    if carved:
+        s = _carve_val(s, fs.labels, fs.groups, name)
+    ok = fs.ok
+    parts = {role: np.flatnonzero((s == code) & ok) for role, code in SPLIT_ROLES.items()}
+    if len(parts["train"]) == 0 or len(parts["test"]) == 0:
+        raise ValueError(f"split {name!r} has {len(parts['train'])} training and {len(parts['test'])} test videos; "
+                         "both must be > 0")
+    leak = datasets.leakage(np.where(ok, s, datasets.UNUSED), fs.labels, fs.groups) if (fs.groups >= 0).any() else 0.0
+    return Split(name, parts["train"], parts["val"], parts["test"], float(leak), carved)
+
+
+def _carve_val(s: np.ndarray, labels: np.ndarray, groups: np.ndarray, name: str) -> np.ndarray:
+    s = s.copy()
+    train = np.flatnonzero(s == TRAIN)
+    rng = np.random.default_rng(seed_for("carve-val", name))
+    train_groups = np.unique(groups[train])
+    if (train_groups >= 0).all() and len(train_groups) >= 3:
+        k = max(1, round(0.1 * len(train_groups)))
+        chosen = rng.choice(train_groups, size=k, replace=False)
+        s[train[np.isin(groups[train], chosen)]] = VAL
+        return s
+    for c in np.unique(labels[train]):
+        members = train[labels[train] == c]
+        k = max(1, round(0.1 * len(members))) if len(members) > 1 else 0
+        s[rng.choice(members, size=k, replace=False)] = VAL
+    return s
+
+
+# ---- which sample of each video ------------------------------------------------------------------
+
+def train_samples(fs: FeatureSet, videos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each video, one sample index: a random augmented view of a random clip (the clean view
+    when the store has no augmented views)."""
+    views = fs.view_index[videos]                       # (n, S)
+    pool = views > 0 if (fs.view_index > 0).any() else views == 0
+    u = rng.random(pool.shape)
+    u[~pool] = -1.0
+    return np.argmax(u, axis=1)                         # a uniform choice among the pool
+
+
+def eval_samples(fs: FeatureSet) -> np.ndarray:
+    """Sample indices of the clean view, one per clip: (K,)."""
+    return np.flatnonzero(fs.view_index[0] == 0)
+
+
+def gather(fs: FeatureSet, videos: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """features[videos[i], samples[i]] -> (n, T, D) float32; sorted reads when memory-mapped."""
+    if fs.mapped:
+        order = np.argsort(videos, kind="stable")
+        out = np.empty((len(videos), *fs.features.shape[2:]), np.float32)
+        out[order] = fs.features[videos[order], samples[order]]
+        return out
+    return fs.features[videos, samples].astype(np.float32)

@@ -1,0 +1,170 @@
+"""Sequence heads over cached frame features: (B, T, D) float -> (B, C) logits. One registry.
+
+- `lstm`, `gru`, `rnn`: recurrent layers, classified from the last time step's hidden state
+  (the LRCN head of the seed studies; the plain RNN one of them compared it with).
+- `late-fusion`: the T frame features concatenated -> MLP (another seed's baseline).
+- `mean`: the average over time -> linear. A bag of frames: it cannot tell a clip from the
+  same clip played backwards, which is the point of keeping it.
+- `attention`: a small temporal transformer (self-attention with learned positions) -> mean pool.
+
+Every head is preceded by `Standardize`: per-dimension mean and std of the training features,
+kept as buffers in the checkpoint, so heads see unit-scale inputs whatever the backbone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    hidden: int = 256            # recurrent state / MLP / transformer width (LRCN seed: 256)
+    layers: int = 1              # stacked recurrent or transformer layers
+    bidirectional: bool = False  # recurrent heads only: also read the clip backwards
+    dropout: float = 0.5         # before the classifier (and between stacked layers)
+    heads: int = 4               # attention heads (attention only)
+
+    def validate(self) -> None:
+        if self.hidden < 1 or self.layers < 1 or self.heads < 1:
+            raise ValueError(f"--hidden {self.hidden}, --layers {self.layers}, --heads {self.heads}: each must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout {self.dropout} is out of range; allowed: 0 <= dropout < 1")
+
+
+Builder = Callable[[int, int, int, HeadConfig], nn.Module]  # (dim, classes, frames, cfg) -> module
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def add(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"An entry is already registered under the name '{name}'.")
+        _REGISTRY[name] = fn
+        return fn
+    return add
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def check(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown head {name!r}; allowed: {', '.join(_REGISTRY)}")
+
+
+def build(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig,
+          mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> nn.Module:
+    """Standardize(mean, std) followed by the head `name`."""
+    check(name)
+    cfg.validate()
+    return nn.Sequential(Standardize(dim, mean, std), _REGISTRY[name](dim, classes, frames, cfg))
+
+
+class Standardize(nn.Module):
+    def __init__(self, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.float().clone())
+        self.register_buffer("inv_std", torch.ones(dim) if std is None else 1.0 / std.float().clamp_min(1e-6))
+
+    def forward(self, x):  # (B, T, D)
+        return (x - self.mean) * self.inv_std
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase], dim: int, classes: int, cfg: HeadConfig):
+        super().__init__()
+        self.rnn = cell(dim, cfg.hidden, num_layers=cfg.layers, batch_first=True, bidirectional=cfg.bidirectional,
+                        dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden * (2 if cfg.bidirectional else 1), classes)
+
+    def forward(self, x):  # (B, T, D)
+        _, h = self.rnn(self.drop(x))                    # dropout on the frame features too (LRCN's regulariser)
+        h = h[0] if isinstance(h, tuple) else h          # LSTM returns (h_n, c_n); (layers * dirs, B, hidden)
+        if self.rnn.bidirectional:
+            last = torch.cat([h[-2], h[-1]], dim=1)      # last layer: forward after t=T-1, backward after t=0
+        else:
+            last = h[-1]
+        return self.fc(self.drop(last))
+
+
+@register("lstm")
+def _lstm(dim, classes, frames, cfg):
+    return Recurrent(nn.LSTM, dim, classes, cfg)
+
+
+@register("gru")
+def _gru(dim, classes, frames, cfg):
+    return Recurrent(nn.GRU, dim, classes, cfg)
+
+
+@register("rnn")
+def _rnn(dim, classes, frames, cfg):
+    return Recurrent(nn.RNN, dim, classes, cfg)
+
+
+class LateFusion(nn.Module):
+    def __init__(self, dim: int, classes: int, frames: int, cfg: HeadConfig):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten(1), nn.Dropout(cfg.dropout)]
+        width = dim * frames
+        for _ in range(cfg.layers):
+            layers += [nn.Linear(width, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            width = cfg.hidden
+        layers.append(nn.Linear(width, classes))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x):  # (B, T, D) -> (B, T*D) -> MLP
+        return self.mlp(x)
+
+
+@register("late-fusion")
+def _late_fusion(dim, classes, frames, cfg):
+    return LateFusion(dim, classes, frames, cfg)
+
+
+class MeanPool(nn.Module):
+    def __init__(self, dim: int, classes: int, cfg: HeadConfig):
+        super().__init__()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, x):  # (B, T, D) -> (B, D): order is lost here, on purpose
+        return self.fc(self.drop(x.mean(dim=1)))
+
+
+@register("mean")
+def _mean(dim, classes, frames, cfg):
+    return MeanPool(dim, classes, cfg)
+
+
+class TemporalTransformer(nn.Module):
+    """Project to `hidden`, add learned position embeddings (without them attention is a bag of
+    frames too), `layers` pre-norm transformer encoder layers, mean over time, classify."""
+
+    def __init__(self, dim: int, classes: int, frames: int, cfg: HeadConfig):
+        super().__init__()
+        if cfg.hidden % cfg.heads:
+            raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the attention head")
+        self.proj = nn.Linear(dim, cfg.hidden)
+        self.pos = nn.Parameter(torch.randn(1, frames, cfg.hidden) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=2 * cfg.hidden,
+                                           dropout=min(cfg.dropout, 0.1), batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden, classes)
+
+    def forward(self, x):  # (B, T, D)
+        h = self.proj(x) + self.pos[:, : x.shape[1]]      # (B, T, hidden)
+        h = self.norm(self.encoder(h)).mean(dim=1)        # (B, hidden)
+        return self.fc(self.drop(h))
+
+
+@register("attention")
+def _attention(dim, classes, frames, cfg):
+    return TemporalTransformer(dim, classes, frames, cfg)

@@ -1,0 +1,260 @@
+"""The training loop, as plain functions: `train_one_epoch`, `predict`, `fit`.
+
+A checkpoint is a dict (model, optimizer, scheduler, epoch, history, best, early-stopping state,
+config). `last.pt` is written after every epoch (to a temporary file, then renamed, so a kill
+never leaves half a checkpoint); `best.pt` holds the weights of the best validation accuracy.
+
+Determinism: everything random in epoch e (shuffle, which view, dropout) is seeded by
+(seed, e) alone, so a run killed at any moment and started again from `last.pt` ends with the
+same weights and metrics as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.sampling import seed_for
+from trainers import data, heads
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("plateau", "exponential", "cosine", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    head: str = "lstm"
+    head_options: heads.HeadConfig = field(default_factory=heads.HeadConfig)
+    split: str | None = None       # None: the store's default (group-disjoint where groups exist)
+    epochs: int = 30
+    batch_size: int = 32           # videos per step
+    optimizer: str = "adam"        # adam (the seed studies) | adamw (decoupled weight decay)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "plateau"     # plateau: ReduceLROnPlateau on val accuracy, as the seeds
+    lr_factor: float = 0.5         # plateau: multiply by this after `lr_patience` flat epochs
+    lr_patience: int = 3
+    gamma: float = 0.95            # exponential: lr *= gamma per epoch
+    class_weighted: bool = False   # cross-entropy weighted by inverse class frequency in train
+    patience: int = 10             # early stopping: epochs without val accuracy improving by min_delta
+    min_delta: float = 0.001
+    seed: int = 0
+    device: str = "auto"           # auto: cuda when present
+
+    def validate(self) -> None:
+        heads.check(self.head)
+        self.head_options.validate()
+        checks = ((self.optimizer, OPTIMIZERS, "optimizer"), (self.scheduler, SCHEDULERS, "scheduler"),
+                  (self.device, DEVICES, "device"))
+        for value, allowed, name in checks:
+            if value not in allowed:
+                raise ValueError(f"--{name} {value!r} is not supported; allowed: {', '.join(allowed)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"--lr {self.lr} must be > 0")
+        if self.weight_decay < 0 or self.patience < 1 or self.min_delta < 0:
+            raise ValueError("--weight-decay and --min-delta must be >= 0, --patience >= 1")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu or auto")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_val_acc: float
+    stopped_early: bool
+    resumed_from: int           # epochs found done in last.pt (0 = fresh)
+    seconds: float
+
+
+# ---- pieces ----------------------------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, fs: data.FeatureSet, train: np.ndarray) -> nn.Module:
+    """The head, with Standardize set from the training videos' features (all their samples)."""
+    torch.manual_seed(cfg.seed)
+    stats = _feature_stats(fs, train)
+    return heads.build(cfg.head, fs.dim, len(fs.classes), fs.frames, cfg.head_options, *stats)
+
+
+def _feature_stats(fs: data.FeatureSet, videos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    total = np.zeros(fs.dim)
+    sq = np.zeros(fs.dim)
+    count = 0
+    for a in range(0, len(videos), 256):
+        x = fs.features[np.sort(videos[a:a + 256])].astype(np.float64).reshape(-1, fs.dim)
+        total += x.sum(0)
+        sq += (x * x).sum(0)
+        count += len(x)
+    mean = total / max(1, count)
+    std = np.sqrt(np.maximum(sq / max(1, count) - mean * mean, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module):
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, opt):
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor,
+                                                          patience=cfg.lr_patience)
+    if cfg.scheduler == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return None
+
+
+def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
+    """n / (C * n_c) per class present in `labels`; 1 for absent classes (they never occur)."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    w = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 1.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def train_one_epoch(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, cfg: TrainConfig, epoch: int,
+                    opt, loss_fn: nn.Module, device: torch.device) -> tuple[float, float]:
+    """One pass over `videos` in a (seed, epoch)-determined order and view draw: (loss, accuracy)."""
+    rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
+    torch.manual_seed(seed_for(cfg.seed, "dropout", epoch))
+    order = videos[rng.permutation(len(videos))]
+    samples = data.train_samples(fs, order, rng)
+    model.train()
+    total_loss, correct = 0.0, 0
+    for a in range(0, len(order), cfg.batch_size):
+        vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
+        x = torch.from_numpy(data.gather(fs, vb, sb)).to(device, non_blocking=True)
+        y = torch.from_numpy(fs.labels[vb]).to(device)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total_loss += float(loss.detach()) * len(vb)
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / len(order), correct / len(order)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, device: torch.device,
+            batch: int = 256) -> np.ndarray:
+    """(len(videos), C) video probabilities: softmax of every clean clip, averaged per video."""
+    model.eval()
+    clips = data.eval_samples(fs)
+    out = np.zeros((len(videos), len(fs.classes)), np.float32)
+    for a in range(0, len(videos), batch):
+        vb = videos[a:a + batch]
+        rows = np.repeat(vb, len(clips))
+        x = torch.from_numpy(data.gather(fs, rows, np.tile(clips, len(vb)))).to(device)
+        p = torch.softmax(model(x).float(), dim=1).cpu().numpy().reshape(len(vb), len(clips), -1)
+        out[a:a + len(vb)] = p.mean(axis=1)
+    return out
+
+
+def _loss_and_acc(probs: np.ndarray, y: np.ndarray, weight: torch.Tensor | None) -> tuple[float, float]:
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
+    loss = nn.functional.nll_loss(logp, torch.from_numpy(y), weight=weight)
+    return float(loss), float((probs.argmax(1) == y).mean())
+
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+def fit(cfg: TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path, fingerprint: str,
+        on_epoch: Callable[[dict], None] | None = None, stop_after: int | None = None) -> FitResult:
+    """Train on split.train, select on split.val; checkpoints in run_dir. Resumes from
+    run_dir/last.pt when it belongs to the same `fingerprint`. `stop_after` ends the call after
+    that many epochs in total, as an interruption would (tests)."""
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg, fs, split.train).to(device)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt)
+    weight = class_weights(fs.labels[split.train], len(fs.classes)) if cfg.class_weighted else None
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+    val = split.val if len(split.val) else split.train
+    state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_loss": math.inf, "best_epoch": 0, "stale": 0,
+             "done": False}
+    last = run_dir / "last.pt"
+    resumed = 0
+    if last.exists():
+        ck = torch.load(last, map_location=device, weights_only=False)
+        if ck.get("fingerprint") == fingerprint:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(ck["scheduler"])
+            state = ck["state"]
+            resumed = state["epoch"]
+            logger.info("resuming %s after epoch %d", run_dir, resumed)
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if state["done"] or (stop_after is not None and epoch > stop_after):
+            break
+        te = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(model, fs, split.train, cfg, epoch, opt, loss_fn, device)
+        val_loss, val_acc = _loss_and_acc(predict(model, fs, val, device), fs.labels[val],
+                                          None if weight is None else weight)
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(val_acc)
+        elif sched is not None:
+            sched.step()
+        better = val_acc > state["best_acc"] or (val_acc == state["best_acc"] and val_loss < state["best_loss"])
+        if better:
+            _save({"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
+                   "fingerprint": fingerprint}, run_dir / "best.pt")
+        state["stale"] = 0 if val_acc > state["best_acc"] + cfg.min_delta else state["stale"] + 1
+        if better:
+            state.update(best_acc=val_acc, best_loss=val_loss, best_epoch=epoch)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, "best": better, "seconds": time.perf_counter() - te}
+        state["history"].append(row)
+        state["epoch"] = epoch
+        state["done"] = state["stale"] >= cfg.patience or epoch == cfg.epochs
+        _save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+               "scheduler": None if sched is None else sched.state_dict(), "state": state,
+               "config": cfg.as_dict(), "fingerprint": fingerprint}, last)
+        if on_epoch:
+            on_epoch(row)
+    return FitResult(state["history"], state["best_epoch"], state["best_acc"],
+                     state["done"] and state["epoch"] < cfg.epochs, resumed, time.perf_counter() - t0)
+
+
+def load_best(cfg: TrainConfig, fs_dim: int, classes: int, frames: int, run_dir: Path,
+              device: torch.device | None = None) -> nn.Module:
+    """The head with the weights of best.pt (Standardize's statistics come from the checkpoint)."""
+    device = device or resolve_device(cfg.device)
+    model = heads.build(cfg.head, fs_dim, classes, frames, cfg.head_options)
+    ck = torch.load(run_dir / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval()

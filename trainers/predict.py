@@ -1,0 +1,65 @@
+"""`har predict`: any video file -> top-k classes, through the run's own chain.
+
+The run records what made its features (recipe, backbone, weights with sha256, resize), so a
+video is decoded and sampled exactly as the store's recipe did (clean view, every clip), encoded
+by the same backbone, and scored by the head; clip probabilities are averaged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import backbones, extract, video
+from pipeline.features import Encoder
+from trainers import loop, runs
+
+
+@dataclass
+class Predictor:
+    run_dir: Path
+    recipe: extract.Recipe
+    encoder: Encoder
+    head: torch.nn.Module
+    classes: list[str]
+    device: torch.device
+
+    def __call__(self, path: Path, top: int = 5) -> dict:
+        """{"video", "top": [{"class", "probability"}...]} or {"video", "error"} for a bad file."""
+        try:
+            samples = extract.extract_video(Path(path), Path(path).name, self.recipe)
+        except video.VideoError as e:
+            return {"video": str(path), "error": str(e)}
+        k, t = samples.frames.shape[:2]
+        feats = self.encoder.encode(samples.frames.reshape(k * t, *samples.frames.shape[2:]))
+        x = torch.from_numpy(feats.astype(np.float32).reshape(k, t, -1)).to(self.device)
+        with torch.inference_mode():
+            probs = torch.softmax(self.head(x).float(), dim=1).mean(0).cpu().numpy()
+        order = np.argsort(-probs, kind="stable")[:top]
+        return {"video": str(path), "clips": int(k),
+                "top": [{"class": self.classes[i], "probability": float(probs[i])} for i in order]}
+
+
+def weights_argument(card: dict) -> str:
+    """The --weights value that reproduces the recorded backbone weights."""
+    w = card["weights"]
+    return {"imagenet": "imagenet", "none": "none"}.get(w["kind"], w["source"])
+
+
+def load(run_dir: Path, device: str = "auto") -> Predictor:
+    cfg, lin = runs.load_run(run_dir)
+    card = lin.get("predict")
+    if card is None:
+        raise ValueError(f"{run_dir} was trained by an older har without a model card; train it again")
+    dev = loop.resolve_device(device if device != "auto" else cfg.device)
+    enc = Encoder(card["backbone"], weights_argument(card), dev.type, "fp32", 256, False, card.get("resize", "weights"))
+    recorded = card["weights"].get("sha256")
+    if recorded and enc.weights.sha256 != recorded:
+        raise backbones.WeightsError(f"the {card['backbone']} weights found ({enc.weights.source}, sha256 "
+                                     f"{(enc.weights.sha256 or '')[:12]}) are not the ones the features were made "
+                                     f"with (sha256 {recorded[:12]})")
+    head = loop.load_best(cfg, card["dim"], len(card["classes"]), card["frames"], Path(run_dir), dev)
+    recipe = replace(extract.Recipe(**card["recipe"]), views=0)
+    return Predictor(Path(run_dir), recipe, enc, head, list(card["classes"]), dev)

@@ -1,0 +1,219 @@
+"""A run: one head trained on one feature store and split, in its own directory.
+
+    runs/<head>-<split>-<fingerprint>/
+        config.json  lineage.json  last.pt  best.pt  history.json  metrics.json
+        report.md  curves.png  confusion.{png,csv}  per_class.{png,csv}
+
+The fingerprint covers the training config and the feature store's fingerprint: the same
+command again finds its finished run and does nothing; an interrupted one resumes from last.pt.
+`metrics.json` is written last: a directory with it is a finished run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import lineage, store
+from pipeline.synth import reversed_classes
+from trainers import data, heads, loop, metrics, report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    train: loop.TrainConfig
+    features: Path | None = None     # the feature store; or
+    dataset: str | None = None       # the latest feature store made for this dataset
+    backbone: str | None = None      # ... with this backbone (default: the latest of any)
+    out: Path | None = None          # run directory; default runs/<head>-<split>-<fingerprint[:10]>
+    ram_limit: int | None = None     # bytes of features kept in RAM; above it they are memory-mapped
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    up_to_date: bool
+    summary: dict
+    warnings: list[str]
+
+
+def feature_store_for(features: Path | None, dataset: str | None, backbone: str | None = None) -> Path:
+    if (features is None) == (dataset is None):
+        raise ValueError("give exactly one of --features PATH or --dataset NAME")
+    if features is not None:
+        return Path(features)
+    return store.latest_store(dataset, "features" if backbone is None else f"features-{backbone}")
+
+
+def run_fingerprint(cfg: loop.TrainConfig, fs: data.FeatureSet, split: data.Split) -> str:
+    return lineage.fingerprint({"train": cfg.as_dict(), "split": split.name, "features": fs.fingerprint,
+                                "schema": 1})
+
+
+def _evaluate(model, fs: data.FeatureSet, videos: np.ndarray, device) -> dict:
+    probs = loop.predict(model, fs, videos, device)
+    y = fs.labels[videos]
+    m = metrics.classification(y, probs, fs.classes)
+    pairs = reversed_classes(fs.classes) if fs.attrs.get("dataset") == "synthetic" else []
+    if pairs:
+        keep = np.isin(np.asarray(fs.classes)[y], pairs)
+        m["reversed_pairs_top1"] = metrics.subset_accuracy(y, probs, keep)
+    return m
+
+
+def _split_info(split: data.Split) -> dict:
+    return {"name": split.name, "train": int(len(split.train)), "val": int(len(split.val)),
+            "test": int(len(split.test)), "leakage": split.leakage, "val_carved_from_train": split.carved_val}
+
+
+def warnings_for(split: data.Split, fs: data.FeatureSet) -> list[str]:
+    out = []
+    if split.leakage > 0:
+        out.append(f"split {split.name!r} leaks groups: {split.leakage:.0%} of its test videos have a clip of the same "
+                   "group in train (near-duplicates), so its accuracy is inflated; the group-disjoint split has none")
+    if not fs.attrs.get("pretrained", True):
+        out.append(f"features of {fs.path.name} come from a RANDOMLY initialised {fs.attrs.get('backbone')} "
+                   "(no ImageNet weights were available): fine for checking the chain, not for real accuracy")
+    if (~fs.ok).any():
+        out.append(f"{int((~fs.ok).sum())} videos failed extraction and are in no split: "
+                   + ", ".join(fs.failed()[:5]) + (" ..." if (~fs.ok).sum() > 5 else ""))
+    return out
+
+
+def model_card(fs: data.FeatureSet) -> dict:
+    """What `har predict` needs to turn a video into this run's input the way the store did."""
+    a = fs.attrs
+    return {"recipe": a["recipe"], "backbone": a["backbone"], "weights": a["weights"],
+            "resize": a.get("resize", "weights"), "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
+
+
+def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
+               stop_after: int | None = None) -> RunResult:
+    cfg.train.validate()
+    path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
+    fs = data.load(path, cfg.ram_limit)
+    split = data.make_split(fs, cfg.train.split)
+    train_cfg = replace(cfg.train, split=split.name)
+    fp = run_fingerprint(train_cfg, fs, split)
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{train_cfg.head}-{split.name}-{fp[:10]}"
+    run_dir = run_dir.absolute()
+    warns = warnings_for(split, fs)
+    done = run_dir / "metrics.json"
+    if done.exists():
+        old = json.loads(done.read_text())
+        if old.get("fingerprint") == fp:
+            return RunResult(run_dir, True, old, warns)
+        if cfg.out is not None:
+            raise ValueError(f"--out {run_dir} holds another run (different config or features); "
+                             "choose another directory or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"features": str(path), **train_cfg.as_dict()}, indent=2, default=str))
+    lin = {"fingerprint": fp, "inputs": {"features_store": str(path), "features_fingerprint": fs.fingerprint,
+           "features_lineage": fs.attrs.get("lineage")}, "params": train_cfg.as_dict(), "split": _split_info(split),
+           "versions": lineage.versions(), "created": lineage.now(), "predict": model_card(fs)}
+    (run_dir / "lineage.json").write_text(json.dumps(lin, indent=2, default=str))
+    fit = loop.fit(train_cfg, fs, split, run_dir, fp, on_epoch=on_epoch, stop_after=stop_after)
+    (run_dir / "history.json").write_text(json.dumps(fit.history, indent=2))
+    if stop_after is not None and fit.history and len(fit.history) < train_cfg.epochs and not fit.stopped_early:
+        return RunResult(run_dir, False, {"interrupted_after": len(fit.history)}, warns)
+    summary = summarise(train_cfg, fs, split, run_dir, fp, fit)
+    report.write(run_dir, summary, fit.history, fs.classes)
+    done.write_text(json.dumps(summary, indent=2, default=str))
+    return RunResult(run_dir, False, summary, warns)
+
+
+def summarise(cfg: loop.TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path, fp: str,
+              fit: loop.FitResult) -> dict:
+    device = loop.resolve_device(cfg.device)
+    model = loop.load_best(cfg, fs.dim, len(fs.classes), fs.frames, run_dir, device)
+    val = split.val if len(split.val) else split.train
+    return {"fingerprint": fp, "features": str(fs.path), "features_fingerprint": fs.fingerprint,
+            "dataset": fs.attrs.get("dataset"), "backbone": fs.attrs.get("backbone"),
+            "pretrained": bool(fs.attrs.get("pretrained", True)), "config": cfg.as_dict(), "split": _split_info(split),
+            "failed_videos": fs.failed(), "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc,
+            "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
+            "train_seconds": sum(h["seconds"] for h in fit.history), "device": str(device),
+            "val": _evaluate(model, fs, val, device), "test": _evaluate(model, fs, split.test, device)}
+
+
+def load_run(run_dir: Path) -> tuple[loop.TrainConfig, dict]:
+    """(training config, lineage) of a run directory; ValueError when it is not one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists() or not (run_dir / "best.pt").exists():
+        raise ValueError(f"{run_dir} is not a finished har run (no config.json / best.pt); "
+                         "`har train-head` makes one")
+    raw = json.loads((run_dir / "config.json").read_text())
+    raw.pop("features", None)
+    raw["head_options"] = heads.HeadConfig(**raw["head_options"])
+    return loop.TrainConfig(**raw), json.loads((run_dir / "lineage.json").read_text())
+
+
+def evaluate_run(run_dir: Path, role: str = "test", features: Path | None = None) -> dict:
+    """Recompute a split part's metrics from best.pt and the run's feature store."""
+    if role not in data.SPLIT_ROLES:
+        raise ValueError(f"--split {role!r} is not supported; allowed: {', '.join(data.SPLIT_ROLES)}")
+    cfg, lin = load_run(run_dir)
+    path = Path(features or lin["inputs"]["features_store"])
+    fs = data.load(path)
+    if fs.fingerprint != lin["inputs"]["features_fingerprint"]:
+        raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
+                               f"{fs.fingerprint[:12]} != {lin['inputs']['features_fingerprint'][:12]}); train again")
+    split = data.make_split(fs, cfg.split)
+    videos = {"train": split.train, "val": split.val, "test": split.test}[role]
+    device = loop.resolve_device(cfg.device)
+    model = loop.load_best(cfg, fs.dim, len(fs.classes), fs.frames, Path(run_dir), device)
+    return {"split": split.name, "part": role, **_evaluate(model, fs, videos, device)}
+
+
+# ---- cross-validation -------------------------------------------------------------------------------
+
+FOLDS = ("logo", "official")
+
+
+@dataclass
+class CVResult:
+    out: Path
+    folds: list[dict]
+    summary: dict
+
+
+def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None) -> CVResult:
+    """Train the head on every fold (leave-one-group-out, or the official splits 1-3); each fold is
+    a run (resumable, up to date on rerun) under the cv directory; mean +- std of test metrics."""
+    if folds not in FOLDS:
+        raise ValueError(f"--folds {folds!r} is not supported; allowed: {', '.join(FOLDS)}")
+    path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
+    fs = data.load(path, cfg.ram_limit)
+    prefix = "logo" if folds == "logo" else "official"
+    names = sorted(n for n in fs.splits if n.startswith(prefix))
+    if not names:
+        have = ", ".join(data.split_names(fs))
+        why = "it has no groups" if folds == "logo" else "its dataset has no official splits (UCF101 and HMDB51 do)"
+        raise ValueError(f"--folds {folds}: {path.name} has no such splits ({why}); its splits: {have}")
+    fp = lineage.fingerprint({"train": replace(cfg.train, split=None).as_dict(), "features": fs.fingerprint,
+                              "folds": folds})
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"cv-{cfg.train.head}-{folds}-{fp[:10]}"
+    rows = []
+    for name in names:
+        res = train_head(replace(cfg, features=path, dataset=None, out=out / name,
+                                 train=replace(cfg.train, split=name)))
+        t = res.summary["test"]
+        row = {"fold": name, "test_videos": t["videos"], "top1": t["top1"], "top5": t["top5"],
+               "f1_macro": t["f1_macro"], "up_to_date": res.up_to_date}
+        if "reversed_pairs_top1" in t:
+            row["reversed_pairs_top1"] = t["reversed_pairs_top1"]
+        rows.append(row)
+        if on_fold:
+            on_fold(row)
+    keys = [k for k in ("top1", "top5", "f1_macro", "reversed_pairs_top1") if k in rows[0]]
+    summary = {"head": cfg.train.head, "features": str(path), "folds": folds,
+               **{k: metrics.summary([r[k] for r in rows if not np.isnan(r[k])]) for k in keys}}
+    (out / "cv.json").write_text(json.dumps({"summary": summary, "folds": rows}, indent=2))
+    return CVResult(out.absolute(), rows, summary)
+
