@@ -73,3 +73,53 @@ def write_audio_only(path: Path) -> Path:
         for p in st.encode():
             out.mux(p)
     return path
+
+
+def reversed_pair_features(videos_per_class: int = 24, groups: int = 6, frames: int = 8, dim: int = 16,
+                           views: int = 1, seed: int = 0):
+    """Features where class 1 is class 0 backwards and class 3 is class 2 backwards, on top of a
+    per-group appearance offset: (features [N, 1+views, T, D] float16, labels, groups).
+    A bag of frames (the mean over time) cannot separate a pair; the order can."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, (2, dim))                       # the two motion directions
+    look = rng.normal(0, 1.5, (groups, dim))                # group appearance
+    t = np.linspace(-1, 1, frames)[:, None]
+    feats, labels, grp = [], [], []
+    for c in range(4):
+        for i in range(videos_per_class):
+            g = i % groups
+            seq = look[g] + t * base[c // 2] * (1 if c % 2 == 0 else -1) * 1.5
+            samples = [seq + rng.normal(0, 0.3, seq.shape) for _ in range(1 + views)]
+            feats.append(samples)
+            labels.append(c)
+            grp.append(g + 1)
+    return np.asarray(feats, np.float16), np.asarray(labels), np.asarray(grp)
+
+
+def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                        classes: list[str], dataset: str = "synthetic", status: np.ndarray | None = None) -> Path:
+    """A feature store with the real schema, written from arrays (no video, no backbone)."""
+    from pipeline import datasets, lineage, store
+
+    n, s, t, d = feats.shape
+    status = np.full(n, store.OK, np.int8) if status is None else status
+    key = lineage.fingerprint(feats.tobytes().hex()[:4096])
+    splits = {"groups": datasets.group_split(groups, key), "random": datasets.stratified_split(labels, key),
+              **datasets.logo_splits(groups)}
+    static = {"video": np.array([f"{classes[l]}/v_{classes[l]}_g{g:02d}_c{i:02d}.avi"
+                                 for i, (l, g) in enumerate(zip(labels, groups))]),
+              "label": labels.astype(np.int16), "group": groups.astype(np.int16),
+              "clip_index": np.zeros((n, s), np.int16), "view_index": np.tile(np.arange(s, dtype=np.int16), (n, 1)),
+              **{f"split/{k}": v for k, v in splits.items()}}
+    layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, s * t * d * 2))
+    attrs = {"schema_version": store.SCHEMA_VERSION, "kind": "features", "dataset": dataset, "classes": classes,
+             "default_split": "groups", "recipe": {}, "backbone": "test", "feature_dim": d,
+             "weights": {"kind": "none"}, "pretrained": False, "lineage": {"fingerprint": key}, "complete": True}
+    store.create_zarr(path, layout, static, attrs, data_name="features", data_dtype="float16", data_tail=(d,),
+                      status=status)
+    store.write_batch(path, 0, {"features": feats, "status": status, "frame_idx": np.zeros((n, s, t), np.int32),
+                                "view_params": np.zeros((n, s, 8), np.float32), "num_frames": np.full(n, t, np.int32),
+                                "fps": np.full(n, 25, np.float32),
+                                "error": np.array(["" if x == store.OK else "broken" for x in status])},
+                      data_name="features")
+    return path

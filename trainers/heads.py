@@ -142,16 +142,26 @@ def _mean(dim, classes, frames, cfg):
     return MeanPool(dim, classes, cfg)
 
 
+def sinusoid(frames: int, width: int) -> torch.Tensor:
+    """(1, frames, width) sine/cosine position table (Vaswani et al.), unit amplitude."""
+    pos = torch.arange(frames, dtype=torch.float32)[:, None]
+    freq = torch.exp(-torch.arange(0, width, 2, dtype=torch.float32) * (torch.log(torch.tensor(1e4)) / width))
+    table = torch.zeros(frames, width)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : width // 2]
+    return table[None]
+
+
 class TemporalTransformer(nn.Module):
-    """Project to `hidden`, add learned position embeddings (without them attention is a bag of
-    frames too), `layers` pre-norm transformer encoder layers, mean over time, classify."""
+    """Project to `hidden`, add position embeddings (learned, from a sine table; without them
+    attention is a bag of frames too), `layers` pre-norm transformer encoder layers, mean over time, classify."""
 
     def __init__(self, dim: int, classes: int, frames: int, cfg: HeadConfig):
         super().__init__()
         if cfg.hidden % cfg.heads:
             raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the attention head")
         self.proj = nn.Linear(dim, cfg.hidden)
-        self.pos = nn.Parameter(torch.randn(1, frames, cfg.hidden) * 0.02)
+        self.pos = nn.Parameter(sinusoid(frames, cfg.hidden))  # learned, starting from the sine table
         layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=2 * cfg.hidden,
                                            dropout=min(cfg.dropout, 0.1), batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)

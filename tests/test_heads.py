@@ -1,0 +1,110 @@
+"""Heads: every registered one runs forward and backward; the registry refuses what it should;
+metrics are right on hand-checked tables."""
+import numpy as np
+import pytest
+import torch
+
+from trainers import heads, loop, metrics
+
+
+@pytest.mark.parametrize("name", heads.names())
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_every_head_trains_a_step_and_every_parameter_gets_a_gradient(name, bidirectional):
+    torch.manual_seed(0)
+    cfg = heads.HeadConfig(hidden=16, layers=2, bidirectional=bidirectional, dropout=0.1, heads=4)
+    model = heads.build(name, dim=12, classes=5, frames=6, cfg=cfg)
+    x = torch.randn(3, 6, 12)
+    logits = model(x)
+    assert logits.shape == (3, 5)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 4]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_mean_head_cannot_see_order_and_the_sequence_heads_can():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    rev = x.flip(1)
+    for name in heads.names():
+        model = heads.build(name, 8, 3, 5, heads.HeadConfig(hidden=8, dropout=0.0)).eval()
+        same = torch.allclose(model(x), model(rev), atol=1e-5)
+        assert same == (name == "mean"), name
+
+
+def test_registry_refuses_duplicates_and_unknown_names():
+    with pytest.raises(ValueError, match="already registered under the name 'lstm'"):
+        heads.register("lstm")(lambda *a: None)
+    with pytest.raises(ValueError, match="unknown head 'transformer'; allowed: lstm, gru, rnn, late-fusion, mean, attention"):
+        heads.check("transformer")
+    with pytest.raises(ValueError, match="--hidden 30 must be a multiple of --heads 4"):
+        heads.build("attention", 8, 3, 4, heads.HeadConfig(hidden=30))
+    with pytest.raises(ValueError, match="--dropout 1.0 is out of range"):
+        heads.build("lstm", 8, 3, 4, heads.HeadConfig(dropout=1.0))
+
+
+def test_standardize_uses_the_given_statistics():
+    model = heads.build("mean", 2, 2, 3, heads.HeadConfig(dropout=0.0), torch.tensor([1.0, -1.0]),
+                        torch.tensor([2.0, 0.5]))
+    out = model[0](torch.tensor([[[3.0, 0.0]]]))
+    torch.testing.assert_close(out, torch.tensor([[[1.0, 2.0]]]))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"optimizer": "sgd"}, "--optimizer 'sgd' is not supported; allowed: adam, adamw"),
+    ({"scheduler": "step"}, "--scheduler 'step' is not supported; allowed: plateau, exponential, cosine, none"),
+    ({"epochs": 0}, "--epochs 0 must be >= 1"),
+    ({"lr": 0.0}, "--lr 0.0 must be > 0"),
+    ({"head": "svm"}, "unknown head 'svm'"),
+])
+def test_bad_training_config_is_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        loop.TrainConfig(**kw).validate()
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+P = np.array([[0.7, 0.2, 0.1],    # true 0: right
+              [0.5, 0.3, 0.2],    # true 1: wrong (2nd)
+              [0.1, 0.1, 0.8],    # true 2: right
+              [0.2, 0.5, 0.3]])   # true 2: wrong (2nd)
+Y = np.array([0, 1, 2, 2])
+
+
+@pytest.mark.parametrize("k, expected", [(1, 0.5), (2, 1.0), (3, 1.0), (10, 1.0)])
+def test_topk_table(k, expected):
+    assert metrics.topk_accuracy(Y, P, k) == expected
+
+
+def test_classification_numbers_by_hand():
+    m = metrics.classification(Y, P, ["a", "b", "c"])
+    # predictions 0, 0, 2, 1: class a P=1/2 R=1, b P=0 R=0, c P=1 R=1/2
+    assert m["top1"] == 0.5 and m["videos"] == 4
+    assert m["precision_macro"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert m["recall_macro"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert m["recall_weighted"] == pytest.approx(0.5)
+    assert m["confusion"] == [[1, 0, 0], [1, 0, 0], [0, 1, 1]]
+    assert [r["support"] for r in m["per_class"]] == [1, 1, 2]
+    assert m["f1_macro"] == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
+    assert 0 <= m["roc_auc_ovr_macro"] <= 1
+
+
+def test_roc_auc_skips_classes_absent_from_the_labels():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
+    assert metrics.roc_auc_macro(np.array([0, 1]), probs) == 1.0  # class 2 has no positives: skipped
+
+
+def test_video_scores_average_clips_and_summary():
+    clips = np.array([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+    np.testing.assert_allclose(metrics.video_scores(clips), [[2 / 3, 1 / 3]])
+    s = metrics.summary([0.5, 1.0])
+    assert s == {"mean": 0.75, "std": 0.25, "folds": 2, "values": [0.5, 1.0]}
+
+
+@pytest.mark.parametrize("labels, classes, expected", [
+    ([0, 0, 0, 1], 2, [4 / 6, 4 / 2]),
+    ([0, 1], 3, [1.0 * 2 / 3, 2 / 3, 1.0]),  # absent class 2 weighs 1
+])
+def test_class_weights_table(labels, classes, expected):
+    np.testing.assert_allclose(loop.class_weights(np.array(labels), classes).numpy(), expected, rtol=1e-6)

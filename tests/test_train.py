@@ -1,0 +1,197 @@
+"""Training on cached features: heads that use time beat the bag of frames on reversed pairs;
+seeded runs are identical; interrupted runs (in-process and kill -9) resume to the same result;
+memory-mapped features give the same run; splits, views, failed videos and reruns behave."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import reversed_pair_features, write_feature_store
+from pipeline import store
+from trainers import data, heads, loop, runs
+
+CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def pair_store(tmp_path_factory):
+    f, y, g = reversed_pair_features()
+    return write_feature_store(tmp_path_factory.mktemp("feats") / "f.zarr", f, y, g, CLASSES)
+
+
+def _cfg(head="lstm", **kw):
+    base = dict(head=head, head_options=heads.HeadConfig(hidden=32, dropout=0.1), epochs=25, batch_size=16,
+                lr=3e-3, scheduler="cosine", patience=25)
+    return loop.TrainConfig(**{**base, **kw})
+
+
+def _train(pair_store, out, **kw):
+    return runs.train_head(runs.RunConfig(_cfg(**kw), features=pair_store, out=out))
+
+
+def test_sequence_heads_separate_reversed_pairs_and_the_bag_of_frames_cannot(pair_store, tmp_path):
+    acc = {h: _train(pair_store, tmp_path / h, head=h).summary["test"]["reversed_pairs_top1"]
+           for h in ("lstm", "gru", "attention", "mean")}
+    for h in ("lstm", "gru", "attention"):
+        assert acc[h] >= 0.9, acc
+    assert acc["mean"] <= 0.7 and acc["lstm"] - acc["mean"] >= 0.3, acc
+
+
+def test_run_directory_holds_every_metric_and_figure(pair_store, tmp_path):
+    res = _train(pair_store, tmp_path / "run", head="gru", epochs=4)
+    for name in ("config.json", "lineage.json", "best.pt", "last.pt", "history.json", "metrics.json",
+                 "report.md", "curves.png", "confusion.png", "confusion.csv", "per_class.png", "per_class.csv"):
+        assert (res.run_dir / name).stat().st_size > 0, name
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    for key in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
+                "recall_weighted", "f1_weighted", "roc_auc_ovr_macro", "per_class", "confusion"):
+        assert key in m["test"], key
+    assert len(m["test"]["confusion"]) == 4 and m["split"]["name"] == "groups" and m["split"]["leakage"] == 0
+    assert len(json.loads((res.run_dir / "history.json").read_text())) == 4
+    lin = json.loads((res.run_dir / "lineage.json").read_text())
+    assert lin["inputs"]["features_fingerprint"] == data.load(pair_store).fingerprint
+    report = (res.run_dir / "report.md").read_text()
+    assert "curves.png" in report and "confusion.png" in report and "per_class.png" in report
+    assert (res.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # har evaluate recomputes the same numbers from the checkpoint
+    again = runs.evaluate_run(res.run_dir, "test")
+    assert again["top1"] == m["test"]["top1"] and again["confusion"] == m["test"]["confusion"]
+
+
+def _weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "best.pt", weights_only=True)["model"]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["test"] == mb["test"] and ma["best_epoch"] == mb["best_epoch"]
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (a, b))
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(ha) == strip(hb)
+
+
+def test_same_seed_same_run_other_seed_other_weights(pair_store, tmp_path):
+    _train(pair_store, tmp_path / "a", epochs=5)
+    _train(pair_store, tmp_path / "b", epochs=5)
+    _same_run(tmp_path / "a", tmp_path / "b")
+    _train(pair_store, tmp_path / "c", epochs=5, seed=1)
+    assert not torch.equal(_weights(tmp_path / "a")["1.fc.weight"], _weights(tmp_path / "c")["1.fc.weight"])
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(pair_store, tmp_path):
+    _train(pair_store, tmp_path / "whole", epochs=8, scheduler="plateau", lr_patience=1)
+    cfg = runs.RunConfig(_cfg(epochs=8, scheduler="plateau", lr_patience=1), features=pair_store, out=tmp_path / "cut")
+    first = runs.train_head(cfg, stop_after=3)
+    assert first.summary == {"interrupted_after": 3} and not (tmp_path / "cut" / "metrics.json").exists()
+    runs.train_head(cfg)
+    _same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_kill_minus_9_mid_training_then_the_same_command_finishes_identically(tmp_path):
+    f, y, g = reversed_pair_features(videos_per_class=60, dim=64, frames=16)
+    feats = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES)
+    args = [sys.executable, "-m", "cli", "train-head", "lstm", "--features", str(feats), "--epochs", "40",
+            "--hidden", "128", "--batch-size", "8", "--patience", "40", "--scheduler", "exponential"]
+    env = {**os.environ, "HAR_HOME": str(tmp_path / "home")}
+    subprocess.run(args + ["--out", str(tmp_path / "whole")], cwd=ROOT, env=env, check=True, capture_output=True)
+    victim = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(victim)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (victim / "last.pt").exists():
+        time.sleep(0.01)
+    time.sleep(0.3)  # somewhere in the following epochs
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (victim / "metrics.json").exists(), "the run finished before it could be killed"
+    done = torch.load(victim / "last.pt", weights_only=False)["state"]["epoch"]
+    assert 1 <= done < 40
+    subprocess.run(args + ["--out", str(victim)], cwd=ROOT, env=env, check=True, capture_output=True)
+    _same_run(tmp_path / "whole", victim)
+
+
+def test_memory_mapped_features_train_the_same_run(pair_store, tmp_path):
+    fs = data.load(pair_store, ram_limit=0)
+    assert fs.mapped and isinstance(fs.features, np.memmap)
+    np.testing.assert_array_equal(fs.features, data.load(pair_store).features)
+    _train(pair_store, tmp_path / "ram", epochs=3)
+    runs.train_head(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "mapped", ram_limit=0))
+    _same_run(tmp_path / "ram", tmp_path / "mapped")
+
+
+def test_rerun_is_up_to_date_and_a_changed_parameter_is_a_new_run(pair_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = runs.train_head(runs.RunConfig(_cfg(epochs=2), features=pair_store))
+    b = runs.train_head(runs.RunConfig(_cfg(epochs=2), features=pair_store))
+    assert b.up_to_date and b.run_dir == a.run_dir and a.run_dir.parent == tmp_path / "runs"
+    c = runs.train_head(runs.RunConfig(_cfg(epochs=2, lr=1e-3), features=pair_store))
+    assert not c.up_to_date and c.run_dir != a.run_dir
+    with pytest.raises(ValueError, match="holds another run"):
+        runs.train_head(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=a.run_dir))
+
+
+def test_random_split_warns_about_leakage(pair_store, tmp_path):
+    res = _train(pair_store, tmp_path / "r", split="random", epochs=2)
+    assert res.summary["split"]["leakage"] > 0.5
+    assert any("split 'random' leaks groups" in w for w in res.warnings)
+    assert "Warning" in (res.run_dir / "report.md").read_text()
+
+
+def test_failed_videos_are_in_no_split_and_are_reported(tmp_path):
+    f, y, g = reversed_pair_features(videos_per_class=6)
+    status = np.full(len(y), store.OK, np.int8)
+    status[[0, 5]] = store.FAILED
+    p = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES, status=status)
+    fs = data.load(p)
+    split = data.make_split(fs, "random")
+    used = np.concatenate([split.train, split.val, split.test])
+    assert 0 not in used and 5 not in used and len(used) == len(y) - 2
+    res = runs.train_head(runs.RunConfig(_cfg(epochs=1, split="random"), features=p, out=tmp_path / "r"))
+    assert len(res.summary["failed_videos"]) == 2
+    assert any("2 videos failed extraction" in w for w in res.warnings)
+
+
+def test_logo_fold_gets_a_group_disjoint_validation_set(pair_store):
+    fs = data.load(pair_store)
+    split = data.make_split(fs, "logo03")
+    assert split.carved_val and len(split.val) > 0
+    gs = [set(fs.groups[part]) for part in (split.train, split.val, split.test)]
+    assert gs[2] == {3} and not (gs[0] & gs[1]) and not (gs[0] & gs[2]) and not (gs[1] & gs[2])
+    with pytest.raises(ValueError, match="unknown split 'official1'.*allowed: groups, logo01"):
+        data.make_split(fs, "official1")
+
+
+def test_training_draws_augmented_views_and_evaluation_uses_the_clean_one(pair_store):
+    fs = data.load(pair_store)
+    fs3 = replace(fs, view_index=np.tile(np.array([0, 1, 2], np.int16), (len(fs.labels), 1)))
+    drawn = data.train_samples(fs3, np.arange(len(fs.labels)), np.random.default_rng(0))
+    assert set(drawn.tolist()) == {1, 2}
+    clean_only = replace(fs, view_index=np.zeros((len(fs.labels), 1), np.int16))
+    assert set(data.train_samples(clean_only, np.arange(5), np.random.default_rng(0)).tolist()) == {0}
+    np.testing.assert_array_equal(data.eval_samples(fs3), [0])
+
+
+def test_cv_over_logo_folds_reports_mean_and_std(pair_store, tmp_path):
+    res = runs.cv(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
+    assert [r["fold"] for r in res.folds] == [f"logo{g:02d}" for g in range(1, 7)]
+    tops = [r["top1"] for r in res.folds]
+    assert res.summary["top1"]["mean"] == pytest.approx(np.mean(tops))
+    assert res.summary["top1"]["std"] == pytest.approx(np.std(tops))
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["summary"]["folds"] == "logo"
+    again = runs.cv(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
+    assert all(r["up_to_date"] for r in again.folds)
+    with pytest.raises(ValueError, match="--folds official: f.zarr has no such splits"):
+        runs.cv(runs.RunConfig(_cfg(), features=pair_store), "official")
