@@ -390,17 +390,22 @@ def _run_head(cfg, features: Optional[Path], dataset: Optional[str], backbone: O
 
     rows: list[dict] = []
     rc = runs.RunConfig(cfg, features=features, dataset=dataset, backbone=backbone, out=out_dir)
-    try:
-        with Live(_epoch_table(rows), console=out, transient=quiet, auto_refresh=False) as live:
-            def on_epoch(row: dict) -> None:
-                rows.append(row)
-                live.update(_epoch_table(rows), refresh=True)
+    live = Live(console=out, transient=quiet, auto_refresh=False)  # started by the first epoch, not before
 
-            res = runs.train_head(rc, on_epoch=on_epoch)
+    def on_epoch(row: dict) -> None:
+        if not rows:
+            live.start()
+        rows.append(row)
+        live.update(_epoch_table(rows), refresh=True)
+
+    try:
+        res = runs.train_head(rc, on_epoch=on_epoch)
     except (ValueError, OSError, store.StoreError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; the same command resumes from the last finished epoch", 130)
+    finally:
+        live.stop()
     if rows and not quiet:
         out.print()
     for w in res.warnings:
