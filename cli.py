@@ -304,13 +304,14 @@ def _epoch_table(rows: list[dict]):
 
 def _train_config(head: str, split: Optional[str], epochs: int, batch_size: int, optimizer: str, lr: float,
                   weight_decay: float, scheduler: str, class_weighted: bool, patience: int, min_delta: float,
-                  seed: int, device: str, hidden: int, layers: int, bidirectional: bool, dropout: float, heads_: int):
+                  seed: int, device: str, hidden: int, layers: int, bidirectional: bool, dropout: float, heads_: int,
+                  precision: str = "auto"):
     from trainers import heads, loop
 
     cfg = loop.TrainConfig(head=head, head_options=heads.HeadConfig(hidden, layers, bidirectional, dropout, heads_),
                            split=split, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                            weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
-                           patience=patience, min_delta=min_delta, seed=seed, device=device)
+                           patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision)
     try:
         cfg.validate()
     except ValueError as e:
@@ -338,6 +339,7 @@ _HEAD_OPTIONS = dict(
     min_delta=typer.Option(0.001, "--min-delta", help="Early stopping: the least val-accuracy gain that counts."),
     seed=typer.Option(0, "--seed", help="Seeds initialisation, shuffling, view draws and dropout."),
     device=typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    precision=typer.Option("auto", "--precision", help="auto (bf16 autocast on cuda and CPUs with native bf16, else fp32) | fp32 | bf16"),
     hidden=typer.Option(256, "--hidden", help="Hidden size of the head."),
     layers=typer.Option(1, "--layers", help="Stacked layers."),
     bidirectional=typer.Option(False, "--bidirectional", help="Recurrent heads: read the clip both ways."),
@@ -361,6 +363,7 @@ def train_head(
     seed: int = _HEAD_OPTIONS["seed"], device: str = _HEAD_OPTIONS["device"], hidden: int = _HEAD_OPTIONS["hidden"],
     layers: int = _HEAD_OPTIONS["layers"], bidirectional: bool = _HEAD_OPTIONS["bidirectional"],
     dropout: float = _HEAD_OPTIONS["dropout"], heads_: int = _HEAD_OPTIONS["heads_"],
+    precision: str = _HEAD_OPTIONS["precision"],
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Train a sequence head on cached features: seconds, not hours. Resumes if interrupted.
@@ -377,7 +380,7 @@ def train_head(
     if features is None and dataset is None:
         _fail("give --features PATH or --dataset NAME (the feature store to train on)")
     cfg = _train_config(head, split, epochs, batch_size, optimizer, lr, weight_decay, scheduler, class_weighted,
-                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_)
+                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision)
     _run_head(cfg, features, dataset, backbone, out_dir)
 
 
@@ -467,7 +470,7 @@ def cv(
     min_delta: float = _HEAD_OPTIONS["min_delta"], seed: int = _HEAD_OPTIONS["seed"],
     device: str = _HEAD_OPTIONS["device"], hidden: int = _HEAD_OPTIONS["hidden"], layers: int = _HEAD_OPTIONS["layers"],
     bidirectional: bool = _HEAD_OPTIONS["bidirectional"], dropout: float = _HEAD_OPTIONS["dropout"],
-    heads_: int = _HEAD_OPTIONS["heads_"],
+    heads_: int = _HEAD_OPTIONS["heads_"], precision: str = _HEAD_OPTIONS["precision"],
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Cross-validate a head: every leave-one-group-out fold (25 on UCF50) or the official splits; mean +- std.
@@ -482,7 +485,7 @@ def cv(
     if features is None and dataset is None:
         _fail("give --features PATH or --dataset NAME (the feature store to cross-validate on)")
     cfg = _train_config(head, None, epochs, batch_size, optimizer, lr, weight_decay, scheduler, class_weighted,
-                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_)
+                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision)
     from rich.table import Table
 
     from pipeline import store

@@ -108,3 +108,14 @@ def test_video_scores_average_clips_and_summary():
 ])
 def test_class_weights_table(labels, classes, expected):
     np.testing.assert_allclose(loop.class_weights(np.array(labels), classes).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, False), (1, True), (2, True)])
+def test_fast_lstm_head_computes_what_nn_lstm_computes(layers, bidirectional):
+    torch.manual_seed(0)
+    model = heads.build("lstm", 12, 5, 6, heads.HeadConfig(hidden=16, layers=layers, bidirectional=bidirectional,
+                                                          dropout=0.0)).eval()
+    x = torch.randn(3, 6, 12)
+    reference = heads.Recurrent.forward(model[1], model[0](x))  # nn.LSTM's own kernel, same parameters
+    torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-6)
+    assert set(model.state_dict()) >= {"1.rnn.weight_ih_l0", "1.rnn.weight_hh_l0"}  # nn.LSTM's parameter names

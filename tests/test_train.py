@@ -195,3 +195,9 @@ def test_cv_over_logo_folds_reports_mean_and_std(pair_store, tmp_path):
     assert all(r["up_to_date"] for r in again.folds)
     with pytest.raises(ValueError, match="--folds official: f.zarr has no such splits"):
         runs.cv(runs.RunConfig(_cfg(), features=pair_store), "official")
+
+
+def test_bf16_autocast_trains_the_lstm_head_as_well(pair_store, tmp_path):
+    res = _train(pair_store, tmp_path / "bf16", precision="bf16")
+    assert res.summary["config"]["precision"] == "bf16"
+    assert res.summary["test"]["reversed_pairs_top1"] >= 0.9

