@@ -49,8 +49,8 @@ def _human(n: float) -> str:
 def synth(
     out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write the dataset into (UCF50 layout)."),
     classes: int = typer.Option(6, "--classes", help="Number of classes, 1..10; pairs (Grow/Shrink, ...) come first."),
-    groups: int = typer.Option(8, "--groups", help="Appearance groups per class (_gGG_)."),
-    clips: int = typer.Option(3, "--clips", help="Clips per group (_cCC_)."),
+    groups: int = typer.Option(12, "--groups", help="Appearance groups per class (_gGG_)."),
+    clips: int = typer.Option(2, "--clips", help="Clips per group (_cCC_)."),
     seed: int = typer.Option(0, "--seed", help="Everything is a function of this seed."),
     frames: int = typer.Option(50, "--frames", help="Mean frames per clip (25 fps)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

@@ -32,8 +32,8 @@ SHAPES = ("disc", "square", "diamond", "ring")
 @dataclass(frozen=True)
 class SynthConfig:
     classes: int = 6         # how many of CLASSES, in order (pairs first)
-    groups: int = 8          # appearance groups per class (_gGG_)
-    clips: int = 3           # clips per group (_cCC_)
+    groups: int = 12         # appearance groups per class (_gGG_)
+    clips: int = 2           # clips per group (_cCC_)
     seed: int = 0
     frames: int = 50         # mean frames per clip (each clip varies by +-20%)
     width: int = 320
@@ -60,7 +60,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     for _ in range(4):
         fy, fx = rng.uniform(0.005, 0.05, 2)
         ph = rng.uniform(0, 2 * np.pi)
-        amp = rng.uniform(4, 16, 3).astype(np.float32)
+        amp = rng.uniform(1, 4, 3).astype(np.float32)
         img += np.sin(fy * y + fx * x + ph)[..., None] * amp
     return img
 
@@ -115,7 +115,7 @@ def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.nda
     scale = c_rng.uniform(0.85, 1.15)
     drift = c_rng.uniform(-0.1, 0.1, 2) * (h, w)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    r0 = min(h, w) * 0.22 * scale
+    r0 = min(h, w) * 0.32 * scale
     warm, cool = np.array([255, 90, 40], np.float32), np.array([40, 110, 255], np.float32)
     spots = [(0.0, 0.0), (-0.3, -0.3), (0.3, 0.3), (-0.3, 0.3), (0.3, -0.3)]
     frames = np.empty((n, h, w, 3), np.uint8)
@@ -126,7 +126,7 @@ def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.nda
         if p["visible"][t]:
             col = colour * p["bright"][t]
             if kind == "colour":
-                col = (warm * p["warm"][t] + cool * (1 - p["warm"][t])) * 0.5 + colour * 0.5
+                col = (warm * p["warm"][t] + cool * (1 - p["warm"][t])) * 0.8 + colour * 0.2
             count = int(p["count"][t])
             r = r0 * p["size"][t] * (0.55 if kind == "count" else 1.0)
             for sy, sx in spots[:count]:

@@ -98,7 +98,18 @@ class LSTMHead(Recurrent):
     """nn.LSTM's parameters and results (to float rounding), computed so that training on frozen
     features is fast on a CPU: each layer's input projection is one large matrix product over all
     time steps (bf16 under autocast), and as the features need no gradient, its backward computes
-    the weight gradient only, a third less work than nn.LSTM's, which always returns the input's."""
+    the weight gradient only, a third less work than nn.LSTM's, which always returns the input's.
+    The forget gates start biased open (+1, Jozefowicz et al. 2015), so early training keeps memory."""
+
+    def __init__(self, cell: type[nn.RNNBase], dim: int, classes: int, cfg: HeadConfig):
+        super().__init__(cell, dim, classes, cfg)
+        h = cfg.hidden
+        with torch.no_grad():
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    p[h:2 * h] = 1.0                      # gate order: input, forget, cell, output
+                elif name.startswith("bias_hh"):
+                    p[h:2 * h] = 0.0
 
     def forward(self, x):  # (B, T, D)
         rnn = self.rnn
