@@ -49,7 +49,7 @@ def _human(n: float) -> str:
 def synth(
     out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write the dataset into (UCF50 layout)."),
     classes: int = typer.Option(6, "--classes", help="Number of classes, 1..10; pairs (Grow/Shrink, ...) come first."),
-    groups: int = typer.Option(12, "--groups", help="Appearance groups per class (_gGG_)."),
+    groups: int = typer.Option(24, "--groups", help="Appearance groups per class (_gGG_)."),
     clips: int = typer.Option(2, "--clips", help="Clips per group (_cCC_)."),
     seed: int = typer.Option(0, "--seed", help="Everything is a function of this seed."),
     frames: int = typer.Option(50, "--frames", help="Mean frames per clip (25 fps)."),
@@ -305,13 +305,14 @@ def _epoch_table(rows: list[dict]):
 def _train_config(head: str, split: Optional[str], epochs: int, batch_size: int, optimizer: str, lr: float,
                   weight_decay: float, scheduler: str, class_weighted: bool, patience: int, min_delta: float,
                   seed: int, device: str, hidden: int, layers: int, bidirectional: bool, dropout: float, heads_: int,
-                  precision: str = "auto"):
+                  precision: str = "auto", train_views: str = "augmented"):
     from trainers import heads, loop
 
     cfg = loop.TrainConfig(head=head, head_options=heads.HeadConfig(hidden, layers, bidirectional, dropout, heads_),
                            split=split, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                            weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
-                           patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision)
+                           patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
+                           train_views=train_views)
     try:
         cfg.validate()
     except ValueError as e:
@@ -330,6 +331,7 @@ _HEAD_OPTIONS = dict(
     split=typer.Option(None, "--split", help="Split in the store: groups (default where groups exist), random, logoNN, official1..3."),
     epochs=typer.Option(30, "--epochs", help="Most epochs (early stopping may end sooner)."),
     batch_size=typer.Option(32, "--batch-size", help="Videos per step."),
+    train_views=typer.Option("augmented", "--train-views", help="Which stored view each epoch draws: augmented (a random augmented view; clean if none) | all | clean."),
     optimizer=typer.Option("adam", "--optimizer", help="adam | adamw"),
     lr=typer.Option(1e-3, "--lr", help="Learning rate."),
     weight_decay=typer.Option(1e-4, "--weight-decay", help="Weight decay."),
@@ -363,7 +365,7 @@ def train_head(
     seed: int = _HEAD_OPTIONS["seed"], device: str = _HEAD_OPTIONS["device"], hidden: int = _HEAD_OPTIONS["hidden"],
     layers: int = _HEAD_OPTIONS["layers"], bidirectional: bool = _HEAD_OPTIONS["bidirectional"],
     dropout: float = _HEAD_OPTIONS["dropout"], heads_: int = _HEAD_OPTIONS["heads_"],
-    precision: str = _HEAD_OPTIONS["precision"],
+    precision: str = _HEAD_OPTIONS["precision"], train_views: str = _HEAD_OPTIONS["train_views"],
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Train a sequence head on cached features: seconds, not hours. Resumes if interrupted.
@@ -380,7 +382,8 @@ def train_head(
     if features is None and dataset is None:
         _fail("give --features PATH or --dataset NAME (the feature store to train on)")
     cfg = _train_config(head, split, epochs, batch_size, optimizer, lr, weight_decay, scheduler, class_weighted,
-                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision)
+                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision,
+                        train_views)
     _run_head(cfg, features, dataset, backbone, out_dir)
 
 
@@ -471,6 +474,7 @@ def cv(
     device: str = _HEAD_OPTIONS["device"], hidden: int = _HEAD_OPTIONS["hidden"], layers: int = _HEAD_OPTIONS["layers"],
     bidirectional: bool = _HEAD_OPTIONS["bidirectional"], dropout: float = _HEAD_OPTIONS["dropout"],
     heads_: int = _HEAD_OPTIONS["heads_"], precision: str = _HEAD_OPTIONS["precision"],
+    train_views: str = _HEAD_OPTIONS["train_views"],
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Cross-validate a head: every leave-one-group-out fold (25 on UCF50) or the official splits; mean +- std.
@@ -485,7 +489,8 @@ def cv(
     if features is None and dataset is None:
         _fail("give --features PATH or --dataset NAME (the feature store to cross-validate on)")
     cfg = _train_config(head, None, epochs, batch_size, optimizer, lr, weight_decay, scheduler, class_weighted,
-                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision)
+                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision,
+                        train_views)
     from rich.table import Table
 
     from pipeline import store
@@ -582,8 +587,8 @@ def demo(
     cfg = S.SynthConfig()
     out.print(f"[bold]1/4 synth[/]: {cfg.classes} classes x {cfg.groups} groups x {cfg.clips} clips -> {root}")
     S.generate(root, cfg)
-    out.print("[bold]2/4 extract[/]: uniform 16 frames, 112 px, 2 augmented views")
-    recipe = E.named_recipe("default", views=2)
+    out.print("[bold]2/4 extract[/]: uniform 16 frames, 112 px")
+    recipe = E.named_recipe("default", views=0)
     try:
         res = E.extract(E.ExtractConfig("synthetic", recipe, root=root, workers=workers))
     except (ValueError, OSError) as e:

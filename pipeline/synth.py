@@ -32,7 +32,7 @@ SHAPES = ("disc", "square", "diamond", "ring")
 @dataclass(frozen=True)
 class SynthConfig:
     classes: int = 6         # how many of CLASSES, in order (pairs first)
-    groups: int = 12         # appearance groups per class (_gGG_)
+    groups: int = 24         # appearance groups per class (_gGG_), as many as UCF50 has
     clips: int = 2           # clips per group (_cCC_)
     seed: int = 0
     frames: int = 50         # mean frames per clip (each clip varies by +-20%)

@@ -97,7 +97,8 @@ def reversed_pair_features(videos_per_class: int = 24, groups: int = 6, frames: 
 
 
 def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                        classes: list[str], dataset: str = "synthetic", status: np.ndarray | None = None) -> Path:
+                        classes: list[str], dataset: str = "synthetic", status: np.ndarray | None = None,
+                        extra_splits: dict[str, np.ndarray] | None = None) -> Path:
     """A feature store with the real schema, written from arrays (no video, no backbone)."""
     from pipeline import datasets, lineage, store
 
@@ -105,7 +106,7 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
     status = np.full(n, store.OK, np.int8) if status is None else status
     key = lineage.fingerprint(feats.tobytes().hex()[:4096])
     splits = {"groups": datasets.group_split(groups, key), "random": datasets.stratified_split(labels, key),
-              **datasets.logo_splits(groups)}
+              **datasets.logo_splits(groups), **(extra_splits or {})}
     static = {"video": np.array([f"{classes[l]}/v_{classes[l]}_g{g:02d}_c{i:02d}.avi"
                                  for i, (l, g) in enumerate(zip(labels, groups))]),
               "label": labels.astype(np.int16), "group": groups.astype(np.int16),

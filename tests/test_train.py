@@ -179,6 +179,9 @@ def test_training_draws_augmented_views_and_evaluation_uses_the_clean_one(pair_s
     fs3 = replace(fs, view_index=np.tile(np.array([0, 1, 2], np.int16), (len(fs.labels), 1)))
     drawn = data.train_samples(fs3, np.arange(len(fs.labels)), np.random.default_rng(0))
     assert set(drawn.tolist()) == {1, 2}
+    every = np.arange(len(fs.labels))
+    assert set(data.train_samples(fs3, every, np.random.default_rng(0), "all").tolist()) == {0, 1, 2}
+    assert set(data.train_samples(fs3, every, np.random.default_rng(0), "clean").tolist()) == {0}
     clean_only = replace(fs, view_index=np.zeros((len(fs.labels), 1), np.int16))
     assert set(data.train_samples(clean_only, np.arange(5), np.random.default_rng(0)).tolist()) == {0}
     np.testing.assert_array_equal(data.eval_samples(fs3), [0])
@@ -201,3 +204,17 @@ def test_bf16_autocast_trains_the_lstm_head_as_well(pair_store, tmp_path):
     res = _train(pair_store, tmp_path / "bf16", precision="bf16")
     assert res.summary["config"]["precision"] == "bf16"
     assert res.summary["test"]["reversed_pairs_top1"] >= 0.9
+
+
+def test_cv_over_the_official_splits(tmp_path):
+    from pipeline import datasets
+
+    f, y, g = reversed_pair_features(videos_per_class=12)
+    official = {f"official{k}": np.where(g % 3 == k - 1, datasets.TEST, datasets.TRAIN).astype(np.int8)
+                for k in (1, 2, 3)}
+    p = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES, dataset="ucf101", extra_splits=official)
+    res = runs.cv(runs.RunConfig(_cfg(epochs=2), features=p, out=tmp_path / "cv"), "official")
+    assert [r["fold"] for r in res.folds] == ["official1", "official2", "official3"]
+    assert res.summary["top1"]["folds"] == 3 and "reversed_pairs_top1" not in res.summary  # not synthetic
+    for r, k in zip(res.folds, (1, 2, 3)):
+        assert r["test_videos"] == int((g % 3 == k - 1).sum())

@@ -164,11 +164,19 @@ def _carve_val(s: np.ndarray, labels: np.ndarray, groups: np.ndarray, name: str)
 
 # ---- which sample of each video ------------------------------------------------------------------
 
-def train_samples(fs: FeatureSet, videos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each video, one sample index: a random augmented view of a random clip (the clean view
-    when the store has no augmented views)."""
+TRAIN_VIEWS = ("augmented", "all", "clean")
+
+
+def train_samples(fs: FeatureSet, videos: np.ndarray, rng: np.random.Generator, which: str = "augmented") -> np.ndarray:
+    """For each video, one sample index, a random clip of: a random augmented view ("augmented";
+    the clean view when the store has none), any view ("all"), or the clean view ("clean")."""
     views = fs.view_index[videos]                       # (n, S)
-    pool = views > 0 if (fs.view_index > 0).any() else views == 0
+    if which == "all":
+        pool = np.ones_like(views, bool)
+    elif which == "augmented" and (fs.view_index > 0).any():
+        pool = views > 0
+    else:
+        pool = views == 0
     u = rng.random(pool.shape)
     u[~pool] = -1.0
     return np.argmax(u, axis=1)                         # a uniform choice among the pool

@@ -40,6 +40,7 @@ class TrainConfig:
     split: str | None = None       # None: the store's default (group-disjoint where groups exist)
     epochs: int = 30
     batch_size: int = 32           # videos per step
+    train_views: str = "augmented" # which stored view an epoch draws per video: augmented | all | clean
     optimizer: str = "adam"        # adam (the seed studies) | adamw (decoupled weight decay)
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -59,7 +60,8 @@ class TrainConfig:
         heads.check(self.head)
         self.head_options.validate()
         checks = ((self.optimizer, OPTIMIZERS, "optimizer"), (self.scheduler, SCHEDULERS, "scheduler"),
-                  (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"))
+                  (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"),
+                  (self.train_views, data.TRAIN_VIEWS, "train-views"))
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"--{name} {value!r} is not supported; allowed: {', '.join(allowed)}")
@@ -164,7 +166,7 @@ def train_one_epoch(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, c
     rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
     torch.manual_seed(seed_for(cfg.seed, "dropout", epoch))
     order = videos[rng.permutation(len(videos))]
-    samples = data.train_samples(fs, order, rng)
+    samples = data.train_samples(fs, order, rng, cfg.train_views)
     model.train()
     total_loss, correct = 0.0, 0
     for a in range(0, len(order), cfg.batch_size):
