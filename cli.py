@@ -562,6 +562,47 @@ def predict(
 
 
 @app.command()
+def models(
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+):
+    """List every registered backbone, head and video model, with parameters and GFLOPs.
+
+    GFLOPs are counted for one input at the listed size (2 x multiply-adds) on PyTorch's meta
+    device: nothing is computed, no weights are needed.
+
+    Examples:
+
+        har models
+
+        har models --json
+    """
+    _setup_logging(False)
+    import json
+
+    from pipeline import backbones
+    from trainers import heads, models3d
+
+    rows = {"backbones": [backbones.cost(n) for n in backbones.names()],
+            "heads": [heads.cost(n) for n in heads.names()],
+            "video_models": [models3d.cost(n) for n in models3d.names()]}
+    if as_json:
+        print(json.dumps(rows, indent=2, default=list))
+        return
+    from rich.table import Table
+
+    for title, key in (("backbones (frozen, har features)", "backbones"), ("heads (har train-head)", "heads"),
+                       ("video models (end to end)", "video_models")):
+        table = Table(title=title, title_justify="left")
+        table.add_column("name", no_wrap=True)
+        for col in ("params", "GFLOPs", "input", "pretrained", "what"):
+            table.add_column(col, no_wrap=col != "what")
+        for r in rows[key]:
+            table.add_row(r["name"], f"{r['params'] / 1e6:.2f} M", f"{r['gflops']:.2f}", r["input"],
+                          ", ".join(r["pretrained"]), r["about"])
+        out.print(table)
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Option(Path("har-demo"), "--out", help="Folder for the synthetic videos and the runs."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes [default: all cores]."),

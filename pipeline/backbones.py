@@ -193,3 +193,21 @@ def _strip_head(model, head: str) -> None:
         owner[int(last)] = torch.nn.Identity()
     else:
         setattr(owner, last, torch.nn.Identity())
+
+
+def cost(name: str) -> dict:
+    """Parameters and GFLOPs of one 224 px frame, counted on the meta device (nothing computed)."""
+    import torchvision
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = get(name)
+    with torch.device("meta"):
+        model = getattr(torchvision.models, spec.builder)(weights=None)
+        _strip_head(model, spec.head)
+        frame = torch.zeros(1, 3, 224, 224)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(frame)
+    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
+            "gflops": counter.get_total_flops() / 1e9, "input": "224x224 frame",
+            "pretrained": ("imagenet", "none", "PATH"), "about": f"{spec.dim}-d features, {spec.weights}"}

@@ -103,6 +103,21 @@ def test_usage_errors_are_one_line_exit_2(chain, synthetic_root, tmp_path, args,
 
 
 def test_every_training_command_has_help_with_examples():
-    for cmd in ("train-head", "evaluate", "cv", "predict", "demo"):
+    for cmd in ("train-head", "evaluate", "cv", "predict", "demo", "models"):
         res = har(cmd, "--help")
         assert res.returncode == 0 and "Examples" in res.stdout, cmd
+
+
+def test_models_lists_every_registry_with_parameters_and_flops():
+    from pipeline import backbones
+    from trainers import heads, models3d
+
+    res = har("models", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["name"] for r in rows["backbones"]] == list(backbones.names())
+    assert [r["name"] for r in rows["heads"]] == list(heads.names())
+    assert [r["name"] for r in rows["video_models"]] == list(models3d.names())
+    resnet152 = next(r for r in rows["backbones"] if r["name"] == "resnet152")
+    assert abs(resnet152["gflops"] - 23.0) < 0.5 and abs(resnet152["params"] / 1e6 - 58.1) < 0.2  # 11.5 GMACs
+    assert all(r["params"] > 0 and r["gflops"] > 0 for r in rows["video_models"])

@@ -232,3 +232,23 @@ class TemporalTransformer(nn.Module):
 @register("attention")
 def _attention(dim, classes, frames, cfg):
     return TemporalTransformer(dim, classes, frames, cfg)
+
+
+ABOUT = {"lstm": "LSTM, last hidden state (LRCN head)", "gru": "GRU, last hidden state", "rnn": "plain RNN",
+         "late-fusion": "frame features concatenated -> MLP", "mean": "mean over time -> linear (bag of frames)",
+         "attention": "temporal transformer with position embeddings"}
+
+
+def cost(name: str, dim: int = 2048, frames: int = 16, classes: int = 101) -> dict:
+    """Parameters and GFLOPs of one clip of ResNet-152 features (T x 2048) with default options."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build(name, dim, classes, frames, HeadConfig())
+        x = torch.zeros(1, frames, dim)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
+            "gflops": counter.get_total_flops() / 1e9, "input": f"{frames}x{dim} features",
+            "pretrained": ("-",), "about": ABOUT.get(name, "")}

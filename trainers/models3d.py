@@ -34,7 +34,7 @@ class VideoModelSpec:
     build: Callable[[int, str], nn.Module]   # (classes, pretrained) -> network on (B, 3, T, H, W) floats
     frames: int = 16                         # default clip: T x size x size
     size: int = 112
-    pretrained: tuple[str, ...] = ("none",)  # what --pretrained allows besides none
+    pretrained: tuple[str, ...] = ()         # what --pretrained allows besides none
     mean: tuple[float, float, float] = KINETICS_MEAN
     std: tuple[float, float, float] = KINETICS_STD
     about: str = ""
