@@ -389,13 +389,20 @@ def train_head(
 
 def _run_head(cfg, features: Optional[Path], dataset: Optional[str], backbone: Optional[str],
               out_dir: Optional[Path], quiet: bool = False):
+    from trainers import runs
+
+    rc = runs.RunConfig(cfg, features=features, dataset=dataset, backbone=backbone, out=out_dir)
+    return _run(lambda on_epoch: runs.train_head(rc, on_epoch=on_epoch), quiet)
+
+
+def _run(train, quiet: bool = False):
+    """Call `train(on_epoch)` with a live epoch table; print warnings, the run and its metrics."""
     from rich.live import Live
 
     from pipeline import store
-    from trainers import runs
+    from trainers import models3d
 
     rows: list[dict] = []
-    rc = runs.RunConfig(cfg, features=features, dataset=dataset, backbone=backbone, out=out_dir)
     live = Live(console=out, transient=quiet, auto_refresh=False)  # started by the first epoch, not before
 
     def on_epoch(row: dict) -> None:
@@ -405,8 +412,8 @@ def _run_head(cfg, features: Optional[Path], dataset: Optional[str], backbone: O
         live.update(_epoch_table(rows), refresh=True)
 
     try:
-        res = runs.train_head(rc, on_epoch=on_epoch)
-    except (ValueError, OSError, store.StoreError) as e:
+        res = train(on_epoch)
+    except (ValueError, OSError, store.StoreError, models3d.WeightsError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; the same command resumes from the last finished epoch", 130)
@@ -559,6 +566,55 @@ def predict(
                 out.print(f"  {i}. {p['class']:<24} {p['probability']:.3f}", highlight=False)
     if any("error" in r for r in results):
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command("train-e2e")
+def train_e2e(
+    model: str = typer.Argument(..., help="r3d_18 | r2plus1d_18 | mc3_18 | c3d | i3d | nonlocal | convlstm | lrcn | late-fusion-e2e | small-cnn-lstm | small-cnn-rnn"),
+    frames: Optional[Path] = typer.Option(None, "--frames", help="The frame store."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Use the latest frame store extracted for this dataset."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/MODEL-SPLIT-FINGERPRINT]."),
+    pretrained: str = typer.Option("none", "--pretrained", help="none | kinetics400 (r3d_18, r2plus1d_18, mc3_18, nonlocal) | imagenet (i3d, lrcn, late-fusion-e2e)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Clips per step."),
+    accumulate: int = typer.Option(1, "--accumulate", help="Optimizer step every N batches (gradient accumulation)."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size [default: the model's input size, at most the stored size]."),
+    three_crop: bool = typer.Option(False, "--three-crop", help="Test time: three crops per clip, averaged."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    lr: float = typer.Option(1e-4, "--lr", help="Learning rate."),
+    split: Optional[str] = _HEAD_OPTIONS["split"], epochs: int = _HEAD_OPTIONS["epochs"],
+    optimizer: str = _HEAD_OPTIONS["optimizer"], weight_decay: float = _HEAD_OPTIONS["weight_decay"],
+    scheduler: str = _HEAD_OPTIONS["scheduler"], class_weighted: bool = _HEAD_OPTIONS["class_weighted"],
+    patience: int = _HEAD_OPTIONS["patience"], min_delta: float = _HEAD_OPTIONS["min_delta"],
+    seed: int = _HEAD_OPTIONS["seed"], device: str = _HEAD_OPTIONS["device"],
+    precision: str = _HEAD_OPTIONS["precision"], train_views: str = _HEAD_OPTIONS["train_views"],
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Train a video model end to end from a frame store (no decoding while training). Resumes if interrupted.
+
+    Examples:
+
+        har train-e2e r2plus1d_18 --dataset ucf101 --pretrained kinetics400 --epochs 20
+
+        har train-e2e small-cnn-lstm --frames frames64.zarr --batch-size 32 --lr 1e-3
+
+        har train-e2e c3d --frames clips.zarr --batch-size 4 --accumulate 4 --three-crop
+    """
+    _setup_logging(verbose)
+    if frames is None and dataset is None:
+        _fail("give --frames PATH or --dataset NAME (the frame store to train on)")
+    from trainers import e2e
+
+    cfg = e2e.E2EConfig(model=model, pretrained=pretrained, batch_size=batch_size, accumulate=accumulate, crop=crop,
+                        three_crop=three_crop, workers=workers, lr=lr, split=split, epochs=epochs, optimizer=optimizer,
+                        weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
+                        patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
+                        train_views=train_views)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        _fail(str(e))
+    _run(lambda on_epoch: e2e.train_e2e(e2e.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir),
+                                        on_epoch=on_epoch))
 
 
 @app.command()

@@ -50,7 +50,7 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
                                batch_size=batch, patience=epochs, precision=precision)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            fit = loop.fit(cfg, fs, split, Path(tmp), "bench")
+            fit = loop.fit(cfg, loop.FeatureTask(fs), split, Path(tmp), "bench")
             seconds = time.perf_counter() - t0
         timings[precision] = {"seconds": round(seconds, 2), "epochs": len(fit.history),
                               "videos_per_s": round(train_videos * len(fit.history) / seconds, 1)}

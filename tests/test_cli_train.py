@@ -64,8 +64,10 @@ def test_predict_gives_the_probabilities_the_store_path_gives(chain, synthetic_r
     res = runs.train_head(runs.RunConfig(loop.TrainConfig(epochs=2), features=feats, out=tmp_path / "r"))
     fs = data.load(feats)
     i = list(fs.videos).index("Brighten/v_Brighten_g03_c02.avi")
-    model = loop.load_best(loop.TrainConfig(epochs=2, split="groups"), fs.dim, 4, fs.frames, res.run_dir)
-    stored = loop.predict(model, fs, np.array([i]), loop.resolve_device("cpu"))[0]
+    task = loop.FeatureTask(fs)
+    model = loop.load_best(task.build(loop.TrainConfig(), np.arange(len(fs.labels))), res.run_dir,
+                           loop.resolve_device("cpu"))
+    stored = task.predict(model, np.array([i]), loop.resolve_device("cpu"))[0]
     got = predict.load(res.run_dir)(synthetic_root / fs.videos[i], top=4)
     by_class = {p["class"]: p["probability"] for p in got["top"]}
     np.testing.assert_allclose([by_class[c] for c in fs.classes], stored, atol=2e-3)

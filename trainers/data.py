@@ -195,3 +195,20 @@ def gather(fs: FeatureSet, videos: np.ndarray, samples: np.ndarray) -> np.ndarra
         out[order] = fs.features[videos[order], samples[order]]
         return out
     return fs.features[videos, samples].astype(np.float32)
+
+
+def feature_stats(fs: FeatureSet, videos: np.ndarray) -> tuple:
+    """Per-dimension mean and std (torch float32) over every sample and frame of `videos`."""
+    import torch
+
+    total = np.zeros(fs.dim)
+    sq = np.zeros(fs.dim)
+    count = 0
+    for a in range(0, len(videos), 256):
+        x = fs.features[np.sort(videos[a:a + 256])].astype(np.float64).reshape(-1, fs.dim)
+        total += x.sum(0)
+        sq += (x * x).sum(0)
+        count += len(x)
+    mean = total / max(1, count)
+    std = np.sqrt(np.maximum(sq / max(1, count) - mean * mean, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()

@@ -14,9 +14,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,12 +35,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    head: str = "lstm"
-    head_options: heads.HeadConfig = field(default_factory=heads.HeadConfig)
+class LoopConfig:
+    """What the training loop needs, whatever it trains (a head on features, a video model on clips)."""
     split: str | None = None       # None: the store's default (group-disjoint where groups exist)
     epochs: int = 30
     batch_size: int = 32           # videos per step
+    accumulate: int = 1            # optimizer step every N batches: effective batch N x batch_size
     train_views: str = "augmented" # which stored view an epoch draws per video: augmented | all | clean
     optimizer: str = "adam"        # adam (the seed studies) | adamw (decoupled weight decay)
     lr: float = 1e-3
@@ -57,15 +58,13 @@ class TrainConfig:
                                    # AMX: 1.4x faster for lstm), else fp32; fp32 | bf16 to choose
 
     def validate(self) -> None:
-        heads.check(self.head)
-        self.head_options.validate()
         checks = ((self.optimizer, OPTIMIZERS, "optimizer"), (self.scheduler, SCHEDULERS, "scheduler"),
                   (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"),
                   (self.train_views, data.TRAIN_VIEWS, "train-views"))
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"--{name} {value!r} is not supported; allowed: {', '.join(allowed)}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
         if not self.lr > 0:
@@ -77,6 +76,29 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """A sequence head trained on cached features."""
+    head: str = "lstm"
+    head_options: heads.HeadConfig = field(default_factory=heads.HeadConfig)
+
+    def validate(self) -> None:
+        heads.check(self.head)
+        self.head_options.validate()
+        super().validate()
+
+
+class Task(Protocol):
+    """What `fit` trains on: the data and the model it builds, behind five names."""
+    labels: np.ndarray      # [N] class of every video
+    classes: list[str]
+
+    def build(self, cfg, train: np.ndarray) -> nn.Module: ...                  # a fresh model (seeded by fit)
+    def batches(self, cfg, videos: np.ndarray, epoch: int) -> Iterable: ...    # CPU (x, y) in a seeded order
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...  # on the device
+    def predict(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg) -> np.ndarray: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,25 +138,31 @@ class FitResult:
 
 # ---- pieces ----------------------------------------------------------------------------------------
 
-def build_model(cfg: TrainConfig, fs: data.FeatureSet, train: np.ndarray) -> nn.Module:
-    """The head, with Standardize set from the training videos' features (all their samples)."""
-    torch.manual_seed(cfg.seed)
-    stats = _feature_stats(fs, train)
-    return heads.build(cfg.head, fs.dim, len(fs.classes), fs.frames, cfg.head_options, *stats)
+class FeatureTask:
+    """A head on a feature store: batches are gathered feature sequences (B, T, D)."""
 
+    def __init__(self, fs: data.FeatureSet):
+        self.fs, self.labels, self.classes = fs, fs.labels, fs.classes
 
-def _feature_stats(fs: data.FeatureSet, videos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    total = np.zeros(fs.dim)
-    sq = np.zeros(fs.dim)
-    count = 0
-    for a in range(0, len(videos), 256):
-        x = fs.features[np.sort(videos[a:a + 256])].astype(np.float64).reshape(-1, fs.dim)
-        total += x.sum(0)
-        sq += (x * x).sum(0)
-        count += len(x)
-    mean = total / max(1, count)
-    std = np.sqrt(np.maximum(sq / max(1, count) - mean * mean, 0.0))
-    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+    def build(self, cfg: TrainConfig, train: np.ndarray) -> nn.Module:
+        """The head, with Standardize set from the training videos' features (all their samples)."""
+        mean, std = data.feature_stats(self.fs, train)
+        return heads.build(cfg.head, self.fs.dim, len(self.classes), self.fs.frames, cfg.head_options, mean, std)
+
+    def batches(self, cfg: LoopConfig, videos: np.ndarray, epoch: int):
+        rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
+        order = videos[rng.permutation(len(videos))]
+        samples = data.train_samples(self.fs, order, rng, cfg.train_views)
+        for a in range(0, len(order), cfg.batch_size):
+            vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
+            yield torch.from_numpy(data.gather(self.fs, vb, sb)), torch.from_numpy(self.labels[vb])
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x
+
+    def predict(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg: LoopConfig | None = None,
+                batch: int = 256) -> np.ndarray:
+        return predict(model, self.fs, videos, device, batch, cfg)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module):
@@ -160,33 +188,37 @@ def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def train_one_epoch(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, cfg: TrainConfig, epoch: int,
+def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopConfig, epoch: int,
                     opt, loss_fn: nn.Module, device: torch.device) -> tuple[float, float]:
-    """One pass over `videos` in a (seed, epoch)-determined order and view draw: (loss, accuracy)."""
-    rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
+    """One pass over `videos` in a (seed, epoch)-determined order, view draw, crop and dropout:
+    (mean loss, accuracy). With accumulate=N the optimizer steps every N batches."""
     torch.manual_seed(seed_for(cfg.seed, "dropout", epoch))
-    order = videos[rng.permutation(len(videos))]
-    samples = data.train_samples(fs, order, rng, cfg.train_views)
+    gen = torch.Generator().manual_seed(seed_for(cfg.seed, "crop", epoch))
     model.train()
-    total_loss, correct = 0.0, 0
-    for a in range(0, len(order), cfg.batch_size):
-        vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
-        x = torch.from_numpy(data.gather(fs, vb, sb)).to(device, non_blocking=True)
-        y = torch.from_numpy(fs.labels[vb]).to(device)
+    total_loss, correct, seen, i = 0.0, 0, 0, 0
+    opt.zero_grad(set_to_none=True)
+    for i, (x, y) in enumerate(task.batches(cfg, videos, epoch), 1):
+        x = task.prepare(x.to(device, non_blocking=True), gen)
+        y = y.to(device)
         with autocast(cfg, device):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total_loss += float(loss.detach()) * len(vb)
+        (loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
+        if i % cfg.accumulate == 0:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        total_loss += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1) == y).sum())
-    return total_loss / len(order), correct / len(order)
+        seen += len(y)
+    if i % cfg.accumulate:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return total_loss / max(1, seen), correct / max(1, seen)
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, device: torch.device,
-            batch: int = 256, cfg: TrainConfig | None = None) -> np.ndarray:
+            batch: int = 256, cfg: LoopConfig | None = None) -> np.ndarray:
     """(len(videos), C) video probabilities: softmax of every clean clip, averaged per video."""
     model.eval()
     clips = data.eval_samples(fs)
@@ -195,7 +227,7 @@ def predict(model: nn.Module, fs: data.FeatureSet, videos: np.ndarray, device: t
         vb = videos[a:a + batch]
         rows = np.repeat(vb, len(clips))
         x = torch.from_numpy(data.gather(fs, rows, np.tile(clips, len(vb)))).to(device)
-        with autocast(cfg or TrainConfig(precision="fp32"), device):
+        with autocast(cfg or LoopConfig(precision="fp32"), device):
             logits = model(x)
         p = torch.softmax(logits.float(), dim=1).cpu().numpy().reshape(len(vb), len(clips), -1)
         out[a:a + len(vb)] = p.mean(axis=1)
@@ -218,7 +250,7 @@ def _save(obj: dict, path: Path) -> None:
 
 # ---- the loop --------------------------------------------------------------------------------------
 
-def fit(cfg: TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path, fingerprint: str,
+def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerprint: str,
         on_epoch: Callable[[dict], None] | None = None, stop_after: int | None = None) -> FitResult:
     """Train on split.train, select on split.val; checkpoints in run_dir. Resumes from
     run_dir/last.pt when it belongs to the same `fingerprint`. `stop_after` ends the call after
@@ -226,10 +258,11 @@ def fit(cfg: TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path,
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg, fs, split.train).to(device)
+    torch.manual_seed(cfg.seed)
+    model = task.build(cfg, split.train).to(device)
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt)
-    weight = class_weights(fs.labels[split.train], len(fs.classes)) if cfg.class_weighted else None
+    weight = class_weights(task.labels[split.train], len(task.classes)) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     val = split.val if len(split.val) else split.train
     state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_loss": math.inf, "best_epoch": 0, "stale": 0,
@@ -251,8 +284,8 @@ def fit(cfg: TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path,
             break
         te = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(model, fs, split.train, cfg, epoch, opt, loss_fn, device)
-        val_loss, val_acc = _loss_and_acc(predict(model, fs, val, device, cfg=cfg), fs.labels[val],
+        train_loss, train_acc = train_one_epoch(model, task, split.train, cfg, epoch, opt, loss_fn, device)
+        val_loss, val_acc = _loss_and_acc(task.predict(model, val, device, cfg), task.labels[val],
                                           None if weight is None else weight)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val_acc)
@@ -279,11 +312,8 @@ def fit(cfg: TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path,
                      state["done"] and state["epoch"] < cfg.epochs, resumed, time.perf_counter() - t0)
 
 
-def load_best(cfg: TrainConfig, fs_dim: int, classes: int, frames: int, run_dir: Path,
-              device: torch.device | None = None) -> nn.Module:
-    """The head with the weights of best.pt (Standardize's statistics come from the checkpoint)."""
-    device = device or resolve_device(cfg.device)
-    model = heads.build(cfg.head, fs_dim, classes, frames, cfg.head_options)
-    ck = torch.load(run_dir / "best.pt", map_location=device, weights_only=True)
+def load_best(model: nn.Module, run_dir: Path, device: torch.device) -> nn.Module:
+    """`model` (freshly built, same config) with the weights of run_dir/best.pt, in eval mode."""
+    ck = torch.load(Path(run_dir) / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(ck["model"])
     return model.to(device).eval()

@@ -14,7 +14,7 @@ import torch
 
 from pipeline import backbones, extract, video
 from pipeline.features import Encoder
-from trainers import loop, runs
+from trainers import heads, loop, runs
 
 
 @dataclass
@@ -62,6 +62,7 @@ def load(run_dir: Path, device: str = "auto") -> Predictor:
         raise backbones.WeightsError(f"the {card['backbone']} weights found ({enc.weights.source}, sha256 "
                                      f"{(enc.weights.sha256 or '')[:12]}) are not the ones the features were made "
                                      f"with (sha256 {recorded[:12]})")
-    head = loop.load_best(cfg, card["dim"], len(card["classes"]), card["frames"], Path(run_dir), dev)
+    head = loop.load_best(heads.build(cfg.head, card["dim"], len(card["classes"]), card["frames"], cfg.head_options),
+                          Path(run_dir), dev)
     recipe = replace(extract.Recipe(**card["recipe"]), views=0)
     return Predictor(Path(run_dir), recipe, enc, head, list(card["classes"]), dev, cfg)

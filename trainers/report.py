@@ -106,8 +106,7 @@ def write(run_dir: Path, summary: dict, history: list[dict], classes: list[str])
     keys = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
             "f1_weighted", "roc_auc_ovr_macro", "reversed_pairs_top1", "videos")
     lines = [f"# Run {run_dir.name}", "",
-             f"Head `{summary['config']['head']}` on `{summary['features']}` "
-             f"(backbone {summary['backbone']}, {'ImageNet' if summary['pretrained'] else 'RANDOM'} weights), "
+             f"{summary['describe'][0].upper()}{summary['describe'][1:]}, "
              f"split `{summary['split']['name']}`: {summary['split']['train']} train / {summary['split']['val']} val / "
              f"{summary['split']['test']} test videos.", ""]
     if summary["split"]["leakage"] > 0:
@@ -127,8 +126,8 @@ def write(run_dir: Path, summary: dict, history: list[dict], classes: list[str])
               "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
               for r in test["per_class"]]
-    lines += ["", f"Features fingerprint `{summary['features_fingerprint']}`; run fingerprint "
-              f"`{summary['fingerprint']}`. Config: `config.json`; lineage: `lineage.json`.", ""]
+    lines += ["", f"Run fingerprint `{summary['fingerprint']}` (config, split and the store's fingerprint). "
+              "Config: `config.json`; lineage: `lineage.json`.", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -51,18 +51,15 @@ def feature_store_for(features: Path | None, dataset: str | None, backbone: str 
     return store.latest_store(dataset, "features" if backbone is None else f"features-{backbone}")
 
 
-def run_fingerprint(cfg: loop.TrainConfig, fs: data.FeatureSet, split: data.Split) -> str:
-    return lineage.fingerprint({"train": cfg.as_dict(), "split": split.name, "features": fs.fingerprint,
-                                "schema": 1})
-
-
-def _evaluate(model, fs: data.FeatureSet, videos: np.ndarray, device, cfg: loop.TrainConfig) -> dict:
-    probs = loop.predict(model, fs, videos, device, cfg=cfg)
-    y = fs.labels[videos]
-    m = metrics.classification(y, probs, fs.classes)
-    pairs = reversed_classes(fs.classes) if fs.attrs.get("dataset") == "synthetic" else []
+def evaluate(task: loop.Task, model, videos: np.ndarray, device, cfg: loop.LoopConfig, dataset: str | None) -> dict:
+    """Every metric of `videos` (clips averaged per video); on the synthetic set also the accuracy
+    on its reversed-order class pairs."""
+    probs = task.predict(model, videos, device, cfg)
+    y = task.labels[videos]
+    m = metrics.classification(y, probs, task.classes)
+    pairs = reversed_classes(task.classes) if dataset == "synthetic" else []
     if pairs:
-        keep = np.isin(np.asarray(fs.classes)[y], pairs)
+        keep = np.isin(np.asarray(task.classes)[y], pairs)
         m["reversed_pairs_top1"] = metrics.subset_accuracy(y, probs, keep)
     return m
 
@@ -93,54 +90,82 @@ def model_card(fs: data.FeatureSet) -> dict:
             "resize": a.get("resize", "weights"), "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
 
 
+@dataclass
+class Job:
+    """One training run, whatever is trained: everything `execute` needs."""
+    name: str                   # head or video model: the run directory's prefix
+    cfg: loop.LoopConfig        # its split already resolved
+    task: loop.Task
+    split: data.Split
+    store: Path                 # the feature or frame store trained on
+    fingerprint: str            # of that store
+    inputs: dict                # lineage inputs
+    describe: str               # one line for the report: what on what
+    extra: dict                 # summary fields of this kind of run
+    card: dict | None = None    # what `har predict` needs
+    failed: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None = None,
+            stop_after: int | None = None) -> RunResult:
+    """Run `job` in its directory: up to date if finished with the same fingerprint, resumed if
+    interrupted, else trained; then evaluated and reported."""
+    fp = lineage.fingerprint({"train": job.cfg.as_dict(), "split": job.split.name, "store": job.fingerprint,
+                              "schema": 1})
+    run_dir = (Path(out) if out else Path("runs") / f"{job.name}-{job.split.name}-{fp[:10]}").absolute()
+    warns = list(job.warnings)
+    done = run_dir / "metrics.json"
+    if done.exists():
+        old = json.loads(done.read_text())
+        if old.get("fingerprint") == fp:
+            return RunResult(run_dir, True, old, warns)
+        if out is not None:
+            raise ValueError(f"--out {run_dir} holds another run (different config or data); "
+                             "choose another directory or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"store": str(job.store), **job.cfg.as_dict()}, indent=2,
+                                                    default=str))
+    lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": _split_info(job.split),
+           "versions": lineage.versions(), "created": lineage.now(), "predict": job.card}
+    (run_dir / "lineage.json").write_text(json.dumps(lin, indent=2, default=str))
+    fit = loop.fit(job.cfg, job.task, job.split, run_dir, fp, on_epoch=on_epoch, stop_after=stop_after)
+    (run_dir / "history.json").write_text(json.dumps(fit.history, indent=2))
+    if stop_after is not None and fit.history and len(fit.history) < job.cfg.epochs and not fit.stopped_early:
+        return RunResult(run_dir, False, {"interrupted_after": len(fit.history)}, warns)
+    device = loop.resolve_device(job.cfg.device)
+    model = loop.load_best(job.task.build(job.cfg, job.split.train), run_dir, device)
+    val = job.split.val if len(job.split.val) else job.split.train
+    dataset = job.extra.get("dataset")
+    summary = {"fingerprint": fp, "model": job.name, "describe": job.describe, **job.extra,
+               "config": job.cfg.as_dict(), "split": _split_info(job.split), "failed_videos": list(job.failed),
+               "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc, "epochs_run": len(fit.history),
+               "stopped_early": fit.stopped_early, "train_seconds": sum(h["seconds"] for h in fit.history),
+               "device": str(device), "precision": loop.resolve_precision(job.cfg.precision, device),
+               "val": evaluate(job.task, model, val, device, job.cfg, dataset),
+               "test": evaluate(job.task, model, job.split.test, device, job.cfg, dataset)}
+    report.write(run_dir, summary, fit.history, job.task.classes)
+    done.write_text(json.dumps(summary, indent=2, default=str))
+    return RunResult(run_dir, False, summary, warns)
+
+
 def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
                stop_after: int | None = None) -> RunResult:
     cfg.train.validate()
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
     fs = data.load(path, cfg.ram_limit)
     split = data.make_split(fs, cfg.train.split)
-    train_cfg = replace(cfg.train, split=split.name)
-    fp = run_fingerprint(train_cfg, fs, split)
-    run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{train_cfg.head}-{split.name}-{fp[:10]}"
-    run_dir = run_dir.absolute()
-    warns = warnings_for(split, fs)
-    done = run_dir / "metrics.json"
-    if done.exists():
-        old = json.loads(done.read_text())
-        if old.get("fingerprint") == fp:
-            return RunResult(run_dir, True, old, warns)
-        if cfg.out is not None:
-            raise ValueError(f"--out {run_dir} holds another run (different config or features); "
-                             "choose another directory or remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"features": str(path), **train_cfg.as_dict()}, indent=2, default=str))
-    lin = {"fingerprint": fp, "inputs": {"features_store": str(path), "features_fingerprint": fs.fingerprint,
-           "features_lineage": fs.attrs.get("lineage")}, "params": train_cfg.as_dict(), "split": _split_info(split),
-           "versions": lineage.versions(), "created": lineage.now(), "predict": model_card(fs)}
-    (run_dir / "lineage.json").write_text(json.dumps(lin, indent=2, default=str))
-    fit = loop.fit(train_cfg, fs, split, run_dir, fp, on_epoch=on_epoch, stop_after=stop_after)
-    (run_dir / "history.json").write_text(json.dumps(fit.history, indent=2))
-    if stop_after is not None and fit.history and len(fit.history) < train_cfg.epochs and not fit.stopped_early:
-        return RunResult(run_dir, False, {"interrupted_after": len(fit.history)}, warns)
-    summary = summarise(train_cfg, fs, split, run_dir, fp, fit)
-    report.write(run_dir, summary, fit.history, fs.classes)
-    done.write_text(json.dumps(summary, indent=2, default=str))
-    return RunResult(run_dir, False, summary, warns)
-
-
-def summarise(cfg: loop.TrainConfig, fs: data.FeatureSet, split: data.Split, run_dir: Path, fp: str,
-              fit: loop.FitResult) -> dict:
-    device = loop.resolve_device(cfg.device)
-    model = loop.load_best(cfg, fs.dim, len(fs.classes), fs.frames, run_dir, device)
-    val = split.val if len(split.val) else split.train
-    return {"fingerprint": fp, "features": str(fs.path), "features_fingerprint": fs.fingerprint,
-            "dataset": fs.attrs.get("dataset"), "backbone": fs.attrs.get("backbone"),
-            "pretrained": bool(fs.attrs.get("pretrained", True)), "config": cfg.as_dict(), "split": _split_info(split),
-            "failed_videos": fs.failed(), "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc,
-            "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
-            "train_seconds": sum(h["seconds"] for h in fit.history), "device": str(device),
-            "precision": loop.resolve_precision(cfg.precision, device),
-            "val": _evaluate(model, fs, val, device, cfg), "test": _evaluate(model, fs, split.test, device, cfg)}
+    pretrained = bool(fs.attrs.get("pretrained", True))
+    job = Job(name=cfg.train.head, cfg=replace(cfg.train, split=split.name), task=loop.FeatureTask(fs), split=split,
+              store=path, fingerprint=fs.fingerprint,
+              inputs={"features_store": str(path), "features_fingerprint": fs.fingerprint,
+                      "features_lineage": fs.attrs.get("lineage")},
+              describe=f"head `{cfg.train.head}` on `{path}` (backbone {fs.attrs.get('backbone')}, "
+                       f"{'ImageNet' if pretrained else 'RANDOM'} weights)",
+              extra={"features": str(path), "features_fingerprint": fs.fingerprint, "dataset": fs.attrs.get("dataset"),
+                     "backbone": fs.attrs.get("backbone"), "pretrained": pretrained},
+              card=model_card(fs), failed=tuple(fs.failed()), warnings=tuple(warnings_for(split, fs)))
+    return execute(job, cfg.out, on_epoch, stop_after)
 
 
 def load_run(run_dir: Path) -> tuple[loop.TrainConfig, dict]:
@@ -150,7 +175,7 @@ def load_run(run_dir: Path) -> tuple[loop.TrainConfig, dict]:
         raise ValueError(f"{run_dir} is not a finished har run (no config.json / best.pt); "
                          "`har train-head` makes one")
     raw = json.loads((run_dir / "config.json").read_text())
-    raw.pop("features", None)
+    raw.pop("store", None)
     raw["head_options"] = heads.HeadConfig(**raw["head_options"])
     return loop.TrainConfig(**raw), json.loads((run_dir / "lineage.json").read_text())
 
@@ -168,8 +193,9 @@ def evaluate_run(run_dir: Path, role: str = "test", features: Path | None = None
     split = data.make_split(fs, cfg.split)
     videos = {"train": split.train, "val": split.val, "test": split.test}[role]
     device = loop.resolve_device(cfg.device)
-    model = loop.load_best(cfg, fs.dim, len(fs.classes), fs.frames, Path(run_dir), device)
-    return {"split": split.name, "part": role, **_evaluate(model, fs, videos, device, cfg)}
+    task = loop.FeatureTask(fs)
+    model = loop.load_best(task.build(cfg, split.train), Path(run_dir), device)
+    return {"split": split.name, "part": role, **evaluate(task, model, videos, device, cfg, fs.attrs.get("dataset"))}
 
 
 # ---- cross-validation -------------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""`har train-e2e`: a video model trained end to end from the frame store, through the same loop,
+run directory, metrics and report as the heads."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import store
+from trainers import clips, data, loop, models3d, runs
+
+
+@dataclass(frozen=True)
+class E2EConfig(loop.LoopConfig):
+    """A video model trained from clips. Defaults for 3D CNNs on small datasets."""
+    batch_size: int = 8            # clips per step (see --accumulate for a larger effective batch)
+    lr: float = 1e-4
+    model: str = "r2plus1d_18"
+    pretrained: str = "none"       # none | kinetics400 (torchvision's video ResNets) | imagenet (2D-based, i3d)
+    crop: int | None = None        # training crop (random) and test crop (centred); default: the model's
+                                   # input size, at most the stored frame size
+    three_crop: bool = False       # test time: three crops along the longer side, averaged
+    workers: int = 2               # DataLoader worker processes reading the store
+
+    def validate(self) -> None:
+        spec = models3d.get(self.model)
+        if self.pretrained not in ("none", *spec.pretrained):
+            raise ValueError(f"--pretrained {self.pretrained!r} is not available for {self.model}; allowed: "
+                             f"{', '.join(('none', *spec.pretrained))}")
+        if self.crop is not None and self.crop < 8:
+            raise ValueError(f"--crop {self.crop} must be >= 8")
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers} must be >= 0")
+        super().validate()
+
+
+class ClipTask:
+    """A video model on a frame store: batches are uint8 clips (B, T, H, W, 3); crop and flip on the device."""
+
+    def __init__(self, cs: clips.ClipStore, cfg: E2EConfig):
+        self.cs, self.labels, self.classes = cs, cs.labels, cs.classes
+        _, h, w = cs.frame_shape
+        self.crop = min(cfg.crop or models3d.get(cfg.model).size, h, w)
+        self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
+        self.workers = cfg.workers
+
+    def build(self, cfg: E2EConfig, train: np.ndarray) -> nn.Module:
+        return models3d.build(self.model, len(self.classes), self.pretrained)
+
+    def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int):
+        items = clips.train_items(self.cs, videos, cfg.seed, epoch, cfg.train_views)
+        return clips.loader(self.cs, items, cfg.batch_size, self.workers, pin=torch.cuda.is_available())
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return clips.random_crop_flip(x, self.crop, generator)
+
+    @torch.inference_mode()
+    def predict(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg: loop.LoopConfig | None = None
+                ) -> np.ndarray:
+        """Every clean clip of each video (and three crops with three_crop), softmax averaged per video."""
+        model.eval()
+        items = clips.eval_items(self.cs, videos)
+        per_video = len(items) // max(1, len(videos))
+        probs = []
+        for x, _ in clips.loader(self.cs, items, max(1, (cfg.batch_size if cfg else 8)), self.workers):
+            x = x.to(device)
+            crops = clips.centre_crops(x, self.crop, self.three)
+            with loop.autocast(cfg or loop.LoopConfig(precision="fp32"), device):
+                p = sum(torch.softmax(model(c).float(), dim=1) for c in crops) / len(crops)
+            probs.append(p.cpu().numpy())
+        out = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
+        return out.reshape(len(videos), per_video, -1).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class E2ERunConfig:
+    train: E2EConfig
+    frames: Path | None = None      # the frame store; or
+    dataset: str | None = None      # the latest frame store extracted for this dataset
+    out: Path | None = None         # run directory; default runs/<model>-<split>-<fingerprint[:10]>
+
+
+def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
+              stop_after: int | None = None) -> runs.RunResult:
+    cfg.train.validate()
+    if (cfg.frames is None) == (cfg.dataset is None):
+        raise ValueError("give exactly one of --frames PATH or --dataset NAME")
+    path = (Path(cfg.frames) if cfg.frames else store.latest_store(cfg.dataset, "frames")).absolute()
+    cs = clips.open_store(path)
+    split = data.make_split(cs, cfg.train.split)
+    task = ClipTask(cs, cfg.train)
+    fingerprint = cs.attrs["lineage"]["fingerprint"]
+    warns = [w for w in runs.warnings_for(split, cs) if "RANDOMLY" not in w]
+    t, h, w = cs.frame_shape
+    job = runs.Job(name=cfg.train.model, cfg=replace(cfg.train, split=split.name), task=task, split=split, store=path,
+                   fingerprint=fingerprint, inputs={"frames_store": str(path), "frames_fingerprint": fingerprint},
+                   describe=f"video model `{cfg.train.model}` (pretrained: {cfg.train.pretrained}) on `{path}` "
+                            f"({t} frames at {h}x{w}, crops of {task.crop})",
+                   extra={"frames": str(path), "frames_fingerprint": fingerprint, "dataset": cs.attrs.get("dataset"),
+                          "pretrained": cfg.train.pretrained != "none", "crop": task.crop},
+                   failed=tuple(cs.failed()), warnings=tuple(warns))
+    try:
+        return runs.execute(job, cfg.out, on_epoch, stop_after)
+    except torch.OutOfMemoryError:
+        raise ValueError(f"out of memory with --batch-size {cfg.train.batch_size} for {cfg.train.model}; try "
+                         f"--batch-size {max(1, cfg.train.batch_size // 2)} (with --accumulate 2 for the same "
+                         "effective batch) or a smaller --crop") from None
