@@ -218,3 +218,21 @@ def test_cv_over_the_official_splits(tmp_path):
     assert res.summary["top1"]["folds"] == 3 and "reversed_pairs_top1" not in res.summary  # not synthetic
     for r, k in zip(res.folds, (1, 2, 3)):
         assert r["test_videos"] == int((g % 3 == k - 1).sum())
+
+
+def test_gradient_accumulation_equals_one_larger_batch(pair_store):
+    """Batches of 8 accumulated twice move the weights as batches of 16 do (no dropout here)."""
+    fs = data.load(pair_store)
+    task = loop.FeatureTask(fs)
+    videos = np.arange(32)
+    results = []
+    for batch, acc in ((16, 1), (8, 2)):
+        cfg = _cfg("mean", batch_size=batch, accumulate=acc, head_options=heads.HeadConfig(dropout=0.0),
+                   precision="fp32")
+        torch.manual_seed(0)
+        model = task.build(cfg, videos)
+        opt = loop.make_optimizer(cfg, model)
+        loop.train_one_epoch(model, task, videos, cfg, 1, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+        results.append(model.state_dict())
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
