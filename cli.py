@@ -421,6 +421,8 @@ def _run(train, quiet: bool = False):
         live.stop()
     if rows and not quiet:
         out.print()
+    if not res.summary:  # a torchrun rank other than 0: rank 0 reports
+        return res
     for w in res.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     s = res.summary

@@ -236,3 +236,25 @@ def test_gradient_accumulation_equals_one_larger_batch(pair_store):
         results.append(model.state_dict())
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_torchrun_ddp_on_two_cpu_processes_equals_one_process_with_the_whole_batch(tmp_path):
+    """Two gloo ranks, each with half of every batch, end with the weights of one process that
+    sees the whole batch (DDP averages the gradients); rank 0 alone writes the run."""
+    f, y, g = reversed_pair_features(videos_per_class=24)
+    feats = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES)
+    assert len(data.make_split(data.load(feats), "groups").train) % 2 == 0
+    common = ["train-head", "mean", "--features", str(feats), "--epochs", "3", "--dropout", "0",
+              "--precision", "fp32", "--lr", "0.01"]
+    env = {**os.environ, "HAR_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "cli", *common, "--batch-size", "1000", "--out", str(tmp_path / "one")],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cli", *common,
+                          "--batch-size", "500", "--out", str(tmp_path / "two")],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("report:") == 1                      # rank 0 reports, rank 1 stays quiet
+    a, b = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("one", "two"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

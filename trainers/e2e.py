@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline import store
-from trainers import clips, data, loop, models3d, runs
+from trainers import clips, data, distributed, loop, models3d, runs
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class ClipTask:
     def build(self, cfg: E2EConfig, train: np.ndarray) -> nn.Module:
         return models3d.build(self.model, len(self.classes), self.pretrained)
 
-    def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int):
-        items = clips.train_items(self.cs, videos, cfg.seed, epoch, cfg.train_views)
+    def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
+        items = distributed.shard(clips.train_items(self.cs, videos, cfg.seed, epoch, cfg.train_views), world)
         return clips.loader(self.cs, items, cfg.batch_size, self.workers, pin=torch.cuda.is_available())
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.sampling import seed_for
-from trainers import data, heads
+from trainers import data, distributed, heads
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ class Task(Protocol):
     classes: list[str]
 
     def build(self, cfg, train: np.ndarray) -> nn.Module: ...                  # a fresh model (seeded by fit)
-    def batches(self, cfg, videos: np.ndarray, epoch: int) -> Iterable: ...    # CPU (x, y) in a seeded order
+    def batches(self, cfg, videos: np.ndarray, epoch: int,                     # CPU (x, y) in a seeded order,
+                world: distributed.World) -> Iterable: ...                     # this rank's share
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...  # on the device
     def predict(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg) -> np.ndarray: ...
 
@@ -149,10 +150,11 @@ class FeatureTask:
         mean, std = data.feature_stats(self.fs, train)
         return heads.build(cfg.head, self.fs.dim, len(self.classes), self.fs.frames, cfg.head_options, mean, std)
 
-    def batches(self, cfg: LoopConfig, videos: np.ndarray, epoch: int):
+    def batches(self, cfg: LoopConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
         rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
         order = videos[rng.permutation(len(videos))]
         samples = data.train_samples(self.fs, order, rng, cfg.train_views)
+        order, samples = distributed.shard(np.stack([order, samples], axis=1), world).T
         for a in range(0, len(order), cfg.batch_size):
             vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
             yield torch.from_numpy(data.gather(self.fs, vb, sb)), torch.from_numpy(self.labels[vb])
@@ -189,7 +191,8 @@ def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
 
 
 def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopConfig, epoch: int,
-                    opt, loss_fn: nn.Module, device: torch.device) -> tuple[float, float]:
+                    opt, loss_fn: nn.Module, device: torch.device,
+                    world: distributed.World = distributed.World()) -> tuple[float, float]:
     """One pass over `videos` in a (seed, epoch)-determined order, view draw, crop and dropout:
     (mean loss, accuracy). With accumulate=N the optimizer steps every N batches."""
     torch.manual_seed(seed_for(cfg.seed, "dropout", epoch))
@@ -197,7 +200,7 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
     model.train()
     total_loss, correct, seen, i = 0.0, 0, 0, 0
     opt.zero_grad(set_to_none=True)
-    for i, (x, y) in enumerate(task.batches(cfg, videos, epoch), 1):
+    for i, (x, y) in enumerate(task.batches(cfg, videos, epoch, world), 1):
         x = task.prepare(x.to(device, non_blocking=True), gen)
         y = y.to(device)
         with autocast(cfg, device):
@@ -256,10 +259,11 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
     run_dir/last.pt when it belongs to the same `fingerprint`. `stop_after` ends the call after
     that many epochs in total, as an interruption would (tests)."""
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
+    world = distributed.world()
+    device = distributed.device_for(world, cfg.device) or resolve_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = task.build(cfg, split.train).to(device)
+    model = task.build(cfg, split.train).to(device)  # the same initial weights on every rank (same seed)
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt)
     weight = class_weights(task.labels[split.train], len(task.classes)) if cfg.class_weighted else None
@@ -279,12 +283,13 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
             state = ck["state"]
             resumed = state["epoch"]
             logger.info("resuming %s after epoch %d", run_dir, resumed)
+    trained = distributed.wrap(model, world, device)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         if state["done"] or (stop_after is not None and epoch > stop_after):
             break
         te = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(model, task, split.train, cfg, epoch, opt, loss_fn, device)
+        train_loss, train_acc = train_one_epoch(trained, task, split.train, cfg, epoch, opt, loss_fn, device, world)
         val_loss, val_acc = _loss_and_acc(task.predict(model, val, device, cfg), task.labels[val],
                                           None if weight is None else weight)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -292,7 +297,7 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
         elif sched is not None:
             sched.step()
         better = val_acc > state["best_acc"] or (val_acc == state["best_acc"] and val_loss < state["best_loss"])
-        if better:
+        if better and world.main:
             _save({"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
                    "fingerprint": fingerprint}, run_dir / "best.pt")
         state["stale"] = 0 if val_acc > state["best_acc"] + cfg.min_delta else state["stale"] + 1
@@ -303,11 +308,13 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
         state["history"].append(row)
         state["epoch"] = epoch
         state["done"] = state["stale"] >= cfg.patience or epoch == cfg.epochs
-        _save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-               "scheduler": None if sched is None else sched.state_dict(), "state": state,
-               "config": cfg.as_dict(), "fingerprint": fingerprint}, last)
-        if on_epoch:
-            on_epoch(row)
+        if world.main:
+            _save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                   "scheduler": None if sched is None else sched.state_dict(), "state": state,
+                   "config": cfg.as_dict(), "fingerprint": fingerprint}, last)
+            if on_epoch:
+                on_epoch(row)
+    distributed.barrier(world)
     return FitResult(state["history"], state["best_epoch"], state["best_acc"],
                      state["done"] and state["epoch"] < cfg.epochs, resumed, time.perf_counter() - t0)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import lineage, store
 from pipeline.synth import reversed_classes
-from trainers import data, heads, loop, metrics, report
+from trainers import data, distributed, heads, loop, metrics, report
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +124,16 @@ def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None 
             raise ValueError(f"--out {run_dir} holds another run (different config or data); "
                              "choose another directory or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"store": str(job.store), **job.cfg.as_dict()}, indent=2,
-                                                    default=str))
-    lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": _split_info(job.split),
-           "versions": lineage.versions(), "created": lineage.now(), "predict": job.card}
-    (run_dir / "lineage.json").write_text(json.dumps(lin, indent=2, default=str))
+    main = distributed.world().main  # under torchrun, rank 0 alone writes
+    if main:
+        (run_dir / "config.json").write_text(json.dumps({"store": str(job.store), **job.cfg.as_dict()}, indent=2,
+                                                        default=str))
+        lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": _split_info(job.split),
+               "versions": lineage.versions(), "created": lineage.now(), "predict": job.card}
+        (run_dir / "lineage.json").write_text(json.dumps(lin, indent=2, default=str))
     fit = loop.fit(job.cfg, job.task, job.split, run_dir, fp, on_epoch=on_epoch, stop_after=stop_after)
+    if not main:
+        return RunResult(run_dir, False, {}, [])
     (run_dir / "history.json").write_text(json.dumps(fit.history, indent=2))
     if stop_after is not None and fit.history and len(fit.history) < job.cfg.epochs and not fit.stopped_early:
         return RunResult(run_dir, False, {"interrupted_after": len(fit.history)}, warns)
