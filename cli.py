@@ -313,6 +313,11 @@ def _train_config(head: str, split: Optional[str], epochs: int, batch_size: int,
                            weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
                            patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
                            train_views=train_views)
+    return _validated(cfg)
+
+
+def _validated(cfg):
+    """The config, or one line and exit 2 when a value is out of its allowed set."""
     try:
         cfg.validate()
     except ValueError as e:
@@ -611,10 +616,7 @@ def train_e2e(
                         weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
                         patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
                         train_views=train_views)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        _fail(str(e))
+    _validated(cfg)
     _run(lambda on_epoch: e2e.train_e2e(e2e.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir),
                                         on_epoch=on_epoch))
 
@@ -676,7 +678,7 @@ def demo(
         har demo --out /tmp/har-demo
     """
     _setup_logging(verbose)
-    from pipeline import backbones, store
+    from pipeline import backbones
     from pipeline import extract as E
     from pipeline import features as F
     from pipeline import synth as S

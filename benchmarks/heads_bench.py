@@ -87,7 +87,7 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
     e2e_s = time.perf_counter() - t0
     e2e_rate = e2e_batch * e2e_steps / e2e_s
     return {"part": "speed", "head": "lstm", "hidden": 256, "train_videos": train_videos, "val_videos": val_videos,
-            "frames": t, "dim": d, "batch": batch, "head": timings, "e2e_model": "LRCN resnet152+lstm256, 16x224x224",
+            "frames": t, "dim": d, "batch": batch, "head_timings": timings, "e2e_model": "LRCN resnet152+lstm256, 16x224x224",
             "e2e_steps": e2e_steps, "e2e_batch": e2e_batch, "e2e_seconds": round(e2e_s, 2),
             "e2e_videos_per_s": round(e2e_rate, 4),
             "ratio_fastest_head_to_e2e": round(head_rate / e2e_rate, 1),

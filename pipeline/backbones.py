@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch  # this module is imported only by the stages that run a network, never by `har --help`
 
+from pipeline.registry import Registry
+
 
 class WeightsError(ValueError):
     """Weights that cannot be had; the message says what to download and where to put it."""
@@ -29,14 +31,11 @@ class Backbone:
     head: str      # path of the final Linear replaced by Identity ("fc", "classifier.2", ...)
 
 
-_REGISTRY: dict[str, Backbone] = {}
+_REGISTRY: Registry[Backbone] = Registry("backbone")
 
 
 def register(b: Backbone) -> Backbone:
-    if b.name in _REGISTRY:
-        raise ValueError(f"An entry is already registered under the name '{b.name}'.")
-    _REGISTRY[b.name] = b
-    return b
+    return _REGISTRY.add(b.name, b)
 
 
 register(Backbone("resnet152", "resnet152", "ResNet152_Weights.IMAGENET1K_V1", 2048, "fc"))  # as the seed studies
@@ -47,13 +46,11 @@ register(Backbone("efficientnet_v2_s", "efficientnet_v2_s", "EfficientNet_V2_S_W
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> Backbone:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 @dataclass(frozen=True)

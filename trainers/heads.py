@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.registry import Registry
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -35,25 +37,19 @@ class HeadConfig:
 
 
 Builder = Callable[[int, int, int, HeadConfig], nn.Module]  # (dim, classes, frames, cfg) -> module
-_REGISTRY: dict[str, Builder] = {}
+_REGISTRY: Registry[Builder] = Registry("head")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-    def add(fn: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"An entry is already registered under the name '{name}'.")
-        _REGISTRY[name] = fn
-        return fn
-    return add
+    return lambda fn: _REGISTRY.add(name, fn)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def check(name: str) -> None:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown head {name!r}; allowed: {', '.join(_REGISTRY)}")
+    _REGISTRY.get(name)
 
 
 def build(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig,
@@ -61,7 +57,7 @@ def build(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig,
     """Standardize(mean, std) followed by the head `name`."""
     check(name)
     cfg.validate()
-    return nn.Sequential(Standardize(dim, mean, std), _REGISTRY[name](dim, classes, frames, cfg))
+    return nn.Sequential(Standardize(dim, mean, std), _REGISTRY.get(name)(dim, classes, frames, cfg))
 
 
 class Standardize(nn.Module):

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.registry import Registry
+
 KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PRETRAINED = ("none", "kinetics400", "imagenet")
@@ -40,24 +42,19 @@ class VideoModelSpec:
     about: str = ""
 
 
-_REGISTRY: dict[str, VideoModelSpec] = {}
+_REGISTRY: Registry[VideoModelSpec] = Registry("video model")
 
 
 def register(spec: VideoModelSpec) -> VideoModelSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"An entry is already registered under the name '{spec.name}'.")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.add(spec.name, spec)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> VideoModelSpec:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown video model {name!r}; allowed: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 class VideoModel(nn.Module):
