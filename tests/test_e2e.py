@@ -61,3 +61,22 @@ def test_train_e2e_usage_errors_are_one_line_exit_2(frames, tmp_path, args, mess
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
+
+
+def test_evaluate_and_predict_an_e2e_run_as_the_store_path_scores_it(frames, synthetic_root, tmp_path):
+    from trainers import clips, loop, predict, runs
+
+    res = _run(frames, tmp_path / "r", model="small-cnn-rnn", epochs=2)
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    again = runs.evaluate_run(res.run_dir, "test")
+    assert again["top1"] == m["test"]["top1"] and again["confusion"] == m["test"]["confusion"]
+    cs = clips.open_store(frames)
+    cfg, _ = runs.load_run(res.run_dir)
+    task = e2e.ClipTask(cs, cfg)
+    device = loop.resolve_device("cpu")
+    model = loop.load_best(task.build(cfg, np.arange(3)), res.run_dir, device)
+    i = list(cs.videos).index("Darken/v_Darken_g02_c01.avi")
+    stored = task.predict(model, np.array([i]), device, cfg)[0]
+    got = predict.load(res.run_dir)(synthetic_root / cs.videos[i], top=4)
+    by_class = {p["class"]: p["probability"] for p in got["top"]}
+    np.testing.assert_allclose([by_class[c] for c in cs.classes], stored, atol=1e-4)

@@ -102,6 +102,8 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
                             f"({t} frames at {h}x{w}, crops of {task.crop})",
                    extra={"frames": str(path), "frames_fingerprint": fingerprint, "dataset": cs.attrs.get("dataset"),
                           "pretrained": cfg.train.pretrained != "none", "crop": task.crop},
+                   card={"recipe": cs.attrs["recipe"], "model": cfg.train.model, "classes": cs.classes,
+                         "crop": task.crop},
                    failed=tuple(cs.failed()), warnings=tuple(warns))
     try:
         return runs.execute(job, cfg.out, on_epoch, stop_after)

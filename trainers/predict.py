@@ -1,11 +1,13 @@
 """`har predict`: any video file -> top-k classes, through the run's own chain.
 
-The run records what made its features (recipe, backbone, weights with sha256, resize), so a
-video is decoded and sampled exactly as the store's recipe did (clean view, every clip), encoded
-by the same backbone, and scored by the head; clip probabilities are averaged.
+The run records what made its input (the recipe; for a head also the backbone, its weights with
+sha256 and resize; for a video model its centre crop), so a video is decoded and sampled exactly
+as the store's recipe did (clean view, every clip), encoded by the same backbone and scored by the
+head, or cropped and scored by the video model; clip probabilities are averaged.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,28 +21,25 @@ from trainers import heads, loop, runs
 
 @dataclass
 class Predictor:
+    """decode + sample as the store did -> `score` (K clips, T, H, W, 3) uint8 -> (K, C) logits."""
     run_dir: Path
     recipe: extract.Recipe
-    encoder: Encoder
-    head: torch.nn.Module
+    score: Callable[[np.ndarray], torch.Tensor]
     classes: list[str]
     device: torch.device
-    config: loop.TrainConfig
+    config: loop.LoopConfig
 
     def __call__(self, path: Path, top: int = 5) -> dict:
-        """{"video", "top": [{"class", "probability"}...]} or {"video", "error"} for a bad file."""
+        """{"video", "clips", "top": [{"class", "probability"}...]} or {"video", "error"} for a bad file."""
         try:
             samples = extract.extract_video(Path(path), Path(path).name, self.recipe)
         except video.VideoError as e:
             return {"video": str(path), "error": str(e)}
-        k, t = samples.frames.shape[:2]
-        feats = self.encoder.encode(samples.frames.reshape(k * t, *samples.frames.shape[2:]))
-        x = torch.from_numpy(feats.astype(np.float32).reshape(k, t, -1)).to(self.device)
         with torch.inference_mode(), loop.autocast(self.config, self.device):
-            logits = self.head(x)
+            logits = self.score(samples.frames)
         probs = torch.softmax(logits.float(), dim=1).mean(0).cpu().numpy()
         order = np.argsort(-probs, kind="stable")[:top]
-        return {"video": str(path), "clips": int(k),
+        return {"video": str(path), "clips": int(len(samples.frames)),
                 "top": [{"class": self.classes[i], "probability": float(probs[i])} for i in order]}
 
 
@@ -56,6 +55,16 @@ def load(run_dir: Path, device: str = "auto") -> Predictor:
     if card is None:
         raise ValueError(f"{run_dir} was trained by an older har without a model card; train it again")
     dev = loop.resolve_device(device if device != "auto" else cfg.device)
+    recipe = replace(extract.Recipe(**card["recipe"]), views=0)
+    if "model" in card:  # a video model: crop the centre of every clip and score it
+        from trainers import clips, models3d
+
+        model = loop.load_best(models3d.build(card["model"], len(card["classes"])), Path(run_dir), dev)
+
+        def score(frames: np.ndarray) -> torch.Tensor:
+            x = clips.centre_crops(torch.from_numpy(frames).to(dev), card["crop"])[0]
+            return model(x)
+        return Predictor(Path(run_dir), recipe, score, list(card["classes"]), dev, cfg)
     enc = Encoder(card["backbone"], weights_argument(card), dev.type, "fp32", 256, False, card.get("resize", "weights"))
     recorded = card["weights"].get("sha256")
     if recorded and enc.weights.sha256 != recorded:
@@ -64,5 +73,9 @@ def load(run_dir: Path, device: str = "auto") -> Predictor:
                                      f"with (sha256 {recorded[:12]})")
     head = loop.load_best(heads.build(cfg.head, card["dim"], len(card["classes"]), card["frames"], cfg.head_options),
                           Path(run_dir), dev)
-    recipe = replace(extract.Recipe(**card["recipe"]), views=0)
-    return Predictor(Path(run_dir), recipe, enc, head, list(card["classes"]), dev, cfg)
+
+    def encode_and_score(frames: np.ndarray) -> torch.Tensor:
+        k, t = frames.shape[:2]
+        feats = enc.encode(frames.reshape(k * t, *frames.shape[2:]))
+        return head(torch.from_numpy(feats.astype(np.float32).reshape(k, t, -1)).to(dev))
+    return Predictor(Path(run_dir), recipe, encode_and_score, list(card["classes"]), dev, cfg)

@@ -172,34 +172,48 @@ def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
     return execute(job, cfg.out, on_epoch, stop_after)
 
 
-def load_run(run_dir: Path) -> tuple[loop.TrainConfig, dict]:
-    """(training config, lineage) of a run directory; ValueError when it is not one."""
+def load_run(run_dir: Path) -> tuple[loop.LoopConfig, dict]:
+    """(training config, lineage) of a run directory: a TrainConfig for a head run, an E2EConfig
+    for a video-model run; ValueError when it is not a finished run."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "best.pt").exists():
         raise ValueError(f"{run_dir} is not a finished har run (no config.json / best.pt); "
-                         "`har train-head` makes one")
+                         "`har train-head` or `har train-e2e` makes one")
     raw = json.loads((run_dir / "config.json").read_text())
     raw.pop("store", None)
+    lin = json.loads((run_dir / "lineage.json").read_text())
+    if "model" in raw:
+        from trainers.e2e import E2EConfig  # e2e builds on this module
+
+        return E2EConfig(**raw), lin
     raw["head_options"] = heads.HeadConfig(**raw["head_options"])
-    return loop.TrainConfig(**raw), json.loads((run_dir / "lineage.json").read_text())
+    return loop.TrainConfig(**raw), lin
 
 
-def evaluate_run(run_dir: Path, role: str = "test", features: Path | None = None) -> dict:
-    """Recompute a split part's metrics from best.pt and the run's feature store."""
+def evaluate_run(run_dir: Path, role: str = "test") -> dict:
+    """Recompute a split part's metrics from best.pt and the store the run trained on."""
     if role not in data.SPLIT_ROLES:
         raise ValueError(f"--split {role!r} is not supported; allowed: {', '.join(data.SPLIT_ROLES)}")
     cfg, lin = load_run(run_dir)
-    path = Path(features or lin["inputs"]["features_store"])
-    fs = data.load(path)
-    if fs.fingerprint != lin["inputs"]["features_fingerprint"]:
+    inputs = lin["inputs"]
+    if "frames_store" in inputs:
+        from trainers import clips, e2e
+
+        path, recorded = Path(inputs["frames_store"]), inputs["frames_fingerprint"]
+        source = clips.open_store(path)
+        task, fingerprint = e2e.ClipTask(source, cfg), source.attrs["lineage"]["fingerprint"]
+    else:
+        path, recorded = Path(inputs["features_store"]), inputs["features_fingerprint"]
+        source = data.load(path)
+        task, fingerprint = loop.FeatureTask(source), source.fingerprint
+    if fingerprint != recorded:
         raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
-                               f"{fs.fingerprint[:12]} != {lin['inputs']['features_fingerprint'][:12]}); train again")
-    split = data.make_split(fs, cfg.split)
+                               f"{fingerprint[:12]} != {recorded[:12]}); train again")
+    split = data.make_split(source, cfg.split)
     videos = {"train": split.train, "val": split.val, "test": split.test}[role]
     device = loop.resolve_device(cfg.device)
-    task = loop.FeatureTask(fs)
     model = loop.load_best(task.build(cfg, split.train), Path(run_dir), device)
-    return {"split": split.name, "part": role, **evaluate(task, model, videos, device, cfg, fs.attrs.get("dataset"))}
+    return {"split": split.name, "part": role, **evaluate(task, model, videos, device, cfg, source.attrs.get("dataset"))}
 
 
 # ---- cross-validation -------------------------------------------------------------------------------
