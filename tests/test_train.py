@@ -258,3 +258,21 @@ def test_torchrun_ddp_on_two_cpu_processes_equals_one_process_with_the_whole_bat
     a, b = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("one", "two"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_store_with_several_clips_is_scored_by_averaging_clip_probabilities(tmp_path):
+    """Video-level accuracy: every clean clip of a video is scored and the softmaxes averaged."""
+    f, y, g = reversed_pair_features(videos_per_class=6, views=2)    # 3 samples per video
+    p = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES)
+    fs = data.load(p)
+    fs = replace(fs, clip_index=np.tile(np.array([0, 1, 0], np.int16), (len(y), 1)),
+                 view_index=np.tile(np.array([0, 0, 1], np.int16), (len(y), 1)))  # 2 clean clips + 1 view
+    task = loop.FeatureTask(fs)
+    torch.manual_seed(0)
+    model = task.build(_cfg("gru"), np.arange(len(y))).eval()
+    videos = np.array([0, 7, 13])
+    got = task.predict(model, videos, torch.device("cpu"))
+    with torch.no_grad():
+        per_clip = [torch.softmax(model(torch.from_numpy(fs.features[videos, s].astype(np.float32))), 1).numpy()
+                    for s in (0, 1)]
+    np.testing.assert_allclose(got, (per_clip[0] + per_clip[1]) / 2, rtol=1e-5, atol=1e-6)
