@@ -65,7 +65,7 @@ def test_predict_gives_the_probabilities_the_store_path_gives(chain, synthetic_r
     fs = data.load(feats)
     i = list(fs.videos).index("Brighten/v_Brighten_g03_c02.avi")
     task = loop.FeatureTask(fs)
-    model = loop.load_best(task.build(loop.TrainConfig(), np.arange(len(fs.labels))), res.run_dir,
+    model = loop.load_best(task.build(loop.TrainConfig(), None), res.run_dir,
                            loop.resolve_device("cpu"))
     stored = task.predict(model, np.array([i]), loop.resolve_device("cpu"))[0]
     got = predict.load(res.run_dir)(synthetic_root / fs.videos[i], top=4)

@@ -66,6 +66,6 @@ def test_three_crops_span_the_longer_side():
     assert C.centre_crops(clips, 4)[0].shape == (1, 2, 4, 4, 3)
 
 
-def test_a_feature_store_is_refused(tmp_path):
+def test_a_missing_store_is_refused(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         C.open_store(tmp_path / "none.zarr")

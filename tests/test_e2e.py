@@ -74,7 +74,7 @@ def test_evaluate_and_predict_an_e2e_run_as_the_store_path_scores_it(frames, syn
     cfg, _ = runs.load_run(res.run_dir)
     task = e2e.ClipTask(cs, cfg)
     device = loop.resolve_device("cpu")
-    model = loop.load_best(task.build(cfg, np.arange(3)), res.run_dir, device)
+    model = loop.load_best(task.build(cfg, None), res.run_dir, device)
     i = list(cs.videos).index("Darken/v_Darken_g02_c01.avi")
     stored = task.predict(model, np.array([i]), device, cfg)[0]
     got = predict.load(res.run_dir)(synthetic_root / cs.videos[i], top=4)

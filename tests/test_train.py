@@ -177,13 +177,13 @@ def test_logo_fold_gets_a_group_disjoint_validation_set(pair_store):
 def test_training_draws_augmented_views_and_evaluation_uses_the_clean_one(pair_store):
     fs = data.load(pair_store)
     fs3 = replace(fs, view_index=np.tile(np.array([0, 1, 2], np.int16), (len(fs.labels), 1)))
-    drawn = data.train_samples(fs3, np.arange(len(fs.labels)), np.random.default_rng(0))
+    drawn = data.train_samples(fs3.view_index, np.arange(len(fs.labels)), np.random.default_rng(0))
     assert set(drawn.tolist()) == {1, 2}
     every = np.arange(len(fs.labels))
-    assert set(data.train_samples(fs3, every, np.random.default_rng(0), "all").tolist()) == {0, 1, 2}
-    assert set(data.train_samples(fs3, every, np.random.default_rng(0), "clean").tolist()) == {0}
+    assert set(data.train_samples(fs3.view_index, every, np.random.default_rng(0), "all").tolist()) == {0, 1, 2}
+    assert set(data.train_samples(fs3.view_index, every, np.random.default_rng(0), "clean").tolist()) == {0}
     clean_only = replace(fs, view_index=np.zeros((len(fs.labels), 1), np.int16))
-    assert set(data.train_samples(clean_only, np.arange(5), np.random.default_rng(0)).tolist()) == {0}
+    assert set(data.train_samples(clean_only.view_index, np.arange(5), np.random.default_rng(0)).tolist()) == {0}
     np.testing.assert_array_equal(data.eval_samples(fs3), [0])
 
 

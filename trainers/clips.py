@@ -77,13 +77,11 @@ class ClipDataset(torch.utils.data.Dataset):
 def train_items(cs: ClipStore, videos: np.ndarray, seed: int, epoch: int, which: str = "augmented") -> np.ndarray:
     """(len(videos), 2) (video, sample) pairs in a (seed, epoch)-shuffled order, one sample per
     video drawn as the feature heads draw theirs."""
-    from trainers.data import FeatureSet, train_samples
+    from trainers.data import train_samples
 
     rng = np.random.default_rng(seed_for(seed, "clips", epoch))
     order = videos[rng.permutation(len(videos))]
-    view = FeatureSet(cs.path, np.empty(0), cs.labels, cs.groups, cs.ok, cs.clip_index, cs.view_index,
-                      np.empty(0), cs.splits, cs.attrs)
-    return np.stack([order, train_samples(view, order, rng, which)], axis=1)
+    return np.stack([order, train_samples(cs.view_index, order, rng, which)], axis=1)
 
 
 def eval_items(cs: ClipStore, videos: np.ndarray) -> np.ndarray:

@@ -167,13 +167,14 @@ def _carve_val(s: np.ndarray, labels: np.ndarray, groups: np.ndarray, name: str)
 TRAIN_VIEWS = ("augmented", "all", "clean")
 
 
-def train_samples(fs: FeatureSet, videos: np.ndarray, rng: np.random.Generator, which: str = "augmented") -> np.ndarray:
+def train_samples(view_index: np.ndarray, videos: np.ndarray, rng: np.random.Generator,
+                  which: str = "augmented") -> np.ndarray:
     """For each video, one sample index, a random clip of: a random augmented view ("augmented";
     the clean view when the store has none), any view ("all"), or the clean view ("clean")."""
-    views = fs.view_index[videos]                       # (n, S)
+    views = view_index[videos]                          # (n, S); view_index is a store's [N, S] array
     if which == "all":
         pool = np.ones_like(views, bool)
-    elif which == "augmented" and (fs.view_index > 0).any():
+    elif which == "augmented" and (view_index > 0).any():
         pool = views > 0
     else:
         pool = views == 0

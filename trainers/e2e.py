@@ -48,7 +48,7 @@ class ClipTask:
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         self.workers = cfg.workers
 
-    def build(self, cfg: E2EConfig, train: np.ndarray) -> nn.Module:
+    def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
         return models3d.build(self.model, len(self.classes), self.pretrained)
 
     def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
@@ -94,7 +94,7 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
     split = data.make_split(cs, cfg.train.split)
     task = ClipTask(cs, cfg.train)
     fingerprint = cs.attrs["lineage"]["fingerprint"]
-    warns = [w for w in runs.warnings_for(split, cs) if "RANDOMLY" not in w]
+    warns = runs.warnings_for(split, cs)
     t, h, w = cs.frame_shape
     job = runs.Job(name=cfg.train.model, cfg=replace(cfg.train, split=split.name), task=task, split=split, store=path,
                    fingerprint=fingerprint, inputs={"frames_store": str(path), "frames_fingerprint": fingerprint},

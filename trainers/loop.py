@@ -95,7 +95,8 @@ class Task(Protocol):
     labels: np.ndarray      # [N] class of every video
     classes: list[str]
 
-    def build(self, cfg, train: np.ndarray) -> nn.Module: ...                  # a fresh model (seeded by fit)
+    def build(self, cfg, train: np.ndarray | None) -> nn.Module: ...           # a fresh model (seeded by fit);
+                                                                               # None: weights come from a checkpoint
     def batches(self, cfg, videos: np.ndarray, epoch: int,                     # CPU (x, y) in a seeded order,
                 world: distributed.World) -> Iterable: ...                     # this rank's share
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...  # on the device
@@ -145,15 +146,16 @@ class FeatureTask:
     def __init__(self, fs: data.FeatureSet):
         self.fs, self.labels, self.classes = fs, fs.labels, fs.classes
 
-    def build(self, cfg: TrainConfig, train: np.ndarray) -> nn.Module:
-        """The head, with Standardize set from the training videos' features (all their samples)."""
-        mean, std = data.feature_stats(self.fs, train)
+    def build(self, cfg: TrainConfig, train: np.ndarray | None) -> nn.Module:
+        """The head, with Standardize set from the training videos' features (all their samples);
+        train=None skips that pass (a checkpoint about to be loaded holds the statistics)."""
+        mean, std = data.feature_stats(self.fs, train) if train is not None else (None, None)
         return heads.build(cfg.head, self.fs.dim, len(self.classes), self.fs.frames, cfg.head_options, mean, std)
 
     def batches(self, cfg: LoopConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
         rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
         order = videos[rng.permutation(len(videos))]
-        samples = data.train_samples(self.fs, order, rng, cfg.train_views)
+        samples = data.train_samples(self.fs.view_index, order, rng, cfg.train_views)
         order, samples = distributed.shard(np.stack([order, samples], axis=1), world).T
         for a in range(0, len(order), cfg.batch_size):
             vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]

@@ -138,7 +138,7 @@ def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None 
     if stop_after is not None and fit.history and len(fit.history) < job.cfg.epochs and not fit.stopped_early:
         return RunResult(run_dir, False, {"interrupted_after": len(fit.history)}, warns)
     device = loop.resolve_device(job.cfg.device)
-    model = loop.load_best(job.task.build(job.cfg, job.split.train), run_dir, device)
+    model = loop.load_best(job.task.build(job.cfg, None), run_dir, device)
     val = job.split.val if len(job.split.val) else job.split.train
     dataset = job.extra.get("dataset")
     summary = {"fingerprint": fp, "model": job.name, "describe": job.describe, **job.extra,
@@ -212,7 +212,7 @@ def evaluate_run(run_dir: Path, role: str = "test") -> dict:
     split = data.make_split(source, cfg.split)
     videos = {"train": split.train, "val": split.val, "test": split.test}[role]
     device = loop.resolve_device(cfg.device)
-    model = loop.load_best(task.build(cfg, split.train), Path(run_dir), device)
+    model = loop.load_best(task.build(cfg, None), Path(run_dir), device)
     return {"split": split.name, "part": role, **evaluate(task, model, videos, device, cfg, source.attrs.get("dataset"))}
 
 
