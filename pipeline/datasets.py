@@ -302,6 +302,6 @@ def load(name: str, root: Path | None = None) -> DatasetIndex:
         raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(ADAPTERS)}")
     root = Path(root) if root is not None else default_root(name)
     index = ADAPTERS[name](root.resolve() if root.exists() else root)
-    for note in index.notes:
-        logger.warning(note)
+    for note in index.notes:  # the CLI prints index.notes itself; library users see them at INFO
+        logger.info(note)
     return index
