@@ -587,6 +587,7 @@ def train_e2e(
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size [default: the model's input size, at most the stored size]."),
     three_crop: bool = typer.Option(False, "--three-crop", help="Test time: three crops per clip, averaged."),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    memory_format: str = typer.Option("auto", "--memory-format", help="auto (channels-last on CUDA) | channels-last | contiguous."),
     lr: float = typer.Option(1e-4, "--lr", help="Learning rate."),
     split: Optional[str] = _HEAD_OPTIONS["split"], epochs: int = _HEAD_OPTIONS["epochs"],
     optimizer: str = _HEAD_OPTIONS["optimizer"], weight_decay: float = _HEAD_OPTIONS["weight_decay"],
@@ -612,7 +613,7 @@ def train_e2e(
     from trainers import e2e
 
     cfg = e2e.E2EConfig(model=model, pretrained=pretrained, batch_size=batch_size, accumulate=accumulate, crop=crop,
-                        three_crop=three_crop, workers=workers, lr=lr, split=split, epochs=epochs, optimizer=optimizer,
+                        three_crop=three_crop, workers=workers, memory_format=memory_format, lr=lr, split=split, epochs=epochs, optimizer=optimizer,
                         weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
                         patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
                         train_views=train_views)

@@ -36,6 +36,16 @@ def test_every_video_model_trains_and_evaluates_from_the_frame_store(frames, tmp
     assert (res.run_dir / "report.md").exists() and (res.run_dir / "confusion.png").exists()
 
 
+def test_channels_last_run_matches_the_contiguous_run(frames, tmp_path):
+    kw = dict(model="small-cnn-rnn", epochs=2, lr=1e-3, precision="fp32")
+    a = _run(frames, tmp_path / "nchw", memory_format="contiguous", **kw)
+    b = _run(frames, tmp_path / "nhwc", memory_format="channels-last", **kw)
+    assert not e2e.channels_last(e2e.E2EConfig(device="cpu")) and e2e.channels_last(e2e.E2EConfig(memory_format="channels-last"))
+    wa, wb = (torch.load(r.run_dir / "best.pt", weights_only=True)["model"] for r in (a, b))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=2e-4, rtol=1e-3)
+
+
 def test_interrupted_e2e_run_resumes_to_the_same_weights_with_loader_workers(frames, tmp_path):
     kw = dict(model="small-cnn-rnn", epochs=3, workers=2, lr=1e-3, three_crop=True)
     _run(frames, tmp_path / "whole", **kw)
@@ -55,6 +65,8 @@ def test_interrupted_e2e_run_resumes_to_the_same_weights_with_loader_workers(fra
     (["r3d_18"], "give --frames PATH or --dataset NAME"),
     (["r3d_18", "--frames", "nowhere.zarr"], "nowhere.zarr does not exist; run `har extract` first"),
     (["r3d_18", "--frames", "{frames}", "--accumulate", "0"], "--accumulate 0 must be >= 1"),
+    (["r3d_18", "--frames", "{frames}", "--memory-format", "nhwc"],
+     "--memory-format 'nhwc' is not known; allowed: auto, channels-last, contiguous"),
 ])
 def test_train_e2e_usage_errors_are_one_line_exit_2(frames, tmp_path, args, message):
     res = subprocess.run([sys.executable, "-m", "cli", "train-e2e", *[a.replace("{frames}", str(frames)) for a in args]],

@@ -31,6 +31,26 @@ def test_every_video_model_trains_a_step_and_every_parameter_gets_a_gradient(nam
             assert p.grad.abs().sum() > 0, pname
 
 
+@pytest.mark.parametrize("name", ["r2plus1d_18", "c3d", "lrcn", "convlstm"])
+def test_channels_last_changes_the_layout_not_the_answer(name):
+    torch.manual_seed(0)
+    model = M.build(name, classes=5).eval()
+    clips = torch.randint(0, 256, (2, 8, 48, 48, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model(clips)
+        fast = M.to_channels_last(copy.deepcopy(model))
+        after = fast(clips)
+    convs = [m for m in fast.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d))]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last_3d if c.weight.dim() == 5
+                                                else torch.channels_last) for c in convs)
+    assert not all(c.weight.is_contiguous() for c in convs)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    # and it trains: a gradient reaches the first convolution in the same layout
+    fast.train()
+    torch.nn.functional.cross_entropy(fast(clips), torch.tensor([1, 3])).backward()
+    assert convs[0].weight.grad is not None and torch.isfinite(convs[0].weight.grad).all()
+
+
 def test_inflated_network_on_a_still_clip_gives_the_2d_answer():
     import torchvision
 

@@ -14,6 +14,16 @@ from pipeline import store
 from trainers import clips, data, distributed, loop, models3d, runs
 
 
+MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
+
+
+def channels_last(cfg: E2EConfig) -> bool:
+    """auto: channels-last on CUDA (cuDNN's NDHWC kernels for bf16), the stored layout elsewhere."""
+    if cfg.memory_format == "auto":
+        return loop.resolve_device(cfg.device).type == "cuda"
+    return cfg.memory_format == "channels-last"
+
+
 @dataclass(frozen=True)
 class E2EConfig(loop.LoopConfig):
     """A video model trained from clips. Defaults for 3D CNNs on small datasets."""
@@ -25,6 +35,7 @@ class E2EConfig(loop.LoopConfig):
                                    # input size, at most the stored frame size
     three_crop: bool = False       # test time: three crops along the longer side, averaged
     workers: int = 2               # DataLoader worker processes reading the store
+    memory_format: str = "auto"    # auto (channels-last on CUDA) | channels-last | contiguous
 
     def validate(self) -> None:
         spec = models3d.get(self.model)
@@ -35,6 +46,8 @@ class E2EConfig(loop.LoopConfig):
             raise ValueError(f"--crop {self.crop} must be >= 8")
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers} must be >= 0")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"--memory-format {self.memory_format!r} is not known; allowed: {', '.join(MEMORY_FORMATS)}")
         super().validate()
 
 
@@ -49,7 +62,8 @@ class ClipTask:
         self.workers = cfg.workers
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
-        return models3d.build(self.model, len(self.classes), self.pretrained)
+        model = models3d.build(self.model, len(self.classes), self.pretrained)
+        return models3d.to_channels_last(model) if channels_last(cfg) else model
 
     def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
         items = distributed.shard(clips.train_items(self.cs, videos, cfg.seed, epoch, cfg.train_views), world)

@@ -65,10 +65,24 @@ class VideoModel(nn.Module):
         self.net = net
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1) * 255)
         self.register_buffer("inv_std", 1 / (torch.tensor(std).view(1, 3, 1, 1, 1) * 255))
+        self.channels_last = False
 
     def forward(self, clips):  # (B, T, H, W, 3) uint8
         x = clips.permute(0, 4, 1, 2, 3).float()          # (B, 3, T, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net((x - self.mean) * self.inv_std)
+
+
+def to_channels_last(model: VideoModel) -> VideoModel:
+    """Channels-last weights and inputs (3D convolutions: channels_last_3d; per-frame 2D ones:
+    channels_last), the layout cuDNN's fastest bf16 kernels use. In place; the values are unchanged."""
+    formats = {5: torch.channels_last_3d, 4: torch.channels_last}
+    for m in model.modules():
+        if isinstance(m, (nn.Conv3d, nn.Conv2d)):
+            m.weight.data = m.weight.data.contiguous(memory_format=formats[m.weight.dim()])
+    model.channels_last = True
+    return model
 
 
 def build(name: str, classes: int, pretrained: str = "none") -> VideoModel:
