@@ -258,6 +258,10 @@ def test_torchrun_ddp_on_two_cpu_processes_equals_one_process_with_the_whole_bat
     a, b = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("one", "two"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # the epoch table's training loss and accuracy cover both ranks' shares, not rank 0's alone
+    ha, hb = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("one", "two"))
+    for ea, eb in zip(ha, hb, strict=True):
+        assert eb["train_acc"] == pytest.approx(ea["train_acc"]) and eb["train_loss"] == pytest.approx(ea["train_loss"], rel=1e-4)
 
 
 def test_a_store_with_several_clips_is_scored_by_averaging_clip_probabilities(tmp_path):

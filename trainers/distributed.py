@@ -4,8 +4,9 @@
 
 Every rank walks the same seeded epoch order and takes its own share of each epoch (padded by
 repetition so every rank does the same number of steps); gradients are averaged by DDP, so the
-effective batch is world x --batch-size. Validation runs on every rank (same weights, same
-answer); only rank 0 writes checkpoints, history, metrics and the report.
+effective batch is world x --batch-size. The epoch's training loss and accuracy are summed over
+every rank's share. Validation runs on every rank (same weights, same answer); only rank 0 writes
+checkpoints, history, metrics and the report.
 """
 from __future__ import annotations
 
@@ -69,6 +70,16 @@ def wrap(model: torch.nn.Module, w: World, device: torch.device) -> torch.nn.Mod
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+def all_sum(t: torch.Tensor, w: World) -> torch.Tensor:
+    """`t` summed over every rank (itself outside torchrun)."""
+    if w.size > 1:
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
 
 
 def barrier(w: World) -> None:

@@ -196,11 +196,13 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
                     opt, loss_fn: nn.Module, device: torch.device,
                     world: distributed.World = distributed.World()) -> tuple[float, float]:
     """One pass over `videos` in a (seed, epoch)-determined order, view draw, crop and dropout:
-    (mean loss, accuracy). With accumulate=N the optimizer steps every N batches."""
+    (mean loss, accuracy), over every rank's share under DDP. With accumulate=N the optimizer steps
+    every N batches. The running sums stay on the device (no host sync per step)."""
     torch.manual_seed(seed_for(cfg.seed, "dropout", epoch))
     gen = torch.Generator().manual_seed(seed_for(cfg.seed, "crop", epoch))
     model.train()
-    total_loss, correct, seen, i = 0.0, 0, 0, 0
+    # loss sum, right answers, samples
+    totals, i = torch.zeros(3, dtype=torch.float64, device=device), 0
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(task.batches(cfg, videos, epoch, world), 1):
         x = task.prepare(x.to(device, non_blocking=True), gen)
@@ -212,12 +214,12 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
         if i % cfg.accumulate == 0:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        total_loss += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
+        totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                               torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
     if i % cfg.accumulate:
         opt.step()
         opt.zero_grad(set_to_none=True)
+    total_loss, correct, seen = distributed.all_sum(totals, world).tolist()
     return total_loss / max(1, seen), correct / max(1, seen)
 
 
