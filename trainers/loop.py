@@ -266,6 +266,8 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
     world = distributed.world()
     device = distributed.device_for(world, cfg.device) or resolve_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN time its algorithms once (not bitwise reproducible)
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     model = task.build(cfg, split.train).to(device)  # the same initial weights on every rank (same seed)
     opt = make_optimizer(cfg, model)
