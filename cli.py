@@ -613,7 +613,8 @@ def train_e2e(
     from trainers import e2e
 
     cfg = e2e.E2EConfig(model=model, pretrained=pretrained, batch_size=batch_size, accumulate=accumulate, crop=crop,
-                        three_crop=three_crop, workers=workers, memory_format=memory_format, lr=lr, split=split, epochs=epochs, optimizer=optimizer,
+                        three_crop=three_crop, workers=workers, memory_format=memory_format, lr=lr, split=split,
+                        epochs=epochs, optimizer=optimizer,
                         weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
                         patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
                         train_views=train_views)

@@ -201,8 +201,7 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
     torch.manual_seed(seed_for(cfg.seed, "dropout", epoch))
     gen = torch.Generator().manual_seed(seed_for(cfg.seed, "crop", epoch))
     model.train()
-    # loss sum, right answers, samples
-    totals, i = torch.zeros(3, dtype=torch.float64, device=device), 0
+    sums, seen, i = torch.zeros(2, dtype=torch.float64, device=device), 0, 0   # loss sum, right answers
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(task.batches(cfg, videos, epoch, world), 1):
         x = task.prepare(x.to(device, non_blocking=True), gen)
@@ -214,12 +213,12 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
         if i % cfg.accumulate == 0:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                               torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+        sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
+        seen += len(y)
     if i % cfg.accumulate:
         opt.step()
         opt.zero_grad(set_to_none=True)
-    total_loss, correct, seen = distributed.all_sum(totals, world).tolist()
+    total_loss, correct, seen = distributed.all_sum(torch.cat([sums, sums.new_tensor([seen])]), world).tolist()
     return total_loss / max(1, seen), correct / max(1, seen)
 
 
