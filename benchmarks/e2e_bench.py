@@ -1,15 +1,18 @@
 """The end-to-end data path: does the frame-store loader keep a 3D CNN fed?
 
-    .venv/bin/python benchmarks/e2e_bench.py
+    .venv/bin/python benchmarks/e2e_bench.py [--device auto] [--workers 2] [--model-batch 2]
 
 In one run, on generated UCF50-like videos (320x240, 25 fps, Xvid): a frame store of 16-frame
 clips at 128x171 (the Kinetics models' resize) is made once; then
-- loader: clips/s the frame-store DataLoader delivers (workers read and decompress, random
-  112 px crop and flip per batch), over several epochs of one clip per video;
-- model: clips/s r2plus1d_18 trains at (forward + backward + Adam step, 16x112x112, random init);
+- loader: clips/s the frame-store DataLoader delivers to the training device (workers read and
+  decompress; pinned memory and a non-blocking copy on CUDA; random 112 px crop and flip per batch
+  on the device), over several epochs of one clip per video;
+- model: clips/s r2plus1d_18 trains at on a fixed batch already on the device (forward + backward +
+  Adam step, 16x112x112, random init, at `har train-e2e`'s precision and memory format there);
+- pipeline: the two together, as `har train-e2e` runs them: loader batches, crop, train step;
 - on the fly: clips/s of the seed studies' way, decoding each clip from its source video with
   OpenCV (seek to the clip's start, read 16 frames, resize to 171x128, crop 112).
-Prints one JSON line. Targets (issue 5): loader >= 2x the model.
+Prints one JSON line. Targets (issue 5): loader >= 2x the model; the pipeline near the bare model.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -36,6 +40,8 @@ def main() -> None:
     ap.add_argument("--model", default="r2plus1d_18")
     ap.add_argument("--model-batch", type=int, default=2)
     ap.add_argument("--model-steps", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--memory-format", default="auto")
     a = ap.parse_args()
 
     import cv2
@@ -43,8 +49,9 @@ def main() -> None:
 
     from pipeline import synth
     from pipeline.extract import ExtractConfig, Recipe, extract
+    from e2e_memory import train_step
     from trainers import clips as C
-    from trainers import models3d
+    from trainers import loop
 
     a.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HAR_HOME", str(a.work / "home"))
@@ -55,16 +62,24 @@ def main() -> None:
     cs = C.open_store(res.store)
     videos = np.flatnonzero(cs.ok)
 
-    # loader: DataLoader workers read + decompress; crop and flip per batch (on the CPU here)
-    g = torch.Generator().manual_seed(0)
+    device = loop.resolve_device(a.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def batches(epochs: int, batch_size: int):
+        """What loop.train_one_epoch feeds the model: store -> (pinned) -> device -> crop + flip."""
+        g = torch.Generator().manual_seed(0)
+        for epoch in range(epochs):
+            for x, y in C.loader(cs, C.train_items(cs, videos, 0, epoch), batch_size, a.workers, pin=cuda):
+                yield C.random_crop_flip(x.to(device, non_blocking=True), 112, g), y.to(device, non_blocking=True)
+
+    # loader: DataLoader workers read + decompress; copy to the device; crop and flip there
     n = 0
     t0 = time.perf_counter()
-    for epoch in range(a.epochs):
-        for x, _y in C.loader(cs, C.train_items(cs, videos, 0, epoch), a.batch_size, a.workers):
-            x = C.random_crop_flip(x, 112, g)
-            n += len(x)
-    loader_s = time.perf_counter() - t0
-    loader_rate = n / loader_s
+    for x, _y in batches(a.epochs, a.batch_size):
+        n += len(x)
+    sync()
+    loader_rate = n / (time.perf_counter() - t0)
 
     # the seed studies' way: decode each clip from its source video with OpenCV
     with __import__("pipeline.store", fromlist=["StoreReader"]).StoreReader(res.store) as r:
@@ -85,32 +100,56 @@ def main() -> None:
         np.stack(frames)
     fly_rate = len(videos) / (time.perf_counter() - t0)
 
-    # the model: training steps of the 3D CNN on 16x112x112 clips
-    torch.manual_seed(0)
-    model = models3d.build(a.model, len(cs.classes)).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randint(0, 256, (a.model_batch, 16, 112, 112, 3), dtype=torch.uint8)
-    y = torch.zeros(a.model_batch, dtype=torch.long)
-
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
+    # the model: training steps of the 3D CNN on a fixed 16x112x112 batch already on the device
+    step, sync, cfg, device, _ = train_step(a.model, a.model_batch, a.device, a.memory_format, frames=16, size=112,
+                                            classes=len(cs.classes))
     step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(a.model_steps):
         step()
+    sync()
     model_rate = a.model_batch * a.model_steps / (time.perf_counter() - t0)
+
+    # the pipeline: loader batches (of --model-batch) into the same training step, as har train-e2e
+    # runs them; 2 warm-up steps, then --model-steps timed ones, across epochs (workers restart per
+    # epoch, as in training)
+    from trainers import e2e, models3d
+
+    torch.manual_seed(0)
+    model = models3d.build(a.model, len(cs.classes))
+    if e2e.channels_last(cfg):
+        models3d.to_channels_last(model)
+    model = model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    m = 0
+    t0 = None
+    for i, (x, y) in enumerate(batches(10**6, a.model_batch)):
+        if i == a.model_steps + 2:
+            break
+        with loop.autocast(cfg, device):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i == 1:  # the first steps pick cuDNN kernels and start the workers
+            sync()
+            t0 = time.perf_counter()
+        elif i > 1:
+            m += len(x)
+    sync()
+    pipeline_rate = m / (time.perf_counter() - t0)
     print(json.dumps({"videos": int(len(videos)), "store": "clip 16 frames at 128x171, lossless",
                       "loader_workers": a.workers, "loader_batch": a.batch_size, "loader_clips": n,
                       "loader_clips_per_s": round(loader_rate, 1), "on_the_fly_opencv_clips_per_s": round(fly_rate, 1),
                       "model": a.model, "model_batch": a.model_batch,
+                      "precision": loop.resolve_precision(cfg.precision, device), "channels_last": e2e.channels_last(cfg),
                       "model_train_clips_per_s": round(model_rate, 3),
-                      "loader_over_model": round(loader_rate / model_rate, 1),
+                      "pipeline_train_clips_per_s": round(pipeline_rate, 3),
+                      "loader_over_model": round(loader_rate / model_rate, 2),
+                      "pipeline_over_model": round(pipeline_rate / model_rate, 3),
                       "loader_over_on_the_fly": round(loader_rate / fly_rate, 2),
-                      "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+                      "device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
                       "cpus": os.cpu_count(), "torch": torch.__version__}))
 
 

@@ -32,21 +32,27 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def one(name: str, batch: int, steps: int, device_name: str) -> dict:
+def train_step(name: str, batch: int, device_name: str = "auto", memory_format: str = "auto",
+               precision: str = "auto", frames: int | None = None, size: int | None = None, classes: int = 101):
+    """One training step of a randomly initialised model on a fixed random uint8 batch, set up as
+    `har train-e2e` sets it up on that device. Returns (step, sync, cfg, device, clip shape)."""
     import torch
 
     from trainers import e2e, loop, models3d
 
     torch.manual_seed(0)
     device = loop.resolve_device(device_name)
-    cfg = e2e.E2EConfig(model=name, device=device.type)
+    cfg = e2e.E2EConfig(model=name, device=device.type, memory_format=memory_format, precision=precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as loop.fit does on CUDA
     spec = models3d.get(name)
-    model = models3d.build(name, classes=101)
+    t, s = frames or spec.frames, size or spec.size
+    model = models3d.build(name, classes=classes)
     if e2e.channels_last(cfg):
         models3d.to_channels_last(model)
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randint(0, 256, (batch, spec.frames, spec.size, spec.size, 3), dtype=torch.uint8, device=device)
+    x = torch.randint(0, 256, (batch, t, s, s, 3), dtype=torch.uint8, device=device)
     y = torch.zeros(batch, dtype=torch.long, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -57,6 +63,15 @@ def one(name: str, batch: int, steps: int, device_name: str) -> dict:
         loss.backward()
         opt.step()
 
+    return step, sync, cfg, device, (t, s)
+
+
+def one(name: str, batch: int, steps: int, device_name: str, memory_format: str = "auto") -> dict:
+    import torch
+
+    from trainers import e2e, loop
+
+    step, sync, cfg, device, (t, s) = train_step(name, batch, device_name, memory_format)
     base = rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -70,11 +85,11 @@ def one(name: str, batch: int, steps: int, device_name: str) -> dict:
     rate = batch * steps / (time.perf_counter() - t0)
     if device.type == "cuda":
         peak, what = torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
-        extra = {"weights_mib": round(weights, 1)}
+        extra = {"weights_mib": round(weights, 1), "reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
     else:
         peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "peak RSS over RSS after build"
         extra = {}
-    return {"model": name, "clip": f"{spec.frames}x{spec.size}x{spec.size}", "batch": batch,
+    return {"model": name, "clip": f"{t}x{s}x{s}", "batch": batch,
             "precision": loop.resolve_precision(cfg.precision, device), "channels_last": e2e.channels_last(cfg),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "peak_mib": round(peak, 1), "peak_is": what, "train_clips_per_s": round(rate, 3), **extra}
@@ -86,10 +101,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="clips per step (train-e2e's default)")
     ap.add_argument("--steps", type=int, default=1, help="timed steps after the warm-up step")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--memory-format", default="auto", help="auto (channels-last on CUDA) | channels-last | contiguous")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one(a.one, a.batch, a.steps, a.device)), flush=True)
+        print(json.dumps(one(a.one, a.batch, a.steps, a.device, a.memory_format)), flush=True)
         return
 
     from trainers import models3d
@@ -97,7 +113,7 @@ def main() -> None:
     rows = []
     for name in a.models.split(",") if a.models else models3d.names():
         res = subprocess.run([sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--steps", str(a.steps),
-                              "--device", a.device], capture_output=True, text=True)
+                              "--device", a.device, "--memory-format", a.memory_format], capture_output=True, text=True)
         if res.returncode != 0:
             last = (res.stderr.strip().splitlines() or ["?"])[-1]
             row = {"model": name, "batch": a.batch, "error": last}

@@ -26,6 +26,16 @@ def synthetic_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def frames(synthetic_root, tmp_path_factory):
+    """A clip store of the synthetic set (8 frames at 36x40, one augmented view) for video models."""
+    from pipeline.extract import ExtractConfig, Recipe, extract
+
+    recipe = Recipe(sampling="clip", frames=8, height=36, width=40, views=1)
+    out = tmp_path_factory.mktemp("e2e") / "clips.zarr"
+    return extract(ExtractConfig("synthetic", recipe, root=synthetic_root, out=out, scheduler="synchronous")).store
+
+
 def shared_data() -> Path:
     if not SHARED.exists():
         pytest.skip(f"reference data not found at {SHARED}")

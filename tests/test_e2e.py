@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.extract import ExtractConfig, Recipe, extract
 from trainers import e2e, models3d
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def frames(synthetic_root, tmp_path_factory):
-    recipe = Recipe(sampling="clip", frames=8, height=36, width=40, views=1)
-    out = tmp_path_factory.mktemp("e2e") / "clips.zarr"
-    return extract(ExtractConfig("synthetic", recipe, root=synthetic_root, out=out, scheduler="synchronous")).store
 
 
 def _run(frames, out, **kw):
