@@ -67,19 +67,29 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def batches(epochs: int, batch_size: int):
-        """What loop.train_one_epoch feeds the model: store -> (pinned) -> device -> crop + flip."""
+        """What loop.train_one_epoch feeds the model: store -> (pinned) -> device -> crop + flip, from
+        one loader whose workers live across epochs (as ClipTask's)."""
         g = torch.Generator().manual_seed(0)
-        for epoch in range(epochs):
-            for x, y in C.loader(cs, C.train_items(cs, videos, 0, epoch), batch_size, a.workers, pin=cuda):
-                yield C.random_crop_flip(x.to(device, non_blocking=True), 112, g), y.to(device, non_blocking=True)
+        ld = C.ClipLoader(cs, batch_size, a.workers, pin=cuda)
+        try:
+            for epoch in range(epochs):
+                for x, y in ld(C.train_items(cs, videos, 0, epoch)):
+                    yield C.random_crop_flip(x.to(device, non_blocking=True), 112, g), y.to(device, non_blocking=True)
+        finally:
+            ld.close()
 
     # loader: DataLoader workers read + decompress; copy to the device; crop and flip there
-    n = 0
+    n, first = 0, None
     t0 = time.perf_counter()
     for x, _y in batches(a.epochs, a.batch_size):
+        if first is None:  # the workers have started and filled their first batch
+            sync()
+            first, n_first = time.perf_counter(), len(x)
         n += len(x)
     sync()
-    loader_rate = n / (time.perf_counter() - t0)
+    end = time.perf_counter()
+    loader_rate = n / (end - t0)
+    loader_steady, loader_start = (n - n_first) / (end - first), first - t0
 
     # the seed studies' way: decode each clip from its source video with OpenCV
     with __import__("pipeline.store", fromlist=["StoreReader"]).StoreReader(res.store) as r:
@@ -112,8 +122,7 @@ def main() -> None:
     model_rate = a.model_batch * a.model_steps / (time.perf_counter() - t0)
 
     # the pipeline: loader batches (of --model-batch) into the same training step, as har train-e2e
-    # runs them; 2 warm-up steps, then --model-steps timed ones, across epochs (workers restart per
-    # epoch, as in training)
+    # runs them; 2 warm-up steps, then --model-steps timed ones, across epochs
     from trainers import e2e, models3d
 
     torch.manual_seed(0)
@@ -141,7 +150,8 @@ def main() -> None:
     pipeline_rate = m / (time.perf_counter() - t0)
     print(json.dumps({"videos": int(len(videos)), "store": "clip 16 frames at 128x171, lossless",
                       "loader_workers": a.workers, "loader_batch": a.batch_size, "loader_clips": n,
-                      "loader_clips_per_s": round(loader_rate, 1), "on_the_fly_opencv_clips_per_s": round(fly_rate, 1),
+                      "loader_clips_per_s": round(loader_rate, 1),
+                      "loader_start_s": round(loader_start, 2), "loader_steady_clips_per_s": round(loader_steady, 1), "on_the_fly_opencv_clips_per_s": round(fly_rate, 1),
                       "model": a.model, "model_batch": a.model_batch,
                       "precision": loop.resolve_precision(cfg.precision, device), "channels_last": e2e.channels_last(cfg),
                       "model_train_clips_per_s": round(model_rate, 3),

@@ -60,6 +60,18 @@ class ClipTask:
         self.crop = min(cfg.crop or models3d.get(cfg.model).size, h, w)
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         self.workers = cfg.workers
+        self._loaders: dict[int, clips.ClipLoader] = {}
+
+    def _loader(self, batch_size: int) -> clips.ClipLoader:
+        """One loader per batch size for the whole run (training and evaluation share it)."""
+        if batch_size not in self._loaders:
+            self._loaders[batch_size] = clips.ClipLoader(self.cs, batch_size, self.workers, pin=torch.cuda.is_available())
+        return self._loaders[batch_size]
+
+    def close(self) -> None:
+        for ld in self._loaders.values():
+            ld.close()
+        self._loaders.clear()
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
         model = models3d.build(self.model, len(self.classes), self.pretrained)
@@ -67,7 +79,7 @@ class ClipTask:
 
     def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
         items = distributed.shard(clips.train_items(self.cs, videos, cfg.seed, epoch, cfg.train_views), world)
-        return clips.loader(self.cs, items, cfg.batch_size, self.workers, pin=torch.cuda.is_available())
+        return self._loader(cfg.batch_size)(items)
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return clips.random_crop_flip(x, self.crop, generator)
@@ -80,8 +92,8 @@ class ClipTask:
         items = clips.eval_items(self.cs, videos)
         per_video = len(items) // max(1, len(videos))
         probs = []
-        for x, _ in clips.loader(self.cs, items, max(1, (cfg.batch_size if cfg else 8)), self.workers):
-            x = x.to(device)
+        for x, _ in self._loader(max(1, (cfg.batch_size if cfg else 8)))(items):
+            x = x.to(device, non_blocking=True)
             crops = clips.centre_crops(x, self.crop, self.three)
             with loop.autocast(cfg or loop.LoopConfig(precision="fp32"), device):
                 p = sum(torch.softmax(model(c).float(), dim=1) for c in crops) / len(crops)
@@ -125,3 +137,5 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
         raise ValueError(f"out of memory with --batch-size {cfg.train.batch_size} for {cfg.train.model}; try "
                          f"--batch-size {max(1, cfg.train.batch_size // 2)} (with --accumulate 2 for the same "
                          "effective batch) or a smaller --crop") from None
+    finally:
+        task.close()  # stop the loader's worker processes
