@@ -21,10 +21,10 @@ case $stage in
     $py benchmarks/e2e_memory.py --device cuda --steps 10 --memory-format contiguous \
         --models r2plus1d_18,r3d_18,mc3_18,c3d,i3d,nonlocal,convlstm 2>&1 | tee "$out/memory_contiguous.jsonl" ;;
   pipeline)
-    for w in 8 14; do for b in 8 32; do
-      $py benchmarks/e2e_bench.py --device cuda --groups 25 --workers $w --batch-size 32 --epochs 3 \
-          --model-batch $b --model-steps 40 2>&1 | tail -1 | tee -a "$out/pipeline.jsonl"
-    done; done ;;
+    for v in "--workers 8 --pin yes" "--workers 8 --pin no" "--workers 4 --pin yes" "--workers 14 --pin no"; do
+      $py benchmarks/e2e_bench.py --device cuda --groups 25 $v --batch-size 32 --epochs 2 --skip-opencv \
+          --model-batch 32 --model-steps 40 2>&1 | tail -1 | tee -a "$out/pipeline.jsonl"
+    done ;;
   features)
     $py benchmarks/features_bench.py --device cuda --backbone resnet152 --videos 80 --frames 16 --size 224 \
         --batch-size 256 2>&1 | tee "$out/features.jsonl" ;;
