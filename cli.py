@@ -586,7 +586,7 @@ def train_e2e(
     accumulate: int = typer.Option(1, "--accumulate", help="Optimizer step every N batches (gradient accumulation)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size [default: the model's input size, at most the stored size]."),
     three_crop: bool = typer.Option(False, "--three-crop", help="Test time: three crops per clip, averaged."),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes [default: min(8, cores - 1), at least 2]."),
     memory_format: str = typer.Option("auto", "--memory-format", help="auto (channels-last on CUDA) | channels-last | contiguous."),
     lr: float = typer.Option(1e-4, "--lr", help="Learning rate."),
     split: Optional[str] = _HEAD_OPTIONS["split"], epochs: int = _HEAD_OPTIONS["epochs"],

@@ -1,6 +1,7 @@
 """End-to-end training from the frame store: every video model runs through the shared loop to a
 finished run; runs are deterministic and resume after an interruption; errors are one line."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,14 @@ def test_evaluate_and_predict_an_e2e_run_as_the_store_path_scores_it(frames, syn
     got = predict.load(res.run_dir)(synthetic_root / cs.videos[i], top=4)
     by_class = {p["class"]: p["probability"] for p in got["top"]}
     np.testing.assert_allclose([by_class[c] for c in cs.classes], stored, atol=1e-4)
+
+
+def test_loader_workers_change_the_speed_not_the_run(frames, tmp_path):
+    """The worker count is left out of the run's fingerprint: another --workers finds the finished
+    run up to date (same results, tested above); the default is min(8, cores - 1), at least 2."""
+    a = _run(frames, tmp_path / "r", model="small-cnn-rnn", workers=0)
+    b = _run(frames, tmp_path / "r", model="small-cnn-rnn", workers=2)
+    assert not a.up_to_date and b.up_to_date and b.summary["fingerprint"] == a.summary["fingerprint"]
+    c = _run(frames, tmp_path / "other", model="small-cnn-rnn", workers=0, lr=3e-4)
+    assert c.summary["fingerprint"] != a.summary["fingerprint"]
+    assert e2e.resolve_workers(None) == max(2, min(8, os.cpu_count() - 1)) and e2e.resolve_workers(3) == 3

@@ -74,8 +74,15 @@ class LoopConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu or auto")
 
+    # settings that change how fast a run goes, never what it computes: left out of its fingerprint,
+    # so changing them resumes (or finds up to date) the same run
+    EXECUTION_ONLY = ()
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def fingerprint_dict(self) -> dict:
+        return {k: v for k, v in self.as_dict().items() if k not in self.EXECUTION_ONLY}
 
 
 @dataclass(frozen=True)

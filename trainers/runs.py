@@ -111,7 +111,7 @@ def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None 
             stop_after: int | None = None) -> RunResult:
     """Run `job` in its directory: up to date if finished with the same fingerprint, resumed if
     interrupted, else trained; then evaluated and reported."""
-    fp = lineage.fingerprint({"train": job.cfg.as_dict(), "split": job.split.name, "store": job.fingerprint,
+    fp = lineage.fingerprint({"train": job.cfg.fingerprint_dict(), "split": job.split.name, "store": job.fingerprint,
                               "schema": 1})
     run_dir = (Path(out) if out else Path("runs") / f"{job.name}-{job.split.name}-{fp[:10]}").absolute()
     warns = list(job.warnings)
@@ -241,7 +241,7 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
         have = ", ".join(data.split_names(fs))
         why = "it has no groups" if folds == "logo" else "its dataset has no official splits (UCF101 and HMDB51 do)"
         raise ValueError(f"--folds {folds}: {path.name} has no such splits ({why}); its splits: {have}")
-    fp = lineage.fingerprint({"train": replace(cfg.train, split=None).as_dict(), "features": fs.fingerprint,
+    fp = lineage.fingerprint({"train": replace(cfg.train, split=None).fingerprint_dict(), "features": fs.fingerprint,
                               "folds": folds})
     out = Path(cfg.out) if cfg.out else Path("runs") / f"cv-{cfg.train.head}-{folds}-{fp[:10]}"
     rows = []
