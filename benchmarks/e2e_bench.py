@@ -17,6 +17,7 @@ Prints one JSON line. Targets (issue 5): loader >= 2x the model; the pipeline ne
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -124,18 +125,27 @@ def main() -> None:
     sync()
     model_rate = a.model_batch * a.model_steps / (time.perf_counter() - t0)
 
-    # the pipeline: loader batches (of --model-batch) into the same training step, as har train-e2e
-    # runs them; 2 warm-up steps, then --model-steps timed ones, across epochs
-    from trainers import e2e, models3d
+    # the pipeline: har train-e2e's own data path (ClipTask: one loader iterator across epochs,
+    # pinned on CUDA, crop + flip on the device) into the same training step; 2 warm-up steps, then
+    # --model-steps timed ones, across epochs
+    from dataclasses import replace
 
+    from trainers import e2e
+
+    tcfg = replace(cfg, batch_size=a.model_batch, workers=a.workers, crop=112)
+    task = e2e.ClipTask(cs, tcfg)
     torch.manual_seed(0)
-    model = models3d.build(a.model, len(cs.classes))
-    if e2e.channels_last(cfg):
-        models3d.to_channels_last(model)
-    model = model.to(device).train()
+    model = task.build(tcfg, None).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def pipeline_batches():
+        g = torch.Generator().manual_seed(0)
+        for epoch in itertools.count():
+            for x, y in task.batches(tcfg, videos, epoch):
+                yield task.prepare(x.to(device, non_blocking=True), g), y.to(device, non_blocking=True)
+
     m, t0, wait = 0, None, 0.0
-    it = batches(10**6, a.model_batch)
+    it = pipeline_batches()
     for i in range(a.model_steps + 2):
         tw = time.perf_counter()
         x, y = next(it)
@@ -152,9 +162,9 @@ def main() -> None:
         elif i > 1:
             m += len(x)
     sync()
-    it.close()
     pipeline_s = time.perf_counter() - t0
     pipeline_rate = m / pipeline_s
+    task.close()
     print(json.dumps({"videos": int(len(videos)), "store": "clip 16 frames at 128x171, lossless",
                       "loader_workers": a.workers, "loader_batch": a.batch_size, "loader_clips": n,
                       "loader_clips_per_s": round(loader_rate, 1),
@@ -163,7 +173,7 @@ def main() -> None:
                       "precision": loop.resolve_precision(cfg.precision, device), "channels_last": e2e.channels_last(cfg),
                       "model_train_clips_per_s": round(model_rate, 3),
                       "pipeline_train_clips_per_s": round(pipeline_rate, 3),
-                      "pipeline_waiting_for_loader": round(wait / pipeline_s, 3), "pin_memory": pin,
+                      "pipeline_waiting_for_loader": round(wait / pipeline_s, 3), "loader_pin_memory": pin,
                       "loader_over_model": round(loader_rate / model_rate, 2),
                       "pipeline_over_model": round(pipeline_rate / model_rate, 3),
                       "loader_over_on_the_fly": round(loader_rate / fly_rate, 2),

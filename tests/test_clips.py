@@ -41,6 +41,35 @@ def test_training_items_one_augmented_sample_per_video_reproducible_per_epoch(fr
     assert not np.array_equal(a, C.train_items(cs, videos, 0, 2))  # another epoch, another order
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epoch_stream_gives_each_epoch_exactly_its_own_batches(frame_store, workers):
+    """One iterator across epochs (prefetching over the boundary) yields what a fresh per-epoch
+    loader yields, short last batches included; a skipped or unfinished epoch restarts it right."""
+    cs = C.open_store(frame_store)
+    videos = np.flatnonzero(cs.ok)
+
+    def items_for(e):
+        return C.train_items(cs, videos, 0, e)
+
+    def per_epoch(e):
+        return [(x, y) for x, y in C.loader(cs, items_for(e), batch_size=5, workers=0)]
+
+    assert len(videos) % 5  # a short last batch in every epoch
+    stream = C.EpochStream(cs, items_for, batch_size=5, workers=workers)
+    try:
+        for e in (0, 1, 2, 4):  # 4: a skipped epoch restarts the iterator there
+            got, want = list(stream.epoch(e)), per_epoch(e)
+            assert len(got) == len(want)
+            for (x, y), (wx, wy) in zip(got, want):
+                assert torch.equal(x, wx) and torch.equal(y, wy)
+        part = stream.epoch(5)
+        next(part)  # leave epoch 5 unfinished: asking for 6 must not continue inside 5
+        got, want = list(stream.epoch(6)), per_epoch(6)
+        assert all(torch.equal(x, wx) for (x, _), (wx, _) in zip(got, want)) and len(got) == len(want)
+    finally:
+        stream.close()
+
+
 def test_random_crop_flip_cuts_real_windows_and_mirrors():
     clips = torch.arange(2 * 3 * 6 * 8 * 3, dtype=torch.int32).view(2, 3, 6, 8, 3)
     g = torch.Generator().manual_seed(0)

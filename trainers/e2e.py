@@ -71,10 +71,11 @@ class ClipTask:
         self.crop = min(cfg.crop or models3d.get(cfg.model).size, h, w)
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         self.workers = resolve_workers(cfg.workers)
-        self._loaders: dict[int, clips.ClipLoader] = {}
+        self._loaders: dict[int, clips.ClipLoader] = {}   # evaluation, per batch size
+        self._train: tuple | None = None                   # (key, EpochStream) for training
 
     def _loader(self, batch_size: int) -> clips.ClipLoader:
-        """One loader per batch size for the whole run (training and evaluation share it)."""
+        """One evaluation loader per batch size for the whole run."""
         if batch_size not in self._loaders:
             self._loaders[batch_size] = clips.ClipLoader(self.cs, batch_size, self.workers, pin=torch.cuda.is_available())
         return self._loaders[batch_size]
@@ -83,14 +84,26 @@ class ClipTask:
         for ld in self._loaders.values():
             ld.close()
         self._loaders.clear()
+        if self._train is not None:
+            self._train[1].close()
+            self._train = None
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
         model = models3d.build(self.model, len(self.classes), self.pretrained)
         return models3d.to_channels_last(model) if channels_last(cfg) else model
 
     def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
-        items = distributed.shard(clips.train_items(self.cs, videos, cfg.seed, epoch, cfg.train_views), world)
-        return self._loader(cfg.batch_size)(items)
+        key = (cfg.batch_size, cfg.seed, cfg.train_views, world.rank, world.size, np.asarray(videos).tobytes())
+        if self._train is None or self._train[0] != key:
+            if self._train is not None:
+                self._train[1].close()
+
+            def items_for(e: int) -> np.ndarray:
+                return distributed.shard(clips.train_items(self.cs, videos, cfg.seed, e, cfg.train_views), world)
+
+            self._train = key, clips.EpochStream(self.cs, items_for, cfg.batch_size, self.workers,
+                                                 pin=torch.cuda.is_available())
+        return self._train[1].epoch(epoch)
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return clips.random_crop_flip(x, self.crop, generator)
