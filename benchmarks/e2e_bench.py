@@ -170,7 +170,7 @@ def main() -> None:
                       "loader_clips_per_s": round(loader_rate, 1),
                       "loader_start_s": round(loader_start, 2), "loader_steady_clips_per_s": round(loader_steady, 1), "on_the_fly_opencv_clips_per_s": round(fly_rate, 1),
                       "model": a.model, "model_batch": a.model_batch,
-                      "precision": loop.resolve_precision(cfg.precision, device), "channels_last": e2e.channels_last(cfg),
+                      "precision": loop.precision_of(cfg, device), "channels_last": e2e.channels_last(cfg),
                       "model_train_clips_per_s": round(model_rate, 3),
                       "pipeline_train_clips_per_s": round(pipeline_rate, 3),
                       "pipeline_waiting_for_loader": round(wait / pipeline_s, 3), "loader_pin_memory": pin,

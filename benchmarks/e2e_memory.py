@@ -90,7 +90,7 @@ def one(name: str, batch: int, steps: int, device_name: str, memory_format: str 
         peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "peak RSS over RSS after build"
         extra = {}
     return {"model": name, "clip": f"{t}x{s}x{s}", "batch": batch,
-            "precision": loop.resolve_precision(cfg.precision, device), "channels_last": e2e.channels_last(cfg),
+            "precision": loop.precision_of(cfg, device), "channels_last": e2e.channels_last(cfg),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "peak_mib": round(peak, 1), "peak_is": what, "train_clips_per_s": round(rate, 3), **extra}
 

@@ -47,6 +47,10 @@ class E2EConfig(loop.LoopConfig):
     workers: int | None = None     # DataLoader worker processes reading the store; None: min(8, cores - 1), >= 2
     memory_format: str = "auto"    # auto (channels-last on CUDA) | channels-last | contiguous
     EXECUTION_ONLY = ("workers",)  # the loader's worker count changes speed, not results (tested)
+    # precision auto stays fp32 on CPUs: torch 2.14.1's oneDNN bf16 conv3d weight gradient reads
+    # memory it never wrote for some shapes (256 channels at 2x4x4, AVX512-BF16, even on 1 thread):
+    # runs differed and about 1 in 10 went NaN. --precision bf16 still asks for it.
+    CPU_BF16 = False
 
     def validate(self) -> None:
         spec = models3d.get(self.model)

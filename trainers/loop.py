@@ -77,6 +77,7 @@ class LoopConfig:
     # settings that change how fast a run goes, never what it computes: left out of its fingerprint,
     # so changing them resumes (or finds up to date) the same run
     EXECUTION_ONLY = ()
+    CPU_BF16 = True   # may precision auto pick bf16 on a CPU with native bf16?
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,15 +124,20 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool = True) -> str:
+    """auto: bf16 on CUDA; on the CPU bf16 where it is native and `cpu_bf16` (the config's CPU_BF16)."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    return "bf16" if device.type == "cuda" or (cpu_bf16 and cpu_has_bf16()) else "fp32"
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
+def precision_of(cfg: LoopConfig, device: torch.device) -> str:
+    return resolve_precision(cfg.precision, device, cfg.CPU_BF16)
+
+
+def autocast(cfg: LoopConfig, device: torch.device):
     """bf16 autocast for precision bf16 (or auto where bf16 is native); a no-op context for fp32."""
-    bf16 = resolve_precision(cfg.precision, device) == "bf16"
+    bf16 = precision_of(cfg, device) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 

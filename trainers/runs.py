@@ -145,7 +145,7 @@ def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None 
                "config": job.cfg.as_dict(), "split": _split_info(job.split), "failed_videos": list(job.failed),
                "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc, "epochs_run": len(fit.history),
                "stopped_early": fit.stopped_early, "train_seconds": sum(h["seconds"] for h in fit.history),
-               "device": str(device), "precision": loop.resolve_precision(job.cfg.precision, device),
+               "device": str(device), "precision": loop.precision_of(job.cfg, device),
                "val": evaluate(job.task, model, val, device, job.cfg, dataset),
                "test": evaluate(job.task, model, job.split.test, device, job.cfg, dataset)}
     report.write(run_dir, summary, fit.history, job.task.classes)
