@@ -151,9 +151,11 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
     A video that decodes to far fewer frames than its container announces (a truncated
     download) fails rather than being sampled from the part that survived.
 
-    The header's frame count plans the indices; if decoding finds another count (HMDB51's
-    headers are often one off), the plan is redone with the true count and, if it moved, the
-    video is decoded again, so stored frames are always exactly frame_idx of the stream.
+    When one demux pass locates every frame (`video.packet_plan`), the indices are planned on
+    that count and only the GOPs holding sampled frames are decoded. Otherwise the header's
+    frame count plans them; if decoding everything finds another count (HMDB51's headers are
+    often one off), the plan is redone with the true count and, if it moved, the video is
+    decoded again, so stored frames are always exactly frame_idx of the stream.
     """
     from av.video.reformatter import VideoReformatter
 
@@ -161,7 +163,8 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
     out_hw = (recipe.height, recipe.width)
     reformatter = VideoReformatter()  # keeps its swscale context between frames
     _, view_of = sample_axes(recipe)
-    n = max(1, info.frames_estimate)
+    plan = video.packet_plan(path)  # when packets locate the frames, decode only what is needed
+    n = plan.frames if plan is not None else max(1, info.frames_estimate)
     for _attempt in range(2):
         idx = sample_plan(recipe, rel, n)
         where: dict[int, list[tuple[int, int]]] = {}
@@ -186,7 +189,11 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
                     params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw)
                 out[s, t] = augment.apply(rgb, params[v], out_hw)
 
-        true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
+        if plan is not None and video.scan_sparse(path, plan, where, on_frame, threads=threads) is not None:
+            true_n = plan.frames
+        else:
+            plan = None  # decode every frame from here on; on_frame overwrites what it wrote
+            true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
         if true_n == 0:
             raise video.VideoError("no decodable video frames")
         if true_n < info.frames_estimate - max(2, info.frames_estimate // 20):

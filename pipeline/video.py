@@ -1,9 +1,14 @@
 """Decoding with PyAV: streaming, frame-exact, bounded memory.
 
-Frame k of a video is the k-th frame the decoder outputs (presentation order). We never seek:
-seeking by timestamp is where frame-exactness breaks (B-frames, variable frame rate, AVI
-timestamps). Instead every frame is decoded, and only the wanted ones are converted to RGB, so
-the cost of a video is about the decode ceiling whatever T is.
+Frame k of a video is the k-th frame the decoder outputs (presentation order). We never seek
+by timestamp: that is where frame-exactness breaks (B-frames, variable frame rate, AVI
+timestamps). `scan` decodes every frame and converts only the wanted ones. `scan_sparse` decodes
+less when one demux pass (no decoding, `packet_plan`) proves it safe: one packet per frame,
+closed GOPs that each start with a keyframe and hold a contiguous run of frames. It then sends
+the decoder only the GOPs that hold a wanted frame, each up to its last wanted packet, and checks
+every frame it gets back against the plan's timestamps; at the first surprise it gives up and the
+caller decodes everything. Packed-bitstream Xvid (UCF101's and HMDB51's B-frame AVIs, whose tiny
+placeholder packets decode to no frame) always takes the full path.
 """
 from __future__ import annotations
 
@@ -95,6 +100,115 @@ def scan(path: Path, wanted: Callable[[int], bool], on_frame: Callable[[int, obj
     if bad:
         logger.warning("%s: skipped %d corrupt packets", path, bad)
     return k
+
+
+SMALL_PACKET = 32  # bytes; a packet this small may decode to no frame (an MPEG-4 N-VOP, packed B-frames)
+
+
+@dataclass(frozen=True)
+class PacketPlan:
+    """The packets of a stream from one demux pass, when they can stand in for its frames."""
+    pts: np.ndarray    # (n,) int64 presentation timestamp of each packet, in decode order
+    rank: np.ndarray   # (n,) frame index (display order) of each packet
+    gops: np.ndarray   # (g + 1,) decode positions where each closed GOP starts, then n
+
+    @property
+    def frames(self) -> int:
+        return len(self.pts)
+
+
+def packet_plan(path: Path) -> PacketPlan | None:
+    """Demux (no decoding) and return the plan, or None when frames cannot be located from
+    packets alone: a demuxing error, missing or repeated timestamps, a first packet that is not a
+    keyframe shown first, or a packet small enough to decode to nothing."""
+    import av
+
+    container, stream = _open(path)
+    pts: list[int] = []
+    key: list[bool] = []
+    with container:
+        try:
+            for p in container.demux(stream):
+                if not p.size:
+                    continue
+                if p.pts is None or p.size < SMALL_PACKET:
+                    return None
+                pts.append(int(p.pts))
+                key.append(bool(p.is_keyframe))
+        except av.error.FFmpegError:
+            return None
+    if not pts or not key[0]:
+        return None
+    ts = np.asarray(pts, np.int64)
+    n = len(ts)
+    order = np.argsort(ts, kind="stable")
+    if np.any(np.diff(ts[order]) <= 0):
+        return None
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    # A GOP may start at keyframe a when the packets before it are exactly frames 0..a-1 and the
+    # keyframe is frame a: nothing after it is shown before it (an open GOP's leading B-frames
+    # are, and they need the GOP before: the two are then decoded as one).
+    before = np.concatenate([[-1], np.maximum.accumulate(rank)[:-1]])
+    starts = np.arange(n)
+    gops = np.append(np.flatnonzero(np.asarray(key) & (rank == starts) & (before == starts - 1)), n)
+    if gops[0] != 0:
+        return None
+    return PacketPlan(ts, rank, gops)
+
+
+def scan_sparse(path: Path, plan: PacketPlan, wanted: Iterable[int], on_frame: Callable[[int, object], None],
+                threads: int = 0) -> int | None:
+    """Call on_frame(index, av.VideoFrame) for every wanted index, decoding only the GOPs that
+    hold one, each from its keyframe to its last wanted packet. Returns how many packets were
+    decoded, or None, having perhaps called on_frame for some indices, when a frame does not
+    come back as the plan says (then decode everything with `scan`)."""
+    import av
+
+    want = sorted({int(k) for k in wanted})
+    if not want or want[0] < 0 or want[-1] >= plan.frames:
+        return None
+    position = np.empty(plan.frames, np.int64)  # frame index -> decode position
+    position[plan.rank] = np.arange(plan.frames)
+    send = np.zeros(plan.frames, bool)
+    g = np.searchsorted(plan.gops, want, side="right") - 1  # GOP of each wanted frame
+    for gop in np.unique(g):
+        last = position[np.asarray(want)[g == gop]].max()
+        send[plan.gops[gop]:last + 1] = True
+    expected = iter(np.sort(plan.rank[send]).tolist())  # frames come back in display order
+    shown_pts = np.sort(plan.pts)
+    wanted_set = set(want)
+    stop = int(np.flatnonzero(send)[-1])
+
+    def take(frames) -> bool:
+        for f in frames:
+            k = next(expected, None)
+            if k is None or f.pts is None or int(f.pts) != int(shown_pts[k]):
+                return False
+            if k in wanted_set:
+                on_frame(k, f)
+        return True
+
+    container, stream = _open(path)
+    if threads:
+        stream.codec_context.thread_count = threads
+    with container:
+        pos = 0
+        try:
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                if pos > stop:
+                    break
+                if send[pos] and not take(stream.decode(packet)):
+                    return None
+                pos += 1
+            if not take(stream.decode(None)):  # flush the frames the decoder still holds
+                return None
+        except av.error.FFmpegError as e:  # a packet that will not decode: let the full path judge
+            logger.info("%s: partial decoding gave up (%s); decoding every frame", path, e)
+            return None
+    return int(send.sum()) if next(expected, None) is None else None
 
 
 def frame_rgb(frame) -> np.ndarray:

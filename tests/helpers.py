@@ -12,9 +12,14 @@ BITS = 10          # indices up to 1023
 BLOCK = 16         # px per bit block at full size
 
 
-def indexed_frames(n: int, h: int = 64, w: int = 96) -> np.ndarray:
-    """(n, h, w, 3) frames; frame k shows k in binary as 2 rows x 5 black/white blocks."""
+def indexed_frames(n: int, h: int = 64, w: int = 96, noise: int = 0) -> np.ndarray:
+    """(n, h, w, 3) frames; frame k shows k in binary as 2 rows x 5 black/white blocks.
+    `noise` > 0 adds fresh grain of that amplitude to every frame (big packets, as real video has:
+    a still grey frame encodes to packets of a few bytes)."""
     out = np.full((n, h, w, 3), 128, np.uint8)
+    if noise:
+        rng = np.random.default_rng(n)
+        out = (out + rng.integers(-noise, noise + 1, out.shape)).astype(np.uint8)
     for k in range(n):
         for b in range(BITS):
             r, c = divmod(b, 5)
@@ -46,16 +51,17 @@ CODECS = [
 ]
 
 
-def write_indexed(path: Path, n: int, codec: str = "mpeg4", options: dict | None = None, fps: float = 25) -> Path:
-    return write_video(path, indexed_frames(n), fps=fps, codec=codec, options=options)
+def write_indexed(path: Path, n: int, codec: str = "mpeg4", options: dict | None = None, fps: float = 25,
+                  noise: int = 0) -> Path:
+    return write_video(path, indexed_frames(n, noise=noise), fps=fps, codec=codec, options=options)
 
 
-def write_vfr(path: Path, n: int, seed: int = 0) -> Path:
+def write_vfr(path: Path, n: int, seed: int = 0, noise: int = 0, gop: int = 250) -> Path:
     """H.264 MP4 whose frame durations vary between 20 and 90 ms."""
     rng = np.random.default_rng(seed)
     pts = np.cumsum(np.concatenate([[0], rng.integers(20, 90, n - 1)]))
-    return write_video(path, indexed_frames(n), fps=25, codec="libx264",
-                       options={"bf": "2", "preset": "veryfast", "crf": "12"},
+    return write_video(path, indexed_frames(n, noise=noise), fps=25, codec="libx264",
+                       options={"bf": "2", "preset": "veryfast", "crf": "12", "g": str(gop)},
                        pts=pts.tolist(), time_base=Fraction(1, 1000))
 
 

@@ -117,3 +117,74 @@ def test_truncated_file_fails_with_reason(tmp_path):
 
 def write_video_long(path: Path) -> Path:
     return video.write_video(path, indexed_frames(120), codec="mpeg4", options={"qscale": "2"})
+
+
+# ---- partial decoding: only the GOPs that hold a sampled frame ----------------------------------
+
+SPARSE = [(s, c, dict(o, g="12"), w) for s, c, o, w in CODECS]  # a keyframe every 12 frames
+
+
+@pytest.mark.parametrize("suffix, codec, options, what", SPARSE, ids=[c[3] for c in SPARSE])
+def test_partial_decoding_gives_the_same_frames_as_decoding_everything(tmp_path, suffix, codec, options, what):
+    path = write_indexed(tmp_path / f"v{suffix}", 100, codec, options, noise=24)
+    everything = video.decode_all(path)
+    plan = video.packet_plan(path)
+    assert plan is not None and plan.frames == len(everything) == 100
+    rng = np.random.default_rng(0)
+    for want in ([0], [99], [37], [11, 12, 13], sorted(rng.choice(100, 16, replace=False).tolist())):
+        got: dict[int, np.ndarray] = {}
+        sent = video.scan_sparse(path, plan, want, lambda k, f: got.__setitem__(k, video.frame_rgb(f)))
+        assert sent is not None and sent <= max(want) + 1 + 12  # never past the last wanted frame's GOP
+        assert sorted(got) == sorted(set(want))
+        for k in want:
+            np.testing.assert_array_equal(got[k], everything[k])
+
+
+def test_partial_decoding_skips_the_gops_without_a_wanted_frame(tmp_path):
+    # H.264 with B-frames, closed GOPs of 12: frame 30 needs only GOP 2 (frames 24..35), up to it
+    path = write_indexed(tmp_path / "v.mp4", 100, *SPARSE[1][1:3], noise=24)
+    plan = video.packet_plan(path)
+    assert plan is not None and len(plan.gops) - 1 == 9
+    got: dict[int, int] = {}
+    sent = video.scan_sparse(path, plan, [30], lambda k, f: got.__setitem__(k, read_index(video.frame_rgb(f))))
+    assert got == {30: 30}
+    assert sent <= 12
+    # VFR: frames are located by timestamp rank, not by time
+    vfr = write_vfr(tmp_path / "vfr.mp4", 60, noise=24, gop=12)
+    plan = video.packet_plan(vfr)
+    got.clear()
+    assert video.scan_sparse(vfr, plan, [50, 7], lambda k, f: got.__setitem__(k, read_index(video.frame_rgb(f))))
+    assert got == {7: 7, 50: 50}
+
+
+def test_extraction_is_the_same_with_or_without_partial_decoding(tmp_path, monkeypatch):
+    recipe = Recipe(sampling="multiclip", frames=8, clips=2, height=32, width=48, views=1)
+    for suffix, codec, options, _ in SPARSE:
+        path = write_indexed(tmp_path / f"v{suffix}", 75, codec, options, noise=24)
+        sparse = extract_video(path, "v", recipe)
+        with monkeypatch.context() as m:
+            m.setattr(video, "packet_plan", lambda p: None)
+            full = extract_video(path, "v", recipe)
+        assert sparse.num_frames == full.num_frames == 75
+        np.testing.assert_array_equal(sparse.frame_idx, full.frame_idx)
+        np.testing.assert_array_equal(sparse.frames, full.frames)
+        assert [read_index(f) for f in sparse.frames[0]] == sparse.frame_idx[0].tolist()
+
+
+@pytest.mark.parametrize("name", ["v_ApplyEyeMakeup_g01_c01.avi",  # packed B-frames: 6-byte placeholders
+                                  "AdvancedBoxingTechniquesandExercises_punch_u_nm_np1_ba_med_23.avi"])
+def test_packed_bitstream_xvid_is_decoded_in_full(name):
+    """Their placeholder packets decode to no frame: packets cannot stand in for frames."""
+    assert video.packet_plan(shared_data() / "videos" / name) is None
+
+
+def test_a_real_ucf_clip_with_short_gops_is_decoded_partially():
+    path = shared_data() / "videos" / "v_BaseballPitch_g01_c01.avi"  # MPEG-4 SP, 9 keyframes
+    plan = video.packet_plan(path)
+    assert plan is not None and plan.frames == 107 and len(plan.gops) - 1 == 9
+    everything = video.decode_all(path)
+    got: dict[int, np.ndarray] = {}
+    sent = video.scan_sparse(path, plan, [3, 60], lambda k, f: got.__setitem__(k, video.frame_rgb(f)))
+    assert sent < 107 / 2
+    for k in (3, 60):
+        np.testing.assert_array_equal(got[k], everything[k])
