@@ -206,14 +206,19 @@ def evaluate_run(run_dir: Path, role: str = "test") -> dict:
         path, recorded = Path(inputs["features_store"]), inputs["features_fingerprint"]
         source = data.load(path)
         task, fingerprint = loop.FeatureTask(source), source.fingerprint
-    if fingerprint != recorded:
-        raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
-                               f"{fingerprint[:12]} != {recorded[:12]}); train again")
-    split = data.make_split(source, cfg.split)
-    videos = {"train": split.train, "val": split.val, "test": split.test}[role]
-    device = loop.resolve_device(cfg.device)
-    model = loop.load_best(task.build(cfg, None), Path(run_dir), device)
-    return {"split": split.name, "part": role, **evaluate(task, model, videos, device, cfg, source.attrs.get("dataset"))}
+    try:
+        if fingerprint != recorded:
+            raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
+                                   f"{fingerprint[:12]} != {recorded[:12]}); train again")
+        split = data.make_split(source, cfg.split)
+        videos = {"train": split.train, "val": split.val, "test": split.test}[role]
+        device = loop.resolve_device(cfg.device)
+        model = loop.load_best(task.build(cfg, None), Path(run_dir), device)
+        metrics = evaluate(task, model, videos, device, cfg, source.attrs.get("dataset"))
+    finally:
+        if hasattr(task, "close"):  # a clip task's loader workers
+            task.close()
+    return {"split": split.name, "part": role, **metrics}
 
 
 # ---- cross-validation -------------------------------------------------------------------------------
