@@ -2,7 +2,9 @@
 
 One run, one machine, every figure a ratio against a baseline measured in the same run:
   - har extract (uniform, 16 frames, 112 px and 224 px), videos/s at 1 and 2 workers;
-  - decode ceiling: PyAV decoding every frame, no conversion, same workers and threads;
+  - decode ceiling: PyAV decoding every frame, no conversion, same workers and threads (har
+    decodes only the GOPs that hold sampled frames when packets locate the frames: the share of
+    frames it decodes is printed with the dataset);
   - seed studies' way: OpenCV VideoCapture seeking with CAP_PROP_POS_FRAMES to each sampled frame
     and writing one JPEG per frame, same workers;
   - store bytes / source bytes, lossless and lossy (with PSNR), peak RSS per worker,
@@ -183,8 +185,15 @@ def run_one(args, gop: int) -> None:
     paths = [str(p) for p in synth.generate(data, cfg)]
     src_bytes = sum(os.path.getsize(p) for p in paths)
     n_frames = sum(video.probe(Path(p)).frames_estimate for p in paths)
+    # frames that partial decoding sends to the decoder for uniform 16 (the rest: whole videos)
+    needed = 0
+    for p in paths:
+        plan = video.packet_plan(Path(p))
+        needed += (int(plan.packets_for(sampling.uniform(plan.frames, 16)[0]).sum()) if plan
+                   else video.probe(Path(p)).frames_estimate)
     emit(what="dataset", gop=gop, videos=len(paths), frames=n_frames, source_bytes=src_bytes,
-         mean_seconds=n_frames / len(paths) / 25, generate_s=round(time.perf_counter() - t, 1), cores=cpu_count())
+         mean_seconds=n_frames / len(paths) / 25, generate_s=round(time.perf_counter() - t, 1), cores=cpu_count(),
+         frames_decoded_by_har=needed, share_decoded=needed / n_frames)
 
     summary: dict = {"machine": f"{cpu_count()} cores", "videos": len(paths), "gop": gop}
     for w in args.workers:
@@ -253,8 +262,12 @@ def long_video_run(args) -> None:
     t = time.perf_counter()
     n = video.count_frames(lv)
     ceiling_s = time.perf_counter() - t
+    plan = video.packet_plan(lv)  # how many frames partial decoding needs for the 16 samples
+    decoded = video.scan_sparse(lv, plan, sampling.uniform(n, 16)[0], lambda k, f: None) if plan else None
     emit(what="long_video", minutes=args.long_minutes, frames=n, source_bytes=lv.stat().st_size,
          extract_s=child["seconds"], decode_ceiling_s=ceiling_s, vs_ceiling=ceiling_s / child["seconds"],
+         frames_decoded=decoded if decoded is not None else n,
+         gops=len(plan.gops) - 1 if plan else None,
          peak_rss_mib=mon.max_mib(), store_bytes=child["store_bytes"])
 
 

@@ -13,7 +13,7 @@ placeholder packets decode to no frame) always takes the full path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -116,6 +116,18 @@ class PacketPlan:
     def frames(self) -> int:
         return len(self.pts)
 
+    def packets_for(self, wanted: Iterable[int]) -> np.ndarray:
+        """(n,) bool, decode order: the packets to decode for these frames (each wanted frame's
+        GOP from its keyframe to its last wanted packet)."""
+        want = np.unique(np.asarray(list(wanted), np.int64))
+        position = np.empty(self.frames, np.int64)  # frame index -> decode position
+        position[self.rank] = np.arange(self.frames)
+        send = np.zeros(self.frames, bool)
+        g = np.searchsorted(self.gops, position[want], side="right") - 1  # GOP of each wanted frame
+        for gop in np.unique(g):
+            send[self.gops[gop]:position[want[g == gop]].max() + 1] = True
+        return send
+
 
 def packet_plan(path: Path) -> PacketPlan | None:
     """Demux (no decoding) and return the plan, or None when frames cannot be located from
@@ -137,7 +149,13 @@ def packet_plan(path: Path) -> PacketPlan | None:
                 key.append(bool(p.is_keyframe))
         except av.error.FFmpegError:
             return None
-    if not pts or not key[0]:
+    return plan_of(pts, key)
+
+
+def plan_of(pts: Sequence[int], key: Sequence[bool]) -> PacketPlan | None:
+    """The plan for packets with these timestamps and keyframe flags (decode order), or None
+    when the first packet is not a keyframe shown first or two packets share a timestamp."""
+    if not len(pts) or not key[0]:
         return None
     ts = np.asarray(pts, np.int64)
     n = len(ts)
@@ -168,13 +186,7 @@ def scan_sparse(path: Path, plan: PacketPlan, wanted: Iterable[int], on_frame: C
     want = sorted({int(k) for k in wanted})
     if not want or want[0] < 0 or want[-1] >= plan.frames:
         return None
-    position = np.empty(plan.frames, np.int64)  # frame index -> decode position
-    position[plan.rank] = np.arange(plan.frames)
-    send = np.zeros(plan.frames, bool)
-    g = np.searchsorted(plan.gops, want, side="right") - 1  # GOP of each wanted frame
-    for gop in np.unique(g):
-        last = position[np.asarray(want)[g == gop]].max()
-        send[plan.gops[gop]:last + 1] = True
+    send = plan.packets_for(want)
     expected = iter(np.sort(plan.rank[send]).tolist())  # frames come back in display order
     shown_pts = np.sort(plan.pts)
     wanted_set = set(want)

@@ -188,3 +188,34 @@ def test_a_real_ucf_clip_with_short_gops_is_decoded_partially():
     assert sent < 107 / 2
     for k in (3, 60):
         np.testing.assert_array_equal(got[k], everything[k])
+
+
+@pytest.mark.parametrize("pts, key, gops", [
+    ([0, 1, 2, 3, 4, 5], [1, 0, 0, 1, 0, 0], [0, 3, 6]),              # no B-frames, GOPs of 3
+    ([0, 3, 1, 2, 4, 7, 5, 6], [1, 0, 0, 0, 1, 0, 0, 0], [0, 4, 8]),  # closed GOPs with B-frames
+    ([1, 4, 2, 3, 7, 5, 6], [1, 0, 0, 0, 1, 0, 0], [0, 7]),            # open GOP: B-frames 5, 6 lead keyframe 7
+    ([0, 10, 20, 90, 95], [1, 0, 0, 1, 0], [0, 3, 5]),                # variable frame rate: ranks, not times
+    ([0, 1, 2], [0, 1, 0], None),                                     # first packet not a keyframe
+    ([1, 0, 2], [1, 0, 0], None),                                     # keyframe not shown first
+    ([0, 1, 1], [1, 0, 0], None),                                     # repeated timestamp
+])
+def test_packet_plan_table(pts, key, gops):
+    plan = video.plan_of(pts, [bool(k) for k in key])
+    if gops is None:
+        assert plan is None
+    else:
+        assert plan.gops.tolist() == gops and plan.frames == len(pts)
+        assert sorted(plan.rank.tolist()) == list(range(len(pts)))
+
+
+@pytest.mark.parametrize("wanted, send", [
+    ([0], [1, 0, 0, 0, 0, 0, 0, 0]),
+    ([1], [1, 1, 1, 0, 0, 0, 0, 0]),   # B-frame 1 comes after P-frame 3 in decode order
+    ([3], [1, 1, 0, 0, 0, 0, 0, 0]),
+    ([5], [0, 0, 0, 0, 1, 1, 1, 0]),   # the first GOP is skipped
+    ([2, 6], [1, 1, 1, 1, 1, 1, 1, 1]),
+    ([4, 4], [0, 0, 0, 0, 1, 0, 0, 0]),
+])
+def test_packets_decoded_for_wanted_frames(wanted, send):
+    plan = video.plan_of([0, 3, 1, 2, 4, 7, 5, 6], [True, False, False, False, True, False, False, False])
+    assert plan.packets_for(wanted).astype(int).tolist() == send
