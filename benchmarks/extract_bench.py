@@ -225,10 +225,11 @@ def run_one(args, gop: int) -> None:
             summary[f"har_{size}_w{w}_vs_ceiling"] = har["vs_ceiling"]
             summary[f"har_{size}_w{w}_vs_opencv_seek"] = har["videos_per_s"] / seed["videos_per_s"]
             summary[f"rss_mib_w{w}"] = max(summary.get(f"rss_mib_w{w}", 0), har["peak_rss_mib_per_worker"])
-    if 1 in args.workers and 2 in args.workers:
-        for size in (112, 224):
-            summary[f"scaling_{size}_2w_over_1w"] = summary[f"har_{size}_w2"] / summary[f"har_{size}_w1"]
-        summary["ceiling_2w_over_1w"] = summary["ceiling_w2"] / summary["ceiling_w1"]
+    if 1 in args.workers:
+        for w in (w for w in args.workers if w > 1):
+            for size in (112, 224):
+                summary[f"scaling_{size}_{w}w_over_1w"] = summary[f"har_{size}_w{w}"] / summary[f"har_{size}_w1"]
+            summary[f"ceiling_{w}w_over_1w"] = summary[f"ceiling_w{w}"] / summary["ceiling_w1"]
 
     # lossless vs lossy sizes and PSNR (frames of the same videos)
     w = max(args.workers)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one go, for a lent device machine (see BENCHMARKS.md).
-#   bash benchmarks/gpu_session.sh tests|memory|pipeline|features [OUTDIR]
+#   bash benchmarks/gpu_session.sh tests|memory|pipeline|features|extract [OUTDIR]
 # The machine's own python3 (its torch/torchvision); packages it lacks come from .whl/ (pip download
 # as in the device README). Each stage writes its JSON lines / log to OUTDIR (default ./gpu-out).
 set -uo pipefail
@@ -27,6 +27,10 @@ case $stage in
       $py benchmarks/e2e_bench.py --device cuda --groups 25 --workers 8 --batch-size $b --epochs 3 --skip-opencv \
           --model-batch $b --model-steps $((1800 / b)) 2>&1 | tail -1 | tee -a "$out/pipeline.jsonl"
     done ;;
+  extract)
+    # CPU only: worker scaling on the machine's 16 cores (the 2-vCPU VM cannot measure it)
+    $py benchmarks/extract_bench.py --work /tmp/har-bench --workers 1 2 4 8 --long-minutes 0 2>&1 \
+        | grep '^{' | tee "$out/extract.jsonl" ;;
   features)
     $py benchmarks/features_bench.py --device cuda --backbone resnet152 --videos 80 --frames 16 --size 224 \
         --batch-size 256 2>&1 | tee "$out/features.jsonl" ;;
