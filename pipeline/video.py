@@ -3,8 +3,9 @@
 Frame k of a video is the k-th frame the decoder outputs (presentation order). We never seek
 by timestamp: that is where frame-exactness breaks (B-frames, variable frame rate, AVI
 timestamps). `scan` decodes every frame and converts only the wanted ones. `scan_sparse` decodes
-less when one demux pass (no decoding, `packet_plan`) proves it safe: one packet per frame,
-closed GOPs that each start with a keyframe and hold a contiguous run of frames. It then sends
+less when one demux pass (no decoding, `packet_plan`) proves it safe: a codec whose keyframes
+restart decoding (H.264 / HEVC: IDR / IRAP pictures, read from the NAL units), one packet per
+shown frame, closed GOPs that each start with a keyframe and hold a contiguous run of frames. It then sends
 the decoder only the GOPs that hold a wanted frame, each up to its last wanted packet, and checks
 every frame it gets back against the plan's timestamps; at the first surprise it gives up and the
 caller decodes everything. Packed-bitstream Xvid (UCF101's and HMDB51's B-frame AVIs, whose tiny
@@ -129,13 +130,26 @@ class PacketPlan:
         return send
 
 
+# Codecs whose keyframes are points of random access: no frame after one (in decode order) refers
+# to a frame before it, except leading frames shown before it, which the display ranks reveal.
+# H.264 and HEVC only promise that of IDR / IRAP pictures, so their keyframe packets are read.
+RANDOM_ACCESS_CODECS = ("mpeg4", "mpeg1video", "mpeg2video", "mjpeg", "vp8", "vp9")
+IRAP_NAL_TYPES = {"h264": frozenset({5}), "hevc": frozenset(range(16, 22))}
+
+
 def packet_plan(path: Path) -> PacketPlan | None:
     """Demux (no decoding) and return the plan, or None when frames cannot be located from
-    packets alone: a demuxing error, missing or repeated timestamps, a first packet that is not a
-    keyframe shown first, or a packet small enough to decode to nothing."""
+    packets alone: a codec not known to restart at keyframes, a demuxing error, missing or
+    repeated timestamps, a first packet that is not a keyframe shown first, or a packet small
+    enough to decode to nothing."""
     import av
 
     container, stream = _open(path)
+    codec = stream.codec_context.name
+    if codec not in RANDOM_ACCESS_CODECS and codec not in IRAP_NAL_TYPES:
+        container.close()
+        return None
+    length_size = _nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
     key: list[bool] = []
     with container:
@@ -145,11 +159,77 @@ def packet_plan(path: Path) -> PacketPlan | None:
                     continue
                 if p.pts is None or p.size < SMALL_PACKET:
                     return None
+                if codec in ("vp8", "vp9") and vpx_shown_frames(bytes(p), codec) != 1:
+                    return None  # an invisible (alt-ref) frame on its own decodes to no frame
                 pts.append(int(p.pts))
-                key.append(bool(p.is_keyframe))
+                k = bool(p.is_keyframe)
+                if k and codec in IRAP_NAL_TYPES:  # a recovery-point I-frame is flagged too: not enough
+                    k = not IRAP_NAL_TYPES[codec].isdisjoint(nal_types(bytes(p), codec, length_size))
+                key.append(k)
         except av.error.FFmpegError:
             return None
     return plan_of(pts, key)
+
+
+def vpx_shown_frames(data: bytes, codec: str) -> int:
+    """How many frames a VP8 / VP9 packet shows: 1 for an ordinary packet, 0 for an invisible
+    frame stored on its own, 1 for a VP9 superframe of hidden frames plus a shown one."""
+    if not data:
+        return 0
+    if codec == "vp8":
+        return (data[0] >> 4) & 1  # frame tag: show_frame
+    frames = [data]
+    last = data[-1]
+    if last & 0xE0 == 0xC0:  # VP9 superframe index: sizes of the frames packed in this packet
+        count, width = (last & 7) + 1, ((last >> 3) & 3) + 1
+        index = 2 + width * count
+        if len(data) >= index and data[-index] == last:
+            frames, pos = [], 0
+            for i in range(count):
+                size = int.from_bytes(data[-index + 1 + i * width:-index + 1 + (i + 1) * width], "little")
+                frames.append(data[pos:pos + size])
+                pos += size
+    shown = 0
+    for f in frames:
+        if len(f) < 2 or f[0] >> 6 != 2:  # frame_marker
+            continue
+        bits = int.from_bytes(f[:2], "big")
+        profile = ((bits >> 13) & 1) | (((bits >> 12) & 1) << 1)
+        at = 4 + (profile == 3)  # bit position of show_existing_frame
+        if (bits >> (15 - at)) & 1:
+            shown += 1
+        else:
+            shown += (bits >> (15 - at - 2)) & 1  # after frame_type: show_frame
+    return shown
+
+
+def _nal_length_size(codec: str, extradata: bytes | None) -> int | None:
+    """Bytes of each NAL unit's length prefix (avcC / hvcC extradata, as in MP4 and Matroska),
+    or None for Annex B start codes (AVI, MPEG-TS, raw streams)."""
+    if not extradata or extradata[0] != 1:
+        return None
+    if codec == "h264" and len(extradata) > 4:
+        return (extradata[4] & 3) + 1
+    if codec == "hevc" and len(extradata) > 21:
+        return (extradata[21] & 3) + 1
+    return None
+
+
+def nal_types(data: bytes, codec: str, length_size: int | None) -> list[int]:
+    """The NAL unit types in one H.264 / HEVC packet (length-prefixed or Annex B)."""
+    heads: list[int] = []
+    if length_size is None or data[:3] == b"\0\0\1" or data[:4] == b"\0\0\0\1":
+        i = data.find(b"\0\0\1")
+        while 0 <= i < len(data) - 3:
+            heads.append(data[i + 3])
+            i = data.find(b"\0\0\1", i + 3)
+    else:
+        i = 0
+        while i + length_size < len(data):
+            n = int.from_bytes(data[i:i + length_size], "big")
+            heads.append(data[i + length_size])
+            i += length_size + n
+    return [h & 0x1F if codec == "h264" else (h >> 1) & 0x3F for h in heads]
 
 
 def plan_of(pts: Sequence[int], key: Sequence[bool]) -> PacketPlan | None:

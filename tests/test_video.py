@@ -122,9 +122,19 @@ def write_video_long(path: Path) -> Path:
 # ---- partial decoding: only the GOPs that hold a sampled frame ----------------------------------
 
 SPARSE = [(s, c, dict(o, g="12"), w) for s, c, o, w in CODECS]  # a keyframe every 12 frames
+MORE = SPARSE + [
+    (".mkv", "libx264", {"bf": "3", "preset": "veryfast", "crf": "12", "g": "12", "x264-params": "open-gop=1"},
+     "H.264 open GOPs (recovery-point keyframes)"),
+    (".avi", "libx264", {"bf": "0", "preset": "veryfast", "crf": "12", "g": "12"}, "H.264 Annex B in AVI"),
+    (".mpg", "mpeg2video", {"g": "12", "bf": "2", "qscale": "3"}, "MPEG-2 with open GOPs"),
+    (".webm", "libvpx", {"g": "12", "crf": "10", "b": "1M"}, "VP8 in WebM"),
+    (".avi", "mjpeg", {"strict": "-1", "qscale": "3"}, "MJPEG (every frame a keyframe)"),
+    (".webm", "libvpx-vp9", {"g": "24", "crf": "20", "b": "0", "auto-alt-ref": "1", "lag-in-frames": "16",
+                             "deadline": "good", "cpu-used": "8"}, "VP9 with hidden alt-ref frames"),
+]
 
 
-@pytest.mark.parametrize("suffix, codec, options, what", SPARSE, ids=[c[3] for c in SPARSE])
+@pytest.mark.parametrize("suffix, codec, options, what", MORE, ids=[c[3] for c in MORE])
 def test_partial_decoding_gives_the_same_frames_as_decoding_everything(tmp_path, suffix, codec, options, what):
     path = write_indexed(tmp_path / f"v{suffix}", 100, codec, options, noise=24)
     everything = video.decode_all(path)
@@ -219,3 +229,34 @@ def test_packet_plan_table(pts, key, gops):
 def test_packets_decoded_for_wanted_frames(wanted, send):
     plan = video.plan_of([0, 3, 1, 2, 4, 7, 5, 6], [True, False, False, False, True, False, False, False])
     assert plan.packets_for(wanted).astype(int).tolist() == send
+
+
+def test_nal_unit_types_are_read_from_both_packagings():
+    idr, sps = b"\x65\x88\x84", b"\x67\x64\x00"  # H.264 headers: IDR slice (5), SPS (7)
+    annex_b = b"\x00\x00\x00\x01" + sps + b"\x00\x00\x01" + idr
+    prefixed = len(sps).to_bytes(4, "big") + sps + len(idr).to_bytes(4, "big") + idr
+    assert video.nal_types(annex_b, "h264", None) == [7, 5]
+    assert video.nal_types(annex_b, "h264", 4) == [7, 5]  # start codes win over the avcC length size
+    assert video.nal_types(prefixed, "h264", 4) == [7, 5]
+    cra = bytes([21 << 1, 1, 0])  # HEVC: CRA picture
+    assert video.nal_types(len(cra).to_bytes(4, "big") + cra, "hevc", 4) == [21]
+
+
+@pytest.mark.parametrize("data, codec, shown", [
+    (bytes([0b00010000, 0, 0]), "vp8", 1),          # show_frame set
+    (bytes([0b00000000, 0, 0]), "vp8", 0),          # an invisible alt-ref frame
+    (bytes([0x82, 0x00]), "vp9", 1),                # profile 0, show_frame
+    (bytes([0x80, 0x00]), "vp9", 0),                # hidden
+    (bytes([0x88, 0x00]), "vp9", 1),                # show_existing_frame
+    (bytes([0x80, 0x00, 0x82, 0x00, 0xC1, 2, 2, 0xC1]), "vp9", 1),  # superframe: hidden + shown
+    (bytes([0x80, 0x00, 0x80, 0x00, 0xC1, 2, 2, 0xC1]), "vp9", 0),  # superframe of hidden frames only
+])
+def test_vpx_shown_frames_table(data, codec, shown):
+    assert video.vpx_shown_frames(data, codec) == shown
+
+
+def test_codecs_not_known_to_restart_at_keyframes_are_decoded_in_full(tmp_path):
+    path = write_indexed(tmp_path / "v.flv", 30, "flv", {"g": "12"}, noise=24)  # Sorenson H.263
+    assert video.packet_plan(path) is None
+    v = extract_video(path, "v", Recipe(frames=8, height=32, width=48))
+    assert [read_index(f) for f in v.frames[0]] == v.frame_idx[0].tolist()
