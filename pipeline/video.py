@@ -162,13 +162,37 @@ def packet_plan(path: Path) -> PacketPlan | None:
                 if codec in ("vp8", "vp9") and vpx_shown_frames(bytes(p), codec) != 1:
                     return None  # an invisible (alt-ref) frame on its own decodes to no frame
                 pts.append(int(p.pts))
-                k = bool(p.is_keyframe)
-                if k and codec in IRAP_NAL_TYPES:  # a recovery-point I-frame is flagged too: not enough
-                    k = not IRAP_NAL_TYPES[codec].isdisjoint(nal_types(bytes(p), codec, length_size))
-                key.append(k)
+                # the container's flag (an AVI index may flag every frame) and the bitstream must agree
+                key.append(bool(p.is_keyframe) and restarts_decoding(bytes(p), codec, length_size))
         except av.error.FFmpegError:
             return None
     return plan_of(pts, key)
+
+
+def restarts_decoding(data: bytes, codec: str, length_size: int | None = None) -> bool:
+    """Does this packet's bitstream say it is a picture that decoding can start from?
+    MPEG-4 Part 2: an I-VOP; MPEG-1/2: an I-picture; VP8 / VP9: a key frame; H.264 / HEVC: an
+    IDR / IRAP picture (an I-frame with a recovery point is not: later frames may refer past it);
+    MJPEG: every picture."""
+    if codec == "mjpeg":
+        return True
+    if codec in IRAP_NAL_TYPES:
+        return not IRAP_NAL_TYPES[codec].isdisjoint(nal_types(data, codec, length_size))
+    if codec == "mpeg4":
+        i = data.find(b"\0\0\1\xb6")  # VOP start code, then vop_coding_type (2 bits)
+        return 0 <= i < len(data) - 4 and data[i + 4] >> 6 == 0
+    if codec in ("mpeg1video", "mpeg2video"):
+        i = data.find(b"\0\0\1\0")  # picture start code, temporal_reference (10), coding type (3)
+        return 0 <= i < len(data) - 5 and (data[i + 5] >> 3) & 7 == 1
+    if codec == "vp8":
+        return bool(data) and data[0] & 1 == 0  # frame tag: 0 = key frame
+    if codec == "vp9":
+        if len(data) < 2 or data[0] >> 6 != 2:
+            return False
+        bits = int.from_bytes(data[:2], "big")
+        at = 4 + (((bits >> 13) & 1) | (((bits >> 12) & 1) << 1) == 3)  # show_existing_frame
+        return not (bits >> (15 - at)) & 1 and not (bits >> (15 - at - 1)) & 1  # frame_type 0 = key
+    return False
 
 
 def vpx_shown_frames(data: bytes, codec: str) -> int:

@@ -260,3 +260,44 @@ def test_codecs_not_known_to_restart_at_keyframes_are_decoded_in_full(tmp_path):
     assert video.packet_plan(path) is None
     v = extract_video(path, "v", Recipe(frames=8, height=32, width=48))
     assert [read_index(f) for f in v.frames[0]] == v.frame_idx[0].tolist()
+
+
+def test_keyframe_flags_are_checked_against_the_bitstream(tmp_path):
+    """An MP4 whose index calls every MPEG-4 frame a keyframe: trusting it would decode P-frames
+    without their references (grey smears, no error). The VOP headers say which are I-frames."""
+    import av
+
+    src = write_indexed(tmp_path / "p.avi", 60, "mpeg4", {"g": "12", "qscale": "2"}, noise=24)
+    lying = tmp_path / "all_key.mp4"
+    with av.open(str(src)) as i, av.open(str(lying), "w") as o:
+        out = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(video=0):
+            if p.size:
+                p.is_keyframe, p.stream = True, out
+                o.mux(p)
+    with av.open(str(lying)) as c:
+        assert all(p.is_keyframe for p in c.demux(video=0) if p.size)
+    plan = video.packet_plan(lying)
+    assert len(plan.gops) - 1 == 5  # the real I-VOPs: frames 0, 12, 24, 36, 48
+    got: dict[int, int] = {}
+    assert video.scan_sparse(lying, plan, [30, 59], lambda k, f: got.__setitem__(k, read_index(video.frame_rgb(f))))
+    assert got == {30: 30, 59: 59}
+
+
+@pytest.mark.parametrize("data, codec, restarts", [
+    (b"\x00\x00\x01\xb6\x10", "mpeg4", True),               # I-VOP
+    (b"\x00\x00\x01\xb6\x50", "mpeg4", False),              # P-VOP
+    (b"\x00\x00\x01\x00\x00\x08", "mpeg2video", True),      # I-picture
+    (b"\x00\x00\x01\x00\x00\x10", "mpeg2video", False),     # P-picture
+    (bytes([0b00010000, 0, 0]), "vp8", True),
+    (bytes([0b00010001, 0, 0]), "vp8", False),
+    (bytes([0x82, 0x00]), "vp9", True),                     # frame_type 0
+    (bytes([0x86, 0x00]), "vp9", False),                    # frame_type 1
+    (b"\x00\x00\x00\x01\x65\x88", "h264", True),            # IDR slice
+    (b"\x00\x00\x00\x01\x41\x9a", "h264", False),           # non-IDR slice (an I-frame with a recovery point looks so)
+    (b"\x00\x00\x01\x2a\x01", "hevc", True),                # CRA
+    (b"\x00\x00\x01\x02\x01", "hevc", False),               # TRAIL_R
+    (b"\xff\xd8", "mjpeg", True),
+])
+def test_restarts_decoding_table(data, codec, restarts):
+    assert video.restarts_decoding(data, codec) is restarts
