@@ -37,6 +37,14 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
 
 
+def _decoding(res) -> str:
+    """How much of the sources was decoded (partial decoding skips GOPs without a sampled frame)."""
+    if not res.frames_in_source:
+        return ""
+    share = res.frames_decoded / res.frames_in_source
+    return f" (decoded {res.frames_decoded:,} of {res.frames_in_source:,} source frames, {share:.0%})"
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
@@ -171,7 +179,7 @@ def extract(
         ratio = res.store_bytes / res.source_bytes if res.source_bytes else float("nan")
         out.print(f"store:   {res.store}\n"
                   f"videos:  {res.ok} ok, {len(res.failed)} failed ({res.decoded} decoded, {res.reused} reused unchanged)\n"
-                  f"frames:  {res.frames:,}\n"
+                  f"frames:  {res.frames:,}{_decoding(res)}\n"
                   f"bytes:   {_human(res.store_bytes)} = {ratio:.2f}x the {_human(res.source_bytes)} of source videos\n"
                   f"time:    {res.seconds:.1f} s", highlight=False)
     if res.failed:

@@ -107,6 +107,8 @@ class ExtractResult:
     ok: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     frames: int = 0
+    frames_decoded: int = 0    # source frames given to the decoder, over the videos decoded this run
+    frames_in_source: int = 0  # source frames of the videos decoded ok this run
     store_bytes: int = 0
     source_bytes: int = 0
     seconds: float = 0.0
@@ -143,6 +145,7 @@ class VideoSamples:
     num_frames: int          # frames the source really decodes to
     fps: float               # average frame rate
     view_params: np.ndarray  # (S, 8) float32 crop/flip/jitter of each sample (augment.FIELDS)
+    decoded: int = 0         # frames the decoder was given (all attempts; fewer than num_frames when partial)
 
 
 def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> VideoSamples:
@@ -165,6 +168,7 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
     _, view_of = sample_axes(recipe)
     plan = video.packet_plan(path)  # when packets locate the frames, decode only what is needed
     n = plan.frames if plan is not None else max(1, info.frames_estimate)
+    decoded = 0
     for _attempt in range(2):
         idx = sample_plan(recipe, rel, n)
         where: dict[int, list[tuple[int, int]]] = {}
@@ -189,11 +193,14 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
                     params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw)
                 out[s, t] = augment.apply(rgb, params[v], out_hw)
 
-        if plan is not None and video.scan_sparse(path, plan, where, on_frame, threads=threads) is not None:
+        sent = video.scan_sparse(path, plan, where, on_frame, threads=threads) if plan is not None else None
+        if sent is not None:
             true_n = plan.frames
+            decoded += sent
         else:
             plan = None  # decode every frame from here on; on_frame overwrites what it wrote
             true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
+            decoded += true_n
         if true_n == 0:
             raise video.VideoError("no decodable video frames")
         if true_n < info.frames_estimate - max(2, info.frames_estimate // 20):
@@ -202,7 +209,7 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
         if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
             vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw).as_array()
                            for v in view_of])
-            return VideoSamples(out, idx, true_n, info.fps, vp)
+            return VideoSamples(out, idx, true_n, info.fps, vp, decoded)
         logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)
         n = true_n
     raise video.VideoError(f"frame count changed between two decodes ({n})")
@@ -236,6 +243,7 @@ def run_batch(task: BatchTask) -> list[dict]:
     fps = np.zeros(m, np.float32)
     status = np.full(m, store.FAILED, np.int8)
     error = np.full(m, "", dtype=object)
+    decoded = np.zeros(m, np.int64)
     old = store.StoreReader(Path(task.old)) if task.old and any(j >= 0 for j in task.reuse) else None
     for i, (rel, j) in enumerate(zip(task.videos, task.reuse)):
         if j >= 0:
@@ -249,8 +257,8 @@ def run_batch(task: BatchTask) -> list[dict]:
             continue
         try:
             v = extract_video(Path(task.root) / rel, rel, r, task.threads)
-            frames[i], frame_idx[i], num_frames[i], fps[i], view_params[i] = (
-                v.frames, v.frame_idx, v.num_frames, v.fps, v.view_params)
+            frames[i], frame_idx[i], num_frames[i], fps[i], view_params[i], decoded[i] = (
+                v.frames, v.frame_idx, v.num_frames, v.fps, v.view_params, v.decoded)
             status[i] = store.OK
         except video.VideoError as e:
             error[i] = str(e)
@@ -264,7 +272,8 @@ def run_batch(task: BatchTask) -> list[dict]:
                                                      "num_frames": num_frames, "fps": fps,
                                                      "error": error.astype(str), "status": status})
     return [{"index": task.start + i, "video": rel, "status": int(status[i]), "error": str(error[i]),
-             "reused": task.reuse[i] >= 0} for i, rel in enumerate(task.videos)]
+             "reused": task.reuse[i] >= 0, "frames_decoded": int(decoded[i]), "frames_in_source": int(num_frames[i])}
+            for i, rel in enumerate(task.videos)]
 
 
 # ---- the whole stage --------------------------------------------------------------------------
@@ -396,6 +405,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
                     result.reused += 1
                 else:
                     result.decoded += 1
+                    result.frames_decoded += row.get("frames_decoded", 0)
+                    result.frames_in_source += row.get("frames_in_source", 0)
             if progress:
                 progress(done, total, rows)
 

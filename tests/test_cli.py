@@ -1,5 +1,6 @@
 """The command line as a user meets it: help, errors, a real run on the default local cluster."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def test_extract_status_and_stale_detection(synthetic_root, tmp_path, har_home):
     res = har("extract", "synthetic", "--root", root, "--frames", 8, "--size", 48, "--workers", 2, env=env)
     assert res.returncode == 0, res.stderr
     assert "24 ok, 0 failed" in res.stdout and "x the" in res.stdout
+    assert re.search(r"frames:  192 \(decoded [\d,]+ of [\d,]+ source frames, \d+%\)", res.stdout), res.stdout
     store = next((har_home / "stores" / "synthetic").glob("*/frames.zarr"))
     assert str(store) in res.stdout
     again = har("extract", "synthetic", "--root", root, "--frames", 8, "--size", 48, env=env)

@@ -227,3 +227,22 @@ def test_unreadable_target_is_refused_unless_forced(synthetic_root, tmp_path):
     assert (out / "notes.txt").exists()  # nothing was touched
     res = run(synthetic_root, out, force=True)
     assert res.ok == 24 and not (out / "notes.txt").exists()
+
+
+def test_the_result_says_how_much_of_the_sources_was_decoded(synthetic_root, tmp_path):
+    """Two uniform frames are each video's first and last: partial decoding gives the decoder the
+    first packet and the last GOP only (the GOPs come from the encoder, which adds keyframes at
+    scene changes); the result's totals say so, and a recipe that needs every frame decodes all."""
+    from pipeline import video
+
+    res = run(synthetic_root, tmp_path / "two.zarr", recipe=Recipe(frames=2, height=32, width=40))
+    with StoreReader(res.store) as r:
+        n = r.read("num_frames").astype(int)
+        assert (r.read("frame_idx")[:, 0, 1] == n - 1).all()
+        paths = [synthetic_root / v for v in r.read("video")]
+    plans = [video.packet_plan(p) for p in paths]
+    assert all(p is not None for p in plans)
+    assert res.frames_in_source == n.sum()
+    assert res.frames_decoded == sum(p.packets_for([0, p.frames - 1]).sum() for p in plans) < n.sum()
+    again = run(synthetic_root, tmp_path / "all.zarr", recipe=Recipe(frames=40, height=32, width=40))  # > n
+    assert again.frames_decoded == again.frames_in_source == n.sum()
