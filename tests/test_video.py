@@ -301,3 +301,16 @@ def test_keyframe_flags_are_checked_against_the_bitstream(tmp_path):
 ])
 def test_restarts_decoding_table(data, codec, restarts):
     assert video.restarts_decoding(data, codec) is restarts
+
+
+def test_partial_decoding_gives_up_at_a_broken_packet():
+    """decord_corrupted.mp4: packet 30 of 50 does not decode. Asked for frame 30, partial decoding
+    hands the video back to the full path instead of guessing."""
+    path = shared_data() / "videos" / "decord_corrupted.mp4"
+    plan = video.packet_plan(path)
+    assert plan is not None and plan.frames == 50
+    assert video.scan_sparse(path, plan, [30], lambda k, f: None) is None
+    got: dict[int, int] = {}
+    # B-frames: frame 5 is packet 7 in decode order (0 4 2 1 3 8 6 5 ...); nothing past it is sent
+    assert video.scan_sparse(path, plan, [5], lambda k, f: got.__setitem__(k, f.pts)) == 8
+    assert got == {5: 5 * 1024}
