@@ -184,13 +184,12 @@ def run_one(args, gop: int) -> None:
     t = time.perf_counter()
     paths = [str(p) for p in synth.generate(data, cfg)]
     src_bytes = sum(os.path.getsize(p) for p in paths)
-    n_frames = sum(video.probe(Path(p)).frames_estimate for p in paths)
-    # frames that partial decoding sends to the decoder for uniform 16 (the rest: whole videos)
-    needed = 0
+    n_frames = needed = 0  # needed: frames partial decoding sends to the decoder for uniform 16
     for p in paths:
+        n = video.probe(Path(p)).frames_estimate
         plan = video.packet_plan(Path(p))
-        needed += (int(plan.packets_for(sampling.uniform(plan.frames, 16)[0]).sum()) if plan
-                   else video.probe(Path(p)).frames_estimate)
+        n_frames += n
+        needed += int(plan.packets_for(sampling.uniform(plan.frames, 16)[0]).sum()) if plan else n
     emit(what="dataset", gop=gop, videos=len(paths), frames=n_frames, source_bytes=src_bytes,
          mean_seconds=n_frames / len(paths) / 25, generate_s=round(time.perf_counter() - t, 1), cores=cpu_count(),
          frames_decoded_by_har=needed, share_decoded=needed / n_frames)

@@ -405,8 +405,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
                     result.reused += 1
                 else:
                     result.decoded += 1
-                    result.frames_decoded += row.get("frames_decoded", 0)
-                    result.frames_in_source += row.get("frames_in_source", 0)
+                    result.frames_decoded += row["frames_decoded"]
+                    result.frames_in_source += row["frames_in_source"]
             if progress:
                 progress(done, total, rows)
 

@@ -159,11 +159,13 @@ def packet_plan(path: Path) -> PacketPlan | None:
                     continue
                 if p.pts is None or p.size < SMALL_PACKET:
                     return None
-                if codec in ("vp8", "vp9") and vpx_shown_frames(bytes(p), codec) != 1:
+                vpx = codec in ("vp8", "vp9")
+                data = bytes(p) if vpx or p.is_keyframe else b""  # only these packets are read
+                if vpx and vpx_shown_frames(data, codec) != 1:
                     return None  # an invisible (alt-ref) frame on its own decodes to no frame
                 pts.append(int(p.pts))
                 # the container's flag (an AVI index may flag every frame) and the bitstream must agree
-                key.append(bool(p.is_keyframe) and restarts_decoding(bytes(p), codec, length_size))
+                key.append(bool(p.is_keyframe) and restarts_decoding(data, codec, length_size))
         except av.error.FFmpegError:
             return None
     return plan_of(pts, key)

@@ -1,0 +1,99 @@
+"""Where a video's extraction time goes, and what the frame codec costs.
+
+    .venv/bin/python benchmarks/extract_phases.py DATA_ROOT [--size 224]
+
+DATA_ROOT is a `har synth` dataset (e.g. /tmp/har-bench/gop250/data, made by extract_bench.py).
+One process, scheduler "synchronous": each phase is wrapped and timed with time.process_time
+(CPU of every thread of the process, so phases that run beside others are over-counted) and
+reported per video. Then the first 16 videos' frames are written again with the store's codec,
+with LZ4 and with no compression, to split the write into compression and Zarr's own work.
+Prints one JSON object per measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import extract as E  # noqa: E402
+from pipeline import lineage, store, video  # noqa: E402
+from pipeline.extract import ExtractConfig, Recipe  # noqa: E402
+
+PHASES = [(E, "extract_video"), (video, "scan_sparse"), (video, "scan"), (video, "packet_plan"),
+          (video, "probe"), (store, "write_batch"), (lineage, "file_sha256")]
+
+
+def timed(mod, name: str, acc: dict) -> None:
+    fn = getattr(mod, name)
+
+    def wrapper(*a, **k):
+        t = time.process_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[name] = acc.get(name, 0.0) + time.process_time() - t
+
+    setattr(mod, name, wrapper)
+
+
+def write_cost(frames: np.ndarray, codecs: dict) -> float:
+    import zarr
+
+    with tempfile.TemporaryDirectory() as d:
+        root = zarr.create_group(d, zarr_format=3, overwrite=True)
+        a = root.create_array("frames", shape=frames.shape, dtype="uint8", chunks=(1, 1, *frames.shape[2:]),
+                              shards=frames.shape, fill_value=0, **codecs)
+        a[:] = frames  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            t = time.process_time()
+            a[:] = frames
+            best = min(best, time.process_time() - t)
+        nbytes = sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
+    return best, nbytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--size", type=int, default=224)
+    a = ap.parse_args()
+
+    acc: dict[str, float] = {}
+    for mod, name in PHASES:
+        timed(mod, name, acc)
+    out = Path(tempfile.mkdtemp()) / "phases.zarr"
+    t = time.process_time()
+    res = E.extract(ExtractConfig("synthetic", Recipe(frames=16, height=a.size, width=a.size), root=a.root,
+                                  out=out, scheduler="synchronous"))
+    total = time.process_time() - t
+    n = res.ok
+    print(json.dumps({"what": "phases", "size": a.size, "videos": n, "total_cpu_ms_per_video": 1000 * total / n,
+                      **{f"{k}_cpu_ms_per_video": 1000 * v / n for k, v in acc.items()}}))
+
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    with store.StoreReader(out) as r:
+        frames = np.asarray(r["frames"][0:16])
+    shutil.rmtree(out.parent, ignore_errors=True)
+    store._zarr()  # the store's Zarr settings (no fill-value scan)
+    for name, codecs in [("store codec (zstd-1, bit shuffle)", store._frame_codecs(False)),
+                         ("lz4-1, bit shuffle", {"compressors": BloscCodec(cname="lz4", clevel=1, typesize=1,
+                                                                           shuffle=BloscShuffle.bitshuffle,
+                                                                           blocksize=1 << 20)}),
+                         ("no compression", {"compressors": None})]:
+        cpu, nbytes = write_cost(frames, codecs)
+        print(json.dumps({"what": "write", "codec": name, "cpu_ms_per_video": 1000 * cpu / len(frames),
+                          "bytes_over_raw": nbytes / frames.nbytes}))
+
+
+if __name__ == "__main__":
+    main()
