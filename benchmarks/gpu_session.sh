@@ -29,8 +29,9 @@ case $stage in
     done ;;
   extract)
     # CPU only: worker scaling on the machine's 16 cores (the 2-vCPU VM cannot measure it)
-    $py benchmarks/extract_bench.py --work /tmp/har-bench --workers 1 2 4 8 --long-minutes 0 2>&1 \
-        | grep '^{' | tee "$out/extract.jsonl" ;;
+    # GOPS="12" or "250" runs one keyframe interval (each fits one 10-minute device call)
+    $py benchmarks/extract_bench.py --work /tmp/har-bench --workers 1 2 4 8 --long-minutes 0 \
+        --gops ${GOPS:-12 250} 2>&1 | grep --line-buffered '^{' | tee -a "$out/extract.jsonl" ;;
   features)
     $py benchmarks/features_bench.py --device cuda --backbone resnet152 --videos 80 --frames 16 --size 224 \
         --batch-size 256 2>&1 | tee "$out/features.jsonl" ;;

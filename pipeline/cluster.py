@@ -22,6 +22,18 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# Settings for the worker processes of the local cluster (an existing cluster keeps its own):
+# - the statistical profiler samples every thread every 10 ms: pure overhead here;
+# - dask's nannies export MALLOC_TRIM_THRESHOLD_=65536, and setting it freezes glibc's mmap
+#   threshold at 128 KiB, so every frame-sized buffer (a decoded frame, a sample, a batch) is a
+#   fresh mmap that the kernel zeroes page by page: a quarter of the time of extracting a 224 px
+#   sample (BENCHMARKS.md). A worker's memory is bounded by its batch, so glibc's defaults do.
+LOCAL_WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+}
+
+
 def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callable[[Any], None],
               scheduler: str | None = None, workers: int | None = None,
               resources: dict[str, float] | None = None) -> None:
@@ -49,12 +61,11 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
 
     cluster = None
     if scheduler is None:
-        # workers' statistical profiler samples every thread every 10 ms: pure overhead here
-        dask.config.set({"distributed.worker.profile.enabled": False})
         n = max(1, min(workers or cpu_count(), len(tasks)))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, scheduler_kwargs={"dashboard": False},
-                               silence_logs=logging.ERROR)
+        with dask.config.set(LOCAL_WORKER_CONFIG):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, scheduler_kwargs={"dashboard": False},
+                                   silence_logs=logging.ERROR)
         client = Client(cluster)
     else:
         client = Client(scheduler, timeout="20s")
