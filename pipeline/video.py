@@ -292,16 +292,17 @@ def scan_sparse(path: Path, plan: PacketPlan, wanted: Iterable[int], on_frame: C
     want = sorted({int(k) for k in wanted})
     if not want or want[0] < 0 or want[-1] >= plan.frames:
         return None
-    send = plan.packets_for(want)
-    expected = iter(np.sort(plan.rank[send]).tolist())  # frames come back in display order
-    shown_pts = np.sort(plan.pts)
+    send_mask = plan.packets_for(want)
+    expected = iter(np.sort(plan.rank[send_mask]).tolist())  # frames come back in display order
+    shown_pts = np.sort(plan.pts).tolist()
     wanted_set = set(want)
-    stop = int(np.flatnonzero(send)[-1])
+    stop = int(np.flatnonzero(send_mask)[-1])
+    send = send_mask[:stop + 1].tolist()  # plain lists: this loop runs once per packet
 
     def take(frames) -> bool:
         for f in frames:
             k = next(expected, None)
-            if k is None or f.pts is None or int(f.pts) != int(shown_pts[k]):
+            if k is None or f.pts != shown_pts[k]:
                 return False
             if k in wanted_set:
                 on_frame(k, f)
@@ -326,7 +327,7 @@ def scan_sparse(path: Path, plan: PacketPlan, wanted: Iterable[int], on_frame: C
         except av.error.FFmpegError as e:  # a packet that will not decode: let the full path judge
             logger.info("%s: partial decoding gave up (%s); decoding every frame", path, e)
             return None
-    return int(send.sum()) if next(expected, None) is None else None
+    return int(send_mask.sum()) if next(expected, None) is None else None
 
 
 def frame_rgb(frame) -> np.ndarray:
