@@ -104,6 +104,7 @@ def extract(
     lossy: Optional[bool] = typer.Option(None, "--lossy/--lossless", help="JPEG-coded frames (smaller) or lossless zstd."),
     fmt: Optional[str] = typer.Option(None, "--format", help="zarr | hdf5 [default: from --out, else zarr]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes [default: all cores]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Decoder threads per worker [default: cores / workers on the local cluster]."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786."),
     force: bool = typer.Option(False, "--force", help="Replace an --out store made with another recipe."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -132,6 +133,8 @@ def extract(
         _fail(f"unknown dataset {dataset!r}; allowed: {', '.join(datasets.ADAPTERS)}")
     if workers is not None and workers < 1:
         _fail(f"--workers {workers} must be >= 1")
+    if threads is not None and threads < 1:
+        _fail(f"--threads {threads} must be >= 1")
     if fmt is not None and fmt not in store.FORMATS:
         _fail(f"--format {fmt!r} is not supported; allowed: {', '.join(store.FORMATS)}")
     if fmt is None:
@@ -146,7 +149,7 @@ def extract(
     except ValueError as e:
         _fail(str(e))
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
-                          scheduler=scheduler, force=force)
+                          threads=threads, scheduler=scheduler, force=force)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} videos/s"),

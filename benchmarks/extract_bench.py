@@ -1,7 +1,8 @@
 """Frame-store extraction benchmark: har extract vs the decode ceiling vs the seed studies' way.
 
 One run, one machine, every figure a ratio against a baseline measured in the same run:
-  - har extract (uniform, 16 frames, 112 px and 224 px), videos/s at 1 and 2 workers;
+  - har extract (uniform, 16 frames, 112 px and 224 px), videos/s at 1 and 2 workers, with the
+    default decoder threads (cores // workers) and with one decoder thread per worker;
   - decode ceiling: PyAV decoding every frame, no conversion, same workers and threads (har
     decodes only the GOPs that hold sampled frames when packets locate the frames: the share of
     frames it decodes is printed with the dataset);
@@ -195,9 +196,9 @@ def run_one(args, gop: int) -> None:
          frames_decoded_by_har=needed, share_decoded=needed / n_frames)
 
     summary: dict = {"machine": f"{cpu_count()} cores", "videos": len(paths), "gop": gop}
+    bsize = choose_batch(len(paths), 16 * 112 * 112 * 3)  # the ceiling's and OpenCV's batches
     for w in args.workers:
         threads = max(1, cpu_count() // w)
-        bsize = choose_batch(len(paths), 16 * 112 * 112 * 3)
         dt, frames, rss = timed_tasks(decode_only, [(b, threads) for b in batches(paths, bsize)], w)
         ceiling = emit(what="decode_ceiling", gop=gop, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
                        frames_per_s=sum(frames) / dt, peak_rss_mib_per_worker=rss)
@@ -229,6 +230,27 @@ def run_one(args, gop: int) -> None:
             for size in (112, 224):
                 summary[f"scaling_{size}_{w}w_over_1w"] = summary[f"har_{size}_w{w}"] / summary[f"har_{size}_w1"]
             summary[f"ceiling_{w}w_over_1w"] = summary[f"ceiling_w{w}"] / summary["ceiling_w1"]
+        # With the default threads (cores // workers) one worker already decodes on every core, so
+        # on a small machine 2 workers / 1 worker measures FFmpeg's threading as much as har.
+        # One decoder thread per worker isolates the processes' scaling, for har and the ceiling.
+        for w in sorted(set(args.workers)):
+            dt, _, _ = timed_tasks(decode_only, [(b, 1) for b in batches(paths, bsize)], w)
+            row = {"ceiling": len(paths) / dt}
+            for size in (112, 224):
+                out = work / f"store_{size}_w{w}_t1.zarr"
+                shutil.rmtree(out, ignore_errors=True)
+                t = time.perf_counter()
+                extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
+                                      out=out, workers=w, threads=1))
+                row[f"har_{size}"] = len(paths) / (time.perf_counter() - t)
+                shutil.rmtree(out, ignore_errors=True)
+            emit(what="one_thread_per_worker", gop=gop, workers=w, **{f"{k}_videos_per_s": v for k, v in row.items()},
+                 **{f"har_{size}_vs_ceiling": row[f"har_{size}"] / row["ceiling"] for size in (112, 224)})
+            for k, v in row.items():
+                summary[f"t1_{k}_w{w}"] = v
+        for w in (w for w in args.workers if w > 1):
+            for k in ("ceiling", "har_112", "har_224"):
+                summary[f"t1_scaling_{k}_{w}w_over_1w"] = summary[f"t1_{k}_w{w}"] / summary[f"t1_{k}_w1"]
 
     # lossless vs lossy sizes and PSNR (frames of the same videos)
     w = max(args.workers)

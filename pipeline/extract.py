@@ -94,6 +94,8 @@ class ExtractConfig:
     out: Path | None = None         # the store itself; default a versioned path under $HAR_HOME
     format: str = "zarr"            # zarr | hdf5
     workers: int | None = None      # local cluster processes; default all cores
+    threads: int | None = None      # decoder/resize threads per task; default cores // workers locally,
+                                    # FFmpeg's own choice on an existing cluster or in-process
     scheduler: str | None = None    # None local cluster, "synchronous", or tcp://host:port
     force: bool = False             # overwrite an --out store made with another recipe
 
@@ -390,7 +392,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
 
         status = store.StoreReader(work).read("status")
         workers = cfg.workers or cpu_count()
-        threads = max(1, cpu_count() // workers) if cfg.scheduler is None else 0
+        threads = cfg.threads or (max(1, cpu_count() // workers) if cfg.scheduler is None else 0)
         tasks = [BatchTask(a, str(work), str(index.root), tuple(rels[a:b]), tuple(int(x) for x in reuse[a:b]),
                            str(target) if (reuse[a:b] >= 0).any() else None, recipe, threads)
                  for a, b in layout.batches() if (status[a:b] == store.PENDING).any()]

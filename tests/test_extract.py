@@ -146,6 +146,14 @@ def test_same_command_is_bitwise_identical(synthetic_root, tmp_path):
     assert not np.array_equal(a["frames"], c["frames"])
 
 
+def test_decoder_threads_do_not_change_the_store(synthetic_root, tmp_path):
+    # FFmpeg's frame threads and OpenCV's resize threads: only speed may depend on them
+    r = Recipe(frames=6, height=32, width=40, views=1)
+    one = arrays(run(synthetic_root, tmp_path / "one.zarr", r, threads=1).store)
+    three = arrays(run(synthetic_root, tmp_path / "three.zarr", r, threads=3).store)
+    assert_same_arrays(one, three)
+
+
 def test_zarr_and_hdf5_hold_the_same_arrays(synthetic_root, tmp_path):
     z = run(synthetic_root, tmp_path / "s.zarr")
     h = run(synthetic_root, tmp_path / "s.h5", format="hdf5")
