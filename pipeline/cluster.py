@@ -26,7 +26,7 @@ def cpu_count() -> int:
 # - the statistical profiler samples every thread every 10 ms: pure overhead here;
 # - dask's nannies export MALLOC_TRIM_THRESHOLD_=65536, and setting it freezes glibc's mmap
 #   threshold at 128 KiB, so every frame-sized buffer (a decoded frame, a sample, a batch) is a
-#   fresh mmap that the kernel zeroes page by page: a quarter of the time of extracting a 224 px
+#   fresh mmap that the kernel zeroes page by page: a fifth of the time of extracting a 224 px
 #   sample (BENCHMARKS.md). A worker's memory is bounded by its batch, so glibc's defaults do.
 LOCAL_WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
@@ -54,7 +54,8 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
         return
     from dask.distributed import Client, LocalCluster, as_completed
 
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # cluster start/stop chatter
+    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO  # not --verbose
+    if quiet:  # cluster start/stop chatter
         for name in ("distributed", "tornado"):
             logging.getLogger(name).setLevel(logging.ERROR)
     import dask
@@ -65,7 +66,10 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
         with dask.config.set(LOCAL_WORKER_CONFIG):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    dashboard_address=None, scheduler_kwargs={"dashboard": False},
-                                   silence_logs=logging.ERROR)
+                                   # a worker whose heartbeat meets the closing scheduler logs an
+                                   # ERROR with a traceback (dask/distributed#7105); a failed task
+                                   # reaches us as its exception, so workers speak only in --verbose
+                                   silence_logs=logging.CRITICAL if quiet else logging.WARNING)
         client = Client(cluster)
     else:
         client = Client(scheduler, timeout="20s")

@@ -15,7 +15,7 @@ def worker_settings(_task) -> dict:
 
 def test_local_workers_keep_glibc_malloc_defaults_and_no_profiler(monkeypatch):
     # dask's nannies export MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold at 128 KiB:
-    # every frame-sized buffer then costs fresh zeroed pages (a quarter of a 224 px extraction)
+    # every frame-sized buffer then costs fresh zeroed pages (a fifth of a 224 px extraction)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     import dask
     import distributed  # noqa: F401  (loads its config defaults)
@@ -26,6 +26,29 @@ def test_local_workers_keep_glibc_malloc_defaults_and_no_profiler(monkeypatch):
     assert seen == [{"trim": None, "profile": False}] * 2
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # the nanny did not leave it to later children
     assert dask.config.get("distributed.nanny.pre-spawn-environ", default=None) == before
+
+
+def log_an_error(task: int) -> int:
+    import logging
+
+    logging.getLogger("distributed.worker").error("worker-error-%d", task)
+    return task
+
+
+def test_worker_logs_stay_off_stderr_unless_verbose(capfd):
+    # e.g. the heartbeat traceback a worker may log while the cluster closes (dask/distributed#7105)
+    import logging
+
+    run_tasks(log_an_error, [7], lambda r: None, workers=1)
+    assert "worker-error-7" not in capfd.readouterr().err
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as `har -v` sets it
+    try:
+        run_tasks(log_an_error, [8], lambda r: None, workers=1)
+    finally:
+        root.setLevel(level)
+    assert "worker-error-8" in capfd.readouterr().err
 
 
 def test_synchronous_runs_in_this_process_in_order():
