@@ -1,6 +1,6 @@
 """Where a video's extraction time goes, and what the frame codec costs.
 
-    .venv/bin/python benchmarks/extract_phases.py DATA_ROOT [--size 224]
+    .venv/bin/python benchmarks/extract_phases.py DATA_ROOT [--size 224] [--real CLIP ...]
 
 DATA_ROOT is a `har synth` dataset (e.g. /tmp/har-bench/gop250/data, made by extract_bench.py).
 One process, scheduler "synchronous": each phase is wrapped and timed with time.process_time
@@ -65,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--real", type=Path, nargs="*", default=[],
+                    help="real clips (e.g. ../shared/data/videos/*.avi) whose samples each codec also compresses")
     a = ap.parse_args()
 
     acc: dict[str, float] = {}
@@ -85,14 +87,23 @@ def main() -> None:
         frames = np.asarray(r["frames"][0:16])
     shutil.rmtree(out.parent, ignore_errors=True)
     store._zarr()  # the store's Zarr settings (no fill-value scan)
-    for name, codecs in [("store codec (zstd-1, bit shuffle)", store._frame_codecs(False)),
-                         ("lz4-1, bit shuffle", {"compressors": BloscCodec(cname="lz4", clevel=1, typesize=1,
-                                                                           shuffle=BloscShuffle.bitshuffle,
-                                                                           blocksize=1 << 20)}),
-                         ("no compression", {"compressors": None})]:
+    plain_zstd = {"compressors": BloscCodec(cname="zstd", clevel=1, typesize=1, shuffle=BloscShuffle.noshuffle,
+                                            blocksize=1 << 20)}
+    lz4 = {"compressors": BloscCodec(cname="lz4", clevel=1, typesize=1, shuffle=BloscShuffle.bitshuffle,
+                                     blocksize=1 << 20)}
+    candidates = [("store codec (zstd-1, bit shuffle)", store._frame_codecs(False)),
+                  ("zstd-1, no shuffle", plain_zstd), ("lz4-1, bit shuffle", lz4)]
+    for name, codecs in candidates + [("no compression", {"compressors": None})]:
         cpu, nbytes = write_cost(frames, codecs)
         print(json.dumps({"what": "write", "codec": name, "cpu_ms_per_video": 1000 * cpu / len(frames),
                           "bytes_over_raw": nbytes / frames.nbytes}))
+    if a.real:  # synthetic frames are smoother than real ones: the sizes that decide are these
+        recipe = Recipe(frames=16, height=a.size, width=a.size)
+        real = np.stack([E.extract_video(p, p.name, recipe).frames for p in a.real])
+        for name, codecs in candidates:
+            _, nbytes = write_cost(real, codecs)
+            print(json.dumps({"what": "real_clips_size", "clips": len(a.real), "codec": name,
+                              "bytes_over_raw": nbytes / real.nbytes}))
 
 
 if __name__ == "__main__":
