@@ -63,6 +63,7 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
     cluster = None
     if scheduler is None:
         n = max(1, min(workers or cpu_count(), len(tasks)))
+        environ = dict(os.environ)
         with dask.config.set(LOCAL_WORKER_CONFIG):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    dashboard_address=None, scheduler_kwargs={"dashboard": False},
@@ -70,6 +71,7 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
                                    # ERROR with a traceback (dask/distributed#7105); a failed task
                                    # reaches us as its exception, so workers speak only in --verbose
                                    silence_logs=logging.CRITICAL if quiet else logging.WARNING)
+        _restore_environ(environ)
         client = Client(cluster)
     else:
         client = Client(scheduler, timeout="20s")
@@ -81,3 +83,15 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
         client.close()
         if cluster is not None:
             cluster.close()
+            _restore_environ(environ)
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    """Undo what dask's nannies write into this process's environment to pass it to the workers
+    they spawn (OMP_NUM_THREADS=1 and friends, PYTHONHASHSEED): torch imported later in this
+    process (`har demo` trains after extracting) would otherwise run on one thread."""
+    for k in set(os.environ) - set(saved):
+        del os.environ[k]
+    for k, v in saved.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v

@@ -24,8 +24,19 @@ def test_local_workers_keep_glibc_malloc_defaults_and_no_profiler(monkeypatch):
     seen: list[dict] = []
     run_tasks(worker_settings, [0, 1], seen.append, workers=1)
     assert seen == [{"trim": None, "profile": False}] * 2
-    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # the nanny did not leave it to later children
     assert dask.config.get("distributed.nanny.pre-spawn-environ", default=None) == before
+
+
+def test_the_callers_environment_is_left_as_it_was(monkeypatch):
+    # dask's nannies write OMP_NUM_THREADS=1 (and more) into the parent's environment before
+    # spawning; torch imported afterwards in the same process (har demo trains after extracting)
+    # would then run on one thread, and child processes would inherit it
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    seen: list[dict] = []
+    run_tasks(worker_settings, [0], seen.append, workers=1)
+    assert seen  # the workers did run
+    assert dict(os.environ) == before
 
 
 def log_an_error(task: int) -> int:
