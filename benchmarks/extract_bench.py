@@ -12,7 +12,7 @@ One run, one machine, every figure a ratio against a baseline measured in the sa
     and the same for one 10-minute video.
 Prints one JSON object per measurement and a final summary line.
 
-    python benchmarks/extract_bench.py [--videos 200] [--seconds 7] [--work DIR]
+    python benchmarks/extract_bench.py [--videos 200] [--seconds 7] [--work DIR] [--repeats N]
 """
 from __future__ import annotations
 
@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--long-minutes", type=float, default=10.0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/har-bench"))
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="alternate the ceiling and har this many times and keep the fastest of each")
     ap.add_argument("--gops", type=int, nargs="+", default=[12, 250],
                     help="keyframe intervals to encode the dataset with (seeking costs more with long ones)")
     args = ap.parse_args()
@@ -199,22 +201,32 @@ def run_one(args, gop: int) -> None:
     bsize = choose_batch(len(paths), 16 * 112 * 112 * 3)  # the ceiling's and OpenCV's batches
     for w in args.workers:
         threads = max(1, cpu_count() // w)
-        dt, frames, rss = timed_tasks(decode_only, [(b, threads) for b in batches(paths, bsize)], w)
+        # --repeats N: the ceiling and har alternate N times and the fastest of each counts (a
+        # shared VM's neighbours slow single runs by up to a third; every time is printed)
+        ceiling_runs: list[tuple[float, list, float]] = []
+        har_runs: dict[int, list[tuple[float, object, float]]] = {112: [], 224: []}
+        for _ in range(args.repeats):
+            ceiling_runs.append(timed_tasks(decode_only, [(b, threads) for b in batches(paths, bsize)], w))
+            for size in (112, 224):
+                out = work / f"store_{size}_w{w}.zarr"
+                shutil.rmtree(out, ignore_errors=True)
+                t = time.perf_counter()
+                with PeakRSS() as mon:
+                    res = extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
+                                                out=out, workers=w))
+                assert res.ok == len(paths), res.failed
+                har_runs[size].append((time.perf_counter() - t, res, mon.max_mib()))
+        dt, frames, rss = min(ceiling_runs, key=lambda r: r[0])
         ceiling = emit(what="decode_ceiling", gop=gop, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+                       seconds_each=[round(r[0], 3) for r in ceiling_runs],
                        frames_per_s=sum(frames) / dt, peak_rss_mib_per_worker=rss)
         summary[f"ceiling_w{w}"] = ceiling["videos_per_s"]
         for size in (112, 224):
-            out = work / f"store_{size}_w{w}.zarr"
-            shutil.rmtree(out, ignore_errors=True)
-            t = time.perf_counter()
-            with PeakRSS() as mon:
-                res = extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
-                                            out=out, workers=w))
-            dt = time.perf_counter() - t
-            assert res.ok == len(paths), res.failed
+            dt, res, rss = min(har_runs[size], key=lambda r: r[0])
             har = emit(what="har_extract", gop=gop, size=size, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
+                       seconds_each=[round(r[0], 3) for r in har_runs[size]],
                        vs_ceiling=(len(paths) / dt) / ceiling["videos_per_s"], store_bytes=res.store_bytes,
-                       store_over_source=res.store_bytes / src_bytes, peak_rss_mib_per_worker=mon.max_mib())
+                       store_over_source=res.store_bytes / src_bytes, peak_rss_mib_per_worker=rss)
             jpg = work / f"jpeg_{size}_w{w}"
             shutil.rmtree(jpg, ignore_errors=True)
             dt, written, rss = timed_tasks(opencv_seek_jpeg, [(b, size, str(jpg)) for b in batches(paths, bsize)], w)
@@ -234,16 +246,18 @@ def run_one(args, gop: int) -> None:
         # on a small machine 2 workers / 1 worker measures FFmpeg's threading as much as har.
         # One decoder thread per worker isolates the processes' scaling, for har and the ceiling.
         for w in sorted(set(args.workers)):
-            dt, _, _ = timed_tasks(decode_only, [(b, 1) for b in batches(paths, bsize)], w)
-            row = {"ceiling": len(paths) / dt}
-            for size in (112, 224):
-                out = work / f"store_{size}_w{w}_t1.zarr"
-                shutil.rmtree(out, ignore_errors=True)
-                t = time.perf_counter()
-                extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
-                                      out=out, workers=w, threads=1))
-                row[f"har_{size}"] = len(paths) / (time.perf_counter() - t)
-                shutil.rmtree(out, ignore_errors=True)
+            row = {"ceiling": 0.0, "har_112": 0.0, "har_224": 0.0}  # fastest of --repeats, videos/s
+            for _ in range(args.repeats):
+                dt, _, _ = timed_tasks(decode_only, [(b, 1) for b in batches(paths, bsize)], w)
+                row["ceiling"] = max(row["ceiling"], len(paths) / dt)
+                for size in (112, 224):
+                    out = work / f"store_{size}_w{w}_t1.zarr"
+                    shutil.rmtree(out, ignore_errors=True)
+                    t = time.perf_counter()
+                    extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
+                                          out=out, workers=w, threads=1))
+                    row[f"har_{size}"] = max(row[f"har_{size}"], len(paths) / (time.perf_counter() - t))
+                    shutil.rmtree(out, ignore_errors=True)
             emit(what="one_thread_per_worker", gop=gop, workers=w, **{f"{k}_videos_per_s": v for k, v in row.items()},
                  **{f"har_{size}_vs_ceiling": row[f"har_{size}"] / row["ceiling"] for size in (112, 224)})
             for k, v in row.items():
