@@ -118,6 +118,23 @@ def batches(items, size):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def time_ceiling(paths, bsize, workers, threads):
+    """(seconds, frames per batch, peak RSS MiB) of decoding every frame of `paths`."""
+    return timed_tasks(decode_only, [(b, threads) for b in batches(paths, bsize)], workers)
+
+
+def time_har(data: Path, out: Path, size: int, workers: int, threads: int | None = None):
+    """(seconds, ExtractResult, peak RSS MiB) of `har extract` (uniform 16 frames) into a fresh `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    with PeakRSS() as mon:
+        res = extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
+                                    out=out, workers=workers, threads=threads))
+    dt = time.perf_counter() - t
+    assert res.failed == [], res.failed
+    return dt, res, mon.max_mib()
+
+
 def store_psnr(a_path: Path, b_path: Path) -> float:
     """PSNR over every frame of two stores, one video at a time (bounded memory)."""
     se, count = 0.0, 0
@@ -206,16 +223,9 @@ def run_one(args, gop: int) -> None:
         ceiling_runs: list[tuple[float, list, float]] = []
         har_runs: dict[int, list[tuple[float, object, float]]] = {112: [], 224: []}
         for _ in range(args.repeats):
-            ceiling_runs.append(timed_tasks(decode_only, [(b, threads) for b in batches(paths, bsize)], w))
+            ceiling_runs.append(time_ceiling(paths, bsize, w, threads))
             for size in (112, 224):
-                out = work / f"store_{size}_w{w}.zarr"
-                shutil.rmtree(out, ignore_errors=True)
-                t = time.perf_counter()
-                with PeakRSS() as mon:
-                    res = extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
-                                                out=out, workers=w))
-                assert res.ok == len(paths), res.failed
-                har_runs[size].append((time.perf_counter() - t, res, mon.max_mib()))
+                har_runs[size].append(time_har(data, work / f"store_{size}_w{w}.zarr", size, w))
         dt, frames, rss = min(ceiling_runs, key=lambda r: r[0])
         ceiling = emit(what="decode_ceiling", gop=gop, workers=w, videos_per_s=len(paths) / dt, seconds=dt,
                        seconds_each=[round(r[0], 3) for r in ceiling_runs],
@@ -248,15 +258,10 @@ def run_one(args, gop: int) -> None:
         for w in sorted(set(args.workers)):
             row = {"ceiling": 0.0, "har_112": 0.0, "har_224": 0.0}  # fastest of --repeats, videos/s
             for _ in range(args.repeats):
-                dt, _, _ = timed_tasks(decode_only, [(b, 1) for b in batches(paths, bsize)], w)
-                row["ceiling"] = max(row["ceiling"], len(paths) / dt)
+                row["ceiling"] = max(row["ceiling"], len(paths) / time_ceiling(paths, bsize, w, 1)[0])
                 for size in (112, 224):
                     out = work / f"store_{size}_w{w}_t1.zarr"
-                    shutil.rmtree(out, ignore_errors=True)
-                    t = time.perf_counter()
-                    extract(ExtractConfig("synthetic", Recipe(frames=16, height=size, width=size), root=data,
-                                          out=out, workers=w, threads=1))
-                    row[f"har_{size}"] = max(row[f"har_{size}"], len(paths) / (time.perf_counter() - t))
+                    row[f"har_{size}"] = max(row[f"har_{size}"], len(paths) / time_har(data, out, size, w, 1)[0])
                     shutil.rmtree(out, ignore_errors=True)
             emit(what="one_thread_per_worker", gop=gop, workers=w, **{f"{k}_videos_per_s": v for k, v in row.items()},
                  **{f"har_{size}_vs_ceiling": row[f"har_{size}"] / row["ceiling"] for size in (112, 224)})

@@ -150,6 +150,7 @@ def packet_plan(path: Path) -> PacketPlan | None:
         container.close()
         return None
     length_size = _nal_length_size(codec, stream.codec_context.extradata)
+    vpx = codec in ("vp8", "vp9")
     pts: list[int] = []
     key: list[bool] = []
     with container:
@@ -159,7 +160,6 @@ def packet_plan(path: Path) -> PacketPlan | None:
                     continue
                 if p.pts is None or p.size < SMALL_PACKET:
                     return None
-                vpx = codec in ("vp8", "vp9")
                 data = bytes(p) if vpx or p.is_keyframe else b""  # only these packets are read
                 if vpx and vpx_shown_frames(data, codec) != 1:
                     return None  # an invisible (alt-ref) frame on its own decodes to no frame
@@ -189,12 +189,22 @@ def restarts_decoding(data: bytes, codec: str, length_size: int | None = None) -
     if codec == "vp8":
         return bool(data) and data[0] & 1 == 0  # frame tag: 0 = key frame
     if codec == "vp9":
-        if len(data) < 2 or data[0] >> 6 != 2:
+        head = _vp9_header(data)
+        if head is None:
             return False
-        bits = int.from_bytes(data[:2], "big")
-        at = 4 + (((bits >> 13) & 1) | (((bits >> 12) & 1) << 1) == 3)  # show_existing_frame
+        bits, at = head
         return not (bits >> (15 - at)) & 1 and not (bits >> (15 - at - 1)) & 1  # frame_type 0 = key
     return False
+
+
+def _vp9_header(frame: bytes) -> tuple[int, int] | None:
+    """A VP9 frame's first 16 bits and the bit position of show_existing_frame in them (after
+    frame_marker and profile), or None when the frame marker is missing."""
+    if len(frame) < 2 or frame[0] >> 6 != 2:
+        return None
+    bits = int.from_bytes(frame[:2], "big")
+    profile = ((bits >> 13) & 1) | (((bits >> 12) & 1) << 1)
+    return bits, 4 + (profile == 3)
 
 
 def vpx_shown_frames(data: bytes, codec: str) -> int:
@@ -217,12 +227,11 @@ def vpx_shown_frames(data: bytes, codec: str) -> int:
                 pos += size
     shown = 0
     for f in frames:
-        if len(f) < 2 or f[0] >> 6 != 2:  # frame_marker
+        head = _vp9_header(f)
+        if head is None:
             continue
-        bits = int.from_bytes(f[:2], "big")
-        profile = ((bits >> 13) & 1) | (((bits >> 12) & 1) << 1)
-        at = 4 + (profile == 3)  # bit position of show_existing_frame
-        if (bits >> (15 - at)) & 1:
+        bits, at = head
+        if (bits >> (15 - at)) & 1:  # show_existing_frame
             shown += 1
         else:
             shown += (bits >> (15 - at - 2)) & 1  # after frame_type: show_frame
