@@ -1,12 +1,15 @@
 """Where a video's extraction time goes, and what the frame codec costs.
 
-    .venv/bin/python benchmarks/extract_phases.py DATA_ROOT [--size 224] [--real CLIP ...]
+    .venv/bin/python benchmarks/extract_phases.py DATA_ROOT [--size 224] [--threads 1] [--real CLIP ...]
 
 DATA_ROOT is a `har synth` dataset (e.g. /tmp/har-bench/gop250/data, made by extract_bench.py).
 One process, scheduler "synchronous": each phase is wrapped and timed with time.process_time
 (CPU of every thread of the process, so phases that run beside others are over-counted) and
-reported per video. Then the first 16 videos' frames are written again with the store's codec,
-with LZ4 and with no compression, to split the write into compression and Zarr's own work.
+reported per video, beside the decode ceiling's CPU per video (every frame decoded, nothing
+converted, same decoder threads): with every core busy (as many workers as cores), har's
+videos/s can be at most ceiling CPU / har CPU of the ceiling's. Then the first 16 videos' frames
+are written again with the store's codec, with other codecs and block sizes and with no
+compression, to split the write into compression and Zarr's own work.
 Prints one JSON object per measurement.
 """
 from __future__ import annotations
@@ -65,9 +68,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=1, help="decoder threads (1: as each worker when workers = cores)")
     ap.add_argument("--real", type=Path, nargs="*", default=[],
                     help="real clips (e.g. ../shared/data/videos/*.avi) whose samples each codec also compresses")
     a = ap.parse_args()
+
+    paths = sorted(p for p in a.root.rglob("*") if p.suffix in video.VIDEO_SUFFIXES)
+    t = time.process_time()
+    for p in paths:
+        video.scan(p, lambda k: False, lambda k, f: None, threads=a.threads)
+    ceiling = (time.process_time() - t) / len(paths)
 
     acc: dict[str, float] = {}
     for mod, name in PHASES:
@@ -75,10 +85,12 @@ def main() -> None:
     out = Path(tempfile.mkdtemp()) / "phases.zarr"
     t = time.process_time()
     res = E.extract(ExtractConfig("synthetic", Recipe(frames=16, height=a.size, width=a.size), root=a.root,
-                                  out=out, scheduler="synchronous"))
+                                  out=out, scheduler="synchronous", threads=a.threads))
     total = time.process_time() - t
     n = res.ok
-    print(json.dumps({"what": "phases", "size": a.size, "videos": n, "total_cpu_ms_per_video": 1000 * total / n,
+    print(json.dumps({"what": "phases", "size": a.size, "threads": a.threads, "videos": n,
+                      "ceiling_cpu_ms_per_video": 1000 * ceiling, "total_cpu_ms_per_video": 1000 * total / n,
+                      "ceiling_cpu_over_har_cpu": ceiling * n / total,
                       **{f"{k}_cpu_ms_per_video": 1000 * v / n for k, v in acc.items()}}))
 
     from zarr.codecs import BloscCodec, BloscShuffle
@@ -88,10 +100,13 @@ def main() -> None:
     shutil.rmtree(out.parent, ignore_errors=True)
     store._zarr()  # the store's Zarr settings (no fill-value scan)
     plain_zstd = {"compressors": BloscCodec(cname="zstd", clevel=1, typesize=1, shuffle=BloscShuffle.noshuffle,
-                                            blocksize=1 << 20)}
+                                            blocksize=1 << 22)}
     lz4 = {"compressors": BloscCodec(cname="lz4", clevel=1, typesize=1, shuffle=BloscShuffle.bitshuffle,
-                                     blocksize=1 << 20)}
-    candidates = [("store codec (zstd-1, bit shuffle)", store._frame_codecs(False)),
+                                     blocksize=1 << 22)}
+    zstd_1mib = {"compressors": BloscCodec(cname="zstd", clevel=1, typesize=1, shuffle=BloscShuffle.bitshuffle,
+                                           blocksize=1 << 20)}
+    candidates = [("store codec (zstd-1, bit shuffle, 4 MiB blocks)", store._frame_codecs(False)),
+                  ("zstd-1, bit shuffle, 1 MiB blocks", zstd_1mib),
                   ("zstd-1, no shuffle", plain_zstd), ("lz4-1, bit shuffle", lz4)]
     for name, codecs in candidates + [("no compression", {"compressors": None})]:
         cpu, nbytes = write_cost(frames, codecs)
