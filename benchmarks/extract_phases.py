@@ -103,13 +103,13 @@ def main() -> None:
     shutil.rmtree(out.parent, ignore_errors=True)
     store._zarr()  # the store's Zarr settings (no fill-value scan)
     plain_zstd = {"compressors": BloscCodec(cname="zstd", clevel=1, typesize=1, shuffle=BloscShuffle.noshuffle,
-                                            blocksize=1 << 22)}
+                                            blocksize=1 << 20)}
     lz4 = {"compressors": BloscCodec(cname="lz4", clevel=1, typesize=1, shuffle=BloscShuffle.bitshuffle,
-                                     blocksize=1 << 22)}
-    zstd_1mib = {"compressors": BloscCodec(cname="zstd", clevel=1, typesize=1, shuffle=BloscShuffle.bitshuffle,
-                                           blocksize=1 << 20)}
-    candidates = [("store codec (zstd-1, bit shuffle, 4 MiB blocks)", store._frame_codecs(False)),
-                  ("zstd-1, bit shuffle, 1 MiB blocks", zstd_1mib),
+                                     blocksize=1 << 20)}
+    zstd_4mib = {"compressors": BloscCodec(cname="zstd", clevel=1, typesize=1, shuffle=BloscShuffle.bitshuffle,
+                                           blocksize=1 << 22)}
+    candidates = [("store codec (zstd-1, bit shuffle, 1 MiB blocks)", store._frame_codecs(False)),
+                  ("zstd-1, bit shuffle, 4 MiB blocks", zstd_4mib),
                   ("zstd-1, no shuffle", plain_zstd), ("lz4-1, bit shuffle", lz4)]
     for name, codecs in candidates + [("no compression", {"compressors": None})]:
         cpu, nbytes = write_cost(frames, codecs)

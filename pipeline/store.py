@@ -74,11 +74,11 @@ def _frame_codecs(lossy: bool):
 
         return {"serializer": JpegCodec(), "compressors": None}
     # bit-shuffled zstd level 1: on video frames both smaller and ~4x faster than plain zstd 3
-    # (measured on 224 px frames: 1.58x at 700 MB/s vs 1.49x at 190 MB/s). 4 MiB blocks hold a
-    # whole 16-frame 224 px chunk (2.4 MB) in one block: 6 % faster and slightly smaller than
-    # 1 MiB blocks on real UCF clips (BENCHMARKS.md)
+    # (measured on 224 px frames: 1.58x at 700 MB/s vs 1.49x at 190 MB/s; 1 MiB blocks). 4 MiB
+    # blocks compress 6 % faster and 0.6 % smaller but cost each worker ~65 MiB more memory and
+    # nothing measurable end to end (BENCHMARKS.md)
     return {"compressors": BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle, typesize=1,
-                                      blocksize=1 << 22)}
+                                      blocksize=1 << 20)}
 
 
 def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs: dict,
