@@ -185,8 +185,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=1,
                     help="alternate the ceiling and har this many times and keep the fastest of each")
-    ap.add_argument("--gops", type=int, nargs="+", default=[12, 250],
-                    help="keyframe intervals to encode the dataset with (seeking costs more with long ones)")
+    ap.add_argument("--gops", type=int, nargs="*", default=[12, 250],
+                    help="keyframe intervals to encode the dataset with (seeking costs more with long ones); none: only the long video")
     args = ap.parse_args()
     for gop in args.gops:
         run_one(args, gop)
