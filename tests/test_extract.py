@@ -164,6 +164,36 @@ def test_zarr_and_hdf5_hold_the_same_arrays(synthetic_root, tmp_path):
     assert run(synthetic_root, tmp_path / "s.h5", format="hdf5").up_to_date
 
 
+def test_hdf5_copy_deflates_chunks_that_plain_hdf5_reads(tmp_path):
+    # the frames are deflated on all cores and written as compressed chunks: the file must be an
+    # ordinary gzip-filtered dataset, edge chunks included, equal to the source array, and the
+    # same bytes every time
+    import h5py
+
+    from pipeline.store import HDF5_GZIP_LEVEL, _zarr, zarr_to_hdf5
+
+    rng = np.random.default_rng(0)
+    data = (np.arange(70)[:, None] + rng.integers(0, 3, (5, 3, 70, 40))).astype(np.uint8)  # edges in 3 dims
+    root = _zarr().create_group(str(tmp_path / "src.zarr"), zarr_format=3)
+    arr = root.create_array("frames", shape=data.shape, dtype="uint8", chunks=(1, 2, 40, 40),
+                            shards=(2, 4, 80, 40), fill_value=0)
+    arr[...] = data
+    for name in ("status", "fps", "label", "split/groups", "split/random"):
+        root.create_array(name, shape=(5,), dtype="int8", chunks=(5,))[...] = np.arange(5)
+    root.create_array("video", shape=(5,), dtype=str, chunks=(5,))[...] = np.array(list("abcde"))
+    root.attrs["kind"] = "frames"
+    zarr_to_hdf5(tmp_path / "src.zarr", tmp_path / "out.h5")
+    zarr_to_hdf5(tmp_path / "src.zarr", tmp_path / "again.h5")
+    assert (tmp_path / "out.h5").read_bytes() == (tmp_path / "again.h5").read_bytes()  # reproducible files
+    with h5py.File(tmp_path / "out.h5", "r") as h5:
+        ds = h5["frames"]
+        assert (ds.compression, ds.compression_opts, ds.chunks) == ("gzip", HDF5_GZIP_LEVEL, (1, 2, 40, 40))
+        np.testing.assert_array_equal(ds[...], data)
+        np.testing.assert_array_equal(h5["split/random"][...], np.arange(5))
+        assert list(h5["video"].asstr()[...]) == list("abcde")
+        assert ds.id.get_storage_size() < data.nbytes  # really compressed
+
+
 def test_lossy_store_is_smaller_and_close(synthetic_root, tmp_path):
     lossless = run(synthetic_root, tmp_path / "a.zarr", Recipe(frames=8, height=112, width=112))
     lossy = run(synthetic_root, tmp_path / "b.zarr", Recipe(frames=8, height=112, width=112, lossy=True))
