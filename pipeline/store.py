@@ -252,13 +252,15 @@ def _deflate_into(ds, arr, step: int) -> None:
             part = full
         return zlib.compress(np.ascontiguousarray(part).data, HDF5_GZIP_LEVEL)
 
-    rows = range(0, arr.shape[0], step)
+    def rows(i: int) -> np.ndarray:
+        return np.asarray(arr[i:i + step])
+
     with ThreadPoolExecutor(cpu_count()) as pool, ThreadPoolExecutor(1) as reader:
-        ahead = reader.submit(lambda i: np.asarray(arr[i:i + step]), 0)
-        for i in rows:
+        ahead = reader.submit(rows, 0)
+        for i in range(0, arr.shape[0], step):
             block = ahead.result()
             if i + step < arr.shape[0]:
-                ahead = reader.submit(lambda j: np.asarray(arr[j:j + step]), i + step)  # read while deflating
+                ahead = reader.submit(rows, i + step)  # the next rows are read while these deflate
             starts = [tuple(k * c for k, c in zip(idx, chunk))
                       for idx in np.ndindex(*(-(-n // c) for n, c in zip(block.shape, chunk)))]
             for at, data in zip(starts, pool.map(partial(deflate, block), starts)):
