@@ -7,6 +7,7 @@ subclasses) become one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -23,11 +24,20 @@ err = Console(stderr=True)
 
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
+EXIT_NO_SPACE = 4  # the disk (or quota) filled up: what was finished is kept, the same command finishes
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> None:
     err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _fail_writing(e: OSError, where: object, kept: str) -> None:
+    """A stage's run stopped by an OSError: a full disk is said as such (exit 4), the rest as usage."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        _fail(f"no space left on the device of {where}; the finished {kept} are kept: free some space "
+              "and run the same command again to finish", EXIT_NO_SPACE)
+    _fail(str(e))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -126,7 +136,7 @@ def extract(
         har extract ucf101 --root ~/data/UCF101 --sampling multiclip --clips 5 --scheduler tcp://head:8786
     """
     _setup_logging(verbose)
-    from pipeline import datasets, store
+    from pipeline import datasets, lineage, store
     from pipeline import extract as E
 
     if dataset not in datasets.ADAPTERS:
@@ -170,8 +180,10 @@ def extract(
 
         try:
             res = E.extract(cfg, progress=on_progress)
-        except (ValueError, OSError) as e:  # DatasetError, StoreError, missing files
+        except ValueError as e:  # DatasetError, StoreError
             _fail(str(e))
+        except OSError as e:  # missing files, a full disk
+            _fail_writing(e, cfg.out or lineage.har_home(), "videos")
         except KeyboardInterrupt:
             _fail("interrupted; the finished videos are kept, run the same command again to finish", 130)
     for note in res.notes:
@@ -245,8 +257,10 @@ def features(
 
         try:
             res = F.features(cfg, progress=on_progress)
-        except (ValueError, OSError, backbones.WeightsError) as e:
+        except (ValueError, backbones.WeightsError) as e:
             _fail(str(e))
+        except OSError as e:
+            _fail_writing(e, out_path or store_path or "the feature store (beside the frame store)", "shards")
         except KeyboardInterrupt:
             _fail("interrupted; the finished shards are kept, run the same command again to finish", 130)
     w = res.weights

@@ -57,6 +57,38 @@ def test_second_writer_refused_from_cli(synthetic_root, tmp_path):
     assert res.returncode == 2 and "is being written by pid" in res.stderr and not out.exists()
 
 
+FULL_DISK = """
+import errno, sys
+import cli
+from pipeline import store
+real, calls = store.write_batch, []
+def write_batch(*a, **k):  # the second batch meets a full disk
+    calls.append(1)
+    if len(calls) == 2:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(*a, **k)
+store.write_batch = write_batch
+sys.argv[0] = "har"
+cli.app()
+"""
+
+
+def test_full_disk_is_one_line_exit_4_and_the_same_command_finishes(synthetic_root, tmp_path):
+    from test_extract import arrays, assert_same_arrays
+
+    args = ["extract", "synthetic", "--root", synthetic_root, "--frames", "4", "--size", "32", "--scheduler", "synchronous"]
+    out = tmp_path / "s.zarr"
+    res = subprocess.run([sys.executable, "-c", FULL_DISK, *map(str, args), "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 4, res.stderr
+    assert f"no space left on the device of {out}" in res.stderr and "run the same command again" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # nothing half-written where the store belongs
+    assert har(*args, "--out", out).returncode == 0
+    assert har(*args, "--out", tmp_path / "clean.zarr").returncode == 0
+    assert_same_arrays(arrays(out), arrays(tmp_path / "clean.zarr"))
+
+
 def test_extract_status_and_stale_detection(synthetic_root, tmp_path, har_home):
     root = tmp_path / "data"
     shutil.copytree(synthetic_root, root)
