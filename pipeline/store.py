@@ -203,10 +203,19 @@ HDF5_GZIP_LEVEL = 1
 def zarr_to_hdf5(src: Path, dst: Path, data_name: str = "frames") -> None:
     """Copy a finished Zarr store to an HDF5 file with the same names (written to a temporary
     name, renamed into place: a kill leaves either the old file or the new one)."""
-    import h5py
-
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     root = _zarr().open_group(str(src), mode="r", zarr_format=3)
+    try:
+        _copy_to_hdf5(root, tmp, data_name)
+    except BaseException:  # a full disk, Ctrl-C: no half-written copy left to fill the disk
+        remove(tmp)
+        raise
+    os.replace(tmp, dst)
+
+
+def _copy_to_hdf5(root, tmp: Path, data_name: str) -> None:
+    import h5py
+
     with h5py.File(tmp, "w") as h5:
         for k, v in root.attrs.items():
             h5.attrs[k] = json.dumps(v)
@@ -229,7 +238,6 @@ def zarr_to_hdf5(src: Path, dst: Path, data_name: str = "frames") -> None:
         for gname, grp in sorted(root.groups(), key=lambda kv: kv[0]):
             for name, arr in sorted(grp.arrays(), key=lambda kv: kv[0]):
                 copy(f"{gname}/{name}", arr)
-    os.replace(tmp, dst)
 
 
 def _deflate_into(ds, arr, step: int) -> None:
@@ -319,7 +327,10 @@ def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "fr
 
 
 def recover(target: Path) -> None:
-    """Finish a swap that a kill interrupted; drop old versions left behind."""
+    """Finish a swap that a kill interrupted; drop old versions and half-written HDF5 copies left
+    behind (call it holding the store's WriterLock: no other writer can be using them)."""
+    for partial in target.parent.glob(target.name + ".tmp-*"):
+        remove(partial)
     work = work_path(target)
     if not target.exists() and work.exists() and format_of(target) == "zarr":
         try:

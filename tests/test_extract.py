@@ -194,6 +194,29 @@ def test_hdf5_copy_deflates_chunks_that_plain_hdf5_reads(tmp_path):
         assert ds.id.get_storage_size() < data.nbytes  # really compressed
 
 
+def test_hdf5_copy_leaves_no_half_written_file(synthetic_root, tmp_path, monkeypatch):
+    # a full disk or Ctrl-C during the copy removes the partial file (it would keep the disk full);
+    # one a kill -9 left behind is removed by the next run, which then finishes the store
+    import errno
+
+    out = tmp_path / "s.h5"
+    real = store._deflate_into
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_deflate_into", full_disk)
+    with pytest.raises(OSError):
+        run(synthetic_root, out, format="hdf5")
+    assert not out.exists() and not list(tmp_path.glob("s.h5.tmp-*"))
+    (tmp_path / "s.h5.tmp-999999").write_bytes(b"half a copy")  # as a kill -9 would leave it
+    monkeypatch.setattr(store, "_deflate_into", real)
+    res = run(synthetic_root, out, format="hdf5")
+    assert res.decoded == 0 and out.is_file()  # the videos were done: only the copy was redone
+    assert not list(tmp_path.glob("s.h5.tmp-*"))
+    assert_same_arrays(arrays(out), arrays(run(synthetic_root, tmp_path / "s.zarr").store))
+
+
 def test_lossy_store_is_smaller_and_close(synthetic_root, tmp_path):
     lossless = run(synthetic_root, tmp_path / "a.zarr", Recipe(frames=8, height=112, width=112))
     lossy = run(synthetic_root, tmp_path / "b.zarr", Recipe(frames=8, height=112, width=112, lossy=True))
