@@ -1,12 +1,14 @@
 """What `--format hdf5` costs on top of the Zarr store: the copy into one gzip-filtered HDF5 file.
 
-    .venv/bin/python benchmarks/hdf5_copy.py STORE.zarr [--repeats 2]
+    .venv/bin/python benchmarks/hdf5_copy.py STORE.zarr [--repeats 2] [--real CLIP ...]
 
 STORE.zarr is a finished frame store (e.g. /tmp/har-bench/gop250/store_224_w2.zarr, left by
 extract_bench.py). In one run, alternating, the same store is copied
 - the old way: every chunk through HDF5's own gzip filter (one core), level 4 and level 1;
 - har's way (`store.zarr_to_hdf5`): chunks deflated on every core, written pre-compressed.
-Prints one JSON object per copy (seconds, bytes) and the ratios.
+Prints one JSON object per copy (seconds, bytes) and the ratios. With --real, the 224 px samples
+of real clips (e.g. ../shared/data/videos/*.avi) are deflated at levels 1 and 4, for their sizes:
+the synthetic frames are smoother than real ones.
 """
 from __future__ import annotations
 
@@ -41,7 +43,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", type=Path)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--real", type=Path, nargs="*", default=[])
     a = ap.parse_args()
+    if a.real:
+        import zlib
+
+        from pipeline.extract import Recipe, extract_video
+
+        recipe = Recipe(frames=16, height=224, width=224)
+        samples = [extract_video(p, p.name, recipe).frames.tobytes() for p in a.real]
+        raw = sum(len(x) for x in samples)
+        for level in (1, 4):
+            print(json.dumps({"what": "real_clips_size", "clips": len(samples), "gzip_level": level,
+                              "bytes_over_raw": sum(len(zlib.compress(x, level)) for x in samples) / raw}))
     out = a.store.parent / "hdf5_copy.h5"
     ways = {"hdf5 gzip filter, level 4": lambda: filter_copy(a.store, out, 4),
             "hdf5 gzip filter, level 1": lambda: filter_copy(a.store, out, 1),

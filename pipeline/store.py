@@ -75,7 +75,7 @@ def _frame_codecs(lossy: bool):
         return {"serializer": JpegCodec(), "compressors": None}
     # bit-shuffled zstd level 1: on video frames both smaller and ~4x faster than plain zstd 3
     # (measured on 224 px frames: 1.58x at 700 MB/s vs 1.49x at 190 MB/s; 1 MiB blocks). 4 MiB
-    # blocks compress 6 % faster and 0.6 % smaller but cost each worker ~65 MiB more memory and
+    # blocks compress 5 % faster and 0.6 % smaller but cost each worker ~65 MiB more memory and
     # nothing measurable end to end (BENCHMARKS.md)
     return {"compressors": BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle, typesize=1,
                                       blocksize=1 << 20)}
@@ -196,7 +196,7 @@ class StoreReader:
 
 
 # Deflate level of the frames in HDF5 files. gzip is the one filter every HDF5 reader has; level 1
-# is 35 % faster than 4 and 1 % larger on real clips' 224 px samples (BENCHMARKS.md)
+# copies 1.47x faster than 4 and is 1 % larger on real clips' 224 px samples (benchmarks/hdf5_copy.py)
 HDF5_GZIP_LEVEL = 1
 
 
