@@ -29,6 +29,10 @@ class DatasetError(ValueError):
     """A dataset root that is missing or not laid out as expected; the message says how to fix it."""
 
 
+class OutsideRoot(DatasetError):
+    """A well-formed name whose file or folder is a link resolving outside the dataset root."""
+
+
 @dataclass(frozen=True)
 class Video:
     path: str   # relative to the dataset root, '/' separated
@@ -126,24 +130,90 @@ def _missing_root(name: str, root: Path, why: str) -> DatasetError:
     return DatasetError(f"{name}: {why} at {root}.{src} Expected layout: {entry.get('layout', '?')}")
 
 
-def _scan_class_folders(name: str, root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes are the folders holding at least one video, sorted byte-wise (JumpRope < JumpingJack)."""
+ALLOWED_NAME = "allowed: a relative path inside the dataset root, without '..'"
+_SEPARATORS = re.compile(r"[/\\]")  # backslash too: a\..\b climbs on Windows
+_DRIVE = re.compile(r"[A-Za-z]:")    # C:x, C:\x
+
+
+def safe_rel(root: Path, name: str, where: str, folder: str = "", links: bool = True) -> str:
+    """`name` (from a list file or a folder scan; relative to `folder`, an already checked path under
+    `root`) as a normalised '/'-separated path relative to `root`. `where` ('file:line') starts the message.
+
+    Bad text raises DatasetError. A well-formed name that resolves outside the root (a link) raises
+    OutsideRoot, which adapters turn into a note, so one stray link never stops a dataset. A dangling link
+    (or a loop) is kept when the link itself is under the root: extraction records it as failed.
+    links=False checks the text only, for names merely looked up among names already checked."""
+    def bad(why: str) -> DatasetError:
+        return DatasetError(f"{where}: {name!r} {why}; {ALLOWED_NAME}")
+
+    if not name:
+        raise bad("is empty")
+    if "\x00" in name:
+        raise bad("contains a NUL byte")
+    # Windows forms too (\x, \\server\share, C:x, C:\x): list files are often written there
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise bad("is an absolute path")
+    if ".." in _SEPARATORS.split(name):
+        raise bad("has a '..' component")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts:
+        raise bad("names no file or folder")
+    rel = "/".join(([folder] if folder else []) + parts)
+    if not links:
+        return rel
+    # The text alone stays under the root; only a link on the way can lead out. So lstat each component
+    # (cheap: scans call this once per video) and resolve only when there is a link.
+    cur = str(root)
+    for part in rel.split("/"):
+        cur = os.path.join(cur, part)
+        if os.path.islink(cur):
+            break
+    else:
+        return rel
+    base, path = os.path.realpath(root), os.path.join(root, rel)
+    target = os.path.realpath(path)  # not strict: a dangling link or a loop resolves as far as it goes
+    if _under(target, base):
+        return rel
+    if os.path.islink(path) and not os.path.exists(path) and _under(os.path.realpath(os.path.dirname(path)), base):
+        return rel  # dangling: nothing outside is read now; extraction reports the video as failed
+    raise OutsideRoot(f"{where}: {name!r} resolves to {target}, outside the dataset root {base}")
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _scan_class_folders(name: str, root: Path) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """Classes are the folders holding at least one video, sorted byte-wise (JumpRope < JumpingJack).
+    Folders and videos that are links resolving outside the root are skipped, each with a note."""
     if not root.is_dir():
         raise _missing_root(name, root, "no dataset folder")
+    where = f"{name} scan"
     per_class: dict[str, list[str]] = {}
-    for d in root.iterdir():
+    notes: list[str] = []
+    for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:  # os.walk(d) follows d itself when it is a link, so check the folder before walking it
+            safe_rel(root, d.name, where)
+        except DatasetError as e:
+            notes.append(f"{e}; not indexed")
             continue
         for dirpath, _, files in os.walk(d):
             for f in files:
                 if f.lower().endswith(VIDEO_SUFFIXES) and not f.startswith("."):
                     rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
+                    try:
+                        rel = safe_rel(root, rel, where)
+                    except DatasetError as e:
+                        notes.append(f"{e}; not indexed")
+                        continue
                     per_class.setdefault(d.name, []).append(rel)
     if not per_class:
         raise _missing_root(name, root, "no videos found in class folders")
     classes = sorted(per_class)
     items = sorted((rel, ci) for ci, c in enumerate(classes) for rel in per_class[c])
-    return classes, items
+    return classes, items, notes
 
 
 def _check_counts(name: str, n_videos: int, n_classes: int) -> tuple[str, ...]:
@@ -157,12 +227,12 @@ def _check_counts(name: str, n_videos: int, n_classes: int) -> tuple[str, ...]:
 
 
 def _grouped(name: str, root: Path, key: str, default_split: str = "groups") -> DatasetIndex:
-    classes, items = _scan_class_folders(name, root)
+    classes, items, skipped = _scan_class_folders(name, root)
     videos = tuple(Video(rel, ci, group_of(rel.rsplit("/", 1)[-1])) for rel, ci in items)
     labels = np.array([v.label for v in videos])
     groups = np.array([v.group for v in videos])
     splits = {"random": stratified_split(labels, key)}
-    notes = list(_check_counts(name, len(videos), len(classes)))
+    notes = list(_check_counts(name, len(videos), len(classes))) + skipped
     if (groups >= 0).any():
         splits["groups"] = group_split(groups, key)
         splits.update(logo_splits(groups))
@@ -189,9 +259,21 @@ def load_folder(root: Path) -> DatasetIndex:
     return _grouped("folder", root, "folder")
 
 
-def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8", newline=None) as f:  # universal newlines: CRLF is fine
-        return [ln.strip() for ln in f if ln.strip()]
+def _list_lines(path: Path) -> list[tuple[str, str]]:
+    """(where, line) for each non-blank line of a list file; `where` is 'path:lineno' for messages.
+    Lines end at \\n, \\r\\n or \\r (universal newlines: CRLF is fine); a UTF-8 byte order mark is dropped."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read this list file ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")  # -sig: Notepad writes a BOM; it would stick to the first name
+    except UnicodeDecodeError as e:
+        line = data[:e.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 text; allowed: a UTF-8 (or ASCII) list file") from None
+    # universal newlines by hand: str.splitlines would also split at \f, \x1c, \u2028 ...
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [(f"{path}:{i}", ln.strip()) for i, ln in enumerate(lines, 1) if ln.strip()]
 
 
 def _find(root: Path, *names: str) -> Path | None:
@@ -201,25 +283,42 @@ def _find(root: Path, *names: str) -> Path | None:
     return None
 
 
+UCF_CLASS_LINE = "allowed: '<number> <class folder>' numbered 1, 2, 3, ... in order"
+HMDB_LINE = "allowed: '<video file name> <flag>' with flag 0 (unused), 1 (train) or 2 (test)"
+
+
 def load_ucf101(root: Path) -> DatasetIndex:
     lists = _find(root, "ucfTrainTestlist", "splits")
     if lists is None:
         raise _missing_root("ucf101", root, "no ucfTrainTestlist/ folder with the official split files")
-    classes = []
-    for ln in _read_lines(lists / "classInd.txt"):
-        num, cname = ln.split()
-        if int(num) != len(classes) + 1:
-            raise DatasetError(f"ucf101: classInd.txt is not numbered 1..101 in order at line {ln!r}")
+    classes: list[str] = []
+    skipped: list[str] = []  # notes: class folders and videos that are links leading outside the root
+    outside = set()
+    for where, ln in _list_lines(lists / "classInd.txt"):
+        parts = ln.split()
+        if len(parts) != 2:
+            raise DatasetError(f"{where}: {ln!r} is not a class number and a class name; {UCF_CLASS_LINE}")
+        num, cname = parts
+        if not (num.isascii() and num.isdigit()) or int(num) != len(classes) + 1:
+            raise DatasetError(f"{where}: class number {num!r} where {len(classes) + 1} belongs; {UCF_CLASS_LINE}")
+        try:
+            cname = safe_rel(root, cname, where)
+        except OutsideRoot as e:  # the class keeps its number (labels are classInd order) but gets no videos
+            skipped.append(f"{e}; not indexed")
+            outside.add(cname)
         classes.append(cname)
     lower = {c.lower(): i for i, c in enumerate(classes)}  # HandstandPushups vs v_HandStandPushups_
     found: dict[str, int] = {}
     if root.is_dir():
         for c in classes:
             d = root / c
-            if d.is_dir():
+            if c not in outside and d.is_dir():
                 for f in sorted(os.listdir(d)):
                     if f.lower().endswith(VIDEO_SUFFIXES):
-                        found[f"{c}/{f}"] = lower[c.lower()]
+                        try:
+                            found[safe_rel(root, f"{c}/{f}", "ucf101 scan")] = lower[c.lower()]
+                        except DatasetError as e:
+                            skipped.append(f"{e}; not indexed")
     if not found:
         raise _missing_root("ucf101", root, "no videos in the class folders")
     rels = sorted(found)
@@ -233,8 +332,9 @@ def load_ucf101(root: Path) -> DatasetIndex:
             continue
         s = np.full(len(rels), UNUSED, dtype=np.int8)
         for value, f in ((TRAIN, tr), (TEST, te)):
-            for ln in _read_lines(f):
-                i = pos.get(ln.split()[0].lower())
+            for where, ln in _list_lines(f):
+                # text only: the name is looked up among the scanned videos, whose links are checked
+                i = pos.get(safe_rel(root, ln.split()[0], where, links=False).lower())
                 if i is None:
                     missing += 1
                 else:
@@ -242,7 +342,7 @@ def load_ucf101(root: Path) -> DatasetIndex:
         splits[f"official{k}"] = s
     groups = np.array([v.group for v in videos])
     splits["groups"] = group_split(groups, "ucf101")
-    notes = list(_check_counts("ucf101", len(videos), len(classes)))
+    notes = list(_check_counts("ucf101", len(videos), len(classes))) + skipped
     if missing:
         notes.append(f"ucf101: {missing} entries of the split files have no video under the root")
     return DatasetIndex("ucf101", root, tuple(classes), videos, splits, "official1", tuple(notes))
@@ -255,15 +355,38 @@ def load_hmdb51(root: Path) -> DatasetIndex:
     pat = re.compile(r"^(.+)_test_split([123])\.txt$")
     per_split: dict[int, dict[str, tuple[str, int]]] = {1: {}, 2: {}, 3: {}}
     classes = set()
+    checked: dict[str, str | None] = {}  # class or video -> its safe path, None when a link leads outside
+    skipped: list[str] = []
     for f in sorted(lists.iterdir()):
         m = pat.match(f.name)
         if not m:
             continue
         cname, k = m.group(1), int(m.group(2))
+        if cname not in checked:  # the class is the file name's prefix: a folder under the root
+            try:
+                checked[cname] = safe_rel(root, cname, f"{f} (class name)")
+            except OutsideRoot as e:
+                skipped.append(f"{e}; not indexed")
+                checked[cname] = None
         classes.add(cname)
-        for ln in _read_lines(f):
-            video, flag = ln.rsplit(maxsplit=1)
-            per_split[k][f"{cname}/{video}"] = (cname, int(flag))
+        if checked[cname] is None:
+            continue
+        for where, ln in _list_lines(f):
+            parts = ln.rsplit(maxsplit=1)  # names may hold spaces; the flag is the last field
+            if len(parts) != 2:
+                raise DatasetError(f"{where}: {ln!r} has no split flag; {HMDB_LINE}")
+            video, flag = parts
+            if flag not in ("0", "1", "2"):
+                raise DatasetError(f"{where}: split flag {flag!r} after {video!r}; {HMDB_LINE}")
+            key = f"{cname}/{video}"
+            if key not in checked:  # each video is on all three split files: resolve it once
+                try:
+                    checked[key] = safe_rel(root, video, where, folder=cname)
+                except OutsideRoot as e:
+                    skipped.append(f"{e}; not indexed")
+                    checked[key] = None
+            if checked[key] is not None:
+                per_split[k][checked[key]] = (cname, int(flag))
     classes_t = tuple(sorted(classes))
     if not classes_t:
         raise _missing_root("hmdb51", root, "no <class>_test_splitN.txt files")
@@ -283,7 +406,7 @@ def load_hmdb51(root: Path) -> DatasetIndex:
             if r in pos:
                 s[pos[r]] = flag_to[flag]
         splits[f"official{k}"] = s
-    notes = _check_counts("hmdb51", len(videos), len(classes_t))
+    notes = _check_counts("hmdb51", len(videos), len(classes_t)) + tuple(skipped)
     return DatasetIndex("hmdb51", root, classes_t, videos, splits, "official1", notes)
 
 
