@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import augment, datasets, lineage, sampling, store, video
+from pipeline import augment, datasets, lineage, outputs, resources, sampling, store, video
 from pipeline.cluster import cpu_count, run_tasks
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ class Recipe:
 
     def fingerprint(self) -> str:
         return lineage.fingerprint(asdict(self))
+
+    @property
+    def bytes_per_video(self) -> int:
+        """Bytes of one video's S samples of T frames (uint8 RGB)."""
+        return self.samples * self.frames * self.height * self.width * 3
 
 
 def recipe_names() -> tuple[str, ...]:
@@ -98,6 +103,7 @@ class ExtractConfig:
                                     # FFmpeg's own choice on an existing cluster or in-process
     scheduler: str | None = None    # None local cluster, "synchronous", or tcp://host:port
     force: bool = False             # overwrite an --out store made with another recipe
+    verify: bool = False            # hash every source again instead of trusting size, times and inode
 
 
 @dataclass
@@ -229,6 +235,7 @@ class BatchTask:
     old: str | None            # previous finished store (Zarr or HDF5), for reuse
     recipe: Recipe
     threads: int = 0           # decoder threads per video (0: FFmpeg decides)
+    problems: tuple[str, ...] = ()  # per video: why its source cannot be read ("" = fine), never opened
 
 
 def run_batch(task: BatchTask) -> list[dict]:
@@ -258,12 +265,14 @@ def run_batch(task: BatchTask) -> list[dict]:
             frames[i] = old["frames"][j]
             continue
         try:
+            if task.problems and task.problems[i]:
+                raise video.VideoError(task.problems[i], permanent=True)
             v = extract_video(Path(task.root) / rel, rel, r, task.threads)
             frames[i], frame_idx[i], num_frames[i], fps[i], view_params[i], decoded[i] = (
                 v.frames, v.frame_idx, v.num_frames, v.fps, v.view_params, v.decoded)
             status[i] = store.OK
         except video.VideoError as e:
-            error[i] = str(e)
+            error[i] = video.failure_text(e)
         except Exception as e:  # recorded with its type, never dropped
             logger.exception("%s: unexpected failure", rel)
             error[i] = f"{type(e).__name__}: {e}"
@@ -303,16 +312,35 @@ def build_lineage(index: datasets.DatasetIndex, recipe: Recipe, sources: list[li
     }
 
 
+def _retryable(reader: store.StoreReader) -> bool:
+    """Does the store hold a failure that a rerun should try again (not a permanent one)?"""
+    status = reader.read("status")
+    failed = np.flatnonzero(status == store.FAILED)
+    if not len(failed):
+        return False
+    errors = reader.read("error")
+    return any(not video.is_permanent(errors[i]) for i in failed)
+
+
 def _open_old(target: Path, force: bool) -> store.StoreReader | None:
-    """The finished store at `target`, None if there is none (or it is unreadable and --force)."""
+    """The finished store at `target`, None if there is none (or it is damaged and --force)."""
     if not target.exists():
         return None
     try:
-        return store.StoreReader(target)
-    except (store.StoreError, OSError) as e:
+        r = store.StoreReader(target)
+        try:
+            r.names()
+            r.read("status")  # the arrays' metadata and the status parse
+            lin = r.attrs["lineage"]
+            lin["fingerprint"], lin["inputs"]["sources"]
+        except BaseException:
+            r.close()
+            raise
+        return r
+    except Exception as e:  # any damage: zarr and h5py raise many kinds
         if force:
-            return None  # replaced by the swap at the end
-        raise store.StoreError(f"{target} exists but is not a readable har store ({e}); "
+            return None  # replaced by the swap at the end (check_output said it is a har frame store)
+        raise store.StoreError(f"{target} exists but is not a readable har store ({type(e).__name__}: {e}); "
                                "move it away or pass --force to replace it") from None
 
 
@@ -327,7 +355,15 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
     target = Path(cfg.out) if cfg.out else default_store_path(index.name, recipe, cfg.format)
     if cfg.out and store.format_of(target) != cfg.format and target.suffix:
         cfg = replace(cfg, format=store.format_of(target))
+    outputs.check_output(target, "frames", roots=[index.root])
     target = target.absolute()
+    workers = cfg.workers or cpu_count()
+    # a worker holds a video's samples about three times (the decoded samples, its batch, the write)
+    per_worker = 3 * recipe.bytes_per_video
+    resources.require_memory(per_worker * (workers if cfg.scheduler is None else 1),
+                             f"one video's {recipe.samples} samples of {recipe.frames} frames at "
+                             f"{recipe.height}x{recipe.width} (x3 per worker, {workers} workers)",
+                             "lower --frames, --clips, --views or --size, or use fewer --workers")
     target.parent.mkdir(parents=True, exist_ok=True)
     with store.WriterLock(target):
         store.recover(target)
@@ -343,14 +379,14 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             if not same:
                 old.close()
                 old = None
-        known = {s["path"]: s for s in old.attrs["lineage"]["inputs"]["sources"]} if old else {}
+        known = {s["path"]: s for s in old.attrs["lineage"]["inputs"]["sources"]} if old and not cfg.verify else {}
         rels = [v.path for v in index.videos]
         sources = lineage.source_fingerprints(index.root, rels, known)
         lin = build_lineage(index, recipe, sources)
         result = ExtractResult(store=target, notes=index.notes)
         result.source_bytes = sum(s.size for s in sources)
         if (old is not None and old.attrs["lineage"]["fingerprint"] == lin["fingerprint"]
-                and store.has_results(old)):
+                and store.has_results(old) and not _retryable(old)):
             _summarise(result, old)
             old.close()
             result.up_to_date = True
@@ -365,10 +401,13 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             if store.has_results(old):  # a store from an older har may lack arrays: decode all
                 old_hash = {s["path"]: (i, s["sha256"]) for i, s in enumerate(old.attrs["lineage"]["inputs"]["sources"])}
                 old_status = old.read("status")
+                old_errors = old.read("error")
                 for i, s in enumerate(sources):
                     j, h = old_hash.get(s.path, (-1, None))
-                    if j >= 0 and h == s.sha256 and old_status[j] != store.PENDING:
-                        reuse[i] = j
+                    if j >= 0 and h == s.sha256 and s.sha256 and (
+                            old_status[j] == store.OK
+                            or (old_status[j] == store.FAILED and video.is_permanent(old_errors[j]))):
+                        reuse[i] = j  # a failure is retried unless the unchanged file itself is the reason
             old.close()
 
         work = store.work_path(target)
@@ -391,10 +430,10 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             store.create_zarr(work, layout, static, attrs, lossy=recipe.lossy)
 
         status = store.StoreReader(work).read("status")
-        workers = cfg.workers or cpu_count()
         threads = cfg.threads or (max(1, cpu_count() // workers) if cfg.scheduler is None else 0)
+        problems = tuple(s.problem for s in sources)
         tasks = [BatchTask(a, str(work), str(index.root), tuple(rels[a:b]), tuple(int(x) for x in reuse[a:b]),
-                           str(target) if (reuse[a:b] >= 0).any() else None, recipe, threads)
+                           str(target) if (reuse[a:b] >= 0).any() else None, recipe, threads, problems[a:b])
                  for a, b in layout.batches() if (status[a:b] == store.PENDING).any()]
         done = int((status != store.PENDING).sum())
         total = len(rels)

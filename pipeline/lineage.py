@@ -33,24 +33,63 @@ class Source:
     path: str      # relative to the dataset root
     size: int
     mtime_ns: int
-    sha256: str
+    sha256: str    # "" when the file cannot be read (see `problem`)
+    ctime_ns: int = 0
+    inode: int = 0
+    problem: str = ""  # why it cannot be read: a FIFO, a dangling symlink, ... (recorded as failed)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256}
+        d = {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "ctime_ns": self.ctime_ns,
+             "inode": self.inode, "sha256": self.sha256}
+        return {**d, "problem": self.problem} if self.problem else d
+
+
+def special_file(st: os.stat_result) -> str:
+    """"" for a regular file, else what it is: opening a FIFO or a device for reading can block forever."""
+    import stat
+
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(st.st_mode):
+            return f"not a regular file: {what}"
+    return "" if stat.S_ISREG(st.st_mode) else "not a regular file"
 
 
 def source_fingerprints(root: Path, rel_paths: list[str], known: dict[str, dict] | None = None,
                         threads: int = 4) -> list[Source]:
-    """Size, mtime and content hash per file; a file whose size and mtime match `known` keeps
-    its recorded hash unread, so an unchanged dataset is checked in seconds."""
+    """Size, times, inode and content hash per file.
+
+    Change detection, said plainly: a file whose size, mtime, ctime and inode all match `known`
+    keeps its recorded hash unread (make and DVC compare less: size and mtime), so an unchanged
+    dataset is checked in seconds. Rewriting a file and restoring its mtime still changes its
+    ctime, which no user call can set back, so the file is hashed again. Pass known=None (the
+    CLI's --verify) to hash every file. Special files (FIFO, socket, device) are never opened,
+    and a dangling symlink or an unreadable file is recorded with its `problem`, never fatal."""
     known = known or {}
 
     def one(rel: str) -> Source:
-        st = os.stat(root / rel)
+        path = root / rel
+        try:
+            st = os.stat(path)  # follows symlinks: a link is judged by what it points to
+        except FileNotFoundError:
+            what = "a dangling symlink" if os.path.islink(path) else "gone (removed while indexing)"
+            return Source(rel, 0, 0, "", problem=f"missing: {what}")
+        except OSError as e:
+            return Source(rel, 0, 0, "", problem=f"cannot stat: {e.strerror}")
+        special = special_file(st)
+        if special:
+            return Source(rel, 0, 0, "", st.st_ctime_ns, st.st_ino, problem=special)
         old = known.get(rel)
-        if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
-            return Source(rel, st.st_size, st.st_mtime_ns, old["sha256"])
-        return Source(rel, st.st_size, st.st_mtime_ns, file_sha256(root / rel))
+        if (old and old.get("sha256") and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns
+                and old.get("ctime_ns") == st.st_ctime_ns and old.get("inode") == st.st_ino):
+            return Source(rel, st.st_size, st.st_mtime_ns, old["sha256"], st.st_ctime_ns, st.st_ino)
+        try:
+            digest = file_sha256(path)
+        except OSError as e:
+            return Source(rel, st.st_size, st.st_mtime_ns, "", st.st_ctime_ns, st.st_ino,
+                          problem=f"cannot read: {e.strerror}")
+        return Source(rel, st.st_size, st.st_mtime_ns, digest, st.st_ctime_ns, st.st_ino)
 
     with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL on large buffers
         return list(pool.map(one, rel_paths))

@@ -4,6 +4,13 @@ Writers only ever write whole chunks (or whole shards) that no other task touche
 workers write in parallel with no lock, and a write killed half-way leaves the old bytes
 (LocalStore renames a finished temporary file into place). `status` is written after the data
 of its videos, so a video whose status is 1 is complete.
+
+Integrity: a Zarr chunk that is missing reads as the fill value (zeros), which would be silently
+wrong. So every store carries `checksum` [N, S] (crc32 of each sample's data as a reader will see
+it, written with the data and before `status`), the crc32 of each static array in its attrs
+(`static_checksums`), and a crc32c codec on every data chunk (damaged bytes fail to read). Readers
+open inputs with `open_input` and read data with `read_rows` / `read_sample`, which verify them;
+a finished store with a pending video is damaged too (its `status` chunk is gone).
 """
 from __future__ import annotations
 
@@ -11,12 +18,13 @@ import fcntl
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-sample checksums, static checksums, crc32c on data chunks
 PENDING, OK, FAILED = 0, 1, 2
 FORMATS = ("zarr", "hdf5")
 PER_VIDEO_RESULTS = ("frame_idx", "view_params", "num_frames", "fps", "error")  # written by extraction tasks, then status
@@ -24,6 +32,28 @@ PER_VIDEO_RESULTS = ("frame_idx", "view_params", "num_frames", "fps", "error")  
 
 class StoreError(ValueError):
     """A store that is missing, of the wrong kind, or busy; the message says which."""
+
+
+class DamagedStoreError(StoreError):
+    """A store whose data is missing or damaged: never turned into numbers."""
+
+
+def sample_checksums(data: np.ndarray) -> np.ndarray:
+    """(m, S) uint32: crc32 of each sample data[i, s] (any trailing shape), as stored bytes."""
+    m, s = data.shape[:2]
+    out = np.zeros((m, s), np.uint32)
+    for i in range(m):
+        for j in range(s):
+            out[i, j] = zlib.crc32(np.ascontiguousarray(data[i, j]))
+    return out
+
+
+def array_checksum(arr: np.ndarray) -> int:
+    """crc32 of a static array's values (strings as UTF-8 lines)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "OUT":
+        return zlib.crc32("\n".join(str(x) for x in arr.ravel()).encode())
+    return zlib.crc32(np.ascontiguousarray(arr))
 
 
 def _zarr():
@@ -67,18 +97,18 @@ def choose_batch(videos: int, bytes_per_video: int, max_bytes: int = 96 << 20, m
 
 
 def _frame_codecs(lossy: bool):
-    from zarr.codecs import BloscCodec, BloscShuffle
+    from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
     if lossy:
         from pipeline.codecs import JpegCodec
 
-        return {"serializer": JpegCodec(), "compressors": None}
+        return {"serializer": JpegCodec(), "compressors": [Crc32cCodec()]}
     # bit-shuffled zstd level 1: on video frames both smaller and ~4x faster than plain zstd 3
     # (measured on 224 px frames: 1.58x at 700 MB/s vs 1.49x at 190 MB/s; 1 MiB blocks). 4 MiB
     # blocks compress 5 % faster and 0.6 % smaller but cost each worker ~65 MiB more memory and
     # nothing measurable end to end (BENCHMARKS.md)
-    return {"compressors": BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle, typesize=1,
-                                      blocksize=1 << 20)}
+    return {"compressors": [BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle, typesize=1,
+                                       blocksize=1 << 20), Crc32cCodec()]}
 
 
 def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs: dict,
@@ -89,14 +119,16 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     result arrays when `results` (chunked by batch, written by the tasks), `status` (0 pending
     unless given), the static arrays (one chunk each) and the attrs."""
     zarr = _zarr()
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     n, s, t, b = layout.videos, layout.samples, layout.frames, layout.batch
     tail = data_tail if data_tail is not None else (layout.height, layout.width, 3)
     root = zarr.create_group(str(path), zarr_format=3, overwrite=True)
     small = {"compressors": BloscCodec(cname="zstd", clevel=5)}
+    checked = {"compressors": [BloscCodec(cname="zstd", clevel=5), Crc32cCodec()]}
     root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
-                      shards=(b, s, t, *tail), fill_value=0, **(_frame_codecs(lossy) if data_name == "frames" else small))
+                      shards=(b, s, t, *tail), fill_value=0, **(_frame_codecs(lossy) if data_name == "frames" else checked))
+    root.create_array("checksum", shape=(n, s), dtype="uint32", chunks=(b, s), fill_value=0, **small)
     if results:
         root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
         # beyond DESIGN.md's table: each sample's crop box, flip and jitter (augment.FIELDS order)
@@ -112,7 +144,7 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
         dtype = str if arr.dtype.kind in "OUT" else arr.dtype
         a = root.create_array(name, shape=arr.shape, dtype=dtype, chunks=arr.shape or (1,), **({} if dtype is str else small))
         a[...] = arr
-    root.attrs.update(attrs)
+    root.attrs.update({**attrs, "static_checksums": {name: array_checksum(arr) for name, arr in static.items()}})
 
 
 def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames") -> None:
@@ -122,7 +154,20 @@ def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: 
     for name in (data_name, *PER_VIDEO_RESULTS):
         if name in data:
             root[name][start:stop] = data[name]
+    arr = root[data_name]
+    lossy = any(type(c).__name__ == "JpegCodec" for c in _codecs_of(arr))
+    # the checksum of what a reader will see: a lossy codec's decoded bytes, read back
+    root["checksum"][start:stop] = sample_checksums(np.asarray(arr[start:stop]) if lossy else data[data_name])
     root["status"][start:stop] = data["status"]
+
+
+def _codecs_of(arr) -> list:
+    """Every codec of a Zarr array, inside its sharding codec too."""
+    out = []
+    for c in getattr(arr.metadata, "codecs", ()):
+        out.append(c)
+        out.extend(getattr(c, "codecs", ()))
+    return out
 
 
 def has_results(reader: "StoreReader", layout: Layout | None = None, data_name: str = "frames",
@@ -130,7 +175,7 @@ def has_results(reader: "StoreReader", layout: Layout | None = None, data_name: 
     """Does this store hold every array a stage's tasks write (with the layout's shapes)?
     A store written by an older har may not; it is then neither resumed nor copied from."""
     names = set(reader.names())
-    if not {data_name, "status", *PER_VIDEO_RESULTS} <= names:
+    if not {data_name, "status", "checksum", *PER_VIDEO_RESULTS} <= names:
         return False
     if layout is None:
         return True
@@ -193,6 +238,118 @@ class StoreReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ---- inputs: one place that decides whether a store may be read, and reads it verified --------
+
+def _names(videos: np.ndarray, rows, limit: int = 3) -> str:
+    rows = list(rows)
+    shown = ", ".join(str(videos[i]) if i < len(videos) else f"#{i}" for i in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def open_input(path: Path, kind: str, stage: str) -> StoreReader:
+    """The finished `kind` store at `path`, opened for `stage` to read; StoreError saying what is
+    wrong otherwise: missing, another kind, unfinished (a .partial.zarr), another schema version,
+    written by an older har, damaged static arrays or a lost `status` chunk."""
+    path = Path(path)
+    if not path.exists():
+        make = "har extract" if kind == "frames" else "har features"
+        raise StoreError(f"{kind} store {path} does not exist; run `{make}` first")
+    r = StoreReader(path)
+    try:
+        a = r.attrs
+        if a.get("kind") != kind:
+            raise StoreError(f"{path} is a {a.get('kind')} store; {stage} reads a {kind} store")
+        if a.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {a.get('schema_version')!r}; this har reads version "
+                             f"{SCHEMA_VERSION}: run the stage that made it again")
+        if not a.get("complete") or path.name.endswith(".partial.zarr"):
+            raise StoreError(f"{path} is unfinished (an interrupted run's working store); run the command that "
+                             "made it again to finish it")
+        if not has_results(r, data_name=kind):
+            raise StoreError(f"{path} was written by an older har and lacks arrays; run the stage again")
+        bad = check_static(r)
+        if bad:
+            raise DamagedStoreError(f"{path} is damaged: {bad}; make it again (har never reads it as data)")
+        status = r.read("status")
+        pending = np.flatnonzero(status == PENDING)
+        if len(pending):
+            raise DamagedStoreError(f"{path} is damaged: {len(pending)} videos have no status "
+                                    f"({_names(r.read('video'), pending)}): a chunk of `status` is missing")
+    except BaseException:
+        r.close()
+        raise
+    return r
+
+
+def check_static(r: "StoreReader") -> str:
+    """"" when every static array matches its recorded checksum, else what does not."""
+    bad = []
+    for name, crc in r.attrs.get("static_checksums", {}).items():
+        try:
+            ok = array_checksum(r.read(name)) == crc
+        except Exception as e:  # a missing or damaged chunk or metadata file
+            bad.append(f"{name} unreadable ({type(e).__name__}: {e})")
+            continue
+        if not ok:
+            bad.append(f"{name} does not match its checksum (a chunk is missing or changed)")
+    return "; ".join(bad)
+
+
+def read_rows(r: "StoreReader", start: int, stop: int, status: np.ndarray | None = None) -> np.ndarray:
+    """The data array's rows [start, stop), each sample checked against `checksum` (videos whose
+    status is not OK carry zeros and are checked too: they were written as such)."""
+    name = "features" if r.attrs.get("kind") == "features" else "frames"
+    try:
+        data = np.asarray(r[name][start:stop])
+        sums = np.asarray(r["checksum"][start:stop])
+    except Exception as e:  # zarr's crc32c / shard index / codec errors, a truncated HDF5 chunk
+        raise DamagedStoreError(f"{r.path} is damaged: {name} of videos {_names(r.read('video'), range(start, stop))} "
+                                f"cannot be read ({type(e).__name__}: {e}); make the store again") from None
+    bad = np.flatnonzero((sample_checksums(data) != sums).any(axis=1))
+    if len(bad):
+        raise DamagedStoreError(f"{r.path} is damaged: {name} of {_names(r.read('video'), bad + start)} do not "
+                                "match their checksums (a chunk is missing or changed); make the store again")
+    return data
+
+
+def read_sample(arr, sums, path: Path, v: int, s: int) -> np.ndarray:
+    """One sample data[v, s], checked against checksum[v, s] (`arr`, `sums` opened by the caller)."""
+    try:
+        x = np.asarray(arr[v, s])
+        crc = int(sums[v, s])
+    except Exception as e:
+        raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} cannot be read "
+                                f"({type(e).__name__}: {e}); make the store again") from None
+    if zlib.crc32(np.ascontiguousarray(x)) != crc:
+        raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} does not match its checksum "
+                                "(a chunk is missing or changed); make the store again")
+    return x
+
+
+def verify(r: "StoreReader") -> list[str]:
+    """Every problem of a store, reading all of it (har status --verify); [] when sound."""
+    problems = []
+    bad = check_static(r)
+    if bad:
+        problems.append(bad)
+    try:
+        status = r.read("status")
+    except Exception as e:
+        return problems + [f"status unreadable ({e})"]
+    if (status == PENDING).any() and r.attrs.get("complete"):
+        problems.append(f"{int((status == PENDING).sum())} videos have no status (a chunk of `status` is missing)")
+    n = len(status)
+    step = max(1, int(r["checksum"].chunks[0]) if hasattr(r["checksum"], "chunks") and r["checksum"].chunks else 1)
+    for a in range(0, n, step):
+        try:
+            read_rows(r, a, min(n, a + step))
+        except DamagedStoreError as e:
+            problems.append(str(e).split(" is damaged: ", 1)[-1])
+            if len(problems) > 5:
+                break
+    return problems
 
 
 # Deflate level of the frames in HDF5 files. gzip is the one filter every HDF5 reader has; level 1
@@ -315,9 +472,14 @@ def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "fr
     holds every array with the layout's shapes; otherwise remove it. True when it was kept."""
     if not work.exists():
         return False
+    from pipeline.outputs import store_kind
+
+    if store_kind(work) is None:  # never delete what is not ours, whatever its name
+        raise StoreError(f"{work} is in the way: it is not a har working store; move it away")
     try:
         with StoreReader(work) as w:
             keep = (w.attrs.get("lineage", {}).get("fingerprint") == fingerprint
+                    and w.attrs.get("schema_version") == SCHEMA_VERSION
                     and has_results(w, layout, data_name, data_tail))
     except StoreError:
         keep = False
@@ -329,8 +491,11 @@ def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "fr
 def recover(target: Path) -> None:
     """Finish a swap that a kill interrupted; drop old versions and half-written HDF5 copies left
     behind (call it holding the store's WriterLock: no other writer can be using them)."""
+    from pipeline.outputs import store_kind
+
     for partial in target.parent.glob(target.name + ".tmp-*"):
-        remove(partial)
+        if partial.name.rsplit("-", 1)[-1].isdigit() and (store_kind(partial) is not None or _hdf5_file(partial)):
+            remove(partial)
     work = work_path(target)
     if not target.exists() and work.exists() and format_of(target) == "zarr":
         try:
@@ -340,7 +505,17 @@ def recover(target: Path) -> None:
             pass
     if target.exists():
         for old in target.parent.glob(target.name + ".old-*"):
-            remove(old)
+            if old.name.rsplit("-", 1)[-1].isdigit() and store_kind(old) is not None:
+                remove(old)
+
+
+def _hdf5_file(path: Path) -> bool:
+    """An HDF5 file by its signature (a half-written copy is one before it is readable)."""
+    try:
+        with open(path, "rb") as f:
+            return path.is_file() and f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def swap_in(work: Path, target: Path, fmt: str) -> None:

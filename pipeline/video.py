@@ -28,7 +28,27 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".og
 
 
 class VideoError(Exception):
-    """A file that cannot be decoded as a video; the message says why."""
+    """A file that cannot be decoded as a video; the message says why.
+
+    `permanent`: the file itself is the reason (empty, not a container, no video stream, not a
+    regular file), so decoding the unchanged file again would fail again; anything else (a decoder
+    that ran out of memory or threads, a read error) is retried by the next run."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+PERMANENT = " [permanent]"  # marks a stored error that a rerun does not retry while the file is unchanged
+
+
+def failure_text(e: VideoError) -> str:
+    """How a failure is stored in the `error` array."""
+    return str(e) + (PERMANENT if e.permanent else "")
+
+
+def is_permanent(error: str) -> bool:
+    return str(error).endswith(PERMANENT)
 
 
 @dataclass(frozen=True)
@@ -42,17 +62,25 @@ class Probe:
 def _open(path: Path):
     import av
 
-    if not path.exists():
-        raise VideoError("file not found")
-    if path.stat().st_size == 0:
-        raise VideoError("empty file (0 bytes)")
+    from pipeline.lineage import special_file
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise VideoError("file not found (or a dangling symlink)") from None
+    if special_file(st):  # never opened: reading a FIFO blocks until someone writes to it
+        raise VideoError(special_file(st), permanent=True)
+    if st.st_size == 0:
+        raise VideoError("empty file (0 bytes)", permanent=True)
     try:
         container = av.open(str(path))
+    except av.error.InvalidDataError as e:
+        raise VideoError(f"not a readable container: {e}", permanent=True) from None
     except av.error.FFmpegError as e:
-        raise VideoError(f"not a readable container: {e}") from None
+        raise VideoError(f"cannot open: {e}") from None
     if not container.streams.video:
         container.close()
-        raise VideoError("no video stream (audio-only or data file)")
+        raise VideoError("no video stream (audio-only or data file)", permanent=True)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
     return container, stream

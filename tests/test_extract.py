@@ -41,7 +41,7 @@ def test_schema_matches_design(synthetic_root, tmp_path):
     assert res.ok == 24 and not res.failed and res.decoded == 24
     with StoreReader(res.store) as r:
         a = r.attrs
-        assert a["kind"] == "frames" and a["schema_version"] == 1 and a["dataset"] == "synthetic"
+        assert a["kind"] == "frames" and a["schema_version"] == 2 and a["dataset"] == "synthetic"
         assert a["classes"] == ["Brighten", "Darken", "Grow", "Shrink"]
         assert a["recipe"]["sampling"] == "multiclip"
         lin = a["lineage"]
@@ -209,11 +209,13 @@ def test_hdf5_copy_leaves_no_half_written_file(synthetic_root, tmp_path, monkeyp
     with pytest.raises(OSError):
         run(synthetic_root, out, format="hdf5")
     assert not out.exists() and not list(tmp_path.glob("s.h5.tmp-*"))
-    (tmp_path / "s.h5.tmp-999999").write_bytes(b"half a copy")  # as a kill -9 would leave it
+    # as a kill -9 would leave it: h5py writes the signature first; a user's file of that name is kept
+    (tmp_path / "s.h5.tmp-999999").write_bytes(b"\x89HDF\r\n\x1a\n" + b"half a copy")
+    (tmp_path / "s.h5.tmp-notes").write_bytes(b"a user's file")
     monkeypatch.setattr(store, "_deflate_into", real)
     res = run(synthetic_root, out, format="hdf5")
     assert res.decoded == 0 and out.is_file()  # the videos were done: only the copy was redone
-    assert not list(tmp_path.glob("s.h5.tmp-*"))
+    assert [p.name for p in tmp_path.glob("s.h5.tmp-*")] == ["s.h5.tmp-notes"]
     assert_same_arrays(arrays(out), arrays(run(synthetic_root, tmp_path / "s.zarr").store))
 
 
@@ -279,15 +281,24 @@ def test_stores_from_an_older_layout_are_rebuilt_not_resumed(synthetic_root, tmp
     assert_same_arrays(arrays(out), arrays(tmp_path / "t.zarr"))
 
 
-def test_unreadable_target_is_refused_unless_forced(synthetic_root, tmp_path):
+def test_a_folder_that_is_not_a_store_is_refused_even_forced(synthetic_root, tmp_path):
     out = tmp_path / "s.zarr"
     out.mkdir()
     (out / "notes.txt").write_text("not a store")
+    for force in (False, True):
+        with pytest.raises(ValueError, match="not a har frame store.*--force does not change that"):
+            run(synthetic_root, out, force=force)
+        assert (out / "notes.txt").read_text() == "not a store"  # nothing was touched
+
+
+def test_a_damaged_har_store_is_replaced_only_when_forced(synthetic_root, tmp_path):
+    out = tmp_path / "s.zarr"
+    run(synthetic_root, out)
+    (out / "status" / "zarr.json").write_text("{garbage")  # ours, but unreadable
     with pytest.raises(store.StoreError, match="not a readable har store.*--force"):
         run(synthetic_root, out)
-    assert (out / "notes.txt").exists()  # nothing was touched
     res = run(synthetic_root, out, force=True)
-    assert res.ok == 24 and not (out / "notes.txt").exists()
+    assert res.ok == 24
 
 
 def test_the_result_says_how_much_of_the_sources_was_decoded(synthetic_root, tmp_path):
