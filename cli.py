@@ -2,12 +2,23 @@
 
 Thin on purpose: every command builds a config, calls one library function and prints what it
 returns. Heavy imports (numpy, PyAV, Zarr, Dask; later torch) happen inside the commands, so
-`har --help` is instant. Library errors that are the user's to fix (ValueError and its
-subclasses) become one line on stderr and exit code 2.
+`har --help` is instant.
+
+One error boundary (`_boundary`, wrapped around every command) turns what a command raises into
+one line on stderr and an exit code from one table:
+
+    0    done
+    1    a bug in har: one line, "please report", the traceback only with --verbose
+    2    usage or bad input: a value out of its allowed set, a missing or damaged input, an output
+         path har refuses to write, a request that cannot fit in memory (ValueError, OSError)
+    3    finished, but some videos failed (extract, predict), or some store is not current (status)
+    4    the disk (or quota) filled up: what was finished is kept, the same command finishes
+    130  interrupted (Ctrl-C): what was finished is kept, the same command resumes
 """
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -22,9 +33,12 @@ app = typer.Typer(help="Human action recognition: versioned frame stores from vi
 out = Console()
 err = Console(stderr=True)
 
+EXIT_BUG = 1
 EXIT_USAGE = 2
-EXIT_SOME_FAILED = 3
+EXIT_SOME_FAILED = 3  # also: har status found a store that is not current
 EXIT_NO_SPACE = 4  # the disk (or quota) filled up: what was finished is kept, the same command finishes
+EXIT_INTERRUPTED = 130
+REPORT = "https://github.com/har-project/har/issues"
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> None:
@@ -38,6 +52,45 @@ def _fail_writing(e: OSError, where: object, kept: str) -> None:
         _fail(f"no space left on the device of {where}; the finished {kept} are kept: free some space "
               "and run the same command again to finish", EXIT_NO_SPACE)
     _fail(str(e))
+
+
+def _boundary(fn):
+    """The one error boundary: every command's exceptions become a line and an exit code (see the
+    module docstring). Commands may still catch what they can say better (a resume hint)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted; what was finished is kept: run the same command again to go on", EXIT_INTERRUPTED)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail(f"no space left on the device ({e.filename or 'while writing'}); what was finished is kept: "
+                      "free some space and run the same command again", EXIT_NO_SPACE)
+            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+        except MemoryError:
+            _fail("ran out of memory; lower --batch-size, --frames, --size or --workers", EXIT_USAGE)
+        except ValueError as e:  # har's own input errors: DatasetError, StoreError, OutputError, ...
+            _fail(str(e) or type(e).__name__)
+        except Exception as e:
+            if kwargs.get("verbose"):
+                import traceback
+
+                traceback.print_exc()
+            _fail(f"internal error ({type(e).__name__}: {e}); this is a bug in har: please report it at {REPORT} "
+                  "with the command and its output with --verbose", EXIT_BUG)
+
+    return run
+
+
+def command(*args, **kwargs):
+    """`app.command`, with the error boundary around the command."""
+    def register(fn):
+        return app.command(*args, **kwargs)(_boundary(fn))
+    return register
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -63,7 +116,7 @@ def _human(n: float) -> str:
     return str(n)
 
 
-@app.command()
+@command()
 def synth(
     out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write the dataset into (UCF50 layout)."),
     classes: int = typer.Option(6, "--classes", help="Number of classes, 1..10; pairs (Grow/Shrink, ...) come first."),
@@ -98,7 +151,7 @@ def synth(
     out.print(f"wrote {len(paths)} videos in {cfg.classes} classes to {out_dir}")
 
 
-@app.command()
+@command()
 def extract(
     dataset: str = typer.Argument(..., help="ucf50 | ucf101 | hmdb51 | folder | synthetic"),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset folder [default: $HAR_HOME/datasets/DATASET]."),
@@ -116,7 +169,8 @@ def extract(
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes [default: all cores]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Decoder threads per worker [default: cores / workers on the local cluster]."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786."),
-    force: bool = typer.Option(False, "--force", help="Replace an --out store made with another recipe."),
+    force: bool = typer.Option(False, "--force", help="Replace an --out frame store made with another recipe (never anything that is not a har frame store)."),
+    verify: bool = typer.Option(False, "--verify", help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Decode a dataset's videos into a chunked, compressed frame store (Zarr v3 or HDF5).
@@ -159,7 +213,7 @@ def extract(
     except ValueError as e:
         _fail(str(e))
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
-                          threads=threads, scheduler=scheduler, force=force)
+                          threads=threads, scheduler=scheduler, force=force, verify=verify)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} videos/s"),
@@ -204,7 +258,7 @@ def extract(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command()
+@command()
 def features(
     backbone: str = typer.Option("resnet152", "--backbone", help="resnet152 | resnet50 | resnet18 | convnext_tiny | efficientnet_v2_s"),
     store_path: Optional[Path] = typer.Option(None, "--store", help="The frame store (.zarr or .h5)."),
@@ -217,6 +271,7 @@ def features(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the backbone (GPU)."),
     resize: str = typer.Option("weights", "--resize", help="weights: the weights' own resize and crop (224 px) | stored: frames as stored, only normalised (faster)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed address: shards spread over its workers."),
+    force: bool = typer.Option(False, "--force", help="Replace an --out feature store made differently (another backbone or frame store); never anything else."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Encode every frame of a frame store with a frozen 2D backbone into a feature store.
@@ -237,7 +292,7 @@ def features(
 
     cfg = F.FeatureConfig(backbone=backbone, weights=weights, store=store_path, dataset=dataset, out=out_path,
                           device=device, batch_size=batch_size, precision=precision, compile=compile_,
-                          resize=resize, scheduler=scheduler)
+                          resize=resize, scheduler=scheduler, force=force)
     try:
         cfg.validate()
     except ValueError as e:
@@ -277,22 +332,27 @@ def features(
               f"bytes:    {_human(res.store_bytes)}\ntime:     {res.seconds:.1f} s", highlight=False)
 
 
-@app.command()
+@command()
 def status(
     stores: Optional[list[Path]] = typer.Argument(None, help="Stores to check [default: every store under $HAR_HOME/stores]."),
+    verify: bool = typer.Option(False, "--verify", help="Read every sample against its checksum and hash every source again."),
 ):
-    """List stores and whether each is current with respect to its sources and recipe.
+    """List stores and whether each is current (finished, sound, inputs unchanged).
+
+    States: current, stale (inputs changed: rerun the stage), incomplete (an interrupted run's
+    working store, or an older har's), damaged (a chunk or attribute missing or changed),
+    unreadable. Exit status: 0 every store current, 3 any other state.
 
     Examples:
 
         har status
 
-        har status data/ucf50.zarr
+        har status data/ucf50.zarr --verify
     """
     _setup_logging(False)
     from rich.table import Table
 
-    from pipeline import lineage, store
+    from pipeline import lineage
     from pipeline import status as S
 
     paths = list(stores) if stores else S.find_stores()
@@ -300,18 +360,18 @@ def status(
         out.print(f"no stores under {lineage.har_home() / 'stores'}")
         return
     table = Table("store", "dataset", "kind", "videos", "failed", "size", "state")
-    stale = 0
+    colour = {"current": "green", "stale": "yellow"}
+    not_current = 0
     for p in paths:
-        try:
-            s = S.store_state(p)
-        except (store.StoreError, OSError, KeyError) as e:
-            table.add_row(str(p), "?", "?", "", "", "", f"[red]unreadable: {e}[/]")
-            stale += 1
-            continue
-        state = "[green]current[/]" if s.current else f"[yellow]stale[/] ({s.reason})"
-        stale += not s.current
+        s = S.store_state(p, verify=verify)
+        state = f"[{colour.get(s.state, 'red')}]{s.state}[/]" + (f" ({s.reason})" if s.reason else "")
+        if s.bad_videos:
+            state += f"; videos: {', '.join(s.bad_videos)}"
+        not_current += not s.current
         table.add_row(str(s.path), s.dataset, s.kind, str(s.videos), str(s.failed), _human(s.bytes), state)
     out.print(table)
+    if not_current:
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 # ---- training on cached features ------------------------------------------------------------------
@@ -380,7 +440,7 @@ _HEAD_OPTIONS = dict(
 )
 
 
-@app.command("train-head")
+@command("train-head")
 def train_head(
     head: str = typer.Argument(..., help="lstm | gru | rnn | late-fusion | mean | attention"),
     features: Optional[Path] = typer.Option(None, "--features", help="The feature store."),
@@ -462,7 +522,7 @@ def _run(train, quiet: bool = False):
     return res
 
 
-@app.command()
+@command()
 def evaluate(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run directory of `har train-head`."),
     split: str = typer.Option("test", "--split", help="Which part of the run's split: train | val | test."),
@@ -498,7 +558,7 @@ def evaluate(
     out.print(table)
 
 
-@app.command()
+@command()
 def cv(
     head: str = typer.Argument(..., help="lstm | gru | rnn | late-fusion | mean | attention"),
     features: Optional[Path] = typer.Option(None, "--features", help="The feature store."),
@@ -554,7 +614,7 @@ def cv(
               highlight=False)
 
 
-@app.command()
+@command()
 def predict(
     videos: list[Path] = typer.Argument(..., metavar="VIDEO...", help="Video files (any container PyAV reads)."),
     run_dir: Path = typer.Option(..., "--run", help="A run directory of `har train-head`."),
@@ -600,7 +660,7 @@ def predict(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command("train-e2e")
+@command("train-e2e")
 def train_e2e(
     model: str = typer.Argument(..., help="r3d_18 | r2plus1d_18 | mc3_18 | c3d | i3d | nonlocal | convlstm | lrcn | late-fusion-e2e | small-cnn-lstm | small-cnn-rnn"),
     frames: Optional[Path] = typer.Option(None, "--frames", help="The frame store."),
@@ -648,7 +708,7 @@ def train_e2e(
                                         on_epoch=on_epoch))
 
 
-@app.command()
+@command()
 def models(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ):
@@ -689,7 +749,7 @@ def models(
         out.print(table)
 
 
-@app.command()
+@command()
 def demo(
     out_dir: Path = typer.Option(Path("har-demo"), "--out", help="Folder for the synthetic videos and the runs."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes [default: all cores]."),

@@ -254,7 +254,14 @@ def run_batch(task: BatchTask) -> list[dict]:
     error = np.full(m, "", dtype=object)
     decoded = np.zeros(m, np.int64)
     old = store.StoreReader(Path(task.old)) if task.old and any(j >= 0 for j in task.reuse) else None
+    reused = [False] * m
     for i, (rel, j) in enumerate(zip(task.videos, task.reuse)):
+        if j >= 0:
+            try:
+                frames[i] = store.read_rows(old, j, j + 1)[0]
+            except store.DamagedStoreError as e:  # never copy damage: decode the source instead
+                logger.warning("%s", e)
+                j = -1
         if j >= 0:
             status[i] = old["status"][j]
             error[i] = str(old["error"][j])
@@ -262,7 +269,7 @@ def run_batch(task: BatchTask) -> list[dict]:
             fps[i] = old["fps"][j]
             frame_idx[i] = old["frame_idx"][j]
             view_params[i] = old["view_params"][j]
-            frames[i] = old["frames"][j]
+            reused[i] = True
             continue
         try:
             if task.problems and task.problems[i]:
@@ -283,7 +290,7 @@ def run_batch(task: BatchTask) -> list[dict]:
                                                      "num_frames": num_frames, "fps": fps,
                                                      "error": error.astype(str), "status": status})
     return [{"index": task.start + i, "video": rel, "status": int(status[i]), "error": str(error[i]),
-             "reused": task.reuse[i] >= 0, "frames_decoded": int(decoded[i]), "frames_in_source": int(num_frames[i])}
+             "reused": reused[i], "frames_decoded": int(decoded[i]), "frames_in_source": int(num_frames[i])}
             for i, rel in enumerate(task.videos)]
 
 
@@ -385,6 +392,12 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         lin = build_lineage(index, recipe, sources)
         result = ExtractResult(store=target, notes=index.notes)
         result.source_bytes = sum(s.size for s in sources)
+        damage = store.quick_check(old) if old is not None and store.has_results(old) else []
+        if damage:
+            result.notes = (*result.notes, f"{target} is damaged ({'; '.join(damage[:2])}): every video is "
+                            "extracted again")
+            old.close()
+            old = None
         if (old is not None and old.attrs["lineage"]["fingerprint"] == lin["fingerprint"]
                 and store.has_results(old) and not _retryable(old)):
             _summarise(result, old)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import backbones, lineage, store
+from pipeline import backbones, lineage, outputs, store
 from pipeline.cluster import run_tasks
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class FeatureConfig:
     resize: str = "weights"         # weights: the weights' resize + centre crop (224 px for ImageNet);
                                     # stored: frames at their stored size, only scaled and normalised
     scheduler: str | None = None    # dask.distributed address: shards spread over its workers
+    force: bool = False             # replace an --out feature store made differently (another backbone, store)
 
     def validate(self) -> None:
         backbones.get(self.backbone)
@@ -150,13 +151,37 @@ class ShardTask:
     frames: str          # the frame store
     work: str            # the working feature store
     encoder: tuple       # Encoder arguments
+    fingerprint: str = ""  # of the frame store when the stage began: a replaced store is never mixed in
 
 
-def run_shard(task: ShardTask, prefetched: np.ndarray | None = None) -> dict:
-    enc = encoder_for(task.encoder)
-    with store.StoreReader(Path(task.frames)) as fr:
+class StoreChanged(store.StoreError):
+    """The input store was replaced while this stage read it."""
+
+
+def read_frames(task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
+    """(status, frames) of the task's videos, verified against their checksums, from the frame store
+    version the stage began with: its fingerprint is checked before and after the read, so a store
+    swapped in meanwhile (har extract --force) stops the stage instead of mixing two versions."""
+    path = Path(task.frames)
+
+    def same_version() -> None:
+        with store.StoreReader(path) as r:
+            now = r.attrs.get("lineage", {}).get("fingerprint")
+        if task.fingerprint and now != task.fingerprint:
+            raise StoreChanged(f"{path} was replaced while har features read it; nothing mixed was kept: "
+                               "run the same command again")
+
+    same_version()
+    with store.StoreReader(path) as fr:
         status = fr.read("status")[task.start:task.stop]
-        frames = prefetched if prefetched is not None else np.asarray(fr["frames"][task.start:task.stop])
+        frames = store.read_rows(fr, task.start, task.stop)
+    same_version()
+    return status, frames
+
+
+def run_shard(task: ShardTask, prefetched: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    enc = encoder_for(task.encoder)
+    status, frames = prefetched if prefetched is not None else read_frames(task)
     m, s, t = frames.shape[:3]
     ok = status == store.OK
     flat = frames[ok].reshape(-1, *frames.shape[3:])  # (frames of ok videos, H, W, 3)
@@ -188,11 +213,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     t0 = time.perf_counter()
     cfg.validate()
     src = frame_store_for(cfg).absolute()
-    with store.StoreReader(src) as fr:
-        if fr.attrs.get("kind") != "frames":
-            raise store.StoreError(f"{src} is a {fr.attrs.get('kind')} store; har features reads a frame store")
-        if not store.has_results(fr):
-            raise store.StoreError(f"{src} was written by an older har and lacks arrays; run `har extract` again")
+    with store.open_input(src, "frames", "har features") as fr:
         attrs = fr.attrs
         n, s, t = fr["frame_idx"].shape
         src_status = fr.read("status")
@@ -204,6 +225,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     enc_key = (cfg.backbone, cfg.weights, device, precision, cfg.batch_size, cfg.compile, cfg.resize)
     weights = encoder_for(enc_key).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
     target = Path(cfg.out).absolute() if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
+    outputs.check_output(cfg.out if cfg.out else target, "features", inputs=[src])
     content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
                "frames_fingerprint": attrs["lineage"]["fingerprint"], "backbone": cfg.backbone,
                "weights": asdict(weights), "precision": precision,
@@ -217,10 +239,10 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
         h, w = attrs["recipe"]["height"], attrs["recipe"]["width"]
         # a task holds a shard of frames (and the next one, prefetched): size shards by the frames
         layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, max(s * t * h * w * 3, s * t * spec.dim * 2)))
-        if target.exists():
+        if target.exists() and _replaceable(target, lin, cfg.force):
             with store.StoreReader(target) as old:
                 if (old.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
-                        and store.has_results(old, data_name="features")):
+                        and store.has_results(old, data_name="features") and old.attrs.get("complete")):
                     result.up_to_date = True
                     result.failed = int((old.read("status") == store.FAILED).sum())
         if result.up_to_date:
@@ -240,9 +262,14 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
             initial = np.where(src_status == store.OK, store.PENDING, store.FAILED).astype(np.int8)
             store.create_zarr(work, layout, copied, fattrs, data_name="features", data_dtype="float16",
                               data_tail=(spec.dim,), results=False, status=initial)
+            for a, b in layout.batches():  # batches of failed videos only: no task writes them, a reader
+                if not (initial[a:b] == store.PENDING).any():  # checks every chunk: write their zeros
+                    store.write_batch(work, a, {"features": np.zeros((b - a, s, t, spec.dim), np.float16),
+                                                "status": initial[a:b]}, data_name="features")
         with store.StoreReader(work) as w:
             status = w.read("status")
-        tasks = [ShardTask(a, b, str(src), str(work), enc_key) for a, b in layout.batches()
+        fp = attrs["lineage"]["fingerprint"]
+        tasks = [ShardTask(a, b, str(src), str(work), enc_key, fp) for a, b in layout.batches()
                  if (status[a:b] == store.PENDING).any()]
         done = int((status != store.PENDING).sum())
         if progress:
@@ -256,11 +283,15 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
             if progress:
                 progress(done, n, result.frames)
 
-        if cfg.scheduler is None:
-            _run_local(tasks, on_result)
-        else:
-            run_tasks(run_shard, tasks, on_result, scheduler=cfg.scheduler,
-                      resources={"GPU": 1} if device == "cuda" else None)
+        try:
+            if cfg.scheduler is None:
+                _run_local(tasks, on_result)
+            else:
+                run_tasks(run_shard, tasks, on_result, scheduler=cfg.scheduler,
+                          resources={"GPU": 1} if device == "cuda" else None)
+        except StoreChanged:
+            store.remove(work)  # its shards came from the old version: none of them may be resumed
+            raise
         store.mark_complete(work)
         store.swap_in(work, target, "zarr")
         with store.StoreReader(target) as final:
@@ -270,6 +301,31 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     if cfg.out is None:
         _point_latest(attrs["dataset"], target, cfg.backbone)
     return result
+
+
+def _replaceable(target: Path, lin: dict, force: bool) -> bool:
+    """May the feature store at `target` be brought up to date? Yes when it was made by the same
+    backbone settings from the same frame store (a newer version of it is the normal update), or
+    with --force; a damaged one is replaced only with --force."""
+    try:
+        with store.StoreReader(target) as old:
+            olin = old.attrs.get("lineage", {})
+            same = (olin.get("inputs", {}).get("frames_store") == lin["inputs"]["frames_store"]
+                    and {k: v for k, v in olin.get("params", {}).items() if k not in VOLATILE}
+                    == {k: v for k, v in lin["params"].items() if k not in VOLATILE})
+    except Exception as e:  # damaged: zarr and h5py raise many kinds
+        if force:
+            return False
+        raise store.StoreError(f"{target} is a damaged feature store ({type(e).__name__}: {e}); "
+                               "pass --force to replace it") from None
+    if not same and not force:
+        raise store.StoreError(f"{target} holds features made differently (another backbone, weights, precision "
+                               "or frame store); choose another --out or pass --force to replace it")
+    return True
+
+
+# lineage params that may change without making a store "made differently"
+VOLATILE = ("frames_fingerprint", "device", "batch_size")
 
 
 def _point_latest(dataset: str, target: Path, backbone: str) -> None:
@@ -283,14 +339,10 @@ def _run_local(tasks: list[ShardTask], on_result: Callable[[dict], None]) -> Non
     if not tasks:
         return
 
-    def read(task: ShardTask) -> np.ndarray:
-        with store.StoreReader(Path(task.frames)) as fr:
-            return np.asarray(fr["frames"][task.start:task.stop])
-
     with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(read, tasks[0])
+        nxt = pool.submit(read_frames, tasks[0])
         for i, task in enumerate(tasks):
             frames = nxt.result()
             if i + 1 < len(tasks):
-                nxt = pool.submit(read, tasks[i + 1])
+                nxt = pool.submit(read_frames, tasks[i + 1])
             on_result(run_shard(task, frames))

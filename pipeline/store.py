@@ -269,18 +269,60 @@ def open_input(path: Path, kind: str, stage: str) -> StoreReader:
                              "made it again to finish it")
         if not has_results(r, data_name=kind):
             raise StoreError(f"{path} was written by an older har and lacks arrays; run the stage again")
-        bad = check_static(r)
-        if bad:
-            raise DamagedStoreError(f"{path} is damaged: {bad}; make it again (har never reads it as data)")
-        status = r.read("status")
-        pending = np.flatnonzero(status == PENDING)
-        if len(pending):
-            raise DamagedStoreError(f"{path} is damaged: {len(pending)} videos have no status "
-                                    f"({_names(r.read('video'), pending)}): a chunk of `status` is missing")
+        problems = quick_check(r)
+        if problems:
+            raise DamagedStoreError(f"{path} is damaged: {'; '.join(problems[:3])}; make it again "
+                                    "(har never reads missing data as numbers)")
     except BaseException:
         r.close()
         raise
     return r
+
+
+def quick_check(r: "StoreReader") -> list[str]:
+    """What is wrong with a finished store without reading its data: static arrays against their
+    checksums, a video without status, and (Zarr) every chunk file present, since a missing one
+    reads as zeros. [] when nothing is found; --verify (`verify`) reads everything."""
+    problems = []
+    bad = check_static(r)
+    if bad:
+        problems.append(bad)
+    try:
+        status = r.read("status")
+        videos = r.read("video")
+    except Exception as e:
+        return problems + [f"status or video unreadable ({type(e).__name__}: {e})"]
+    pending = np.flatnonzero(status == PENDING)
+    if len(pending):
+        problems.append(f"{len(pending)} videos have no status ({_names(videos, pending)}): "
+                        "a chunk of `status` is missing")
+    missing = missing_chunks(r)
+    for name, rows in sorted(missing.items()):
+        problems.append(f"{name}: chunk files missing for {_names(videos, rows)}")
+    return problems
+
+
+def missing_chunks(r: "StoreReader") -> dict[str, list[int]]:
+    """{array: first rows of the missing chunk (or shard) files} of a Zarr store; har writes every
+    chunk (write_empty_chunks), so a finished store has them all. HDF5 keeps chunks inside one file."""
+    if r.format != "zarr":
+        return {}
+    out: dict[str, list[int]] = {}
+    for name in r.names():
+        try:
+            arr = r[name]
+            grid_of = arr.shards or arr.chunks
+            enc = arr.metadata.chunk_key_encoding
+        except Exception as e:
+            out.setdefault(f"{name} (metadata unreadable: {type(e).__name__})", []).append(0)
+            continue
+        if not arr.shape:
+            continue
+        grid = [-(-n // c) for n, c in zip(arr.shape, grid_of)]
+        for idx in np.ndindex(*grid):
+            if not (r.path / name / enc.encode_chunk_key(idx)).exists():
+                out.setdefault(name, []).append(int(idx[0]) * int(grid_of[0]))
+    return out
 
 
 def check_static(r: "StoreReader") -> str:
@@ -330,17 +372,11 @@ def read_sample(arr, sums, path: Path, v: int, s: int) -> np.ndarray:
 
 def verify(r: "StoreReader") -> list[str]:
     """Every problem of a store, reading all of it (har status --verify); [] when sound."""
-    problems = []
-    bad = check_static(r)
-    if bad:
-        problems.append(bad)
+    problems = quick_check(r)
     try:
-        status = r.read("status")
-    except Exception as e:
-        return problems + [f"status unreadable ({e})"]
-    if (status == PENDING).any() and r.attrs.get("complete"):
-        problems.append(f"{int((status == PENDING).sum())} videos have no status (a chunk of `status` is missing)")
-    n = len(status)
+        n = len(r.read("status"))
+    except Exception:
+        return problems
     step = max(1, int(r["checksum"].chunks[0]) if hasattr(r["checksum"], "chunks") and r["checksum"].chunks else 1)
     for a in range(0, n, step):
         try:

@@ -3,6 +3,7 @@ no-op reruns, resume, failed videos, Zarr and HDF5 frame stores, CLI errors."""
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,11 @@ def test_lineage_noop_and_random_weights_marked(tiny_frames, tmp_path):
             assert a["frames_fingerprint"] == fr.attrs["lineage"]["fingerprint"]
             for name in ("video", "label", "group", "frame_idx", "view_index", "split/groups"):
                 np.testing.assert_array_equal(r.read(name), fr.read(name))
-    other = features(FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[0],
-                                   out=tmp_path / "f.zarr", device="cpu", precision="bf16"))
+    changed = FeatureConfig(backbone="resnet18", weights="none", store=tiny_frames[0], out=tmp_path / "f.zarr",
+                            device="cpu", precision="bf16")
+    with pytest.raises(store.StoreError, match="made differently.*--force"):  # as extract's other recipe
+        features(changed)
+    other = features(replace(changed, force=True))
     assert not other.up_to_date  # a changed parameter redoes the stage
 
 
@@ -126,7 +130,7 @@ def test_hdf5_and_zarr_frame_stores_give_the_same_features(tiny_frames, tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (["--backbone", "vgg16", "--store", "x.zarr"], "unknown backbone 'vgg16'; allowed: resnet152, resnet50, resnet18"),
-    (["--backbone", "resnet18", "--store", "/nonexistent/frames.zarr"], "no store at /nonexistent/frames.zarr"),
+    (["--backbone", "resnet18", "--store", "/nonexistent/frames.zarr"], "frames store /nonexistent/frames.zarr does not exist"),
     (["--backbone", "resnet18"], "give --store PATH or --dataset NAME"),
     (["--backbone", "resnet18", "--dataset", "ucf50"], "run `har extract ucf50` first"),
     (["--backbone", "resnet18", "--store", "FRAMES", "--weights", "imagenet"],
