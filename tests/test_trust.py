@@ -1,0 +1,346 @@
+"""The trust guarantees, tried as a careless and as a hostile user would (issue 12's findings).
+
+Each test reproduces one finding; the comment names it. The CLI runs in-process (typer's
+CliRunner) where a single process is the real situation, as a subprocess where it spans processes.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import store
+from pipeline.extract import ExtractConfig, Recipe, extract
+from pipeline.status import store_state
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNC = "synchronous"
+TINY = Recipe(frames=4, height=24, width=32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """3 classes x 2 groups x 1 clip of 10 frames: a dataset extracted in a second or two."""
+    from pipeline.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("trust") / "data"
+    generate(root, SynthConfig(classes=3, groups=2, clips=1, frames=10))
+    return root
+
+
+@pytest.fixture
+def data(dataset, tmp_path):
+    """A private copy of the dataset that a test may change."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    return root
+
+
+def har(*args):
+    """(exit code, stdout, stderr) of the CLI run in this process."""
+    res = CliRunner().invoke(__import__("cli").app, [str(a) for a in args], env={"COLUMNS": "300"})
+    return res.exit_code, res.stdout, res.stderr
+
+
+def har_process(*args, timeout=120, env=None):
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "300", **(env or {})})
+
+
+def one_line_error(code, err, expected_code=2):
+    assert code == expected_code, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def run(root, out, recipe=TINY, **kw):
+    return extract(ExtractConfig("synthetic", recipe, root=root, out=out, scheduler=SYNC, **kw))
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- 1. outputs: never delete what is not ours ------------------------------------------------
+
+def test_extract_force_never_deletes_a_users_folder(data, tmp_path):
+    mine = tmp_path / "thesis"
+    (mine / "chapters").mkdir(parents=True)
+    (mine / "chapters" / "1.tex").write_text("months of work")
+    before = snapshot(mine)
+    code, _, err = har("extract", "synthetic", "--root", data, "--out", mine, "--force", "--scheduler", SYNC)
+    assert "not a har frame store" in one_line_error(code, err)
+    assert snapshot(mine) == before
+
+
+@pytest.mark.parametrize("out", ["ROOT", "PARENT", "", "."])
+def test_extract_never_writes_over_its_dataset_or_the_current_directory(data, tmp_path, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    target = {"ROOT": data, "PARENT": data.parent, "": "", ".": "."}[out]
+    before = snapshot(data)
+    code, _, err = har("extract", "synthetic", "--root", data, "--out", target, "--force", "--scheduler", SYNC)
+    one_line_error(code, err)
+    assert snapshot(data) == before
+    assert {p.name for p in tmp_path.iterdir()} <= {"data", "har_home"}  # nothing written beside it
+
+
+def test_a_stray_working_store_name_is_never_deleted(data, tmp_path):
+    """recover/resumable remove only har's own leftovers, judged by content, not by name."""
+    out = tmp_path / "s.zarr"
+    (tmp_path / "s.zarr.partial.zarr").mkdir()
+    (tmp_path / "s.zarr.partial.zarr" / "notes.txt").write_text("mine")
+    (tmp_path / "s.zarr.old-notes").write_text("mine too")
+    with pytest.raises(store.StoreError, match="not a har working store"):
+        run(data, out)
+    assert (tmp_path / "s.zarr.partial.zarr" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "s.zarr.old-notes").read_text() == "mine too"
+
+
+# ---- 2. features never replaces its input or another kind of store ---------------------------
+
+def test_features_never_writes_over_its_own_frame_store(data, tmp_path):
+    frames = run(data, tmp_path / "f.zarr").store
+    before = snapshot(frames)
+    code, _, err = har("features", "--store", frames, "--out", frames, "--backbone", "resnet18", "--weights", "none",
+                       "--device", "cpu")
+    assert "input of this command" in one_line_error(code, err)
+    assert snapshot(frames) == before
+
+
+def test_features_never_replaces_a_frame_store_or_a_folder(data, tmp_path):
+    frames = run(data, tmp_path / "f.zarr").store
+    other = run(data, tmp_path / "other.zarr", Recipe(frames=2, height=24, width=32)).store
+    before = snapshot(other)
+    for force in ([], ["--force"]):
+        code, _, err = har("features", "--store", frames, "--out", other, "--backbone", "resnet18", "--weights",
+                           "none", "--device", "cpu", *force)
+        assert "not a har feature store" in one_line_error(code, err)
+    assert snapshot(other) == before
+
+
+# ---- 5. a deleted chunk is never read as zeros ------------------------------------------------
+
+def shard_files(path: Path, name: str) -> list[Path]:
+    return sorted(p for p in (path / name / "c").rglob("*") if p.is_file())
+
+
+def test_a_deleted_frames_shard_is_damage_everywhere(data, tmp_path):
+    frames = run(data, tmp_path / "f.zarr").store
+    shard_files(frames, "frames")[0].unlink()
+    state = store_state(frames)
+    assert state.state == "damaged" and "chunk files missing" in state.reason and "/v_" in state.reason
+    code, out, _ = har("status", frames)
+    assert code == 3 and "damaged" in out
+    code, _, err = har("features", "--store", frames, "--out", tmp_path / "feat.zarr", "--backbone", "resnet18",
+                       "--weights", "none", "--device", "cpu")
+    line = one_line_error(code, err)
+    assert str(frames) in line and "damaged" in line and ".avi" in line
+    assert not (tmp_path / "feat.zarr").exists()
+    again = run(data, frames)  # a rerun is not "up to date": it rebuilds the store
+    assert not again.up_to_date and any("damaged" in n for n in again.notes)
+    assert store_state(frames).current
+
+
+def test_a_deleted_status_chunk_never_drops_videos(data, tmp_path):
+    frames = run(data, tmp_path / "f.zarr").store
+    shard_files(frames, "status")[0].unlink()
+    assert store_state(frames).state == "damaged"
+    with pytest.raises(store.DamagedStoreError, match="no status|missing"):
+        store.open_input(frames, "frames", "test")
+
+
+def test_flipped_bytes_in_a_chunk_name_the_store_and_the_videos(data, tmp_path):
+    frames = run(data, tmp_path / "f.zarr").store
+    shard = shard_files(frames, "frames")[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with store.open_input(frames, "frames", "test") as r:  # metadata is sound: only reading finds it
+        with pytest.raises(store.DamagedStoreError) as e:
+            store.read_rows(r, 0, r["status"].shape[0])
+    assert str(frames) in str(e.value) and ".avi" in str(e.value) and "Stored and computed" not in str(e.value)[:60]
+    assert store_state(frames, verify=True).state == "damaged"
+
+
+def test_a_zero_filled_sample_is_caught_by_its_checksum(data, tmp_path):
+    """A chunk replaced by zeros (or by another sample's bytes) decodes fine: the checksum tells."""
+    frames = run(data, tmp_path / "f.zarr").store
+    import zarr
+
+    arr = zarr.open_group(str(frames), mode="r+")["frames"]
+    arr[1, 0] = 0
+    with store.open_input(frames, "frames", "test") as r:
+        with pytest.raises(store.DamagedStoreError, match="checksums"):
+            store.read_rows(r, 0, 3)
+
+
+def test_static_arrays_and_schema_version_are_checked(data, tmp_path):
+    import zarr
+
+    frames = run(data, tmp_path / "f.zarr").store
+    g = zarr.open_group(str(frames), mode="r+")
+    g["label"][0] = 2 if g["label"][0] != 2 else 1
+    with pytest.raises(store.DamagedStoreError, match="label does not match its checksum"):
+        store.open_input(frames, "frames", "test")
+    frames2 = run(data, tmp_path / "g.zarr").store
+    zarr.open_group(str(frames2), mode="r+").attrs["schema_version"] = 99
+    with pytest.raises(store.StoreError, match="schema version 99"):
+        store.open_input(frames2, "frames", "test")
+    assert store_state(frames2).state == "incomplete"
+
+
+# ---- 6. a store replaced while it is read ----------------------------------------------------
+
+def test_features_stops_when_its_frame_store_is_replaced_midway(data, tmp_path):
+    from pipeline import features as F
+
+    frames = run(data, tmp_path / "f.zarr").store
+    other = run(data, tmp_path / "other.zarr", Recipe(frames=4, height=24, width=32, seed=7, sampling="random-uniform"))
+    swapped = []
+
+    def replace_after_first(done, total, n):
+        if done and not swapped:  # what `har extract --force` does: rename the new version into place
+            work = store.work_path(frames)
+            shutil.copytree(other.store, work)
+            store.swap_in(work, frames, "zarr")
+            swapped.append(True)
+
+    out = tmp_path / "feat.zarr"
+    with pytest.raises(F.StoreChanged, match="replaced while har features read it"):
+        F.features(F.FeatureConfig(backbone="resnet18", weights="none", store=frames, out=out, device="cpu",
+                                   batch_size=8), progress=replace_after_first)
+    assert swapped and not out.exists() and not store.work_path(out).exists()
+
+
+# ---- 7. an interrupted run's working store is not an input -----------------------------------
+
+def test_a_partial_store_is_refused_and_reported_incomplete(data, tmp_path):
+    frames = run(data, tmp_path / "f.zarr").store
+    partial = tmp_path / "x.zarr.partial.zarr"
+    shutil.copytree(frames, partial)
+    import zarr
+
+    zarr.open_group(str(partial), mode="r+").attrs["complete"] = False
+    with pytest.raises(store.StoreError, match="unfinished"):
+        store.open_input(partial, "frames", "har features")
+    assert store_state(partial).state == "incomplete"
+    code, out, _ = har("status", partial)
+    assert code == 3 and "incomplete" in out
+
+
+# ---- 8. change detection compares content when a file is rewritten in place ------------------
+
+def test_a_rewritten_video_with_restored_size_and_mtime_is_redone(data, tmp_path):
+    out = tmp_path / "f.zarr"
+    run(data, out)
+    video = sorted(data.rglob("*.avi"))[0]
+    st = video.stat()
+    raw = bytearray(video.read_bytes())
+    other = sorted(data.rglob("*.avi"))[-1].read_bytes()
+    raw[-200:] = other[-200:] if len(other) >= 200 else raw[-200:]
+    raw[len(raw) // 2] ^= 0x55
+    video.write_bytes(bytes(raw))
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert video.stat().st_size == st.st_size and video.stat().st_mtime_ns == st.st_mtime_ns
+    assert store_state(out).state == "stale"
+    again = run(data, out)
+    assert not again.up_to_date and again.decoded == 1
+
+
+def test_verify_rehashes_every_source(data, tmp_path, monkeypatch):
+    from pipeline import lineage
+
+    out = tmp_path / "f.zarr"
+    run(data, out)
+    hashed = []
+    real = lineage.file_sha256
+    monkeypatch.setattr(lineage, "file_sha256", lambda p, *a: hashed.append(p) or real(p, *a))
+    assert run(data, out).up_to_date and not hashed  # the fast path: nothing read
+    assert run(data, out, verify=True).up_to_date and len(hashed) == 6
+
+
+# ---- 9. failures are facts, not verdicts ------------------------------------------------------
+
+def test_a_transient_failure_is_retried_by_the_next_run(data, tmp_path, monkeypatch):
+    from pipeline import extract as E
+    from pipeline import video
+
+    out = tmp_path / "f.zarr"
+    real = E.extract_video
+
+    def refuses(path, rel, recipe, threads=0):
+        raise video.VideoError("decoder refused: resource temporarily unavailable")
+
+    monkeypatch.setattr(E, "extract_video", refuses)
+    first = run(data, out)
+    assert len(first.failed) == 6
+    monkeypatch.setattr(E, "extract_video", real)
+    again = run(data, out)
+    assert not again.up_to_date and again.ok == 6 and not again.failed
+
+
+def test_a_permanent_failure_of_an_unchanged_file_is_not_retried(data, tmp_path):
+    bad = sorted(data.rglob("*.avi"))[0]
+    bad.write_bytes(b"")
+    out = tmp_path / "f.zarr"
+    first = run(data, out)
+    assert [v for v, _ in first.failed] == [str(bad.relative_to(data))] and "[permanent]" in first.failed[0][1]
+    assert run(data, out).up_to_date
+
+
+# ---- 10. special files and dangling links ------------------------------------------------------
+
+def test_a_fifo_and_a_dangling_symlink_are_recorded_failed_not_fatal(data, tmp_path):
+    cls = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    os.mkfifo(cls / f"v_{cls.name}_g01_c09.avi")
+    (cls / f"v_{cls.name}_g02_c09.avi").symlink_to(tmp_path / "nowhere.avi")
+    out = tmp_path / "f.zarr"
+    res = har_process("extract", "synthetic", "--root", data, "--out", out, "--scheduler", SYNC, timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert "FIFO" in res.stderr and "dangling symlink" in res.stderr and "Traceback" not in res.stderr
+    with store.StoreReader(out) as r:
+        assert (r.read("status") == store.OK).sum() == 6
+
+
+# ---- 11. bounded resources: refused before allocating, nothing left behind --------------------
+
+@pytest.mark.parametrize("args", [["--frames", "100000000"], ["--views", "100000"],
+                                  ["--sampling", "multiclip", "--clips", "100000"], ["--size", "4096"]])
+def test_requests_that_cannot_fit_are_refused_in_one_line(data, tmp_path, args):
+    out = tmp_path / "f.zarr"
+    code, _, err = har("extract", "synthetic", "--root", data, "--out", out, "--scheduler", SYNC, *args)
+    if args == ["--size", "4096"]:  # 4096 px fits on most machines: only check it never tracebacks
+        assert code in (0, 2) and "Traceback" not in err
+        return
+    assert "needs about" in one_line_error(code, err) and "available" in err
+    assert {p.name for p in tmp_path.iterdir()} <= {"data", "har_home"}  # no store, no lock, no working store
+
+
+# ---- 12. the error boundary -------------------------------------------------------------------
+
+def test_a_bug_is_one_line_with_please_report_and_exit_1(data, tmp_path, monkeypatch):
+    from pipeline import extract as E
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(E, "extract", bug)
+    code, _, err = har("extract", "synthetic", "--root", data, "--out", tmp_path / "f.zarr")
+    line = one_line_error(code, err, expected_code=1)
+    assert "bug in har" in line and "please report" in line
+
+
+def test_status_exit_codes(data, tmp_path):
+    out = run(data, tmp_path / "f.zarr").store
+    assert har("status", out)[0] == 0
+    sorted(data.rglob("*.avi"))[0].unlink()
+    code, stdout, _ = har("status", out)
+    assert code == 3 and "stale" in stdout
+    code, stdout, _ = har("status", tmp_path / "nothing.zarr")
+    assert code == 3 and "unreadable" in stdout
