@@ -5,6 +5,7 @@ executor, so tests can compare them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -28,10 +29,22 @@ def cpu_count() -> int:
 #   threshold at 128 KiB, so every frame-sized buffer (a decoded frame, a sample, a batch) is a
 #   fresh mmap that the kernel zeroes page by page: a fifth of the time of extracting a 224 px
 #   sample (BENCHMARKS.md). A worker's memory is bounded by its batch, so glibc's defaults do.
+# - Ctrl-C reaches every process of the terminal's process group: the workers ignore it (each
+#   would print a KeyboardInterrupt traceback) and this process, which owns them, closes them.
 LOCAL_WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.preload": ["pipeline.cluster"],
 }
+
+
+def dask_setup(worker) -> None:
+    """Run by each local worker process as it starts (the preload above): leave SIGINT to the parent."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callable[[Any], None],
@@ -64,7 +77,7 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
     if scheduler is None:
         n = max(1, min(workers or cpu_count(), len(tasks)))
         environ = dict(os.environ)
-        with dask.config.set(LOCAL_WORKER_CONFIG):
+        with dask.config.set(LOCAL_WORKER_CONFIG), _sigint_held():
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    dashboard_address=None, scheduler_kwargs={"dashboard": False},
                                    # a worker whose heartbeat meets the closing scheduler logs an
@@ -84,6 +97,24 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
         if cluster is not None:
             cluster.close()
             _restore_environ(environ)
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """SIGINT blocked while the worker processes are spawned: they inherit the blocked signal (so a
+    Ctrl-C never reaches them, even while they import), and this process gets a Ctrl-C pressed
+    meanwhile as soon as the cluster is up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _restore_environ(saved: dict[str, str]) -> None:

@@ -344,3 +344,28 @@ def test_status_exit_codes(data, tmp_path):
     assert code == 3 and "stale" in stdout
     code, stdout, _ = har("status", tmp_path / "nothing.zarr")
     assert code == 3 and "unreadable" in stdout
+
+
+def test_ctrl_c_on_extract_is_one_line_and_exit_130(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: no worker prints a traceback."""
+    import signal
+    import time
+
+    from pipeline.synth import SynthConfig, generate
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(classes=4, groups=6, clips=2, frames=60))
+    out = tmp_path / "s.zarr"
+    p = subprocess.Popen([sys.executable, "-m", "cli", "extract", "synthetic", "--root", root, "--out", out,
+                          "--workers", "2", "--size", "224", "--frames", "32"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env={**os.environ, "COLUMNS": "300"})
+    t0 = time.time()
+    while not (store.work_path(out) / "frames" / "c").exists() and p.poll() is None and time.time() - t0 < 60:
+        time.sleep(0.05)  # until the workers are up and the first batch is written
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert [ln for ln in err.splitlines() if ln.strip()] == [
+        "error: interrupted; the finished videos are kept, run the same command again to finish"]
