@@ -489,8 +489,6 @@ def _run(train, quiet: bool = False):
     """Call `train(on_epoch)` with a live epoch table; print warnings, the run and its metrics."""
     from rich.live import Live
 
-    from pipeline import store
-    from trainers import models3d
 
     rows: list[dict] = []
     live = Live(console=out, transient=quiet, auto_refresh=False)  # started by the first epoch, not before
@@ -503,7 +501,7 @@ def _run(train, quiet: bool = False):
 
     try:
         res = train(on_epoch)
-    except (ValueError, OSError, store.StoreError, models3d.WeightsError) as e:
+    except ValueError as e:  # StoreError, WeightsError, RunError, ...; OSError goes to the boundary (exit 4 on a full disk)
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; the same command resumes from the last finished epoch", 130)
@@ -539,12 +537,11 @@ def evaluate(
     _setup_logging(False)
     import json
 
-    from pipeline import store
     from trainers import runs
 
     try:
         m = runs.evaluate_run(run_dir, split)
-    except (ValueError, OSError, store.StoreError) as e:
+    except ValueError as e:  # StoreError, RunError, ...
         _fail(str(e))
     if as_json:
         print(json.dumps({k: v for k, v in m.items()}, indent=2))
@@ -592,7 +589,6 @@ def cv(
                         train_views)
     from rich.table import Table
 
-    from pipeline import store
     from trainers import runs
 
     table = Table("fold", "test videos", "top-1", "top-5", "F1 macro", "", title=f"{head}: {folds} folds")
@@ -603,7 +599,7 @@ def cv(
             err.print(f"fold {row['fold']}: top-1 {row['top1']:.3f}", highlight=False)
 
         res = runs.cv(runs.RunConfig(cfg, features=features, dataset=dataset, out=out_dir), folds, on_fold)
-    except (ValueError, OSError, store.StoreError) as e:
+    except ValueError as e:  # StoreError, RunError, ...
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; the same command skips the finished folds and resumes the current one", 130)
@@ -638,12 +634,11 @@ def predict(
         _fail(f"no such video file: {', '.join(missing)}")
     if top < 1:
         _fail(f"--top {top} must be >= 1")
-    from pipeline import backbones, store
     from trainers import predict as P
 
     try:
         predictor = P.load(run_dir, device)
-    except (ValueError, OSError, store.StoreError, backbones.WeightsError) as e:
+    except ValueError as e:  # StoreError, WeightsError, RunError, ...
         _fail(str(e))
     results = [predictor(v, top) for v in videos]
     if as_json:

@@ -213,7 +213,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     t0 = time.perf_counter()
     cfg.validate()
     src = frame_store_for(cfg).absolute()
-    with store.open_input(src, "frames", "har features") as fr:
+    with store.open_input(src, "frames", "har features reads a frame store") as fr:
         attrs = fr.attrs
         n, s, t = fr["frame_idx"].shape
         src_status = fr.read("status")

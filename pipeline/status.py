@@ -43,8 +43,7 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
     """Check one store: soundness first (a damaged store is never called current), then whether a
     rerun of the same recipe would compute the same lineage now."""
     path = Path(path)
-    base = dict(path=path, dataset="?", kind="?", videos=0, ok=0, failed=0,
-                bytes=store.dir_bytes(path) if path.exists() else 0)
+    base = dict(path=path, dataset="?", kind="?", videos=0, ok=0, failed=0, bytes=0)
     try:
         r = store.StoreReader(path)
     except (store.StoreError, OSError) as e:
@@ -54,7 +53,8 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
     with r:
         attrs = r.attrs
         kind = attrs.get("kind", "?")
-        base.update(dataset=attrs.get("dataset", "?"), kind=kind)
+        # sized only once it is known to be a har store: `har status /` must not walk the disk
+        base.update(dataset=attrs.get("dataset", "?"), kind=kind, bytes=store.dir_bytes(path))
         try:
             status = r.read("status")
             base.update(videos=len(status), ok=int((status == store.OK).sum()),

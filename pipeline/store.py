@@ -123,9 +123,13 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
 
     n, s, t, b = layout.videos, layout.samples, layout.frames, layout.batch
     tail = data_tail if data_tail is not None else (layout.height, layout.width, 3)
-    root = zarr.create_group(str(path), zarr_format=3, overwrite=True)
-    small = {"compressors": BloscCodec(cname="zstd", clevel=5)}
-    checked = {"compressors": [BloscCodec(cname="zstd", clevel=5), Crc32cCodec()]}
+    # the attrs (kind first of all) go in with the group: a kill while the arrays are created leaves
+    # a working store that is recognisably har's, so the next run may remove it
+    sums = {name: array_checksum(arr) for name, arr in static.items()}
+    root = zarr.create_group(str(path), zarr_format=3, overwrite=True,
+                             attributes={**attrs, "static_checksums": sums})
+    small = {"compressors": [BloscCodec(cname="zstd", clevel=5), Crc32cCodec()]}  # every chunk checked on read
+    checked = small
     root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
                       shards=(b, s, t, *tail), fill_value=0, **(_frame_codecs(lossy) if data_name == "frames" else checked))
     root.create_array("checksum", shape=(n, s), dtype="uint32", chunks=(b, s), fill_value=0, **small)
@@ -135,16 +139,16 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
         root.create_array("view_params", shape=(n, s, 8), dtype="float32", chunks=(b, s, 8), fill_value=0.0, **small)
         root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
         root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)
-        root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="")
+        root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="", compressors=[Crc32cCodec()])
     st = root.create_array("status", shape=(n,), dtype="int8", chunks=(b,), fill_value=PENDING, **small)
     if status is not None:
         st[:] = status
     for name, arr in static.items():
         arr = np.asarray(arr)
         dtype = str if arr.dtype.kind in "OUT" else arr.dtype
-        a = root.create_array(name, shape=arr.shape, dtype=dtype, chunks=arr.shape or (1,), **({} if dtype is str else small))
+        a = root.create_array(name, shape=arr.shape, dtype=dtype, chunks=arr.shape or (1,),
+                              **({"compressors": [Crc32cCodec()]} if dtype is str else small))
         a[...] = arr
-    root.attrs.update({**attrs, "static_checksums": {name: array_checksum(arr) for name, arr in static.items()}})
 
 
 def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames") -> None:
@@ -185,8 +189,20 @@ def has_results(reader: "StoreReader", layout: Layout | None = None, data_name: 
 
 
 def mark_complete(path: Path) -> None:
-    """Flag a working store whose every video is done (a kill after this only needs the swap)."""
-    _zarr().open_group(str(path), mode="r+", zarr_format=3).attrs["complete"] = True
+    """Flag a working store whose every video is done (a kill after this only needs the swap), and
+    seal its attrs: `attrs_checksum` covers every other attribute, so an edited attribute (classes,
+    recipe, lineage) is damage that readers refuse."""
+    group = _zarr().open_group(str(path), mode="r+", zarr_format=3)
+    attrs = {k: v for k, v in group.attrs.items() if k != "attrs_checksum"}
+    attrs["complete"] = True
+    group.attrs.update({"complete": True, "attrs_checksum": attrs_checksum(attrs)})
+
+
+def attrs_checksum(attrs: dict) -> str:
+    """Fingerprint of a store's attributes other than itself (canonical JSON: Zarr and HDF5 agree)."""
+    from pipeline.lineage import fingerprint
+
+    return fingerprint({k: v for k, v in attrs.items() if k != "attrs_checksum"})[:16]
 
 
 class StoreReader:
@@ -200,8 +216,11 @@ class StoreReader:
         if self.format == "hdf5":
             import h5py
 
-            self._h5 = h5py.File(self.path, "r")
-            self.attrs = {k: json.loads(v) for k, v in self._h5.attrs.items()}
+            try:
+                self._h5 = h5py.File(self.path, "r")
+                self.attrs = {k: json.loads(v) for k, v in self._h5.attrs.items()}
+            except Exception as e:  # truncated or foreign file, damaged attributes
+                raise StoreError(f"{self.path} is not a readable har store ({type(e).__name__}: {e})") from None
         else:
             try:
                 self._root = _zarr().open_group(str(self.path), mode="r", zarr_format=3)
@@ -211,7 +230,19 @@ class StoreReader:
         if self.attrs.get("kind") not in ("frames", "features"):
             raise StoreError(f"{self.path} is not a har store (attrs kind={self.attrs.get('kind')!r})")
 
+    def _damaged(self, what: str, e: Exception) -> "DamagedStoreError":
+        return DamagedStoreError(f"{self.path} is damaged: {what} cannot be read ({type(e).__name__}: {e}); "
+                                 "make the store again")
+
     def names(self) -> list[str]:
+        try:
+            return self._names()
+        except StoreError:
+            raise
+        except Exception as e:  # a damaged array's metadata: zarr and h5py raise many kinds
+            raise self._damaged("the list of arrays", e) from None
+
+    def _names(self) -> list[str]:
         if self.format == "hdf5":
             out: list[str] = []
             self._h5.visit(lambda n: out.append(n) if hasattr(self._h5[n], "shape") else None)
@@ -220,13 +251,23 @@ class StoreReader:
             f"{g}/{a}" for g, grp in self._root.groups() for a, _ in grp.arrays())
 
     def __getitem__(self, name: str):
-        if self.format == "hdf5":
-            ds = self._h5[name]
-            return ds.asstr() if ds.dtype.kind == "O" else ds
-        return self._root[name]
+        try:
+            if self.format == "hdf5":
+                ds = self._h5[name]
+                return ds.asstr() if ds.dtype.kind == "O" else ds
+            return self._root[name]
+        except KeyError:
+            raise
+        except Exception as e:
+            raise self._damaged(f"array {name}", e) from None
 
     def read(self, name: str) -> np.ndarray:
-        out = np.asarray(self[name][...])
+        try:
+            out = np.asarray(self[name][...])
+        except (StoreError, KeyError):
+            raise
+        except Exception as e:  # crc32c mismatch, a truncated chunk, a codec error
+            raise self._damaged(f"array {name}", e) from None
         return np.array(out.tolist(), dtype=object) if out.dtype.kind in "OT" else out
 
     def close(self) -> None:
@@ -248,10 +289,11 @@ def _names(videos: np.ndarray, rows, limit: int = 3) -> str:
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
-def open_input(path: Path, kind: str, stage: str) -> StoreReader:
-    """The finished `kind` store at `path`, opened for `stage` to read; StoreError saying what is
+def open_input(path: Path, kind: str, needs: str) -> StoreReader:
+    """The finished `kind` store at `path`, opened to be read; StoreError saying what is
     wrong otherwise: missing, another kind, unfinished (a .partial.zarr), another schema version,
-    written by an older har, damaged static arrays or a lost `status` chunk."""
+    written by an older har, damaged static arrays or a lost `status` chunk. `needs` completes
+    the message for another kind: "{path} is a frames store; {needs}"."""
     path = Path(path)
     if not path.exists():
         make = "har extract" if kind == "frames" else "har features"
@@ -260,7 +302,7 @@ def open_input(path: Path, kind: str, stage: str) -> StoreReader:
     try:
         a = r.attrs
         if a.get("kind") != kind:
-            raise StoreError(f"{path} is a {a.get('kind')} store; {stage} reads a {kind} store")
+            raise StoreError(f"{path} is a {a.get('kind')} store; {needs}")
         if a.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{path} has schema version {a.get('schema_version')!r}; this har reads version "
                              f"{SCHEMA_VERSION}: run the stage that made it again")
@@ -270,6 +312,8 @@ def open_input(path: Path, kind: str, stage: str) -> StoreReader:
         if not has_results(r, data_name=kind):
             raise StoreError(f"{path} was written by an older har and lacks arrays; run the stage again")
         problems = quick_check(r)
+        if a.get("attrs_checksum") != attrs_checksum(a):
+            problems.insert(0, "its attributes were changed since it was written (attrs_checksum)")
         if problems:
             raise DamagedStoreError(f"{path} is damaged: {'; '.join(problems[:3])}; make it again "
                                     "(har never reads missing data as numbers)")
@@ -373,10 +417,16 @@ def read_sample(arr, sums, path: Path, v: int, s: int) -> np.ndarray:
 def verify(r: "StoreReader") -> list[str]:
     """Every problem of a store, reading all of it (har status --verify); [] when sound."""
     problems = quick_check(r)
+    if r.attrs.get("complete") and r.attrs.get("attrs_checksum") != attrs_checksum(r.attrs):
+        problems.append("its attributes were changed since it was written (attrs_checksum)")
+    data_name = "features" if r.attrs.get("kind") == "features" else "frames"
     try:
+        for name in r.names():  # every array but the data decodes (each chunk's crc32c)
+            if name != data_name:
+                r.read(name)
         n = len(r.read("status"))
-    except Exception:
-        return problems
+    except StoreError as e:
+        return problems + [str(e).split(" is damaged: ", 1)[-1]]
     step = max(1, int(r["checksum"].chunks[0]) if hasattr(r["checksum"], "chunks") and r["checksum"].chunks else 1)
     for a in range(0, n, step):
         try:
@@ -510,7 +560,7 @@ def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "fr
         return False
     from pipeline.outputs import store_kind
 
-    if store_kind(work) is None:  # never delete what is not ours, whatever its name
+    if store_kind(work) is None and not _zarr_only(work):  # never delete what is not ours, whatever its name
         raise StoreError(f"{work} is in the way: it is not a har working store; move it away")
     try:
         with StoreReader(work) as w:
@@ -522,6 +572,18 @@ def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "fr
     if not keep:
         remove(work)
     return keep
+
+
+def _zarr_only(path: Path) -> bool:
+    """A folder holding nothing but Zarr's own files (zarr.json, chunks under c/): what a kill
+    while a working store's group is created leaves behind."""
+    if not path.is_dir():
+        return False
+    for p in path.rglob("*"):
+        rel = p.relative_to(path).parts
+        if p.is_file() and not (p.name == "zarr.json" or "c" in rel[:-1] or p.name.startswith(".")):
+            return False
+    return True
 
 
 def recover(target: Path) -> None:

@@ -129,4 +129,5 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
                                 "fps": np.full(n, 25, np.float32),
                                 "error": np.array(["" if x == store.OK else "broken" for x in status])},
                       data_name="features")
+    store.mark_complete(path)
     return path

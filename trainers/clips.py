@@ -18,6 +18,7 @@ import torch
 
 from pipeline import store
 from pipeline.sampling import seed_for
+from trainers import data
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,10 @@ def open_store(path: Path) -> ClipStore:
     path = Path(path)
     if not path.exists():
         raise store.StoreError(f"frame store {path} does not exist; run `har extract` first")
-    with store.StoreReader(path) as r:
-        if r.attrs.get("kind") != "frames":
-            raise store.StoreError(f"{path} is a {r.attrs.get('kind')} store; end-to-end models train on a frame store")
-        return ClipStore(path, r.read("label").astype(np.int64), r.read("group").astype(np.int64),
+    with store.open_input(path, "frames", "end-to-end models train on a frame store") as r:
+        labels = r.read("label").astype(np.int64)
+        data.check_classes(path, r.attrs, labels)
+        return ClipStore(path, labels, r.read("group").astype(np.int64),
                          r.read("status") == store.OK, r.read("clip_index"), r.read("view_index"),
                          {n.split("/", 1)[1]: r.read(n) for n in r.names() if n.startswith("split/")}, r.attrs,
                          r.read("video"))
@@ -64,13 +65,16 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, path: Path, labels: np.ndarray):
         self.path, self.labels = str(path), labels
-        self._frames = None
+        self._frames = self._sums = None
 
     def __getitem__(self, key: tuple[int, int]):
         if self._frames is None:
-            self._frames = store.StoreReader(Path(self.path))["frames"]
+            r = store.StoreReader(Path(self.path))
+            self._frames, self._sums = r["frames"], np.asarray(r["checksum"][...])  # N x S uint32: small
         v, s = key
-        return torch.from_numpy(np.asarray(self._frames[v, s])), int(self.labels[v])
+        # checked against its checksum: a lost or changed chunk stops training, never trains on zeros
+        clip = store.read_sample(self._frames, self._sums, Path(self.path), v, s)
+        return torch.from_numpy(clip), int(self.labels[v])
 
 
 class _Items(torch.utils.data.Sampler):

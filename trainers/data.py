@@ -63,13 +63,12 @@ def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
     path = Path(path)
     if not path.exists():
         raise store.StoreError(f"feature store {path} does not exist; run `har features` first")
-    with store.StoreReader(path) as r:
+    # kind, schema, finished, every chunk present, static arrays and status sound (store.open_input)
+    with store.open_input(path, "features", "heads train on a feature store "
+                          f"(`har features --store {path}` makes one)") as r:
         attrs = r.attrs
-        if attrs.get("kind") != "features":
-            raise store.StoreError(f"{path} is a {attrs.get('kind')} store; heads train on a feature store "
-                                   f"(`har features --store {path}` makes one)")
-        if not attrs.get("complete", True) or not store.has_results(r, data_name="features"):
-            raise store.StoreError(f"{path} is unfinished; run the `har features` command that made it again")
+        labels = r.read("label").astype(np.int64)
+        check_classes(path, attrs, labels)
         arr = r["features"]
         nbytes = int(np.prod(arr.shape)) * 2
         if ram_limit is None:
@@ -77,8 +76,8 @@ def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
 
             ram_limit = psutil.virtual_memory().available // 2
         mapped = nbytes > ram_limit
-        feats = _memory_map(path, r, attrs["lineage"]["fingerprint"]) if mapped else np.asarray(arr[...])
-        fs = FeatureSet(path=path, features=feats, labels=r.read("label").astype(np.int64),
+        feats = _memory_map(path, r, attrs["lineage"]["fingerprint"]) if mapped else _read_all(r)
+        fs = FeatureSet(path=path, features=feats, labels=labels,
                         groups=r.read("group").astype(np.int64), ok=r.read("status") == store.OK,
                         clip_index=r.read("clip_index"), view_index=r.read("view_index"),
                         videos=r.read("video"),
@@ -87,6 +86,27 @@ def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
     if mapped:
         logger.info("%s: %.1f GB of features > %.1f GB for RAM: memory-mapped", path, nbytes / 1e9, ram_limit / 1e9)
     return fs
+
+
+def check_classes(path: Path, attrs: dict, labels: np.ndarray) -> None:
+    """StoreError naming the store unless its attrs list 2 or more distinct class names and every
+    label is one of them (0 <= label < classes): a store whose labels point past its class list
+    would train a classifier too narrow for its own data."""
+    classes = attrs.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise store.StoreError(f"store {path} lists classes {classes!r:.80}; allowed: 2 or more distinct class names; "
+                               "make the store again")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise store.StoreError(f"store {path} has labels {int(labels.min())}..{int(labels.max())} but lists "
+                               f"{len(classes)} classes (labels 0..{len(classes) - 1}); make the store again")
+
+
+def _read_all(r: store.StoreReader) -> np.ndarray:
+    """Every feature, each sample checked against its checksum (a lost chunk is never zeros)."""
+    n = r["features"].shape[0]
+    step = int(r["checksum"].chunks[0]) if r.format == "zarr" else n
+    return np.concatenate([store.read_rows(r, a, min(n, a + step)) for a in range(0, max(n, 1), max(step, 1))])
 
 
 def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.ndarray:
@@ -98,7 +118,7 @@ def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.n
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=arr.shape)
         step = max(1, (64 << 20) // max(1, int(np.prod(arr.shape[1:])) * 2))
         for a in range(0, arr.shape[0], step):
-            mm[a:a + step] = arr[a:a + step]
+            mm[a:a + step] = store.read_rows(reader, a, min(arr.shape[0], a + step))
         mm.flush()
         del mm
         tmp.rename(cache)

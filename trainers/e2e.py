@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline import store
-from trainers import clips, data, distributed, loop, models3d, runs
+from trainers import clips, data, distributed, limits, loop, models3d, runs
 
 
 MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
@@ -52,18 +52,20 @@ class E2EConfig(loop.LoopConfig):
     # runs differed and about 1 in 10 went NaN. --precision bf16 still asks for it.
     CPU_BF16 = False
 
-    def validate(self) -> None:
+    def check_values(self) -> None:
         spec = models3d.get(self.model)
         if self.pretrained not in ("none", *spec.pretrained):
             raise ValueError(f"--pretrained {self.pretrained!r} is not available for {self.model}; allowed: "
                              f"{', '.join(('none', *spec.pretrained))}")
-        if self.crop is not None and self.crop < 8:
-            raise ValueError(f"--crop {self.crop} must be >= 8")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"--workers {self.workers} must be >= 0")
+        if self.crop is not None:
+            limits.whole("crop", self.crop, 8, 4096)  # the largest stored frame (har extract --size)
+        if self.workers is not None:
+            limits.whole("workers", self.workers, 0, 1024)
         if self.memory_format not in MEMORY_FORMATS:
             raise ValueError(f"--memory-format {self.memory_format!r} is not known; allowed: {', '.join(MEMORY_FORMATS)}")
-        super().validate()
+        if not isinstance(self.three_crop, bool):
+            raise ValueError(f"--three-crop {self.three_crop!r} is not supported; allowed: true, false")
+        super().check_values()
 
 
 class ClipTask:

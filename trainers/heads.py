@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.registry import Registry
+from trainers import limits
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,18 @@ class HeadConfig:
     dropout: float = 0.5         # before the classifier (and between stacked layers)
     heads: int = 4               # attention heads (attention only)
 
+    # whole-number settings: (field, lowest, highest). A wide head is refused by its memory
+    # (`training_bytes`), not by a range; the highest values are what torch's sizes can hold
+    RANGES = (("hidden", 1, 2**31 - 1), ("layers", 1, 256), ("heads", 1, 1024))
+
     def validate(self) -> None:
-        if self.hidden < 1 or self.layers < 1 or self.heads < 1:
-            raise ValueError(f"--hidden {self.hidden}, --layers {self.layers}, --heads {self.heads}: each must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout {self.dropout} is out of range; allowed: 0 <= dropout < 1")
+        for name, lo, hi in self.RANGES:
+            limits.whole(name, getattr(self, name), lo, hi)
+        if not isinstance(self.bidirectional, bool):
+            raise ValueError(f"--bidirectional {self.bidirectional!r} is not supported; allowed: true, false")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:  # nan too
+            raise ValueError(f"--dropout {d!r} is out of range; allowed: 0 <= dropout < 1")
 
 
 Builder = Callable[[int, int, int, HeadConfig], nn.Module]  # (dim, classes, frames, cfg) -> module
@@ -50,6 +58,31 @@ def names() -> tuple[str, ...]:
 
 def check(name: str) -> None:
     _REGISTRY.get(name)
+
+
+def check_options(name: str, cfg: HeadConfig) -> None:
+    """The options of head `name` in their allowed ranges (ValueError naming the value)."""
+    check(name)
+    cfg.validate()
+    if name == "attention" and cfg.hidden % cfg.heads:
+        raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the attention head")
+
+
+def param_count(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig) -> int:
+    """Parameters of head `name` with these options, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = build(name, dim, classes, frames, cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def training_bytes(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig, batch: int) -> tuple[int, int]:
+    """(parameters, bytes to train them): weights, gradients and Adam's moments (16 bytes a
+    parameter) plus a rough batch: its (B, T, D) input and the activations kept for backward,
+    bounded by a few (B, T, hidden) tensors per layer and direction (fp32)."""
+    params = param_count(name, dim, classes, frames, cfg)
+    dirs = 2 if cfg.bidirectional else 1
+    batch_bytes = 4 * batch * frames * (dim + 8 * cfg.hidden * cfg.layers * dirs)
+    return params, params * limits.BYTES_PER_TRAINED_PARAM + batch_bytes
 
 
 def build(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig,

@@ -3,6 +3,9 @@
 A checkpoint is a dict (model, optimizer, scheduler, epoch, history, best, early-stopping state,
 config). `last.pt` is written after every epoch (to a temporary file, then renamed, so a kill
 never leaves half a checkpoint); `best.pt` holds the weights of the best validation accuracy.
+Both hold tensors and plain Python values only and are read back with weights_only=True
+(`read_checkpoint`): a checkpoint crafted to run code when unpickled is refused unread, and a
+damaged or foreign one is one line naming the file.
 
 Determinism: everything random in epoch e (shuffle, which view, dropout) is seeded by
 (seed, e) alone, so a run killed at any moment and started again from `last.pt` ends with the
@@ -10,9 +13,11 @@ same weights and metrics as one that was never interrupted.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
-import os
+import pickle
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +29,7 @@ import torch
 from torch import nn
 
 from pipeline.sampling import seed_for
-from trainers import data, distributed, heads
+from trainers import data, distributed, heads, limits, rundir
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +62,35 @@ class LoopConfig:
     precision: str = "auto"        # auto: bf16 autocast on cuda and on CPUs with native bf16 (avx512_bf16,
                                    # AMX: 1.4x faster for lstm), else fp32; fp32 | bf16 to choose
 
-    def validate(self) -> None:
+    # whole-number settings: (field, lowest, highest)
+    WHOLE = (("epochs", 1, 1_000_000), ("batch_size", 1, 1 << 20), ("accumulate", 1, 1 << 20),
+             ("lr_patience", 0, 1_000_000), ("patience", 1, 1_000_000), ("seed", -(2**63), 2**63 - 1))
+    # real settings: (field, above, at least, below); every one finite
+    REAL = (("lr", 0.0, None, None), ("weight_decay", None, 0.0, None), ("min_delta", None, 0.0, None),
+            ("lr_factor", 0.0, None, 1.0), ("gamma", 0.0, None, None))
+
+    def check_values(self) -> None:
+        """Every setting in its allowed set or range, whatever machine this is: ValueError naming
+        the value and what is allowed (nan and inf are never allowed)."""
         checks = ((self.optimizer, OPTIMIZERS, "optimizer"), (self.scheduler, SCHEDULERS, "scheduler"),
                   (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"),
                   (self.train_views, data.TRAIN_VIEWS, "train-views"))
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"--{name} {value!r} is not supported; allowed: {', '.join(allowed)}")
-        for name in ("epochs", "batch_size", "accumulate"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"--lr {self.lr} must be > 0")
-        if self.weight_decay < 0 or self.patience < 1 or self.min_delta < 0:
-            raise ValueError("--weight-decay and --min-delta must be >= 0, --patience >= 1")
+        for name, lo, hi in self.WHOLE:
+            limits.whole(name, getattr(self, name), lo, hi)
+        for name, above, at_least, below in self.REAL:
+            limits.real(name, getattr(self, name), above=above, at_least=at_least, below=below)
+        if not (self.split is None or isinstance(self.split, str)):
+            raise ValueError(f"--split {self.split!r} is not a split name; allowed: a name the store lists, or none")
+        if not isinstance(self.class_weighted, bool):
+            raise ValueError(f"--class-weighted {self.class_weighted!r} is not supported; allowed: true, false")
+        limits.finite(self)
+
+    def validate(self) -> None:
+        """check_values, and the device asked for is here."""
+        self.check_values()
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu or auto")
 
@@ -92,10 +112,9 @@ class TrainConfig(LoopConfig):
     head: str = "lstm"
     head_options: heads.HeadConfig = field(default_factory=heads.HeadConfig)
 
-    def validate(self) -> None:
-        heads.check(self.head)
-        self.head_options.validate()
-        super().validate()
+    def check_values(self) -> None:
+        heads.check_options(self.head, self.head_options)
+        super().check_values()
 
 
 class Task(Protocol):
@@ -261,10 +280,112 @@ def _loss_and_acc(probs: np.ndarray, y: np.ndarray, weight: torch.Tensor | None)
     return float(loss), float((probs.argmax(1) == y).mean())
 
 
+def _plain(obj):
+    """`obj` with numpy scalars and arrays as Python numbers and lists and paths as str: what a
+    checkpoint read with weights_only=True can hold besides tensors."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file renamed into place: a kill leaves the old checkpoint, a full
+    disk (OSError ENOSPC, which goes on to the caller) leaves no temporary file."""
+    rundir.replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+# ---- reading checkpoints back ------------------------------------------------------------------------
+
+def _why_unreadable(e: Exception) -> str:
+    """torch.load's error for a damaged or foreign file, in a few words."""
+    if isinstance(e, pickle.UnpicklingError):
+        found = re.search(r"unsupported global:? (?:GLOBAL )?[\w.]+|unsupported operand \d+", str(e), re.IGNORECASE)
+        return ("it holds more than tensors and plain values, which har never writes (refused unread"
+                + (f": {found.group(0)}" if found else "") + ")")
+    if isinstance(e, EOFError):
+        return "it ends early (empty or truncated)"
+    if isinstance(e, OSError) and e.errno == errno.EINVAL:
+        return "not a complete checkpoint archive (truncated or damaged)"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu", remedy: str = "retrain or restore it") -> dict:
+    """A checkpoint dict of har's, read with weights_only=True: tensors and plain values only, so a
+    file crafted to run code when unpickled is refused before any of it runs. RunError naming the
+    file when it is missing, truncated, damaged, crafted or has no "model" weights; other OSErrors
+    (a failing disk) go on as they are."""
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise rundir.RunError(f"{path} is missing; {remedy}") from None
+    except OSError as e:
+        if e.errno not in (None, errno.EINVAL, errno.EISDIR):  # the disk's or the system's, not the bytes'
+            raise
+        raise rundir.RunError(f"{path} is not a readable har checkpoint: {_why_unreadable(e)}; {remedy}") from None
+    except Exception as e:  # torch.load's errors for damaged bytes are no documented set: zip reader
+        # (RuntimeError, OSError EINVAL), pickle, EOF, KeyError, UnicodeDecodeError ...
+        raise rundir.RunError(f"{path} is not a readable har checkpoint: {_why_unreadable(e)}; {remedy}") from None
+    weights = ck.get("model") if isinstance(ck, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise rundir.RunError(f"{path} is not a readable har checkpoint: no \"model\" weights in it; {remedy}")
+    return ck
+
+
+def load_weights(model: nn.Module, ck: dict, path: Path, remedy: str = "retrain or restore it") -> nn.Module:
+    """`model` with the checkpoint's weights; RunError naming the file when a name is missing or
+    extra or a shape differs (another model's checkpoint, or a tampered one)."""
+    want = model.state_dict()
+    got = ck["model"]
+    missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
+    wrong = [k for k in want if k in got and tuple(got[k].shape) != tuple(want[k].shape)]
+    if missing or extra or wrong:
+        if wrong:
+            k = wrong[0]
+            what = f"{k} has shape {tuple(got[k].shape)}, this run's model {tuple(want[k].shape)}"
+        else:
+            what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(extra[:3])}"
+        more = len(missing) + len(extra) + len(wrong) - 1
+        raise rundir.RunError(f"{path} does not fit this run's model ({what}{f' and {more} more' if more else ''}); "
+                              f"{remedy}")
+    model.load_state_dict(got)
+    return model
+
+
+# what fit's resumable state holds: name -> allowed types
+STATE = {"epoch": int, "history": list, "best_acc": (int, float), "best_loss": (int, float), "best_epoch": int,
+         "stale": int, "done": bool}
+LAST_REMEDY = "delete it to train this run from the start"
+
+
+def _resume(ck: dict, path: Path, model: nn.Module, opt, sched) -> dict:
+    """Load last.pt's model, optimizer, scheduler and loop state; RunError naming the file when any
+    part is missing or does not fit."""
+    state = ck.get("state")
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in STATE.items()) \
+            or not all(isinstance(h, dict) for h in state["history"]) or len(state["history"]) != state["epoch"]:
+        raise rundir.RunError(f"{path} is not a readable har checkpoint: its training state is missing or damaged; "
+                              f"{LAST_REMEDY}")
+    load_weights(model, ck, path, LAST_REMEDY)
+    try:
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(ck["scheduler"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        raise rundir.RunError(f"{path} is not a readable har checkpoint: its optimizer or scheduler state does not "
+                              f"fit ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                              f"{LAST_REMEDY}") from None
+    return state
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -292,13 +413,11 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
     last = run_dir / "last.pt"
     resumed = 0
     if last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
+        # an unreadable last.pt is refused, never skipped: har writes it atomically, so a damaged
+        # one was not left by a kill, and training over it would destroy what is to be examined
+        ck = read_checkpoint(last, device, LAST_REMEDY)
         if ck.get("fingerprint") == fingerprint:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(ck["scheduler"])
-            state = ck["state"]
+            state = _resume(ck, last, model, opt, sched)
             resumed = state["epoch"]
             logger.info("resuming %s after epoch %d", run_dir, resumed)
     trained = distributed.wrap(model, world, device)
@@ -314,22 +433,22 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
             sched.step(val_acc)
         elif sched is not None:
             sched.step()
-        better = val_acc > state["best_acc"] or (val_acc == state["best_acc"] and val_loss < state["best_loss"])
+        better = bool(val_acc > state["best_acc"] or (val_acc == state["best_acc"] and val_loss < state["best_loss"]))
         if better and world.main:
-            _save({"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
-                   "fingerprint": fingerprint}, run_dir / "best.pt")
+            _save({"model": model.state_dict(), "epoch": epoch, "val_acc": float(val_acc),
+                   "val_loss": float(val_loss), "fingerprint": fingerprint}, run_dir / "best.pt")
         state["stale"] = 0 if val_acc > state["best_acc"] + cfg.min_delta else state["stale"] + 1
         if better:
             state.update(best_acc=val_acc, best_loss=val_loss, best_epoch=epoch)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": val_acc, "best": better, "seconds": time.perf_counter() - te}
-        state["history"].append(row)
+        state["history"].append(_plain(row))
         state["epoch"] = epoch
         state["done"] = state["stale"] >= cfg.patience or epoch == cfg.epochs
         if world.main:
             _save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                   "scheduler": None if sched is None else sched.state_dict(), "state": state,
-                   "config": cfg.as_dict(), "fingerprint": fingerprint}, last)
+                   "scheduler": None if sched is None else _plain(sched.state_dict()), "state": _plain(state),
+                   "config": _plain(cfg.as_dict()), "fingerprint": fingerprint}, last)
             if on_epoch:
                 on_epoch(row)
     distributed.barrier(world)
@@ -338,7 +457,7 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
 
 
 def load_best(model: nn.Module, run_dir: Path, device: torch.device) -> nn.Module:
-    """`model` (freshly built, same config) with the weights of run_dir/best.pt, in eval mode."""
-    ck = torch.load(Path(run_dir) / "best.pt", map_location=device, weights_only=True)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval()
+    """`model` (freshly built, same config) with the weights of run_dir/best.pt, in eval mode.
+    RunError naming best.pt when it is unreadable or another model's."""
+    path = Path(run_dir) / "best.pt"
+    return load_weights(model, read_checkpoint(path, device), path).to(device).eval()

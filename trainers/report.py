@@ -1,5 +1,7 @@
 """A run's report: CSV tables, PNG figures (matplotlib, no display needed) and report.md that
-shows them all. Reads nothing but the metrics and history it is given."""
+shows them all. Reads nothing but the metrics and history it is given; every file is written
+beside its place and renamed into it (rundir.replace_atomically), so a full disk leaves neither
+half a file nor a temporary one."""
 from __future__ import annotations
 
 import csv
@@ -7,6 +9,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from trainers.rundir import replace_atomically, write_text
 
 FILES = ("curves.png", "confusion.png", "confusion.csv", "per_class.png", "per_class.csv", "report.md")
 
@@ -21,15 +25,29 @@ def _plt():
 
 
 def write_csvs(run_dir: Path, m: dict, classes: list[str]) -> None:
-    with open(run_dir / "per_class.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
-        w.writeheader()
-        w.writerows(m["per_class"])
-    with open(run_dir / "confusion.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["true \\ predicted", *classes])
-        for c, row in zip(classes, m["confusion"]):
-            w.writerow([c, *row])
+    def per_class(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
+            w.writeheader()
+            w.writerows(m["per_class"])
+
+    def confusion(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["true \\ predicted", *classes])
+            for c, row in zip(classes, m["confusion"]):
+                w.writerow([c, *row])
+
+    replace_atomically(run_dir / "per_class.csv", per_class)
+    replace_atomically(run_dir / "confusion.csv", confusion)
+
+
+def _savefig(fig, path: Path) -> None:
+    """Save `fig` as PNG into `path` and close it (also when the disk is full)."""
+    try:
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        _plt().close(fig)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -46,8 +64,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _savefig(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> None:
@@ -68,8 +85,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _savefig(fig, path)
 
 
 def plot_per_class(per_class: list[dict], path: Path) -> None:
@@ -86,8 +102,7 @@ def plot_per_class(per_class: list[dict], path: Path) -> None:
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _savefig(fig, path)
 
 
 def _fmt(v) -> str:
@@ -129,5 +144,5 @@ def write(run_dir: Path, summary: dict, history: list[dict], classes: list[str])
     lines += ["", f"Run fingerprint `{summary['fingerprint']}` (config, split and the store's fingerprint). "
               "Config: `config.json`; lineage: `lineage.json`.", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path

@@ -6,21 +6,24 @@
 
 The fingerprint covers the training config and the feature store's fingerprint: the same
 command again finds its finished run and does nothing; an interrupted one resumes from last.pt.
-`metrics.json` is written last: a directory with it is a finished run.
+`metrics.json` is written last: a directory with it is a finished run. A run holds `.lock`
+(rundir.claimed) while it writes, so a second har into the same directory is refused; config.json
+and lineage.json are read back as untrusted input (every key checked, `load_run`).
 """
 from __future__ import annotations
 
-import json
 import logging
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import lineage, store
 from pipeline.synth import reversed_classes
-from trainers import data, distributed, heads, loop, metrics, report
+from trainers import data, distributed, heads, limits, loop, metrics, report, rundir
 
 logger = logging.getLogger(__name__)
 
@@ -110,31 +113,40 @@ class Job:
 def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None = None,
             stop_after: int | None = None) -> RunResult:
     """Run `job` in its directory: up to date if finished with the same fingerprint, resumed if
-    interrupted, else trained; then evaluated and reported."""
+    interrupted, else trained; then evaluated and reported. The directory is checked first (never
+    an input, the current folder or a folder of other files: pipeline.outputs) and locked for the
+    whole run, so a second har writing it is refused with one line."""
     fp = lineage.fingerprint({"train": job.cfg.fingerprint_dict(), "split": job.split.name, "store": job.fingerprint,
                               "schema": 1})
     run_dir = (Path(out) if out else Path("runs") / f"{job.name}-{job.split.name}-{fp[:10]}").absolute()
+    if not distributed.world().main:  # under torchrun rank 0 checks, locks and writes; the others train
+        return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after)
+    with rundir.claimed(run_dir, "run", inputs=[job.store]):
+        return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after)
+
+
+def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[dict], None] | None,
+             stop_after: int | None) -> RunResult:
     warns = list(job.warnings)
     done = run_dir / "metrics.json"
     if done.exists():
-        old = json.loads(done.read_text())
+        old = rundir.read_json(done, "delete it and run the same command again to finish the run")
         if old.get("fingerprint") == fp:
             return RunResult(run_dir, True, old, warns)
-        if out is not None:
+        if named:
             raise ValueError(f"--out {run_dir} holds another run (different config or data); "
                              "choose another directory or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.world().main  # under torchrun, rank 0 alone writes
     if main:
-        (run_dir / "config.json").write_text(json.dumps({"store": str(job.store), **job.cfg.as_dict()}, indent=2,
-                                                        default=str))
+        rundir.write_json(run_dir / "config.json", {"store": str(job.store), **job.cfg.as_dict()})
         lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": _split_info(job.split),
                "versions": lineage.versions(), "created": lineage.now(), "predict": job.card}
-        (run_dir / "lineage.json").write_text(json.dumps(lin, indent=2, default=str))
+        rundir.write_json(run_dir / "lineage.json", lin)
     fit = loop.fit(job.cfg, job.task, job.split, run_dir, fp, on_epoch=on_epoch, stop_after=stop_after)
     if not main:
         return RunResult(run_dir, False, {}, [])
-    (run_dir / "history.json").write_text(json.dumps(fit.history, indent=2))
+    rundir.write_json(run_dir / "history.json", fit.history)
     if stop_after is not None and fit.history and len(fit.history) < job.cfg.epochs and not fit.stopped_early:
         return RunResult(run_dir, False, {"interrupted_after": len(fit.history)}, warns)
     device = loop.resolve_device(job.cfg.device)
@@ -149,8 +161,25 @@ def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None 
                "val": evaluate(job.task, model, val, device, job.cfg, dataset),
                "test": evaluate(job.task, model, job.split.test, device, job.cfg, dataset)}
     report.write(run_dir, summary, fit.history, job.task.classes)
-    done.write_text(json.dumps(summary, indent=2, default=str))
+    rundir.write_json(done, summary)
     return RunResult(run_dir, False, summary, warns)
+
+
+def check_head_fits(cfg: loop.TrainConfig, dim: int, classes: int, frames: int, device, where: str = "",
+                    batch: int | None = None) -> None:
+    """ValueError, before anything is allocated, when the head cannot fit in `device`'s available
+    memory: to train it (`batch` given: 16 bytes a parameter plus a batch) or to use it (4 bytes a
+    parameter). `where` prefixes the message (the file the config came from)."""
+    o = cfg.head_options
+    if batch is None:
+        params = heads.param_count(cfg.head, dim, classes, frames, o)
+        need, doing = params * limits.BYTES_PER_PARAM, f"loading the {cfg.head} head ({params:,} parameters)"
+    else:
+        params, need = heads.training_bytes(cfg.head, dim, classes, frames, o, batch)
+        doing = f"training the {cfg.head} head ({params:,} parameters; weights, gradients, Adam moments and a batch)"
+    limits.check_fits(need, device, f"{where}--hidden {o.hidden} --layers {o.layers}: {doing}",
+                      "choose a smaller --hidden, --layers or --batch-size" if batch
+                      else "use a machine with more memory, or restore config.json if it was changed")
 
 
 def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
@@ -159,6 +188,8 @@ def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
     fs = data.load(path, cfg.ram_limit)
     split = data.make_split(fs, cfg.train.split)
+    check_head_fits(cfg.train, fs.dim, len(fs.classes), fs.frames, loop.resolve_device(cfg.train.device),
+                    batch=cfg.train.batch_size)
     pretrained = bool(fs.attrs.get("pretrained", True))
     job = Job(name=cfg.train.head, cfg=replace(cfg.train, split=split.name), task=loop.FeatureTask(fs), split=split,
               store=path, fingerprint=fs.fingerprint,
@@ -172,22 +203,82 @@ def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
     return execute(job, cfg.out, on_epoch, stop_after)
 
 
+RUN_REMEDY = "train the run again or restore the file"
+# what a run's lineage.json names as its input: (store key, fingerprint key) of a head run, of a video-model run
+INPUT_KEYS = (("features_store", "features_fingerprint"), ("frames_store", "frames_fingerprint"))
+
+
+def _accepts(hint, value) -> bool:
+    """Is `value` (from JSON) of the plain type `hint` (int, float, str, bool, or a union with None)?"""
+    for t in typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,):
+        if (t is type(None) and value is None) or (t is bool and isinstance(value, bool)) \
+                or (t is str and isinstance(value, str)) \
+                or (t in (int, float) and isinstance(value, int) and not isinstance(value, bool)) \
+                or (t is float and isinstance(value, float)):
+            return True
+    return False
+
+
+def config_from(cls, raw: dict, path: Path, prefix: str = ""):
+    """The frozen config `cls` from a JSON object: every field there, no other key, each of its
+    type (nested configs too); RunError naming the file and the key otherwise."""
+    names = [f.name for f in fields(cls)]
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise rundir.RunError(f"{path}: unknown key {prefix}{unknown[0]}; allowed: {', '.join(names)}; {RUN_REMEDY}")
+    missing = [k for k in names if k not in raw]
+    if missing:
+        raise rundir.RunError(f"{path}: key {prefix}{missing[0]} is missing; {RUN_REMEDY}")
+    values = {}
+    for k in names:
+        hint, v = hints[k], raw[k]
+        if is_dataclass(hint):
+            if not isinstance(v, dict):
+                raise rundir.RunError(f"{path}: {prefix}{k} is {v!r:.60}, not an object; {RUN_REMEDY}")
+            values[k] = config_from(hint, v, path, f"{prefix}{k}.")
+        elif _accepts(hint, v):
+            values[k] = v
+        else:
+            raise rundir.RunError(f"{path}: {prefix}{k} is {v!r:.60}; allowed: {hint}; {RUN_REMEDY}")
+    return cls(**values)
+
+
 def load_run(run_dir: Path) -> tuple[loop.LoopConfig, dict]:
     """(training config, lineage) of a run directory: a TrainConfig for a head run, an E2EConfig
-    for a video-model run; ValueError when it is not a finished run."""
+    for a video-model run; ValueError when it is not a finished run, and RunError naming the file
+    and the key when config.json or lineage.json is damaged or foreign."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "best.pt").exists():
         raise ValueError(f"{run_dir} is not a finished har run (no config.json / best.pt); "
                          "`har train-head` or `har train-e2e` makes one")
-    raw = json.loads((run_dir / "config.json").read_text())
+    path = run_dir / "config.json"
+    raw = rundir.read_json(path, RUN_REMEDY)
     raw.pop("store", None)
-    lin = json.loads((run_dir / "lineage.json").read_text())
     if "model" in raw:
         from trainers.e2e import E2EConfig  # e2e builds on this module
 
-        return E2EConfig(**raw), lin
-    raw["head_options"] = heads.HeadConfig(**raw["head_options"])
-    return loop.TrainConfig(**raw), lin
+        cfg = config_from(E2EConfig, raw, path)
+    else:
+        cfg = config_from(loop.TrainConfig, raw, path)
+    try:
+        cfg.check_values()
+    except ValueError as e:
+        raise rundir.RunError(f"{path}: {e}; {RUN_REMEDY}") from None
+    lpath = run_dir / "lineage.json"
+    lin = rundir.read_json(lpath, RUN_REMEDY)
+    inputs = lin.get("inputs")
+    kind = next((pair for pair in INPUT_KEYS if isinstance(inputs, dict)
+                 and all(isinstance(inputs.get(k), str) for k in pair)), None)
+    if kind is None:
+        raise rundir.RunError(f"{lpath}: key inputs must name the store trained on ({' and '.join(INPUT_KEYS[0])}, "
+                              f"or {' and '.join(INPUT_KEYS[1])}); {RUN_REMEDY}")
+    if (kind == INPUT_KEYS[1]) != ("model" in raw):
+        raise rundir.RunError(f"{lpath}: inputs names a {kind[0].split('_')[0]} store but {path.name} is a "
+                              f"{'video-model' if 'model' in raw else 'head'} config; {RUN_REMEDY}")
+    if lin.get("predict") is not None and not isinstance(lin["predict"], dict):
+        raise rundir.RunError(f"{lpath}: key predict is not an object; {RUN_REMEDY}")
+    return cfg, lin
 
 
 def evaluate_run(run_dir: Path, role: str = "test") -> dict:
@@ -206,6 +297,8 @@ def evaluate_run(run_dir: Path, role: str = "test") -> dict:
         path, recorded = Path(inputs["features_store"]), inputs["features_fingerprint"]
         source = data.load(path)
         task, fingerprint = loop.FeatureTask(source), source.fingerprint
+        check_head_fits(cfg, source.dim, len(source.classes), source.frames, loop.resolve_device(cfg.device),
+                        f"{Path(run_dir) / 'config.json'}: ")
     try:
         if fingerprint != recorded:
             raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
@@ -238,6 +331,7 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
     a run (resumable, up to date on rerun) under the cv directory; mean +- std of test metrics."""
     if folds not in FOLDS:
         raise ValueError(f"--folds {folds!r} is not supported; allowed: {', '.join(FOLDS)}")
+    cfg.train.validate()
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
     fs = data.load(path, cfg.ram_limit)
     prefix = "logo" if folds == "logo" else "official"
@@ -249,6 +343,12 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
     fp = lineage.fingerprint({"train": replace(cfg.train, split=None).fingerprint_dict(), "features": fs.fingerprint,
                               "folds": folds})
     out = Path(cfg.out) if cfg.out else Path("runs") / f"cv-{cfg.train.head}-{folds}-{fp[:10]}"
+    with rundir.claimed(out, "cv", inputs=[path]):
+        return _cv(cfg, path, fs, names, folds, out, on_fold)
+
+
+def _cv(cfg: RunConfig, path: Path, fs: data.FeatureSet, names: list[str], folds: str, out: Path,
+        on_fold: Callable[[dict], None] | None) -> CVResult:
     rows = []
     for name in names:
         res = train_head(replace(cfg, features=path, dataset=None, out=out / name,
@@ -264,6 +364,6 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
     keys = [k for k in ("top1", "top5", "f1_macro", "reversed_pairs_top1") if k in rows[0]]
     summary = {"head": cfg.train.head, "features": str(path), "folds": folds,
                **{k: metrics.summary([r[k] for r in rows if not np.isnan(r[k])]) for k in keys}}
-    (out / "cv.json").write_text(json.dumps({"summary": summary, "folds": rows}, indent=2))
+    rundir.write_json(out / "cv.json", {"summary": summary, "folds": rows})
     return CVResult(out.absolute(), rows, summary)
 
