@@ -195,10 +195,9 @@ def extract(
 
     if dataset not in datasets.ADAPTERS:
         _fail(f"unknown dataset {dataset!r}; allowed: {', '.join(datasets.ADAPTERS)}")
-    if workers is not None and workers < 1:
-        _fail(f"--workers {workers} must be >= 1")
-    if threads is not None and threads < 1:
-        _fail(f"--threads {threads} must be >= 1")
+    for flag, value in (("--workers", workers), ("--threads", threads)):
+        if value is not None and not 1 <= value <= E.MAX_PARALLEL:
+            _fail(f"{flag} {value} is out of range; allowed: 1..{E.MAX_PARALLEL}")
     if fmt is not None and fmt not in store.FORMATS:
         _fail(f"--format {fmt!r} is not supported; allowed: {', '.join(store.FORMATS)}")
     if fmt is None:

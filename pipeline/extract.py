@@ -123,6 +123,9 @@ class ExtractResult:
     notes: tuple[str, ...] = ()
 
 
+MAX_PARALLEL = 1024  # --workers, --threads: beyond any machine; larger values overflow FFmpeg and OpenCV
+
+
 def default_store_path(dataset: str, recipe: Recipe, fmt: str = "zarr") -> Path:
     name = "frames.h5" if fmt == "hdf5" else "frames.zarr"
     return lineage.har_home() / "stores" / dataset / recipe.fingerprint()[:12] / name
@@ -357,6 +360,9 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
     if cfg.format not in store.FORMATS:
         raise ValueError(f"--format {cfg.format!r} is not supported; allowed: {', '.join(store.FORMATS)}")
     cfg.recipe.validate()
+    for flag, value in (("--workers", cfg.workers), ("--threads", cfg.threads)):
+        if value is not None and not 1 <= value <= MAX_PARALLEL:
+            raise ValueError(f"{flag} {value} is out of range; allowed: 1..{MAX_PARALLEL}")
     recipe = cfg.recipe
     index = datasets.load(cfg.dataset, cfg.root)
     target = Path(cfg.out) if cfg.out else default_store_path(index.name, recipe, cfg.format)
