@@ -169,8 +169,8 @@ def extract(
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes [default: all cores]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Decoder threads per worker [default: cores / workers on the local cluster]."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786."),
-    force: bool = typer.Option(False, "--force", help="Replace an --out frame store made with another recipe (never anything that is not a har frame store)."),
-    verify: bool = typer.Option(False, "--verify", help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash)."),
+    force: bool = typer.Option(False, "--force", help="Extract every video again, replacing the store (also one made with another recipe at --out; never anything that is not a har frame store)."),
+    verify: bool = typer.Option(False, "--verify", help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash) and read the store against its checksums: damage found is extracted again."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Decode a dataset's videos into a chunked, compressed frame store (Zarr v3 or HDF5).
@@ -270,7 +270,7 @@ def features(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the backbone (GPU)."),
     resize: str = typer.Option("weights", "--resize", help="weights: the weights' own resize and crop (224 px) | stored: frames as stored, only normalised (faster)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed address: shards spread over its workers."),
-    force: bool = typer.Option(False, "--force", help="Replace an --out feature store made differently (another backbone or frame store); never anything else."),
+    force: bool = typer.Option(False, "--force", help="Encode again, replacing the feature store (also one made differently at --out: another backbone or frame store); never anything else."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Encode every frame of a frame store with a frozen 2D backbone into a feature store.

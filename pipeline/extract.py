@@ -102,8 +102,8 @@ class ExtractConfig:
     threads: int | None = None      # decoder/resize threads per task; default cores // workers locally,
                                     # FFmpeg's own choice on an existing cluster or in-process
     scheduler: str | None = None    # None local cluster, "synchronous", or tcp://host:port
-    force: bool = False             # overwrite an --out store made with another recipe
-    verify: bool = False            # hash every source again instead of trusting size, times and inode
+    force: bool = False             # rebuild the store (also one made with another recipe at --out)
+    verify: bool = False            # hash every source again, and read the store against its checksums
 
 
 @dataclass
@@ -213,10 +213,11 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
             true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
             decoded += true_n
         if true_n == 0:
-            raise video.VideoError("no decodable video frames")
+            # the file's bytes are the reason: a decoder short of memory or threads raised in video.scan
+            raise video.VideoError("no decodable video frames", permanent=True)
         if true_n < info.frames_estimate - max(2, info.frames_estimate // 20):
             raise video.VideoError(f"truncated or damaged: the container announces {info.frames_estimate} frames, "
-                                   f"only {true_n} decode")
+                                   f"only {true_n} decode", permanent=True)
         if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
             vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw).as_array()
                            for v in view_of])
@@ -368,8 +369,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
     target = Path(cfg.out) if cfg.out else default_store_path(index.name, recipe, cfg.format)
     if cfg.out and store.format_of(target) != cfg.format and target.suffix:
         cfg = replace(cfg, format=store.format_of(target))
-    outputs.check_output(target, "frames", roots=[index.root])
-    target = target.absolute()
+    target = outputs.check_output(target, "frames", roots=[index.root])  # resolved: a symlinked --out is its target
     workers = cfg.workers or cpu_count()
     # a worker holds a video's samples about three times (the decoded samples, its batch, the write)
     per_worker = 3 * recipe.bytes_per_video
@@ -398,10 +398,13 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         lin = build_lineage(index, recipe, sources)
         result = ExtractResult(store=target, notes=index.notes)
         result.source_bytes = sum(s.size for s in sources)
-        damage = store.quick_check(old) if old is not None and store.has_results(old) else []
-        if damage:
-            result.notes = (*result.notes, f"{target} is damaged ({'; '.join(damage[:2])}): every video is "
-                            "extracted again")
+        damage = []
+        if old is not None and store.has_results(old):
+            # --verify reads every sample against its checksum; otherwise what shows without reading
+            damage = store.verify(old) if cfg.verify else store.quick_check(old)
+        if damage or (old is not None and cfg.force):
+            why = f"is damaged ({'; '.join(damage[:2])})" if damage else "is replaced (--force)"
+            result.notes = (*result.notes, f"{target} {why}: every video is extracted again")
             old.close()
             old = None
         if (old is not None and old.attrs["lineage"]["fingerprint"] == lin["fingerprint"]

@@ -46,7 +46,7 @@ class FeatureConfig:
     resize: str = "weights"         # weights: the weights' resize + centre crop (224 px for ImageNet);
                                     # stored: frames at their stored size, only scaled and normalised
     scheduler: str | None = None    # dask.distributed address: shards spread over its workers
-    force: bool = False             # replace an --out feature store made differently (another backbone, store)
+    force: bool = False             # rebuild the feature store (also one made differently at --out)
 
     def validate(self) -> None:
         backbones.get(self.backbone)
@@ -224,8 +224,8 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     spec = backbones.get(cfg.backbone)
     enc_key = (cfg.backbone, cfg.weights, device, precision, cfg.batch_size, cfg.compile, cfg.resize)
     weights = encoder_for(enc_key).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
-    target = Path(cfg.out).absolute() if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
-    outputs.check_output(cfg.out if cfg.out else target, "features", inputs=[src])
+    target = Path(cfg.out) if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
+    target = outputs.check_output(target, "features", inputs=[src])  # resolved: a symlinked --out is its target
     content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
                "frames_fingerprint": attrs["lineage"]["fingerprint"], "backbone": cfg.backbone,
                "weights": asdict(weights), "precision": precision,
@@ -241,8 +241,9 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
         layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, max(s * t * h * w * 3, s * t * spec.dim * 2)))
         if target.exists() and _replaceable(target, lin, cfg.force):
             with store.StoreReader(target) as old:
-                if (old.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
-                        and store.has_results(old, data_name="features") and old.attrs.get("complete")):
+                if (not cfg.force and old.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
+                        and store.has_results(old, data_name="features") and old.attrs.get("complete")
+                        and not store.quick_check(old)):  # a damaged store is rebuilt, never "up to date"
                     result.up_to_date = True
                     result.failed = int((old.read("status") == store.FAILED).sum())
         if result.up_to_date:

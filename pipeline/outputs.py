@@ -25,7 +25,8 @@ KINDS = ("frames", "features", "run", "cv")
 # the files a run folder holds (runs.py, loop.py, report.py); anything else means it is not ours
 RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "history.json", "metrics.json",
                        "report.md", "curves.png", "confusion.png", "confusion.csv", "per_class.png",
-                       "per_class.csv", ".lock"})
+                       "per_class.csv", ".lock", ".har-run"})
+RUN_MARKER = ".har-run"  # written when a run claims its folder: what makes a folder a har run
 RUN_TEMPORARY_SUFFIXES = (".tmp",)
 
 
@@ -62,20 +63,23 @@ def store_kind(path: Path) -> str | None:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A folder holding only a har run's files, with its config.json or lineage.json readable as JSON."""
+    """A folder holding only a har run's files, with har's marker (or, from before the marker, a
+    lineage.json with a fingerprint and inputs): a user's folder of a config.json and a report.md
+    is not one."""
     path = Path(path)
     if not path.is_dir():
         return False
     names = {p.name for p in path.iterdir()}
     if not names <= RUN_FILES | {n for n in names if n.endswith(RUN_TEMPORARY_SUFFIXES)}:
         return False
-    for marker in ("lineage.json", "config.json"):
-        try:
-            if isinstance(json.loads((path / marker).read_text()), dict):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+    if RUN_MARKER in names:
+        return True
+    try:  # a run made before the marker: its lineage.json carries a fingerprint and its inputs
+        lin = json.loads((path / "lineage.json").read_text())
+    except (OSError, ValueError):
+        return False
+    fp = lin.get("fingerprint") if isinstance(lin, dict) else None
+    return isinstance(fp, str) and len(fp) == 64 and isinstance(lin.get("inputs"), dict)
 
 
 def is_cv_dir(path: Path) -> bool:
@@ -128,6 +132,9 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
                  (_resolved(har_home()), "har's home ($HAR_HOME)")]
     protected += [(_resolved(r), "the dataset root") for r in roots]
     protected += [(_resolved(i), "an input of this command") for i in inputs]
+    for i in inputs:  # a store inside an input would be deleted with it (and read as part of it)
+        if _within(t, _resolved(i)) and t != _resolved(i):
+            raise OutputError(f"--out {target} is inside {i}, an input of this command; choose a path outside it")
     for p, what in protected:
         if t == p:
             raise OutputError(f"--out {target} is {what} ({p}); har writes its {kind} output only to a new path "

@@ -38,6 +38,12 @@ class DamagedStoreError(StoreError):
     """A store whose data is missing or damaged: never turned into numbers."""
 
 
+# what a damaged store's message tells the user to do (extract --verify finds every damage and
+# rebuilds; --force rebuilds without looking)
+REBUILD = ("rebuild it with the command that made it and --verify (har extract) or --force "
+           "(har features); har never reads missing data as numbers")
+
+
 def sample_checksums(data: np.ndarray) -> np.ndarray:
     """(m, S) uint32: crc32 of each sample data[i, s] (any trailing shape), as stored bytes."""
     m, s = data.shape[:2]
@@ -232,7 +238,7 @@ class StoreReader:
 
     def _damaged(self, what: str, e: Exception) -> "DamagedStoreError":
         return DamagedStoreError(f"{self.path} is damaged: {what} cannot be read ({type(e).__name__}: {e}); "
-                                 "make the store again")
+                                 f"{REBUILD}")
 
     def names(self) -> list[str]:
         try:
@@ -312,11 +318,8 @@ def open_input(path: Path, kind: str, needs: str) -> StoreReader:
         if not has_results(r, data_name=kind):
             raise StoreError(f"{path} was written by an older har and lacks arrays; run the stage again")
         problems = quick_check(r)
-        if a.get("attrs_checksum") != attrs_checksum(a):
-            problems.insert(0, "its attributes were changed since it was written (attrs_checksum)")
         if problems:
-            raise DamagedStoreError(f"{path} is damaged: {'; '.join(problems[:3])}; make it again "
-                                    "(har never reads missing data as numbers)")
+            raise DamagedStoreError(f"{path} is damaged: {'; '.join(problems[:3])}; {REBUILD}")
     except BaseException:
         r.close()
         raise
@@ -328,6 +331,8 @@ def quick_check(r: "StoreReader") -> list[str]:
     checksums, a video without status, and (Zarr) every chunk file present, since a missing one
     reads as zeros. [] when nothing is found; --verify (`verify`) reads everything."""
     problems = []
+    if r.attrs.get("complete") and r.attrs.get("attrs_checksum") != attrs_checksum(r.attrs):
+        problems.append("its attributes were changed since it was written (attrs_checksum)")
     bad = check_static(r)
     if bad:
         problems.append(bad)
@@ -392,11 +397,11 @@ def read_rows(r: "StoreReader", start: int, stop: int, status: np.ndarray | None
         sums = np.asarray(r["checksum"][start:stop])
     except Exception as e:  # zarr's crc32c / shard index / codec errors, a truncated HDF5 chunk
         raise DamagedStoreError(f"{r.path} is damaged: {name} of videos {_names(r.read('video'), range(start, stop))} "
-                                f"cannot be read ({type(e).__name__}: {e}); make the store again") from None
+                                f"cannot be read ({type(e).__name__}: {e}); {REBUILD}") from None
     bad = np.flatnonzero((sample_checksums(data) != sums).any(axis=1))
     if len(bad):
         raise DamagedStoreError(f"{r.path} is damaged: {name} of {_names(r.read('video'), bad + start)} do not "
-                                "match their checksums (a chunk is missing or changed); make the store again")
+                                f"match their checksums (a chunk is missing or changed); {REBUILD}")
     return data
 
 
@@ -407,18 +412,16 @@ def read_sample(arr, sums, path: Path, v: int, s: int) -> np.ndarray:
         crc = int(sums[v, s])
     except Exception as e:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} cannot be read "
-                                f"({type(e).__name__}: {e}); make the store again") from None
+                                f"({type(e).__name__}: {e}); {REBUILD}") from None
     if zlib.crc32(np.ascontiguousarray(x)) != crc:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} does not match its checksum "
-                                "(a chunk is missing or changed); make the store again")
+                                f"(a chunk is missing or changed); {REBUILD}")
     return x
 
 
 def verify(r: "StoreReader") -> list[str]:
     """Every problem of a store, reading all of it (har status --verify); [] when sound."""
     problems = quick_check(r)
-    if r.attrs.get("complete") and r.attrs.get("attrs_checksum") != attrs_checksum(r.attrs):
-        problems.append("its attributes were changed since it was written (attrs_checksum)")
     data_name = "features" if r.attrs.get("kind") == "features" else "frames"
     try:
         for name in r.names():  # every array but the data decodes (each chunk's crc32c)

@@ -47,6 +47,14 @@ def failure_text(e: VideoError) -> str:
     return str(e) + (PERMANENT if e.permanent else "")
 
 
+def transient(e: Exception) -> bool:
+    """An FFmpeg error caused by the machine (no memory, no threads, an interrupted or failed
+    read) rather than by the file's bytes; PyAV raises those as MemoryError / OSError kinds."""
+    import av
+
+    return isinstance(e, (MemoryError, OSError)) and not isinstance(e, (av.error.InvalidDataError, EOFError))
+
+
 def is_permanent(error: str) -> bool:
     return str(error).endswith(PERMANENT)
 
@@ -125,6 +133,8 @@ def scan(path: Path, wanted: Callable[[int], bool], on_frame: Callable[[int, obj
                         on_frame(k, frame)
                     k += 1
         except av.error.FFmpegError as e:  # truncated or damaged container
+            if transient(e):  # the machine, not the file: the next run tries again
+                raise VideoError(f"the decoder failed for lack of resources after {k} frames: {e}") from None
             logger.warning("%s: demuxing stopped after %d frames: %s", path, k, e)
     if bad:
         logger.warning("%s: skipped %d corrupt packets", path, bad)

@@ -17,8 +17,16 @@ VALUES = st.one_of(NUMBERS.map(str), WEIRD, st.floats(allow_nan=True, allow_infi
                    st.text(max_size=6))
 
 
-def invoke(args):
-    res = CliRunner().invoke(__import__("cli").app, [str(a) for a in args], env={"COLUMNS": "300"})
+def invoke(args, cwd=None):
+    """The CLI in this process, in `cwd` (a fuzzed relative --out must not land in the repository)."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(cwd or before)
+    try:
+        res = CliRunner().invoke(__import__("cli").app, [str(a) for a in args], env={"COLUMNS": "300"})
+    finally:
+        os.chdir(before)
     text = (res.stdout or "") + (res.stderr or "")
     assert res.exit_code in ALLOWED, (args, res.exit_code, text[-2000:])
     assert "Traceback" not in text, (args, text[-2000:])
@@ -45,12 +53,12 @@ EXTRACT_OPTIONS = ["--frames", "--views", "--clips", "--stride", "--size", "--th
 @SETTINGS
 @given(option=st.sampled_from(EXTRACT_OPTIONS), value=VALUES)
 def test_extract_arguments_never_traceback(tiny, tmp_path_factory, option, value):
-    out = tmp_path_factory.mktemp("x") / "s.zarr"
+    here = tmp_path_factory.mktemp("x")
     args = ["extract", "synthetic", "--root", tiny / "data", "--scheduler", "synchronous", "--frames", "2",
             "--size", "16"]
     if option != "--out":
-        args += ["--out", out]
-    invoke([*args, option, value])
+        args += ["--out", here / "s.zarr"]
+    invoke([*args, option, value], cwd=here)
 
 
 TRAIN_OPTIONS = ["--lr", "--min-delta", "--weight-decay", "--dropout", "--hidden", "--layers", "--heads",
@@ -61,11 +69,11 @@ TRAIN_OPTIONS = ["--lr", "--min-delta", "--weight-decay", "--dropout", "--hidden
 @SETTINGS
 @given(option=st.sampled_from(TRAIN_OPTIONS), value=VALUES)
 def test_train_head_arguments_never_traceback(tiny, tmp_path_factory, option, value):
-    out = tmp_path_factory.mktemp("run") / "r"
-    args = ["train-head", "mean", "--features", tiny / "features.zarr", "--out", out, "--device", "cpu"]
+    here = tmp_path_factory.mktemp("run")
+    args = ["train-head", "mean", "--features", tiny / "features.zarr", "--out", here / "r", "--device", "cpu"]
     if option != "--epochs":
         args += ["--epochs", "2"]
-    invoke([*args, option, value])
+    invoke([*args, option, value], cwd=here)
 
 
 @SETTINGS

@@ -390,3 +390,60 @@ def test_a_full_disk_while_training_is_exit_4_with_nothing_half_written(tmp_path
     code, _, err = har("train-head", "mean", "--features", feats, "--out", run, "--epochs", "5", "--device", "cpu")
     assert "no space left" in one_line_error(code, err, expected_code=4)
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp") or "tmp" in p.suffix]
+
+
+def test_damage_inside_a_chunk_is_rebuilt_by_extract_verify_and_force(data, tmp_path):
+    """A flipped byte that only reading finds: `--verify` finds and rebuilds it, `--force` rebuilds;
+    an edited attribute is found without reading."""
+    frames = run(data, tmp_path / "f.zarr").store
+    shard = shard_files(frames, "frames")[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    assert run(data, frames).up_to_date  # not visible without reading ...
+    again = run(data, frames, verify=True)  # ... --verify reads it
+    assert not again.up_to_date and any("damaged" in n for n in again.notes)
+    assert store_state(frames, verify=True).current
+    assert not run(data, frames, force=True).up_to_date
+    import zarr
+
+    zarr.open_group(str(frames), mode="r+").attrs["classes"] = ["X", "Y", "Z"]
+    assert store_state(frames).state == "damaged"
+    assert not run(data, frames).up_to_date and store_state(frames).current
+
+
+def test_a_users_folder_that_looks_like_a_run_is_not_one(tmp_path):
+    from pipeline import outputs
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.json").write_text('{"lr": 0.1}')
+    (exp / "report.md").write_text("my notes")
+    with pytest.raises(outputs.OutputError, match="not a har run folder"):
+        outputs.check_output(exp, "run")
+
+
+def test_a_truncated_video_is_a_permanent_failure_and_a_rerun_is_up_to_date(data, tmp_path):
+    video = sorted(data.rglob("*.avi"))[0]
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+    out = tmp_path / "f.zarr"
+    first = run(data, out)
+    assert len(first.failed) == 1 and "[permanent]" in first.failed[0][1]
+    assert run(data, out).up_to_date
+
+
+def test_a_symlinked_out_is_written_through_and_rerun(data, tmp_path):
+    real = tmp_path / "real.zarr"
+    link = tmp_path / "link.zarr"
+    link.symlink_to(real)
+    first = run(data, link)
+    assert real.is_dir() and link.is_symlink() and first.ok == 6
+    assert run(data, link, force=True).ok == 6 and link.is_symlink()
+    assert run(data, link).up_to_date
+
+
+def test_an_output_inside_an_input_is_refused(data, tmp_path):
+    frames = run(data, tmp_path / "f.zarr").store
+    code, _, err = har("features", "--store", frames, "--out", frames / "feat.zarr", "--backbone", "resnet18",
+                       "--weights", "none", "--device", "cpu")
+    assert "inside" in one_line_error(code, err) and not (frames / "feat.zarr").exists()

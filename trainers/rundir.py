@@ -137,6 +137,8 @@ def claimed(folder: Path, kind: str = "run", inputs: Iterable[Path] = ()) -> Ite
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
+        if kind == "run":
+            (target / outputs.RUN_MARKER).write_text("a har run folder: har train-head / train-e2e may replace its files\n")
         yield target
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
