@@ -76,12 +76,16 @@ def _boundary(fn):
         except ValueError as e:  # har's own input errors: DatasetError, StoreError, OutputError, ...
             _fail(str(e) or type(e).__name__)
         except Exception as e:
+            if type(e).__name__ == "OutOfMemoryError":  # torch's (CUDA) out of memory, without importing torch
+                _fail(f"the device ran out of memory ({str(e).splitlines()[0] if str(e) else ''}); "
+                      "lower --batch-size", EXIT_USAGE)
             if kwargs.get("verbose"):
                 import traceback
 
                 traceback.print_exc()
-            _fail(f"internal error ({type(e).__name__}: {e}); this is a bug in har: please report it at {REPORT} "
-                  "with the command and its output with --verbose", EXIT_BUG)
+            again = " run again with --verbose and" if "verbose" in kwargs else ""
+            _fail(f"internal error ({type(e).__name__}: {e}); this is a bug in har:{again} please report it at "
+                  f"{REPORT} with the command and its output", EXIT_BUG)
 
     return run
 
