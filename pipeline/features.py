@@ -172,9 +172,13 @@ def read_frames(task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
                                "run the same command again")
 
     same_version()
-    with store.StoreReader(path) as fr:
-        status = fr.read("status")[task.start:task.stop]
-        frames = store.read_rows(fr, task.start, task.stop)
+    try:
+        with store.StoreReader(path) as fr:
+            status = fr.read("status")[task.start:task.stop]
+            frames = store.read_rows(fr, task.start, task.stop)
+    except store.DamagedStoreError:
+        same_version()  # a swap landing inside this read looks like damage: say which it was
+        raise
     same_version()
     return status, frames
 

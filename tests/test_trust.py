@@ -447,3 +447,19 @@ def test_an_output_inside_an_input_is_refused(data, tmp_path):
     code, _, err = har("features", "--store", frames, "--out", frames / "feat.zarr", "--backbone", "resnet18",
                        "--weights", "none", "--device", "cpu")
     assert "inside" in one_line_error(code, err) and not (frames / "feat.zarr").exists()
+
+
+def test_a_frame_store_replaced_during_training_is_named_as_replaced(data, tmp_path):
+    from trainers import clips
+
+    frames = run(data, tmp_path / "f.zarr", Recipe(sampling="clip", frames=4, height=24, width=32)).store
+    cs = clips.open_store(frames)
+    ds = clips.ClipDataset(cs.path, cs.labels, cs.fingerprint)
+    ds[0, 0]  # opened: the old version's checksums are held
+    other = run(data, tmp_path / "o.zarr", Recipe(sampling="random-uniform", frames=4, height=24, width=32, seed=5))
+    work = store.work_path(frames)
+    shutil.copytree(other.store, work)
+    store.swap_in(work, frames, "zarr")
+    with pytest.raises(store.StoreError, match="replaced while training"):
+        for v in range(6):
+            ds[v, 0]

@@ -41,6 +41,10 @@ class ClipStore:
         return [str(v) for v in self.videos[~self.ok]]
 
     @property
+    def fingerprint(self) -> str:  # of the store version opened: readers stop if another replaces it
+        return self.attrs.get("lineage", {}).get("fingerprint", "")
+
+    @property
     def frame_shape(self) -> tuple[int, int, int]:  # (T, H, W)
         r = self.attrs["recipe"]
         return r["frames"], r["height"], r["width"]
@@ -63,17 +67,31 @@ class ClipDataset(torch.utils.data.Dataset):
     """(video, sample) -> (uint8 clip (T, H, W, 3), label). Each worker process opens the store
     once, lazily (a Zarr or HDF5 handle does not cross a fork well)."""
 
-    def __init__(self, path: Path, labels: np.ndarray):
-        self.path, self.labels = str(path), labels
+    def __init__(self, path: Path, labels: np.ndarray, fingerprint: str = ""):
+        self.path, self.labels, self.fingerprint = str(path), labels, fingerprint
         self._frames = self._sums = None
+
+    def _check_version(self) -> None:
+        """StoreError when the store at `path` is no longer the version training began with."""
+        with store.StoreReader(Path(self.path)) as r:
+            now = r.attrs.get("lineage", {}).get("fingerprint")
+        if self.fingerprint and now != self.fingerprint:
+            raise store.StoreError(f"{self.path} was replaced while training read it; nothing was mixed: "
+                                   "run the same command again")
 
     def __getitem__(self, key: tuple[int, int]):
         if self._frames is None:
+            self._check_version()
             r = store.StoreReader(Path(self.path))
             self._frames, self._sums = r["frames"], np.asarray(r["checksum"][...])  # N x S uint32: small
         v, s = key
-        # checked against its checksum: a lost or changed chunk stops training, never trains on zeros
-        clip = store.read_sample(self._frames, self._sums, Path(self.path), v, s)
+        # checked against its checksum: a lost or changed chunk stops training, never trains on zeros;
+        # a store swapped in meanwhile fails its old checksums too, and is then named as replaced
+        try:
+            clip = store.read_sample(self._frames, self._sums, Path(self.path), v, s)
+        except store.DamagedStoreError:
+            self._check_version()
+            raise
         return torch.from_numpy(clip), int(self.labels[v])
 
 
@@ -100,7 +118,7 @@ class ClipLoader:
     def __init__(self, cs: ClipStore, batch_size: int, workers: int, pin: bool = False, persistent: bool = True):
         self._items = _Items()
         self.loader = torch.utils.data.DataLoader(
-            ClipDataset(cs.path, cs.labels), batch_size=batch_size, sampler=self._items, num_workers=workers,
+            ClipDataset(cs.path, cs.labels, cs.fingerprint), batch_size=batch_size, sampler=self._items, num_workers=workers,
             pin_memory=pin, persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers else None,
             generator=torch.Generator().manual_seed(0))  # its worker-seed draw leaves the global RNG (dropout) alone
 
@@ -146,7 +164,7 @@ class EpochStream:
     def _start(self, epoch: int) -> None:
         self.close()
         loader = torch.utils.data.DataLoader(
-            ClipDataset(self.cs.path, self.cs.labels), batch_sampler=_EpochBatches(self.items_for, epoch, self.batch_size),
+            ClipDataset(self.cs.path, self.cs.labels, self.cs.fingerprint), batch_sampler=_EpochBatches(self.items_for, epoch, self.batch_size),
             num_workers=self.workers, pin_memory=self.pin, prefetch_factor=4 if self.workers else None,
             generator=torch.Generator().manual_seed(0))
         self._it = iter(loader)
