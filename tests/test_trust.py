@@ -350,15 +350,16 @@ def test_ctrl_c_on_extract_is_one_line_and_exit_130(tmp_path):
     from pipeline.synth import SynthConfig, generate
 
     root = tmp_path / "data"
-    generate(root, SynthConfig(classes=4, groups=6, clips=2, frames=60))
+    generate(root, SynthConfig(classes=4, groups=8, clips=2, frames=40))  # 64 videos: still running when signalled
     out = tmp_path / "s.zarr"
     p = subprocess.Popen([sys.executable, "-m", "cli", "extract", "synthetic", "--root", root, "--out", out,
-                          "--workers", "2", "--size", "224", "--frames", "32"], cwd=ROOT, stdout=subprocess.PIPE,
+                          "--workers", "2", "--size", "224", "--frames", "48"], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env={**os.environ, "COLUMNS": "300"})
     t0 = time.time()
     while not (store.work_path(out) / "frames" / "c").exists() and p.poll() is None and time.time() - t0 < 60:
         time.sleep(0.05)  # until the workers are up and the first batch is written
+    assert p.poll() is None, "extraction ended before it could be interrupted"
     os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
