@@ -342,6 +342,15 @@ def test_status_exit_codes(data, tmp_path):
     assert code == 3 and "unreadable" in stdout
 
 
+def as_from_a_shell() -> None:
+    """SIGINT as a shell starts a command: default and unblocked (the test process may have
+    inherited or set otherwise, e.g. under a CI runner)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_on_extract_is_one_line_and_exit_130(tmp_path):
     """SIGINT to the whole process group, as a terminal sends it: no worker prints a traceback."""
     import signal
@@ -355,7 +364,7 @@ def test_ctrl_c_on_extract_is_one_line_and_exit_130(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "cli", "extract", "synthetic", "--root", root, "--out", out,
                           "--workers", "2", "--size", "224", "--frames", "48"], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env={**os.environ, "COLUMNS": "300"})
+                         env={**os.environ, "COLUMNS": "300"}, preexec_fn=as_from_a_shell)
     t0 = time.time()
     while not (store.work_path(out) / "frames" / "c").exists() and p.poll() is None and time.time() - t0 < 60:
         time.sleep(0.05)  # until the workers are up and the first batch is written
