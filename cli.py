@@ -199,9 +199,6 @@ def extract(
 
     if dataset not in datasets.ADAPTERS:
         _fail(f"unknown dataset {dataset!r}; allowed: {', '.join(datasets.ADAPTERS)}")
-    for flag, value in (("--workers", workers), ("--threads", threads)):
-        if value is not None and not 1 <= value <= E.MAX_PARALLEL:
-            _fail(f"{flag} {value} is out of range; allowed: 1..{E.MAX_PARALLEL}")
     if fmt is not None and fmt not in store.FORMATS:
         _fail(f"--format {fmt!r} is not supported; allowed: {', '.join(store.FORMATS)}")
     if fmt is None:
