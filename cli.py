@@ -1,11 +1,13 @@
-"""har command line: parse -> frozen config -> one library call -> print.
+"""har command line: parse -> frozen config (built by keyword) -> one library call -> print.
 
-Thin on purpose: every command builds a config, calls one library function and prints what it
-returns. Heavy imports (numpy, PyAV, Zarr, Dask; later torch) happen inside the commands, so
-`har --help` is instant.
+Thin on purpose. Heavy imports (numpy, PyAV, Zarr, Dask, torch) happen inside the commands, so
+`har --help` is instant; the training settings' defaults come from trainers.config (light), and
+the options every training command shares are declared once (`LOOP`, `HEAD`). Where a name
+chooses behaviour, the option shows the registry's names in --help and in shell completion
+(`Choice`); the library checks the value and names the allowed ones.
 
-One error boundary (`_boundary`, wrapped around every command) turns what a command raises into
-one line on stderr and an exit code from one table:
+One error boundary (`_boundary`, wrapped around every command by `command`) turns what a command
+raises into one line on stderr and an exit code from one table:
 
     0    done
     1    a bug in har: one line, "please report", the traceback only with --verbose
@@ -17,15 +19,24 @@ one line on stderr and an exit code from one table:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import importlib
+import inspect
+import itertools
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
+
+from trainers import config as C  # light: dataclasses only
 
 app = typer.Typer(help="Human action recognition: versioned frame stores from videos, and models trained on them.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -33,30 +44,70 @@ app = typer.Typer(help="Human action recognition: versioned frame stores from vi
 out = Console()
 err = Console(stderr=True)
 
-EXIT_BUG = 1
-EXIT_USAGE = 2
-EXIT_SOME_FAILED = 3  # also: har status found a store that is not current
-EXIT_NO_SPACE = 4  # the disk (or quota) filled up: what was finished is kept, the same command finishes
-EXIT_INTERRUPTED = 130
+EXIT_BUG, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_NO_SPACE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 REPORT = "https://github.com/har-project/har/issues"
+RESUMES = "interrupted; what was finished is kept: run the same command again to go on"
 
+
+# ---- choices: a parameter's allowed names, from where they are registered ---------------------------
+
+CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a function returning names
+    "dataset": ("pipeline.datasets", "DATASETS"), "sampling": ("pipeline.sampling", "STRATEGIES"),
+    "fmt": ("pipeline.store", "FORMATS"), "backbone": ("pipeline.backbones", "names"),
+    "device": ("pipeline.device", "DEVICES"), "feature_precision": ("pipeline.features", "PRECISIONS"),
+    "resize": ("pipeline.features", "RESIZES"), "recipe": ("pipeline.recipe", "recipe_names"),
+    "head": ("trainers.heads", "names"), "model": ("trainers.models3d", "names"),
+    "pretrained": ("trainers.models3d", "PRETRAINED"), "optimizer": ("trainers.optim", "OPTIMIZERS"),
+    "scheduler": ("trainers.optim", "SCHEDULERS"), "precision": ("trainers.config", "PRECISIONS"),
+    "train_views": ("trainers.config", "TRAIN_VIEWS"), "memory_format": ("trainers.config", "MEMORY_FORMATS"),
+    "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
+}
+
+
+def choice_names(param: str) -> tuple[str, ...]:
+    module, attr = CHOICES[param]
+    names = getattr(importlib.import_module(module), attr)
+    return tuple(names() if callable(names) else names)
+
+
+def complete(param: str) -> Callable[[str], list[str]]:
+    """Shell completion of a choice parameter: its registered names starting with what is typed."""
+    return lambda incomplete: [n for n in choice_names(param) if n.startswith(incomplete)]
+
+
+def opt(*decls: str, help: str, choices: str | None = None):
+    """typer.Option; `choices` names the CHOICES entry whose names it completes and its help lists."""
+    return typer.Option(*decls, help=help, autocompletion=complete(choices) if choices else None)
+
+
+def arg(help: str, choices: str | None = None, **kw):
+    return typer.Argument(help=help, autocompletion=complete(choices) if choices else None, **kw)
+
+
+class Command(TyperCommand):
+    """A har command: when its help is shown, each choice parameter's help ends with its registry's
+    names, read then (so `har --help` imports nothing heavy). A value outside them is passed on:
+    the library refuses it in its own words, the same for command-line and library users."""
+
+    def format_help(self, ctx, formatter) -> None:
+        for p in self.params:
+            if p.name in CHOICES and not getattr(p, "listed", False):
+                p.help, p.listed = f"{p.help or ''} One of: {', '.join(choice_names(p.name))}.".strip(), True
+        return super().format_help(ctx, formatter)
+
+
+# ---- the one error boundary ---------------------------------------------------------------------------
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> None:
     err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def _fail_writing(e: OSError, where: object, kept: str) -> None:
-    """A stage's run stopped by an OSError: a full disk is said as such (exit 4), the rest as usage."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        _fail(f"no space left on the device of {where}; the finished {kept} are kept: free some space "
-              "and run the same command again to finish", EXIT_NO_SPACE)
-    _fail(str(e))
-
-
-def _boundary(fn):
-    """The one error boundary: every command's exceptions become a line and an exit code (see the
-    module docstring). Commands may still catch what they can say better (a resume hint)."""
+def _boundary(fn, interrupted: str = RESUMES, kept: str | None = None,
+              where: Callable[[dict], object] | None = None):
+    """Every exception a command raises becomes a line and an exit code (the module docstring's
+    table). `interrupted`: the line for Ctrl-C; `kept` and `where`: what a full disk leaves and
+    on which path (from the command's arguments)."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -65,15 +116,18 @@ def _boundary(fn):
         except (typer.Exit, typer.Abort):
             raise
         except KeyboardInterrupt:
-            _fail("interrupted; what was finished is kept: run the same command again to go on", EXIT_INTERRUPTED)
+            _fail(interrupted, EXIT_INTERRUPTED)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                if kept and where:
+                    _fail(f"no space left on the device of {where(kwargs)}; the finished {kept} are kept: free some "
+                          "space and run the same command again to finish", EXIT_NO_SPACE)
                 _fail(f"no space left on the device ({e.filename or 'while writing'}); what was finished is kept: "
                       "free some space and run the same command again", EXIT_NO_SPACE)
             _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
         except MemoryError:
             _fail("ran out of memory; lower --batch-size, --frames, --size or --workers", EXIT_USAGE)
-        except ValueError as e:  # har's own input errors: DatasetError, StoreError, OutputError, ...
+        except ValueError as e:  # har's own input errors: DatasetError, StoreError, OutputError, RunError, ...
             _fail(str(e) or type(e).__name__)
         except Exception as e:
             if type(e).__name__ == "OutOfMemoryError":  # torch's (CUDA) out of memory, without importing torch
@@ -90,26 +144,72 @@ def _boundary(fn):
     return run
 
 
-def command(*args, **kwargs):
-    """`app.command`, with the error boundary around the command."""
-    def register(fn):
-        return app.command(*args, **kwargs)(_boundary(fn))
-    return register
+def command(name: str | None = None, **boundary):
+    """`app.command` with the error boundary around the command and registry choices on its options."""
+    return lambda fn: app.command(name, cls=Command)(_boundary(fn, **boundary))
 
+
+# ---- options declared once ------------------------------------------------------------------------------
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress; a traceback for a bug.")]
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+Device = Annotated[str, opt("--device", help="Where to compute (auto: cuda when present).", choices="device")]
+DatasetName = Annotated[Optional[str], opt("--dataset", help="Use the latest store made for this dataset.", choices="dataset")]
+DaskScheduler = Annotated[Optional[str], typer.Option("--scheduler", help="Address of a running dask.distributed scheduler (tcp://host:8786): the work spreads over its workers.")]
+
+# the training loop's settings (trainers.config.LoopConfig): name -> (type, flag, help)
+LOOP = {
+    "split": (Optional[str], "--split", "Split in the store: groups (default where groups exist), random, logoNN, official1..3."),
+    "epochs": (int, "--epochs", "Most epochs (early stopping may end sooner)."),
+    "batch_size": (int, "--batch-size", "Videos (clips, for video models) per step."),
+    "accumulate": (int, "--accumulate", "Optimizer step every N batches (gradient accumulation)."),
+    "train_views": (str, "--train-views", "Which stored view each epoch draws: augmented (a random augmented view; clean if none), all, clean."),
+    "optimizer": (str, "--optimizer", "Optimizer."),
+    "lr": (float, "--lr", "Learning rate."),
+    "weight_decay": (float, "--weight-decay", "Weight decay."),
+    "scheduler": (str, "--scheduler", "Learning-rate schedule: plateau is ReduceLROnPlateau on val accuracy."),
+    "class_weighted": (bool, "--class-weighted", "Weight the loss by inverse class frequency."),
+    "patience": (int, "--patience", "Early stopping: epochs without improvement."),
+    "min_delta": (float, "--min-delta", "Early stopping: the least val-accuracy gain that counts."),
+    "seed": (int, "--seed", "Seeds initialisation, shuffling, view draws and dropout."),
+    "device": (str, "--device", "Where to train (auto: cuda when present)."),
+    "precision": (str, "--precision", "auto: bf16 autocast on cuda and on CPUs with native bf16, else fp32."),
+}
+# a sequence head's settings (trainers.config.HeadConfig)
+HEAD = {
+    "hidden": (int, "--hidden", "Hidden size of the head."),
+    "layers": (int, "--layers", "Stacked layers."),
+    "bidirectional": (bool, "--bidirectional", "Recurrent heads: read the clip both ways."),
+    "dropout": (float, "--dropout", "Dropout before the classifier."),
+    "heads": (int, "--heads", "Attention heads (attention head)."),
+}
+
+
+def takes(defaults, group: dict, skip: tuple[str, ...] = ()):
+    """Add the options of `group` to a command's signature, their defaults from the config class
+    `defaults`; the command receives them in **settings."""
+    def add(fn):
+        sig = inspect.signature(fn, eval_str=True)  # annotations as objects: Typer reads them from here
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        new = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name),
+                                 annotation=Annotated[typ, opt(flag, help=text, choices=name if name in CHOICES else None)])
+               for name, (typ, flag, text) in group.items() if name not in skip]
+        fn.__signature__ = sig.replace(parameters=own + new)
+        return fn
+    return add
+
+
+def _pick(settings: dict, group: dict) -> dict:
+    return {k: v for k, v in settings.items() if k in group}
+
+
+# ---- output ---------------------------------------------------------------------------------------------
 
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
-
-
-def _decoding(res) -> str:
-    """How much of the sources was decoded (partial decoding skips GOPs without a sampled frame)."""
-    if not res.frames_in_source:
-        return ""
-    share = res.frames_decoded / res.frames_in_source
-    return f" (decoded {res.frames_decoded:,} of {res.frames_in_source:,} source frames, {share:.0%})"
 
 
 def _human(n: float) -> str:
@@ -120,15 +220,81 @@ def _human(n: float) -> str:
     return str(n)
 
 
+@contextlib.contextmanager
+def progress(label: str, unit: str = "videos", rate_of: str = "videos"):
+    """A transient progress bar on stderr; yields update(done, total, counted=None). The rate is
+    `counted` (e.g. frames) per second when given, else items done since the first report (items
+    found done before, such as reused videos, do not inflate it)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    t0, first = time.perf_counter(), []
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+               TextColumn(f"{{task.fields[rate]}} {rate_of}/s"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None, rate="-")
+
+        def update(done: int, total: int | None, counted: int | None = None) -> None:
+            first.append(done) if not first else None
+            dt = time.perf_counter() - t0
+            n = counted if counted is not None else done - first[0]
+            bar.update(task, completed=done, total=total, rate=f"{n / dt:.1f}" if dt > 0 and n > 0 else "-")
+        yield update
+
+
+def _epoch_table(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table("epoch", "lr", "train loss", "train acc", "val loss", "val acc", "s", title="training", min_width=60)
+    for r in rows[-15:]:
+        table.add_row(str(r["epoch"]), f"{r['lr']:.2e}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.3f}",
+                      f"{r['val_loss']:.4f}", f"{r['val_acc']:.3f}{' *' if r['best'] else ''}", f"{r['seconds']:.2f}")
+    return table
+
+
+def _train(train: Callable, quiet: bool = False):
+    """Call `train(on_epoch)` with a live epoch table; print warnings, the run and its test metrics."""
+    from rich.live import Live
+
+    rows: list[dict] = []
+    live = Live(console=out, transient=quiet, auto_refresh=False)  # started by the first epoch, not before
+
+    def on_epoch(row: dict) -> None:
+        if not rows:
+            live.start()
+        rows.append(row)
+        live.update(_epoch_table(rows), refresh=True)
+
+    try:
+        res = train(on_epoch)
+    finally:
+        live.stop()
+    if rows and not quiet:
+        out.print()
+    if not res.summary:  # a torchrun rank other than 0: rank 0 reports
+        return res
+    for w in res.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    s, t = res.summary, res.summary["test"]
+    state = "up to date" if res.up_to_date else f"best epoch {s['best_epoch']} of {s['epochs_run']}, {s['train_seconds']:.1f} s"
+    pairs = f", reversed pairs {t['reversed_pairs_top1']:.3f}" if "reversed_pairs_top1" in t else ""
+    out.print(f"run: {res.run_dir} ({state})\ntest ({t['videos']} videos): top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f}, "
+              f"F1 macro {t['f1_macro']:.3f}, ROC AUC {t['roc_auc_ovr_macro']:.3f}{pairs}\n"
+              f"report: {res.run_dir / 'report.md'}", highlight=False)
+    return res
+
+
+# ---- commands -------------------------------------------------------------------------------------------
+
 @command()
 def synth(
-    out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write the dataset into (UCF50 layout)."),
-    classes: int = typer.Option(6, "--classes", help="Number of classes, 1..10; pairs (Grow/Shrink, ...) come first."),
-    groups: int = typer.Option(24, "--groups", help="Appearance groups per class (_gGG_)."),
-    clips: int = typer.Option(2, "--clips", help="Clips per group (_cCC_)."),
-    seed: int = typer.Option(0, "--seed", help="Everything is a function of this seed."),
-    frames: int = typer.Option(50, "--frames", help="Mean frames per clip (25 fps)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write the dataset into (UCF50 layout).")],
+    classes: Annotated[int, typer.Option(help="Number of classes, 1..10; pairs (Grow/Shrink, ...) come first.")] = 6,
+    groups: Annotated[int, typer.Option(help="Appearance groups per class (_gGG_).")] = 24,
+    clips: Annotated[int, typer.Option(help="Clips per group (_cCC_).")] = 2,
+    seed: Annotated[int, typer.Option(help="Everything is a function of this seed.")] = 0,
+    frames: Annotated[int, typer.Option(help="Mean frames per clip (25 fps).")] = 50,
+    verbose: Verbose = False,
 ):
     """Write har's synthetic action dataset: real Xvid AVI videos, 320x240, 25 fps.
 
@@ -142,40 +308,36 @@ def synth(
     from pipeline import synth as S
 
     cfg = S.SynthConfig(classes=classes, groups=groups, clips=clips, seed=seed, frames=frames)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        _fail(str(e))
-    from rich.progress import Progress
-
+    cfg.validate()
     total = cfg.classes * cfg.groups * cfg.clips
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("synth", total=total)
-        paths = S.generate(out_dir, cfg, on_video=lambda p: bar.advance(task))
+    done = itertools.count(1)
+    with progress("synth") as update:
+        paths = S.generate(out_dir, cfg, on_video=lambda path: update(next(done), total))
     out.print(f"wrote {len(paths)} videos in {cfg.classes} classes to {out_dir}")
 
 
-@command()
+@command(interrupted="interrupted; the finished videos are kept, run the same command again to finish", kept="videos",
+         where=lambda kw: kw.get("out_path") or __import__("pipeline.lineage").lineage.har_home())
 def extract(
-    dataset: str = typer.Argument(..., help="ucf50 | ucf101 | hmdb51 | folder | synthetic"),
-    root: Optional[Path] = typer.Option(None, "--root", help="Dataset folder [default: $HAR_HOME/datasets/DATASET]."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="The store itself (.zarr folder or .h5 file) [default: versioned under $HAR_HOME/stores]."),
-    recipe: str = typer.Option("default", "--recipe", help="Named recipe from data_manifest.yaml; the flags below override its fields."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="T frames per sample."),
-    sampling: Optional[str] = typer.Option(None, "--sampling", help="uniform | random-uniform | clip | multiclip"),
-    clips: Optional[int] = typer.Option(None, "--clips", help="K clips per video (multiclip)."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Frame step inside a clip."),
-    size: Optional[str] = typer.Option(None, "--size", help="PX or HxW of the stored frames."),
-    views: Optional[int] = typer.Option(None, "--views", help="Augmented copies stored besides the clean view."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of random sampling and the views."),
-    lossy: Optional[bool] = typer.Option(None, "--lossy/--lossless", help="JPEG-coded frames (smaller) or lossless zstd."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="zarr | hdf5 [default: from --out, else zarr]."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes [default: all cores]."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Decoder threads per worker [default: cores / workers on the local cluster]."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786."),
-    force: bool = typer.Option(False, "--force", help="Extract every video again, replacing the store (also one made with another recipe at --out; never anything that is not a har frame store)."),
-    verify: bool = typer.Option(False, "--verify", help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash) and read the store against its checksums: damage found is extracted again."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    dataset: Annotated[str, arg("The dataset's layout.", choices="dataset")],
+    root: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: $HAR_HOME/datasets/DATASET].")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="The store itself (.zarr folder or .h5 file) [default: versioned under $HAR_HOME/stores].")] = None,
+    recipe: Annotated[str, opt("--recipe", help="Named recipe from data_manifest.yaml; the flags below override its fields.", choices="recipe")] = "default",
+    frames: Annotated[Optional[int], typer.Option(help="T frames per sample.")] = None,
+    sampling: Annotated[Optional[str], opt("--sampling", help="Which frames: the sampling strategy.", choices="sampling")] = None,
+    clips: Annotated[Optional[int], typer.Option(help="K clips per video (multiclip).")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Frame step inside a clip.")] = None,
+    size: Annotated[Optional[str], typer.Option(help="PX or HxW of the stored frames.")] = None,
+    views: Annotated[Optional[int], typer.Option(help="Augmented copies stored besides the clean view.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of random sampling and the views.")] = None,
+    lossy: Annotated[Optional[bool], typer.Option("--lossy/--lossless", help="JPEG-coded frames (smaller) or lossless zstd.")] = None,
+    fmt: Annotated[Optional[str], opt("--format", help="Store format [default: from --out, else zarr].", choices="fmt")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes [default: all cores].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Decoder threads per worker [default: cores / workers on the local cluster].")] = None,
+    dask_scheduler: DaskScheduler = None,
+    force: Annotated[bool, typer.Option(help="Extract every video again, replacing the store (also one made with another recipe at --out; never anything that is not a har frame store).")] = False,
+    verify: Annotated[bool, typer.Option(help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash) and read the store against its checksums: damage found is extracted again.")] = False,
+    verbose: Verbose = False,
 ):
     """Decode a dataset's videos into a chunked, compressed frame store (Zarr v3 or HDF5).
 
@@ -194,61 +356,37 @@ def extract(
         har extract ucf101 --root ~/data/UCF101 --sampling multiclip --clips 5 --scheduler tcp://head:8786
     """
     _setup_logging(verbose)
-    from pipeline import datasets, lineage, store
+    from pipeline import datasets, store
     from pipeline import extract as E
+    from pipeline import recipe as R
 
-    if dataset not in datasets.ADAPTERS:
-        _fail(f"unknown dataset {dataset!r}; allowed: {', '.join(datasets.ADAPTERS)}")
+    datasets.DATASETS.get(dataset)
     if fmt is not None and fmt not in store.FORMATS:
-        _fail(f"--format {fmt!r} is not supported; allowed: {', '.join(store.FORMATS)}")
+        raise ValueError(f"--format {fmt!r} is not supported; allowed: {', '.join(store.FORMATS)}")
     if fmt is None:
         fmt = store.format_of(out_path) if out_path is not None else "zarr"
     elif out_path is not None and out_path.suffix and store.format_of(out_path) != fmt:
-        _fail(f"--out {out_path} does not look like a {fmt} store; use a .zarr folder or an .h5 file to match --format")
-    try:
-        hw = E.parse_size(size) if size is not None else (None, None)
-        r = E.named_recipe(recipe, frames=frames, sampling=sampling, clips=clips, stride=stride, height=hw[0],
-                           width=hw[1], views=views, seed=seed, lossy=lossy)
-        r.validate()
-    except ValueError as e:
-        _fail(str(e))
+        raise ValueError(f"--out {out_path} does not look like a {fmt} store; use a .zarr folder or an .h5 file to "
+                         "match --format")
+    height, width = R.parse_size(size) if size is not None else (None, None)
+    r = R.named_recipe(recipe, frames=frames, sampling=sampling, clips=clips, stride=stride, height=height,
+                       width=width, views=views, seed=seed, lossy=lossy)
+    r.validate()
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
-                          threads=threads, scheduler=scheduler, force=force, verify=verify)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} videos/s"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    import time
-
-    t0 = time.perf_counter()
-    first_done: list[int] = []
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("extract", total=None, rate="-")
-
-        def on_progress(done: int, total: int, rows: list[dict]) -> None:
-            if not first_done:
-                first_done.append(done)
-            dt = time.perf_counter() - t0
-            rate = f"{(done - first_done[0]) / dt:.1f}" if dt > 0 and done > first_done[0] else "-"
-            bar.update(task, completed=done, total=total, rate=rate)
-
-        try:
-            res = E.extract(cfg, progress=on_progress)
-        except ValueError as e:  # DatasetError, StoreError
-            _fail(str(e))
-        except OSError as e:  # missing files, a full disk
-            _fail_writing(e, cfg.out or lineage.har_home(), "videos")
-        except KeyboardInterrupt:
-            _fail("interrupted; the finished videos are kept, run the same command again to finish", 130)
+                          threads=threads, scheduler=dask_scheduler, force=force, verify=verify)
+    with progress("extract") as update:
+        res = E.extract(cfg, progress=lambda done, total, rows: update(done, total))
     for note in res.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     if res.up_to_date:
         out.print(f"up to date: {res.store} ({res.ok} videos ok, {len(res.failed)} failed; checked in {res.seconds:.1f} s)")
     else:
         ratio = res.store_bytes / res.source_bytes if res.source_bytes else float("nan")
+        decoded = (f" (decoded {res.frames_decoded:,} of {res.frames_in_source:,} source frames, "
+                   f"{res.frames_decoded / res.frames_in_source:.0%})" if res.frames_in_source else "")
         out.print(f"store:   {res.store}\n"
                   f"videos:  {res.ok} ok, {len(res.failed)} failed ({res.decoded} decoded, {res.reused} reused unchanged)\n"
-                  f"frames:  {res.frames:,}{_decoding(res)}\n"
+                  f"frames:  {res.frames:,}{decoded}\n"
                   f"bytes:   {_human(res.store_bytes)} = {ratio:.2f}x the {_human(res.source_bytes)} of source videos\n"
                   f"time:    {res.seconds:.1f} s", highlight=False)
     if res.failed:
@@ -258,21 +396,22 @@ def extract(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@command()
+@command(interrupted="interrupted; the finished shards are kept, run the same command again to finish", kept="shards",
+         where=lambda kw: kw.get("out_path") or kw.get("store_path") or "the feature store (beside the frame store)")
 def features(
-    backbone: str = typer.Option("resnet152", "--backbone", help="resnet152 | resnet50 | resnet18 | convnext_tiny | efficientnet_v2_s"),
-    store_path: Optional[Path] = typer.Option(None, "--store", help="The frame store (.zarr or .h5)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Use the latest frame store extracted for this dataset."),
-    weights: str = typer.Option("imagenet", "--weights", help="imagenet (torchvision's cache) | none (random init, marked) | PATH of a state_dict."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="The feature store [default: beside the frame store]."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    batch_size: int = typer.Option(256, "--batch-size", help="Frames per forward pass."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16 | fp16"),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the backbone (GPU)."),
-    resize: str = typer.Option("weights", "--resize", help="weights: the weights' own resize and crop (224 px) | stored: frames as stored, only normalised (faster)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed address: shards spread over its workers."),
-    force: bool = typer.Option(False, "--force", help="Encode again, replacing the feature store (also one made differently at --out: another backbone or frame store); never anything else."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    backbone: Annotated[str, opt("--backbone", help="Frozen 2D backbone (har models compares them).", choices="backbone")] = "resnet152",
+    store_path: Annotated[Optional[Path], typer.Option("--store", help="The frame store (.zarr or .h5).")] = None,
+    dataset: DatasetName = None,
+    weights: Annotated[str, typer.Option(help="imagenet (torchvision's cache) | none (random init, marked) | PATH of a state_dict.")] = "imagenet",
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="The feature store [default: beside the frame store].")] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = 256,
+    feature_precision: Annotated[str, opt("--precision", help="auto: bf16 on cuda, fp32 on cpu.", choices="feature_precision")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (GPU).")] = False,
+    resize: Annotated[str, opt("--resize", help="weights: the weights' own resize and crop (224 px); stored: frames as stored, only normalised (faster).", choices="resize")] = "weights",
+    dask_scheduler: DaskScheduler = None,
+    force: Annotated[bool, typer.Option(help="Encode again, replacing the feature store (also one made differently at --out: another backbone or frame store); never anything else.")] = False,
+    verbose: Verbose = False,
 ):
     """Encode every frame of a frame store with a frozen 2D backbone into a feature store.
 
@@ -285,57 +424,31 @@ def features(
         har features --dataset ucf101 --backbone convnext_tiny --device cuda --batch-size 1024
     """
     _setup_logging(verbose)
-    if store_path is None and dataset is None:
-        _fail("give --store PATH or --dataset NAME (the frame store to encode)")
-    from pipeline import backbones
     from pipeline import features as F
 
     cfg = F.FeatureConfig(backbone=backbone, weights=weights, store=store_path, dataset=dataset, out=out_path,
-                          device=device, batch_size=batch_size, precision=precision, compile=compile_,
-                          resize=resize, scheduler=scheduler, force=force)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        _fail(str(e))
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    import time
-
-    t0 = time.perf_counter()
-    with Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
-                  TextColumn("{task.fields[rate]} frames/s"), TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("features", total=None, rate="-")
-
-        def on_progress(done: int, total: int, frames: int) -> None:
-            dt = time.perf_counter() - t0
-            bar.update(task, completed=done, total=total, rate=f"{frames / dt:.0f}" if frames and dt else "-")
-
-        try:
-            res = F.features(cfg, progress=on_progress)
-        except (ValueError, backbones.WeightsError) as e:
-            _fail(str(e))
-        except OSError as e:
-            _fail_writing(e, out_path or store_path or "the feature store (beside the frame store)", "shards")
-        except KeyboardInterrupt:
-            _fail("interrupted; the finished shards are kept, run the same command again to finish", 130)
+                          device=device, batch_size=batch_size, precision=feature_precision, compile=compile_,
+                          resize=resize, scheduler=dask_scheduler, force=force)
+    cfg.validate()
+    with progress("features", rate_of="frames") as update:
+        res = F.features(cfg, progress=lambda done, total, frames: update(done, total, frames))
     w = res.weights
     marked = "" if w.pretrained else "  [RANDOM WEIGHTS: features carry no ImageNet knowledge]"
     if res.up_to_date:
         out.print(f"up to date: {res.store}{marked}")
         return
-    rate = res.frames / res.seconds if res.seconds else 0
     out.print(f"store:    {res.store}\n"
               f"backbone: {backbone} ({w.source}{', sha256 ' + w.sha256[:12] if w.sha256 else ''}){marked}\n"
               f"encoded:  {res.encoded_videos} videos, {res.frames:,} frames on {res.device} ({res.precision}), "
-              f"{rate:.0f} frames/s\n"
+              f"{res.frames / res.seconds if res.seconds else 0:.0f} frames/s\n"
               f"failed:   {res.failed} videos (kept marked, not encoded)\n"
               f"bytes:    {_human(res.store_bytes)}\ntime:     {res.seconds:.1f} s", highlight=False)
 
 
 @command()
 def status(
-    stores: Optional[list[Path]] = typer.Argument(None, help="Stores to check [default: every store under $HAR_HOME/stores]."),
-    verify: bool = typer.Option(False, "--verify", help="Read every sample against its checksum and hash every source again."),
+    stores: Annotated[Optional[list[Path]], typer.Argument(help="Stores to check [default: every store under $HAR_HOME/stores].")] = None,
+    verify: Annotated[bool, typer.Option(help="Read every sample against its checksum and hash every source again.")] = False,
 ):
     """List stores and whether each is current (finished, sound, inputs unchanged).
 
@@ -374,90 +487,26 @@ def status(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-# ---- training on cached features ------------------------------------------------------------------
-
-def _epoch_table(rows: list[dict]):
-    from rich.table import Table
-
-    table = Table("epoch", "lr", "train loss", "train acc", "val loss", "val acc", "s", title="training", min_width=60)
-    for r in rows[-15:]:
-        star = " *" if r["best"] else ""
-        table.add_row(str(r["epoch"]), f"{r['lr']:.2e}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.3f}",
-                      f"{r['val_loss']:.4f}", f"{r['val_acc']:.3f}{star}", f"{r['seconds']:.2f}")
-    return table
+Head = Annotated[str, arg("The sequence head (har models compares them).", choices="head")]
+Features = Annotated[Optional[Path], typer.Option("--features", help="The feature store.")]
+RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: runs/NAME-SPLIT-FINGERPRINT].")]
+TRAINING = "interrupted; the same command resumes from the last finished epoch"
 
 
-def _train_config(head: str, split: Optional[str], epochs: int, batch_size: int, optimizer: str, lr: float,
-                  weight_decay: float, scheduler: str, class_weighted: bool, patience: int, min_delta: float,
-                  seed: int, device: str, hidden: int, layers: int, bidirectional: bool, dropout: float, heads_: int,
-                  precision: str = "auto", train_views: str = "augmented"):
-    from trainers import heads, loop
+def _head_config(head: str, settings: dict):
+    from trainers.head_task import TrainConfig
 
-    cfg = loop.TrainConfig(head=head, head_options=heads.HeadConfig(hidden, layers, bidirectional, dropout, heads_),
-                           split=split, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                           weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
-                           patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
-                           train_views=train_views)
-    return _validated(cfg)
-
-
-def _validated(cfg):
-    """The config, or one line and exit 2 when a value is out of its allowed set."""
-    try:
-        cfg.validate()
-    except ValueError as e:
-        _fail(str(e))
+    cfg = TrainConfig(head=head, head_options=C.HeadConfig(**_pick(settings, HEAD)), **_pick(settings, LOOP))
+    cfg.validate()
     return cfg
 
 
-def _print_metrics(summary: dict, run_dir: Path) -> None:
-    t = summary["test"]
-    pairs = f", reversed pairs {t['reversed_pairs_top1']:.3f}" if "reversed_pairs_top1" in t else ""
-    out.print(f"test ({t['videos']} videos): top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f}, F1 macro {t['f1_macro']:.3f}, "
-              f"ROC AUC {t['roc_auc_ovr_macro']:.3f}{pairs}\nreport: {run_dir / 'report.md'}", highlight=False)
-
-
-_HEAD_OPTIONS = dict(
-    split=typer.Option(None, "--split", help="Split in the store: groups (default where groups exist), random, logoNN, official1..3."),
-    epochs=typer.Option(30, "--epochs", help="Most epochs (early stopping may end sooner)."),
-    batch_size=typer.Option(32, "--batch-size", help="Videos per step."),
-    train_views=typer.Option("augmented", "--train-views", help="Which stored view each epoch draws: augmented (a random augmented view; clean if none) | all | clean."),
-    optimizer=typer.Option("adam", "--optimizer", help="adam | adamw"),
-    lr=typer.Option(1e-3, "--lr", help="Learning rate."),
-    weight_decay=typer.Option(1e-4, "--weight-decay", help="Weight decay."),
-    scheduler=typer.Option("plateau", "--scheduler", help="plateau (ReduceLROnPlateau on val accuracy) | exponential | cosine | none"),
-    class_weighted=typer.Option(False, "--class-weighted", help="Weight the loss by inverse class frequency."),
-    patience=typer.Option(10, "--patience", help="Early stopping: epochs without improvement."),
-    min_delta=typer.Option(0.001, "--min-delta", help="Early stopping: the least val-accuracy gain that counts."),
-    seed=typer.Option(0, "--seed", help="Seeds initialisation, shuffling, view draws and dropout."),
-    device=typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    precision=typer.Option("auto", "--precision", help="auto (bf16 autocast on cuda and CPUs with native bf16, else fp32) | fp32 | bf16"),
-    hidden=typer.Option(256, "--hidden", help="Hidden size of the head."),
-    layers=typer.Option(1, "--layers", help="Stacked layers."),
-    bidirectional=typer.Option(False, "--bidirectional", help="Recurrent heads: read the clip both ways."),
-    dropout=typer.Option(0.5, "--dropout", help="Dropout before the classifier."),
-    heads_=typer.Option(4, "--heads", help="Attention heads (attention head)."),
-)
-
-
-@command("train-head")
-def train_head(
-    head: str = typer.Argument(..., help="lstm | gru | rnn | late-fusion | mean | attention"),
-    features: Optional[Path] = typer.Option(None, "--features", help="The feature store."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Use the latest feature store of this dataset."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="With --dataset: the latest feature store of this backbone."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/HEAD-SPLIT-FINGERPRINT]."),
-    split: Optional[str] = _HEAD_OPTIONS["split"], epochs: int = _HEAD_OPTIONS["epochs"],
-    batch_size: int = _HEAD_OPTIONS["batch_size"], optimizer: str = _HEAD_OPTIONS["optimizer"],
-    lr: float = _HEAD_OPTIONS["lr"], weight_decay: float = _HEAD_OPTIONS["weight_decay"],
-    scheduler: str = _HEAD_OPTIONS["scheduler"], class_weighted: bool = _HEAD_OPTIONS["class_weighted"],
-    patience: int = _HEAD_OPTIONS["patience"], min_delta: float = _HEAD_OPTIONS["min_delta"],
-    seed: int = _HEAD_OPTIONS["seed"], device: str = _HEAD_OPTIONS["device"], hidden: int = _HEAD_OPTIONS["hidden"],
-    layers: int = _HEAD_OPTIONS["layers"], bidirectional: bool = _HEAD_OPTIONS["bidirectional"],
-    dropout: float = _HEAD_OPTIONS["dropout"], heads_: int = _HEAD_OPTIONS["heads_"],
-    precision: str = _HEAD_OPTIONS["precision"], train_views: str = _HEAD_OPTIONS["train_views"],
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-):
+@command("train-head", interrupted=TRAINING)
+@takes(C.HeadConfig, HEAD)
+@takes(C.TrainConfig, LOOP)
+def train_head(head: Head, features: Features = None, dataset: DatasetName = None,
+               backbone: Annotated[Optional[str], opt("--backbone", help="With --dataset: the latest feature store of this backbone.", choices="backbone")] = None,
+               out_dir: RunOut = None, verbose: Verbose = False, **settings):
     """Train a sequence head on cached features: seconds, not hours. Resumes if interrupted.
 
     Examples:
@@ -469,110 +518,20 @@ def train_head(
         har train-head attention --features feats.zarr --optimizer adamw --scheduler cosine --lr 3e-4
     """
     _setup_logging(verbose)
-    if features is None and dataset is None:
-        _fail("give --features PATH or --dataset NAME (the feature store to train on)")
-    cfg = _train_config(head, split, epochs, batch_size, optimizer, lr, weight_decay, scheduler, class_weighted,
-                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision,
-                        train_views)
-    _run_head(cfg, features, dataset, backbone, out_dir)
+    from trainers import head_task
+
+    rc = head_task.RunConfig(_head_config(head, settings), features=features, dataset=dataset, backbone=backbone,
+                             out=out_dir)
+    _train(lambda on_epoch: head_task.train_head(rc, on_epoch=on_epoch))
 
 
-def _run_head(cfg, features: Optional[Path], dataset: Optional[str], backbone: Optional[str],
-              out_dir: Optional[Path], quiet: bool = False):
-    from trainers import runs
-
-    rc = runs.RunConfig(cfg, features=features, dataset=dataset, backbone=backbone, out=out_dir)
-    return _run(lambda on_epoch: runs.train_head(rc, on_epoch=on_epoch), quiet)
-
-
-def _run(train, quiet: bool = False):
-    """Call `train(on_epoch)` with a live epoch table; print warnings, the run and its metrics."""
-    from rich.live import Live
-
-
-    rows: list[dict] = []
-    live = Live(console=out, transient=quiet, auto_refresh=False)  # started by the first epoch, not before
-
-    def on_epoch(row: dict) -> None:
-        if not rows:
-            live.start()
-        rows.append(row)
-        live.update(_epoch_table(rows), refresh=True)
-
-    try:
-        res = train(on_epoch)
-    except ValueError as e:  # StoreError, WeightsError, RunError, ...; OSError goes to the boundary (exit 4 on a full disk)
-        _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; the same command resumes from the last finished epoch", 130)
-    finally:
-        live.stop()
-    if rows and not quiet:
-        out.print()
-    if not res.summary:  # a torchrun rank other than 0: rank 0 reports
-        return res
-    for w in res.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-    s = res.summary
-    state = "up to date" if res.up_to_date else f"best epoch {s['best_epoch']} of {s['epochs_run']}, {s['train_seconds']:.1f} s"
-    out.print(f"run: {res.run_dir} ({state})", highlight=False)
-    _print_metrics(s, res.run_dir)
-    return res
-
-
-@command()
-def evaluate(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run directory of `har train-head`."),
-    split: str = typer.Option("test", "--split", help="Which part of the run's split: train | val | test."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-):
-    """Recompute a run's metrics from its best checkpoint and its feature store.
-
-    Examples:
-
-        har evaluate runs/lstm-groups-1a2b3c4d5e
-
-        har evaluate runs/lstm-groups-1a2b3c4d5e --split val --json
-    """
-    _setup_logging(False)
-    import json
-
-    from trainers import runs
-
-    try:
-        m = runs.evaluate_run(run_dir, split)
-    except ValueError as e:  # StoreError, RunError, ...
-        _fail(str(e))
-    if as_json:
-        print(json.dumps({k: v for k, v in m.items()}, indent=2))
-        return
-    from rich.table import Table
-
-    table = Table("metric", "value", title=f"{run_dir.name}: split {m['split']}, {split} ({m['videos']} videos)")
-    for k, v in m.items():
-        if isinstance(v, float):
-            table.add_row(k, f"{v:.4f}")
-    out.print(table)
-
-
-@command()
-def cv(
-    head: str = typer.Argument(..., help="lstm | gru | rnn | late-fusion | mean | attention"),
-    features: Optional[Path] = typer.Option(None, "--features", help="The feature store."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Use the latest feature store of this dataset."),
-    folds: str = typer.Option("logo", "--folds", help="logo (leave one group out) | official (UCF101/HMDB51 splits 1-3)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder of the fold runs [default: runs/cv-HEAD-FOLDS-FINGERPRINT]."),
-    epochs: int = _HEAD_OPTIONS["epochs"], batch_size: int = _HEAD_OPTIONS["batch_size"],
-    optimizer: str = _HEAD_OPTIONS["optimizer"], lr: float = _HEAD_OPTIONS["lr"],
-    weight_decay: float = _HEAD_OPTIONS["weight_decay"], scheduler: str = _HEAD_OPTIONS["scheduler"],
-    class_weighted: bool = _HEAD_OPTIONS["class_weighted"], patience: int = _HEAD_OPTIONS["patience"],
-    min_delta: float = _HEAD_OPTIONS["min_delta"], seed: int = _HEAD_OPTIONS["seed"],
-    device: str = _HEAD_OPTIONS["device"], hidden: int = _HEAD_OPTIONS["hidden"], layers: int = _HEAD_OPTIONS["layers"],
-    bidirectional: bool = _HEAD_OPTIONS["bidirectional"], dropout: float = _HEAD_OPTIONS["dropout"],
-    heads_: int = _HEAD_OPTIONS["heads_"], precision: str = _HEAD_OPTIONS["precision"],
-    train_views: str = _HEAD_OPTIONS["train_views"],
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-):
+@command(interrupted="interrupted; the same command skips the finished folds and resumes the current one")
+@takes(C.HeadConfig, HEAD)
+@takes(C.TrainConfig, LOOP, skip=("split",))
+def cv(head: Head, features: Features = None, dataset: DatasetName = None,
+       folds: Annotated[str, opt("--folds", help="logo: leave one group out; official: UCF101/HMDB51 splits 1-3.", choices="folds")] = "logo",
+       out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder of the fold runs [default: runs/cv-HEAD-FOLDS-FINGERPRINT].")] = None,
+       verbose: Verbose = False, **settings):
     """Cross-validate a head: every leave-one-group-out fold (25 on UCF50) or the official splits; mean +- std.
 
     Examples:
@@ -582,27 +541,20 @@ def cv(
         har cv gru --dataset ucf101 --folds official --epochs 40
     """
     _setup_logging(verbose)
-    if features is None and dataset is None:
-        _fail("give --features PATH or --dataset NAME (the feature store to cross-validate on)")
-    cfg = _train_config(head, None, epochs, batch_size, optimizer, lr, weight_decay, scheduler, class_weighted,
-                        patience, min_delta, seed, device, hidden, layers, bidirectional, dropout, heads_, precision,
-                        train_views)
     from rich.table import Table
 
-    from trainers import runs
+    from trainers import cv as CV
+    from trainers import head_task
 
     table = Table("fold", "test videos", "top-1", "top-5", "F1 macro", "", title=f"{head}: {folds} folds")
-    try:
-        def on_fold(row: dict) -> None:
-            table.add_row(row["fold"], str(row["test_videos"]), f"{row['top1']:.3f}", f"{row['top5']:.3f}",
-                          f"{row['f1_macro']:.3f}", "up to date" if row["up_to_date"] else "")
-            err.print(f"fold {row['fold']}: top-1 {row['top1']:.3f}", highlight=False)
 
-        res = runs.cv(runs.RunConfig(cfg, features=features, dataset=dataset, out=out_dir), folds, on_fold)
-    except ValueError as e:  # StoreError, RunError, ...
-        _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; the same command skips the finished folds and resumes the current one", 130)
+    def on_fold(row: dict) -> None:
+        table.add_row(row["fold"], str(row["test_videos"]), f"{row['top1']:.3f}", f"{row['top5']:.3f}",
+                      f"{row['f1_macro']:.3f}", "up to date" if row["up_to_date"] else "")
+        err.print(f"fold {row['fold']}: top-1 {row['top1']:.3f}", highlight=False)
+
+    rc = head_task.RunConfig(_head_config(head, settings), features=features, dataset=dataset, out=out_dir)
+    res = CV.cv(rc, folds, on_fold)
     out.print(table)
     s = res.summary
     out.print(f"{head}, {len(res.folds)} {folds} folds: top-1 {s['top1']['mean']:.3f} +- {s['top1']['std']:.3f}, "
@@ -610,37 +562,99 @@ def cv(
               highlight=False)
 
 
+@command("train-e2e", interrupted=TRAINING)
+@takes(C.E2EConfig, LOOP)
+def train_e2e(
+    model: Annotated[str, arg("The video model (har models compares them).", choices="model")],
+    frames: Annotated[Optional[Path], typer.Option(help="The frame store.")] = None,
+    dataset: DatasetName = None, out_dir: RunOut = None,
+    pretrained: Annotated[str, opt("--pretrained", help="Initial weights: kinetics400 for torchvision's video ResNets and nonlocal, imagenet for the 2D-based (i3d, lrcn, late-fusion-e2e).", choices="pretrained")] = C.E2EConfig.pretrained,
+    crop: Annotated[Optional[int], typer.Option(help="Crop size [default: the model's input size, at most the stored size].")] = None,
+    three_crop: Annotated[bool, typer.Option(help="Test time: three crops per clip, averaged.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [default: min(8, cores - 1), at least 2].")] = None,
+    memory_format: Annotated[str, opt("--memory-format", help="auto: channels-last on CUDA.", choices="memory_format")] = C.E2EConfig.memory_format,
+    verbose: Verbose = False, **settings,
+):
+    """Train a video model end to end from a frame store (no decoding while training). Resumes if interrupted.
+
+    Examples:
+
+        har train-e2e r2plus1d_18 --dataset ucf101 --pretrained kinetics400 --epochs 20
+
+        har train-e2e small-cnn-lstm --frames frames64.zarr --batch-size 32 --lr 1e-3
+
+        har train-e2e c3d --frames clips.zarr --batch-size 4 --accumulate 4 --three-crop
+    """
+    _setup_logging(verbose)
+    from trainers import clip_task
+
+    cfg = C.E2EConfig(model=model, pretrained=pretrained, crop=crop, three_crop=three_crop, workers=workers,
+                      memory_format=memory_format, **settings)
+    cfg.validate()
+    rc = clip_task.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir)
+    _train(lambda on_epoch: clip_task.train_e2e(rc, on_epoch=on_epoch))
+
+
+RunDir = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder of `har train-head` or `har train-e2e`.")]
+
+
+@command()
+def evaluate(run_dir: RunDir,
+             part: Annotated[str, opt("--split", help="Which part of the run's split.", choices="part")] = "test",
+             as_json: AsJson = False):
+    """Recompute a run's metrics from its best checkpoint and the store it trained on.
+
+    Examples:
+
+        har evaluate runs/lstm-groups-1a2b3c4d5e
+
+        har evaluate runs/r2plus1d_18-groups-0f0e0d0c0b --split val --json
+    """
+    _setup_logging(False)
+    import json
+
+    from trainers import runs
+
+    m = runs.evaluate_run(run_dir, part)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("metric", "value", title=f"{run_dir.name}: split {m['split']}, {part} ({m['videos']} videos)")
+    for k, v in m.items():
+        if isinstance(v, float):
+            table.add_row(k, f"{v:.4f}")
+    out.print(table)
+
+
 @command()
 def predict(
-    videos: list[Path] = typer.Argument(..., metavar="VIDEO...", help="Video files (any container PyAV reads)."),
-    run_dir: Path = typer.Option(..., "--run", help="A run directory of `har train-head`."),
-    top: int = typer.Option(5, "--top", help="How many classes to list."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    videos: Annotated[list[Path], typer.Argument(metavar="VIDEO...", help="Video files (any container PyAV reads).")],
+    run_dir: Annotated[Path, typer.Option("--run", help="A run folder of `har train-head` or `har train-e2e`.")],
+    top: Annotated[int, typer.Option(help="How many classes to list.")] = 5,
+    device: Device = "auto", as_json: AsJson = False,
 ):
-    """Classify video files with a trained run: decode, sample as the store did, backbone, head.
+    """Classify video files with a trained run: decoded and sampled as its store was, then its model.
 
     Examples:
 
         har predict clip.avi --run runs/lstm-groups-1a2b3c4d5e
 
-        har predict a.mp4 b.mkv --run runs/gru-official1-0f0e0d0c0b --json
+        har predict a.mp4 b.mkv --run runs/r2plus1d_18-official1-0f0e0d0c0b --json
     """
     _setup_logging(False)
     import json
 
     missing = [str(v) for v in videos if not v.is_file()]
     if missing:
-        _fail(f"no such video file: {', '.join(missing)}")
+        raise ValueError(f"no such video file: {', '.join(missing)}")
     if top < 1:
-        _fail(f"--top {top} must be >= 1")
-    from trainers import predict as P
+        raise ValueError(f"--top {top} must be >= 1")
+    from trainers import predictor
 
-    try:
-        predictor = P.load(run_dir, device)
-    except ValueError as e:  # StoreError, WeightsError, RunError, ...
-        _fail(str(e))
-    results = [predictor(v, top) for v in videos]
+    model = predictor.load(run_dir, device)
+    results = [model(v, top) for v in videos]
     if as_json:
         print(json.dumps({"run": str(run_dir), "predictions": results}, indent=2))
     else:
@@ -655,58 +669,8 @@ def predict(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@command("train-e2e")
-def train_e2e(
-    model: str = typer.Argument(..., help="r3d_18 | r2plus1d_18 | mc3_18 | c3d | i3d | nonlocal | convlstm | lrcn | late-fusion-e2e | small-cnn-lstm | small-cnn-rnn"),
-    frames: Optional[Path] = typer.Option(None, "--frames", help="The frame store."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Use the latest frame store extracted for this dataset."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/MODEL-SPLIT-FINGERPRINT]."),
-    pretrained: str = typer.Option("none", "--pretrained", help="none | kinetics400 (r3d_18, r2plus1d_18, mc3_18, nonlocal) | imagenet (i3d, lrcn, late-fusion-e2e)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Clips per step."),
-    accumulate: int = typer.Option(1, "--accumulate", help="Optimizer step every N batches (gradient accumulation)."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size [default: the model's input size, at most the stored size]."),
-    three_crop: bool = typer.Option(False, "--three-crop", help="Test time: three crops per clip, averaged."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes [default: min(8, cores - 1), at least 2]."),
-    memory_format: str = typer.Option("auto", "--memory-format", help="auto (channels-last on CUDA) | channels-last | contiguous."),
-    lr: float = typer.Option(1e-4, "--lr", help="Learning rate."),
-    split: Optional[str] = _HEAD_OPTIONS["split"], epochs: int = _HEAD_OPTIONS["epochs"],
-    optimizer: str = _HEAD_OPTIONS["optimizer"], weight_decay: float = _HEAD_OPTIONS["weight_decay"],
-    scheduler: str = _HEAD_OPTIONS["scheduler"], class_weighted: bool = _HEAD_OPTIONS["class_weighted"],
-    patience: int = _HEAD_OPTIONS["patience"], min_delta: float = _HEAD_OPTIONS["min_delta"],
-    seed: int = _HEAD_OPTIONS["seed"], device: str = _HEAD_OPTIONS["device"],
-    precision: str = _HEAD_OPTIONS["precision"], train_views: str = _HEAD_OPTIONS["train_views"],
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-):
-    """Train a video model end to end from a frame store (no decoding while training). Resumes if interrupted.
-
-    Examples:
-
-        har train-e2e r2plus1d_18 --dataset ucf101 --pretrained kinetics400 --epochs 20
-
-        har train-e2e small-cnn-lstm --frames frames64.zarr --batch-size 32 --lr 1e-3
-
-        har train-e2e c3d --frames clips.zarr --batch-size 4 --accumulate 4 --three-crop
-    """
-    _setup_logging(verbose)
-    if frames is None and dataset is None:
-        _fail("give --frames PATH or --dataset NAME (the frame store to train on)")
-    from trainers import e2e
-
-    cfg = e2e.E2EConfig(model=model, pretrained=pretrained, batch_size=batch_size, accumulate=accumulate, crop=crop,
-                        three_crop=three_crop, workers=workers, memory_format=memory_format, lr=lr, split=split,
-                        epochs=epochs, optimizer=optimizer,
-                        weight_decay=weight_decay, scheduler=scheduler, class_weighted=class_weighted,
-                        patience=patience, min_delta=min_delta, seed=seed, device=device, precision=precision,
-                        train_views=train_views)
-    _validated(cfg)
-    _run(lambda on_epoch: e2e.train_e2e(e2e.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir),
-                                        on_epoch=on_epoch))
-
-
 @command()
-def models(
-    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
-):
+def models(as_json: AsJson = False):
     """List every registered backbone, head and video model, with parameters and GFLOPs.
 
     GFLOPs are counted for one input at the listed size (2 x multiply-adds) on PyTorch's meta
@@ -725,7 +689,7 @@ def models(
     from trainers import heads, models3d
 
     rows = {"backbones": [backbones.cost(n) for n in backbones.names()],
-            "heads": [heads.cost(n) for n in heads.names()],
+            "heads": [heads.cost(n, C.HeadConfig()) for n in heads.names()],
             "video_models": [models3d.cost(n) for n in models3d.names()]}
     if as_json:
         print(json.dumps(rows, indent=2, default=list))
@@ -744,11 +708,16 @@ def models(
         out.print(table)
 
 
+DEMO_BACKBONE = "resnet18"
+DEMO_HEADS = ("lstm", "mean")
+DEMO_TRAINING = dict(epochs=40, batch_size=16, scheduler="cosine", patience=40)
+
+
 @command()
 def demo(
-    out_dir: Path = typer.Option(Path("har-demo"), "--out", help="Folder for the synthetic videos and the runs."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes [default: all cores]."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the synthetic videos and the runs.")] = Path("har-demo"),
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes [default: all cores].")] = None,
+    verbose: Verbose = False,
 ):
     """The whole chain on har's own synthetic dataset, no download: synth -> extract -> features ->
     train `lstm` and `mean` -> report. A few minutes on 2 CPU cores.
@@ -763,19 +732,16 @@ def demo(
     from pipeline import backbones
     from pipeline import extract as E
     from pipeline import features as F
+    from pipeline import recipe as R
     from pipeline import synth as S
-    from trainers import loop
+    from trainers import head_task
 
     root = out_dir / "synthetic"
     cfg = S.SynthConfig()
     out.print(f"[bold]1/4 synth[/]: {cfg.classes} classes x {cfg.groups} groups x {cfg.clips} clips -> {root}")
     S.generate(root, cfg)
     out.print("[bold]2/4 extract[/]: uniform 16 frames, 112 px")
-    recipe = E.named_recipe("default", views=0)
-    try:
-        res = E.extract(E.ExtractConfig("synthetic", recipe, root=root, workers=workers))
-    except (ValueError, OSError) as e:
-        _fail(str(e))
+    res = E.extract(E.ExtractConfig("synthetic", R.named_recipe("default", views=0), root=root, workers=workers))
     state = "up to date" if res.up_to_date else f"{res.decoded} decoded in {res.seconds:.1f} s"
     ratio = res.store_bytes / res.source_bytes if res.source_bytes else float("nan")
     out.print(f"  frame store: {res.store}\n  {res.ok} videos ok, {len(res.failed)} failed, {state}; "
@@ -784,28 +750,21 @@ def demo(
     label = "ImageNet weights (cached)" if weights == "imagenet" else \
         f"RANDOM weights (no ImageNet weights cached at {backbones.weights_file(DEMO_BACKBONE)})"
     out.print(f"[bold]3/4 features[/]: {DEMO_BACKBONE}, {label}, frames at their stored 112 px")
-    try:
-        fres = F.features(F.FeatureConfig(backbone=DEMO_BACKBONE, weights=weights, store=res.store, resize="stored"))
-    except (ValueError, OSError) as e:
-        _fail(str(e))
+    fres = F.features(F.FeatureConfig(backbone=DEMO_BACKBONE, weights=weights, store=res.store, resize="stored"))
     out.print(f"  feature store: {fres.store} "
               f"({'up to date' if fres.up_to_date else f'{fres.frames:,} frames in {fres.seconds:.1f} s'})",
               highlight=False)
     results = {}
     for i, head in enumerate(DEMO_HEADS):
         out.print(f"[bold]4/4 train-head {head}[/] on the group-disjoint split ({i + 1}/{len(DEMO_HEADS)})")
-        cfg_h = loop.TrainConfig(head=head, **DEMO_TRAINING)
-        results[head] = _run_head(cfg_h, fres.store, None, None, out_dir / "runs" / head, quiet=True)
+        rc = head_task.RunConfig(head_task.TrainConfig(head=head, **DEMO_TRAINING), features=fres.store,
+                                 out=out_dir / "runs" / head)
+        results[head] = _train(lambda on_epoch, rc=rc: head_task.train_head(rc, on_epoch=on_epoch), quiet=True)
     lstm, mean = (results[h].summary["test"] for h in DEMO_HEADS)
     out.print(f"\n[bold]done.[/] lstm {lstm['top1']:.0%} vs mean (bag of frames) {mean['top1']:.0%} test accuracy; "
               f"on the reversed pairs {lstm['reversed_pairs_top1']:.0%} vs {mean['reversed_pairs_top1']:.0%}.\n"
               f"reports: {results['lstm'].run_dir / 'report.md'}\n         {results['mean'].run_dir / 'report.md'}",
               highlight=False)
-
-
-DEMO_BACKBONE = "resnet18"
-DEMO_HEADS = ("lstm", "mean")
-DEMO_TRAINING = dict(epochs=40, batch_size=16, scheduler="cosine", patience=40)
 
 
 def main() -> None:  # python -m cli

@@ -130,10 +130,10 @@ def main() -> None:
     # --model-steps timed ones, across epochs
     from dataclasses import replace
 
-    from trainers import e2e
+    from trainers import clip_task
 
     tcfg = replace(cfg, batch_size=a.model_batch, workers=a.workers, crop=112)
-    task = e2e.ClipTask(cs, tcfg)
+    task = clip_task.ClipTask(cs, tcfg)
     torch.manual_seed(0)
     model = task.build(tcfg, None).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -170,7 +170,7 @@ def main() -> None:
                       "loader_clips_per_s": round(loader_rate, 1),
                       "loader_start_s": round(loader_start, 2), "loader_steady_clips_per_s": round(loader_steady, 1), "on_the_fly_opencv_clips_per_s": round(fly_rate, 1),
                       "model": a.model, "model_batch": a.model_batch,
-                      "precision": loop.precision_of(cfg, device), "channels_last": e2e.channels_last(cfg),
+                      "precision": loop.precision_of(cfg, device), "channels_last": clip_task.channels_last(cfg),
                       "model_train_clips_per_s": round(model_rate, 3),
                       "pipeline_train_clips_per_s": round(pipeline_rate, 3),
                       "pipeline_waiting_for_loader": round(wait / pipeline_s, 3), "loader_pin_memory": pin,

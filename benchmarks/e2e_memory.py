@@ -38,17 +38,17 @@ def train_step(name: str, batch: int, device_name: str = "auto", memory_format: 
     `har train-e2e` sets it up on that device. Returns (step, sync, cfg, device, clip shape)."""
     import torch
 
-    from trainers import e2e, loop, models3d
+    from trainers import clip_task, loop, models3d
 
     torch.manual_seed(0)
     device = loop.resolve_device(device_name)
-    cfg = e2e.E2EConfig(model=name, device=device.type, memory_format=memory_format, precision=precision)
+    cfg = clip_task.E2EConfig(model=name, device=device.type, memory_format=memory_format, precision=precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as loop.fit does on CUDA
     spec = models3d.get(name)
     t, s = frames or spec.frames, size or spec.size
     model = models3d.build(name, classes=classes)
-    if e2e.channels_last(cfg):
+    if clip_task.channels_last(cfg):
         models3d.to_channels_last(model)
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -69,7 +69,7 @@ def train_step(name: str, batch: int, device_name: str = "auto", memory_format: 
 def one(name: str, batch: int, steps: int, device_name: str, memory_format: str = "auto") -> dict:
     import torch
 
-    from trainers import e2e, loop
+    from trainers import clip_task, loop
 
     step, sync, cfg, device, (t, s) = train_step(name, batch, device_name, memory_format)
     base = rss_mib()
@@ -90,7 +90,7 @@ def one(name: str, batch: int, steps: int, device_name: str, memory_format: str 
         peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, "peak RSS over RSS after build"
         extra = {}
     return {"model": name, "clip": f"{t}x{s}x{s}", "batch": batch,
-            "precision": loop.precision_of(cfg, device), "channels_last": e2e.channels_last(cfg),
+            "precision": loop.precision_of(cfg, device), "channels_last": clip_task.channels_last(cfg),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "peak_mib": round(peak, 1), "peak_is": what, "train_clips_per_s": round(rate, 3), **extra}
 

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import backbones, synth  # noqa: E402
 from pipeline.cluster import cpu_count  # noqa: E402
 from pipeline.extract import ExtractConfig, Recipe, extract  # noqa: E402
-from pipeline.features import FeatureConfig, features, resolve_device  # noqa: E402
+from pipeline.device import resolve as resolve_device  # noqa: E402
+from pipeline.features import FeatureConfig, features  # noqa: E402
 
 
 def emit(**row):

@@ -5,7 +5,7 @@
 STORE.zarr is a finished frame store (e.g. /tmp/har-bench/gop250/store_224_w2.zarr, left by
 extract_bench.py). In one run, alternating, the same store is copied
 - the old way: every chunk through HDF5's own gzip filter (one core), level 4 and level 1;
-- har's way (`store.zarr_to_hdf5`): chunks deflated on every core, written pre-compressed.
+- har's way (`hdf5.zarr_to_hdf5`): chunks deflated on every core, written pre-compressed.
 Prints one JSON object per copy (seconds, bytes) and the ratios. With --real, the 224 px samples
 of real clips (e.g. ../shared/data/videos/*.avi) are deflated at levels 1 and 4, for their sizes:
 the synthetic frames are smoother than real ones.
@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import store  # noqa: E402
+from pipeline import hdf5, store  # noqa: E402
 from pipeline.cluster import cpu_count  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def main() -> None:
     out = a.store.parent / "hdf5_copy.h5"
     ways = {"hdf5 gzip filter, level 4": lambda: filter_copy(a.store, out, 4),
             "hdf5 gzip filter, level 1": lambda: filter_copy(a.store, out, 1),
-            f"har zarr_to_hdf5 (level {store.HDF5_GZIP_LEVEL}, {cpu_count()} threads)": lambda: store.zarr_to_hdf5(a.store, out)}
+            f"har zarr_to_hdf5 (level {hdf5.HDF5_GZIP_LEVEL}, {cpu_count()} threads)": lambda: hdf5.zarr_to_hdf5(a.store, out)}
     best: dict[str, float] = {}
     for _ in range(a.repeats):
         for name, fn in ways.items():

@@ -33,7 +33,7 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
           precisions: list[str]) -> dict:
     import torch
 
-    from trainers import data, heads, loop
+    from trainers import config, data, head_task, heads, loop
 
     n, t, d, c = train_videos + val_videos, 16, 2048, 50
     rng = np.random.default_rng(0)
@@ -46,11 +46,11 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
                        False)
     timings = {}
     for precision in precisions:
-        cfg = loop.TrainConfig(head="lstm", head_options=heads.HeadConfig(hidden=256), epochs=epochs,
+        cfg = head_task.TrainConfig(head="lstm", head_options=config.HeadConfig(hidden=256), epochs=epochs,
                                batch_size=batch, patience=epochs, precision=precision)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            fit = loop.fit(cfg, loop.FeatureTask(fs), split, Path(tmp), "bench")
+            fit = loop.fit(cfg, head_task.FeatureTask(fs), split, Path(tmp), "bench")
             seconds = time.perf_counter() - t0
         timings[precision] = {"seconds": round(seconds, 2), "epochs": len(fit.history),
                               "videos_per_s": round(train_videos * len(fit.history) / seconds, 1)}
@@ -63,7 +63,7 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
     torch.manual_seed(0)
     cnn = torchvision.models.resnet152(weights=None)
     cnn.fc = torch.nn.Identity()
-    head = heads.build("lstm", 2048, c, t, heads.HeadConfig(hidden=256))
+    head = heads.build("lstm", 2048, c, t, config.HeadConfig(hidden=256))
     params = list(cnn.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-4)
     x = torch.randint(0, 256, (e2e_batch, t, 3, 224, 224), dtype=torch.uint8)
@@ -97,14 +97,15 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
 
 def accuracy(work: Path, groups: int, clips: int, epochs: int, weights: str, seeds: list[int]) -> dict:
     from pipeline import extract as E
+    from pipeline import recipe
     from pipeline import features as F
     from pipeline import synth as S
-    from trainers import heads, loop, runs
+    from trainers import head_task, heads
 
     os.environ.setdefault("HAR_HOME", str(work / "home"))
     cfg = S.SynthConfig(groups=groups, clips=clips)
     S.generate(work / "synthetic", cfg)
-    frames = E.extract(E.ExtractConfig("synthetic", E.named_recipe("default", views=2), root=work / "synthetic",
+    frames = E.extract(E.ExtractConfig("synthetic", recipe.named_recipe("default", views=2), root=work / "synthetic",
                                        out=work / f"frames-g{groups}c{clips}.zarr")).store
     fres = F.features(F.FeatureConfig(backbone="resnet18", weights=weights, store=frames, resize="stored",
                                       out=work / f"feats-g{groups}c{clips}-{weights}.zarr"))
@@ -114,10 +115,10 @@ def accuracy(work: Path, groups: int, clips: int, epochs: int, weights: str, see
             for head in heads.names():
                 tops, pairs, t0 = [], [], time.perf_counter()
                 for seed in seed_list:
-                    tc = loop.TrainConfig(head=head, split=split, epochs=epochs, batch_size=16, scheduler="cosine",
+                    tc = head_task.TrainConfig(head=head, split=split, epochs=epochs, batch_size=16, scheduler="cosine",
                                           patience=epochs, train_views=views, seed=seed)
                     out = work / "runs" / f"{head}-{split}-{views}-s{seed}-g{groups}"
-                    res = runs.train_head(runs.RunConfig(tc, features=fres.store, out=out))
+                    res = head_task.train_head(head_task.RunConfig(tc, features=fres.store, out=out))
                     tops.append(res.summary["test"]["top1"])
                     pairs.append(res.summary["test"]["reversed_pairs_top1"])
                 rows.append({"split": split, "train_views": views, "head": head,

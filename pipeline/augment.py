@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.sampling import seed_for
+from pipeline.lineage import seed_for
 
 
 @dataclass(frozen=True)

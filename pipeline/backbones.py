@@ -9,12 +9,12 @@ every output built on it says so.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch  # this module is imported only by the stages that run a network, never by `har --help`
 
+from pipeline import lineage
 from pipeline.registry import Registry
 
 
@@ -34,15 +34,19 @@ class Backbone:
 _REGISTRY: Registry[Backbone] = Registry("backbone")
 
 
-def register(b: Backbone) -> Backbone:
-    return _REGISTRY.add(b.name, b)
+def register(b: Backbone, about: str) -> Backbone:
+    return _REGISTRY.add(b.name, b, about)
 
 
-register(Backbone("resnet152", "resnet152", "ResNet152_Weights.IMAGENET1K_V1", 2048, "fc"))  # as the seed studies
-register(Backbone("resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048, "fc"))
-register(Backbone("resnet18", "resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, "fc"))
-register(Backbone("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", 768, "classifier.2"))
-register(Backbone("efficientnet_v2_s", "efficientnet_v2_s", "EfficientNet_V2_S_Weights.IMAGENET1K_V1", 1280, "classifier.1"))
+register(Backbone("resnet152", "resnet152", "ResNet152_Weights.IMAGENET1K_V1", 2048, "fc"),
+         "ResNet-152, pooled 2048-d (the seed studies' backbone)")
+register(Backbone("resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048, "fc"), "ResNet-50, pooled 2048-d")
+register(Backbone("resnet18", "resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, "fc"),
+         "ResNet-18, pooled 512-d: fast, for CPUs and the demo")
+register(Backbone("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", 768, "classifier.2"),
+         "ConvNeXt-Tiny, pooled 768-d")
+register(Backbone("efficientnet_v2_s", "efficientnet_v2_s", "EfficientNet_V2_S_Weights.IMAGENET1K_V1", 1280,
+                  "classifier.1"), "EfficientNet-V2-S, pooled 1280-d")
 
 
 def names() -> tuple[str, ...]:
@@ -63,14 +67,6 @@ class WeightsInfo:
     @property
     def pretrained(self) -> bool:
         return self.kind != "none"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_file(name: str) -> Path:
@@ -123,7 +119,7 @@ def load(name: str, weights: str = "imagenet", resize: bool = True):
             model.load_state_dict(state)
         except RuntimeError as e:
             raise WeightsError(f"{path} does not fit {name}: {str(e).splitlines()[0]}") from None
-        info = WeightsInfo(kind, source, sha256_file(path))
+        info = WeightsInfo(kind, source, lineage.file_sha256(path))
     _strip_head(model, spec.head)
     model.eval().requires_grad_(False)
     preprocess = Preprocess(enum.transforms(antialias=True), resize)
@@ -207,4 +203,4 @@ def cost(name: str) -> dict:
         model(frame)
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "gflops": counter.get_total_flops() / 1e9, "input": "224x224 frame",
-            "pretrained": ("imagenet", "none", "PATH"), "about": f"{spec.dim}-d features, {spec.weights}"}
+            "pretrained": ("imagenet", "none", "PATH"), "about": f"{_REGISTRY.about(name)} ({spec.weights})"}

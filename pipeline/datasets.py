@@ -8,18 +8,21 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.sampling import seed_for
+from pipeline.lineage import seed_for
+from pipeline.registry import Registry
 from pipeline.video import VIDEO_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_PATH = Path(__file__).resolve().parent.parent / "data_manifest.yaml"
+# package data: in the source tree a link to the top-level data_manifest.yaml, in a wheel a copy of it
+MANIFEST_PATH = Path(__file__).resolve().parent / "data_manifest.yaml"
 GROUP_RE = re.compile(r"_g(\d+)_", re.IGNORECASE)
 TRAIN, VAL, TEST, UNUSED = 0, 1, 2, -1
 FRACTIONS = (0.75, 0.10, 0.15)  # train, val, test
@@ -49,6 +52,9 @@ class DatasetIndex:
     splits: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int8 [N]
     default_split: str = "groups"
     notes: tuple[str, ...] = ()  # count mismatches and other things worth telling the user
+    attrs: dict = field(default_factory=dict)  # facts of this dataset the stores keep in their attrs
+                                               # (synthetic: "reversed_pairs", the classes whose
+                                               # time-reversed twin is a class too)
 
 
 @lru_cache(maxsize=1)
@@ -57,10 +63,6 @@ def manifest() -> dict:
 
     with open(MANIFEST_PATH) as f:
         return yaml.safe_load(f)
-
-
-def dataset_names() -> tuple[str, ...]:
-    return tuple(manifest()["datasets"])
 
 
 def default_root(name: str) -> Path:
@@ -250,9 +252,14 @@ def load_ucf50(root: Path) -> DatasetIndex:
 
 
 def load_synthetic(root: Path) -> DatasetIndex:
+    from dataclasses import replace
+
+    from pipeline.synth import reversed_classes
+
     if not (root / "synth.json").exists():
         raise DatasetError(f"synthetic: no synth.json at {root}; make the dataset first with `har synth {root}`")
-    return _grouped("synthetic", root, "synthetic")
+    index = _grouped("synthetic", root, "synthetic")
+    return replace(index, attrs={"reversed_pairs": reversed_classes(list(index.classes))})
 
 
 def load_folder(root: Path) -> DatasetIndex:
@@ -410,21 +417,20 @@ def load_hmdb51(root: Path) -> DatasetIndex:
     return DatasetIndex("hmdb51", root, classes_t, videos, splits, "official1", notes)
 
 
-ADAPTERS = {
-    "ucf50": load_ucf50,
-    "ucf101": load_ucf101,
-    "hmdb51": load_hmdb51,
-    "folder": load_folder,
-    "synthetic": load_synthetic,
-}
+DATASETS: Registry[Callable[[Path], DatasetIndex]] = Registry("dataset")
+DATASETS.add("ucf50", load_ucf50, "UCF50: 50 classes in class folders, 25 groups (_gNN_), leave-one-group-out")
+DATASETS.add("ucf101", load_ucf101, "UCF101: 101 classes, the official splits 1-3 (ucfTrainTestlist)")
+DATASETS.add("hmdb51", load_hmdb51, "HMDB51: 51 classes, the official splits 1-3 (testTrainMulti_7030_splits)")
+DATASETS.add("folder", load_folder, "your own videos: one folder per class (groups from _gNN_ names if any)")
+DATASETS.add("synthetic", load_synthetic, "har's own synthetic set (`har synth`): reversed-order class pairs")
 
 
 def load(name: str, root: Path | None = None) -> DatasetIndex:
     """The index of dataset `name` under `root` (default: $HAR_HOME/datasets/<name>)."""
-    if name not in ADAPTERS:
-        raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(ADAPTERS)}")
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}")
     root = Path(root) if root is not None else default_root(name)
-    index = ADAPTERS[name](root.resolve() if root.exists() else root)
+    index = DATASETS.get(name)(root.resolve() if root.exists() else root)
     for note in index.notes:  # the CLI prints index.notes itself; library users see them at INFO
         logger.info(note)
     return index

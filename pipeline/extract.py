@@ -19,76 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import augment, datasets, lineage, outputs, resources, sampling, store, video
+from pipeline import augment, datasets, latest, lineage, outputs, resources, store, swap, video
+from pipeline.recipe import Recipe, sample_axes, sample_plan
 from pipeline.cluster import cpu_count, run_tasks
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Every parameter that changes the stored bytes; its fingerprint names the store version."""
-    sampling: str = "uniform"  # uniform | random-uniform | clip | multiclip (DESIGN.md)
-    frames: int = 16           # T frames per sample
-    clips: int = 1             # K clips per video (multiclip only)
-    stride: int = 1            # frame step inside a clip (clip, multiclip)
-    height: int = 112          # stored frame size; the clean view is the centred crop of this aspect
-    width: int = 112
-    views: int = 0             # augmented copies stored besides the clean view
-    seed: int = 0              # seeds random-uniform, random clip starts and the views
-    lossy: bool = False        # JPEG-coded frames (q95): several times smaller, PSNR about 40 dB
-
-    @property
-    def samples(self) -> int:
-        return self.clips * (1 + self.views)
-
-    def validate(self) -> None:
-        if self.sampling not in sampling.STRATEGIES:
-            raise ValueError(f"unknown sampling {self.sampling!r}; allowed: {', '.join(sampling.STRATEGIES)}")
-        for name, lo in (("frames", 1), ("clips", 1), ("stride", 1), ("height", 8), ("width", 8), ("views", 0)):
-            if getattr(self, name) < lo:
-                raise ValueError(f"--{name} {getattr(self, name)} is out of range; allowed: >= {lo}")
-        if self.clips != 1 and self.sampling != "multiclip":
-            raise ValueError(f"--clips {self.clips} needs --sampling multiclip; {self.sampling!r} stores one clip")
-        if max(self.height, self.width) > 4096:
-            raise ValueError(f"--size {self.height}x{self.width} is too large; allowed: up to 4096")
-
-    def fingerprint(self) -> str:
-        return lineage.fingerprint(asdict(self))
-
-    @property
-    def bytes_per_video(self) -> int:
-        """Bytes of one video's S samples of T frames (uint8 RGB)."""
-        return self.samples * self.frames * self.height * self.width * 3
-
-
-def recipe_names() -> tuple[str, ...]:
-    return tuple(datasets.manifest()["recipes"])
-
-
-def named_recipe(name: str, **overrides) -> Recipe:
-    """A recipe from data_manifest.yaml, with single fields overridden (None = keep)."""
-    recipes = datasets.manifest()["recipes"]
-    if name not in recipes:
-        raise ValueError(f"unknown recipe {name!r}; allowed: {', '.join(recipes)}")
-    spec = dict(recipes[name])
-    size = spec.pop("size")
-    spec["height"], spec["width"] = parse_size(size) if isinstance(size, str) else (size, size)
-    spec.update({k: v for k, v in overrides.items() if v is not None})
-    return Recipe(**spec)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'112' -> (112, 112); '128x171' -> (128, 171) as height x width."""
-    try:
-        parts = [int(p) for p in str(text).lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 8 or max(parts) > 4096:
-        raise ValueError(f"--size {text!r} is not a size; allowed: PX or HxW, each 8..4096 (e.g. 112, 128x171)")
-    return parts[0], parts[1]
 
 
 @dataclass(frozen=True)
@@ -132,22 +67,6 @@ def default_store_path(dataset: str, recipe: Recipe, fmt: str = "zarr") -> Path:
 
 
 # ---- one video ------------------------------------------------------------------------------
-
-def sample_plan(recipe: Recipe, rel: str, n: int) -> np.ndarray:
-    """(S, T) source frame indices for a video of n frames; sample s = view * K + clip."""
-    rows = []
-    for v in range(1 + recipe.views):
-        randomised = recipe.sampling == "random-uniform" or (recipe.sampling == "clip" and v > 0)
-        seed = sampling.seed_for(recipe.seed, rel, "time", v) if randomised else None
-        rows.append(sampling.sample_indices(recipe.sampling, n, recipe.frames, recipe.clips, recipe.stride, seed))
-    return np.concatenate(rows).astype(np.int32)
-
-
-def sample_axes(recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-    """clip_index and view_index of the S samples, (S,) int16 each."""
-    s = np.arange(recipe.samples)
-    return (s % recipe.clips).astype(np.int16), (s // recipe.clips).astype(np.int16)
-
 
 @dataclass(frozen=True)
 class VideoSamples:
@@ -378,8 +297,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
                              f"{recipe.height}x{recipe.width} (x3 per worker, {workers} workers)",
                              "lower --frames, --clips, --views or --size, or use fewer --workers")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with store.WriterLock(target):
-        store.recover(target)
+    with swap.WriterLock(target):
+        swap.recover(target)
         old = _open_old(target, cfg.force)
         if old is not None:
             lin = old.attrs.get("lineage", {})
@@ -414,7 +333,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             result.up_to_date = True
             result.seconds = time.perf_counter() - t0
             if cfg.out is None:
-                store.point_latest(index.name, "frames", target)
+                latest.point_latest(index.name, "frames", target)
             return result
 
         # which videos can be copied from the previous version
@@ -432,10 +351,10 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
                         reuse[i] = j  # a failure is retried unless the unchanged file itself is the reason
             old.close()
 
-        work = store.work_path(target)
+        work = swap.work_path(target)
         layout = store.Layout(len(rels), recipe.samples, recipe.frames, recipe.height, recipe.width,
                               store.choose_batch(len(rels), recipe.samples * recipe.frames * recipe.height * recipe.width * 3))
-        if not store.resumable(work, lin["fingerprint"], layout):
+        if not swap.resumable(work, lin["fingerprint"], layout):
             clip_index, view_index = sample_axes(recipe)
             static = {
                 "video": np.array(rels, dtype=str),
@@ -448,7 +367,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             attrs = {"schema_version": store.SCHEMA_VERSION, "kind": "frames", "dataset": index.name,
                      "classes": list(index.classes), "default_split": index.default_split,
                      "recipe": asdict(recipe), "view_params_fields": list(augment.FIELDS),
-                     "lineage": lin, "complete": False}
+                     **index.attrs, "lineage": lin, "complete": False}
             store.create_zarr(work, layout, static, attrs, lossy=recipe.lossy)
 
         status = store.StoreReader(work).read("status")
@@ -478,11 +397,11 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         run_tasks(run_batch, tasks, on_result, scheduler=cfg.scheduler, workers=workers)
 
         store.mark_complete(work)
-        store.swap_in(work, target, cfg.format)
+        swap.swap_in(work, target, cfg.format)
         with store.StoreReader(target) as final:
             _summarise(result, final)
         if cfg.out is None:
-            store.point_latest(index.name, "frames", target)
+            latest.point_latest(index.name, "frames", target)
     result.seconds = time.perf_counter() - t0
     return result
 

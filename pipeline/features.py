@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import backbones, lineage, outputs, store
+from pipeline import backbones, latest, lineage, outputs, store, swap
+from pipeline import device as devices
 from pipeline.cluster import run_tasks
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZES = ("weights", "stored")
+DATASET_ATTRS = ("reversed_pairs",)  # facts of the dataset the frame store's attrs carry on (datasets.DatasetIndex)
 COPIED = ("video", "label", "group", "num_frames", "fps", "error", "frame_idx", "clip_index", "view_index",
           "view_params")
 
@@ -50,8 +51,8 @@ class FeatureConfig:
 
     def validate(self) -> None:
         backbones.get(self.backbone)
-        if self.device not in DEVICES:
-            raise ValueError(f"--device {self.device!r} is not supported; allowed: {', '.join(DEVICES)}")
+        if self.device not in devices.DEVICES:
+            raise ValueError(f"--device {self.device!r} is not supported; allowed: {', '.join(devices.DEVICES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
         if self.resize not in RESIZES:
@@ -59,7 +60,7 @@ class FeatureConfig:
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size} must be >= 1")
         if (self.store is None) == (self.dataset is None):
-            raise ValueError("give exactly one of --store PATH or --dataset NAME")
+            raise ValueError("give --store PATH or --dataset NAME (exactly one: the frame store to encode)")
 
 
 @dataclass
@@ -76,16 +77,6 @@ class FeatureResult:
     store_bytes: int = 0
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu or auto")
-    return device
-
-
 def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "bf16" if device == "cuda" else "fp32"
@@ -94,24 +85,35 @@ def resolve_precision(precision: str, device: str) -> str:
 
 # ---- the math: frames -> features ----------------------------------------------------------
 
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What an Encoder is made of; also its key in a process's cache (`encoder_for`)."""
+    backbone: str
+    weights: str                # imagenet | none | path of a state_dict
+    device: str                 # cpu | cuda (already resolved)
+    precision: str = "fp32"     # fp32 | bf16 | fp16 (already resolved)
+    batch_size: int = 256       # frames per forward pass
+    compile: bool = False       # torch.compile the backbone
+    resize: str = "weights"     # weights: the weights' own resize and crop | stored: only normalised
+
+
 class Encoder:
     """A loaded backbone on a device: encode(uint8 (M, H, W, 3)) -> float16 (M, D)."""
 
-    def __init__(self, backbone: str, weights: str, device: str, precision: str, batch_size: int,
-                 compile: bool = False, resize: str = "weights"):
+    def __init__(self, cfg: EncoderConfig):
         import torch
 
-        self.model, self.preprocess, self.weights = backbones.load(backbone, weights, resize == "weights")
-        self.device = torch.device(device)
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        self.batch_size = batch_size
-        if device == "cpu":
+        self.model, self.preprocess, self.weights = backbones.load(cfg.backbone, cfg.weights, cfg.resize == "weights")
+        self.device = torch.device(cfg.device)
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.batch_size = cfg.batch_size
+        if cfg.device == "cpu":
             from pipeline.cluster import cpu_count
 
             torch.set_num_threads(cpu_count())
         # channels_last: cuDNN's and oneDNN's fast convolution layout (measured 1.3x on this CPU)
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
-        if compile:
+        if cfg.compile:
             self.model = torch.compile(self.model)
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
@@ -132,14 +134,14 @@ class Encoder:
         return np.concatenate(chunks)
 
 
-_ENCODERS: dict[tuple, Encoder] = {}
+_ENCODERS: dict[EncoderConfig, Encoder] = {}
 
 
-def encoder_for(key: tuple) -> Encoder:
+def encoder_for(cfg: EncoderConfig) -> Encoder:
     """One Encoder per process and settings (a Dask worker keeps its model between shards)."""
-    if key not in _ENCODERS:
-        _ENCODERS[key] = Encoder(*key)
-    return _ENCODERS[key]
+    if cfg not in _ENCODERS:
+        _ENCODERS[cfg] = Encoder(cfg)
+    return _ENCODERS[cfg]
 
 
 # ---- one shard: a task ---------------------------------------------------------------------
@@ -150,7 +152,7 @@ class ShardTask:
     stop: int
     frames: str          # the frame store
     work: str            # the working feature store
-    encoder: tuple       # Encoder arguments
+    encoder: EncoderConfig
     fingerprint: str = ""  # of the frame store when the stage began: a replaced store is never mixed in
 
 
@@ -189,7 +191,7 @@ def run_shard(task: ShardTask, prefetched: tuple[np.ndarray, np.ndarray] | None 
     m, s, t = frames.shape[:3]
     ok = status == store.OK
     flat = frames[ok].reshape(-1, *frames.shape[3:])  # (frames of ok videos, H, W, 3)
-    feats = np.zeros((m, s, t, backbones.get(task.encoder[0]).dim), np.float16)
+    feats = np.zeros((m, s, t, backbones.get(task.encoder.backbone).dim), np.float16)
     if len(flat):
         feats[ok] = enc.encode(flat).reshape(int(ok.sum()), s, t, -1)
     out_status = np.where(ok, store.OK, store.FAILED).astype(np.int8)
@@ -202,7 +204,7 @@ def run_shard(task: ShardTask, prefetched: tuple[np.ndarray, np.ndarray] | None 
 def frame_store_for(cfg: FeatureConfig) -> Path:
     if cfg.store is not None:
         return Path(cfg.store)
-    return store.latest_store(cfg.dataset, "frames")
+    return latest.latest_store(cfg.dataset, "frames")
 
 
 def default_out(frames: Path, backbone: str, weights: backbones.WeightsInfo, resize: str = "weights") -> Path:
@@ -223,11 +225,12 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
         src_status = fr.read("status")
         copied = {name: fr.read(name) for name in COPIED}
         copied.update({name: fr.read(name) for name in fr.names() if name.startswith("split/")})
-    device = resolve_device(cfg.device)
+    device = devices.resolve(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     spec = backbones.get(cfg.backbone)
-    enc_key = (cfg.backbone, cfg.weights, device, precision, cfg.batch_size, cfg.compile, cfg.resize)
-    weights = encoder_for(enc_key).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
+    encoder = EncoderConfig(backbone=cfg.backbone, weights=cfg.weights, device=device, precision=precision,
+                            batch_size=cfg.batch_size, compile=cfg.compile, resize=cfg.resize)
+    weights = encoder_for(encoder).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
     target = Path(cfg.out) if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
     target = outputs.check_output(target, "features", inputs=[src])  # resolved: a symlinked --out is its target
     content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
@@ -238,8 +241,8 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
            "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "device": device,
            "batch_size": cfg.batch_size}, "versions": lineage.versions(), "created": lineage.now()}
     result = FeatureResult(store=target, device=device, precision=precision, weights=weights)
-    with store.WriterLock(target):
-        store.recover(target)
+    with swap.WriterLock(target):
+        swap.recover(target)
         h, w = attrs["recipe"]["height"], attrs["recipe"]["width"]
         # a task holds a shard of frames (and the next one, prefetched): size shards by the frames
         layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, max(s * t * h * w * 3, s * t * spec.dim * 2)))
@@ -256,13 +259,13 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
             if cfg.out is None:
                 _point_latest(attrs["dataset"], target, cfg.backbone)
             return result
-        work = store.work_path(target)
-        if not store.resumable(work, lin["fingerprint"], layout, "features", (spec.dim,)):
+        work = swap.work_path(target)
+        if not swap.resumable(work, lin["fingerprint"], layout, "features", (spec.dim,)):
             fattrs = {"schema_version": store.SCHEMA_VERSION, "kind": "features", "dataset": attrs["dataset"],
                       "classes": attrs["classes"], "default_split": attrs.get("default_split"),
                       "recipe": attrs["recipe"], "backbone": cfg.backbone, "feature_dim": spec.dim,
                       "weights": asdict(weights), "pretrained": weights.pretrained, "precision": precision,
-                      "resize": cfg.resize,
+                      "resize": cfg.resize, **{k: attrs[k] for k in DATASET_ATTRS if k in attrs},
                       "frames_fingerprint": content["frames_fingerprint"], "lineage": lin, "complete": False}
             initial = np.where(src_status == store.OK, store.PENDING, store.FAILED).astype(np.int8)
             store.create_zarr(work, layout, copied, fattrs, data_name="features", data_dtype="float16",
@@ -274,7 +277,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
         with store.StoreReader(work) as w:
             status = w.read("status")
         fp = attrs["lineage"]["fingerprint"]
-        tasks = [ShardTask(a, b, str(src), str(work), enc_key, fp) for a, b in layout.batches()
+        tasks = [ShardTask(a, b, str(src), str(work), encoder, fp) for a, b in layout.batches()
                  if (status[a:b] == store.PENDING).any()]
         done = int((status != store.PENDING).sum())
         if progress:
@@ -298,7 +301,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
             store.remove(work)  # its shards came from the old version: none of them may be resumed
             raise
         store.mark_complete(work)
-        store.swap_in(work, target, "zarr")
+        swap.swap_in(work, target, "zarr")
         with store.StoreReader(target) as final:
             result.failed = int((final.read("status") == store.FAILED).sum())
     result.seconds = time.perf_counter() - t0
@@ -335,8 +338,8 @@ VOLATILE = ("frames_fingerprint", "device", "batch_size")
 
 def _point_latest(dataset: str, target: Path, backbone: str) -> None:
     """What `--dataset NAME` finds later: the latest feature store, and the latest per backbone."""
-    store.point_latest(dataset, "features", target, backbone=backbone)
-    store.point_latest(dataset, f"features-{backbone}", target, backbone=backbone)
+    latest.point_latest(dataset, "features", target, backbone=backbone)
+    latest.point_latest(dataset, f"features-{backbone}", target, backbone=backbone)
 
 
 def _run_local(tasks: list[ShardTask], on_result: Callable[[dict], None]) -> None:

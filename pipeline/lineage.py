@@ -20,6 +20,12 @@ def fingerprint(obj: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def seed_for(*parts: object) -> int:
+    """A stable 63-bit seed from any printable parts (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def file_sha256(path: Path, block: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -96,6 +102,10 @@ def source_fingerprints(root: Path, rel_paths: list[str], known: dict[str, dict]
 
 
 def git_commit() -> str | None:
+    """The source checkout's commit (with -dirty for uncommitted changes); None for an installed
+    wheel, whose folder is no checkout of har's (never another repository's commit)."""
+    if not (PROJECT_DIR / ".git").exists():
+        return None
     try:
         out = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)

@@ -1,7 +1,14 @@
-"""One registry per kind of thing (backbones, heads, video models): names in registration order,
-duplicates refused, unknown names answered with the allowed ones."""
+"""One registry per kind of thing a name chooses (datasets, sampling strategies, backbones, heads,
+recurrent cells, video models, optimizers, schedulers, task kinds): names in registration order,
+each with its one-line description, duplicates refused, unknown names answered with the allowed
+ones.
+
+One registration style everywhere: `REG.add(name, item, about)`, or as a decorator
+`@REG.register(name, about)`.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -11,17 +18,34 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind             # "backbone", "head", "video model": used in messages
         self._items: dict[str, T] = {}
+        self._about: dict[str, str] = {}
 
-    def add(self, name: str, item: T) -> T:
+    def add(self, name: str, item: T, about: str = "") -> T:
         if name in self._items:
             raise ValueError(f"An entry is already registered under the name '{name}'.")
         self._items[name] = item
+        self._about[name] = about
         return item
+
+    def register(self, name: str, about: str = "") -> Callable[[T], T]:
+        """`add` as a decorator: the decorated function or class is the entry."""
+        return lambda item: self.add(name, item, about)
 
     def get(self, name: str) -> T:
         if name not in self._items:
             raise ValueError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self._items)}")
         return self._items[name]
 
+    def about(self, name: str) -> str:
+        """The entry's one-line description."""
+        self.get(name)
+        return self._about[name]
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self):
+        return iter(tuple(self._items))

@@ -9,17 +9,11 @@ frame, so the repeats are visible in the store's `frame_idx`:
 """
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable
 
 import numpy as np
 
-STRATEGIES = ("uniform", "random-uniform", "clip", "multiclip")
-
-
-def seed_for(*parts: object) -> int:
-    """A stable 63-bit seed from any printable parts (Python's hash() is salted per process)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+from pipeline.registry import Registry
 
 
 def _check(n: int, frames: int) -> None:
@@ -92,22 +86,26 @@ def multiclip(n: int, frames: int, clips: int, stride: int = 1) -> np.ndarray:
     return np.stack([_clip_at(int(s), n, frames, stride) for s in starts])
 
 
+# name -> (n, frames, clips, stride, rng or None) -> (K, T); rng None is the deterministic (test-time) choice
+STRATEGIES: Registry[Callable[..., np.ndarray]] = Registry("sampling")
+STRATEGIES.add("uniform", lambda n, frames, clips, stride, rng: uniform(n, frames),
+               "T frames evenly spread over the whole video (the seed studies)")
+STRATEGIES.add("random-uniform", lambda n, frames, clips, stride, rng:
+               uniform(n, frames) if rng is None else random_uniform(n, frames, rng),
+               "one random frame in each of T equal segments (TSN-style); uniform at test time")
+STRATEGIES.add("clip", lambda n, frames, clips, stride, rng: clip(n, frames, stride, rng),
+               "T consecutive frames --stride apart at a random start; centred at test time")
+STRATEGIES.add("multiclip", lambda n, frames, clips, stride, rng: multiclip(n, frames, clips, stride),
+               "--clips clips of T frames, evenly spaced over the video")
+
+
 def sample_indices(strategy: str, n: int, frames: int, clips: int = 1, stride: int = 1,
                    seed: int | None = None) -> np.ndarray:
-    """Dispatch on the strategy name; `seed` None means the deterministic (test-time) choice.
-
-    Returns (K, T) int32 with K == clips.
-    """
-    if strategy == "uniform":
-        out = uniform(n, frames)
-    elif strategy == "random-uniform":
-        out = random_uniform(n, frames, np.random.default_rng(seed)) if seed is not None else uniform(n, frames)
-    elif strategy == "clip":
-        out = clip(n, frames, stride, None if seed is None else np.random.default_rng(seed))
-    elif strategy == "multiclip":
-        out = multiclip(n, frames, clips, stride)
-    else:
-        raise ValueError(f"unknown sampling {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    """The strategy's (K, T) int32 indices with K == clips; `seed` None means the deterministic
+    (test-time) choice."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown sampling {strategy!r}; allowed: {', '.join(STRATEGIES.names())}")
     if strategy != "multiclip" and clips != 1:
         raise ValueError(f"--clips {clips} needs --sampling multiclip; {strategy!r} stores one clip")
-    return out
+    rng = None if seed is None else np.random.default_rng(seed)
+    return STRATEGIES.get(strategy)(n, frames, clips, stride, rng)

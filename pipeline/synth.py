@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sampling import seed_for
+from pipeline.files import replace_atomically
+from pipeline.lineage import seed_for
 from pipeline.video import write_video
 
 # (name, pattern, reversed?) in the order `--classes N` takes them
@@ -173,10 +174,9 @@ def generate(out: Path, cfg: SynthConfig, on_video=None) -> list[Path]:
                 path = out / cname / f"v_{cname}_g{g:02d}_c{c:02d}.avi"
                 if not (same and path.exists()):
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(path.stem + ".tmp.avi")
-                    write_video(tmp, render_clip(cfg, ci, g, c), fps=cfg.fps, codec="mpeg4",
-                                bit_rate=cfg.bit_rate, options={"threads": "1", "g": str(cfg.gop)})
-                    tmp.replace(path)
+                    replace_atomically(path, lambda tmp: write_video(
+                        tmp, render_clip(cfg, ci, g, c), fps=cfg.fps, codec="mpeg4", bit_rate=cfg.bit_rate,
+                        options={"threads": "1", "g": str(cfg.gop)}), path.with_name(path.stem + ".tmp.avi"))
                 paths.append(path)
                 if on_video:
                     on_video(path)

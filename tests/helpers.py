@@ -1,12 +1,64 @@
-"""Videos made on the spot for tests: frames that carry their own index, bad files, small datasets."""
+"""Test helpers: the command line run in this process or as a real one; videos made on the spot
+(frames that carry their own index, bad files, small datasets)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.video import write_video
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Ran:
+    """What a command gave back: exit code, stdout, stderr (also as a tuple: `code, out, err = har(...)`)."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __iter__(self):
+        return iter((self.returncode, self.stdout, self.stderr))
+
+
+@contextlib.contextmanager
+def _cwd(path: Path | None):
+    before = os.getcwd()
+    if path:
+        os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def har(*args, env: dict | None = None, cwd: Path | None = None) -> Ran:
+    """`har ARGS` in this process (Typer's CliRunner): what a user sees, without starting Python and
+    importing torch again. Tests of kills, resumes, signals and concurrent commands use
+    `har_process`."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    with _cwd(cwd):
+        res = CliRunner().invoke(cli.app, [str(a) for a in args], env={"COLUMNS": "300", **(env or {})})
+    err = res.stderr
+    if res.exception is not None and not isinstance(res.exception, SystemExit):  # escaped the boundary
+        err += f"\n[escaped the error boundary] {type(res.exception).__name__}: {res.exception}"
+    return Ran(res.exit_code, res.stdout, err)
+
+
+def har_process(*args, env: dict | None = None, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`har ARGS` as a real process (`python -m cli`)."""
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "300", **(env or {})})
 
 BITS = 10          # indices up to 1023
 BLOCK = 16         # px per bit block at full size
@@ -122,6 +174,10 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
     attrs = {"schema_version": store.SCHEMA_VERSION, "kind": "features", "dataset": dataset, "classes": classes,
              "default_split": "groups", "recipe": {}, "backbone": "test", "feature_dim": d,
              "weights": {"kind": "none"}, "pretrained": False, "lineage": {"fingerprint": key}, "complete": True}
+    if dataset == "synthetic":  # what the synthetic dataset's adapter records (datasets.load_synthetic)
+        from pipeline.synth import reversed_classes
+
+        attrs["reversed_pairs"] = reversed_classes(classes)
     store.create_zarr(path, layout, static, attrs, data_name="features", data_dtype="float16", data_tail=(d,),
                       status=status)
     store.write_batch(path, 0, {"features": feats, "status": status, "frame_idx": np.zeros((n, s, t), np.int32),

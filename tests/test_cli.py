@@ -7,13 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import har, har_process
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def har(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
 def test_help_is_light():
@@ -49,11 +45,11 @@ def test_usage_errors_are_one_line_exit_2(args, message):
 
 
 def test_second_writer_refused_from_cli(synthetic_root, tmp_path):
-    from pipeline.store import WriterLock
+    from pipeline.swap import WriterLock
 
     out = tmp_path / "s.zarr"
     with WriterLock(out):
-        res = har("extract", "synthetic", "--root", synthetic_root, "--out", out, "--scheduler", "synchronous")
+        res = har_process("extract", "synthetic", "--root", synthetic_root, "--out", out, "--scheduler", "synchronous")
     assert res.returncode == 2 and "is being written by pid" in res.stderr and not out.exists()
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
+from helpers import har
 
 ALLOWED = {0, 2, 3}
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -19,16 +19,9 @@ VALUES = st.one_of(NUMBERS.map(str), WEIRD, st.floats(allow_nan=True, allow_infi
 
 def invoke(args, cwd=None):
     """The CLI in this process, in `cwd` (a fuzzed relative --out must not land in the repository)."""
-    import os
-
-    before = os.getcwd()
-    os.chdir(cwd or before)
-    try:
-        res = CliRunner().invoke(__import__("cli").app, [str(a) for a in args], env={"COLUMNS": "300"})
-    finally:
-        os.chdir(before)
-    text = (res.stdout or "") + (res.stderr or "")
-    assert res.exit_code in ALLOWED, (args, res.exit_code, text[-2000:])
+    res = har(*args, cwd=cwd)
+    text = res.stdout + res.stderr
+    assert res.returncode in ALLOWED, (args, res.returncode, text[-2000:])
     assert "Traceback" not in text, (args, text[-2000:])
     return res
 

@@ -1,11 +1,10 @@
 """The training commands end to end on a real chain (synthetic videos -> frames -> features):
 train-head, evaluate, cv, predict, and their one-line usage errors."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import har
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,14 +21,6 @@ def chain(synthetic_root, tmp_path_factory):
     feats = features(FeatureConfig(backbone="resnet18", weights="none", store=frames, out=d / "feats.zarr",
                                    resize="stored")).store
     return d, feats
-
-
-def har(*args, cwd=ROOT, home=None):
-    import os
-
-    env = {**os.environ, **({"HAR_HOME": str(home)} if home else {})}
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          env=env)
 
 
 def test_train_head_evaluate_and_predict_from_the_command_line(chain, synthetic_root, tmp_path):
@@ -58,17 +49,17 @@ def test_predict_gives_the_probabilities_the_store_path_gives(chain, synthetic_r
     """A video through `har predict` (decode, sample, backbone, head) scores as its stored features do."""
     import numpy as np
 
-    from trainers import data, loop, predict, runs
+    from trainers import data, head_task, loop, predictor
 
     _, feats = chain
-    res = runs.train_head(runs.RunConfig(loop.TrainConfig(epochs=2), features=feats, out=tmp_path / "r"))
+    res = head_task.train_head(head_task.RunConfig(head_task.TrainConfig(epochs=2), features=feats, out=tmp_path / "r"))
     fs = data.load(feats)
     i = list(fs.videos).index("Brighten/v_Brighten_g03_c02.avi")
-    task = loop.FeatureTask(fs)
-    model = loop.load_best(task.build(loop.TrainConfig(), None), res.run_dir,
+    task = head_task.FeatureTask(fs)
+    model = loop.load_best(task.build(head_task.TrainConfig(), None), res.run_dir,
                            loop.resolve_device("cpu"))
-    stored = task.predict(model, np.array([i]), loop.resolve_device("cpu"))[0]
-    got = predict.load(res.run_dir)(synthetic_root / fs.videos[i], top=4)
+    stored = task.probabilities(model, np.array([i]), loop.resolve_device("cpu"))[0]
+    got = predictor.load(res.run_dir)(synthetic_root / fs.videos[i], top=4)
     by_class = {p["class"]: p["probability"] for p in got["top"]}
     np.testing.assert_allclose([by_class[c] for c in fs.classes], stored, atol=2e-3)
 
@@ -98,7 +89,7 @@ def test_usage_errors_are_one_line_exit_2(chain, synthetic_root, tmp_path, args,
     d, feats = chain
     subst = {"{feats}": str(feats), "{frames}": str(d / "frames.zarr"),
              "{clip}": str(synthetic_root / "Grow" / "v_Grow_g01_c01.avi")}
-    res = har(*[subst.get(a, a) for a in args], home=tmp_path / "home")
+    res = har(*[subst.get(a, a) for a in args], env={"HAR_HOME": str(tmp_path / "home")})
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in " ".join(res.stderr.split()), res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 3

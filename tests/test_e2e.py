@@ -2,22 +2,21 @@
 finished run; runs are deterministic and resume after an interruption; errors are one line."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import har
 import torch
 
-from trainers import e2e, loop, models3d
+from trainers import clip_task, loop, models3d
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(frames, out, **kw):
-    cfg = e2e.E2EConfig(**{"epochs": 1, "batch_size": 4, "workers": 0, "crop": 32, **kw})
-    return e2e.train_e2e(e2e.E2ERunConfig(cfg, frames=frames, out=out))
+    cfg = clip_task.E2EConfig(**{"epochs": 1, "batch_size": 4, "workers": 0, "crop": 32, **kw})
+    return clip_task.train_e2e(clip_task.E2ERunConfig(cfg, frames=frames, out=out))
 
 
 @pytest.mark.parametrize("model", models3d.names())
@@ -33,7 +32,7 @@ def test_channels_last_run_matches_the_contiguous_run(frames, tmp_path):
     kw = dict(model="small-cnn-rnn", epochs=2, lr=1e-3, precision="fp32")
     a = _run(frames, tmp_path / "nchw", memory_format="contiguous", **kw)
     b = _run(frames, tmp_path / "nhwc", memory_format="channels-last", **kw)
-    assert not e2e.channels_last(e2e.E2EConfig(device="cpu")) and e2e.channels_last(e2e.E2EConfig(memory_format="channels-last"))
+    assert not clip_task.channels_last(clip_task.E2EConfig(device="cpu")) and clip_task.channels_last(clip_task.E2EConfig(memory_format="channels-last"))
     wa, wb = (torch.load(r.run_dir / "best.pt", weights_only=True)["model"] for r in (a, b))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=2e-4, rtol=1e-3)
@@ -42,10 +41,10 @@ def test_channels_last_run_matches_the_contiguous_run(frames, tmp_path):
 def test_interrupted_e2e_run_resumes_to_the_same_weights_with_loader_workers(frames, tmp_path):
     kw = dict(model="small-cnn-rnn", epochs=3, workers=2, lr=1e-3, three_crop=True)
     _run(frames, tmp_path / "whole", **kw)
-    cfg = e2e.E2EConfig(**{"batch_size": 4, "crop": 32, **kw})
-    first = e2e.train_e2e(e2e.E2ERunConfig(cfg, frames=frames, out=tmp_path / "cut"), stop_after=1)
+    cfg = clip_task.E2EConfig(**{"batch_size": 4, "crop": 32, **kw})
+    first = clip_task.train_e2e(clip_task.E2ERunConfig(cfg, frames=frames, out=tmp_path / "cut"), stop_after=1)
     assert first.summary == {"interrupted_after": 1}
-    e2e.train_e2e(e2e.E2ERunConfig(cfg, frames=frames, out=tmp_path / "cut"))
+    clip_task.train_e2e(clip_task.E2ERunConfig(cfg, frames=frames, out=tmp_path / "cut"))
     a, b = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text())["test"] for d in ("whole", "cut"))
@@ -62,27 +61,26 @@ def test_interrupted_e2e_run_resumes_to_the_same_weights_with_loader_workers(fra
      "--memory-format 'nhwc' is not known; allowed: auto, channels-last, contiguous"),
 ])
 def test_train_e2e_usage_errors_are_one_line_exit_2(frames, tmp_path, args, message):
-    res = subprocess.run([sys.executable, "-m", "cli", "train-e2e", *[a.replace("{frames}", str(frames)) for a in args]],
-                         cwd=ROOT, capture_output=True, text=True)
+    res = har("train-e2e", *[a.replace("{frames}", str(frames)) for a in args])
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
 
 
 def test_evaluate_and_predict_an_e2e_run_as_the_store_path_scores_it(frames, synthetic_root, tmp_path):
-    from trainers import clips, loop, predict, runs
+    from trainers import data, loop, predictor, runs
 
     res = _run(frames, tmp_path / "r", model="small-cnn-rnn", epochs=2)
     m = json.loads((res.run_dir / "metrics.json").read_text())
     again = runs.evaluate_run(res.run_dir, "test")
     assert again["top1"] == m["test"]["top1"] and again["confusion"] == m["test"]["confusion"]
-    cs = clips.open_store(frames)
-    cfg, _ = runs.load_run(res.run_dir)
-    task = e2e.ClipTask(cs, cfg)
+    cs = data.open_view(frames, "frames")
+    cfg, _, _ = runs.load_run(res.run_dir)
+    task = clip_task.ClipTask(cs, cfg)
     device = loop.resolve_device("cpu")
     model = loop.load_best(task.build(cfg, None), res.run_dir, device)
     i = list(cs.videos).index("Darken/v_Darken_g02_c01.avi")
-    stored = task.predict(model, np.array([i]), device, cfg)[0]
-    got = predict.load(res.run_dir)(synthetic_root / cs.videos[i], top=4)
+    stored = task.probabilities(model, np.array([i]), device, cfg)[0]
+    got = predictor.load(res.run_dir)(synthetic_root / cs.videos[i], top=4)
     by_class = {p["class"]: p["probability"] for p in got["top"]}
     np.testing.assert_allclose([by_class[c] for c in cs.classes], stored, atol=1e-4)
 
@@ -95,13 +93,13 @@ def test_loader_workers_change_the_speed_not_the_run(frames, tmp_path):
     assert not a.up_to_date and b.up_to_date and b.summary["fingerprint"] == a.summary["fingerprint"]
     c = _run(frames, tmp_path / "other", model="small-cnn-rnn", workers=0, lr=3e-4)
     assert c.summary["fingerprint"] != a.summary["fingerprint"]
-    assert e2e.resolve_workers(None) == max(2, min(8, os.cpu_count() - 1)) and e2e.resolve_workers(3) == 3
+    assert clip_task.resolve_workers(None) == max(2, min(8, os.cpu_count() - 1)) and clip_task.resolve_workers(3) == 3
 
 
 def test_a_3d_cnn_run_on_the_cpu_repeats_exactly(frames, tmp_path):
     """precision auto is fp32 for video models on a CPU: oneDNN's bf16 conv3d weight gradient is
     not deterministic for some shapes (r3d_18's layer3 here) and now and then NaN."""
-    assert loop.precision_of(e2e.E2EConfig(), torch.device("cpu")) == "fp32"
+    assert loop.precision_of(clip_task.E2EConfig(), torch.device("cpu")) == "fp32"
     a, b = (_run(frames, tmp_path / d, model="r3d_18") for d in ("a", "b"))
     wa, wb = (torch.load(r.run_dir / "best.pt", weights_only=True)["model"] for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

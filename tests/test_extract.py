@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import write_audio_only
 
-from pipeline import store
+from pipeline import hdf5, store, swap
 from pipeline.extract import ExtractConfig, Recipe, extract
 from pipeline.status import store_state
 from pipeline.store import StoreReader
@@ -170,7 +170,8 @@ def test_hdf5_copy_deflates_chunks_that_plain_hdf5_reads(tmp_path):
     # same bytes every time
     import h5py
 
-    from pipeline.store import HDF5_GZIP_LEVEL, _zarr, zarr_to_hdf5
+    from pipeline.hdf5 import HDF5_GZIP_LEVEL, zarr_to_hdf5
+    from pipeline.store import _zarr
 
     rng = np.random.default_rng(0)
     data = (np.arange(70)[:, None] + rng.integers(0, 3, (5, 3, 70, 40))).astype(np.uint8)  # edges in 3 dims
@@ -200,19 +201,19 @@ def test_hdf5_copy_leaves_no_half_written_file(synthetic_root, tmp_path, monkeyp
     import errno
 
     out = tmp_path / "s.h5"
-    real = store._deflate_into
+    real = hdf5._deflate_into
 
     def full_disk(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "_deflate_into", full_disk)
+    monkeypatch.setattr(hdf5, "_deflate_into", full_disk)
     with pytest.raises(OSError):
         run(synthetic_root, out, format="hdf5")
     assert not out.exists() and not list(tmp_path.glob("s.h5.tmp-*"))
     # as a kill -9 would leave it: h5py writes the signature first; a user's file of that name is kept
     (tmp_path / "s.h5.tmp-999999").write_bytes(b"\x89HDF\r\n\x1a\n" + b"half a copy")
     (tmp_path / "s.h5.tmp-notes").write_bytes(b"a user's file")
-    monkeypatch.setattr(store, "_deflate_into", real)
+    monkeypatch.setattr(hdf5, "_deflate_into", real)
     res = run(synthetic_root, out, format="hdf5")
     assert res.decoded == 0 and out.is_file()  # the videos were done: only the copy was redone
     assert [p.name for p in tmp_path.glob("s.h5.tmp-*")] == ["s.h5.tmp-notes"]
@@ -239,7 +240,7 @@ def test_other_recipe_into_existing_out_is_refused(synthetic_root, tmp_path):
 
 def test_second_writer_is_refused(synthetic_root, tmp_path):
     out = tmp_path / "s.zarr"
-    with store.WriterLock(out):
+    with swap.WriterLock(out):
         with pytest.raises(store.StoreError, match="being written by pid"):
             run(synthetic_root, out)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import har
 
-from pipeline import backbones, store
+from pipeline import backbones, lineage, store, swap
 from pipeline.extract import ExtractConfig, Recipe, extract
 from pipeline.features import FeatureConfig, features
 from pipeline.store import StoreReader
@@ -72,7 +73,7 @@ def test_features_equal_a_direct_torchvision_forward(tiny_frames, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
     with StoreReader(res.store) as r:
         w = r.attrs["weights"]
-        assert w["kind"] == "file" and w["sha256"] == backbones.sha256_file(path) and r.attrs["pretrained"]
+        assert w["kind"] == "file" and w["sha256"] == lineage.file_sha256(path) and r.attrs["pretrained"]
 
 
 def test_lineage_noop_and_random_weights_marked(tiny_frames, tmp_path):
@@ -113,7 +114,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_frames, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         features(cfg)
     monkeypatch.setattr(F, "run_shard", real)
-    work = store.work_path(tmp_path / "f.zarr")
+    work = swap.work_path(tmp_path / "f.zarr")
     assert 0 < (read(work, "status") != 0).sum() < 5
     resumed = features(cfg)
     assert resumed.encoded_videos < 4  # only what was missing
@@ -140,8 +141,7 @@ def test_hdf5_and_zarr_frame_stores_give_the_same_features(tiny_frames, tmp_path
 ])
 def test_cli_errors_one_line_exit_2(tiny_frames, tmp_path, args, message):
     args = [str(tiny_frames[0]) if a == "FRAMES" else a for a in args]
-    env = {**os.environ, "HAR_HOME": str(tmp_path / "home"), "TORCH_HOME": str(tmp_path / "torch"), "COLUMNS": "300"}
-    res = subprocess.run([sys.executable, "-m", "cli", "features", *args], cwd=ROOT, capture_output=True, text=True, env=env)
+    res = har("features", *args, env={"HAR_HOME": str(tmp_path / "home"), "TORCH_HOME": str(tmp_path / "torch")})
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("Downloading:")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr
@@ -180,7 +180,7 @@ def test_kill_9_mid_run_then_rerun_finishes_the_rest(tiny_frames, tmp_path):
     import time
 
     out = tmp_path / "f.zarr"
-    work = store.work_path(out)
+    work = swap.work_path(out)
     cmd = [sys.executable, "-m", "cli", "features", "--store", str(tiny_frames[0]), "--backbone", "resnet50",
            "--weights", "none", "--out", str(out), "--device", "cpu", "--batch-size", "2"]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

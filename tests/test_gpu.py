@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import clips, e2e, models3d
+from trainers import clip_task, clips, models3d
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 
 
 def _run(frames, out, **kw):
-    cfg = e2e.E2EConfig(**{"epochs": 2, "batch_size": 4, "workers": 2, "crop": 32, "device": "cuda", **kw})
-    return e2e.train_e2e(e2e.E2ERunConfig(cfg, frames=frames, out=out))
+    cfg = clip_task.E2EConfig(**{"epochs": 2, "batch_size": 4, "workers": 2, "crop": 32, "device": "cuda", **kw})
+    return clip_task.train_e2e(clip_task.E2ERunConfig(cfg, frames=frames, out=out))
 
 
 def test_crop_and_flip_on_the_gpu_cut_the_same_windows_as_on_the_cpu():
@@ -27,8 +27,8 @@ def test_crop_and_flip_on_the_gpu_cut_the_same_windows_as_on_the_cpu():
 
 @pytest.mark.parametrize("model", models3d.names())
 def test_every_video_model_trains_on_the_gpu_in_bf16_channels_last(frames, tmp_path, model):
-    cfg = e2e.E2EConfig(model=model, device="cuda")
-    assert e2e.channels_last(cfg)
+    cfg = clip_task.E2EConfig(model=model, device="cuda")
+    assert clip_task.channels_last(cfg)
     res = _run(frames, tmp_path / model, model=model)
     m = json.loads((res.run_dir / "metrics.json").read_text())
     assert m["test"]["videos"] > 0 and 0.0 <= m["test"]["top1"] <= 1.0

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import heads, loop, metrics
+from trainers import config, head_task, heads, loop, metrics
 
 
 @pytest.mark.parametrize("name", heads.names())
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_every_head_trains_a_step_and_every_parameter_gets_a_gradient(name, bidirectional):
     torch.manual_seed(0)
-    cfg = heads.HeadConfig(hidden=16, layers=2, bidirectional=bidirectional, dropout=0.1, heads=4)
+    cfg = config.HeadConfig(hidden=16, layers=2, bidirectional=bidirectional, dropout=0.1, heads=4)
     model = heads.build(name, dim=12, classes=5, frames=6, cfg=cfg)
     x = torch.randn(3, 6, 12)
     logits = model(x)
@@ -28,7 +28,7 @@ def test_mean_head_cannot_see_order_and_the_sequence_heads_can():
     x = torch.randn(2, 5, 8)
     rev = x.flip(1)
     for name in heads.names():
-        model = heads.build(name, 8, 3, 5, heads.HeadConfig(hidden=8, dropout=0.0)).eval()
+        model = heads.build(name, 8, 3, 5, config.HeadConfig(hidden=8, dropout=0.0)).eval()
         same = torch.allclose(model(x), model(rev), atol=1e-5)
         assert same == (name == "mean"), name
 
@@ -39,13 +39,13 @@ def test_registry_refuses_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="unknown head 'transformer'; allowed: lstm, gru, rnn, late-fusion, mean, attention"):
         heads.check("transformer")
     with pytest.raises(ValueError, match="--hidden 30 must be a multiple of --heads 4"):
-        heads.build("attention", 8, 3, 4, heads.HeadConfig(hidden=30))
+        heads.build("attention", 8, 3, 4, config.HeadConfig(hidden=30))
     with pytest.raises(ValueError, match="--dropout 1.0 is out of range"):
-        heads.build("lstm", 8, 3, 4, heads.HeadConfig(dropout=1.0))
+        heads.build("lstm", 8, 3, 4, config.HeadConfig(dropout=1.0))
 
 
 def test_standardize_uses_the_given_statistics():
-    model = heads.build("mean", 2, 2, 3, heads.HeadConfig(dropout=0.0), torch.tensor([1.0, -1.0]),
+    model = heads.build("mean", 2, 2, 3, config.HeadConfig(dropout=0.0), torch.tensor([1.0, -1.0]),
                         torch.tensor([2.0, 0.5]))
     out = model[0](torch.tensor([[[3.0, 0.0]]]))
     torch.testing.assert_close(out, torch.tensor([[[1.0, 2.0]]]))
@@ -60,7 +60,7 @@ def test_standardize_uses_the_given_statistics():
 ])
 def test_bad_training_config_is_refused(kw, message):
     with pytest.raises(ValueError, match=message):
-        loop.TrainConfig(**kw).validate()
+        head_task.TrainConfig(**kw).validate()
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
@@ -95,9 +95,7 @@ def test_roc_auc_skips_classes_absent_from_the_labels():
     assert metrics.roc_auc_macro(np.array([0, 1]), probs) == 1.0  # class 2 has no positives: skipped
 
 
-def test_video_scores_average_clips_and_summary():
-    clips = np.array([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
-    np.testing.assert_allclose(metrics.video_scores(clips), [[2 / 3, 1 / 3]])
+def test_summary_of_fold_results():
     s = metrics.summary([0.5, 1.0])
     assert s == {"mean": 0.75, "std": 0.25, "folds": 2, "values": [0.5, 1.0]}
 
@@ -113,7 +111,7 @@ def test_class_weights_table(labels, classes, expected):
 @pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, False), (1, True), (2, True)])
 def test_fast_lstm_head_computes_what_nn_lstm_computes(layers, bidirectional):
     torch.manual_seed(0)
-    model = heads.build("lstm", 12, 5, 6, heads.HeadConfig(hidden=16, layers=layers, bidirectional=bidirectional,
+    model = heads.build("lstm", 12, 5, 6, config.HeadConfig(hidden=16, layers=layers, bidirectional=bidirectional,
                                                           dropout=0.0)).eval()
     x = torch.randn(3, 6, 12)
     reference = heads.Recurrent.forward(model[1], model[0](x))  # nn.LSTM's own kernel, same parameters

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.store import StoreReader
 
 
-def har(*args, **kw):
+def har_argv(*args, **kw):
     return [sys.executable, "-m", "cli", *map(str, args)]
 
 
@@ -32,7 +32,7 @@ def pending_fraction(work):
 def test_kill_9_then_rerun_equals_uninterrupted(synthetic_root, tmp_path):
     out = tmp_path / "killed.zarr"
     work = tmp_path / "killed.zarr.partial.zarr"
-    cmd = har("extract", "synthetic", "--root", synthetic_root, "--out", out, "--frames", 12, "--size", 96,
+    cmd = har_argv("extract", "synthetic", "--root", synthetic_root, "--out", out, "--frames", 12, "--size", 96,
               "--views", 2, "--scheduler", "synchronous")
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     partial_kills = 0
@@ -52,7 +52,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(synthetic_root, tmp_path):
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert out.exists() and not work.exists()
-    ref = subprocess.run(har("extract", "synthetic", "--root", synthetic_root, "--out", tmp_path / "ref.zarr",
+    ref = subprocess.run(har_argv("extract", "synthetic", "--root", synthetic_root, "--out", tmp_path / "ref.zarr",
                              "--frames", 12, "--size", 96, "--views", 2, "--scheduler", "synchronous"),
                          cwd=cwd, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr

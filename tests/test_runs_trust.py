@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import har
 import torch
 
 from helpers import reversed_pair_features, write_feature_store
-from trainers import data, heads, loop, predict, runs
+from trainers import cv as crossval
+from trainers import config, data, head_task, loop, predictor, runs
 
 CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,19 +31,19 @@ def store(tmp_path_factory):
 
 
 def _cfg(**kw):
-    base = dict(head="gru", head_options=heads.HeadConfig(hidden=8, dropout=0.0), epochs=2, batch_size=16,
+    base = dict(head="gru", head_options=config.HeadConfig(hidden=8, dropout=0.0), epochs=2, batch_size=16,
                 precision="fp32", device="cpu")
-    return loop.TrainConfig(**{**base, **kw})
+    return head_task.TrainConfig(**{**base, **kw})
 
 
 def _rc(store, out, **kw):
-    return runs.RunConfig(_cfg(**kw), features=store, out=out)
+    return head_task.RunConfig(_cfg(**kw), features=store, out=out)
 
 
 @pytest.fixture(scope="module")
 def finished(store, tmp_path_factory):
     """A finished run; tests tamper with copies of it."""
-    return runs.train_head(_rc(store, tmp_path_factory.mktemp("finished") / "run")).run_dir
+    return head_task.train_head(_rc(store, tmp_path_factory.mktemp("finished") / "run")).run_dir
 
 
 @pytest.fixture
@@ -51,18 +53,13 @@ def run(finished, tmp_path):
     return copy
 
 
-def _cli(*args):
-    from typer.testing import CliRunner
-
-    import cli
-
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
+_cli = har
 
 
 def _one_line_exit_2(res, *fragments):
-    text = " ".join(res.output.split())
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    assert "Traceback" not in res.output
+    text = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stdout + res.stderr
     for f in fragments:
         assert f in text, text
 
@@ -81,12 +78,12 @@ class Crafted:
 
 def test_a_crafted_last_pt_is_refused_before_any_of_it_runs(store, tmp_path):
     cfg = _rc(store, tmp_path / "r", epochs=3)
-    runs.train_head(cfg, stop_after=1)
+    head_task.train_head(cfg, stop_after=1)
     marker = tmp_path / "pwned"
     torch.save({"fingerprint": "x", "model": Crafted(marker)}, tmp_path / "r" / "last.pt")
     with pytest.raises(ValueError, match=r"r/last\.pt is not a readable har checkpoint: .*refused unread.*"
                                          r"delete it to train this run from the start"):
-        runs.train_head(cfg)
+        head_task.train_head(cfg)
     assert not marker.exists(), "unpickling last.pt ran code"
     assert not (tmp_path / "r" / "metrics.json").exists()
 
@@ -94,14 +91,14 @@ def test_a_crafted_last_pt_is_refused_before_any_of_it_runs(store, tmp_path):
 def test_last_pt_holds_only_what_weights_only_loading_reads(store, tmp_path, monkeypatch):
     """Even when a task's numbers come back as numpy scalars, last.pt and best.pt load weights-only,
     and the run resumes from them."""
-    real = loop._loss_and_acc
-    monkeypatch.setattr(loop, "_loss_and_acc", lambda *a: tuple(np.float64(v) for v in real(*a)))
+    real = loop.loss_and_accuracy
+    monkeypatch.setattr(loop, "loss_and_accuracy", lambda *a: tuple(np.float64(v) for v in real(*a)))
     for sched in ("plateau", "exponential", "cosine", "none"):
         cfg = _rc(store, tmp_path / sched, epochs=3, scheduler=sched, optimizer="adamw")
-        runs.train_head(cfg, stop_after=1)
+        head_task.train_head(cfg, stop_after=1)
         for name in ("last.pt", "best.pt"):
             torch.load(tmp_path / sched / name, weights_only=True)
-        assert runs.train_head(cfg).summary["epochs_run"] == 3
+        assert head_task.train_head(cfg).summary["epochs_run"] == 3
 
 
 # ---- 2. a damaged or crafted best.pt / last.pt: one line naming the file -------------------------
@@ -116,10 +113,10 @@ def test_a_truncated_best_pt_is_one_line_in_evaluate_predict_and_load_best(run):
     with pytest.raises(ValueError, match=msg):
         runs.evaluate_run(run)
     with pytest.raises(ValueError, match=msg):
-        predict.load(run, "cpu")
+        predictor.load(run, "cpu")
     fs = data.load(json.loads((run / "lineage.json").read_text())["inputs"]["features_store"])
     with pytest.raises(ValueError, match=msg):
-        loop.load_best(loop.FeatureTask(fs).build(_cfg(), None), run, torch.device("cpu"))
+        loop.load_best(head_task.FeatureTask(fs).build(_cfg(), None), run, torch.device("cpu"))
     _one_line_exit_2(_cli("evaluate", run), "best.pt is not a readable har checkpoint")
 
 
@@ -134,12 +131,12 @@ def test_a_crafted_best_pt_is_refused_unread(run, tmp_path):
 
 def test_a_truncated_last_pt_is_refused_not_trained_over(store, tmp_path):
     cfg = _rc(store, tmp_path / "r", epochs=3)
-    runs.train_head(cfg, stop_after=1)
+    head_task.train_head(cfg, stop_after=1)
     _truncate(tmp_path / "r" / "last.pt")
     with pytest.raises(ValueError, match=r"r/last\.pt is not a readable har checkpoint: .*delete it to train"):
-        runs.train_head(cfg)
+        head_task.train_head(cfg)
     (tmp_path / "r" / "last.pt").unlink()  # as the message says: then it trains from the start
-    assert runs.train_head(cfg).summary["epochs_run"] == 3
+    assert head_task.train_head(cfg).summary["epochs_run"] == 3
 
 
 # ---- 3. config.json, lineage.json and checkpoint contents are checked ---------------------------
@@ -168,7 +165,7 @@ def _edit_json(path: Path, fn) -> None:
 ])
 def test_a_damaged_config_or_lineage_is_one_line_naming_the_file_and_key(run, tamper, message):
     tamper(run)
-    load = predict.load if "predict" in message else runs.load_run
+    load = predictor.load if "predict" in message else runs.load_run
     with pytest.raises(ValueError, match=message):
         load(run)
 
@@ -189,7 +186,7 @@ def test_checkpoint_contents_are_checked(run, store, tmp_path):
     torch.save(own, run / "best.pt")
     with pytest.raises(ValueError, match=r"best\.pt does not fit this run's model \(missing 1\.fc\.bias"):
         runs.evaluate_run(run)
-    other = runs.train_head(_rc(store, tmp_path / "wide", head_options=heads.HeadConfig(hidden=12))).run_dir
+    other = head_task.train_head(_rc(store, tmp_path / "wide", head_options=config.HeadConfig(hidden=12))).run_dir
     shutil.copy(other / "best.pt", run / "best.pt")
     with pytest.raises(ValueError, match=r"run/best\.pt does not fit this run's model \(.* has shape \(36, 8\), "
                                          r"this run's model \(24, 8\)"):
@@ -214,18 +211,18 @@ def test_checkpoint_contents_are_checked(run, store, tmp_path):
     ({"patience": 0}, "--patience 0 must be >= 1"),
     ({"patience": 10**9}, "--patience 1000000000 must be <= 1000000"),
     ({"seed": 2**70}, "--seed 1180591620717411303424 must be <= "),
-    ({"head_options": heads.HeadConfig(dropout=float("nan"))},
+    ({"head_options": config.HeadConfig(dropout=float("nan"))},
      "--dropout nan is out of range; allowed: 0 <= dropout < 1"),
-    ({"head_options": heads.HeadConfig(dropout=-0.1)}, "--dropout -0.1 is out of range"),
-    ({"head_options": heads.HeadConfig(hidden=0)}, "--hidden 0 must be >= 1"),
-    ({"head_options": heads.HeadConfig(layers=0)}, "--layers 0 must be >= 1"),
-    ({"head_options": heads.HeadConfig(layers=100_000)}, "--layers 100000 must be <= 256"),
-    ({"head_options": heads.HeadConfig(heads=0)}, "--heads 0 must be >= 1"),
-    ({"head": "attention", "head_options": heads.HeadConfig(hidden=30)}, "--hidden 30 must be a multiple of --heads 4"),
+    ({"head_options": config.HeadConfig(dropout=-0.1)}, "--dropout -0.1 is out of range"),
+    ({"head_options": config.HeadConfig(hidden=0)}, "--hidden 0 must be >= 1"),
+    ({"head_options": config.HeadConfig(layers=0)}, "--layers 0 must be >= 1"),
+    ({"head_options": config.HeadConfig(layers=100_000)}, "--layers 100000 must be <= 256"),
+    ({"head_options": config.HeadConfig(heads=0)}, "--heads 0 must be >= 1"),
+    ({"head": "attention", "head_options": config.HeadConfig(hidden=30)}, "--hidden 30 must be a multiple of --heads 4"),
 ])
 def test_training_settings_out_of_range_are_refused(kw, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        loop.TrainConfig(**kw).validate()
+        head_task.TrainConfig(**kw).validate()
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -236,10 +233,10 @@ def test_training_settings_out_of_range_are_refused(kw, message):
     ({"epochs": 0}, "--epochs 0 must be >= 1"),
 ])
 def test_e2e_settings_out_of_range_are_refused(kw, message):
-    from trainers import e2e
+    from trainers import clip_task
 
     with pytest.raises(ValueError, match=message):
-        e2e.E2EConfig(model="small-cnn-rnn", **kw).validate()
+        clip_task.E2EConfig(model="small-cnn-rnn", **kw).validate()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -259,7 +256,7 @@ def test_train_head_refuses_out_of_range_settings_with_exit_2(store, tmp_path, a
 def test_a_head_too_large_to_train_is_refused_before_allocating(store, tmp_path):
     with pytest.raises(ValueError, match=r"--hidden 100000000 --layers 1: training the lstm head \([\d,]+ parameters; "
                                          r".*\) needs about .* of memory but cpu has .* available; choose a smaller"):
-        runs.train_head(_rc(store, tmp_path / "r", head="lstm", head_options=heads.HeadConfig(hidden=100_000_000)))
+        head_task.train_head(_rc(store, tmp_path / "r", head="lstm", head_options=config.HeadConfig(hidden=100_000_000)))
     _one_line_exit_2(_cli("train-head", "lstm", "--features", store, "--hidden", "100000000", "--device", "cpu",
                           "--out", tmp_path / "r"), "--hidden 100000000", "available")
     assert not (tmp_path / "r").exists()
@@ -270,7 +267,7 @@ def test_a_config_json_asking_for_a_huge_head_is_refused_before_building_it(run)
     with pytest.raises(ValueError, match=r"config\.json: --hidden 100000000 --layers 1: loading the gru head \("):
         runs.evaluate_run(run)
     with pytest.raises(ValueError, match=r"config\.json: --hidden 100000000"):
-        predict.load(run, "cpu")
+        predictor.load(run, "cpu")
 
 
 # ---- 6. a store whose class list does not cover its labels ---------------------------------------
@@ -303,12 +300,12 @@ def test_train_head_refuses_a_folder_that_is_not_a_run(store, tmp_path):
     (out / "notes.txt").write_text("keep me")
     (out / "report.md").write_text("my own report")
     with pytest.raises(ValueError, match=r"--out .*mine is a folder with other files, not a har run folder"):
-        runs.train_head(_rc(store, out))
+        head_task.train_head(_rc(store, out))
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md"]
     assert (out / "report.md").read_text() == "my own report"
     _one_line_exit_2(_cli("train-head", "mean", "--features", store, "--out", out), "not a har run folder")
     with pytest.raises(ValueError, match="is an input of this command"):
-        runs.train_head(_rc(store, store))
+        head_task.train_head(_rc(store, store))
 
 
 def test_cv_refuses_a_folder_that_is_not_a_cv_folder(store, tmp_path):
@@ -316,7 +313,7 @@ def test_cv_refuses_a_folder_that_is_not_a_cv_folder(store, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not a har cv folder"):
-        runs.cv(_rc(store, out), "logo")
+        crossval.cv(_rc(store, out), "logo")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
@@ -341,12 +338,12 @@ def test_a_second_writer_of_a_run_folder_is_refused_with_one_line(store, tmp_pat
         assert f"is being written by another har run (pid {holder.pid})" in " ".join(res.stderr.split())
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 3
         with pytest.raises(ValueError, match="is being written by another har run"):
-            runs.train_head(_rc(store, out))
+            head_task.train_head(_rc(store, out))
         assert [p.name for p in out.iterdir()] == [".lock"]
     finally:
         holder.stdin.close()
         holder.wait()
-    assert runs.train_head(_rc(store, out)).summary["epochs_run"] == 2
+    assert head_task.train_head(_rc(store, out)).summary["epochs_run"] == 2
 
 
 def test_a_run_holds_its_lock_while_it_trains(store, tmp_path):
@@ -362,9 +359,9 @@ def test_a_run_holds_its_lock_while_it_trains(store, tmp_path):
             os.close(fd)
         seen.append(row["epoch"])
 
-    runs.train_head(_rc(store, out), on_epoch=on_epoch)
+    head_task.train_head(_rc(store, out), on_epoch=on_epoch)
     assert seen == [1, 2]
-    again = runs.train_head(_rc(store, out))  # released afterwards, and the folder is still a run
+    again = head_task.train_head(_rc(store, out))  # released afterwards, and the folder is still a run
     assert again.up_to_date
 
 
@@ -384,7 +381,7 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary_file(store, t
 
     monkeypatch.setattr(torch, "save", half_then_full)
     with pytest.raises(OSError) as e:
-        runs.train_head(_rc(store, tmp_path / "r"))
+        head_task.train_head(_rc(store, tmp_path / "r"))
     assert e.value.errno == errno.ENOSPC
     left = sorted(p.name for p in (tmp_path / "r").iterdir())
     assert not [n for n in left if "tmp" in n] and "best.pt" not in left, left
@@ -403,12 +400,12 @@ def test_a_full_disk_while_writing_metrics_or_figures_leaves_no_partial_file(sto
 
     monkeypatch.setattr(Path, "write_text", half_then_full)
     with pytest.raises(OSError) as e:
-        runs.train_head(_rc(store, tmp_path / "r"))
+        head_task.train_head(_rc(store, tmp_path / "r"))
     assert e.value.errno == errno.ENOSPC
     left = sorted(p.name for p in (tmp_path / "r").iterdir())
     assert not [n for n in left if "tmp" in n] and "metrics.json" not in left, left
     monkeypatch.undo()
-    assert runs.train_head(_rc(store, tmp_path / "r")).summary["epochs_run"] == 2  # the same call finishes
+    assert head_task.train_head(_rc(store, tmp_path / "r")).summary["epochs_run"] == 2  # the same call finishes
 
     real_savefig = matplotlib.figure.Figure.savefig
 
@@ -419,6 +416,6 @@ def test_a_full_disk_while_writing_metrics_or_figures_leaves_no_partial_file(sto
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_figure)
     with pytest.raises(OSError):
-        runs.train_head(_rc(store, tmp_path / "fig"))
+        head_task.train_head(_rc(store, tmp_path / "fig"))
     left = sorted(p.name for p in (tmp_path / "fig").iterdir())
     assert not [n for n in left if "tmp" in n or n.endswith(".png")], left

@@ -78,8 +78,10 @@ def test_seed_for_is_stable_across_processes():
     import subprocess
     import sys
 
-    code = "from pipeline.sampling import seed_for; print(seed_for(0, 'a/b.avi', 'view', 1))"
+    from pipeline.lineage import seed_for
+
+    code = "from pipeline.lineage import seed_for; print(seed_for(0, 'a/b.avi', 'view', 1))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": str(h), "PATH": ""}).stdout.strip() for h in (1, 2)}
-    assert outs == {str(S.seed_for(0, "a/b.avi", "view", 1))}
-    assert S.seed_for(0, "a") != S.seed_for(1, "a")
+    assert outs == {str(seed_for(0, "a/b.avi", "view", 1))}
+    assert seed_for(0, "a") != seed_for(1, "a")

@@ -16,7 +16,8 @@ import torch
 
 from helpers import reversed_pair_features, write_feature_store
 from pipeline import store
-from trainers import data, heads, loop, runs
+from trainers import cv as crossval
+from trainers import config, data, head_task, loop, optim, runs
 
 CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,13 +30,13 @@ def pair_store(tmp_path_factory):
 
 
 def _cfg(head="lstm", **kw):
-    base = dict(head=head, head_options=heads.HeadConfig(hidden=32, dropout=0.1), epochs=25, batch_size=16,
+    base = dict(head=head, head_options=config.HeadConfig(hidden=32, dropout=0.1), epochs=25, batch_size=16,
                 lr=3e-3, scheduler="cosine", patience=25)
-    return loop.TrainConfig(**{**base, **kw})
+    return head_task.TrainConfig(**{**base, **kw})
 
 
 def _train(pair_store, out, **kw):
-    return runs.train_head(runs.RunConfig(_cfg(**kw), features=pair_store, out=out))
+    return head_task.train_head(head_task.RunConfig(_cfg(**kw), features=pair_store, out=out))
 
 
 def test_sequence_heads_separate_reversed_pairs_and_the_bag_of_frames_cannot(pair_store, tmp_path):
@@ -93,10 +94,10 @@ def test_same_seed_same_run_other_seed_other_weights(pair_store, tmp_path):
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(pair_store, tmp_path):
     _train(pair_store, tmp_path / "whole", epochs=8, scheduler="plateau", lr_patience=1)
-    cfg = runs.RunConfig(_cfg(epochs=8, scheduler="plateau", lr_patience=1), features=pair_store, out=tmp_path / "cut")
-    first = runs.train_head(cfg, stop_after=3)
+    cfg = head_task.RunConfig(_cfg(epochs=8, scheduler="plateau", lr_patience=1), features=pair_store, out=tmp_path / "cut")
+    first = head_task.train_head(cfg, stop_after=3)
     assert first.summary == {"interrupted_after": 3} and not (tmp_path / "cut" / "metrics.json").exists()
-    runs.train_head(cfg)
+    head_task.train_head(cfg)
     _same_run(tmp_path / "whole", tmp_path / "cut")
 
 
@@ -128,19 +129,19 @@ def test_memory_mapped_features_train_the_same_run(pair_store, tmp_path):
     assert fs.mapped and isinstance(fs.features, np.memmap)
     np.testing.assert_array_equal(fs.features, data.load(pair_store).features)
     _train(pair_store, tmp_path / "ram", epochs=3)
-    runs.train_head(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "mapped", ram_limit=0))
+    head_task.train_head(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "mapped", ram_limit=0))
     _same_run(tmp_path / "ram", tmp_path / "mapped")
 
 
 def test_rerun_is_up_to_date_and_a_changed_parameter_is_a_new_run(pair_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    a = runs.train_head(runs.RunConfig(_cfg(epochs=2), features=pair_store))
-    b = runs.train_head(runs.RunConfig(_cfg(epochs=2), features=pair_store))
+    a = head_task.train_head(head_task.RunConfig(_cfg(epochs=2), features=pair_store))
+    b = head_task.train_head(head_task.RunConfig(_cfg(epochs=2), features=pair_store))
     assert b.up_to_date and b.run_dir == a.run_dir and a.run_dir.parent == tmp_path / "runs"
-    c = runs.train_head(runs.RunConfig(_cfg(epochs=2, lr=1e-3), features=pair_store))
+    c = head_task.train_head(head_task.RunConfig(_cfg(epochs=2, lr=1e-3), features=pair_store))
     assert not c.up_to_date and c.run_dir != a.run_dir
     with pytest.raises(ValueError, match="holds another run"):
-        runs.train_head(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=a.run_dir))
+        head_task.train_head(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=a.run_dir))
 
 
 def test_random_split_warns_about_leakage(pair_store, tmp_path):
@@ -159,7 +160,7 @@ def test_failed_videos_are_in_no_split_and_are_reported(tmp_path):
     split = data.make_split(fs, "random")
     used = np.concatenate([split.train, split.val, split.test])
     assert 0 not in used and 5 not in used and len(used) == len(y) - 2
-    res = runs.train_head(runs.RunConfig(_cfg(epochs=1, split="random"), features=p, out=tmp_path / "r"))
+    res = head_task.train_head(head_task.RunConfig(_cfg(epochs=1, split="random"), features=p, out=tmp_path / "r"))
     assert len(res.summary["failed_videos"]) == 2
     assert any("2 videos failed extraction" in w for w in res.warnings)
 
@@ -188,16 +189,16 @@ def test_training_draws_augmented_views_and_evaluation_uses_the_clean_one(pair_s
 
 
 def test_cv_over_logo_folds_reports_mean_and_std(pair_store, tmp_path):
-    res = runs.cv(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
+    res = crossval.cv(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
     assert [r["fold"] for r in res.folds] == [f"logo{g:02d}" for g in range(1, 7)]
     tops = [r["top1"] for r in res.folds]
     assert res.summary["top1"]["mean"] == pytest.approx(np.mean(tops))
     assert res.summary["top1"]["std"] == pytest.approx(np.std(tops))
     assert json.loads((tmp_path / "cv" / "cv.json").read_text())["summary"]["folds"] == "logo"
-    again = runs.cv(runs.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
+    again = crossval.cv(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
     assert all(r["up_to_date"] for r in again.folds)
     with pytest.raises(ValueError, match="--folds official: f.zarr has no such splits"):
-        runs.cv(runs.RunConfig(_cfg(), features=pair_store), "official")
+        crossval.cv(head_task.RunConfig(_cfg(), features=pair_store), "official")
 
 
 def test_bf16_autocast_trains_the_lstm_head_as_well(pair_store, tmp_path):
@@ -213,7 +214,7 @@ def test_cv_over_the_official_splits(tmp_path):
     official = {f"official{k}": np.where(g % 3 == k - 1, datasets.TEST, datasets.TRAIN).astype(np.int8)
                 for k in (1, 2, 3)}
     p = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES, dataset="ucf101", extra_splits=official)
-    res = runs.cv(runs.RunConfig(_cfg(epochs=2), features=p, out=tmp_path / "cv"), "official")
+    res = crossval.cv(head_task.RunConfig(_cfg(epochs=2), features=p, out=tmp_path / "cv"), "official")
     assert [r["fold"] for r in res.folds] == ["official1", "official2", "official3"]
     assert res.summary["top1"]["folds"] == 3 and "reversed_pairs_top1" not in res.summary  # not synthetic
     for r, k in zip(res.folds, (1, 2, 3)):
@@ -223,15 +224,15 @@ def test_cv_over_the_official_splits(tmp_path):
 def test_gradient_accumulation_equals_one_larger_batch(pair_store):
     """Batches of 8 accumulated twice move the weights as batches of 16 do (no dropout here)."""
     fs = data.load(pair_store)
-    task = loop.FeatureTask(fs)
+    task = head_task.FeatureTask(fs)
     videos = np.arange(32)
     results = []
     for batch, acc in ((16, 1), (8, 2)):
-        cfg = _cfg("mean", batch_size=batch, accumulate=acc, head_options=heads.HeadConfig(dropout=0.0),
+        cfg = _cfg("mean", batch_size=batch, accumulate=acc, head_options=config.HeadConfig(dropout=0.0),
                    precision="fp32")
         torch.manual_seed(0)
         model = task.build(cfg, videos)
-        opt = loop.make_optimizer(cfg, model)
+        opt = optim.make_optimizer(cfg, model)
         loop.train_one_epoch(model, task, videos, cfg, 1, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
         results.append(model.state_dict())
     for k in results[0]:
@@ -271,11 +272,11 @@ def test_a_store_with_several_clips_is_scored_by_averaging_clip_probabilities(tm
     fs = data.load(p)
     fs = replace(fs, clip_index=np.tile(np.array([0, 1, 0], np.int16), (len(y), 1)),
                  view_index=np.tile(np.array([0, 0, 1], np.int16), (len(y), 1)))  # 2 clean clips + 1 view
-    task = loop.FeatureTask(fs)
+    task = head_task.FeatureTask(fs)
     torch.manual_seed(0)
     model = task.build(_cfg("gru"), np.arange(len(y))).eval()
     videos = np.array([0, 7, 13])
-    got = task.predict(model, videos, torch.device("cpu"))
+    got = task.probabilities(model, videos, torch.device("cpu"))
     with torch.no_grad():
         per_clip = [torch.softmax(model(torch.from_numpy(fs.features[videos, s].astype(np.float32))), 1).numpy()
                     for s in (0, 1)]

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from helpers import har, har_process
 
-from pipeline import store
+from pipeline import store, swap
 from pipeline.extract import ExtractConfig, Recipe, extract
 from pipeline.status import store_state
 
@@ -37,17 +37,6 @@ def data(dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(dataset, root)
     return root
-
-
-def har(*args):
-    """(exit code, stdout, stderr) of the CLI run in this process."""
-    res = CliRunner().invoke(__import__("cli").app, [str(a) for a in args], env={"COLUMNS": "300"})
-    return res.exit_code, res.stdout, res.stderr
-
-
-def har_process(*args, timeout=120, env=None):
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "300", **(env or {})})
 
 
 def one_line_error(code, err, expected_code=2):
@@ -205,16 +194,16 @@ def test_features_stops_when_its_frame_store_is_replaced_midway(data, tmp_path):
 
     def replace_after_first(done, total, n):
         if done and not swapped:  # what `har extract --force` does: rename the new version into place
-            work = store.work_path(frames)
+            work = swap.work_path(frames)
             shutil.copytree(other.store, work)
-            store.swap_in(work, frames, "zarr")
+            swap.swap_in(work, frames, "zarr")
             swapped.append(True)
 
     out = tmp_path / "feat.zarr"
     with pytest.raises(F.StoreChanged, match="replaced while har features read it"):
         F.features(F.FeatureConfig(backbone="resnet18", weights="none", store=frames, out=out, device="cpu",
                                    batch_size=8), progress=replace_after_first)
-    assert swapped and not out.exists() and not store.work_path(out).exists()
+    assert swapped and not out.exists() and not swap.work_path(out).exists()
 
 
 # ---- 7. an interrupted run's working store is not an input -----------------------------------
@@ -366,7 +355,7 @@ def test_ctrl_c_on_extract_is_one_line_and_exit_130(tmp_path):
                          stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env={**os.environ, "COLUMNS": "300"}, preexec_fn=as_from_a_shell)
     t0 = time.time()
-    while not (store.work_path(out) / "frames" / "c").exists() and p.poll() is None and time.time() - t0 < 60:
+    while not (swap.work_path(out) / "frames" / "c").exists() and p.poll() is None and time.time() - t0 < 60:
         time.sleep(0.05)  # until the workers are up and the first batch is written
     assert p.poll() is None, "extraction ended before it could be interrupted"
     os.killpg(p.pid, signal.SIGINT)
@@ -460,16 +449,16 @@ def test_an_output_inside_an_input_is_refused(data, tmp_path):
 
 
 def test_a_frame_store_replaced_during_training_is_named_as_replaced(data, tmp_path):
-    from trainers import clips
+    from trainers import clips, data as training_data
 
     frames = run(data, tmp_path / "f.zarr", Recipe(sampling="clip", frames=4, height=24, width=32)).store
-    cs = clips.open_store(frames)
+    cs = training_data.open_view(frames, "frames")
     ds = clips.ClipDataset(cs.path, cs.labels, cs.fingerprint)
     ds[0, 0]  # opened: the old version's checksums are held
     other = run(data, tmp_path / "o.zarr", Recipe(sampling="random-uniform", frames=4, height=24, width=32, seed=5))
-    work = store.work_path(frames)
+    work = swap.work_path(frames)
     shutil.copytree(other.store, work)
-    store.swap_in(work, frames, "zarr")
+    swap.swap_in(work, frames, "zarr")
     with pytest.raises(store.StoreError, match="replaced while training"):
         for v in range(6):
             ds[v, 0]

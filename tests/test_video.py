@@ -231,30 +231,6 @@ def test_packets_decoded_for_wanted_frames(wanted, send):
     assert plan.packets_for(wanted).astype(int).tolist() == send
 
 
-def test_nal_unit_types_are_read_from_both_packagings():
-    idr, sps = b"\x65\x88\x84", b"\x67\x64\x00"  # H.264 headers: IDR slice (5), SPS (7)
-    annex_b = b"\x00\x00\x00\x01" + sps + b"\x00\x00\x01" + idr
-    prefixed = len(sps).to_bytes(4, "big") + sps + len(idr).to_bytes(4, "big") + idr
-    assert video.nal_types(annex_b, "h264", None) == [7, 5]
-    assert video.nal_types(annex_b, "h264", 4) == [7, 5]  # start codes win over the avcC length size
-    assert video.nal_types(prefixed, "h264", 4) == [7, 5]
-    cra = bytes([21 << 1, 1, 0])  # HEVC: CRA picture
-    assert video.nal_types(len(cra).to_bytes(4, "big") + cra, "hevc", 4) == [21]
-
-
-@pytest.mark.parametrize("data, codec, shown", [
-    (bytes([0b00010000, 0, 0]), "vp8", 1),          # show_frame set
-    (bytes([0b00000000, 0, 0]), "vp8", 0),          # an invisible alt-ref frame
-    (bytes([0x82, 0x00]), "vp9", 1),                # profile 0, show_frame
-    (bytes([0x80, 0x00]), "vp9", 0),                # hidden
-    (bytes([0x88, 0x00]), "vp9", 1),                # show_existing_frame
-    (bytes([0x80, 0x00, 0x82, 0x00, 0xC1, 2, 2, 0xC1]), "vp9", 1),  # superframe: hidden + shown
-    (bytes([0x80, 0x00, 0x80, 0x00, 0xC1, 2, 2, 0xC1]), "vp9", 0),  # superframe of hidden frames only
-])
-def test_vpx_shown_frames_table(data, codec, shown):
-    assert video.vpx_shown_frames(data, codec) == shown
-
-
 def test_codecs_not_known_to_restart_at_keyframes_are_decoded_in_full(tmp_path):
     path = write_indexed(tmp_path / "v.flv", 30, "flv", {"g": "12"}, noise=24)  # Sorenson H.263
     assert video.packet_plan(path) is None
@@ -282,25 +258,6 @@ def test_keyframe_flags_are_checked_against_the_bitstream(tmp_path):
     got: dict[int, int] = {}
     assert video.scan_sparse(lying, plan, [30, 59], lambda k, f: got.__setitem__(k, read_index(video.frame_rgb(f))))
     assert got == {30: 30, 59: 59}
-
-
-@pytest.mark.parametrize("data, codec, restarts", [
-    (b"\x00\x00\x01\xb6\x10", "mpeg4", True),               # I-VOP
-    (b"\x00\x00\x01\xb6\x50", "mpeg4", False),              # P-VOP
-    (b"\x00\x00\x01\x00\x00\x08", "mpeg2video", True),      # I-picture
-    (b"\x00\x00\x01\x00\x00\x10", "mpeg2video", False),     # P-picture
-    (bytes([0b00010000, 0, 0]), "vp8", True),
-    (bytes([0b00010001, 0, 0]), "vp8", False),
-    (bytes([0x82, 0x00]), "vp9", True),                     # frame_type 0
-    (bytes([0x86, 0x00]), "vp9", False),                    # frame_type 1
-    (b"\x00\x00\x00\x01\x65\x88", "h264", True),            # IDR slice
-    (b"\x00\x00\x00\x01\x41\x9a", "h264", False),           # non-IDR slice (an I-frame with a recovery point looks so)
-    (b"\x00\x00\x01\x2a\x01", "hevc", True),                # CRA
-    (b"\x00\x00\x01\x02\x01", "hevc", False),               # TRAIL_R
-    (b"\xff\xd8", "mjpeg", True),
-])
-def test_restarts_decoding_table(data, codec, restarts):
-    assert video.restarts_decoding(data, codec) is restarts
 
 
 def test_partial_decoding_gives_up_at_a_broken_packet():

@@ -10,57 +10,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline import store
-from pipeline.sampling import seed_for
+from pipeline.lineage import seed_for
 from trainers import data
-
-
-@dataclass(frozen=True)
-class ClipStore:
-    path: Path
-    labels: np.ndarray      # [N] int64
-    groups: np.ndarray      # [N]
-    ok: np.ndarray          # [N] bool
-    clip_index: np.ndarray  # [N, S]
-    view_index: np.ndarray  # [N, S]
-    splits: dict
-    attrs: dict
-    videos: np.ndarray      # [N] str
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.attrs["classes"])
-
-    def failed(self) -> list[str]:
-        return [str(v) for v in self.videos[~self.ok]]
-
-    @property
-    def fingerprint(self) -> str:  # of the store version opened: readers stop if another replaces it
-        return self.attrs.get("lineage", {}).get("fingerprint", "")
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:  # (T, H, W)
-        r = self.attrs["recipe"]
-        return r["frames"], r["height"], r["width"]
-
-
-def open_store(path: Path) -> ClipStore:
-    path = Path(path)
-    if not path.exists():
-        raise store.StoreError(f"frame store {path} does not exist; run `har extract` first")
-    with store.open_input(path, "frames", "end-to-end models train on a frame store") as r:
-        labels = r.read("label").astype(np.int64)
-        data.check_classes(path, r.attrs, labels)
-        return ClipStore(path, labels, r.read("group").astype(np.int64),
-                         r.read("status") == store.OK, r.read("clip_index"), r.read("view_index"),
-                         {n.split("/", 1)[1]: r.read(n) for n in r.names() if n.startswith("split/")}, r.attrs,
-                         r.read("video"))
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -115,7 +72,7 @@ class ClipLoader:
     the whole training pipeline ran at 0.2x the bare model). Call `close()` (or drop it) to stop
     the workers."""
 
-    def __init__(self, cs: ClipStore, batch_size: int, workers: int, pin: bool = False, persistent: bool = True):
+    def __init__(self, cs: data.StoreView, batch_size: int, workers: int, pin: bool = False, persistent: bool = True):
         self._items = _Items()
         self.loader = torch.utils.data.DataLoader(
             ClipDataset(cs.path, cs.labels, cs.fingerprint), batch_size=batch_size, sampler=self._items, num_workers=workers,
@@ -156,7 +113,7 @@ class EpochStream:
     exactly epoch e's batches; asking for any other epoch than the next one, or leaving an epoch
     unfinished, starts a fresh iterator at the asked epoch."""
 
-    def __init__(self, cs: ClipStore, items_for: Callable[[int], np.ndarray], batch_size: int, workers: int,
+    def __init__(self, cs: data.StoreView, items_for: Callable[[int], np.ndarray], batch_size: int, workers: int,
                  pin: bool = False):
         self.cs, self.items_for, self.batch_size, self.workers, self.pin = cs, items_for, batch_size, workers, pin
         self._it, self._next = None, None
@@ -183,23 +140,21 @@ class EpochStream:
         self._it, self._next = None, None
 
 
-def train_items(cs: ClipStore, videos: np.ndarray, seed: int, epoch: int, which: str = "augmented") -> np.ndarray:
+def train_items(cs: data.StoreView, videos: np.ndarray, seed: int, epoch: int, which: str = "augmented") -> np.ndarray:
     """(len(videos), 2) (video, sample) pairs in a (seed, epoch)-shuffled order, one sample per
     video drawn as the feature heads draw theirs."""
-    from trainers.data import train_samples
-
     rng = np.random.default_rng(seed_for(seed, "clips", epoch))
     order = videos[rng.permutation(len(videos))]
-    return np.stack([order, train_samples(cs.view_index, order, rng, which)], axis=1)
+    return np.stack([order, data.train_samples(cs.view_index, order, rng, which)], axis=1)
 
 
-def eval_items(cs: ClipStore, videos: np.ndarray) -> np.ndarray:
+def eval_items(cs: data.StoreView, videos: np.ndarray) -> np.ndarray:
     """Every clean sample (one per clip) of each video, video-major: (len(videos) * K, 2)."""
-    clean = np.flatnonzero(cs.view_index[0] == 0)
+    clean = data.eval_samples(cs)
     return np.stack([np.repeat(videos, len(clean)), np.tile(clean, len(videos))], axis=1)
 
 
-def loader(cs: ClipStore, items: np.ndarray, batch_size: int, workers: int, pin: bool = False):
+def loader(cs: data.StoreView, items: np.ndarray, batch_size: int, workers: int, pin: bool = False):
     """One pass: batches of (uint8 (B, T, H, W, 3), int64 (B,)) in the order of `items`."""
     return ClipLoader(cs, batch_size, workers, pin, persistent=False)(items)
 

@@ -1,5 +1,5 @@
-"""Cached features for training: a feature store read once, splits, and which sample each video
-contributes to an epoch.
+"""The data of training: a store's view (`StoreView`; `FeatureSet` with the features read once),
+its splits, and which sample each video contributes to an epoch.
 
 `features` is [N, S, T, D] float16 (S = clips x (1 + views)). Training draws, per video and
 epoch, one random augmented view (any clip); evaluation averages the clean view's clips per video.
@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import datasets, store
-from pipeline.sampling import seed_for
+from pipeline.files import replace_atomically
+from pipeline.lineage import seed_for
+from trainers import config
 
 logger = logging.getLogger(__name__)
 
@@ -25,26 +27,48 @@ SPLIT_ROLES = {"train": TRAIN, "val": VAL, "test": TEST}
 
 
 @dataclass
-class FeatureSet:
+class StoreView:
+    """What training needs of a frame or feature store, read once: labels, groups, status, the
+    sample layout, the splits and the attrs. Samples stay in the store (a clip task reads them
+    through its loader) or come in `FeatureSet`."""
     path: Path
-    features: np.ndarray      # [N, S, T, D] float16, in RAM or memory-mapped
-    labels: np.ndarray        # [N] int
-    groups: np.ndarray        # [N] int, -1 = none
-    ok: np.ndarray            # [N] bool: status ok
-    clip_index: np.ndarray    # [N, S]
-    view_index: np.ndarray    # [N, S]
-    videos: np.ndarray        # [N] str
+    labels: np.ndarray      # [N] int64
+    groups: np.ndarray      # [N] int64, -1 = none
+    ok: np.ndarray          # [N] bool: status ok
+    clip_index: np.ndarray  # [N, S]
+    view_index: np.ndarray  # [N, S]
+    videos: np.ndarray      # [N] str
     splits: dict[str, np.ndarray]
     attrs: dict
-    mapped: bool = False
 
     @property
     def classes(self) -> list[str]:
         return list(self.attrs["classes"])
 
     @property
-    def fingerprint(self) -> str:
+    def fingerprint(self) -> str:  # of the store version opened: readers stop if another replaces it
         return self.attrs["lineage"]["fingerprint"]
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:  # (T, H, W) of the stored frames
+        r = self.attrs["recipe"]
+        return r["frames"], r["height"], r["width"]
+
+    @property
+    def reversed_pairs(self) -> list[str]:
+        """The classes whose time-reversed twin is a class too (the store's dataset says so):
+        the ones a bag-of-frames model cannot tell apart. Empty for most datasets."""
+        return list(self.attrs.get("reversed_pairs") or [])
+
+    def failed(self) -> list[str]:
+        return [str(v) for v in self.videos[~self.ok]]
+
+
+@dataclass
+class FeatureSet(StoreView):
+    """A feature store's view with its features: [N, S, T, D] float16, in RAM or memory-mapped."""
+    features: np.ndarray | None = None
+    mapped: bool = False
 
     @property
     def dim(self) -> int:
@@ -54,21 +78,42 @@ class FeatureSet:
     def frames(self) -> int:
         return int(self.features.shape[2])
 
-    def failed(self) -> list[str]:
-        return [str(v) for v in self.videos[~self.ok]]
+
+# what each kind of store is for, in the message when another kind is given
+USES = {"features": "heads train on a feature store (`har features --store {path}` makes one)",
+        "frames": "end-to-end models train on a frame store"}
+MAKERS = {"features": "har features", "frames": "har extract"}
+
+
+def _view(path: Path, r: store.StoreReader) -> dict:
+    labels = r.read("label").astype(np.int64)
+    check_classes(path, r.attrs, labels)
+    return dict(path=path, labels=labels, groups=r.read("group").astype(np.int64), ok=r.read("status") == store.OK,
+                clip_index=r.read("clip_index"), view_index=r.read("view_index"), videos=r.read("video"),
+                splits={n.split("/", 1)[1]: r.read(n) for n in r.names() if n.startswith("split/")}, attrs=r.attrs)
+
+
+def open_view(path: Path, kind: str) -> StoreView:
+    """The view of a finished, sound store of `kind` (frames or features). Raises store.StoreError
+    for a missing, wrong-kind, unfinished or damaged one, naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise store.StoreError(f"{'feature' if kind == 'features' else 'frame'} store {path} does not exist; "
+                               f"run `{MAKERS[kind]}` first")
+    # kind, schema, finished, every chunk present, static arrays and status sound (store.open_input)
+    with store.open_input(path, kind, USES[kind].format(path=path)) as r:
+        return StoreView(**_view(path, r))
 
 
 def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
-    """Read a feature store. Raises store.StoreError for a missing, wrong-kind or unfinished store."""
+    """A feature store's view with every feature read (each sample checked against its checksum),
+    into RAM or, above `ram_limit` bytes, into a memory-mapped file beside the store. Raises
+    store.StoreError for a missing, wrong-kind, unfinished or damaged store."""
     path = Path(path)
     if not path.exists():
         raise store.StoreError(f"feature store {path} does not exist; run `har features` first")
-    # kind, schema, finished, every chunk present, static arrays and status sound (store.open_input)
-    with store.open_input(path, "features", "heads train on a feature store "
-                          f"(`har features --store {path}` makes one)") as r:
-        attrs = r.attrs
-        labels = r.read("label").astype(np.int64)
-        check_classes(path, attrs, labels)
+    with store.open_input(path, "features", USES["features"].format(path=path)) as r:
+        view = _view(path, r)
         arr = r["features"]
         nbytes = int(np.prod(arr.shape)) * 2
         if ram_limit is None:
@@ -76,16 +121,10 @@ def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
 
             ram_limit = psutil.virtual_memory().available // 2
         mapped = nbytes > ram_limit
-        feats = _memory_map(path, r, attrs["lineage"]["fingerprint"]) if mapped else _read_all(r)
-        fs = FeatureSet(path=path, features=feats, labels=labels,
-                        groups=r.read("group").astype(np.int64), ok=r.read("status") == store.OK,
-                        clip_index=r.read("clip_index"), view_index=r.read("view_index"),
-                        videos=r.read("video"),
-                        splits={n.split("/", 1)[1]: r.read(n) for n in r.names() if n.startswith("split/")},
-                        attrs=attrs, mapped=mapped)
+        feats = _memory_map(path, r, view["attrs"]["lineage"]["fingerprint"]) if mapped else _read_all(r)
     if mapped:
         logger.info("%s: %.1f GB of features > %.1f GB for RAM: memory-mapped", path, nbytes / 1e9, ram_limit / 1e9)
-    return fs
+    return FeatureSet(**view, features=feats, mapped=mapped)
 
 
 def check_classes(path: Path, attrs: dict, labels: np.ndarray) -> None:
@@ -114,14 +153,14 @@ def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.n
     cache = path.parent / f".{path.name}.{fingerprint[:12]}.npy"
     arr = reader["features"]
     if not cache.exists():
-        tmp = cache.with_suffix(".partial.npy")
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=arr.shape)
-        step = max(1, (64 << 20) // max(1, int(np.prod(arr.shape[1:])) * 2))
-        for a in range(0, arr.shape[0], step):
-            mm[a:a + step] = store.read_rows(reader, a, min(arr.shape[0], a + step))
-        mm.flush()
-        del mm
-        tmp.rename(cache)
+        def write(tmp: Path) -> None:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=arr.shape)
+            step = max(1, (64 << 20) // max(1, int(np.prod(arr.shape[1:])) * 2))
+            for a in range(0, arr.shape[0], step):
+                mm[a:a + step] = store.read_rows(reader, a, min(arr.shape[0], a + step))
+            mm.flush()
+            del mm
+        replace_atomically(cache, write, cache.with_suffix(".partial.npy"))
     return np.load(cache, mmap_mode="r")
 
 
@@ -137,15 +176,15 @@ class Split:
     carved_val: bool    # val was taken from train (the split had none)
 
 
-def split_names(fs: FeatureSet) -> list[str]:
+def split_names(fs: StoreView) -> list[str]:
     return sorted(fs.splits)
 
 
-def default_split(fs: FeatureSet) -> str:
+def default_split(fs: StoreView) -> str:
     return fs.attrs.get("default_split") or ("groups" if "groups" in fs.splits else split_names(fs)[0])
 
 
-def make_split(fs: FeatureSet, name: str | None = None) -> Split:
+def make_split(fs: StoreView, name: str | None = None) -> Split:
     """Train/val/test video indices of split `name` (failed videos left out). A split without
     validation videos (the leave-one-group-out folds) gets one carved from its training part:
     whole groups where there are groups (about 10 %), else a stratified tenth."""
@@ -184,7 +223,7 @@ def _carve_val(s: np.ndarray, labels: np.ndarray, groups: np.ndarray, name: str)
 
 # ---- which sample of each video ------------------------------------------------------------------
 
-TRAIN_VIEWS = ("augmented", "all", "clean")
+TRAIN_VIEWS = config.TRAIN_VIEWS
 
 
 def train_samples(view_index: np.ndarray, videos: np.ndarray, rng: np.random.Generator,
@@ -203,7 +242,7 @@ def train_samples(view_index: np.ndarray, videos: np.ndarray, rng: np.random.Gen
     return np.argmax(u, axis=1)                         # a uniform choice among the pool
 
 
-def eval_samples(fs: FeatureSet) -> np.ndarray:
+def eval_samples(fs: StoreView) -> np.ndarray:
     """Sample indices of the clean view, one per clip: (K,)."""
     return np.flatnonzero(fs.view_index[0] == 0)
 

@@ -68,10 +68,6 @@ def wrap(model: torch.nn.Module, w: World, device: torch.device) -> torch.nn.Mod
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
 def all_sum(t: torch.Tensor, w: World) -> torch.Tensor:
     """`t` summed over every rank (itself outside torchrun)."""
     if w.size > 1:

@@ -13,7 +13,7 @@ kept as buffers in the checkpoint, so heads see unit-scale inputs whatever the b
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,35 +21,19 @@ from torch import nn
 from pipeline.registry import Registry
 from trainers import limits
 
-
-@dataclass(frozen=True)
-class HeadConfig:
-    hidden: int = 256            # recurrent state / MLP / transformer width (LRCN seed: 256)
-    layers: int = 1              # stacked recurrent or transformer layers
-    bidirectional: bool = False  # recurrent heads only: also read the clip backwards
-    dropout: float = 0.5         # before the classifier (and between stacked layers)
-    heads: int = 4               # attention heads (attention only)
-
-    # whole-number settings: (field, lowest, highest). A wide head is refused by its memory
-    # (`training_bytes`), not by a range; the highest values are what torch's sizes can hold
-    RANGES = (("hidden", 1, 2**31 - 1), ("layers", 1, 256), ("heads", 1, 1024))
-
-    def validate(self) -> None:
-        for name, lo, hi in self.RANGES:
-            limits.whole(name, getattr(self, name), lo, hi)
-        if not isinstance(self.bidirectional, bool):
-            raise ValueError(f"--bidirectional {self.bidirectional!r} is not supported; allowed: true, false")
-        d = self.dropout
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:  # nan too
-            raise ValueError(f"--dropout {d!r} is out of range; allowed: 0 <= dropout < 1")
+if TYPE_CHECKING:  # configs are checked against this registry (trainers.config imports it then), never the reverse
+    from trainers.config import HeadConfig
 
 
-Builder = Callable[[int, int, int, HeadConfig], nn.Module]  # (dim, classes, frames, cfg) -> module
+Builder = Callable[[int, int, int, "HeadConfig"], nn.Module]  # (dim, classes, frames, cfg) -> module
 _REGISTRY: Registry[Builder] = Registry("head")
+register = _REGISTRY.register   # @register(name, about)
 
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    return lambda fn: _REGISTRY.add(name, fn)
+# the recurrent cells a name chooses (the heads here, and the recurrent video models of models3d)
+CELLS: Registry[type[nn.RNNBase]] = Registry("recurrent cell")
+CELLS.add("lstm", nn.LSTM, "long short-term memory (Hochreiter & Schmidhuber)")
+CELLS.add("gru", nn.GRU, "gated recurrent unit (Cho et al.)")
+CELLS.add("rnn", nn.RNN, "plain tanh RNN (Elman)")
 
 
 def names() -> tuple[str, ...]:
@@ -175,19 +159,19 @@ def _lstm_scan(gx: torch.Tensor, w_hh: torch.Tensor, reverse: bool = False) -> t
     return torch.stack(outs, dim=1), h
 
 
-@register("lstm")
+@register("lstm", "LSTM, last hidden state (LRCN head)")
 def _lstm(dim, classes, frames, cfg):
-    return LSTMHead(nn.LSTM, dim, classes, cfg)
+    return LSTMHead(CELLS.get("lstm"), dim, classes, cfg)
 
 
-@register("gru")
+@register("gru", "GRU, last hidden state")
 def _gru(dim, classes, frames, cfg):
-    return Recurrent(nn.GRU, dim, classes, cfg)
+    return Recurrent(CELLS.get("gru"), dim, classes, cfg)
 
 
-@register("rnn")
+@register("rnn", "plain RNN")
 def _rnn(dim, classes, frames, cfg):
-    return Recurrent(nn.RNN, dim, classes, cfg)
+    return Recurrent(CELLS.get("rnn"), dim, classes, cfg)
 
 
 class LateFusion(nn.Module):
@@ -205,7 +189,7 @@ class LateFusion(nn.Module):
         return self.mlp(x)
 
 
-@register("late-fusion")
+@register("late-fusion", "frame features concatenated -> MLP")
 def _late_fusion(dim, classes, frames, cfg):
     return LateFusion(dim, classes, frames, cfg)
 
@@ -220,7 +204,7 @@ class MeanPool(nn.Module):
         return self.fc(self.drop(x.mean(dim=1)))
 
 
-@register("mean")
+@register("mean", "mean over time -> linear (bag of frames)")
 def _mean(dim, classes, frames, cfg):
     return MeanPool(dim, classes, cfg)
 
@@ -258,26 +242,21 @@ class TemporalTransformer(nn.Module):
         return self.fc(self.drop(h))
 
 
-@register("attention")
+@register("attention", "temporal transformer with position embeddings")
 def _attention(dim, classes, frames, cfg):
     return TemporalTransformer(dim, classes, frames, cfg)
 
 
-ABOUT = {"lstm": "LSTM, last hidden state (LRCN head)", "gru": "GRU, last hidden state", "rnn": "plain RNN",
-         "late-fusion": "frame features concatenated -> MLP", "mean": "mean over time -> linear (bag of frames)",
-         "attention": "temporal transformer with position embeddings"}
-
-
-def cost(name: str, dim: int = 2048, frames: int = 16, classes: int = 101) -> dict:
-    """Parameters and GFLOPs of one clip of ResNet-152 features (T x 2048) with default options."""
+def cost(name: str, options: HeadConfig, dim: int = 2048, frames: int = 16, classes: int = 101) -> dict:
+    """Parameters and GFLOPs of one clip of ResNet-152 features (T x 2048) with these options."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = build(name, dim, classes, frames, HeadConfig())
+        model = build(name, dim, classes, frames, options)
         x = torch.zeros(1, frames, dim)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "gflops": counter.get_total_flops() / 1e9, "input": f"{frames}x{dim} features",
-            "pretrained": ("-",), "about": ABOUT.get(name, "")}
+            "pretrained": ("-",), "about": _REGISTRY.about(name)}

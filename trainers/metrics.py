@@ -52,11 +52,6 @@ def subset_accuracy(y: np.ndarray, probs: np.ndarray, keep: np.ndarray) -> float
     return float((probs[keep].argmax(axis=1) == np.asarray(y)[keep]).mean()) if keep.any() else float("nan")
 
 
-def video_scores(clip_probs: np.ndarray) -> np.ndarray:
-    """(videos, clips, C) clip probabilities -> (videos, C) video probabilities: their mean."""
-    return clip_probs.mean(axis=1)
-
-
 def summary(values: list[float]) -> dict:
     """Mean and (population) standard deviation of fold results."""
     a = np.asarray(values, float)

@@ -19,15 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.backbones import WeightsError  # the one error for weights that cannot be had
 from pipeline.registry import Registry
+from trainers.heads import CELLS
 
 KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PRETRAINED = ("none", "kinetics400", "imagenet")
-
-
-class WeightsError(ValueError):
-    """Pretrained weights that cannot be had here; the message says what to put where."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ _REGISTRY: Registry[VideoModelSpec] = Registry("video model")
 
 
 def register(spec: VideoModelSpec) -> VideoModelSpec:
-    return _REGISTRY.add(spec.name, spec)
+    return _REGISTRY.add(spec.name, spec, spec.about)
 
 
 def names() -> tuple[str, ...]:
@@ -334,8 +332,7 @@ class SequenceOverFrames(nn.Module):
         if temporal == "mean":
             self.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(frames.dim, classes))
         else:
-            cell = nn.LSTM if temporal == "lstm" else nn.RNN
-            self.rnn = cell(frames.dim, hidden, batch_first=True)
+            self.rnn = CELLS.get(temporal)(frames.dim, hidden, batch_first=True)
             self.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(hidden, classes))
 
     def forward(self, x):  # (B, 3, T, H, W)
@@ -377,4 +374,4 @@ def cost(name: str, classes: int = 101) -> dict:
         model(clip)
     return {"name": name, "params": params, "gflops": counter.get_total_flops() / 1e9,
             "input": f"{spec.frames}x{spec.size}x{spec.size}", "pretrained": ("none", *spec.pretrained),
-            "about": spec.about}
+            "about": _REGISTRY.about(name)}

@@ -1,6 +1,6 @@
 """A run's report: CSV tables, PNG figures (matplotlib, no display needed) and report.md that
 shows them all. Reads nothing but the metrics and history it is given; every file is written
-beside its place and renamed into it (rundir.replace_atomically), so a full disk leaves neither
+beside its place and renamed into it (pipeline.files.replace_atomically), so a full disk leaves neither
 half a file nor a temporary one."""
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers.rundir import replace_atomically, write_text
-
-FILES = ("curves.png", "confusion.png", "confusion.csv", "per_class.png", "per_class.csv", "report.md")
+from pipeline.files import replace_atomically
+from trainers.rundir import write_text
 
 
 def _plt():

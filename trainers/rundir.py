@@ -4,8 +4,9 @@
   an input, a dataset root, the current or home folder, nor a folder holding anything but a run),
   is created, and is this process's alone until the block ends (an flock on `folder/.lock`;
   a second har writing it gets one line, and the OS drops the lock even on kill -9).
-- `replace_atomically`: a file is written beside its place and renamed over it, so a full disk
-  or a kill never leaves half a file, and a failed write leaves no temporary one either.
+- `write_text`, `write_json`: written beside their place and renamed over it
+  (pipeline.files.replace_atomically), so a full disk or a kill never leaves half a file, and a
+  failed write leaves no temporary one either.
 - `read_json`: a JSON object, or one line naming the file and what is wrong with it.
 """
 from __future__ import annotations
@@ -15,10 +16,11 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pipeline import outputs
+from pipeline.files import replace_atomically
 
 LOCK = ".lock"     # inside the folder: outputs.is_run_dir and is_cv_dir accept it
 TMP = ".tmp"       # temporary files end so: outputs.RUN_TEMPORARY_SUFFIXES
@@ -27,21 +29,6 @@ TMP = ".tmp"       # temporary files end so: outputs.RUN_TEMPORARY_SUFFIXES
 class RunError(ValueError):
     """A run folder har cannot use: a damaged, foreign or tampered file in it (the message names
     the file and what to do), or another har process writing it."""
-
-
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` into `path`.tmp, then rename it over `path`. When either step fails (a full
-    disk: OSError ENOSPC) or is interrupted, the temporary file is removed and the error goes on;
-    `path` keeps what it held."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def write_text(path: Path, text: str) -> None:

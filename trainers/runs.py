@@ -1,14 +1,16 @@
-"""A run: one head trained on one feature store and split, in its own directory.
+"""A run: one model trained on one store and split, in its own folder, whatever the model.
 
-    runs/<head>-<split>-<fingerprint>/
+    runs/<model>-<split>-<fingerprint>/
         config.json  lineage.json  last.pt  best.pt  history.json  metrics.json
         report.md  curves.png  confusion.{png,csv}  per_class.{png,csv}
 
-The fingerprint covers the training config and the feature store's fingerprint: the same
-command again finds its finished run and does nothing; an interrupted one resumes from last.pt.
-`metrics.json` is written last: a directory with it is a finished run. A run holds `.lock`
-(rundir.claimed) while it writes, so a second har into the same directory is refused; config.json
-and lineage.json are read back as untrusted input (every key checked, `load_run`).
+A kind of task (trainers.tasks: a head on features, a video model on clips) describes one run as
+a `Job`; `execute` runs any job: the fingerprint covers the training config, the split and the
+store's fingerprint, so the same command again finds its finished run and does nothing and an
+interrupted one resumes from last.pt. `metrics.json` is written last: a folder with it is a
+finished run. A run holds `.lock` (rundir.claimed) while it writes, so a second har into the
+same folder is refused. `load_run` and `evaluate_run` read any run back through the task
+registry; config.json and lineage.json are untrusted input (every key checked).
 """
 from __future__ import annotations
 
@@ -16,26 +18,15 @@ import logging
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import lineage, store
-from pipeline.synth import reversed_classes
-from trainers import data, distributed, heads, limits, loop, metrics, report, rundir
+from trainers import data, distributed, loop, metrics, report, rundir, tasks
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    train: loop.TrainConfig
-    features: Path | None = None     # the feature store; or
-    dataset: str | None = None       # the latest feature store made for this dataset
-    backbone: str | None = None      # ... with this backbone (default: the latest of any)
-    out: Path | None = None          # run directory; default runs/<head>-<split>-<fingerprint[:10]>
-    ram_limit: int | None = None     # bytes of features kept in RAM; above it they are memory-mapped
 
 
 @dataclass
@@ -46,21 +37,13 @@ class RunResult:
     warnings: list[str]
 
 
-def feature_store_for(features: Path | None, dataset: str | None, backbone: str | None = None) -> Path:
-    if (features is None) == (dataset is None):
-        raise ValueError("give exactly one of --features PATH or --dataset NAME")
-    if features is not None:
-        return Path(features)
-    return store.latest_store(dataset, "features" if backbone is None else f"features-{backbone}")
-
-
-def evaluate(task: loop.Task, model, videos: np.ndarray, device, cfg: loop.LoopConfig, dataset: str | None) -> dict:
-    """Every metric of `videos` (clips averaged per video); on the synthetic set also the accuracy
-    on its reversed-order class pairs."""
-    probs = task.predict(model, videos, device, cfg)
+def evaluate(task: loop.Task, model, videos: np.ndarray, device, cfg: loop.LoopConfig) -> dict:
+    """Every metric of `videos` (clips averaged per video); where the store's dataset has classes
+    paired with their time-reversed twin (its attrs say which), also the accuracy on those."""
+    probs = task.probabilities(model, videos, device, cfg)
     y = task.labels[videos]
     m = metrics.classification(y, probs, task.classes)
-    pairs = reversed_classes(task.classes) if dataset == "synthetic" else []
+    pairs = task.view.reversed_pairs
     if pairs:
         keep = np.isin(np.asarray(task.classes)[y], pairs)
         m["reversed_pairs_top1"] = metrics.subset_accuracy(y, probs, keep)
@@ -72,7 +55,7 @@ def _split_info(split: data.Split) -> dict:
             "test": int(len(split.test)), "leakage": split.leakage, "val_carved_from_train": split.carved_val}
 
 
-def warnings_for(split: data.Split, fs: data.FeatureSet) -> list[str]:
+def warnings_for(split: data.Split, fs: data.StoreView) -> list[str]:
     out = []
     if split.leakage > 0:
         out.append(f"split {split.name!r} leaks groups: {split.leakage:.0%} of its test videos have a clip of the same "
@@ -84,13 +67,6 @@ def warnings_for(split: data.Split, fs: data.FeatureSet) -> list[str]:
         out.append(f"{int((~fs.ok).sum())} videos failed extraction and are in no split: "
                    + ", ".join(fs.failed()[:5]) + (" ..." if (~fs.ok).sum() > 5 else ""))
     return out
-
-
-def model_card(fs: data.FeatureSet) -> dict:
-    """What `har predict` needs to turn a video into this run's input the way the store did."""
-    a = fs.attrs
-    return {"recipe": a["recipe"], "backbone": a["backbone"], "weights": a["weights"],
-            "resize": a.get("resize", "weights"), "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
 
 
 @dataclass
@@ -152,60 +128,19 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
     device = loop.resolve_device(job.cfg.device)
     model = loop.load_best(job.task.build(job.cfg, None), run_dir, device)
     val = job.split.val if len(job.split.val) else job.split.train
-    dataset = job.extra.get("dataset")
     summary = {"fingerprint": fp, "model": job.name, "describe": job.describe, **job.extra,
                "config": job.cfg.as_dict(), "split": _split_info(job.split), "failed_videos": list(job.failed),
                "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc, "epochs_run": len(fit.history),
                "stopped_early": fit.stopped_early, "train_seconds": sum(h["seconds"] for h in fit.history),
                "device": str(device), "precision": loop.precision_of(job.cfg, device),
-               "val": evaluate(job.task, model, val, device, job.cfg, dataset),
-               "test": evaluate(job.task, model, job.split.test, device, job.cfg, dataset)}
+               "val": evaluate(job.task, model, val, device, job.cfg),
+               "test": evaluate(job.task, model, job.split.test, device, job.cfg)}
     report.write(run_dir, summary, fit.history, job.task.classes)
     rundir.write_json(done, summary)
     return RunResult(run_dir, False, summary, warns)
 
 
-def check_head_fits(cfg: loop.TrainConfig, dim: int, classes: int, frames: int, device, where: str = "",
-                    batch: int | None = None) -> None:
-    """ValueError, before anything is allocated, when the head cannot fit in `device`'s available
-    memory: to train it (`batch` given: 16 bytes a parameter plus a batch) or to use it (4 bytes a
-    parameter). `where` prefixes the message (the file the config came from)."""
-    o = cfg.head_options
-    if batch is None:
-        params = heads.param_count(cfg.head, dim, classes, frames, o)
-        need, doing = params * limits.BYTES_PER_PARAM, f"loading the {cfg.head} head ({params:,} parameters)"
-    else:
-        params, need = heads.training_bytes(cfg.head, dim, classes, frames, o, batch)
-        doing = f"training the {cfg.head} head ({params:,} parameters; weights, gradients, Adam moments and a batch)"
-    limits.check_fits(need, device, f"{where}--hidden {o.hidden} --layers {o.layers}: {doing}",
-                      "choose a smaller --hidden, --layers or --batch-size" if batch
-                      else "use a machine with more memory, or restore config.json if it was changed")
-
-
-def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
-               stop_after: int | None = None) -> RunResult:
-    cfg.train.validate()
-    path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
-    fs = data.load(path, cfg.ram_limit)
-    split = data.make_split(fs, cfg.train.split)
-    check_head_fits(cfg.train, fs.dim, len(fs.classes), fs.frames, loop.resolve_device(cfg.train.device),
-                    batch=cfg.train.batch_size)
-    pretrained = bool(fs.attrs.get("pretrained", True))
-    job = Job(name=cfg.train.head, cfg=replace(cfg.train, split=split.name), task=loop.FeatureTask(fs), split=split,
-              store=path, fingerprint=fs.fingerprint,
-              inputs={"features_store": str(path), "features_fingerprint": fs.fingerprint,
-                      "features_lineage": fs.attrs.get("lineage")},
-              describe=f"head `{cfg.train.head}` on `{path}` (backbone {fs.attrs.get('backbone')}, "
-                       f"{'ImageNet' if pretrained else 'RANDOM'} weights)",
-              extra={"features": str(path), "features_fingerprint": fs.fingerprint, "dataset": fs.attrs.get("dataset"),
-                     "backbone": fs.attrs.get("backbone"), "pretrained": pretrained},
-              card=model_card(fs), failed=tuple(fs.failed()), warnings=tuple(warnings_for(split, fs)))
-    return execute(job, cfg.out, on_epoch, stop_after)
-
-
 RUN_REMEDY = "train the run again or restore the file"
-# what a run's lineage.json names as its input: (store key, fingerprint key) of a head run, of a video-model run
-INPUT_KEYS = (("features_store", "features_fingerprint"), ("frames_store", "frames_fingerprint"))
 
 
 def _accepts(hint, value) -> bool:
@@ -244,126 +179,48 @@ def config_from(cls, raw: dict, path: Path, prefix: str = ""):
     return cls(**values)
 
 
-def load_run(run_dir: Path) -> tuple[loop.LoopConfig, dict]:
-    """(training config, lineage) of a run directory: a TrainConfig for a head run, an E2EConfig
-    for a video-model run; ValueError when it is not a finished run, and RunError naming the file
-    and the key when config.json or lineage.json is damaged or foreign."""
+def load_run(run_dir: Path) -> tuple[loop.LoopConfig, dict, tasks.TaskKind]:
+    """(training config, lineage, kind of task) of a run folder; ValueError when it is not a
+    finished run, and RunError naming the file and the key when config.json or lineage.json is
+    damaged or foreign."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "best.pt").exists():
         raise ValueError(f"{run_dir} is not a finished har run (no config.json / best.pt); "
                          "`har train-head` or `har train-e2e` makes one")
-    path = run_dir / "config.json"
+    path, lpath = run_dir / "config.json", run_dir / "lineage.json"
     raw = rundir.read_json(path, RUN_REMEDY)
     raw.pop("store", None)
-    if "model" in raw:
-        from trainers.e2e import E2EConfig  # e2e builds on this module
-
-        cfg = config_from(E2EConfig, raw, path)
-    else:
-        cfg = config_from(loop.TrainConfig, raw, path)
+    lin = rundir.read_json(lpath, RUN_REMEDY)
+    kind = tasks.for_inputs(lin.get("inputs"))
+    if kind is None:
+        names = "; or ".join(" and ".join(k.inputs) for k in tasks.kinds())
+        raise rundir.RunError(f"{lpath}: key inputs must name the store trained on ({names}); {RUN_REMEDY}")
+    cfg = config_from(kind.config, raw, path)
     try:
         cfg.check_values()
     except ValueError as e:
         raise rundir.RunError(f"{path}: {e}; {RUN_REMEDY}") from None
-    lpath = run_dir / "lineage.json"
-    lin = rundir.read_json(lpath, RUN_REMEDY)
-    inputs = lin.get("inputs")
-    kind = next((pair for pair in INPUT_KEYS if isinstance(inputs, dict)
-                 and all(isinstance(inputs.get(k), str) for k in pair)), None)
-    if kind is None:
-        raise rundir.RunError(f"{lpath}: key inputs must name the store trained on ({' and '.join(INPUT_KEYS[0])}, "
-                              f"or {' and '.join(INPUT_KEYS[1])}); {RUN_REMEDY}")
-    if (kind == INPUT_KEYS[1]) != ("model" in raw):
-        raise rundir.RunError(f"{lpath}: inputs names a {kind[0].split('_')[0]} store but {path.name} is a "
-                              f"{'video-model' if 'model' in raw else 'head'} config; {RUN_REMEDY}")
     if lin.get("predict") is not None and not isinstance(lin["predict"], dict):
         raise rundir.RunError(f"{lpath}: key predict is not an object; {RUN_REMEDY}")
-    return cfg, lin
+    return cfg, lin, kind
 
 
 def evaluate_run(run_dir: Path, role: str = "test") -> dict:
     """Recompute a split part's metrics from best.pt and the store the run trained on."""
     if role not in data.SPLIT_ROLES:
         raise ValueError(f"--split {role!r} is not supported; allowed: {', '.join(data.SPLIT_ROLES)}")
-    cfg, lin = load_run(run_dir)
-    inputs = lin["inputs"]
-    if "frames_store" in inputs:
-        from trainers import clips, e2e
-
-        path, recorded = Path(inputs["frames_store"]), inputs["frames_fingerprint"]
-        source = clips.open_store(path)
-        task, fingerprint = e2e.ClipTask(source, cfg), source.attrs["lineage"]["fingerprint"]
-    else:
-        path, recorded = Path(inputs["features_store"]), inputs["features_fingerprint"]
-        source = data.load(path)
-        task, fingerprint = loop.FeatureTask(source), source.fingerprint
-        check_head_fits(cfg, source.dim, len(source.classes), source.frames, loop.resolve_device(cfg.device),
-                        f"{Path(run_dir) / 'config.json'}: ")
+    cfg, lin, kind = load_run(run_dir)
+    path, recorded = tasks.store_of(lin["inputs"], kind)
+    task = kind.open(path, cfg, Path(run_dir))
     try:
-        if fingerprint != recorded:
+        if task.view.fingerprint != recorded:
             raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
-                                   f"{fingerprint[:12]} != {recorded[:12]}); train again")
-        split = data.make_split(source, cfg.split)
+                                   f"{task.view.fingerprint[:12]} != {recorded[:12]}); train again")
+        split = data.make_split(task.view, cfg.split)
         videos = {"train": split.train, "val": split.val, "test": split.test}[role]
         device = loop.resolve_device(cfg.device)
         model = loop.load_best(task.build(cfg, None), Path(run_dir), device)
-        metrics = evaluate(task, model, videos, device, cfg, source.attrs.get("dataset"))
+        result = evaluate(task, model, videos, device, cfg)
     finally:
-        if hasattr(task, "close"):  # a clip task's loader workers
-            task.close()
-    return {"split": split.name, "part": role, **metrics}
-
-
-# ---- cross-validation -------------------------------------------------------------------------------
-
-FOLDS = ("logo", "official")
-
-
-@dataclass
-class CVResult:
-    out: Path
-    folds: list[dict]
-    summary: dict
-
-
-def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None) -> CVResult:
-    """Train the head on every fold (leave-one-group-out, or the official splits 1-3); each fold is
-    a run (resumable, up to date on rerun) under the cv directory; mean +- std of test metrics."""
-    if folds not in FOLDS:
-        raise ValueError(f"--folds {folds!r} is not supported; allowed: {', '.join(FOLDS)}")
-    cfg.train.validate()
-    path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
-    fs = data.load(path, cfg.ram_limit)
-    prefix = "logo" if folds == "logo" else "official"
-    names = sorted(n for n in fs.splits if n.startswith(prefix))
-    if not names:
-        have = ", ".join(data.split_names(fs))
-        why = "it has no groups" if folds == "logo" else "its dataset has no official splits (UCF101 and HMDB51 do)"
-        raise ValueError(f"--folds {folds}: {path.name} has no such splits ({why}); its splits: {have}")
-    fp = lineage.fingerprint({"train": replace(cfg.train, split=None).fingerprint_dict(), "features": fs.fingerprint,
-                              "folds": folds})
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"cv-{cfg.train.head}-{folds}-{fp[:10]}"
-    with rundir.claimed(out, "cv", inputs=[path]):
-        return _cv(cfg, path, fs, names, folds, out, on_fold)
-
-
-def _cv(cfg: RunConfig, path: Path, fs: data.FeatureSet, names: list[str], folds: str, out: Path,
-        on_fold: Callable[[dict], None] | None) -> CVResult:
-    rows = []
-    for name in names:
-        res = train_head(replace(cfg, features=path, dataset=None, out=out / name,
-                                 train=replace(cfg.train, split=name)))
-        t = res.summary["test"]
-        row = {"fold": name, "test_videos": t["videos"], "top1": t["top1"], "top5": t["top5"],
-               "f1_macro": t["f1_macro"], "up_to_date": res.up_to_date}
-        if "reversed_pairs_top1" in t:
-            row["reversed_pairs_top1"] = t["reversed_pairs_top1"]
-        rows.append(row)
-        if on_fold:
-            on_fold(row)
-    keys = [k for k in ("top1", "top5", "f1_macro", "reversed_pairs_top1") if k in rows[0]]
-    summary = {"head": cfg.train.head, "features": str(path), "folds": folds,
-               **{k: metrics.summary([r[k] for r in rows if not np.isnan(r[k])]) for k in keys}}
-    rundir.write_json(out / "cv.json", {"summary": summary, "folds": rows})
-    return CVResult(out.absolute(), rows, summary)
-
+        task.close()  # a clip task's loader workers
+    return {"split": split.name, "part": role, **result}

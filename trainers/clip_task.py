@@ -1,5 +1,11 @@
-"""`har train-e2e`: a video model trained end to end from the frame store, through the same loop,
-run directory, metrics and report as the heads."""
+"""The clip task: a video model (trainers.models3d) trained end to end from a frame store
+(`har train-e2e`), through the same loop, run folder, metrics and report as the heads.
+
+Batches are uint8 clips (B, T, H, W, 3) read by DataLoader workers that live for the whole run;
+random crop and flip happen on the training device. Evaluation takes every clean clip of a video
+(and optionally three crops) and averages. A run records the model card `har predict` needs:
+the recipe, the model and its centre crop.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,11 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import store
-from trainers import clips, data, distributed, limits, loop, models3d, runs
-
-
-MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
+from pipeline import latest
+from trainers import clips, data, distributed, loop, models3d, runs, tasks
+from trainers.config import E2EConfig
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -34,45 +38,12 @@ def channels_last(cfg: E2EConfig) -> bool:
     return cfg.memory_format == "channels-last"
 
 
-@dataclass(frozen=True)
-class E2EConfig(loop.LoopConfig):
-    """A video model trained from clips. Defaults for 3D CNNs on small datasets."""
-    batch_size: int = 8            # clips per step (see --accumulate for a larger effective batch)
-    lr: float = 1e-4
-    model: str = "r2plus1d_18"
-    pretrained: str = "none"       # none | kinetics400 (torchvision's video ResNets) | imagenet (2D-based, i3d)
-    crop: int | None = None        # training crop (random) and test crop (centred); default: the model's
-                                   # input size, at most the stored frame size
-    three_crop: bool = False       # test time: three crops along the longer side, averaged
-    workers: int | None = None     # DataLoader worker processes reading the store; None: min(8, cores - 1), >= 2
-    memory_format: str = "auto"    # auto (channels-last on CUDA) | channels-last | contiguous
-    EXECUTION_ONLY = ("workers",)  # the loader's worker count changes speed, not results (tested)
-    # precision auto stays fp32 on CPUs: torch 2.14.1's oneDNN bf16 conv3d weight gradient reads
-    # memory it never wrote for some shapes (256 channels at 2x4x4, AVX512-BF16, even on 1 thread):
-    # runs differed and about 1 in 10 went NaN. --precision bf16 still asks for it.
-    CPU_BF16 = False
-
-    def check_values(self) -> None:
-        spec = models3d.get(self.model)
-        if self.pretrained not in ("none", *spec.pretrained):
-            raise ValueError(f"--pretrained {self.pretrained!r} is not available for {self.model}; allowed: "
-                             f"{', '.join(('none', *spec.pretrained))}")
-        if self.crop is not None:
-            limits.whole("crop", self.crop, 8, 4096)  # the largest stored frame (har extract --size)
-        if self.workers is not None:
-            limits.whole("workers", self.workers, 0, 1024)
-        if self.memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"--memory-format {self.memory_format!r} is not known; allowed: {', '.join(MEMORY_FORMATS)}")
-        if not isinstance(self.three_crop, bool):
-            raise ValueError(f"--three-crop {self.three_crop!r} is not supported; allowed: true, false")
-        super().check_values()
-
-
 class ClipTask:
     """A video model on a frame store: batches are uint8 clips (B, T, H, W, 3); crop and flip on the device."""
 
-    def __init__(self, cs: clips.ClipStore, cfg: E2EConfig):
-        self.cs, self.labels, self.classes = cs, cs.labels, cs.classes
+    def __init__(self, cs: data.StoreView, cfg: E2EConfig):
+        self.view = self.cs = cs
+        self.labels, self.classes = cs.labels, cs.classes
         _, h, w = cs.frame_shape
         self.crop = min(cfg.crop or models3d.get(cfg.model).size, h, w)
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
@@ -115,8 +86,8 @@ class ClipTask:
         return clips.random_crop_flip(x, self.crop, generator)
 
     @torch.inference_mode()
-    def predict(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg: loop.LoopConfig | None = None
-                ) -> np.ndarray:
+    def probabilities(self, model: nn.Module, videos: np.ndarray, device: torch.device,
+                      cfg: loop.LoopConfig | None = None) -> np.ndarray:
         """Every clean clip of each video (and three crops with three_crop), softmax averaged per video."""
         model.eval()
         items = clips.eval_items(self.cs, videos)
@@ -144,23 +115,21 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
               stop_after: int | None = None) -> runs.RunResult:
     cfg.train.validate()
     if (cfg.frames is None) == (cfg.dataset is None):
-        raise ValueError("give exactly one of --frames PATH or --dataset NAME")
-    path = (Path(cfg.frames) if cfg.frames else store.latest_store(cfg.dataset, "frames")).absolute()
-    cs = clips.open_store(path)
+        raise ValueError("give --frames PATH or --dataset NAME (exactly one: the frame store to train on)")
+    path = (Path(cfg.frames) if cfg.frames else latest.latest_store(cfg.dataset, "frames")).absolute()
+    cs = data.open_view(path, "frames")
     split = data.make_split(cs, cfg.train.split)
     task = ClipTask(cs, cfg.train)
-    fingerprint = cs.attrs["lineage"]["fingerprint"]
-    warns = runs.warnings_for(split, cs)
     t, h, w = cs.frame_shape
     job = runs.Job(name=cfg.train.model, cfg=replace(cfg.train, split=split.name), task=task, split=split, store=path,
-                   fingerprint=fingerprint, inputs={"frames_store": str(path), "frames_fingerprint": fingerprint},
+                   fingerprint=cs.fingerprint, inputs={"frames_store": str(path), "frames_fingerprint": cs.fingerprint},
                    describe=f"video model `{cfg.train.model}` (pretrained: {cfg.train.pretrained}) on `{path}` "
                             f"({t} frames at {h}x{w}, crops of {task.crop})",
-                   extra={"frames": str(path), "frames_fingerprint": fingerprint, "dataset": cs.attrs.get("dataset"),
+                   extra={"frames": str(path), "frames_fingerprint": cs.fingerprint, "dataset": cs.attrs.get("dataset"),
                           "pretrained": cfg.train.pretrained != "none", "crop": task.crop},
                    card={"recipe": cs.attrs["recipe"], "model": cfg.train.model, "classes": cs.classes,
                          "crop": task.crop},
-                   failed=tuple(cs.failed()), warnings=tuple(warns))
+                   failed=tuple(cs.failed()), warnings=tuple(runs.warnings_for(split, cs)))
     try:
         return runs.execute(job, cfg.out, on_epoch, stop_after)
     except torch.OutOfMemoryError:
@@ -169,3 +138,24 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
                          "effective batch) or a smaller --crop") from None
     finally:
         task.close()  # stop the loader's worker processes
+
+
+# ---- reading a video-model run back (trainers.tasks) ------------------------------------------------
+
+def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
+    return ClipTask(data.open_view(path, "frames"), cfg)
+
+
+def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
+    """uint8 clips (K, T, H, W, 3) -> (K, C) logits: the centre crop of every clip, the video model."""
+    model = loop.load_best(models3d.build(card["model"], len(card["classes"])), Path(run_dir), device)
+
+    def score(frames: np.ndarray) -> torch.Tensor:
+        x = clips.centre_crops(torch.from_numpy(frames).to(device), card["crop"])[0]
+        return model(x)
+    return score
+
+
+KIND = tasks.TaskKind(name="video-model", config=E2EConfig, store="frames",
+                      inputs=("frames_store", "frames_fingerprint"),
+                      card={"model": str, "classes": list, "crop": int}, open=open_task, scorer=scorer)

@@ -1,0 +1,161 @@
+"""Every training setting, as frozen dataclasses: what a run's config.json holds.
+
+    LoopConfig     what the loop needs whatever it trains (epochs, optimizer, schedule, seed, device)
+    TrainConfig    + a sequence head and its options (HeadConfig): trained on features
+    E2EConfig      + a video model, its crop and loader: trained end to end on clips
+
+Light on purpose (no torch, no numpy): the command line takes its defaults and help from here.
+Each config checks its own values (`check_values`: ValueError naming the value and what is
+allowed) against the registries, which are imported only then.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from pipeline.device import DEVICES, resolve as resolve_device
+from trainers import limits
+from trainers.optim import OPTIMIZERS, SCHEDULERS
+
+TRAIN_VIEWS = ("augmented", "all", "clean")   # which stored view an epoch draws per video (trainers.data)
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the training loop needs, whatever it trains (a head on features, a video model on clips)."""
+    split: str | None = None       # None: the store's default (group-disjoint where groups exist)
+    epochs: int = 30
+    batch_size: int = 32           # videos per step
+    accumulate: int = 1            # optimizer step every N batches: effective batch N x batch_size
+    train_views: str = "augmented" # which stored view an epoch draws per video: augmented | all | clean
+    optimizer: str = "adam"        # adam (the seed studies) | adamw (decoupled weight decay)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "plateau"     # plateau: ReduceLROnPlateau on val accuracy, as the seeds
+    lr_factor: float = 0.5         # plateau: multiply by this after `lr_patience` flat epochs
+    lr_patience: int = 3
+    gamma: float = 0.95            # exponential: lr *= gamma per epoch
+    class_weighted: bool = False   # cross-entropy weighted by inverse class frequency in train
+    patience: int = 10             # early stopping: epochs without val accuracy improving by min_delta
+    min_delta: float = 0.001
+    seed: int = 0
+    device: str = "auto"           # auto: cuda when present
+    precision: str = "auto"        # auto: bf16 autocast on cuda and on CPUs with native bf16 (avx512_bf16,
+                                   # AMX: 1.4x faster for lstm), else fp32; fp32 | bf16 to choose
+
+    # whole-number settings: (field, lowest, highest)
+    WHOLE = (("epochs", 1, 1_000_000), ("batch_size", 1, 1 << 20), ("accumulate", 1, 1 << 20),
+             ("lr_patience", 0, 1_000_000), ("patience", 1, 1_000_000), ("seed", -(2**63), 2**63 - 1))
+    # real settings: (field, above, at least, below); every one finite
+    REAL = (("lr", 0.0, None, None), ("weight_decay", None, 0.0, None), ("min_delta", None, 0.0, None),
+            ("lr_factor", 0.0, None, 1.0), ("gamma", 0.0, None, None))
+
+    def check_values(self) -> None:
+        """Every setting in its allowed set or range, whatever machine this is: ValueError naming
+        the value and what is allowed (nan and inf are never allowed)."""
+        checks = ((self.optimizer, OPTIMIZERS.names(), "optimizer"), (self.scheduler, SCHEDULERS.names(), "scheduler"),
+                  (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"),
+                  (self.train_views, TRAIN_VIEWS, "train-views"))
+        for value, allowed, name in checks:
+            if value not in allowed:
+                raise ValueError(f"--{name} {value!r} is not supported; allowed: {', '.join(allowed)}")
+        for name, lo, hi in self.WHOLE:
+            limits.whole(name, getattr(self, name), lo, hi)
+        for name, above, at_least, below in self.REAL:
+            limits.real(name, getattr(self, name), above=above, at_least=at_least, below=below)
+        if not (self.split is None or isinstance(self.split, str)):
+            raise ValueError(f"--split {self.split!r} is not a split name; allowed: a name the store lists, or none")
+        if not isinstance(self.class_weighted, bool):
+            raise ValueError(f"--class-weighted {self.class_weighted!r} is not supported; allowed: true, false")
+        limits.finite(self)
+
+    def validate(self) -> None:
+        """check_values, and the device asked for is here."""
+        self.check_values()
+        resolve_device(self.device)
+
+    # settings that change how fast a run goes, never what it computes: left out of its fingerprint,
+    # so changing them resumes (or finds up to date) the same run
+    EXECUTION_ONLY = ()
+    CPU_BF16 = True   # may precision auto pick bf16 on a CPU with native bf16?
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def fingerprint_dict(self) -> dict:
+        return {k: v for k, v in self.as_dict().items() if k not in self.EXECUTION_ONLY}
+
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    hidden: int = 256            # recurrent state / MLP / transformer width (LRCN seed: 256)
+    layers: int = 1              # stacked recurrent or transformer layers
+    bidirectional: bool = False  # recurrent heads only: also read the clip backwards
+    dropout: float = 0.5         # before the classifier (and between stacked layers)
+    heads: int = 4               # attention heads (attention only)
+
+    # whole-number settings: (field, lowest, highest). A wide head is refused by its memory
+    # (`training_bytes`), not by a range; the highest values are what torch's sizes can hold
+    RANGES = (("hidden", 1, 2**31 - 1), ("layers", 1, 256), ("heads", 1, 1024))
+
+    def validate(self) -> None:
+        for name, lo, hi in self.RANGES:
+            limits.whole(name, getattr(self, name), lo, hi)
+        if not isinstance(self.bidirectional, bool):
+            raise ValueError(f"--bidirectional {self.bidirectional!r} is not supported; allowed: true, false")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:  # nan too
+            raise ValueError(f"--dropout {d!r} is out of range; allowed: 0 <= dropout < 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """A sequence head trained on cached features."""
+    head: str = "lstm"
+    head_options: HeadConfig = field(default_factory=HeadConfig)
+
+    def check_values(self) -> None:
+        from trainers import heads
+
+        heads.check_options(self.head, self.head_options)
+        super().check_values()
+
+
+@dataclass(frozen=True)
+class E2EConfig(LoopConfig):
+    """A video model trained from clips. Defaults for 3D CNNs on small datasets."""
+    batch_size: int = 8            # clips per step (see --accumulate for a larger effective batch)
+    lr: float = 1e-4
+    model: str = "r2plus1d_18"
+    pretrained: str = "none"       # none | kinetics400 (torchvision's video ResNets) | imagenet (2D-based, i3d)
+    crop: int | None = None        # training crop (random) and test crop (centred); default: the model's
+                                   # input size, at most the stored frame size
+    three_crop: bool = False       # test time: three crops along the longer side, averaged
+    workers: int | None = None     # DataLoader worker processes reading the store; None: min(8, cores - 1), >= 2
+    memory_format: str = "auto"    # auto (channels-last on CUDA) | channels-last | contiguous
+    EXECUTION_ONLY = ("workers",)  # the loader's worker count changes speed, not results (tested)
+    # precision auto stays fp32 on CPUs: torch 2.14.1's oneDNN bf16 conv3d weight gradient reads
+    # memory it never wrote for some shapes (256 channels at 2x4x4, AVX512-BF16, even on 1 thread):
+    # runs differed and about 1 in 10 went NaN. --precision bf16 still asks for it.
+    CPU_BF16 = False
+
+    def check_values(self) -> None:
+        from trainers import models3d
+
+        spec = models3d.get(self.model)
+        if self.pretrained not in ("none", *spec.pretrained):
+            raise ValueError(f"--pretrained {self.pretrained!r} is not available for {self.model}; allowed: "
+                             f"{', '.join(('none', *spec.pretrained))}")
+        if self.crop is not None:
+            limits.whole("crop", self.crop, 8, 4096)  # the largest stored frame (har extract --size)
+        if self.workers is not None:
+            limits.whole("workers", self.workers, 0, 1024)
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"--memory-format {self.memory_format!r} is not known; allowed: {', '.join(MEMORY_FORMATS)}")
+        if not isinstance(self.three_crop, bool):
+            raise ValueError(f"--three-crop {self.three_crop!r} is not supported; allowed: true, false")
+        super().check_values()
+
+
