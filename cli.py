@@ -1,288 +1,24 @@
 """har command line: parse -> frozen config (built by keyword) -> one library call -> print.
 
-Thin on purpose. Heavy imports (numpy, PyAV, Zarr, Dask, torch) happen inside the commands, so
-`har --help` is instant; the training settings' defaults come from trainers.config (light), and
-the options every training command shares are declared once (`LOOP`, `HEAD`). Where a name
-chooses behaviour, the option shows the registry's names in --help and in shell completion
-(`Choice`); the library checks the value and names the allowed ones.
-
-One error boundary (`_boundary`, wrapped around every command by `command`) turns what a command
-raises into one line on stderr and an exit code from one table:
-
-    0    done
-    1    a bug in har: one line, "please report", the traceback only with --verbose
-    2    usage or bad input: a value out of its allowed set, a missing or damaged input, an output
-         path har refuses to write, a request that cannot fit in memory (ValueError, OSError)
-    3    finished, but some videos failed (extract, predict), or some store is not current (status)
-    4    the disk (or quota) filled up: what was finished is kept, the same command finishes
-    130  interrupted (Ctrl-C): what was finished is kept, the same command resumes
+Thin on purpose: one function per command, each with --help and examples. What they share (the
+app, the one error boundary and its exit-code table, the options declared once, choices from the
+registries, progress and training output) is in clikit.py. Heavy imports (numpy, PyAV, Zarr,
+Dask, torch) happen inside the commands, so `har --help` is instant.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import functools
-import importlib
-import inspect
 import itertools
-import logging
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from typer.core import TyperCommand
 
+from clikit import (EXIT_SOME_FAILED, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, Head,
+                    RunDir, RunOut, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
+                    takes, train)
+from pipeline.resources import human
 from trainers import config as C  # light: dataclasses only
-
-app = typer.Typer(help="Human action recognition: versioned frame stores from videos, and models trained on them.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  rich_markup_mode="markdown")
-out = Console()
-err = Console(stderr=True)
-
-EXIT_BUG, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_NO_SPACE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
-REPORT = "https://github.com/har-project/har/issues"
-RESUMES = "interrupted; what was finished is kept: run the same command again to go on"
-
-
-# ---- choices: a parameter's allowed names, from where they are registered ---------------------------
-
-CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a function returning names
-    "dataset": ("pipeline.datasets", "DATASETS"), "sampling": ("pipeline.sampling", "STRATEGIES"),
-    "fmt": ("pipeline.store", "FORMATS"), "backbone": ("pipeline.backbones", "names"),
-    "device": ("pipeline.device", "DEVICES"), "feature_precision": ("pipeline.features", "PRECISIONS"),
-    "resize": ("pipeline.features", "RESIZES"), "recipe": ("pipeline.recipe", "recipe_names"),
-    "head": ("trainers.heads", "names"), "model": ("trainers.models3d", "names"),
-    "pretrained": ("trainers.models3d", "PRETRAINED"), "optimizer": ("trainers.optim", "OPTIMIZERS"),
-    "scheduler": ("trainers.optim", "SCHEDULERS"), "precision": ("trainers.config", "PRECISIONS"),
-    "train_views": ("trainers.config", "TRAIN_VIEWS"), "memory_format": ("trainers.config", "MEMORY_FORMATS"),
-    "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
-}
-
-
-def choice_names(param: str) -> tuple[str, ...]:
-    module, attr = CHOICES[param]
-    names = getattr(importlib.import_module(module), attr)
-    return tuple(names() if callable(names) else names)
-
-
-def complete(param: str) -> Callable[[str], list[str]]:
-    """Shell completion of a choice parameter: its registered names starting with what is typed."""
-    return lambda incomplete: [n for n in choice_names(param) if n.startswith(incomplete)]
-
-
-def opt(*decls: str, help: str, choices: str | None = None):
-    """typer.Option; `choices` names the CHOICES entry whose names it completes and its help lists."""
-    return typer.Option(*decls, help=help, autocompletion=complete(choices) if choices else None)
-
-
-def arg(help: str, choices: str | None = None, **kw):
-    return typer.Argument(help=help, autocompletion=complete(choices) if choices else None, **kw)
-
-
-class Command(TyperCommand):
-    """A har command: when its help is shown, each choice parameter's help ends with its registry's
-    names, read then (so `har --help` imports nothing heavy). A value outside them is passed on:
-    the library refuses it in its own words, the same for command-line and library users."""
-
-    def format_help(self, ctx, formatter) -> None:
-        for p in self.params:
-            if p.name in CHOICES and not getattr(p, "listed", False):
-                p.help, p.listed = f"{p.help or ''} One of: {', '.join(choice_names(p.name))}.".strip(), True
-        return super().format_help(ctx, formatter)
-
-
-# ---- the one error boundary ---------------------------------------------------------------------------
-
-def _fail(msg: str, code: int = EXIT_USAGE) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _boundary(fn, interrupted: str = RESUMES, kept: str | None = None,
-              where: Callable[[dict], object] | None = None):
-    """Every exception a command raises becomes a line and an exit code (the module docstring's
-    table). `interrupted`: the line for Ctrl-C; `kept` and `where`: what a full disk leaves and
-    on which path (from the command's arguments)."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except KeyboardInterrupt:
-            _fail(interrupted, EXIT_INTERRUPTED)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                if kept and where:
-                    _fail(f"no space left on the device of {where(kwargs)}; the finished {kept} are kept: free some "
-                          "space and run the same command again to finish", EXIT_NO_SPACE)
-                _fail(f"no space left on the device ({e.filename or 'while writing'}); what was finished is kept: "
-                      "free some space and run the same command again", EXIT_NO_SPACE)
-            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-        except MemoryError:
-            _fail("ran out of memory; lower --batch-size, --frames, --size or --workers", EXIT_USAGE)
-        except ValueError as e:  # har's own input errors: DatasetError, StoreError, OutputError, RunError, ...
-            _fail(str(e) or type(e).__name__)
-        except Exception as e:
-            if type(e).__name__ == "OutOfMemoryError":  # torch's (CUDA) out of memory, without importing torch
-                _fail(f"the device ran out of memory ({str(e).splitlines()[0] if str(e) else ''}); "
-                      "lower --batch-size", EXIT_USAGE)
-            if kwargs.get("verbose"):
-                import traceback
-
-                traceback.print_exc()
-            again = " run again with --verbose and" if "verbose" in kwargs else ""
-            _fail(f"internal error ({type(e).__name__}: {e}); this is a bug in har:{again} please report it at "
-                  f"{REPORT} with the command and its output", EXIT_BUG)
-
-    return run
-
-
-def command(name: str | None = None, **boundary):
-    """`app.command` with the error boundary around the command and registry choices on its options."""
-    return lambda fn: app.command(name, cls=Command)(_boundary(fn, **boundary))
-
-
-# ---- options declared once ------------------------------------------------------------------------------
-
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress; a traceback for a bug.")]
-AsJson = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
-Device = Annotated[str, opt("--device", help="Where to compute (auto: cuda when present).", choices="device")]
-DatasetName = Annotated[Optional[str], opt("--dataset", help="Use the latest store made for this dataset.", choices="dataset")]
-DaskScheduler = Annotated[Optional[str], typer.Option("--scheduler", help="Address of a running dask.distributed scheduler (tcp://host:8786): the work spreads over its workers.")]
-
-# the training loop's settings (trainers.config.LoopConfig): name -> (type, flag, help)
-LOOP = {
-    "split": (Optional[str], "--split", "Split in the store: groups (default where groups exist), random, logoNN, official1..3."),
-    "epochs": (int, "--epochs", "Most epochs (early stopping may end sooner)."),
-    "batch_size": (int, "--batch-size", "Videos (clips, for video models) per step."),
-    "accumulate": (int, "--accumulate", "Optimizer step every N batches (gradient accumulation)."),
-    "train_views": (str, "--train-views", "Which stored view each epoch draws: augmented (a random augmented view; clean if none), all, clean."),
-    "optimizer": (str, "--optimizer", "Optimizer."),
-    "lr": (float, "--lr", "Learning rate."),
-    "weight_decay": (float, "--weight-decay", "Weight decay."),
-    "scheduler": (str, "--scheduler", "Learning-rate schedule: plateau is ReduceLROnPlateau on val accuracy."),
-    "class_weighted": (bool, "--class-weighted", "Weight the loss by inverse class frequency."),
-    "patience": (int, "--patience", "Early stopping: epochs without improvement."),
-    "min_delta": (float, "--min-delta", "Early stopping: the least val-accuracy gain that counts."),
-    "seed": (int, "--seed", "Seeds initialisation, shuffling, view draws and dropout."),
-    "device": (str, "--device", "Where to train (auto: cuda when present)."),
-    "precision": (str, "--precision", "auto: bf16 autocast on cuda and on CPUs with native bf16, else fp32."),
-}
-# a sequence head's settings (trainers.config.HeadConfig)
-HEAD = {
-    "hidden": (int, "--hidden", "Hidden size of the head."),
-    "layers": (int, "--layers", "Stacked layers."),
-    "bidirectional": (bool, "--bidirectional", "Recurrent heads: read the clip both ways."),
-    "dropout": (float, "--dropout", "Dropout before the classifier."),
-    "heads": (int, "--heads", "Attention heads (attention head)."),
-}
-
-
-def takes(defaults, group: dict, skip: tuple[str, ...] = ()):
-    """Add the options of `group` to a command's signature, their defaults from the config class
-    `defaults`; the command receives them in **settings."""
-    def add(fn):
-        sig = inspect.signature(fn, eval_str=True)  # annotations as objects: Typer reads them from here
-        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        new = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name),
-                                 annotation=Annotated[typ, opt(flag, help=text, choices=name if name in CHOICES else None)])
-               for name, (typ, flag, text) in group.items() if name not in skip]
-        fn.__signature__ = sig.replace(parameters=own + new)
-        return fn
-    return add
-
-
-def _pick(settings: dict, group: dict) -> dict:
-    return {k: v for k, v in settings.items() if k in group}
-
-
-# ---- output ---------------------------------------------------------------------------------------------
-
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False, show_time=False)])
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
-@contextlib.contextmanager
-def progress(label: str, unit: str = "videos", rate_of: str = "videos"):
-    """A transient progress bar on stderr; yields update(done, total, counted=None). The rate is
-    `counted` (e.g. frames) per second when given, else items done since the first report (items
-    found done before, such as reused videos, do not inflate it)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    t0, first = time.perf_counter(), []
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-               TextColumn(f"{{task.fields[rate]}} {rate_of}/s"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None, rate="-")
-
-        def update(done: int, total: int | None, counted: int | None = None) -> None:
-            first.append(done) if not first else None
-            dt = time.perf_counter() - t0
-            n = counted if counted is not None else done - first[0]
-            bar.update(task, completed=done, total=total, rate=f"{n / dt:.1f}" if dt > 0 and n > 0 else "-")
-        yield update
-
-
-def _epoch_table(rows: list[dict]):
-    from rich.table import Table
-
-    table = Table("epoch", "lr", "train loss", "train acc", "val loss", "val acc", "s", title="training", min_width=60)
-    for r in rows[-15:]:
-        table.add_row(str(r["epoch"]), f"{r['lr']:.2e}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.3f}",
-                      f"{r['val_loss']:.4f}", f"{r['val_acc']:.3f}{' *' if r['best'] else ''}", f"{r['seconds']:.2f}")
-    return table
-
-
-def _train(train: Callable, quiet: bool = False):
-    """Call `train(on_epoch)` with a live epoch table; print warnings, the run and its test metrics."""
-    from rich.live import Live
-
-    rows: list[dict] = []
-    live = Live(console=out, transient=quiet, auto_refresh=False)  # started by the first epoch, not before
-
-    def on_epoch(row: dict) -> None:
-        if not rows:
-            live.start()
-        rows.append(row)
-        live.update(_epoch_table(rows), refresh=True)
-
-    try:
-        res = train(on_epoch)
-    finally:
-        live.stop()
-    if rows and not quiet:
-        out.print()
-    if not res.summary:  # a torchrun rank other than 0: rank 0 reports
-        return res
-    for w in res.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-    s, t = res.summary, res.summary["test"]
-    state = "up to date" if res.up_to_date else f"best epoch {s['best_epoch']} of {s['epochs_run']}, {s['train_seconds']:.1f} s"
-    pairs = f", reversed pairs {t['reversed_pairs_top1']:.3f}" if "reversed_pairs_top1" in t else ""
-    out.print(f"run: {res.run_dir} ({state})\ntest ({t['videos']} videos): top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f}, "
-              f"F1 macro {t['f1_macro']:.3f}, ROC AUC {t['roc_auc_ovr_macro']:.3f}{pairs}\n"
-              f"report: {res.run_dir / 'report.md'}", highlight=False)
-    return res
-
 
 # ---- commands -------------------------------------------------------------------------------------------
 
@@ -304,7 +40,7 @@ def synth(
 
         har synth data/big --classes 10 --groups 25 --clips 4 --frames 175
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from pipeline import synth as S
 
     cfg = S.SynthConfig(classes=classes, groups=groups, clips=clips, seed=seed, frames=frames)
@@ -355,7 +91,7 @@ def extract(
 
         har extract ucf101 --root ~/data/UCF101 --sampling multiclip --clips 5 --scheduler tcp://head:8786
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from pipeline import datasets, store
     from pipeline import extract as E
     from pipeline import recipe as R
@@ -378,17 +114,7 @@ def extract(
         res = E.extract(cfg, progress=lambda done, total, rows: update(done, total))
     for note in res.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
-    if res.up_to_date:
-        out.print(f"up to date: {res.store} ({res.ok} videos ok, {len(res.failed)} failed; checked in {res.seconds:.1f} s)")
-    else:
-        ratio = res.store_bytes / res.source_bytes if res.source_bytes else float("nan")
-        decoded = (f" (decoded {res.frames_decoded:,} of {res.frames_in_source:,} source frames, "
-                   f"{res.frames_decoded / res.frames_in_source:.0%})" if res.frames_in_source else "")
-        out.print(f"store:   {res.store}\n"
-                  f"videos:  {res.ok} ok, {len(res.failed)} failed ({res.decoded} decoded, {res.reused} reused unchanged)\n"
-                  f"frames:  {res.frames:,}{decoded}\n"
-                  f"bytes:   {_human(res.store_bytes)} = {ratio:.2f}x the {_human(res.source_bytes)} of source videos\n"
-                  f"time:    {res.seconds:.1f} s", highlight=False)
+    out.print(res.summary(), highlight=False)
     if res.failed:
         err.print(f"[bold yellow]{len(res.failed)} videos failed[/] (recorded with status=2 in the store):")
         for video, why in res.failed:
@@ -423,7 +149,7 @@ def features(
 
         har features --dataset ucf101 --backbone convnext_tiny --device cuda --batch-size 1024
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from pipeline import features as F
 
     cfg = F.FeatureConfig(backbone=backbone, weights=weights, store=store_path, dataset=dataset, out=out_path,
@@ -432,17 +158,7 @@ def features(
     cfg.validate()
     with progress("features", rate_of="frames") as update:
         res = F.features(cfg, progress=lambda done, total, frames: update(done, total, frames))
-    w = res.weights
-    marked = "" if w.pretrained else "  [RANDOM WEIGHTS: features carry no ImageNet knowledge]"
-    if res.up_to_date:
-        out.print(f"up to date: {res.store}{marked}")
-        return
-    out.print(f"store:    {res.store}\n"
-              f"backbone: {backbone} ({w.source}{', sha256 ' + w.sha256[:12] if w.sha256 else ''}){marked}\n"
-              f"encoded:  {res.encoded_videos} videos, {res.frames:,} frames on {res.device} ({res.precision}), "
-              f"{res.frames / res.seconds if res.seconds else 0:.0f} frames/s\n"
-              f"failed:   {res.failed} videos (kept marked, not encoded)\n"
-              f"bytes:    {_human(res.store_bytes)}\ntime:     {res.seconds:.1f} s", highlight=False)
+    out.print(res.summary(), highlight=False)
 
 
 @command()
@@ -462,7 +178,7 @@ def status(
 
         har status data/ucf50.zarr --verify
     """
-    _setup_logging(False)
+    setup_logging(False)
     from rich.table import Table
 
     from pipeline import lineage
@@ -481,24 +197,10 @@ def status(
         if s.bad_videos:
             state += f"; videos: {', '.join(s.bad_videos)}"
         not_current += not s.current
-        table.add_row(str(s.path), s.dataset, s.kind, str(s.videos), str(s.failed), _human(s.bytes), state)
+        table.add_row(str(s.path), s.dataset, s.kind, str(s.videos), str(s.failed), human(s.bytes), state)
     out.print(table)
     if not_current:
         raise typer.Exit(EXIT_SOME_FAILED)
-
-
-Head = Annotated[str, arg("The sequence head (har models compares them).", choices="head")]
-Features = Annotated[Optional[Path], typer.Option("--features", help="The feature store.")]
-RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: runs/NAME-SPLIT-FINGERPRINT].")]
-TRAINING = "interrupted; the same command resumes from the last finished epoch"
-
-
-def _head_config(head: str, settings: dict):
-    from trainers.head_task import TrainConfig
-
-    cfg = TrainConfig(head=head, head_options=C.HeadConfig(**_pick(settings, HEAD)), **_pick(settings, LOOP))
-    cfg.validate()
-    return cfg
 
 
 @command("train-head", interrupted=TRAINING)
@@ -517,12 +219,12 @@ def train_head(head: Head, features: Features = None, dataset: DatasetName = Non
 
         har train-head attention --features feats.zarr --optimizer adamw --scheduler cosine --lr 3e-4
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from trainers import head_task
 
-    rc = head_task.RunConfig(_head_config(head, settings), features=features, dataset=dataset, backbone=backbone,
+    rc = head_task.RunConfig(head_config(head, settings), features=features, dataset=dataset, backbone=backbone,
                              out=out_dir)
-    _train(lambda on_epoch: head_task.train_head(rc, on_epoch=on_epoch))
+    train(lambda on_epoch: head_task.train_head(rc, on_epoch=on_epoch))
 
 
 @command(interrupted="interrupted; the same command skips the finished folds and resumes the current one")
@@ -540,7 +242,7 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
 
         har cv gru --dataset ucf101 --folds official --epochs 40
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from rich.table import Table
 
     from trainers import cv as CV
@@ -553,7 +255,7 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
                       f"{row['f1_macro']:.3f}", "up to date" if row["up_to_date"] else "")
         err.print(f"fold {row['fold']}: top-1 {row['top1']:.3f}", highlight=False)
 
-    rc = head_task.RunConfig(_head_config(head, settings), features=features, dataset=dataset, out=out_dir)
+    rc = head_task.RunConfig(head_config(head, settings), features=features, dataset=dataset, out=out_dir)
     res = CV.cv(rc, folds, on_fold)
     out.print(table)
     s = res.summary
@@ -585,17 +287,14 @@ def train_e2e(
 
         har train-e2e c3d --frames clips.zarr --batch-size 4 --accumulate 4 --three-crop
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from trainers import clip_task
 
     cfg = C.E2EConfig(model=model, pretrained=pretrained, crop=crop, three_crop=three_crop, workers=workers,
                       memory_format=memory_format, **settings)
     cfg.validate()
     rc = clip_task.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir)
-    _train(lambda on_epoch: clip_task.train_e2e(rc, on_epoch=on_epoch))
-
-
-RunDir = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder of `har train-head` or `har train-e2e`.")]
+    train(lambda on_epoch: clip_task.train_e2e(rc, on_epoch=on_epoch))
 
 
 @command()
@@ -610,7 +309,7 @@ def evaluate(run_dir: RunDir,
 
         har evaluate runs/r2plus1d_18-groups-0f0e0d0c0b --split val --json
     """
-    _setup_logging(False)
+    setup_logging(False)
     import json
 
     from trainers import runs
@@ -643,7 +342,7 @@ def predict(
 
         har predict a.mp4 b.mkv --run runs/r2plus1d_18-official1-0f0e0d0c0b --json
     """
-    _setup_logging(False)
+    setup_logging(False)
     import json
 
     missing = [str(v) for v in videos if not v.is_file()]
@@ -682,7 +381,7 @@ def models(as_json: AsJson = False):
 
         har models --json
     """
-    _setup_logging(False)
+    setup_logging(False)
     import json
 
     from pipeline import backbones
@@ -708,11 +407,6 @@ def models(as_json: AsJson = False):
         out.print(table)
 
 
-DEMO_BACKBONE = "resnet18"
-DEMO_HEADS = ("lstm", "mean")
-DEMO_TRAINING = dict(epochs=40, batch_size=16, scheduler="cosine", patience=40)
-
-
 @command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the synthetic videos and the runs.")] = Path("har-demo"),
@@ -728,42 +422,15 @@ def demo(
 
         har demo --out /tmp/har-demo
     """
-    _setup_logging(verbose)
-    from pipeline import backbones
-    from pipeline import extract as E
-    from pipeline import features as F
-    from pipeline import recipe as R
-    from pipeline import synth as S
-    from trainers import head_task
+    setup_logging(verbose)
+    from trainers import demo as D
 
-    root = out_dir / "synthetic"
-    cfg = S.SynthConfig()
-    out.print(f"[bold]1/4 synth[/]: {cfg.classes} classes x {cfg.groups} groups x {cfg.clips} clips -> {root}")
-    S.generate(root, cfg)
-    out.print("[bold]2/4 extract[/]: uniform 16 frames, 112 px")
-    res = E.extract(E.ExtractConfig("synthetic", R.named_recipe("default", views=0), root=root, workers=workers))
-    state = "up to date" if res.up_to_date else f"{res.decoded} decoded in {res.seconds:.1f} s"
-    ratio = res.store_bytes / res.source_bytes if res.source_bytes else float("nan")
-    out.print(f"  frame store: {res.store}\n  {res.ok} videos ok, {len(res.failed)} failed, {state}; "
-              f"{_human(res.store_bytes)} = {ratio:.2f}x the source videos", highlight=False)
-    weights = "imagenet" if backbones.weights_file(DEMO_BACKBONE).exists() else "none"
-    label = "ImageNet weights (cached)" if weights == "imagenet" else \
-        f"RANDOM weights (no ImageNet weights cached at {backbones.weights_file(DEMO_BACKBONE)})"
-    out.print(f"[bold]3/4 features[/]: {DEMO_BACKBONE}, {label}, frames at their stored 112 px")
-    fres = F.features(F.FeatureConfig(backbone=DEMO_BACKBONE, weights=weights, store=res.store, resize="stored"))
-    out.print(f"  feature store: {fres.store} "
-              f"({'up to date' if fres.up_to_date else f'{fres.frames:,} frames in {fres.seconds:.1f} s'})",
-              highlight=False)
-    results = {}
-    for i, head in enumerate(DEMO_HEADS):
-        out.print(f"[bold]4/4 train-head {head}[/] on the group-disjoint split ({i + 1}/{len(DEMO_HEADS)})")
-        rc = head_task.RunConfig(head_task.TrainConfig(head=head, **DEMO_TRAINING), features=fres.store,
-                                 out=out_dir / "runs" / head)
-        results[head] = _train(lambda on_epoch, rc=rc: head_task.train_head(rc, on_epoch=on_epoch), quiet=True)
-    lstm, mean = (results[h].summary["test"] for h in DEMO_HEADS)
+    runs = D.run(out_dir, workers, say=lambda line: out.print(line, highlight=False),
+                 train=lambda job: train(job, quiet=True))
+    lstm, mean = (runs[h].summary["test"] for h in D.HEADS)
     out.print(f"\n[bold]done.[/] lstm {lstm['top1']:.0%} vs mean (bag of frames) {mean['top1']:.0%} test accuracy; "
               f"on the reversed pairs {lstm['reversed_pairs_top1']:.0%} vs {mean['reversed_pairs_top1']:.0%}.\n"
-              f"reports: {results['lstm'].run_dir / 'report.md'}\n         {results['mean'].run_dir / 'report.md'}",
+              f"reports: {runs['lstm'].run_dir / 'report.md'}\n         {runs['mean'].run_dir / 'report.md'}",
               highlight=False)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from pipeline import augment, datasets, latest, lineage, outputs, resources, store, swap, video
 from pipeline.recipe import Recipe, sample_axes, sample_plan
 from pipeline.cluster import cpu_count, run_tasks
+from pipeline.resources import human
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,19 @@ class ExtractResult:
     source_bytes: int = 0
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """What the run did, in a few lines for a person."""
+        if self.up_to_date:
+            return f"up to date: {self.store} ({self.ok} videos ok, {len(self.failed)} failed; checked in {self.seconds:.1f} s)"
+        ratio = self.store_bytes / self.source_bytes if self.source_bytes else float("nan")
+        decoded = (f" (decoded {self.frames_decoded:,} of {self.frames_in_source:,} source frames, "
+                   f"{self.frames_decoded / self.frames_in_source:.0%})" if self.frames_in_source else "")
+        return (f"store:   {self.store}\n"
+                f"videos:  {self.ok} ok, {len(self.failed)} failed ({self.decoded} decoded, {self.reused} reused unchanged)\n"
+                f"frames:  {self.frames:,}{decoded}\n"
+                f"bytes:   {human(self.store_bytes)} = {ratio:.2f}x the {human(self.source_bytes)} of source videos\n"
+                f"time:    {self.seconds:.1f} s")
 
 
 MAX_PARALLEL = 1024  # --workers, --threads: beyond any machine; larger values overflow FFmpeg and OpenCV

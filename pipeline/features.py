@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import backbones, latest, lineage, outputs, store, swap
+from pipeline import backbones, latest, lineage, outputs, resources, store, swap
 from pipeline import device as devices
 from pipeline.cluster import run_tasks
 
@@ -75,6 +75,20 @@ class FeatureResult:
     precision: str = "fp32"
     weights: backbones.WeightsInfo | None = None
     store_bytes: int = 0
+    backbone: str = ""
+
+    def summary(self) -> str:
+        """What the run did, in a few lines for a person; random weights are said in capitals."""
+        w = self.weights
+        marked = "" if w.pretrained else "  [RANDOM WEIGHTS: features carry no ImageNet knowledge]"
+        if self.up_to_date:
+            return f"up to date: {self.store}{marked}"
+        return (f"store:    {self.store}\n"
+                f"backbone: {self.backbone} ({w.source}{', sha256 ' + w.sha256[:12] if w.sha256 else ''}){marked}\n"
+                f"encoded:  {self.encoded_videos} videos, {self.frames:,} frames on {self.device} ({self.precision}), "
+                f"{self.frames / self.seconds if self.seconds else 0:.0f} frames/s\n"
+                f"failed:   {self.failed} videos (kept marked, not encoded)\n"
+                f"bytes:    {resources.human(self.store_bytes)}\ntime:     {self.seconds:.1f} s")
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -240,7 +254,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     lin = {"fingerprint": lineage.fingerprint(content), "inputs": {"frames_store": str(src),
            "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "device": device,
            "batch_size": cfg.batch_size}, "versions": lineage.versions(), "created": lineage.now()}
-    result = FeatureResult(store=target, device=device, precision=precision, weights=weights)
+    result = FeatureResult(store=target, device=device, precision=precision, weights=weights, backbone=cfg.backbone)
     with swap.WriterLock(target):
         swap.recover(target)
         h, w = attrs["recipe"]["height"], attrs["recipe"]["width"]

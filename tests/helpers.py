@@ -27,6 +27,9 @@ class Ran:
     def __iter__(self):
         return iter((self.returncode, self.stdout, self.stderr))
 
+    def __getitem__(self, i):
+        return tuple(self)[i]
+
 
 @contextlib.contextmanager
 def _cwd(path: Path | None):

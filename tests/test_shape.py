@@ -9,7 +9,7 @@ PACKAGES = ("pipeline", "trainers")
 
 
 def _modules() -> dict[str, Path]:
-    mods = {"cli": ROOT / "cli.py"}
+    mods = {"cli": ROOT / "cli.py", "clikit": ROOT / "clikit.py"}
     for pkg in PACKAGES:
         for p in sorted((ROOT / pkg).glob("*.py")):
             mods[f"{pkg}.{p.stem}" if p.stem != "__init__" else pkg] = p
