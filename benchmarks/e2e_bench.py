@@ -54,7 +54,7 @@ def main() -> None:
     from pipeline.extract import ExtractConfig, Recipe, extract
     from e2e_memory import train_step
     from trainers import clips as C
-    from trainers import loop
+    from trainers import data, loop
 
     a.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HAR_HOME", str(a.work / "home"))
@@ -62,7 +62,7 @@ def main() -> None:
     synth.generate(root, synth.SynthConfig(groups=a.groups, clips=2, frames=60))
     recipe = Recipe(sampling="clip", frames=16, height=128, width=171)
     res = extract(ExtractConfig("synthetic", recipe, root=root, out=a.work / "clips.zarr"))
-    cs = C.open_store(res.store)
+    cs = data.open_view(res.store, "frames")
     videos = np.flatnonzero(cs.ok)
 
     device = loop.resolve_device(a.device)

@@ -14,7 +14,7 @@ from pipeline import datasets, lineage, sampling
 @dataclass(frozen=True)
 class Recipe:
     """Every parameter that changes the stored bytes; its fingerprint names the store version."""
-    sampling: str = "uniform"  # uniform | random-uniform | clip | multiclip (DESIGN.md)
+    sampling: str = "uniform"  # uniform | random-uniform | clip | multiclip (docs/design.md)
     frames: int = 16           # T frames per sample
     clips: int = 1             # K clips per video (multiclip only)
     stride: int = 1            # frame step inside a clip (clip, multiclip)

@@ -1,4 +1,4 @@
-"""Frame and feature stores: Zarr v3 (default) or HDF5 with the same names (see DESIGN.md).
+"""Frame and feature stores: Zarr v3 (default) or HDF5 with the same names (docs/design.md has the schema).
 
 Writers only ever write whole chunks (or whole shards) that no other task touches, so Dask
 workers write in parallel with no lock, and a write killed half-way leaves the old bytes
@@ -139,7 +139,7 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     root.create_array("checksum", shape=(n, s), dtype="uint32", chunks=(b, s), fill_value=0, **small)
     if results:
         root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
-        # beyond DESIGN.md's table: each sample's crop box, flip and jitter (augment.FIELDS order)
+        # each sample's crop box, flip and jitter (augment.FIELDS order)
         root.create_array("view_params", shape=(n, s, 8), dtype="float32", chunks=(b, s, 8), fill_value=0.0, **small)
         root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
         root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)

@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(pair_store, tmp_pat
 
 
 def test_kill_minus_9_mid_training_then_the_same_command_finishes_identically(tmp_path):
-    f, y, g = reversed_pair_features(videos_per_class=60, dim=64, frames=16)
+    f, y, g = reversed_pair_features(videos_per_class=30, dim=64, frames=16)
     feats = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES)
     args = [sys.executable, "-m", "cli", "train-head", "lstm", "--features", str(feats), "--epochs", "40",
             "--hidden", "128", "--batch-size", "8", "--patience", "40", "--scheduler", "exponential"]

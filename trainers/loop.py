@@ -1,7 +1,7 @@
 """The training loop, as plain functions, for any task: `train_one_epoch`, `fit`, `load_best`.
 
 It knows nothing of heads or clips. A task (trainers.tasks: a head on features, a video model on
-clips) gives the data and the model behind the five names of `Task`; `fit` trains it, selects on
+clips) gives the data and the model behind the names of `Task`; `fit` trains it, selects on
 validation accuracy, early-stops and checkpoints (trainers.checkpoint): `last.pt` after every
 epoch, `best.pt` with the weights of the best validation accuracy.
 
