@@ -71,8 +71,8 @@ def extract(
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes [default: all cores].")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Decoder threads per worker [default: cores / workers on the local cluster].")] = None,
     dask_scheduler: DaskScheduler = None,
-    force: Annotated[bool, typer.Option(help="Extract every video again, replacing the store (also one made with another recipe at --out; never anything that is not a har frame store).")] = False,
-    verify: Annotated[bool, typer.Option(help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash) and read the store against its checksums: damage found is extracted again.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Extract every video again, replacing the store (also one made with another recipe at --out; never anything that is not a har frame store).")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash) and read the store against its checksums: damage found is extracted again.")] = False,
     verbose: Verbose = False,
 ):
     """Decode a dataset's videos into a chunked, compressed frame store (Zarr v3 or HDF5).
@@ -136,7 +136,7 @@ def features(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (GPU).")] = False,
     resize: Annotated[str, opt("--resize", help="weights: the weights' own resize and crop (224 px); stored: frames as stored, only normalised (faster).", choices="resize")] = "weights",
     dask_scheduler: DaskScheduler = None,
-    force: Annotated[bool, typer.Option(help="Encode again, replacing the feature store (also one made differently at --out: another backbone or frame store); never anything else.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Encode again, replacing the feature store (also one made differently at --out: another backbone or frame store); never anything else.")] = False,
     verbose: Verbose = False,
 ):
     """Encode every frame of a frame store with a frozen 2D backbone into a feature store.
@@ -164,7 +164,7 @@ def features(
 @command()
 def status(
     stores: Annotated[Optional[list[Path]], typer.Argument(help="Stores to check [default: every store under $HAR_HOME/stores].")] = None,
-    verify: Annotated[bool, typer.Option(help="Read every sample against its checksum and hash every source again.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Read every sample against its checksum and hash every source again.")] = False,
 ):
     """List stores and whether each is current (finished, sound, inputs unchanged).
 
@@ -272,7 +272,7 @@ def train_e2e(
     dataset: DatasetName = None, out_dir: RunOut = None,
     pretrained: Annotated[str, opt("--pretrained", help="Initial weights: kinetics400 for torchvision's video ResNets and nonlocal, imagenet for the 2D-based (i3d, lrcn, late-fusion-e2e).", choices="pretrained")] = C.E2EConfig.pretrained,
     crop: Annotated[Optional[int], typer.Option(help="Crop size [default: the model's input size, at most the stored size].")] = None,
-    three_crop: Annotated[bool, typer.Option(help="Test time: three crops per clip, averaged.")] = False,
+    three_crop: Annotated[bool, typer.Option("--three-crop", help="Test time: three crops per clip, averaged.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [default: min(8, cores - 1), at least 2].")] = None,
     memory_format: Annotated[str, opt("--memory-format", help="auto: channels-last on CUDA.", choices="memory_format")] = C.E2EConfig.memory_format,
     verbose: Verbose = False, **settings,

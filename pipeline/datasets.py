@@ -251,15 +251,24 @@ def load_ucf50(root: Path) -> DatasetIndex:
     return _grouped("ucf50", root, "ucf50")
 
 
+def store_facts(dataset: str, classes: list[str]) -> dict:
+    """Facts of a dataset that its stores keep in their attrs for training to read: for the
+    synthetic set `reversed_pairs`, the classes whose time-reversed twin is a class too (the ones
+    a bag-of-frames model cannot tell apart); nothing for the others."""
+    if dataset != "synthetic":
+        return {}
+    from pipeline.synth import reversed_classes
+
+    return {"reversed_pairs": reversed_classes(list(classes))}
+
+
 def load_synthetic(root: Path) -> DatasetIndex:
     from dataclasses import replace
-
-    from pipeline.synth import reversed_classes
 
     if not (root / "synth.json").exists():
         raise DatasetError(f"synthetic: no synth.json at {root}; make the dataset first with `har synth {root}`")
     index = _grouped("synthetic", root, "synthetic")
-    return replace(index, attrs={"reversed_pairs": reversed_classes(list(index.classes))})
+    return replace(index, attrs=store_facts("synthetic", index.classes))
 
 
 def load_folder(root: Path) -> DatasetIndex:

@@ -181,10 +181,7 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
     attrs = {"schema_version": store.SCHEMA_VERSION, "kind": "features", "dataset": dataset, "classes": classes,
              "default_split": "groups", "recipe": {}, "backbone": "test", "feature_dim": d,
              "weights": {"kind": "none"}, "pretrained": False, "lineage": {"fingerprint": key}, "complete": True}
-    if dataset == "synthetic":  # what the synthetic dataset's adapter records (datasets.load_synthetic)
-        from pipeline.synth import reversed_classes
-
-        attrs["reversed_pairs"] = reversed_classes(classes)
+    attrs.update(datasets.store_facts(dataset, classes))  # what the dataset's adapter records
     store.create_zarr(path, layout, static, attrs, data_name="features", data_dtype="float16", data_tail=(d,),
                       status=status)
     store.write_batch(path, 0, {"features": feats, "status": status, "frame_idx": np.zeros((n, s, t), np.int32),

@@ -281,3 +281,16 @@ def test_a_store_with_several_clips_is_scored_by_averaging_clip_probabilities(tm
         per_clip = [torch.softmax(model(torch.from_numpy(fs.features[videos, s].astype(np.float32))), 1).numpy()
                     for s in (0, 1)]
     np.testing.assert_allclose(got, (per_clip[0] + per_clip[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_reversed_pairs_come_from_the_store_and_from_its_dataset_for_older_stores():
+    """Stores record the classes with a time-reversed twin (`reversed_pairs`); a synthetic store made
+    before they did (same fingerprint, never rebuilt) still gets them from its dataset."""
+    def view(attrs):
+        empty = np.zeros(0, np.int64)
+        return data.StoreView(Path("s.zarr"), empty, empty, empty.astype(bool), empty, empty, empty, {},
+                              {"classes": ["Grow", "Shrink", "Pulse"], **attrs})
+
+    assert view({"dataset": "synthetic"}).reversed_pairs == ["Grow", "Shrink"]
+    assert view({"dataset": "synthetic", "reversed_pairs": ["Shrink"]}).reversed_pairs == ["Shrink"]
+    assert view({"dataset": "ucf50"}).reversed_pairs == []

@@ -57,8 +57,11 @@ class StoreView:
     @property
     def reversed_pairs(self) -> list[str]:
         """The classes whose time-reversed twin is a class too (the store's dataset says so):
-        the ones a bag-of-frames model cannot tell apart. Empty for most datasets."""
-        return list(self.attrs.get("reversed_pairs") or [])
+        the ones a bag-of-frames model cannot tell apart. Empty for most datasets. A store made
+        before stores recorded it (same fingerprint, so never rebuilt) gets it from its dataset."""
+        if "reversed_pairs" in self.attrs:
+            return list(self.attrs["reversed_pairs"] or [])
+        return datasets.store_facts(str(self.attrs.get("dataset")), self.classes).get("reversed_pairs", [])
 
     def failed(self) -> list[str]:
         return [str(v) for v in self.videos[~self.ok]]
