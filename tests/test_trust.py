@@ -462,3 +462,23 @@ def test_a_frame_store_replaced_during_training_is_named_as_replaced(data, tmp_p
     with pytest.raises(store.StoreError, match="replaced while training"):
         for v in range(6):
             ds[v, 0]
+
+
+def test_an_atomic_write_that_fails_removes_its_own_temporary_file_and_nothing_else(tmp_path):
+    from pipeline.files import replace_atomically
+
+    target = tmp_path / "f.json"
+    target.write_text("old")
+
+    def half_then_full(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        replace_atomically(target, half_then_full)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+    (tmp_path / "f.json.tmp").mkdir()  # a folder of someone else's where the temporary file would go
+    (tmp_path / "f.json.tmp" / "keep.txt").write_text("keep")
+    with pytest.raises(OSError):
+        replace_atomically(target, lambda tmp: tmp.write_text("new"))
+    assert (tmp_path / "f.json.tmp" / "keep.txt").read_text() == "keep" and target.read_text() == "old"

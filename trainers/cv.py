@@ -31,7 +31,7 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
         raise ValueError(f"--folds {folds!r} is not supported; allowed: {', '.join(FOLDS)}")
     cfg.train.validate()
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
-    fs = data.load(path, cfg.ram_limit)
+    fs = data.open_view(path, "features")  # its splits and fingerprint; each fold's run reads the features
     prefix = "logo" if folds == "logo" else "official"
     names = sorted(n for n in fs.splits if n.startswith(prefix))
     if not names:
@@ -42,10 +42,10 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
                               "folds": folds})
     out = Path(cfg.out) if cfg.out else Path("runs") / f"cv-{cfg.train.head}-{folds}-{fp[:10]}"
     with rundir.claimed(out, "cv", inputs=[path]):
-        return _cv(cfg, path, fs, names, folds, out, on_fold)
+        return _cv(cfg, path, names, folds, out, on_fold)
 
 
-def _cv(cfg: RunConfig, path: Path, fs: data.FeatureSet, names: list[str], folds: str, out: Path,
+def _cv(cfg: RunConfig, path: Path, names: list[str], folds: str, out: Path,
         on_fold: Callable[[dict], None] | None) -> CVResult:
     rows = []
     for name in names:
