@@ -369,6 +369,83 @@ def predict(
 
 
 @command()
+def explain(
+    run_dir: Annotated[Path, arg("A run folder of `har train-head` or `har train-e2e`.", metavar="RUN")],
+    videos: Annotated[Optional[list[Path]], arg("Video files to explain (none with --method filters).",
+                                                metavar="[VIDEO]...")] = None,
+    method: Annotated[str, opt("--method", help="How to explain.", choices="method")] = "gradcam",
+    target: Annotated[Optional[str], opt("--target", help="The class to explain (default: the predicted one).")] = None,
+    layer: Annotated[Optional[str], opt("--layer", help="The layer (a module name; default: the last convolution "
+                                        "block, the first for activations and filters).")] = None,
+    over_time: Annotated[str, opt("--over-time", help="Head runs: the attribution over the T frames.",
+                                  choices="over_time")] = "integrated-gradients",
+    clip: Annotated[int, opt("--clip", help="Which clip of a multi-clip recipe (0 = the first).")] = 0,
+    out_dir: Annotated[Optional[Path], opt("--out", help="Folder for the pictures and JSON (default: RUN/explain).")] = None,
+    device: Device = "auto", as_json: AsJson = False,
+):
+    """Show why a run decides: heat maps on the frames it saw, their importance over time, its filters.
+
+    Per video: <name>.<method>.png (the sampled frames, their maps and a timeline of each frame's
+    importance), .gif (the overlay, animated) and .json (class, probability, per-frame importance,
+    layer). A video is decoded and sampled as the run's store was (as `har predict`).
+
+    Examples:
+
+        har explain runs/r2plus1d_18-official1-0f0e0d0c0b v_Basketball_g01_c01.avi
+
+        har explain runs/lstm-groups-1a2b3c4d5e clip.avi --method gradcam++ --target Shrink
+
+        har explain runs/r2plus1d_18-official1-0f0e0d0c0b --method filters
+    """
+    setup_logging(False)
+    import json
+
+    from pipeline import video
+    from trainers import explain as X
+
+    name = X.METHODS.get(method) and method
+    videos = list(videos or [])
+    if name == "filters" and videos:
+        raise ValueError("--method filters draws the run's filters and takes no VIDEO; drop the video files")
+    if name != "filters" and not videos:
+        raise ValueError(f"--method {name} explains videos: name at least one VIDEO after RUN")
+    X.TEMPORAL.get(over_time)
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        raise ValueError(f"no such video file: {', '.join(missing)}")
+    model = X.load(run_dir, device)
+    folder = X.out_dir(run_dir, out_dir, videos)
+    if name == "filters":
+        doc = X.write_filters(model.chain, folder, layer)
+        for x in [] if as_json else doc["layers"]:
+            out.print(f"{x['layer']} {x['shape']} -> {x['file']}", highlight=False)
+        if as_json:
+            print(json.dumps(doc, indent=2))
+        return
+    results, stems = [], set()
+    for v in videos:
+        stem = v.stem
+        while stem in stems:
+            stem += "_"
+        stems.add(stem)
+        try:
+            e = model(v, method, target, layer, clip, over_time)
+        except video.VideoError as e:
+            results.append({"video": str(v), "error": str(e)})
+            err.print(f"[red]{v}: {e}[/]", highlight=False)
+            continue
+        results.append(X.write(e, folder, stem))
+        r = results[-1]
+        if not as_json:
+            out.print(f"{v}: {r['class']} (p = {r['probability']:.3f}) {method}"
+                      + (f" at {r['layer']}" if r["layer"] else "") + f" -> {r['files']['png']}", highlight=False)
+    if as_json:
+        print(json.dumps({"run": str(run_dir), "explanations": results}, indent=2))
+    if any("error" in r for r in results):
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@command()
 def models(as_json: AsJson = False):
     """List every registered backbone, head and video model, with parameters and GFLOPs.
 

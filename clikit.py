@@ -54,6 +54,7 @@ CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a funct
     "scheduler": ("trainers.optim", "SCHEDULERS"), "precision": ("trainers.config", "PRECISIONS"),
     "train_views": ("trainers.config", "TRAIN_VIEWS"), "memory_format": ("trainers.config", "MEMORY_FORMATS"),
     "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
+    "method": ("trainers.explain", "METHODS"), "over_time": ("trainers.explain", "TEMPORAL"),
 }
 
 

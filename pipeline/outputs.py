@@ -1,11 +1,11 @@
 """Where har may write: the one place that decides whether an output path may be created or replaced.
 
-Every command that writes (extract, features, train-head, train-e2e, cv) asks `check_output`
+Every command that writes (extract, features, train-head, train-e2e, cv, explain) asks `check_output`
 before it touches anything. A path may be written when it is
 
   * nothing yet (or an empty folder), or
   * har's own output of the same kind: a frame store for `extract`, a feature store for
-    `features`, a run folder for the training commands.
+    `features`, a run folder for the training commands, an explain folder for `explain`.
 
 It is never an input of the command, a dataset root, the current directory, the home folder, a
 parent of any of these, or a folder or file holding anything else. `--force` lets a command
@@ -20,12 +20,15 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-KINDS = ("frames", "features", "run", "cv")
+KINDS = ("frames", "features", "run", "cv", "explain")
 
 # the files a run folder holds (runs.py, loop.py, report.py); anything else means it is not ours
 RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "history.json", "metrics.json",
                        "report.md", "curves.png", "confusion.png", "confusion.csv", "per_class.png",
-                       "per_class.csv", ".lock", ".har-run"})
+                       "per_class.csv", ".lock", ".har-run",
+                       "explain"})  # the folder `har explain` writes by default
+EXPLAIN_MARKER = ".har-explain"  # what makes a folder one of `har explain`'s
+EXPLAIN_SUFFIXES = (".png", ".gif", ".json")
 RUN_MARKER = ".har-run"  # written when a run claims its folder: what makes a folder a har run
 RUN_TEMPORARY_SUFFIXES = (".tmp",)
 
@@ -95,11 +98,22 @@ def is_cv_dir(path: Path) -> bool:
     return True
 
 
+def is_explain_dir(path: Path) -> bool:
+    """A folder of `har explain`: its marker, and only pictures and JSON besides."""
+    path = Path(path)
+    if not path.is_dir() or not (path / EXPLAIN_MARKER).is_file():
+        return False
+    return all(p.is_file() and (p.name == EXPLAIN_MARKER or p.name.endswith(EXPLAIN_SUFFIXES + RUN_TEMPORARY_SUFFIXES))
+               for p in path.iterdir())
+
+
 def _is_ours(target: Path, kind: str) -> bool:
     if kind in ("frames", "features"):
         return store_kind(target) == kind
     if kind == "run":
         return is_run_dir(target)
+    if kind == "explain":
+        return is_explain_dir(target)
     return is_cv_dir(target)
 
 
@@ -149,7 +163,8 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
     if t.is_dir() and not any(t.iterdir()):
         return t
     if not _is_ours(t, kind):
-        what = {"frames": "frame store", "features": "feature store", "run": "run folder", "cv": "cv folder"}[kind]
+        what = {"frames": "frame store", "features": "feature store", "run": "run folder", "cv": "cv folder",
+                "explain": "explain folder"}[kind]
         raise OutputError(f"--out {target} is {_describe(t)}, not a har {what}; har only replaces its own output "
                           "of the same kind (--force does not change that): choose a new path")
     return t

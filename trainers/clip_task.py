@@ -18,6 +18,7 @@ from torch import nn
 
 from pipeline import latest
 from trainers import clips, data, distributed, loop, models3d, runs, tasks
+from trainers.chain import Chain, Normalised, to_channels_first
 from trainers.config import E2EConfig
 
 
@@ -156,6 +157,24 @@ def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
     return score
 
 
+def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device) -> Chain:
+    """The video model as a differentiable chain of the stored frames: the centre crop of the
+    card cuts the input (to_input), then normalisation and the network."""
+    spec = models3d.get(card["model"])
+    model = loop.load_best(models3d.build(card["model"], len(card["classes"])), Path(run_dir), device)
+    size = card["crop"]
+
+    def to_input(frames: np.ndarray) -> torch.Tensor:
+        x = clips.centre_crops(torch.from_numpy(np.ascontiguousarray(frames))[None], size)[0][0]
+        return to_channels_first(x).to(device)
+
+    def window(h: int, w: int) -> tuple[float, float, float, float]:
+        return float((h - size) // 2), float((w - size) // 2), float(size), float(size)
+
+    net = Normalised(model.net, spec.mean, spec.std).to(device).eval()
+    return Chain(net, to_input, window, list(card["classes"]), "video-model")
+
+
 KIND = tasks.TaskKind(name="video-model", config=E2EConfig, store="frames",
                       inputs=("frames_store", "frames_fingerprint"),
-                      card={"model": str, "classes": list, "crop": int}, open=open_task, scorer=scorer)
+                      card={"model": str, "classes": list, "crop": int}, open=open_task, scorer=scorer, chain=chain)

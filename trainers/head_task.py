@@ -18,6 +18,7 @@ from torch import nn
 from pipeline import latest
 from pipeline.lineage import seed_for
 from trainers import data, distributed, heads, limits, loop, runs, tasks
+from trainers.chain import Chain, Float16Rounded, Normalised, PerFrame, Sequential2
 from trainers.config import TrainConfig
 
 
@@ -151,8 +152,8 @@ def weights_argument(card: dict) -> str:
     return {"imagenet": "imagenet", "none": "none"}.get(w["kind"], w["source"])
 
 
-def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
-    """uint8 clips (K, T, H, W, 3) -> (K, C) logits: the recorded backbone, then the head."""
+def _encoder_and_head(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+    """The run's head (best.pt) and the recorded backbone, checked to be the one the features came from."""
     from pipeline import backbones
     from pipeline.features import Encoder, EncoderConfig
 
@@ -167,6 +168,12 @@ def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) ->
         raise backbones.WeightsError(f"the {card['backbone']} weights found ({enc.weights.source}, sha256 "
                                      f"{(enc.weights.sha256 or '')[:12]}) are not the ones the features were made "
                                      f"with (sha256 {recorded[:12]})")
+    return enc, head
+
+
+def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
+    """uint8 clips (K, T, H, W, 3) -> (K, C) logits: the recorded backbone, then the head."""
+    enc, head = _encoder_and_head(run_dir, cfg, card, device)
 
     def encode_and_score(frames: np.ndarray) -> torch.Tensor:
         k, t = frames.shape[:2]
@@ -175,7 +182,48 @@ def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) ->
     return encode_and_score
 
 
+def _resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
+    """(height, width) torchvision's resize gives: [s] scales the shorter side to s (the longer
+    truncated), [h, w] is exact."""
+    if len(size) == 2:
+        return size[0], size[1]
+    if h <= w:
+        return size[0], int(size[0] * w / h)
+    return int(size[0] * h / w), size[0]
+
+
+def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> Chain:
+    """The backbone and the head as one differentiable chain of the stored frames: the backbone's
+    own resize and centre crop cut the input (to_input), normalisation, the backbone per frame,
+    float16 rounding as the store holds features, the head."""
+    import torchvision.transforms.functional as F
+
+    enc, head = _encoder_and_head(run_dir, cfg, card, device)
+    pre = enc.preprocess
+    mean = (pre.mean.flatten() / 255).tolist()
+    std = (1 / (pre.inv_std.flatten() * 255)).tolist()
+    encode = nn.Sequential(PerFrame(Normalised(enc.model, mean, std, dims=4)), Float16Rounded())
+
+    def to_input(frames: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+        if pre.resize:
+            x = F.center_crop(F.resize(x, pre.resize_size, interpolation=pre.interpolation, antialias=pre.antialias),
+                              pre.crop_size)
+        return x.permute(1, 0, 2, 3).unsqueeze(0).float().to(device)
+
+    def window(h: int, w: int) -> tuple[float, float, float, float]:
+        if not pre.resize:
+            return 0.0, 0.0, float(h), float(w)
+        rh, rw = _resized_size(h, w, list(pre.resize_size))
+        ch, cw = (pre.crop_size * 2)[:2]
+        sy, sx = rh / h, rw / w
+        return (rh - ch) / 2 / sy, (rw - cw) / 2 / sx, ch / sy, cw / sx
+
+    encode, head = encode.to(device).eval(), head.eval()
+    return Chain(Sequential2(encode, head), to_input, window, list(card["classes"]), "head", encode, head)
+
+
 KIND = tasks.TaskKind(name="head", config=TrainConfig, store="features",
                       inputs=("features_store", "features_fingerprint"),
                       card={"backbone": str, "weights": dict, "classes": list, "frames": int, "dim": int},
-                      open=open_task, scorer=scorer)
+                      open=open_task, scorer=scorer, chain=chain)

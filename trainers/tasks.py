@@ -30,6 +30,8 @@ class TaskKind:
     open: Callable[..., Any]           # (store path, config) -> the loop.Task on it (for evaluate)
     scorer: Callable[..., Callable]    # (run folder, config, card, device) -> uint8 clips (K, T, H, W, 3)
                                        # -> (K, C) logits, the run's own chain (for predict)
+    chain: Callable[..., Any]          # (run folder, config, card, device) -> trainers.chain.Chain: the same
+                                       # chain with gradients and layers reachable (for explain)
 
 
 KINDS: Registry[str] = Registry("task kind")
