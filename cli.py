@@ -30,6 +30,8 @@ def synth(
     clips: Annotated[int, typer.Option(help="Clips per group (_cCC_).")] = 2,
     seed: Annotated[int, typer.Option(help="Everything is a function of this seed.")] = 0,
     frames: Annotated[int, typer.Option(help="Mean frames per clip (25 fps).")] = 50,
+    masks: Annotated[bool, typer.Option("--masks", help="Also write masks.json: each frame's object boxes "
+                                        "(where the action is; a pointing game's ground truth).")] = False,
     verbose: Verbose = False,
 ):
     """Write har's synthetic action dataset: real Xvid AVI videos, 320x240, 25 fps.
@@ -48,7 +50,7 @@ def synth(
     total = cfg.classes * cfg.groups * cfg.clips
     done = itertools.count(1)
     with progress("synth") as update:
-        paths = S.generate(out_dir, cfg, on_video=lambda path: update(next(done), total))
+        paths = S.generate(out_dir, cfg, on_video=lambda path: update(next(done), total), masks=masks)
     out.print(f"wrote {len(paths)} videos in {cfg.classes} classes to {out_dir}")
 
 
@@ -372,7 +374,7 @@ def predict(
 def explain(
     run_dir: Annotated[Path, arg("A run folder of `har train-head` or `har train-e2e`.", metavar="RUN")],
     videos: Annotated[Optional[list[Path]], arg("Video files to explain (none with --method filters).",
-                                                metavar="[VIDEO]...")] = None,
+                                                metavar="VIDEO")] = None,
     method: Annotated[str, opt("--method", help="How to explain.", choices="method")] = "gradcam",
     target: Annotated[Optional[str], opt("--target", help="The class to explain (default: the predicted one).")] = None,
     layer: Annotated[Optional[str], opt("--layer", help="The layer (a module name; default: the last convolution "

@@ -97,11 +97,34 @@ def _pattern(kind: str, u: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.ndarray:
-    """(n, H, W, 3) uint8 frames of one clip; a pure function of (cfg.seed, class, group, clip).
+@dataclass(frozen=True)
+class _Clip:
+    """Everything drawn in one clip, frame by frame (before the reversal of a reversed class)."""
+    kind: str
+    reverse: bool
+    n: int
+    pattern: dict
+    bg: np.ndarray
+    shape: str
+    colour: np.ndarray
+    centres: np.ndarray        # (n, 2) object centre (y, x) per frame
+    r0: float
+    noise: np.random.Generator
 
-    The reversed class of a pair (Shrink for Grow) is exactly its partner's frames backwards.
-    """
+    def spots(self, t: int, h: int, w: int) -> list[tuple[float, float, float]]:
+        """(cy, cx, r) of every object drawn in frame t; none while it is hidden."""
+        if not self.pattern["visible"][t]:
+            return []
+        r = self.r0 * self.pattern["size"][t] * (0.55 if self.kind == "count" else 1.0)
+        cy, cx = self.centres[t]
+        return [(cy + sy * h * 0.8, cx + sx * w * 0.8, r) for sy, sx in SPOTS[:int(self.pattern["count"][t])]]
+
+
+SPOTS = [(0.0, 0.0), (-0.3, -0.3), (0.3, 0.3), (-0.3, 0.3), (0.3, -0.3)]
+_EXTENT = {"disc": 1.0, "square": 0.85, "diamond": 1.2, "ring": 1.0}  # half-width of a shape of radius r, in r
+
+
+def _clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> _Clip:
     _, kind, reverse = CLASSES[class_i]
     h, w = cfg.height, cfg.width
     g_rng = np.random.default_rng(seed_for(cfg.seed, "group", group))  # shared by every class
@@ -112,30 +135,50 @@ def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.nda
     c_rng = np.random.default_rng(seed_for(cfg.seed, kind, group, clip))  # shared by a reversed pair
     n = max(8, int(round(cfg.frames * c_rng.uniform(0.8, 1.2))))
     u = np.linspace(0, 1, n, dtype=np.float32)
-    p = _pattern(kind, u)
     scale = c_rng.uniform(0.85, 1.15)
     drift = c_rng.uniform(-0.1, 0.1, 2) * (h, w)
+    centres = np.stack([h / 2 + off_y + drift[0] * u, w / 2 + off_x + drift[1] * u], axis=1)
+    return _Clip(kind, reverse, n, _pattern(kind, u), bg, shape, colour, centres, min(h, w) * 0.32 * scale, c_rng)
+
+
+def render_clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> np.ndarray:
+    """(n, H, W, 3) uint8 frames of one clip; a pure function of (cfg.seed, class, group, clip).
+
+    The reversed class of a pair (Shrink for Grow) is exactly its partner's frames backwards.
+    """
+    c = _clip(cfg, class_i, group, clip)
+    h, w = cfg.height, cfg.width
+    p = c.pattern
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    r0 = min(h, w) * 0.32 * scale
     warm, cool = np.array([255, 90, 40], np.float32), np.array([40, 110, 255], np.float32)
-    spots = [(0.0, 0.0), (-0.3, -0.3), (0.3, 0.3), (-0.3, 0.3), (0.3, -0.3)]
-    frames = np.empty((n, h, w, 3), np.uint8)
-    for t in range(n):
-        img = bg.copy()
-        cy = h / 2 + off_y + drift[0] * u[t]
-        cx = w / 2 + off_x + drift[1] * u[t]
-        if p["visible"][t]:
-            col = colour * p["bright"][t]
-            if kind == "colour":
-                col = (warm * p["warm"][t] + cool * (1 - p["warm"][t])) * 0.8 + colour * 0.2
-            count = int(p["count"][t])
-            r = r0 * p["size"][t] * (0.55 if kind == "count" else 1.0)
-            for sy, sx in spots[:count]:
-                m = _shape_mask(shape, y, x, cy + sy * h * 0.8, cx + sx * w * 0.8, r)
-                img[m] = col
-        img += c_rng.normal(0, 3, (h, w, 1)).astype(np.float32)  # sensor noise
+    frames = np.empty((c.n, h, w, 3), np.uint8)
+    for t in range(c.n):
+        img = c.bg.copy()
+        col = c.colour * p["bright"][t]
+        if c.kind == "colour":
+            col = (warm * p["warm"][t] + cool * (1 - p["warm"][t])) * 0.8 + c.colour * 0.2
+        for cy, cx, r in c.spots(t, h, w):
+            img[_shape_mask(c.shape, y, x, cy, cx, r)] = col
+        img += c.noise.normal(0, 3, (h, w, 1)).astype(np.float32)  # sensor noise
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-    return frames[::-1].copy() if reverse else frames
+    return frames[::-1].copy() if c.reverse else frames
+
+
+def object_boxes(cfg: SynthConfig, class_i: int, group: int, clip: int) -> list[list[list[float]]]:
+    """Per frame of the clip (as render_clip orders them), the box [top, left, bottom, right] in
+    pixels of every object drawn (the bounding box of its mask, inside the frame); [] while hidden."""
+    c = _clip(cfg, class_i, group, clip)
+    h, w = cfg.height, cfg.width
+    out = []
+    for t in range(c.n):
+        boxes = []
+        for cy, cx, r in c.spots(t, h, w):
+            e = r * _EXTENT[c.shape]
+            box = [max(0.0, cy - e), max(0.0, cx - e), min(float(h), cy + e + 1), min(float(w), cx + e + 1)]
+            if box[0] < box[2] and box[1] < box[3]:
+                boxes.append([round(float(v), 2) for v in box])
+        out.append(boxes)
+    return out[::-1] if c.reverse else out
 
 
 def class_names(cfg: SynthConfig) -> list[str]:
@@ -153,8 +196,10 @@ def reversed_classes(classes: list[str]) -> list[str]:
     return [c for pair in by_pattern.values() if set(pair) <= present for c in pair]
 
 
-def generate(out: Path, cfg: SynthConfig, on_video=None) -> list[Path]:
-    """Write every clip as <out>/<Class>/v_<Class>_gGG_cCC.avi and <out>/synth.json.
+def generate(out: Path, cfg: SynthConfig, on_video=None, masks: bool = False) -> list[Path]:
+    """Write every clip as <out>/<Class>/v_<Class>_gGG_cCC.avi and <out>/synth.json; with `masks`
+    also <out>/masks.json: {"<Class>/v_...avi": per source frame, the [top, left, bottom, right]
+    pixel box of every object} (the ground truth of a pointing game).
 
     An existing clip whose synth.json recorded the same config is kept (rerun = no-op).
     """
@@ -181,8 +226,18 @@ def generate(out: Path, cfg: SynthConfig, on_video=None) -> list[Path]:
                 if on_video:
                     on_video(path)
     _remove_stale(out, set(paths))
+    if masks:
+        boxes = {f"{cname}/v_{cname}_g{g:02d}_c{c:02d}.avi": object_boxes(cfg, ci, g, c)
+                 for ci, cname in enumerate(class_names(cfg))
+                 for g in range(1, cfg.groups + 1) for c in range(1, cfg.clips + 1)}
+        replace_atomically(out / MASKS, lambda tmp: tmp.write_text(json.dumps(boxes, separators=(",", ":"))))
+    elif (out / MASKS).exists():
+        (out / MASKS).unlink()  # ours, and it would no longer match the clips
     meta_path.write_text(json.dumps(meta, indent=2))
     return paths
+
+
+MASKS = "masks.json"
 
 
 def _remove_stale(out: Path, keep: set[Path]) -> None:

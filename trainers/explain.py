@@ -122,14 +122,6 @@ def pick_layer(layers: list[Layer], name: str | None, method: str) -> Layer:
     return usable[-1]
 
 
-def _to_5d(per_frame: bool):
-    """pytorch-grad-cam reshape: per-frame (T, C, h, w) -> (1, C, T, h, w), so a 2-D network's
-    maps are one spatio-temporal map over the clip, as a 3-D network's are."""
-    if not per_frame:
-        return None
-    return lambda a: a.unsqueeze(0).transpose(1, 2)
-
-
 def _upsample(maps: torch.Tensor, size: tuple[int, int, int]) -> np.ndarray:
     """(T', h, w) -> (T, H, W) trilinear, float32."""
     m = torch.nn.functional.interpolate(maps[None, None].float(), size=size, mode="trilinear", align_corners=False)
@@ -143,15 +135,25 @@ def _unit(m: np.ndarray) -> np.ndarray:
 
 
 def gradcam(chain: Chain, x: torch.Tensor, target: int, layer: Layer, plus: bool = False) -> np.ndarray:
-    """(T, h, w) in [0, 1] at the input's size: Grad-CAM (or ++) of class `target` at `layer`."""
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    """(T, h, w) in [0, 1] at the input's size: Grad-CAM (or ++) of class `target` at `layer`.
 
-    with (GradCAMPlusPlus if plus else GradCAM)(model=chain.model, target_layers=[layer.module],
-                                                reshape_transform=_to_5d(layer.per_frame)) as cam:
-        cam.compute_input_gradient = True   # a frozen backbone: its activations need a gradient path
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])
-    return np.asarray(maps[0], np.float32)  # (T, h, w): the library scales to the input, min-max per clip
+    pytorch-grad-cam gives the hooks, the channel weights and their weighted sum; here, two things
+    it does otherwise for 2-D images: a per-frame layer keeps one set of weights per frame (a frame
+    of a growing object is evidence for "grow" early and against it late; weights averaged over the
+    clip cancel that out), and the maps are scaled by the clip's maximum, not each frame's, so a
+    frame that matters little stays faint."""
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+
+    x = x.detach().clone().requires_grad_(True)  # a frozen backbone's activations need a gradient path
+    with (GradCAMPlusPlus if plus else GradCAM)(model=chain.model, target_layers=[layer.module]) as cam:
+        hooks = cam.activations_and_grads
+        logits = hooks(x)
+        chain.model.zero_grad()
+        logits[0, target].backward()
+        a, g = hooks.activations[0].float().numpy(), hooks.gradients[0].float().numpy()
+        raw = cam.get_cam_image(x, layer.module, None, a, g)       # (1, T', h, w) or per frame (T, h, w)
+    raw = np.maximum(raw if layer.per_frame else raw[0], 0)
+    return _unit(_upsample(torch.from_numpy(raw), tuple(x.shape[2:])))
 
 
 def guided_backprop(chain: Chain, x: torch.Tensor, target: int) -> np.ndarray:
@@ -401,3 +403,71 @@ def write_filters(chain: Chain, out: Path, layer: str | None = None) -> dict:
         doc["layers"].append({"layer": f.layer, "shape": [o, i, kt, kh, kw], "factor": f.factor, "file": str(path)})
     rundir.write_json(out / "filters.json", doc)
     return doc
+
+
+# ---- sanity checks (the literature's; tests and benchmarks/explain_sanity.py use them) ------------
+
+def randomised(chain: Chain, seed: int = 0) -> Chain:
+    """A copy of `chain` with every layer re-initialised (Adebayo et al. 2018's model randomisation:
+    a map that survives it shows the input, not what the model learnt)."""
+    model = copy.deepcopy(chain.model)
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    parts = dict(model.named_children())
+    return replace(chain, model=model, encode=parts.get("encode") if chain.encode is not None else None,
+                   head=parts.get("head") if chain.head is not None else None)
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two maps (any shape, compared position by position)."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0  # a constant map (all zero after the ReLU) ranks nothing: no correlation
+    rho = spearmanr(np.ravel(a), np.ravel(b)).statistic
+    return 0.0 if np.isnan(rho) else float(rho)
+
+
+def pointing_hits(maps: np.ndarray, boxes: list[list[list[float]]], tolerance: float = 0.0) -> list[bool]:
+    """Per frame with an object: does the map's maximum fall inside one of its boxes ([top, left,
+    bottom, right] in the map's pixels, widened by `tolerance` px)? (Zhang et al. 2018's pointing game)"""
+    hits = []
+    for m, frame_boxes in zip(maps, boxes):
+        if not frame_boxes:
+            continue
+        y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+        y, x = y + 0.5, x + 0.5
+        hits.append(any(t - tolerance <= y <= b + tolerance and le - tolerance <= x <= r + tolerance
+                        for t, le, b, r in frame_boxes))
+    return hits
+
+
+def boxes_on_stored(boxes: list[list[float]], src_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[list[float]]:
+    """Source-pixel boxes -> the stored frame's pixels, through the clean view's centre crop."""
+    from pipeline import augment
+
+    v = augment.centre_crop(src_hw, out_hw)
+    sy, sx = out_hw[0] / (v.height * src_hw[0]), out_hw[1] / (v.width * src_hw[1])
+    oy, ox = v.top * src_hw[0], v.left * src_hw[1]
+    return [[(t - oy) * sy, (le - ox) * sx, (b - oy) * sy, (r - ox) * sx] for t, le, b, r in boxes]
+
+
+def shuffle_change(chain: Chain, frames: np.ndarray, target: int, steps: np.ndarray, rng: np.random.Generator,
+                   tries: int = 8) -> float:
+    """Mean |change| of the target probability when the frames at `steps` swap places among
+    themselves (a random derangement each try)."""
+    x = chain.to_input(frames)
+    with torch.no_grad():
+        p0 = torch.softmax(chain.model(x), 1)[0, target].item()
+        changes = []
+        for _ in range(tries):
+            perm = np.arange(x.shape[2])
+            moved = rng.permutation(steps)
+            while len(steps) > 1 and np.any(moved == steps):
+                moved = rng.permutation(steps)
+            perm[steps] = moved
+            p = torch.softmax(chain.model(x[:, :, perm]), 1)[0, target].item()
+            changes.append(abs(p - p0))
+    return float(np.mean(changes))

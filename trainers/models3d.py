@@ -8,7 +8,7 @@ through its weights API and cache), our own modules where it does not: `c3d` (Tr
 inflation), `nonlocal` (non-local blocks in a 3D ResNet-18, Wang et al. 2018), `convlstm`
 (Shi et al. 2015), `lrcn` (2D CNN per frame + LSTM, trained end to end, Donahue et al. 2015),
 `late-fusion-e2e` (a shared 2D CNN, frame features averaged), `small-cnn-lstm` / `small-cnn-rnn`
-(the three-block CNN at 64x64 of one seed study).
+(the three-block CNN at 64x64 of one seed study), `small-c3d` (the same blocks in 3-D).
 """
 from __future__ import annotations
 
@@ -355,6 +355,21 @@ register(VideoModelSpec("small-cnn-lstm", lambda classes, pretrained: SequenceOv
                         size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, about="three-block CNN at 64x64 + LSTM"))
 register(VideoModelSpec("small-cnn-rnn", lambda classes, pretrained: SequenceOverFrames(_small_cnn(), classes, "rnn"),
                         size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, about="three-block CNN at 64x64 + RNN"))
+
+
+# ---- a small 3-D CNN ------------------------------------------------------------------------------
+
+def _small_c3d(classes: int, pretrained: str) -> nn.Module:
+    """The seed study's three conv blocks (32, 64, 128 channels) made 3-D (3x3x3), for 64x64 clips:
+    the CPU-sized counterpart of small-cnn-lstm that sees motion in its first layer."""
+    def block(i, o, pool):
+        return [nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU(inplace=True), nn.MaxPool3d(pool)]
+    return nn.Sequential(*block(3, 32, (1, 2, 2)), *block(32, 64, (2, 2, 2)), *block(64, 128, (1, 2, 2)),
+                         nn.AdaptiveAvgPool3d(1), nn.Flatten(1), nn.Dropout(0.3), nn.Linear(128, classes))
+
+
+register(VideoModelSpec("small-c3d", _small_c3d, frames=8, size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                        about="three 3x3x3 conv blocks at 64x64 (a small C3D)"))
 
 
 # ---- size and cost -----------------------------------------------------------------------------------
