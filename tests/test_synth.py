@@ -104,3 +104,39 @@ def test_smaller_config_removes_the_clips_it_no_longer_has(tmp_path):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.avi")) == [
         "Grow/v_Grow_g01_c01.avi", "Grow/v_Grow_g01_c02.avi", "Shrink/v_Shrink_g01_c01.avi", "Shrink/v_Shrink_g01_c02.avi"]
     assert (tmp_path / "notes.txt").exists() and not (tmp_path / "Brighten").exists()
+
+
+@pytest.mark.parametrize("class_i", range(len(synth.CLASSES)))
+def test_object_boxes_hold_every_object_pixel_and_fit_it(class_i):
+    """masks.json's boxes: every pixel the objects changed is inside a box of its frame, and each
+    box is tight (a visible object fills its rows and columns to within a few pixels; a dim one,
+    as Brighten starts, may not differ from the background at all)."""
+    cfg = synth.SynthConfig(classes=10, frames=16, width=96, height=72)
+    frames = synth.render_clip(cfg, class_i, 2, 1).astype(np.int16)
+    boxes = synth.object_boxes(cfg, class_i, 2, 1)
+    bg = synth._clip(cfg, class_i, 2, 1).bg
+    assert len(boxes) == len(frames)
+    for img, frame_boxes in zip(frames, boxes):
+        changed = np.abs(img - bg).max(axis=2) > 40  # the sensor noise is sd 3
+        inside = np.zeros_like(changed)
+        for t, le, b, r in frame_boxes:
+            inside[int(t):int(np.ceil(b)), int(le):int(np.ceil(r))] = True
+            rows, cols = np.nonzero(changed[int(t):int(np.ceil(b)), int(le):int(np.ceil(r))])
+            if len(rows) < 20:
+                assert synth.CLASSES[class_i][1] in ("brightness", "colour")
+                continue
+            assert rows.min() <= 2 and cols.min() <= 2
+            assert rows.max() >= np.ceil(b) - int(t) - 4 and cols.max() >= np.ceil(r) - int(le) - 4
+        assert not (changed & ~inside).any()
+        assert frame_boxes or not changed.any()
+
+
+def test_masks_are_written_with_the_videos_and_removed_without(tmp_path):
+    cfg = synth.SynthConfig(classes=2, groups=1, clips=1, frames=8, width=64, height=48)
+    synth.generate(tmp_path, cfg, masks=True)
+    boxes = json.loads((tmp_path / synth.MASKS).read_text())
+    assert sorted(boxes) == ["Grow/v_Grow_g01_c01.avi", "Shrink/v_Shrink_g01_c01.avi"]
+    assert boxes["Shrink/v_Shrink_g01_c01.avi"] == boxes["Grow/v_Grow_g01_c01.avi"][::-1]
+    assert datasets.load("synthetic", tmp_path).classes == ("Grow", "Shrink")  # masks.json is not a class
+    synth.generate(tmp_path, cfg)
+    assert not (tmp_path / synth.MASKS).exists()
