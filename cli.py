@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from clikit import (EXIT_SOME_FAILED, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, Head,
-                    RunDir, RunOut, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
+                    RunDir, RunOut, Tracker, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
                     takes, train)
 from pipeline.resources import human
 from trainers import config as C  # light: dataclasses only
@@ -210,7 +211,7 @@ def status(
 @takes(C.TrainConfig, LOOP)
 def train_head(head: Head, features: Features = None, dataset: DatasetName = None,
                backbone: Annotated[Optional[str], opt("--backbone", help="With --dataset: the latest feature store of this backbone.", choices="backbone")] = None,
-               out_dir: RunOut = None, verbose: Verbose = False, **settings):
+               out_dir: RunOut = None, tracker: Tracker = "tensorboard", verbose: Verbose = False, **settings):
     """Train a sequence head on cached features: seconds, not hours. Resumes if interrupted.
 
     Examples:
@@ -225,7 +226,7 @@ def train_head(head: Head, features: Features = None, dataset: DatasetName = Non
     from trainers import head_task
 
     rc = head_task.RunConfig(head_config(head, settings), features=features, dataset=dataset, backbone=backbone,
-                             out=out_dir)
+                             out=out_dir, tracker=tracker)
     train(lambda on_epoch: head_task.train_head(rc, on_epoch=on_epoch))
 
 
@@ -235,7 +236,7 @@ def train_head(head: Head, features: Features = None, dataset: DatasetName = Non
 def cv(head: Head, features: Features = None, dataset: DatasetName = None,
        folds: Annotated[str, opt("--folds", help="logo: leave one group out; official: UCF101/HMDB51 splits 1-3.", choices="folds")] = "logo",
        out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder of the fold runs [default: runs/cv-HEAD-FOLDS-FINGERPRINT].")] = None,
-       verbose: Verbose = False, **settings):
+       tracker: Tracker = "tensorboard", verbose: Verbose = False, **settings):
     """Cross-validate a head: every leave-one-group-out fold (25 on UCF50) or the official splits; mean +- std.
 
     Examples:
@@ -257,7 +258,8 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
                       f"{row['f1_macro']:.3f}", "up to date" if row["up_to_date"] else "")
         err.print(f"fold {row['fold']}: top-1 {row['top1']:.3f}", highlight=False)
 
-    rc = head_task.RunConfig(head_config(head, settings), features=features, dataset=dataset, out=out_dir)
+    rc = head_task.RunConfig(head_config(head, settings), features=features, dataset=dataset, out=out_dir,
+                             tracker=tracker)
     res = CV.cv(rc, folds, on_fold)
     out.print(table)
     s = res.summary
@@ -277,7 +279,7 @@ def train_e2e(
     three_crop: Annotated[bool, typer.Option("--three-crop", help="Test time: three crops per clip, averaged.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [default: min(8, cores - 1), at least 2].")] = None,
     memory_format: Annotated[str, opt("--memory-format", help="auto: channels-last on CUDA.", choices="memory_format")] = C.E2EConfig.memory_format,
-    verbose: Verbose = False, **settings,
+    tracker: Tracker = "tensorboard", verbose: Verbose = False, **settings,
 ):
     """Train a video model end to end from a frame store (no decoding while training). Resumes if interrupted.
 
@@ -295,7 +297,7 @@ def train_e2e(
     cfg = C.E2EConfig(model=model, pretrained=pretrained, crop=crop, three_crop=three_crop, workers=workers,
                       memory_format=memory_format, **settings)
     cfg.validate()
-    rc = clip_task.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir)
+    rc = clip_task.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir, tracker=tracker)
     train(lambda on_epoch: clip_task.train_e2e(rc, on_epoch=on_epoch))
 
 
@@ -361,7 +363,7 @@ def predict(
     else:
         for r in results:
             if "error" in r:
-                err.print(f"[red]{r['video']}: {r['error']}[/]", highlight=False)
+                err.print(f"[red]{escape(r['video'] + ': ' + r['error'])}[/]", highlight=False)
                 continue
             out.print(f"[bold]{r['video']}[/] ({r['clips']} clip{'s' if r['clips'] > 1 else ''})")
             for i, p in enumerate(r["top"], 1):
@@ -434,7 +436,7 @@ def explain(
             e = model(v, method, target, layer, clip, over_time)
         except video.VideoError as e:
             results.append({"video": str(v), "error": str(e)})
-            err.print(f"[red]{v}: {e}[/]", highlight=False)
+            err.print(f"[red]{escape(f'{v}: {e}')}[/]", highlight=False)
             continue
         results.append(X.write(e, folder, stem))
         r = results[-1]

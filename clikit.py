@@ -27,6 +27,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperCommand
 
 from trainers import config as C  # light: dataclasses only
@@ -54,7 +55,7 @@ CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a funct
     "scheduler": ("trainers.optim", "SCHEDULERS"), "precision": ("trainers.config", "PRECISIONS"),
     "train_views": ("trainers.config", "TRAIN_VIEWS"), "memory_format": ("trainers.config", "MEMORY_FORMATS"),
     "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
-    "method": ("trainers.explain", "METHODS"), "over_time": ("trainers.explain", "TEMPORAL"),
+    "tracker": ("trainers.tracker", "TRACKERS"), "method": ("trainers.explain", "METHODS"), "over_time": ("trainers.explain", "TEMPORAL"),
 }
 
 
@@ -93,7 +94,8 @@ class Command(TyperCommand):
 # ---- the one error boundary ---------------------------------------------------------------------------
 
 def fail(msg: str, code: int = EXIT_USAGE) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # escaped: a message names user paths and extras ("har[mlflow]", "clip[1].avi") that are not styles
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -195,6 +197,8 @@ def head_config(head: str, settings: dict):
     return cfg
 
 
+Tracker = Annotated[str, opt("--tracker", help="Training dashboard, live: TensorBoard event files in RUN/tensorboard, "
+                             "MLflow (RUN/mlruns) or W&B offline (RUN/wandb) as optional extras.", choices="tracker")]
 RunDir = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder of `har train-head` or `har train-e2e`.")]
 
 
@@ -279,7 +283,7 @@ def train(train: Callable, quiet: bool = False):
     if not res.summary:  # a torchrun rank other than 0: rank 0 reports
         return res
     for w in res.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     s, t = res.summary, res.summary["test"]
     state = "up to date" if res.up_to_date else f"best epoch {s['best_epoch']} of {s['epochs_run']}, {s['train_seconds']:.1f} s"
     pairs = f", reversed pairs {t['reversed_pairs_top1']:.3f}" if "reversed_pairs_top1" in t else ""

@@ -26,7 +26,8 @@ KINDS = ("frames", "features", "run", "cv", "explain")
 RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "history.json", "metrics.json",
                        "report.md", "curves.png", "confusion.png", "confusion.csv", "per_class.png",
                        "per_class.csv", ".lock", ".har-run",
-                       "explain"})  # the folder `har explain` writes by default
+                       "explain",                              # the folder `har explain` writes by default
+                       "tensorboard", "mlruns", "wandb"})      # training dashboards (trainers.tracker)
 EXPLAIN_MARKER = ".har-explain"  # what makes a folder one of `har explain`'s
 EXPLAIN_SUFFIXES = (".png", ".gif", ".json")
 RUN_MARKER = ".har-run"  # written when a run claims its folder: what makes a folder a har run

@@ -110,6 +110,7 @@ class E2ERunConfig:
     frames: Path | None = None      # the frame store; or
     dataset: str | None = None      # the latest frame store extracted for this dataset
     out: Path | None = None         # run directory; default runs/<model>-<split>-<fingerprint[:10]>
+    tracker: str = "tensorboard"    # the dashboard (trainers.tracker); changes nothing the run computes
 
 
 def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
@@ -132,7 +133,7 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
                          "crop": task.crop},
                    failed=tuple(cs.failed()), warnings=tuple(runs.warnings_for(split, cs)))
     try:
-        return runs.execute(job, cfg.out, on_epoch, stop_after)
+        return runs.execute(job, cfg.out, on_epoch, stop_after, cfg.tracker)
     except torch.OutOfMemoryError:
         raise ValueError(f"out of memory with --batch-size {cfg.train.batch_size} for {cfg.train.model}; try "
                          f"--batch-size {max(1, cfg.train.batch_size // 2)} (with --accumulate 2 for the same "

@@ -30,6 +30,7 @@ class RunConfig:
     backbone: str | None = None      # ... with this backbone (default: the latest of any)
     out: Path | None = None          # run directory; default runs/<head>-<split>-<fingerprint[:10]>
     ram_limit: int | None = None     # bytes of features kept in RAM; above it they are memory-mapped
+    tracker: str = "tensorboard"     # the dashboard (trainers.tracker); changes nothing the run computes
 
 
 class FeatureTask:
@@ -134,7 +135,7 @@ def job(cfg: RunConfig) -> runs.Job:
 
 def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
                stop_after: int | None = None) -> runs.RunResult:
-    return runs.execute(job(cfg), cfg.out, on_epoch, stop_after)
+    return runs.execute(job(cfg), cfg.out, on_epoch, stop_after, cfg.tracker)
 
 
 # ---- reading a head run back (trainers.tasks) -------------------------------------------------------

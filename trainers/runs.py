@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline import lineage, store
 from trainers import data, distributed, loop, metrics, report, rundir, tasks
+from trainers.tracker import check_tracker, open_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +88,24 @@ class Job:
 
 
 def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None = None,
-            stop_after: int | None = None) -> RunResult:
+            stop_after: int | None = None, tracker: str = "tensorboard") -> RunResult:
     """Run `job` in its directory: up to date if finished with the same fingerprint, resumed if
     interrupted, else trained; then evaluated and reported. The directory is checked first (never
     an input, the current folder or a folder of other files: pipeline.outputs) and locked for the
-    whole run, so a second har writing it is refused with one line."""
+    whole run, so a second har writing it is refused with one line. `tracker` names the dashboard
+    the epochs go to, live (trainers.tracker)."""
+    check_tracker(tracker)  # a bad name or a missing optional library is refused before anything is written
     fp = lineage.fingerprint({"train": job.cfg.fingerprint_dict(), "split": job.split.name, "store": job.fingerprint,
                               "schema": 1})
     run_dir = (Path(out) if out else Path("runs") / f"{job.name}-{job.split.name}-{fp[:10]}").absolute()
     if not distributed.world().main:  # under torchrun rank 0 checks, locks and writes; the others train
-        return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after)
+        return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after, "none")
     with rundir.claimed(run_dir, "run", inputs=[job.store]):
-        return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after)
+        return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after, tracker)
 
 
 def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[dict], None] | None,
-             stop_after: int | None) -> RunResult:
+             stop_after: int | None, tracker: str) -> RunResult:
     warns = list(job.warnings)
     done = run_dir / "metrics.json"
     if done.exists():
@@ -119,7 +122,27 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
         lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": _split_info(job.split),
                "versions": lineage.versions(), "created": lineage.now(), "predict": job.card}
         rundir.write_json(run_dir / "lineage.json", lin)
-    fit = loop.fit(job.cfg, job.task, job.split, run_dir, fp, on_epoch=on_epoch, stop_after=stop_after)
+    board = open_tracker(tracker, run_dir, {"model": job.name, "split": job.split.name, **job.cfg.as_dict()}) \
+        if main else None
+    try:
+        return _train_and_report(job, run_dir, fp, on_epoch, stop_after, warns, board)
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict], None] | None,
+                      stop_after: int | None, warns: list[str], board) -> RunResult:
+    main, done = board is not None, run_dir / "metrics.json"
+    per_epoch = len(job.split.train)  # videos (clips, for a video model) an epoch trains on
+
+    def epoch_done(row: dict) -> None:
+        board.epoch(row, per_epoch / max(row["seconds"], 1e-9))
+        if on_epoch:
+            on_epoch(row)
+
+    fit = loop.fit(job.cfg, job.task, job.split, run_dir, fp, on_epoch=epoch_done if main else on_epoch,
+                   stop_after=stop_after)
     if not main:
         return RunResult(run_dir, False, {}, [])
     rundir.write_json(run_dir / "history.json", fit.history)
@@ -136,6 +159,7 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
                "val": evaluate(job.task, model, val, device, job.cfg),
                "test": evaluate(job.task, model, job.split.test, device, job.cfg)}
     report.write(run_dir, summary, fit.history, job.task.classes)
+    board.finish(summary, run_dir / "confusion.png")
     rundir.write_json(done, summary)
     return RunResult(run_dir, False, summary, warns)
 

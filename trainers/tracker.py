@@ -1,0 +1,179 @@
+"""Training dashboards: every run reports its epochs, live, to a tracker of `TRACKERS`.
+
+    tensorboard   TensorBoard event files in RUN/tensorboard (the default; `tensorboard --logdir runs`)
+    mlflow        MLflow, a local file store in RUN/mlruns (`pip install 'har[mlflow]'`; `mlflow ui
+                  --backend-store-uri RUN/mlruns`)
+    wandb         Weights & Biases, offline, in RUN/wandb (`pip install 'har[wandb]'`; `wandb sync` uploads)
+    none          nothing
+
+Per epoch: loss and accuracy (train, val), learning rate, epoch time and throughput (training
+videos or clips per second); at the end: the test metrics, the hyperparameters with the final
+metrics, and the test confusion matrix as an image. The tracker changes nothing a run computes
+(it is not in the run's fingerprint); under torchrun only rank 0 reports. A resumed run goes on
+with the epochs not reported yet.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.registry import Registry
+
+EPOCH_SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_acc",
+                 "accuracy/val": "val_acc", "lr": "lr", "time/epoch_seconds": "seconds"}
+FINAL_METRICS = ("top1", "top5", "f1_macro", "roc_auc_ovr_macro")
+
+
+class Tracker(Protocol):
+    def epoch(self, row: dict, throughput: float) -> None: ...
+    def finish(self, summary: dict, confusion_png: Path | None) -> None: ...
+    def close(self) -> None: ...
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """Nested settings -> {"a.b": value} of plain scalars (None as "none"), as trackers take hyperparameters."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = "none" if v is None else v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return out
+
+
+def final_metrics(summary: dict) -> dict:
+    out = {f"test/{k}": float(summary["test"][k]) for k in FINAL_METRICS if k in summary["test"]}
+    out.update({f"val/{k}": float(summary["val"][k]) for k in FINAL_METRICS if k in summary["val"]})
+    out["best_val_acc"] = float(summary["best_val_acc"])
+    return out
+
+
+class TensorBoard:
+    def __init__(self, run_dir: Path, params: dict):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.dir = Path(run_dir) / "tensorboard"
+        self.writer = SummaryWriter(log_dir=str(self.dir))
+        self.params = params
+
+    def epoch(self, row: dict, throughput: float) -> None:
+        step = int(row["epoch"])
+        for tag, key in EPOCH_SCALARS.items():
+            self.writer.add_scalar(tag, float(row[key]), step)
+        self.writer.add_scalar("time/videos_per_second", float(throughput), step)
+        self.writer.flush()  # live: TensorBoard shows the epoch now
+
+    def finish(self, summary: dict, confusion_png: Path | None) -> None:
+        step = int(summary["epochs_run"])
+        metrics = final_metrics(summary)
+        for tag, v in metrics.items():
+            self.writer.add_scalar(tag, v, step)
+        if confusion_png is not None and confusion_png.exists():
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(confusion_png) as im:
+                self.writer.add_image("confusion/test", np.asarray(im.convert("RGB")), step, dataformats="HWC")
+        self.writer.add_hparams(self.params, {f"hparam/{k}": v for k, v in metrics.items()}, run_name="hparams")
+        self.writer.add_text("run", f"`{summary.get('describe', '')}`", step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MLflow:
+    def __init__(self, run_dir: Path, params: dict):
+        try:
+            import mlflow
+        except ImportError:
+            raise ValueError("--tracker mlflow needs MLflow: pip install 'har[mlflow]'; or --tracker tensorboard") from None
+        import os
+
+        self.mlflow = mlflow
+        # MLflow's file store: local files only, artifacts inside it (a database backend would put
+        # artifacts under the current directory). MLflow 3 keeps it "in maintenance mode" behind this flag.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri((Path(run_dir) / "mlruns").absolute().as_uri())
+        mlflow.set_experiment("har")
+        self.run = mlflow.start_run(run_name=Path(run_dir).name)
+        mlflow.log_params(params)
+
+    def epoch(self, row: dict, throughput: float) -> None:
+        metrics = {tag.replace("/", "_"): float(row[key]) for tag, key in EPOCH_SCALARS.items()}
+        self.mlflow.log_metrics({**metrics, "time_videos_per_second": float(throughput)}, step=int(row["epoch"]))
+
+    def finish(self, summary: dict, confusion_png: Path | None) -> None:
+        self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in final_metrics(summary).items()},
+                                step=int(summary["epochs_run"]))
+        if confusion_png is not None and confusion_png.exists():
+            self.mlflow.log_artifact(str(confusion_png))
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+class WandB:
+    def __init__(self, run_dir: Path, params: dict):
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError("--tracker wandb needs Weights & Biases: pip install 'har[wandb]'; "
+                             "or --tracker tensorboard") from None
+        self.wandb = wandb
+        self.run = wandb.init(project="har", name=Path(run_dir).name, dir=str(run_dir), mode="offline",
+                              config=params, reinit="finish_previous")
+
+    def epoch(self, row: dict, throughput: float) -> None:
+        self.run.log({**{tag: float(row[key]) for tag, key in EPOCH_SCALARS.items()},
+                      "time/videos_per_second": float(throughput)}, step=int(row["epoch"]))
+
+    def finish(self, summary: dict, confusion_png: Path | None) -> None:
+        extra = {}
+        if confusion_png is not None and confusion_png.exists():
+            extra["confusion/test"] = self.wandb.Image(str(confusion_png))
+        self.run.log({**final_metrics(summary), **extra}, step=int(summary["epochs_run"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Nothing:
+    def __init__(self, run_dir: Path, params: dict):
+        pass
+
+    def epoch(self, row: dict, throughput: float) -> None:
+        pass
+
+    def finish(self, summary: dict, confusion_png: Path | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+TRACKERS: Registry[type] = Registry("tracker")
+TRACKERS.add("tensorboard", TensorBoard, "TensorBoard event files in RUN/tensorboard (the default)")
+TRACKERS.add("mlflow", MLflow, "MLflow, a local file store in RUN/mlruns (pip install 'har[mlflow]')")
+TRACKERS.add("wandb", WandB, "Weights & Biases, offline, in RUN/wandb (pip install 'har[wandb]'; wandb sync uploads)")
+TRACKERS.add("none", Nothing, "no dashboard")
+
+NEEDS = {"mlflow": ("mlflow", "har[mlflow]"), "wandb": ("wandb", "har[wandb]")}
+
+
+def check_tracker(name: str) -> None:
+    """ValueError unless `name` is a tracker and its library is installed."""
+    TRACKERS.get(name)
+    if name in NEEDS:
+        import importlib.util
+
+        module, extra = NEEDS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"--tracker {name} needs {module}, which is not installed: pip install '{extra}'; "
+                             "or --tracker tensorboard (installed with har)")
+
+
+def open_tracker(name: str, run_dir: Path, params: dict) -> Tracker:
+    """The tracker `name` (ValueError naming the allowed ones) writing under `run_dir`."""
+    return TRACKERS.get(name)(run_dir, flat(params))
