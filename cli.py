@@ -263,9 +263,14 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
     res = CV.cv(rc, folds, on_fold)
     out.print(table)
     s = res.summary
+    means = Table("metric", "mean +- std over the folds", title=f"{head}, {len(res.folds)} {folds} folds")
+    for k in CV.METRICS:
+        if k in s and s[k]["folds"]:
+            means.add_row(k, f"{s[k]['mean']:.4f} +- {s[k]['std']:.4f}")
+    out.print(means)
     out.print(f"{head}, {len(res.folds)} {folds} folds: top-1 {s['top1']['mean']:.3f} +- {s['top1']['std']:.3f}, "
-              f"F1 macro {s['f1_macro']['mean']:.3f} +- {s['f1_macro']['std']:.3f}\nresults: {res.out / 'cv.json'}",
-              highlight=False)
+              f"F1 macro {s['f1_macro']['mean']:.3f} +- {s['f1_macro']['std']:.3f}\nresults: {res.out / 'cv.json'}, "
+              f"{res.out / 'cv.md'}", highlight=False)
 
 
 @command("train-e2e", interrupted=TRAINING)
@@ -447,6 +452,47 @@ def explain(
         print(json.dumps({"run": str(run_dir), "explanations": results}, indent=2))
     if any("error" in r for r in results):
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@command()
+def compare(
+    run_dirs: Annotated[list[Path], arg("Finished runs of `har train-head` or `har train-e2e` (2 or more).",
+                                        metavar="RUN...")],
+    out_dir: Annotated[Optional[Path], opt("--out", help="Also write compare.md, compare.csv, compare_per_class.csv "
+                                           "and compare_curves.png into this folder.")] = None,
+    as_json: AsJson = False,
+):
+    """Compare runs side by side: test metrics, validation curves, the difference per class.
+
+    Examples:
+
+        har compare runs/lrcn-groups-1a2b3c4d5e runs/convlstm-groups-0f0e0d0c0b
+
+        har compare runs/r3d_18-* runs/r2plus1d_18-* --out comparisons/r3d-vs-r2plus1d
+    """
+    import json
+
+    from rich.table import Table
+
+    from trainers import compare as K
+
+    c = K.compare(run_dirs)
+    files = {}
+    if out_dir is not None:
+        from pipeline import outputs
+
+        files = K.write(c, outputs.marked_folder(out_dir, "compare", inputs=run_dirs))
+    if as_json:
+        print(json.dumps({"runs": c.rows, "files": files}, indent=2, default=str))
+        return
+    cols = ("run", "model", "store", "backbone", "weights", "split", "seed", "epochs", *K.METRICS)
+    cols = [k for k in cols if any(r.get(k) is not None for r in c.rows)]
+    table = Table(*cols, title="test metrics")
+    for r in c.rows:
+        table.add_row(*[escape(K._fmt(r.get(k))) for k in cols])
+    out.print(table)
+    for name, path in files.items():
+        out.print(f"{name}: {path}", highlight=False)
 
 
 @command()

@@ -1,11 +1,11 @@
 """Where har may write: the one place that decides whether an output path may be created or replaced.
 
-Every command that writes (extract, features, train-head, train-e2e, cv, explain) asks `check_output`
+Every command that writes (extract, features, train-head, train-e2e, cv, explain, compare) asks `check_output`
 before it touches anything. A path may be written when it is
 
   * nothing yet (or an empty folder), or
   * har's own output of the same kind: a frame store for `extract`, a feature store for
-    `features`, a run folder for the training commands, an explain folder for `explain`.
+    `features`, a run folder for the training commands, an explain or compare folder for those.
 
 It is never an input of the command, a dataset root, the current directory, the home folder, a
 parent of any of these, or a folder or file holding anything else. `--force` lets a command
@@ -20,16 +20,18 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-KINDS = ("frames", "features", "run", "cv", "explain")
+KINDS = ("frames", "features", "run", "cv", "explain", "compare")
 
 # the files a run folder holds (runs.py, loop.py, report.py); anything else means it is not ours
 RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "history.json", "metrics.json",
                        "report.md", "curves.png", "confusion.png", "confusion.csv", "per_class.png",
-                       "per_class.csv", ".lock", ".har-run",
+                       "per_class.csv", ".lock", ".har-run", "roc_pr.png", "most_confused.csv",
                        "explain",                              # the folder `har explain` writes by default
                        "tensorboard", "mlruns", "wandb"})      # training dashboards (trainers.tracker)
-EXPLAIN_MARKER = ".har-explain"  # what makes a folder one of `har explain`'s
-EXPLAIN_SUFFIXES = (".png", ".gif", ".json")
+# folders of pictures and tables: (the marker that makes a folder har's, the files it may hold)
+MARKED = {"explain": (".har-explain", (".png", ".gif", ".json")),
+          "compare": (".har-compare", (".png", ".csv", ".md", ".json"))}
+EXPLAIN_MARKER = MARKED["explain"][0]
 RUN_MARKER = ".har-run"  # written when a run claims its folder: what makes a folder a har run
 RUN_TEMPORARY_SUFFIXES = (".tmp",)
 
@@ -92,19 +94,20 @@ def is_cv_dir(path: Path) -> bool:
     if not path.is_dir():
         return False
     for p in path.iterdir():
-        if p.name in ("cv.json", ".lock"):
+        if p.name in ("cv.json", "cv.md", ".lock"):
             continue
         if not (p.is_dir() and (is_run_dir(p) or not any(p.iterdir()))):
             return False
     return True
 
 
-def is_explain_dir(path: Path) -> bool:
-    """A folder of `har explain`: its marker, and only pictures and JSON besides."""
+def is_marked_dir(path: Path, kind: str) -> bool:
+    """A folder of `har explain` or `har compare`: its marker, and only the files that command writes."""
+    marker, suffixes = MARKED[kind]
     path = Path(path)
-    if not path.is_dir() or not (path / EXPLAIN_MARKER).is_file():
+    if not path.is_dir() or not (path / marker).is_file():
         return False
-    return all(p.is_file() and (p.name == EXPLAIN_MARKER or p.name.endswith(EXPLAIN_SUFFIXES + RUN_TEMPORARY_SUFFIXES))
+    return all(p.is_file() and (p.name == marker or p.name.endswith(suffixes + RUN_TEMPORARY_SUFFIXES))
                for p in path.iterdir())
 
 
@@ -113,8 +116,8 @@ def _is_ours(target: Path, kind: str) -> bool:
         return store_kind(target) == kind
     if kind == "run":
         return is_run_dir(target)
-    if kind == "explain":
-        return is_explain_dir(target)
+    if kind in MARKED:
+        return is_marked_dir(target, kind)
     return is_cv_dir(target)
 
 
@@ -165,7 +168,15 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
         return t
     if not _is_ours(t, kind):
         what = {"frames": "frame store", "features": "feature store", "run": "run folder", "cv": "cv folder",
-                "explain": "explain folder"}[kind]
+                "explain": "explain folder", "compare": "compare folder"}[kind]
         raise OutputError(f"--out {target} is {_describe(t)}, not a har {what}; har only replaces its own output "
                           "of the same kind (--force does not change that): choose a new path")
+    return t
+
+
+def marked_folder(target: Path, kind: str, inputs: Iterable[Path] = ()) -> Path:
+    """`target` checked as a `kind` output (explain, compare), created and marked as har's."""
+    t = check_output(target, kind, inputs=inputs)
+    t.mkdir(parents=True, exist_ok=True)
+    (t / MARKED[kind][0]).touch()
     return t

@@ -68,7 +68,7 @@ def test_cv_from_the_command_line(chain, tmp_path):
     _, feats = chain
     res = har("cv", "mean", "--features", feats, "--folds", "logo", "--epochs", "2", "--out", tmp_path / "cv")
     assert res.returncode == 0, res.stderr
-    assert "3 logo folds: top-1" in res.stdout
+    assert "3 logo folds: top-1" in res.stdout and "roc_auc_ovr_macro" in res.stdout and "+-" in res.stdout
     assert len(json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"]) == 3
 
 

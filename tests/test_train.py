@@ -195,6 +195,10 @@ def test_cv_over_logo_folds_reports_mean_and_std(pair_store, tmp_path):
     assert res.summary["top1"]["mean"] == pytest.approx(np.mean(tops))
     assert res.summary["top1"]["std"] == pytest.approx(np.std(tops))
     assert json.loads((tmp_path / "cv" / "cv.json").read_text())["summary"]["folds"] == "logo"
+    for k in ("top5", "f1_macro", "precision_macro", "recall_macro", "roc_auc_ovr_macro"):  # every metric, per fold
+        assert res.summary[k]["values"] == pytest.approx([r[k] for r in res.folds])
+    md = (tmp_path / "cv" / "cv.md").read_text()
+    assert md.count("| logo0") == 6 and f"**{np.mean(tops):.4f} +- {np.std(tops):.4f}**" in md
     again = crossval.cv(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
     assert all(r["up_to_date"] for r in again.folds)
     with pytest.raises(ValueError, match="--folds official: f.zarr has no such splits"):

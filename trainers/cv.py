@@ -24,6 +24,24 @@ class CVResult:
     summary: dict
 
 
+METRICS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr_macro", "reversed_pairs_top1")
+
+
+def markdown(summary: dict, rows: list[dict], keys: list[str]) -> str:
+    """cv.md: one row per fold, then mean +- std of every metric (population std over the folds)."""
+    def cell(v):
+        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+    lines = [f"# Cross-validation: {summary['head']}, {summary['folds']} folds", "",
+             f"Features `{summary['features']}`; each fold is a run folder here.", "",
+             "| fold | test videos | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    lines += [f"| {r['fold']} | {r['test_videos']} | " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+    lines += ["| **mean +- std** | | " + " | ".join(
+        f"**{summary[k]['mean']:.4f} +- {summary[k]['std']:.4f}**" if summary[k]["folds"] else "n/a" for k in keys)
+        + " |"]
+    return "\n".join(lines) + "\n"
+
+
 def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None) -> CVResult:
     """Train the head on every fold (leave-one-group-out, or the official splits 1-3); each fold is
     a run (resumable, up to date on rerun) under the cv directory; mean +- std of test metrics."""
@@ -52,16 +70,15 @@ def _cv(cfg: RunConfig, path: Path, names: list[str], folds: str, out: Path,
         res = train_head(replace(cfg, features=path, dataset=None, out=out / name,
                                  train=replace(cfg.train, split=name)))
         t = res.summary["test"]
-        row = {"fold": name, "test_videos": t["videos"], "top1": t["top1"], "top5": t["top5"],
-               "f1_macro": t["f1_macro"], "up_to_date": res.up_to_date}
-        if "reversed_pairs_top1" in t:
-            row["reversed_pairs_top1"] = t["reversed_pairs_top1"]
+        row = {"fold": name, "test_videos": t["videos"], **{k: t[k] for k in METRICS if k in t},
+               "up_to_date": res.up_to_date}
         rows.append(row)
         if on_fold:
             on_fold(row)
-    keys = [k for k in ("top1", "top5", "f1_macro", "reversed_pairs_top1") if k in rows[0]]
+    keys = [k for k in METRICS if k in rows[0]]
     summary = {"head": cfg.train.head, "features": str(path), "folds": folds,
                **{k: metrics.summary([r[k] for r in rows if not np.isnan(r[k])]) for k in keys}}
     rundir.write_json(out / "cv.json", {"summary": summary, "folds": rows})
+    rundir.write_text(out / "cv.md", markdown(summary, rows, keys))
     return CVResult(out.absolute(), rows, summary)
 

@@ -365,10 +365,7 @@ def out_dir(run_dir: Path, out: Path | None, inputs: list[Path]) -> Path:
     (pipeline.outputs: empty, new, or an explain folder already) and marked as har's."""
     from pipeline import outputs
 
-    target = outputs.check_output(out if out is not None else Path(run_dir) / "explain", "explain", inputs=inputs)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / outputs.EXPLAIN_MARKER).touch()
-    return target
+    return outputs.marked_folder(out if out is not None else Path(run_dir) / "explain", "explain", inputs)
 
 
 def write(e: Explanation, out: Path, stem: str) -> dict:

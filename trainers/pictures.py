@@ -9,15 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import replace_atomically
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from trainers.report import pyplot, save_figure
 
 
 def overlay(frames: np.ndarray, maps: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -40,17 +32,10 @@ def write_gif(path: Path, frames: np.ndarray, fps: float = 5.0, scale: int = 0) 
                                                        duration=int(1000 / max(fps, 0.5)), loop=0))
 
 
-def _save(fig, path: Path) -> None:
-    try:
-        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    finally:
-        _plt().close(fig)
-
-
 def strip(path: Path, frames: np.ndarray, maps: np.ndarray, importance: np.ndarray, title: str,
           frame_idx: list[int], importance_label: str) -> None:
     """PNG: the frames, the frames with their maps, and a bar per frame of its importance."""
-    plt = _plt()
+    plt = pyplot()
     t = len(frames)
     cols = min(t, 16)
     step = math.ceil(t / cols)
@@ -80,7 +65,7 @@ def strip(path: Path, frames: np.ndarray, maps: np.ndarray, importance: np.ndarr
     ax.set_ylabel(importance_label, fontsize=8)
     ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(title, fontsize=9, wrap=True)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -98,7 +83,7 @@ def filter_grid(path: Path, weight: np.ndarray, rgb: bool, title: str) -> None:
     """PNG: one tile per output filter of `weight` (O, I, kt, kh, kw). Colour kernels as RGB
     images (kt > 1: a strip of kt frames per filter); other kernels as heat maps, a t x 1 x 1
     (temporal) kernel as its inputs x time matrix, any other as the mean over inputs per frame."""
-    plt = _plt()
+    plt = pyplot()
     o, i, kt, kh, kw = weight.shape
     rows, cols = _grid(o)
     temporal = not rgb and kh == kw == 1
@@ -122,4 +107,4 @@ def filter_grid(path: Path, weight: np.ndarray, rgb: bool, title: str) -> None:
             ax.imshow(np.concatenate(list(f.mean(0)), axis=1), cmap="RdBu_r", vmin=-vmax / 2, vmax=vmax / 2,
                       interpolation="nearest")
     fig.suptitle(title, fontsize=9, wrap=True)
-    _save(fig, path)
+    save_figure(fig, path)
