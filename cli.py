@@ -423,6 +423,8 @@ def explain(
     if missing:
         raise ValueError(f"no such video file: {', '.join(missing)}")
     model = X.load(run_dir, device)
+    if name != "filters":
+        model.check(target, clip)  # before anything is written
     folder = X.out_dir(run_dir, out_dir, videos)
     if name == "filters":
         doc = X.write_filters(model.chain, folder, layer)

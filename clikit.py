@@ -197,7 +197,7 @@ def head_config(head: str, settings: dict):
     return cfg
 
 
-Tracker = Annotated[str, opt("--tracker", help="Training dashboard, live: TensorBoard event files in RUN/tensorboard, "
+Tracker = Annotated[str, opt("--tracker", help="Training dashboard, live: TensorBoard event files in RUN/tensorboard/, "
                              "MLflow (RUN/mlruns) or W&B offline (RUN/wandb) as optional extras.", choices="tracker")]
 RunDir = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder of `har train-head` or `har train-e2e`.")]
 

@@ -137,7 +137,8 @@ def _clip(cfg: SynthConfig, class_i: int, group: int, clip: int) -> _Clip:
     u = np.linspace(0, 1, n, dtype=np.float32)
     scale = c_rng.uniform(0.85, 1.15)
     drift = c_rng.uniform(-0.1, 0.1, 2) * (h, w)
-    centres = np.stack([h / 2 + off_y + drift[0] * u, w / 2 + off_x + drift[1] * u], axis=1)
+    u64 = u.astype(np.float64)  # the centres in float64 whatever numpy's promotion rules (1.x would keep float32)
+    centres = np.stack([h / 2 + off_y + drift[0] * u64, w / 2 + off_x + drift[1] * u64], axis=1)
     return _Clip(kind, reverse, n, _pattern(kind, u), bg, shape, colour, centres, min(h, w) * 0.32 * scale, c_rng)
 
 
@@ -206,11 +207,17 @@ def generate(out: Path, cfg: SynthConfig, on_video=None, masks: bool = False) ->
     cfg.validate()
     out = Path(out)
     meta_path = out / "synth.json"
-    meta = {"generator": "har synth", "config": asdict(cfg), "classes": class_names(cfg),
+    old = _read_meta(meta_path)
+    ours = old.get("generator") == "har synth" and old.get("masks") is True  # masks.json is har's to replace
+    if masks and (out / MASKS).exists() and not ours:
+        raise ValueError(f"{out / MASKS} was not written by har synth; move it away or choose another OUT")
+    meta = {"generator": "har synth", "config": asdict(cfg), "classes": class_names(cfg), "masks": masks,
             "reversed_pairs": [[CLASSES[i][0], CLASSES[i + 1][0]] for i in range(0, cfg.classes - 1, 2)
                                if CLASSES[i + 1][2]]}
-    same = meta_path.exists() and json.loads(meta_path.read_text()).get("config") == asdict(cfg)
+    same = old.get("config") == asdict(cfg)
     if meta_path.exists() and not same:
+        if ours and (out / MASKS).exists():
+            (out / MASKS).unlink()  # the boxes of other clips; written again below when asked for
         meta_path.unlink()  # a half-rewritten folder must never look finished
     paths = []
     for ci, cname in enumerate(class_names(cfg)):
@@ -231,13 +238,22 @@ def generate(out: Path, cfg: SynthConfig, on_video=None, masks: bool = False) ->
                  for ci, cname in enumerate(class_names(cfg))
                  for g in range(1, cfg.groups + 1) for c in range(1, cfg.clips + 1)}
         replace_atomically(out / MASKS, lambda tmp: tmp.write_text(json.dumps(boxes, separators=(",", ":"))))
-    elif (out / MASKS).exists():
-        (out / MASKS).unlink()  # ours, and it would no longer match the clips
+    elif (out / MASKS).exists() and ours:
+        (out / MASKS).unlink()  # ours, and it would no longer be asked for
     meta_path.write_text(json.dumps(meta, indent=2))
     return paths
 
 
 MASKS = "masks.json"
+
+
+def _read_meta(path: Path) -> dict:
+    """synth.json as an object; {} when it is missing or not har's JSON."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _remove_stale(out: Path, keep: set[Path]) -> None:

@@ -140,3 +140,13 @@ def test_masks_are_written_with_the_videos_and_removed_without(tmp_path):
     assert datasets.load("synthetic", tmp_path).classes == ("Grow", "Shrink")  # masks.json is not a class
     synth.generate(tmp_path, cfg)
     assert not (tmp_path / synth.MASKS).exists()
+
+
+def test_a_masks_json_har_did_not_write_is_never_replaced_or_removed(tmp_path):
+    cfg = synth.SynthConfig(classes=2, groups=1, clips=1, frames=8, width=64, height=48)
+    (tmp_path / synth.MASKS).write_text("my annotations")
+    synth.generate(tmp_path, cfg)                                   # without --masks: left alone
+    assert (tmp_path / synth.MASKS).read_text() == "my annotations"
+    with pytest.raises(ValueError, match="was not written by har synth"):
+        synth.generate(tmp_path, cfg, masks=True)                   # with --masks: refused, kept
+    assert (tmp_path / synth.MASKS).read_text() == "my annotations"

@@ -22,7 +22,11 @@ def store(tmp_path_factory):
 
 
 def events(folder):
+    """The run's one TensorBoard run (RUN/tensorboard/<fingerprint>), or `folder` itself."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if folder.name == "tensorboard":
+        (folder,) = [p for p in folder.iterdir() if p.is_dir()]
 
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
@@ -52,12 +56,13 @@ def test_tensorboard_holds_every_epoch_the_confusion_image_and_the_hyperparamete
         assert (img.width, img.height) == png.size
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    hp = events(tmp_path / "run" / "tensorboard" / "hparams").PluginTagToContent("hparams")
+    (board,) = (tmp_path / "run" / "tensorboard").iterdir()
+    hp = events(board / "hparams").PluginTagToContent("hparams")
     start = next(plugin_data_pb2.HParamsPluginData.FromString(c) for c in hp.values()
                  if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
     got = start.session_start_info.hparams
     assert got["lr"].number_value == pytest.approx(1e-3) and got["head"].string_value == "lstm"
-    assert got["head_options.hidden"].number_value == 16
+    assert got["head_options.hidden"].number_value == 16 and got["split"].string_value == "groups"
 
 
 def test_epochs_reach_the_dashboard_while_training_and_a_resume_adds_only_the_rest(store, tmp_path):
@@ -133,3 +138,28 @@ def test_wandb_offline(store, tmp_path, monkeypatch):
     (log,) = offline.glob("run-*.wandb")  # what `wandb sync` uploads; wandb offers no reader of it
     data = log.read_bytes()
     assert data.count(b"accuracy/val") >= 3 and b"test/top1" in data and b"head_options.hidden" in data
+
+
+def test_a_failing_tracker_is_a_warning_and_the_run_finishes(store, tmp_path, monkeypatch):
+    from trainers import tracker
+
+    def broken(self, row, throughput):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracker.TensorBoard, "epoch", broken)
+    r = har("train-head", "mean", "--features", store, "--epochs", 2, "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    assert "--tracker tensorboard failed at epoch (OSError" in r.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_another_config_in_the_same_folder_gets_its_own_dashboard(store, tmp_path):
+    cfg = head_task.RunConfig(TrainConfig(epochs=3, head_options=HeadConfig(hidden=16)), features=store,
+                              out=tmp_path / "run")
+    head_task.train_head(cfg, stop_after=2)                      # interrupted
+    from dataclasses import replace
+
+    head_task.train_head(replace(cfg, train=replace(cfg.train, lr=3e-3)), stop_after=1)  # another config, started over
+    boards = sorted(p for p in (tmp_path / "run" / "tensorboard").iterdir())
+    assert len(boards) == 2
+    assert sorted(len(scalars(events(b), "accuracy/val")) for b in boards) == [1, 2]

@@ -145,13 +145,19 @@ def gradcam(chain: Chain, x: torch.Tensor, target: int, layer: Layer, plus: bool
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 
     x = x.detach().clone().requires_grad_(True)  # a frozen backbone's activations need a gradient path
-    with (GradCAMPlusPlus if plus else GradCAM)(model=chain.model, target_layers=[layer.module]) as cam:
-        hooks = cam.activations_and_grads
+    cam = (GradCAMPlusPlus if plus else GradCAM)(model=chain.model, target_layers=[layer.module])
+    hooks = cam.activations_and_grads
+    try:  # not `with`: its __exit__ prints and swallows an IndexError
         logits = hooks(x)
         chain.model.zero_grad()
         logits[0, target].backward()
+        if not hooks.gradients or not hooks.activations:
+            raise ExplainError(f"--layer {layer.name!r} is not on the path from the input to the decision "
+                               "(no gradient reaches it); choose a convolution block before the classifier")
         a, g = hooks.activations[0].float().numpy(), hooks.gradients[0].float().numpy()
         raw = cam.get_cam_image(x, layer.module, None, a, g)       # (1, T', h, w) or per frame (T, h, w)
+    finally:
+        hooks.release()
     raw = np.maximum(raw if layer.per_frame else raw[0], 0)
     return _unit(_upsample(torch.from_numpy(raw), tuple(x.shape[2:])))
 
@@ -162,6 +168,9 @@ def guided_backprop(chain: Chain, x: torch.Tensor, target: int) -> np.ndarray:
     from pytorch_grad_cam.utils.find_layers import replace_all_layer_type_recursive
 
     model = copy.deepcopy(chain.model)
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        raise ExplainError("guided backpropagation changes the gradients of ReLU layers and this model has none "
+                           "(GELU, SiLU or functional activations); use --method gradcam")
     replace_all_layer_type_recursive(model, nn.ReLU, GuidedBackpropReLUasModule())
     x = x.detach().clone().requires_grad_(True)
     model(x)[0, target].backward()
@@ -171,7 +180,7 @@ def guided_backprop(chain: Chain, x: torch.Tensor, target: int) -> np.ndarray:
 def activations(chain: Chain, x: torch.Tensor, layer: Layer) -> np.ndarray:
     """(T, h, w): the mean absolute activation over the layer's channels, upsampled, in [0, 1]."""
     out = []
-    h = layer.module.register_forward_hook(lambda m, i, o: out.append(o.detach()))
+    h = layer.module.register_forward_hook(lambda m, i, o: out.append(o.detach().clone()))
     try:
         with torch.no_grad():
             chain.model(x)
@@ -243,6 +252,14 @@ class Explainer:
     recipe: extract.Recipe
     device: torch.device
 
+    def check(self, target: str | None, clip: int) -> None:
+        """ExplainError unless `target` (None: the predicted class) and `clip` are this run's."""
+        classes = self.chain.classes
+        if target is not None and target not in classes:
+            raise ExplainError(f"--target {target!r} is not a class of this run; allowed: {', '.join(classes)}")
+        if not 0 <= clip < self.recipe.samples:
+            raise ExplainError(f"--clip {clip} is not a clip of this run's recipe; allowed: 0..{self.recipe.samples - 1}")
+
     def layers(self, frames: np.ndarray) -> list[Layer]:
         return trace(self.chain.model, self.chain.to_input(frames))
 
@@ -281,19 +298,13 @@ class Explainer:
     def __call__(self, path: Path, method: str = "gradcam", target: str | None = None, layer: str | None = None,
                  clip: int = 0, how: str = "integrated-gradients", top: int = 5) -> Explanation:
         """Explain one video file (video.VideoError for a bad one)."""
+        self.check(target, clip)
+        classes = self.chain.classes
         samples = extract.extract_video(Path(path), Path(path).name, self.recipe)
         k = len(samples.frames)
-        if not 0 <= clip < k:
-            raise ExplainError(f"--clip {clip} is not a clip of {Path(path).name}; allowed: 0..{k - 1}")
-        classes = self.chain.classes
         probs = self.probabilities(samples.frames)
         mean = probs.mean(0)
-        if target is None:
-            t = int(np.argmax(mean))
-        elif target in classes:
-            t = classes.index(target)
-        else:
-            raise ExplainError(f"--target {target!r} is not a class of this run; allowed: {', '.join(classes)}")
+        t = int(np.argmax(mean)) if target is None else classes.index(target)
         frames = samples.frames[clip]
         maps, imp, kind, lay = self.explain_clip(frames, t, method, layer, how)
         order = np.argsort(-mean, kind="stable")[:top]
@@ -315,7 +326,11 @@ def load(run_dir: Path, device: str = "auto") -> Explainer:
         raise ValueError(f"{run_dir} was trained by an older har without a model card; train it again")
     recipe = predictor.check_card(card, Path(run_dir) / "lineage.json", kind)
     dev = loop.resolve_device(device if device != "auto" else cfg.device)
-    return Explainer(Path(run_dir), kind.chain(Path(run_dir), cfg, card, dev), replace(recipe, views=0), dev)
+    chain = kind.chain(Path(run_dir), cfg, card, dev)
+    for m in chain.model.modules():  # an in-place ReLU would rewrite a hooked layer's output under the hook
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return Explainer(Path(run_dir), chain, replace(recipe, views=0), dev)
 
 
 # ---- filters ---------------------------------------------------------------------------------------
@@ -408,10 +423,16 @@ def randomised(chain: Chain, seed: int = 0) -> Chain:
     """A copy of `chain` with every layer re-initialised (Adebayo et al. 2018's model randomisation:
     a map that survives it shows the input, not what the model learnt)."""
     model = copy.deepcopy(chain.model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     torch.manual_seed(seed)
     for m in model.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+        if callable(reset):
+            reset()
+    with torch.no_grad():  # parameters no reset reaches (a transformer's positions): drawn afresh
+        for n, p in model.named_parameters():
+            if torch.equal(p, before[n]) and p.numel() > 1:
+                p.normal_(0, 0.02)
     parts = dict(model.named_children())
     return replace(chain, model=model, encode=parts.get("encode") if chain.encode is not None else None,
                    head=parts.get("head") if chain.head is not None else None)
@@ -456,15 +477,14 @@ def shuffle_change(chain: Chain, frames: np.ndarray, target: int, steps: np.ndar
     """Mean |change| of the target probability when the frames at `steps` swap places among
     themselves (a random derangement each try)."""
     x = chain.to_input(frames)
+    steps = np.unique(steps)
     with torch.no_grad():
         p0 = torch.softmax(chain.model(x), 1)[0, target].item()
         changes = []
         for _ in range(tries):
             perm = np.arange(x.shape[2])
-            moved = rng.permutation(steps)
-            while len(steps) > 1 and np.any(moved == steps):
-                moved = rng.permutation(steps)
-            perm[steps] = moved
+            order = rng.permutation(steps)
+            perm[order] = np.roll(order, 1)  # a random cycle: every chosen frame moves
             p = torch.softmax(chain.model(x[:, :, perm]), 1)[0, target].item()
             changes.append(abs(p - p0))
     return float(np.mean(changes))

@@ -122,13 +122,17 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
         lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": _split_info(job.split),
                "versions": lineage.versions(), "created": lineage.now(), "predict": job.card}
         rundir.write_json(run_dir / "lineage.json", lin)
-    board = open_tracker(tracker, run_dir, {"model": job.name, "split": job.split.name, **job.cfg.as_dict()}) \
+    board = open_tracker(tracker, run_dir, {**job.cfg.as_dict(), "model": job.name, "split": job.split.name}, fp) \
         if main else None
+    failed = True
     try:
-        return _train_and_report(job, run_dir, fp, on_epoch, stop_after, warns, board)
+        res = _train_and_report(job, run_dir, fp, on_epoch, stop_after, warns, board)
+        failed = False
+        return res
     finally:
         if board is not None:
-            board.close()
+            board.close(failed)
+            warns += board.warnings
 
 
 def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict], None] | None,
@@ -159,8 +163,8 @@ def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict
                "val": evaluate(job.task, model, val, device, job.cfg),
                "test": evaluate(job.task, model, job.split.test, device, job.cfg)}
     report.write(run_dir, summary, fit.history, job.task.classes)
+    rundir.write_json(done, summary)  # the run is finished whatever the dashboard does next
     board.finish(summary, run_dir / "confusion.png")
-    rundir.write_json(done, summary)
     return RunResult(run_dir, False, summary, warns)
 
 

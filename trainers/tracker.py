@@ -1,6 +1,6 @@
 """Training dashboards: every run reports its epochs, live, to a tracker of `TRACKERS`.
 
-    tensorboard   TensorBoard event files in RUN/tensorboard (the default; `tensorboard --logdir runs`)
+    tensorboard   TensorBoard event files in RUN/tensorboard/<fingerprint> (the default; `tensorboard --logdir runs`)
     mlflow        MLflow, a local file store in RUN/mlruns (`pip install 'har[mlflow]'`; `mlflow ui
                   --backend-store-uri RUN/mlruns`)
     wandb         Weights & Biases, offline, in RUN/wandb (`pip install 'har[wandb]'`; `wandb sync` uploads)
@@ -9,8 +9,10 @@
 Per epoch: loss and accuracy (train, val), learning rate, epoch time and throughput (training
 videos or clips per second); at the end: the test metrics, the hyperparameters with the final
 metrics, and the test confusion matrix as an image. The tracker changes nothing a run computes
-(it is not in the run's fingerprint); under torchrun only rank 0 reports. A resumed run goes on
-with the epochs not reported yet.
+(it is not in the run's fingerprint) and never stops one: a tracker that fails (a full disk, a
+broken install) becomes a warning of the run (`Guarded`). Under torchrun only rank 0 reports. A
+resumed run goes on in the same dashboard run (keyed by the run's fingerprint) with the epochs not
+reported yet; another config trained into the same folder gets its own.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ FINAL_METRICS = ("top1", "top5", "f1_macro", "roc_auc_ovr_macro")
 class Tracker(Protocol):
     def epoch(self, row: dict, throughput: float) -> None: ...
     def finish(self, summary: dict, confusion_png: Path | None) -> None: ...
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -50,10 +52,10 @@ def final_metrics(summary: dict) -> dict:
 
 
 class TensorBoard:
-    def __init__(self, run_dir: Path, params: dict):
+    def __init__(self, run_dir: Path, params: dict, key: str):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.dir = Path(run_dir) / "tensorboard"
+        self.dir = Path(run_dir) / "tensorboard" / key
         self.writer = SummaryWriter(log_dir=str(self.dir))
         self.params = params
 
@@ -79,12 +81,12 @@ class TensorBoard:
         self.writer.add_text("run", f"`{summary.get('describe', '')}`", step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
 class MLflow:
-    def __init__(self, run_dir: Path, params: dict):
+    def __init__(self, run_dir: Path, params: dict, key: str):
         try:
             import mlflow
         except ImportError:
@@ -96,9 +98,19 @@ class MLflow:
         # artifacts under the current directory). MLflow 3 keeps it "in maintenance mode" behind this flag.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri((Path(run_dir) / "mlruns").absolute().as_uri())
-        mlflow.set_experiment("har")
-        self.run = mlflow.start_run(run_name=Path(run_dir).name)
-        mlflow.log_params(params)
+        experiment = mlflow.set_experiment("har")
+        found = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.har_fingerprint = '{key}'",
+                                   output_format="list")
+        if found:  # a resumed run goes on in its own MLflow run
+            self.run = mlflow.start_run(run_id=found[0].info.run_id)
+        else:
+            self.run = mlflow.start_run(run_name=Path(run_dir).name, tags={"har_fingerprint": key})
+        try:
+            if not found:
+                mlflow.log_params(params)
+        except Exception:
+            mlflow.end_run(status="FAILED")
+            raise
 
     def epoch(self, row: dict, throughput: float) -> None:
         metrics = {tag.replace("/", "_"): float(row[key]) for tag, key in EPOCH_SCALARS.items()}
@@ -110,12 +122,12 @@ class MLflow:
         if confusion_png is not None and confusion_png.exists():
             self.mlflow.log_artifact(str(confusion_png))
 
-    def close(self) -> None:
-        self.mlflow.end_run()
+    def close(self, failed: bool = False) -> None:
+        self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
 
 
 class WandB:
-    def __init__(self, run_dir: Path, params: dict):
+    def __init__(self, run_dir: Path, params: dict, key: str):
         try:
             import wandb
         except ImportError:
@@ -123,7 +135,7 @@ class WandB:
                              "or --tracker tensorboard") from None
         self.wandb = wandb
         self.run = wandb.init(project="har", name=Path(run_dir).name, dir=str(run_dir), mode="offline",
-                              config=params, reinit="finish_previous")
+                              config=params, id=key, resume="allow", reinit="finish_previous")
 
     def epoch(self, row: dict, throughput: float) -> None:
         self.run.log({**{tag: float(row[key]) for tag, key in EPOCH_SCALARS.items()},
@@ -135,12 +147,12 @@ class WandB:
             extra["confusion/test"] = self.wandb.Image(str(confusion_png))
         self.run.log({**final_metrics(summary), **extra}, step=int(summary["epochs_run"]))
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class Nothing:
-    def __init__(self, run_dir: Path, params: dict):
+    def __init__(self, run_dir: Path, params: dict, key: str):
         pass
 
     def epoch(self, row: dict, throughput: float) -> None:
@@ -149,7 +161,7 @@ class Nothing:
     def finish(self, summary: dict, confusion_png: Path | None) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         pass
 
 
@@ -174,6 +186,37 @@ def check_tracker(name: str) -> None:
                              "or --tracker tensorboard (installed with har)")
 
 
-def open_tracker(name: str, run_dir: Path, params: dict) -> Tracker:
-    """The tracker `name` (ValueError naming the allowed ones) writing under `run_dir`."""
-    return TRACKERS.get(name)(run_dir, flat(params))
+class Guarded:
+    """A tracker whose failures become warnings: the first error of each kind is kept in
+    `warnings` and the tracker is not called again; the run goes on."""
+
+    def __init__(self, name: str, make):
+        self.name, self.warnings, self.board = name, [], None
+        self._call("start", make)
+
+    def _call(self, what: str, fn, *args, **kw):
+        if what != "start" and self.board is None:
+            return
+        try:
+            out = fn(*args, **kw)
+            if what == "start":
+                self.board = out
+        except Exception as e:  # a dashboard never stops training
+            self.board = None
+            self.warnings.append(f"--tracker {self.name} failed at {what} ({type(e).__name__}: {str(e)[:200]}); "
+                                 "the run went on without it")
+
+    def epoch(self, row: dict, throughput: float) -> None:
+        self._call("epoch", lambda: self.board.epoch(row, throughput))
+
+    def finish(self, summary: dict, confusion_png: Path | None) -> None:
+        self._call("finish", lambda: self.board.finish(summary, confusion_png))
+
+    def close(self, failed: bool = False) -> None:
+        self._call("close", lambda: self.board.close(failed))
+
+
+def open_tracker(name: str, run_dir: Path, params: dict, fingerprint: str) -> Guarded:
+    """The tracker `name` writing under `run_dir`, keyed by the run's fingerprint, guarded."""
+    cls = TRACKERS.get(name)
+    return Guarded(name, lambda: cls(run_dir, flat(params), fingerprint[:16]))
