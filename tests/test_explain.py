@@ -17,20 +17,20 @@ TOLERANCE = 15 * 64 / 240  # the pointing game's 15 px of the 240-px source, in 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """Grow / Shrink (the same frames in opposite order), 8 groups x 2 clips, with masks; a 64 px
+    """Grow / Shrink (the same frames in opposite order), 6 groups x 2 clips, with masks; a 64 px
     8-frame store; a small-c3d video run and an LSTM head on random-init ResNet-18 features."""
     w = tmp_path_factory.mktemp("explain")
     env = {"HAR_HOME": str(w / "home")}
-    assert har("synth", w / "syn", "--classes", 2, "--groups", 8, "--clips", 2, "--frames", 24, "--masks",
+    assert har("synth", w / "syn", "--classes", 2, "--groups", 6, "--clips", 2, "--frames", 16, "--masks",
                env=env).returncode == 0
     assert har("extract", "synthetic", "--root", w / "syn", "--frames", 8, "--size", 64, "--out", w / "f.zarr",
                "--workers", 1, env=env).returncode == 0
-    r = har("train-e2e", "small-c3d", "--frames", w / "f.zarr", "--epochs", 15, "--out", w / "video", "--workers", 1,
+    r = har("train-e2e", "small-c3d", "--frames", w / "f.zarr", "--epochs", 12, "--out", w / "video", "--workers", 1,
             env=env)
     assert r.returncode == 0, r.stderr
     assert har("features", "--store", w / "f.zarr", "--backbone", "resnet18", "--weights", "none", "--resize", "stored",
                "--out", w / "feat.zarr", env=env).returncode == 0
-    r = har("train-head", "lstm", "--features", w / "feat.zarr", "--epochs", 30, "--out", w / "head", env=env)
+    r = har("train-head", "lstm", "--features", w / "feat.zarr", "--epochs", 20, "--out", w / "head", env=env)
     assert r.returncode == 0, r.stderr
     return w
 
@@ -45,7 +45,7 @@ def rel(w, path):
 
 def test_pointing_game_gradcam_maximum_falls_on_the_object(work):
     """A small 3-D CNN trained here to >= 0.9: Grad-CAM's maximum is inside the object's box (the
-    game's 15 px tolerance) on >= 80 % of frames. Measured: 0.94 (Grad-CAM++ 0.98) on seed 0;
+    game's 15 px tolerance) on >= 80 % of frames. Measured: 0.948 of 192 frames here;
     benchmarks/explain_sanity.py has the figures over seeds, strict and tolerant."""
     metrics = json.loads((work / "video" / "metrics.json").read_text())
     assert metrics["test"]["top1"] >= 0.9 and metrics["val"]["top1"] >= 0.9
@@ -57,6 +57,7 @@ def test_pointing_game_gradcam_maximum_falls_on_the_object(work):
         stored = [explain.boxes_on_stored(boxes[rel(work, v)][k], (240, 320), e.frames.shape[1:3]) for k in e.frame_idx]
         hits += explain.pointing_hits(e.maps, stored, tolerance=TOLERANCE)
     assert len(hits) == 8 * len(videos(work))
+    print(f"pointing game: {np.mean(hits):.3f} of {len(hits)} frames")
     assert np.mean(hits) >= 0.8, f"pointing game {np.mean(hits):.3f}"
 
 
@@ -71,8 +72,8 @@ def test_pointing_hits_reads_boxes_as_top_left_bottom_right():
 
 def test_model_randomisation_changes_gradcam_maps(work):
     """Adebayo et al. 2018: maps of the trained model and of the same model re-initialised must
-    differ. Grad-CAM's do (rank correlation measured 0.38-0.41 here); the first layer's activations,
-    which know no class, stay the input's structure (0.95) and are the reference. Grad-CAM++ does
+    differ. Grad-CAM's do (rank correlation measured 0.43 here); the first layer's activations,
+    which know no class, stay the input's structure (0.97) and are the reference. Grad-CAM++ does
     not pass on this small model (0.88: its weights are never negative) - BENCHMARKS.md says so."""
     ex = explain.load(work / "video", "cpu")
     rand = explain.Explainer(ex.run_dir, explain.randomised(ex.chain), ex.recipe, ex.device)
@@ -84,6 +85,7 @@ def test_model_randomisation_changes_gradcam_maps(work):
             r, *_ = rand.explain_clip(e.frames, ex.chain.classes.index(e.target), method)
             rho[method].append(explain.rank_correlation(e.maps, r))
     gradcam, activations = np.mean(rho["gradcam"]), np.mean(rho["activations"])
+    print(f"randomisation: Grad-CAM {gradcam:.3f}, activations {activations:.3f}")
     assert gradcam < 0.5 and gradcam < activations - 0.3, rho
     a = np.arange(100.0)
     assert explain.rank_correlation(a, a ** 3) == pytest.approx(1.0)
@@ -105,6 +107,7 @@ def test_temporal_attribution_ranks_frames_by_what_they_change(work):
         t = ex.chain.classes.index(e.target)
         top.append(explain.shuffle_change(ex.chain, e.frames, t, order[:2], rng, tries=4))
         low.append(explain.shuffle_change(ex.chain, e.frames, t, order[-2:], rng, tries=4))
+    print(f"swap top-2 {np.mean(top):.4f}, bottom-2 {np.mean(low):.4f}")
     assert np.mean(top) > 1.5 * np.mean(low), (np.mean(top), np.mean(low))
 
 
@@ -224,7 +227,7 @@ def test_the_default_folder_inside_the_run_keeps_it_a_run(work):
     v = videos(work)[2]
     assert har("explain", work / "video", v).returncode == 0
     assert (work / "video" / "explain" / f"{v.stem}.gradcam.json").is_file()
-    r = har("train-e2e", "small-c3d", "--frames", work / "f.zarr", "--epochs", 15, "--out", work / "video",
+    r = har("train-e2e", "small-c3d", "--frames", work / "f.zarr", "--epochs", 12, "--out", work / "video",
             "--workers", 1, env={"HAR_HOME": str(work / "home")})
     assert r.returncode == 0 and "up to date" in r.stdout + r.stderr
     assert har("evaluate", work / "video").returncode == 0
