@@ -412,7 +412,8 @@ def explain(
     from pipeline import video
     from trainers import explain as X
 
-    name = X.METHODS.get(method) and method
+    X.METHODS.get(method)  # a bad name: one line listing the methods
+    name = method
     videos = list(videos or [])
     if name == "filters" and videos:
         raise ValueError("--method filters draws the run's filters and takes no VIDEO; drop the video files")
@@ -491,7 +492,7 @@ def compare(
     cols = [k for k in cols if any(r.get(k) is not None for r in c.rows)]
     table = Table(*cols, title="test metrics")
     for r in c.rows:
-        table.add_row(*[escape(K._fmt(r.get(k))) for k in cols])
+        table.add_row(*[escape(K.cell(r.get(k))) for k in cols])
     out.print(table)
     for name, path in files.items():
         out.print(f"{name}: {path}", highlight=False)

@@ -31,7 +31,6 @@ RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "his
 # folders of pictures and tables: (the marker that makes a folder har's, the files it may hold)
 MARKED = {"explain": (".har-explain", (".png", ".gif", ".json")),
           "compare": (".har-compare", (".png", ".csv", ".md", ".json"))}
-EXPLAIN_MARKER = MARKED["explain"][0]
 RUN_MARKER = ".har-run"  # written when a run claims its folder: what makes a folder a har run
 RUN_TEMPORARY_SUFFIXES = (".tmp",)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.files import replace_atomically
 from trainers import rundir, runs
+from trainers.report import fmt
 
 METRICS = ("top1", "top5", "f1_macro", "roc_auc_ovr_macro", "reversed_pairs_top1")
 
@@ -83,10 +84,8 @@ def compare(run_dirs: list[Path]) -> Comparison:
     return Comparison(rows, hists, classes, f1)
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "-"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+def cell(v) -> str:
+    return fmt(v, 3, "-")
 
 
 def markdown(c: Comparison) -> str:
@@ -94,7 +93,7 @@ def markdown(c: Comparison) -> str:
     metric_cols = [k for k in METRICS if any(r.get(k) is not None for r in c.rows)]
     lines = ["# Runs compared", "", "| " + " | ".join(ident + tuple(metric_cols)) + " |",
              "|" + "---|" * (len(ident) + len(metric_cols))]
-    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in ident + tuple(metric_cols)) + " |" for r in c.rows]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in ident + tuple(metric_cols)) + " |" for r in c.rows]
     splits = {r["split"] for r in c.rows}
     stores = {r["store"] for r in c.rows}
     if len(splits) > 1 or len(stores) > 1:
@@ -108,8 +107,8 @@ def markdown(c: Comparison) -> str:
               "|" + "---|" * (1 + 2 * len(c.rows) - 1)]
     spread = np.nan_to_num(np.nanmax(c.f1, axis=1) - np.nanmin(c.f1, axis=1), nan=-1) if len(c.classes) else []
     for i in np.argsort(-np.asarray(spread), kind="stable")[:30]:
-        vals = [_fmt(float(v)) for v in c.f1[i]]
-        diffs = [_fmt(float(c.f1[i, j] - c.f1[i, 0])) for j in range(1, len(c.rows))]
+        vals = [cell(float(v)) for v in c.f1[i]]
+        diffs = [cell(float(c.f1[i, j] - c.f1[i, 0])) for j in range(1, len(c.rows))]
         lines.append(f"| {c.classes[i]} | " + " | ".join(vals) + " | " + " | ".join(diffs) + " |")
     return "\n".join(lines) + "\n"
 
@@ -128,8 +127,8 @@ def write(c: Comparison, out: Path) -> dict:
             w = csv.writer(f)
             w.writerow(["class", *[f"f1 {r['run']}" for r in c.rows], *[f"diff {r['run']}" for r in c.rows[1:]]])
             for i, name in enumerate(c.classes):
-                w.writerow([name, *[_fmt(float(v)) for v in c.f1[i]],
-                            *[_fmt(float(c.f1[i, j] - c.f1[i, 0])) for j in range(1, len(c.rows))]])
+                w.writerow([name, *[cell(float(v)) for v in c.f1[i]],
+                            *[cell(float(c.f1[i, j] - c.f1[i, 0])) for j in range(1, len(c.rows))]])
 
     replace_atomically(out / "compare.csv", table)
     replace_atomically(out / "compare_per_class.csv", per_class)

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline import lineage
 from trainers import data, metrics, rundir
+from trainers.report import fmt
 from trainers.head_task import RunConfig, feature_store_for, train_head
 
 FOLDS = ("logo", "official")
@@ -29,13 +30,10 @@ METRICS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "roc_a
 
 def markdown(summary: dict, rows: list[dict], keys: list[str]) -> str:
     """cv.md: one row per fold, then mean +- std of every metric (population std over the folds)."""
-    def cell(v):
-        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
-
     lines = [f"# Cross-validation: {summary['head']}, {summary['folds']} folds", "",
              f"Features `{summary['features']}`; each fold is a run folder here.", "",
              "| fold | test videos | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    lines += [f"| {r['fold']} | {r['test_videos']} | " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+    lines += [f"| {r['fold']} | {r['test_videos']} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
     lines += ["| **mean +- std** | | " + " | ".join(
         f"**{summary[k]['mean']:.4f} +- {summary[k]['std']:.4f}**" if summary[k]["folds"] else "n/a" for k in keys)
         + " |"]

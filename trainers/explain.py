@@ -260,9 +260,6 @@ class Explainer:
         if not 0 <= clip < self.recipe.samples:
             raise ExplainError(f"--clip {clip} is not a clip of this run's recipe; allowed: 0..{self.recipe.samples - 1}")
 
-    def layers(self, frames: np.ndarray) -> list[Layer]:
-        return trace(self.chain.model, self.chain.to_input(frames))
-
     def probabilities(self, frames: np.ndarray) -> np.ndarray:
         """(K, C) softmax of every clip (K, T, H, W, 3)."""
         with torch.no_grad():

@@ -139,9 +139,9 @@ def plot_roc_pr(m: dict, path: Path) -> None:
     c = m.get("curves") or {}
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
     if c:
-        a.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"micro-average (macro AUC {_fmt(m.get('roc_auc_ovr_macro'))})")
+        a.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"micro-average (macro AUC {fmt(m.get('roc_auc_ovr_macro'))})")
         b.plot(c["pr"]["recall"], c["pr"]["precision"],
-               label=f"micro-average (mean AP {_fmt(float(np.nanmean([r['ap'] for r in m['per_class']])))})")
+               label=f"micro-average (mean AP {fmt(float(np.nanmean([r['ap'] for r in m['per_class']])))})")
     a.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     a.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one vs rest)", xlim=(0, 1), ylim=(0, 1.02))
     b.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.02))
@@ -151,11 +151,12 @@ def plot_roc_pr(m: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _fmt(v) -> str:
+def fmt(v, digits: int = 4, missing: str = "n/a") -> str:
+    """A table cell: floats to `digits` places, None and nan as `missing`, anything else as text."""
     if v is None:
-        return "n/a"
+        return missing
     if isinstance(v, float):
-        return "n/a" if math.isnan(v) else f"{v:.4f}"
+        return missing if math.isnan(v) else f"{v:.{digits}f}"
     return str(v)
 
 
@@ -179,10 +180,10 @@ def write(run_dir: Path, summary: dict, history: list[dict], classes: list[str])
     if summary.get("failed_videos"):
         lines += [f"{len(summary['failed_videos'])} videos failed extraction and are in no split: "
                   + ", ".join(summary["failed_videos"][:10]), ""]
-    lines += [f"Best epoch {summary['best_epoch']} of {len(history)} (val top-1 {_fmt(summary['best_val_acc'])})"
+    lines += [f"Best epoch {summary['best_epoch']} of {len(history)} (val top-1 {fmt(summary['best_val_acc'])})"
               + (", stopped early" if summary["stopped_early"] else "") + f"; {summary['train_seconds']:.1f} s.", "",
               "| metric | val | test |", "|---|---|---|"]
-    lines += [f"| {k} | {_fmt(summary['val'].get(k, float('nan')))} | {_fmt(test.get(k, float('nan')))} |"
+    lines += [f"| {k} | {fmt(summary['val'].get(k, float('nan')))} | {fmt(test.get(k, float('nan')))} |"
               for k in keys if k in test]
     lines += ["", "## Training curves", "", "![curves](curves.png)", "", "## Confusion matrix (test)", "",
               "![confusion](confusion.png) — [CSV](confusion.csv)", ""]
@@ -196,8 +197,8 @@ def write(run_dir: Path, summary: dict, history: list[dict], classes: list[str])
               "## Per-class report (test)", "",
               "![per class](per_class.png) — [CSV](per_class.csv) (sortable: one row per class)", "",
               "| class | precision | recall | F1 | top-5 | AUC | AP | support |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {_fmt(r.get('top5'))} | "
-              f"{_fmt(r.get('auc'))} | {_fmt(r.get('ap'))} | {r['support']} |" for r in test["per_class"]]
+    lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {fmt(r.get('top5'))} | "
+              f"{fmt(r.get('auc'))} | {fmt(r.get('ap'))} | {r['support']} |" for r in test["per_class"]]
     lines += ["", f"Run fingerprint `{summary['fingerprint']}` (config, split and the store's fingerprint). "
               "Config: `config.json`; lineage: `lineage.json`.", ""]
     path = run_dir / "report.md"
