@@ -336,44 +336,125 @@ def evaluate(run_dir: RunDir,
     out.print(table)
 
 
-@command()
+@command(interrupted="interrupted; --csv and the timeline files are written only when every video is done")
 def predict(
-    videos: Annotated[list[Path], typer.Argument(metavar="VIDEO...", help="Video files (any container PyAV reads).")],
+    videos: Annotated[list[Path], typer.Argument(metavar="VIDEO|DIR...", help="Video files (any container PyAV "
+                                                 "reads) or folders, walked for videos.")],
     run_dir: Annotated[Path, typer.Option("--run", help="A run folder of `har train-head` or `har train-e2e`.")],
     top: Annotated[int, typer.Option(help="How many classes to list.")] = 5,
+    window: Annotated[Optional[float], opt("--window", help="Seconds: classify sliding windows of this length "
+                                           "and give a timeline (windows, merged segments, a plot).")] = None,
+    stride: Annotated[Optional[float], opt("--stride", help="Seconds between window starts (default: half "
+                                           "the window).")] = None,
+    csv_path: Annotated[Optional[Path], opt("--csv", help="Write one row per video (per window with "
+                                            "--window): top classes, probabilities, the reason a file failed.")] = None,
+    out_dir: Annotated[Optional[Path], opt("--out", help="Folder for the timeline files (default: RUN/timeline).")] = None,
+    workers: Annotated[Optional[int], opt("--workers", help="Classify on a local Dask cluster of N processes.")] = None,
+    scheduler: DaskScheduler = None,
     device: Device = "auto", as_json: AsJson = False,
 ):
     """Classify video files with a trained run: decoded and sampled as its store was, then its model.
+
+    A folder is walked for videos; a file that fails gets its reason (a row in --csv) and the
+    others go on. With --window, each video becomes a timeline: per window the top classes, and
+    segments (label, start, end, mean probability) where the top class stays; <name>.timeline.png
+    / .csv / .json go to --out.
 
     Examples:
 
         har predict clip.avi --run runs/lstm-groups-1a2b3c4d5e
 
         har predict a.mp4 b.mkv --run runs/r2plus1d_18-official1-0f0e0d0c0b --json
+
+        har predict match.mp4 --run runs/r2plus1d_18-official1-0f0e0d0c0b --window 2 --stride 1
+
+        har predict videos/ --run runs/lstm-groups-1a2b3c4d5e --csv predictions.csv --workers 2
     """
     setup_logging(False)
     import json
 
-    missing = [str(v) for v in videos if not v.is_file()]
-    if missing:
-        raise ValueError(f"no such video file: {', '.join(missing)}")
     if top < 1:
         raise ValueError(f"--top {top} must be >= 1")
-    from trainers import predictor
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers {workers} is out of range; allowed: >= 1")
+    from trainers import predictor, timeline
 
-    model = predictor.load(run_dir, device)
-    results = [model(v, top) for v in videos]
+    timing = None
+    if window is not None:
+        timing = timeline.Timing(window, stride)
+        timing.validate()
+    elif stride is not None:
+        raise ValueError("--stride needs --window (the window's length in seconds)")
+    elif out_dir is not None:
+        raise ValueError("--out is where --window writes its timeline files; add --window or drop --out")
+    files, notes = predictor.find_videos(videos)
+    for n in notes:
+        err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+    if not files:
+        raise ValueError(f"no video files in {', '.join(map(str, videos))}")
+    model = predictor.load(run_dir, device)  # the run checked before anything is written
+    sheet = predictor.CsvOut(csv_path, top, timing is not None, files) if csv_path is not None else None
+    folder = None
+    if timing is not None:
+        from pipeline import outputs
+
+        folder = outputs.marked_folder(out_dir if out_dir is not None else run_dir / "timeline", "timeline", files)
+    results: dict[str, dict] = {}
+    stems: set[str] = set()
+    ok = False
+    try:
+        with progress("classifying") as update:
+            def take(batch: list[dict]) -> None:
+                for r in batch:
+                    probs = r.pop("probabilities", None)
+                    if probs is not None:
+                        stem = Path(r["video"]).stem
+                        while stem in stems:
+                            stem += "_"
+                        stems.add(stem)
+                        r["files"] = timeline.write(folder, stem, r, probs, model.classes, top)
+                    results[r["video"]] = r
+                    if sheet is not None:
+                        sheet.add(r)
+                    if "error" in r and not as_json:
+                        err.print(f"[red]{escape(r['video'] + ': ' + r['error'])}[/]", highlight=False)
+                update(len(results), len(files))
+
+            if workers is None and scheduler is None:
+                for f in files:
+                    take([model.predict(f, top, timing)])
+            else:
+                from pipeline import cluster
+
+                size = max(1, min(8, len(files) // (4 * (workers or 2))))
+                tasks = [predictor.PredictTask(str(run_dir), device, tuple(map(str, files[i:i + size])), top, timing)
+                         for i in range(0, len(files), size)]
+                cluster.run_tasks(predictor.predict_task, tasks, take, scheduler=scheduler, workers=workers)
+        ok = True
+    finally:
+        if sheet is not None:
+            sheet.close(ok)
+    ordered = [results[str(f)] for f in files]
+    failed = sum("error" in r for r in ordered)
     if as_json:
-        print(json.dumps({"run": str(run_dir), "predictions": results}, indent=2))
+        print(json.dumps({"run": str(run_dir), "predictions": ordered}, indent=2))
+    elif sheet is not None:  # a folder's worth: the table is the file
+        out.print(f"csv: {csv_path} ({len(files)} videos, {failed} failed)", highlight=False)
     else:
-        for r in results:
+        for r in ordered:
             if "error" in r:
-                err.print(f"[red]{escape(r['video'] + ': ' + r['error'])}[/]", highlight=False)
                 continue
-            out.print(f"[bold]{r['video']}[/] ({r['clips']} clip{'s' if r['clips'] > 1 else ''})")
-            for i, p in enumerate(r["top"], 1):
-                out.print(f"  {i}. {p['class']:<24} {p['probability']:.3f}", highlight=False)
-    if any("error" in r for r in results):
+            if timing is None:
+                out.print(f"[bold]{escape(r['video'])}[/] ({r['clips']} clip{'s' if r['clips'] > 1 else ''})")
+                for i, p in enumerate(r["top"], 1):
+                    out.print(f"  {i}. {p['class']:<24} {p['probability']:.3f}", highlight=False)
+                continue
+            out.print(f"[bold]{escape(r['video'])}[/] ({r['duration']:.1f} s, {len(r['windows'])} windows) "
+                      f"-> {escape(r['files']['png'])}")
+            for s in r["segments"]:
+                out.print(f"  {s['start']:8.2f} - {s['end']:8.2f} s  {s['label']:<24} {s['probability']:.3f}",
+                          highlight=False)
+    if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

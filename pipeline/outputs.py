@@ -20,17 +20,18 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-KINDS = ("frames", "features", "run", "cv", "explain", "compare")
+KINDS = ("frames", "features", "run", "cv", "explain", "compare", "timeline")
 
 # the files a run folder holds (runs.py, loop.py, report.py); anything else means it is not ours
 RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "history.json", "metrics.json",
                        "report.md", "curves.png", "confusion.png", "confusion.csv", "per_class.png",
                        "per_class.csv", ".lock", ".har-run", "roc_pr.png", "most_confused.csv",
-                       "explain",                              # the folder `har explain` writes by default
+                       "explain", "timeline",                  # folders `har explain`, `har predict --window` write
                        "tensorboard", "mlruns", "wandb"})      # training dashboards (trainers.tracker)
 # folders of pictures and tables: (the marker that makes a folder har's, the files it may hold)
 MARKED = {"explain": (".har-explain", (".png", ".gif", ".json")),
-          "compare": (".har-compare", (".png", ".csv", ".md", ".json"))}
+          "compare": (".har-compare", (".png", ".csv", ".md", ".json")),
+          "timeline": (".har-timeline", (".png", ".csv", ".json"))}
 RUN_MARKER = ".har-run"  # written when a run claims its folder: what makes a folder a har run
 RUN_TEMPORARY_SUFFIXES = (".tmp",)
 
@@ -167,7 +168,7 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
         return t
     if not _is_ours(t, kind):
         what = {"frames": "frame store", "features": "feature store", "run": "run folder", "cv": "cv folder",
-                "explain": "explain folder", "compare": "compare folder"}[kind]
+                "explain": "explain folder", "compare": "compare folder", "timeline": "timeline folder"}[kind]
         raise OutputError(f"--out {target} is {_describe(t)}, not a har {what}; har only replaces its own output "
                           "of the same kind (--force does not change that): choose a new path")
     return t

@@ -40,3 +40,23 @@ def shared_data() -> Path:
     if not SHARED.exists():
         pytest.skip(f"reference data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def colour_run(tmp_path_factory):
+    """A trained head run that tells three colour classes apart (Red, Green, Blue; helpers.COLOURS):
+    a folder dataset, an 8-frame 32 px store, random-init ResNet-18 features, a mean head.
+    Returns (run folder, dataset root)."""
+    from helpers import har, write_colour_dataset
+
+    w = tmp_path_factory.mktemp("colour")
+    env = {"HAR_HOME": str(w / "home")}
+    root = write_colour_dataset(w / "videos")
+    assert har("extract", "folder", "--root", root, "--frames", 8, "--size", 32, "--out", w / "f.zarr",
+               "--workers", 1, env=env).returncode == 0
+    r = har("features", "--store", w / "f.zarr", "--backbone", "resnet18", "--weights", "none", "--resize", "stored",
+            "--out", w / "feat.zarr", env=env)
+    assert r.returncode == 0, r.stderr
+    r = har("train-head", "mean", "--features", w / "feat.zarr", "--epochs", 15, "--out", w / "run", env=env)
+    assert r.returncode == 0, r.stderr
+    return w / "run", root

@@ -191,3 +191,30 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
                       data_name="features")
     store.mark_complete(path)
     return path
+
+
+COLOURS = {"Red": (200, 40, 40), "Green": (40, 180, 60), "Blue": (40, 60, 210)}
+
+
+def colour_frames(name: str, n: int, seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """n frames of one colour class: the class's tint on noise, a grey square moving across."""
+    rng = np.random.default_rng(seed)
+    base = np.array(COLOURS[name], np.float32) * rng.uniform(0.8, 1.1)
+    frames = np.clip(base + rng.normal(0, 18, (n, h, w, 3)), 0, 255).astype(np.uint8)
+    for i in range(n):
+        x = int((w - 12) * i / max(1, n - 1))
+        frames[i, 18:30, x:x + 12] = 128
+    return frames
+
+
+def write_colour_dataset(root: Path, groups: int = 4, clips: int = 2, frames: int = 30) -> Path:
+    """A class-per-folder dataset (`--dataset folder`) that any model tells apart by colour."""
+    from pipeline.video import write_video
+
+    for ci, name in enumerate(COLOURS):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for g in range(1, groups + 1):
+            for c in range(1, clips + 1):
+                write_video(root / name / f"v_{name}_g{g:02d}_c{c:02d}.avi",
+                            colour_frames(name, frames, seed=ci * 1000 + g * 10 + c))
+    return root

@@ -8,6 +8,9 @@ head, or cropped and scored by the video model; clip probabilities are averaged.
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import extract, video
-from trainers import loop, rundir, runs, tasks
+from pipeline import datasets, extract, video
+from trainers import loop, rundir, runs, tasks, timeline
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,9 +44,61 @@ class Predictor:
         with torch.inference_mode(), loop.autocast(self.config, self.device):
             logits = self.score(samples.frames)
         probs = torch.softmax(logits.float(), dim=1).mean(0).cpu().numpy()
+        return {"video": str(path), "clips": int(len(samples.frames)), "top": self._top(probs, top)}
+
+    def predict(self, path: Path, top: int = 5, timing: timeline.Timing | None = None) -> dict:
+        """One file of a batch: the whole video or its timeline; any failure becomes the result's
+        "error" (a batch never stops on one file), never numbers."""
+        try:
+            return self(path, top) if timing is None else self.timeline(path, top, timing)
+        except Exception as e:  # noqa: BLE001 - a file the decoder chokes on in a way not foreseen
+            logger.warning("%s: %s", path, e, exc_info=logger.isEnabledFor(logging.INFO))
+            return {"video": str(path), "error": f"{type(e).__name__}: {e}"}
+
+    def _top(self, probs: np.ndarray, top: int) -> list[dict]:
         order = np.argsort(-probs, kind="stable")[:top]
-        return {"video": str(path), "clips": int(len(samples.frames)),
-                "top": [{"class": self.classes[i], "probability": float(probs[i])} for i in order]}
+        return [{"class": self.classes[i], "probability": float(probs[i])} for i in order]
+
+    def _probabilities(self, batch: list[np.ndarray]) -> np.ndarray:
+        """(B, K, T, H, W, 3) windows -> (B, C) probabilities, clip probabilities averaged."""
+        k = batch[0].shape[0]
+        with torch.inference_mode(), loop.autocast(self.config, self.device):
+            logits = self.score(np.concatenate(batch))
+        return torch.softmax(logits.float(), dim=1).view(len(batch), k, -1).mean(1).cpu().numpy()
+
+    def timeline(self, path: Path, top: int, timing: timeline.Timing) -> dict:
+        """Sliding windows over one video (trainers.timeline): {"video", "fps", "duration", "window",
+        "stride", "windows": [{"start", "end", "top"}], "segments": [{"label", "start", "end",
+        "probability", "windows"}], "probabilities": (W, C) array (not JSON: popped by callers)}, or
+        {"video", "error"}."""
+        seen: dict = {}
+        starts, ends, probs, batch, spans = [], [], [], [], []
+        try:
+            for s, e, frames in timeline.stream(Path(path), self.recipe, timing, seen):
+                batch.append(frames)
+                spans.append((s, e))
+                if len(batch) == timeline.BATCH:
+                    probs.append(self._probabilities(batch))
+                    batch = []
+            if batch:
+                probs.append(self._probabilities(batch))
+        except video.VideoError as e:
+            return {"video": str(path), "error": str(e)}
+        p = np.concatenate(probs)
+        order = np.argsort([s for s, _ in spans], kind="stable")
+        p, spans = p[order], [spans[i] for i in order]
+        fps = seen["fps"]
+        starts = np.array([s for s, _ in spans]) / fps
+        ends = np.array([e for _, e in spans]) / fps
+        best = p.argmax(1)
+        labels = [self.classes[i] for i in best]
+        duration = seen["frames"] / fps
+        return {"video": str(path), "fps": round(float(fps), 6), "frames": seen["frames"],
+                "duration": round(duration, 3), "window": timing.window, "stride": timing.step,
+                "windows": [{"start": round(float(a), 3), "end": round(float(b), 3), "top": self._top(q, top)}
+                            for a, b, q in zip(starts, ends, p)],
+                "segments": timeline.segments(starts, ends, labels, p[np.arange(len(p)), best], duration),
+                "probabilities": p}
 
 
 def check_card(card: dict, path: Path, task: tasks.TaskKind) -> extract.Recipe:
@@ -83,3 +141,101 @@ def load(run_dir: Path, device: str = "auto") -> Predictor:
     dev = loop.resolve_device(device if device != "auto" else cfg.device)
     score = kind.scorer(Path(run_dir), cfg, card, dev)
     return Predictor(Path(run_dir), recipe, score, list(card["classes"]), dev, cfg)
+
+
+# ---- many files: a folder tree, on Dask workers when asked --------------------------------------------
+
+def find_videos(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files to classify, in order, and notes on what was skipped. A file is taken as given; a
+    folder is walked (sorted, hidden entries skipped, files with a video suffix; a link that leads
+    outside the folder is not followed). Missing paths: ValueError."""
+    missing = [str(p) for p in paths if not (Path(p).is_file() or Path(p).is_dir())]
+    if missing:
+        raise ValueError(f"no such video file or folder: {', '.join(missing)}")
+    found: list[Path] = []
+    notes: list[str] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+            continue
+        for dirpath, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                if f.startswith(".") or not f.lower().endswith(video.VIDEO_SUFFIXES):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, f), p).replace(os.sep, "/")
+                try:
+                    datasets.safe_rel(p, rel, f"{p} walk")
+                except datasets.DatasetError as e:
+                    notes.append(f"{e}; skipped")
+                    continue
+                found.append(p / rel)
+    return found, notes
+
+
+@dataclass(frozen=True)
+class PredictTask:
+    """A few videos for one worker (picklable: the worker loads the run once and keeps it)."""
+    run_dir: str
+    device: str
+    videos: tuple[str, ...]
+    top: int
+    timing: timeline.Timing | None = None
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(run_dir: str, device: str) -> Predictor:
+    return load(Path(run_dir), device)
+
+
+def predict_task(task: PredictTask) -> list[dict]:
+    """Run on a Dask worker (or in this process): the results of the task's videos, in order."""
+    p = _loaded(task.run_dir, task.device)
+    return [p.predict(Path(v), task.top, task.timing) for v in task.videos]
+
+
+class CsvOut:
+    """`har predict --csv FILE`: rows written as results arrive, into a temporary file beside FILE
+    that replaces it when every video is done (an interrupted run leaves FILE as it was). An
+    existing FILE is replaced only when it is har's own predict CSV (its header says so)."""
+
+    def __init__(self, path: Path, top: int, windows: bool, inputs: list[Path]):
+        self.path, self.top, self.windows = Path(path), top, windows
+        p = self.path
+        if p.is_dir():
+            raise ValueError(f"--csv {p} is a folder; name a .csv file")
+        if any(p.resolve() == Path(i).resolve() for i in inputs):
+            raise ValueError(f"--csv {p} is one of the videos to classify; name a new .csv file")
+        if p.suffix.lower() != ".csv":
+            raise ValueError(f"--csv {p} does not end in .csv; allowed: a .csv file (new, or one har predict wrote)")
+        if p.exists() or p.is_symlink():
+            try:
+                with open(p, newline="") as f:
+                    first = f.readline(4096)
+            except (OSError, UnicodeDecodeError):
+                first = ""
+            if not first.startswith(("video,clips,error,class1", "video,start,end,error,class1")):
+                raise ValueError(f"--csv {p} exists and is not a CSV of har predict; har only replaces its own "
+                                 "output: choose a new file")
+        if not p.parent.is_dir():
+            raise ValueError(f"--csv {p}: no such folder {p.parent}")
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        self.tmp = Path(tmp)
+        self.file = os.fdopen(fd, "w", newline="")
+        import csv
+
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(timeline.csv_header(top, windows))
+
+    def add(self, result: dict) -> None:
+        self.writer.writerows(timeline.csv_rows(result, self.top, self.windows))
+        self.file.flush()
+
+    def close(self, ok: bool) -> None:
+        self.file.close()
+        if ok:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
