@@ -458,6 +458,48 @@ def predict(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+@command(interrupted="stopped")
+def serve(
+    run_dirs: Annotated[list[Path], arg("Run folders of `har train-head` or `har train-e2e` to serve.", metavar="RUN...")],
+    host: Annotated[str, opt("--host", help="Address to bind (127.0.0.1: this machine only; 0.0.0.0: every "
+                             "interface, for a trusted network).")] = "127.0.0.1",
+    port: Annotated[int, opt("--port", help="Port (0: any free port).")] = 8000,
+    workers: Annotated[int, opt("--workers", help="Threads that decode and score at once (the runs are "
+                                "loaded once and shared).")] = 2,
+    queue: Annotated[int, opt("--queue", help="Requests that may wait for a worker; more get 503.")] = 64,
+    max_upload_mb: Annotated[float, opt("--max-upload-mb", help="Largest upload (413 beyond).")] = 200.0,
+    max_seconds: Annotated[float, opt("--max-seconds", help="Longest video accepted, in seconds (413 beyond).")] = 3600.0,
+    device: Device = "auto",
+):
+    """A web page and an HTTP API over trained runs: drop a video, see its top classes, Grad-CAM
+    on its frames and, for a long video, its timeline.
+
+    API: POST /api/predict (multipart `file`, `run`, `top`, `window`, `stride`: the JSON of
+    `har predict --json`), POST /api/explain, GET /api/runs, GET /healthz, GET /openapi.json.
+
+    Examples:
+
+        har serve runs/r2plus1d_18-official1-0f0e0d0c0b
+
+        har serve runs/lstm-groups-1a2b3c4d5e runs/mean-groups-0a1b2c3d4e --port 8080 --workers 4
+
+        curl -F file=@clip.avi http://127.0.0.1:8000/api/predict
+    """
+    setup_logging(False)
+    from trainers import server
+
+    cfg = server.ServeConfig(tuple(run_dirs), host=host, port=port, workers=workers, queue=queue,
+                             max_upload_mb=max_upload_mb, max_seconds=max_seconds, device=device)
+    cfg.validate()
+    server.require()
+
+    def ready(served: dict) -> None:
+        names = ", ".join(served)
+        shown = f"[{host}]" if ":" in host else host
+        err.print(f"serving {names} on http://{shown}:{port}/ (Ctrl-C stops)", highlight=False, soft_wrap=True)
+    server.serve(cfg, on_ready=ready)
+
+
 @command()
 def explain(
     run_dir: Annotated[Path, arg("A run folder of `har train-head` or `har train-e2e`.", metavar="RUN")],

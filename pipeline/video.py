@@ -29,6 +29,32 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".og
                   ".wmv", ".gif", ".m4v", ".3gp")
 
 
+# the first bytes of the containers VIDEO_SUFFIXES name: (offset, magic, container, suffix)
+SIGNATURES = (
+    (0, b"RIFF", "avi", ".avi"),              # RIFF....AVI (checked below)
+    (4, b"ftyp", "mp4", ".mp4"),              # ISO base media: mp4, mov, m4v, 3gp
+    (4, b"moov", "mov", ".mov"), (4, b"mdat", "mov", ".mov"), (4, b"wide", "mov", ".mov"),
+    (0, b"\x1a\x45\xdf\xa3", "matroska", ".mkv"),  # EBML: mkv, webm
+    (0, b"\x00\x00\x01\xba", "mpeg-ps", ".mpg"), (0, b"\x00\x00\x01\xb3", "mpeg-video", ".mpg"),
+    (0, b"FLV\x01", "flv", ".flv"), (0, b"OggS", "ogg", ".ogv"),
+    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "asf", ".wmv"),
+    (0, b"GIF87a", "gif", ".gif"), (0, b"GIF89a", "gif", ".gif"),
+)
+
+
+def sniff(head: bytes) -> tuple[str, str] | None:
+    """(container, suffix) when the first bytes of a file (at least 12; 376 for MPEG-TS) are those of
+    a video container PyAV reads, else None: content decides, never a file name."""
+    for off, magic, name, suffix in SIGNATURES:
+        if head[off:off + len(magic)] == magic:
+            if name == "avi" and head[8:12] != b"AVI ":
+                continue  # RIFF WAVE and friends: audio
+            return name, suffix
+    if len(head) >= 376 and head[0] == head[188] == 0x47:  # MPEG-TS: a sync byte every 188 bytes
+        return "mpeg-ts", ".ts"
+    return None
+
+
 class VideoError(Exception):
     """A file that cannot be decoded as a video; the message says why.
 
