@@ -581,6 +581,44 @@ def explain(
 
 
 @command()
+def export(
+    run_dir: Annotated[Path, arg("A run folder of `har train-head` or `har train-e2e`.", metavar="RUN")],
+    export_format: Annotated[str, opt("--format", help="The file format: onnx (ONNX Runtime and others; needs "
+                                      "pip install 'har[export]') or torchscript (torch.jit.load).",
+                                      choices="export_format")] = "onnx",
+    out_path: Annotated[Optional[Path], opt("--out", help="The model file, ending in .onnx or .pt "
+                                            "[default: RUN/export/model.onnx or RUN/export/model.pt].")] = None,
+    as_json: AsJson = False,
+):
+    """Write a run as one self-contained model file: uint8 frames in, class logits out.
+
+    The file holds the whole chain (for a head run the backbone's resize and crop, the backbone
+    and the head; for a video model its crop and the network), normalisation included: input
+    uint8 (batch, T, H, W, 3) RGB clips at the run's stored size, sampled as its recipe says;
+    output (batch, classes) float32 logits, the ones `har predict` computes (checked on the
+    written file before it replaces anything). The class names, the input and the run are in
+    its metadata (ONNX metadata_props, TorchScript extra files): no har needed to use it.
+
+    Examples:
+
+        har export runs/lstm-groups-1a2b3c4d5e
+
+        har export runs/r2plus1d_18-official1-0f0e0d0c0b --format torchscript --out r2plus1d.pt
+    """
+    setup_logging(False)
+    import json
+
+    from trainers import export as X
+
+    X.FORMATS.get(export_format)  # a bad name: one line listing the formats
+    result = X.export(run_dir, export_format, out_path)
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+        return
+    out.print(result.summary(), highlight=False)
+
+
+@command()
 def compare(
     run_dirs: Annotated[list[Path], arg("Finished runs of `har train-head` or `har train-e2e` (2 or more).",
                                         metavar="RUN...")],
