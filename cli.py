@@ -393,12 +393,12 @@ def predict(
     if not files:
         raise ValueError(f"no video files in {', '.join(map(str, videos))}")
     model = predictor.load(run_dir, device)  # the run checked before anything is written
-    sheet = predictor.CsvOut(csv_path, top, timing is not None, files) if csv_path is not None else None
     folder = None
     if timing is not None:
         from pipeline import outputs
 
         folder = outputs.marked_folder(out_dir if out_dir is not None else run_dir / "timeline", "timeline", files)
+    sheet = predictor.CsvOut(csv_path, top, timing is not None, files) if csv_path is not None else None
     results: dict[str, dict] = {}
     stems: set[str] = set()
     ok = False
@@ -427,9 +427,15 @@ def predict(
                 from pipeline import cluster
 
                 size = max(1, min(8, len(files) // (4 * (workers or 2))))
-                tasks = [predictor.PredictTask(str(run_dir), device, tuple(map(str, files[i:i + size])), top, timing)
+                shown = {str(f.resolve()): str(f) for f in files}  # workers get absolute paths; rows say the given ones
+
+                def take_shown(batch: list[dict]) -> None:
+                    take([{**r, "video": shown.get(r["video"], r["video"])} for r in batch])
+
+                tasks = [predictor.PredictTask(str(run_dir.resolve()), device,
+                                               tuple(str(f.resolve()) for f in files[i:i + size]), top, timing)
                          for i in range(0, len(files), size)]
-                cluster.run_tasks(predictor.predict_task, tasks, take, scheduler=scheduler, workers=workers)
+                cluster.run_tasks(predictor.predict_task, tasks, take_shown, scheduler=scheduler, workers=workers)
         ok = True
     finally:
         if sheet is not None:
@@ -493,10 +499,10 @@ def serve(
     cfg.validate()
     server.require()
 
-    def ready(served: dict) -> None:
+    def ready(served: dict, bound: int) -> None:
         names = ", ".join(served)
         shown = f"[{host}]" if ":" in host else host
-        err.print(f"serving {names} on http://{shown}:{port}/ (Ctrl-C stops)", highlight=False, soft_wrap=True)
+        err.print(f"serving {names} on http://{shown}:{bound}/ (Ctrl-C stops)", highlight=False, soft_wrap=True)
     server.serve(cfg, on_ready=ready)
 
 

@@ -118,6 +118,9 @@ def _open(path: Path):
         container.close()
         raise VideoError("no video stream (audio-only or data file)", permanent=True)
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # a codec FFmpeg does not know (a damaged or exotic fourcc)
+        container.close()
+        raise VideoError("unsupported or unknown video codec (FFmpeg has no decoder for it)", permanent=True)
     stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
     return container, stream
 

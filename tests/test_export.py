@@ -215,7 +215,7 @@ print(json.dumps({"result": out, "har": sorted(m for m in sys.modules if m.split
 def test_check_gives_har_predicts_top1_on_real_videos(work, exported, predictors, run, fmt):
     path = exported(run, fmt).path
     some = videos(work)[::3]  # both classes
-    got = E.check(path, some)
+    got = E.check(path, some, work / run)
     pred = predictors(run)
     assert len(got) == len(some) and {r["predict_top1"] for r in got} <= {"Grow", "Shrink"}
     for r in got:

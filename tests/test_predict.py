@@ -25,7 +25,8 @@ def test_windows_cover_the_video_and_end_at_its_last_frame():
     assert timeline.plan(0, 25.0, t) == []
 
 
-@pytest.mark.parametrize("window, stride", [(0, None), (-1, None), (float("nan"), None), (2, 0), (7200, None)])
+@pytest.mark.parametrize("window, stride", [(0, None), (-1, None), (float("nan"), None), (2, 0), (7200, None),
+                                            (2, 3), (3600, 1)])
 def test_bad_window_or_stride_is_refused(window, stride):
     with pytest.raises(ValueError, match="out of range"):
         timeline.Timing(window, stride).validate()
@@ -105,6 +106,16 @@ def test_timeline_streams_windows_before_the_video_is_decoded(colour_run, long_v
     np.testing.assert_array_equal(frames, timeline_frames(p, long_video, 0, 25))
 
 
+def test_windows_shorter_than_the_clip_repeat_frames_as_the_recipe_pads(colour_run, long_video):
+    """0.2 s windows are 5 frames, fewer than the run's 8: frames repeat (the sampler pads), and
+    every window still comes out once."""
+    run, _ = colour_run
+    p = predictor.load(run, "cpu")
+    got = list(timeline.stream(long_video, p.recipe, timeline.Timing(0.2, 0.1)))
+    assert [(s, e) for s, e, _ in got][:3] == [(0, 5), (3, 8), (5, 10)] and len(got) == len(set(s for s, _, _ in got))
+    assert all(f.shape == (1, 8, 32, 32, 3) for _, _, f in got)
+
+
 def timeline_frames(p, path, start, end):
     """The same window cut out of the whole video and sampled as extract does (reference)."""
     from pipeline import augment, video
@@ -113,6 +124,37 @@ def timeline_frames(p, path, start, end):
     got = {}
     video.scan(path, lambda k: k in set(idx.ravel()), lambda k, fr: got.__setitem__(k, augment.clean(fr, (32, 32))))
     return np.stack([[got[int(k)] for k in row] for row in idx])
+
+
+def test_timeline_of_a_truncated_video_is_refused_as_predict_refuses_it(colour_run, long_video, tmp_path):
+    run, _ = colour_run
+    cut = tmp_path / "cut.avi"
+    data = long_video.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 5])
+    whole = har("predict", cut, "--run", run)
+    windowed = har("predict", cut, "--run", run, "--window", 1, "--out", tmp_path / "tl")
+    assert whole.returncode == windowed.returncode == 3
+    assert "truncated" in whole.stderr and "truncated" in windowed.stderr, windowed.stderr
+
+
+def test_timeline_times_come_from_timestamps_in_a_variable_frame_rate_video(colour_run, tmp_path):
+    """100 Red frames 40 ms apart (4 s), then 50 Blue frames 200 ms apart (10 s): the timeline is
+    14 s long and Blue lasts to its end, though index / average rate would say otherwise."""
+    from fractions import Fraction
+
+    run, _ = colour_run
+    pts = [i * 40 for i in range(100)] + [4000 + i * 200 for i in range(50)]
+    v = write_video(tmp_path / "vfr.mkv", np.concatenate([colour_frames("Red", 100, 3), colour_frames("Blue", 50, 4)]),
+                    pts=pts, time_base=Fraction(1, 1000))
+    r = har("predict", v, "--run", run, "--window", 1, "--stride", 0.5, "--out", tmp_path / "tl", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["predictions"][0]
+    assert doc["duration"] == pytest.approx(14.0, abs=0.25)
+    assert doc["segments"][0]["label"] == "Red" and 3.5 <= doc["segments"][0]["end"] <= 5.0
+    assert doc["segments"][-1]["end"] == pytest.approx(14.0, abs=0.25)
+    assert all(w["top"][0]["class"] != "Red" for w in doc["windows"] if w["start"] >= 4.0)
+    assert doc["windows"][-1]["end"] == pytest.approx(14.0, abs=0.25)
+    assert all(b["start"] >= a["start"] for a, b in zip(doc["windows"], doc["windows"][1:]))
 
 
 def test_folder_predict_writes_a_row_per_video_and_goes_on_past_bad_files(colour_run, tmp_path):

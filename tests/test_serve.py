@@ -93,13 +93,22 @@ def test_bad_uploads_get_4xx_with_a_message_never_500(client, colour_run):
         ({"file": ("x.avi", good)}, {"top": 0}, 422, "top"),
         ({"file": ("x.avi", good)}, {"run": "../../etc"}, 422, "unknown run"),
         ({"file": ("x.avi", good)}, {"window": -1}, 422, "window"),
-        ({"file": ("x.avi", bytes(3 * 2**20))}, {}, 413, "--max-upload-mb"),
+        ({"file": ("x.avi", bytes(3 * 2**20))}, {}, 413, "up to 2 MB"),
+        ({"file": ("zz.avi", good.replace(b"XVID", b"ZZZZ").replace(b"xvid", b"zzzz"))}, {}, 422, "unsupported"),
     ]
     for files, data, status, words in cases:
         r = client.post("/api/predict", files=files, data=data)
         assert r.status_code == status, (files.get("file", [""])[0], data, r.status_code, r.text[:300])
         assert words in json.dumps(r.json()), r.text
         assert "/tmp" not in r.text and str(client.scratch) not in r.text  # no server path told
+    assert list(client.scratch.iterdir()) == []
+    # a body without Content-Length (chunked) is counted as it arrives and cut at the limit
+    def chunks():
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n"
+        for _ in range(40):
+            yield bytes(100_000)
+    r = client.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "up to 2 MB" in r.json()["detail"]
     assert list(client.scratch.iterdir()) == []
 
 
@@ -224,6 +233,53 @@ def test_a_real_server_answers_50_concurrent_uploads(live, colour_run):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) in (0, 130)
     assert not scratch[0].exists()
+
+
+def test_a_full_queue_gets_503_with_retry_after_never_an_error(colour_run):
+    """One worker and one queue place: of 12 uploads at once, those beyond get 503 and Retry-After;
+    every other is answered correctly."""
+    import httpx
+
+    run, root = colour_run
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", str(run), "--port", str(port), "--workers", "1",
+                             "--queue", "1", "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        long = clips(root)[0]
+
+        def one(v: Path):
+            return v, httpx.post(url + "/api/predict", files={"file": (v.name, v.read_bytes())},
+                                 data={"window": 0.2, "stride": 0.1}, timeout=300)
+        with ThreadPoolExecutor(12) as ex:
+            got = list(ex.map(one, [long] * 12))
+        codes = [r.status_code for _, r in got]
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+        for v, r in got:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "2" and "busy" in r.json()["detail"]
+            else:
+                assert r.json()["predictions"][0]["segments"][0]["label"] == v.parent.name
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_a_busy_port_is_one_line_exit_2(colour_run):
+    run, _ = colour_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = har("serve", run, "--port", s.getsockname()[1])
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
 
 
 def chromium() -> tuple[str, str]:

@@ -465,7 +465,7 @@ def test_a_frame_store_replaced_during_training_is_named_as_replaced(data, tmp_p
 
 
 def test_an_atomic_write_that_fails_removes_its_own_temporary_file_and_nothing_else(tmp_path):
-    from pipeline.files import replace_atomically
+    from pipeline.files import current_umask, replace_atomically
 
     target = tmp_path / "f.json"
     target.write_text("old")
@@ -477,8 +477,11 @@ def test_an_atomic_write_that_fails_removes_its_own_temporary_file_and_nothing_e
     with pytest.raises(OSError):
         replace_atomically(target, half_then_full)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
-    (tmp_path / "f.json.tmp").mkdir()  # a folder of someone else's where the temporary file would go
+    (tmp_path / "f.json.tmp").mkdir()  # someone else's folder and link where a fixed temporary name would go
     (tmp_path / "f.json.tmp" / "keep.txt").write_text("keep")
-    with pytest.raises(OSError):
-        replace_atomically(target, lambda tmp: tmp.write_text("new"))
-    assert (tmp_path / "f.json.tmp" / "keep.txt").read_text() == "keep" and target.read_text() == "old"
+    (tmp_path / "victim.txt").write_text("victim")
+    (tmp_path / ".f.json.tmp").symlink_to(tmp_path / "victim.txt")
+    replace_atomically(target, lambda tmp: tmp.write_text("new"))  # a fresh temporary file of its own
+    assert (tmp_path / "f.json.tmp" / "keep.txt").read_text() == "keep" and target.read_text() == "new"
+    assert (tmp_path / "victim.txt").read_text() == "victim" and not target.is_symlink()
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())

@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 EXTRA = "pip install 'har[export]'"
 OPSET = 17          # ONNX Runtime >= 1.14, TensorRT 8.6, OpenVINO 2023: LayerNormalization (attention heads)
 INPUT_NAME, OUTPUT_NAME = "frames", "logits"
-ATOL = RTOL = 1e-4  # the written file against `har predict`'s logits on the check clips
+ATOL, RTOL = 1e-4, 0.0  # the written file against `har predict`'s logits on the check clips: absolute
 CHECK_CLIPS = 2     # seeded random clips scored by both (and the first alone: a batch of 1)
 
 
@@ -545,10 +545,10 @@ def export(run_dir: Path, fmt: str = "onnx", out: Path | None = None) -> ExportR
 
 # ---- checking an export on videos ---------------------------------------------------------------
 
-def check(path: Path, videos: list[Path], run_dir: Path | None = None) -> list[dict]:
-    """An exported file against `har predict` on real videos: each decoded and sampled as the
-    run's recipe says, scored by the file (its own runtime) and by the run (default: the run its
-    metadata names). Per video {"video", "clips", "top1", "predict_top1", "max_diff"} (top-1 of
+def check(path: Path, videos: list[Path], run_dir: Path) -> list[dict]:
+    """An exported file (one of har's: it is loaded and run) against `har predict` on real videos:
+    each decoded and sampled as the run's recipe says, scored by the file (its own runtime) and by
+    `run_dir` (given, never taken from the file's metadata). Per video {"video", "clips", "top1", "predict_top1", "max_diff"} (top-1 of
     the clip-averaged probabilities), or {"video", "error"} for a file that does not decode."""
     from pipeline import extract, video
 
@@ -559,7 +559,7 @@ def check(path: Path, videos: list[Path], run_dir: Path | None = None) -> list[d
     if meta is None:
         raise ExportError(f"{path} is not a har {fmt.name} export")
     load = fmt.load(path)
-    pred = predictor.load(Path(run_dir) if run_dir is not None else Path(meta["har_run"]), "cpu")
+    pred = predictor.load(Path(run_dir), "cpu")
     if list(meta["classes"]) != pred.classes:
         raise ExportError(f"{path} has classes {meta['classes']!r:.80}, the run {pred.run_dir} {pred.classes!r:.80}")
     out = []

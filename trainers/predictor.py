@@ -71,30 +71,40 @@ class Predictor:
         "stride", "windows": [{"start", "end", "top"}], "segments": [{"label", "start", "end",
         "probability", "windows"}], "probabilities": (W, C) array (not JSON: popped by callers)}, or
         {"video", "error"}."""
-        seen: dict = {}
-        starts, ends, probs, batch, spans = [], [], [], [], []
-        try:
-            for s, e, frames in timeline.stream(Path(path), self.recipe, timing, seen):
-                batch.append(frames)
-                spans.append((s, e))
-                if len(batch) == timeline.BATCH:
+        n = None
+        for _attempt in range(2):  # as extract does: when decoding finds another count, plan again on it
+            seen: dict = {}
+            probs, batch, spans = [], [], []
+            try:
+                for s, e, frames in timeline.stream(Path(path), self.recipe, timing, seen, n):
+                    batch.append(frames)
+                    spans.append((s, e))
+                    if len(batch) == timeline.BATCH:
+                        probs.append(self._probabilities(batch))
+                        batch = []
+                if batch:
                     probs.append(self._probabilities(batch))
-                    batch = []
-            if batch:
-                probs.append(self._probabilities(batch))
-        except video.VideoError as e:
-            return {"video": str(path), "error": str(e)}
+            except video.VideoError as e:
+                return {"video": str(path), "error": str(e)}
+            if seen["frames"] == seen["planned"]:
+                break
+            logger.info("%s: planned on %d frames, %d decode; planning again", path, seen["planned"], seen["frames"])
+            n = seen["frames"]
+        if not probs:
+            return {"video": str(path), "error": f"no window decoded ({seen['frames']} frames)"}
         p = np.concatenate(probs)
         order = np.argsort([s for s, _ in spans], kind="stable")
         p, spans = p[order], [spans[i] for i in order]
-        fps = seen["fps"]
-        starts = np.array([s for s, _ in spans]) / fps
-        ends = np.array([e for _, e in spans]) / fps
+        fps, times = seen["fps"], seen["times"]
+        t0 = times.get(0, 0.0)  # a stream may start later than 0: the timeline starts at its first frame
+        duration = max(0.0, seen["end"] - t0)
+        starts = np.array([times.get(s, s / fps) - t0 for s, _ in spans])
+        ends = np.array([min(times.get(e, seen["end"]) - t0, duration) for _, e in spans])
         best = p.argmax(1)
         labels = [self.classes[i] for i in best]
-        duration = seen["frames"] / fps
-        return {"video": str(path), "fps": round(float(fps), 6), "frames": seen["frames"],
-                "duration": round(duration, 3), "window": timing.window, "stride": timing.step,
+        return {"video": str(path), "fps": round(float(fps), 6), **({"fps_assumed": True} if seen["fps_assumed"] else {}),
+                "frames": seen["frames"], "duration": round(duration, 3), "window": timing.window,
+                "stride": timing.step,
                 "windows": [{"start": round(float(a), 3), "end": round(float(b), 3), "top": self._top(q, top)}
                             for a, b, q in zip(starts, ends, p)],
                 "segments": timeline.segments(starts, ends, labels, p[np.arange(len(p)), best], duration),
@@ -209,6 +219,10 @@ class CsvOut:
         if p.suffix.lower() != ".csv":
             raise ValueError(f"--csv {p} does not end in .csv; allowed: a .csv file (new, or one har predict wrote)")
         if p.exists() or p.is_symlink():
+            from pipeline.lineage import special_file
+
+            if p.is_symlink() or special_file(p.stat()):  # a FIFO would block the read below
+                raise ValueError(f"--csv {p} is a link or a special file; name a new .csv file")
             try:
                 with open(p, newline="") as f:
                     first = f.readline(4096)
@@ -223,6 +237,9 @@ class CsvOut:
 
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         self.tmp = Path(tmp)
+        from pipeline.files import current_umask
+
+        os.chmod(tmp, 0o666 & ~current_umask())  # as a plain open() would make it
         self.file = os.fdopen(fd, "w", newline="")
         import csv
 

@@ -132,8 +132,8 @@ class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes gets 413 as soon as it is known (its
     Content-Length, or the bytes counted as they arrive), before anything is parsed or stored."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, shown_mb: float):
+        self.app, self.limit, self.shown_mb = app, limit, shown_mb
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -172,7 +172,7 @@ class BodyLimit:
             await self._too_large(send)
 
     async def _too_large(self, send):
-        body = json.dumps({"detail": f"upload too large; allowed: up to {self.limit / 2**20:g} MB "
+        body = json.dumps({"detail": f"upload too large; allowed: up to {self.shown_mb:g} MB "
                                      "(har serve --max-upload-mb)"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -189,6 +189,9 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
     from trainers import timeline
 
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="har-serve")
+    # explanations hook the model and run one at a time: a thread of their own, so they never hold
+    # the predict workers
+    explaining = ThreadPoolExecutor(1, thread_name_prefix="har-explain")
     waiting = asyncio.Semaphore(cfg.workers + cfg.queue)
     scratch = Path(tempfile.mkdtemp(prefix="har-serve-"))  # the server's own: uploads live only here
 
@@ -198,6 +201,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
             yield
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            explaining.shutdown(wait=False, cancel_futures=True)
             shutil.rmtree(scratch, ignore_errors=True)
 
     app = FastAPI(title="har serve", version="1", lifespan=lifespan,
@@ -219,15 +223,14 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         name = (upload.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
         return "".join(c for c in name if c.isprintable())[:NAME_LIMIT] or "upload"
 
-    async def stored(upload: UploadFile) -> Path:
-        """The upload copied into a fresh folder of the server's scratch under a name of ours; 415
+    async def stored(upload: UploadFile, folder: Path) -> Path:
+        """The upload copied into `folder` (fresh, in the server's scratch) under a name of ours; 415
         unless its first bytes are a video container's."""
         head = await upload.read(512)
         found = video.sniff(head)
         if found is None:
             raise HTTPException(415, f"{label(upload)!r} is not a video file (its first bytes are no video "
                                      "container's); allowed: avi, mp4/mov, mkv/webm, mpeg, ogg, flv, wmv, gif")
-        folder = Path(tempfile.mkdtemp(dir=scratch))
         path = folder / f"upload{found[1]}"
         with open(path, "wb") as f:
             f.write(head)
@@ -236,28 +239,29 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         return path
 
     def check_duration(path: Path) -> None:
+        """413 when the video is longer than --max-seconds: its packets counted (a header may lie)."""
         info = video.probe(path)
-        seconds = info.frames_estimate / info.fps if info.fps > 0 else 0.0
+        frames = max(info.frames_estimate, timeline.frame_count(path))
+        seconds = frames / (info.fps if info.fps > 0 else 25.0)
         if seconds > cfg.max_seconds:
             raise HTTPException(413, f"the video is {seconds:.0f} s long; allowed: up to {cfg.max_seconds:g} s "
                                      "(har serve --max-seconds)")
 
-    async def on_pool(fn, *args):
-        if waiting.locked():
+    async def handle(upload: UploadFile, work, executor=None):
+        """Store the upload, run `work(path)` on the pool, remove the upload whatever happens."""
+        if waiting.locked():  # before the upload is copied: a full queue costs no disk
             raise HTTPException(503, "busy: every worker and queue place is taken; try again shortly",
                                 headers={"Retry-After": "2"})
         async with waiting:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-    async def handle(upload: UploadFile, work):
-        path = await stored(upload)
-        try:
-            return await on_pool(work, path)
-        except video.VideoError as e:  # the decoder's words, without the server's own paths
-            text = str(e).replace(str(path), "the upload").replace(str(scratch), "")
-            raise HTTPException(422, f"{label(upload)}: {text}") from None
-        finally:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            folder = Path(tempfile.mkdtemp(dir=scratch))
+            try:
+                path = await stored(upload, folder)
+                return await asyncio.get_running_loop().run_in_executor(executor or pool, work, path)
+            except video.VideoError as e:  # the decoder's words, without the server's own paths
+                text = str(e).replace(str(folder), "").replace(str(scratch), "")
+                raise HTTPException(422, f"{label(upload)}: {text}") from None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index():
@@ -302,7 +306,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         def work(path: Path) -> dict:
             check_duration(path)
             ex = s.explain()
-            with s.lock:  # hooks on the shared model
+            with s.lock:  # hooks on the model (one explain thread; the lock also guards the lazy load)
                 e = dataclasses.replace(ex(path, method), video=name)  # titled with the client's name
                 doc = X.write(e, path.parent, "x")
             files = doc.pop("files")
@@ -310,7 +314,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
                 doc[k] = f"data:{mime};base64," + base64.b64encode(Path(files[k]).read_bytes()).decode()
             return {**doc, "video": name}
         try:
-            return {"run": s.name, **await handle(file, work)}
+            return {"run": s.name, **await handle(file, work, explaining)}
         except X.ExplainError as e:
             raise HTTPException(422, str(e)) from None
 
@@ -319,7 +323,8 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         logger.exception("%s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error in har serve; the server log has the details"}, status_code=500)
 
-    return BodyLimit(app, int(cfg.max_upload_mb * 2**20) + 64 * 1024), app
+    # the limit is the file's; the multipart framing and the form fields get 64 KiB more
+    return BodyLimit(app, int(cfg.max_upload_mb * 2**20) + 64 * 1024, cfg.max_upload_mb), app
 
 
 def serve(cfg: ServeConfig, on_ready=None) -> None:
@@ -330,10 +335,22 @@ def serve(cfg: ServeConfig, on_ready=None) -> None:
 
     from pipeline import cluster
 
+    import socket
+
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))  # before the runs load: a busy port is said at once
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose another --port "
+                         "(0: any free port) or --host") from None
     served = load_runs(cfg)
     torch.set_num_threads(max(1, cluster.cpu_count() // cfg.workers))  # the pool shares the cores
     asgi, _ = create_app(cfg, served)
     if on_ready is not None:
-        on_ready(served)
-    uvicorn.run(asgi, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5,
-                h11_max_incomplete_event_size=64 * 1024)
+        on_ready(served, sock.getsockname()[1])
+    config = uvicorn.Config(asgi, log_level="warning", timeout_graceful_shutdown=5,
+                            h11_max_incomplete_event_size=64 * 1024)
+    uvicorn.Server(config).run(sockets=[sock])

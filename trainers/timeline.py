@@ -26,6 +26,7 @@ from pipeline.recipe import Recipe
 
 MAX_SECONDS = 3600.0  # one window or stride at most an hour
 BATCH = 8             # windows scored together
+MAX_OPEN = 64         # windows overlapping one frame (window / stride) at most
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Timing:
         for name, v in (("window", self.window), ("stride", self.stride)):
             if v is not None and not (0 < v <= MAX_SECONDS):  # also refuses nan
                 raise ValueError(f"--{name} {v} seconds is out of range; allowed: > 0 and <= {MAX_SECONDS:g}")
+        if self.stride is not None and not self.window / MAX_OPEN <= self.stride <= self.window:
+            raise ValueError(f"--stride {self.stride} is out of range for --window {self.window}; allowed: from "
+                             f"window / {MAX_OPEN} (at most {MAX_OPEN} windows overlap, each held in memory) to "
+                             "the window (a longer stride would leave parts of the video unseen)")
 
     @property
     def step(self) -> float:
@@ -66,12 +71,29 @@ def window_indices(recipe: Recipe, start: int, end: int) -> np.ndarray:
     return idx.astype(np.int64) + start
 
 
-def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None
+def frame_count(path: Path) -> int:
+    """The frames to plan on: located by one demux pass when packets stand for frames
+    (video.packet_plan), else the packets counted by demuxing (no decoding); headers lie."""
+    packets = video.packet_plan(path)
+    if packets is not None:
+        return packets.frames
+    container, vs = video._open(path)
+    with container:
+        try:
+            return sum(1 for p in container.demux(vs) if p.size)
+        except Exception:  # noqa: BLE001 - a damaged container: decoding will say how far it gets
+            return max(1, video.probe(path).frames_estimate)
+
+
+def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None, n: int | None = None
            ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Decode `path` once; yield (start, end, frames (K, T, H, W, 3) uint8) per window as soon as its
-    last frame is decoded. The windows are planned on the frame count one demux pass locates (else
-    the header's); `seen` receives "frames" (decoded) and "fps". Raises video.VideoError for an
-    unreadable file or one that ends before its first window."""
+    last sampled frame is decoded. Windows are planned on `n` frames (default: frame_count).
+    `seen` receives "planned", "frames" (decoded), "fps", "fps_assumed", and "times": the
+    presentation time in seconds of each window's first frame and of the frame after its end
+    (so a variable-frame-rate video gets its real times), "end": the time the last frame ends.
+    Raises video.VideoError for an unreadable file or one that decodes to far fewer frames than
+    planned (truncated, as `har predict` without a window refuses it)."""
     import av
     from av.video.reformatter import VideoReformatter
 
@@ -79,10 +101,11 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None
 
     seen = {} if seen is None else seen
     info = video.probe(path)
-    packets = video.packet_plan(path)
-    n = packets.frames if packets is not None else max(1, info.frames_estimate)
-    windows = plan(n, info.fps, timing)
-    seen.update(fps=info.fps if info.fps > 0 else 25.0, frames=0, planned=n)
+    n = frame_count(path) if n is None else n
+    fps = info.fps if info.fps > 0 else 25.0
+    windows = plan(n, fps, timing)
+    seen.update(fps=fps, fps_assumed=not info.fps > 0, frames=0, planned=n, times={})
+    bounds = {s for s, _ in windows} | {e for _, e in windows}
     needs: dict[int, list[tuple[int, int, int]]] = {}  # source frame -> [(window, clip, t)]
     last = []
     for w, (s, e) in enumerate(windows):
@@ -92,10 +115,9 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None
             needs.setdefault(int(f), []).append((w, k, t))
     out_hw = (recipe.height, recipe.width)
     reformatter = VideoReformatter()
-    held: dict[int, np.ndarray] = {}  # the windows still open
-    done = 0
+    held: dict[int, np.ndarray] = {}  # the windows still open: at most about window / stride
     container, vs = video._open(path)
-    f = 0
+    f, t_last, dt = 0, None, 1 / fps
     with container:
         try:
             for packet in container.demux(vs):
@@ -104,26 +126,35 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None
                 except av.error.InvalidDataError:  # a corrupt packet: skipped, as video.scan does
                     continue
                 for frame in decoded:
+                    t = frame.time if frame.time is not None else f / fps
+                    if t_last is not None and t > t_last:
+                        dt = t - t_last
+                    t_last = t
+                    if f in bounds:
+                        seen["times"][f] = t
                     finished = []
                     if f in needs:
                         img = augment.clean(frame, out_hw, reformatter)
-                        for w, k, t in needs.pop(f):
+                        for w, k, i in needs.pop(f):
                             if w not in held:
                                 held[w] = np.empty((recipe.clips, recipe.frames, *out_hw, 3), np.uint8)
-                            held[w][k, t] = img
-                            if f == last[w]:
+                            held[w][k, i] = img
+                            if f == last[w] and w not in finished:  # a short window samples a frame twice
                                 finished.append(w)
                     f += 1
                     seen["frames"] = f
                     for w in finished:
-                        done += 1
                         yield windows[w][0], windows[w][1], held.pop(w)
-        except av.error.FFmpegError as e:  # truncated or damaged container: the windows decoded so far
+        except av.error.FFmpegError as e:  # truncated or damaged container: judged by the count below
             if video.transient(e):
                 raise video.VideoError(f"the decoder failed for lack of resources after {f} frames: {e}") from None
-    if done == 0:
-        raise video.VideoError("no decodable video frames" if f == 0 else
-                               f"the stream ended after {f} of {n} frames, before its first window", permanent=True)
+    seen["end"] = (t_last if t_last is not None else 0.0) + dt
+    if f == 0:
+        raise video.VideoError("no decodable video frames", permanent=True)
+    announced = max(n, info.frames_estimate)  # the header's count too: a cut-off file's packets end early
+    if f < announced - max(2, announced // 20):
+        raise video.VideoError(f"truncated or damaged: the container announces {announced} frames, only {f} decode",
+                               permanent=True)
 
 
 def segments(starts: np.ndarray, ends: np.ndarray, labels: list[str], probs: np.ndarray, duration: float) -> list[dict]:
