@@ -204,3 +204,13 @@ def cost(name: str) -> dict:
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "gflops": counter.get_total_flops() / 1e9, "input": "224x224 frame",
             "pretrained": ("imagenet", "none", "PATH"), "about": f"{_REGISTRY.about(name)} ({spec.weights})"}
+
+
+def resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
+    """(height, width) torchvision's resize gives: [s] scales the shorter side to s (the longer
+    truncated), [h, w] is exact."""
+    if len(size) == 2:
+        return size[0], size[1]
+    if h <= w:
+        return size[0], int(size[0] * w / h)
+    return int(size[0] * h / w), size[0]

@@ -261,7 +261,7 @@ def test_resize_matrix_is_torchs_interpolation(n_in, n_out, mode):
 def test_resized_size_is_torchvisions(h, w, size, expected):
     from torchvision.transforms.functional import _compute_resized_output_size
 
-    assert E.resized_size(h, w, size) == expected == tuple(_compute_resized_output_size((h, w), size))
+    assert backbones.resized_size(h, w, size) == expected == tuple(_compute_resized_output_size((h, w), size))
 
 
 @pytest.mark.parametrize("n, crop, expected", [

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import files, outputs
+from pipeline import backbones, files, outputs
 from pipeline.registry import Registry
 from trainers import predictor, runs, tasks
 from trainers.chain import Normalised
@@ -125,16 +125,6 @@ def resize_matrix(n_in: int, n_out: int, mode: str, antialias: bool) -> torch.Te
     return out[:, 0, :, 0].t().contiguous()
 
 
-def resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
-    """(height, width) torchvision's resize gives: [s] scales the shorter side to s (the longer
-    truncated), [h, w] is exact."""
-    if len(size) == 2:
-        return size[0], size[1]
-    if h <= w:
-        return size[0], int(size[0] * w / h)
-    return int(size[0] * h / w), size[0]
-
-
 def window(n: int, crop: int) -> list[int]:
     """Indices into n samples of torchvision's centre crop of `crop` (-1: the zero padding it adds
     when crop > n). E.g. n=5, crop=3 -> [1, 2, 3]; n=2, crop=4 -> [-1, 0, 1, -1]."""
@@ -169,15 +159,13 @@ def backbone_cut(card: dict, hw: tuple[int, int]) -> Cut:
     after the float16 rounding of the features)."""
     from torchvision.models import get_weight
 
-    from pipeline import backbones
-
     t = get_weight(backbones.get(card["backbone"]).weights).transforms(antialias=True)
     pre = backbones.Preprocess(t, card.get("resize", "weights") == "weights")
     if not pre.resize:
         return Cut(nn.Identity(), {"resize_to": None, "crop": None, "in_graph": True}, pre.mean, pre.inv_std)
     mode, aa = pre.interpolation.value, bool(pre.antialias)
     h, w = hw
-    rh, rw = resized_size(h, w, pre.resize_size)
+    rh, rw = backbones.resized_size(h, w, pre.resize_size)
     ch, cw = (pre.crop_size * 2)[:2]
     if (rh, rw) == (h, w):  # torchvision leaves a frame of the size asked for untouched
         rows, cols = torch.eye(h), torch.eye(w)

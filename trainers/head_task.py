@@ -183,16 +183,6 @@ def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) ->
     return encode_and_score
 
 
-def _resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
-    """(height, width) torchvision's resize gives: [s] scales the shorter side to s (the longer
-    truncated), [h, w] is exact."""
-    if len(size) == 2:
-        return size[0], size[1]
-    if h <= w:
-        return size[0], int(size[0] * w / h)
-    return int(size[0] * h / w), size[0]
-
-
 def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> Chain:
     """The backbone and the head as one differentiable chain of the stored frames: the backbone's
     own resize and centre crop cut the input (to_input), normalisation, the backbone per frame,
@@ -215,7 +205,9 @@ def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> 
     def window(h: int, w: int) -> tuple[float, float, float, float]:
         if not pre.resize:
             return 0.0, 0.0, float(h), float(w)
-        rh, rw = _resized_size(h, w, list(pre.resize_size))
+        from pipeline.backbones import resized_size
+
+        rh, rw = resized_size(h, w, list(pre.resize_size))
         ch, cw = (pre.crop_size * 2)[:2]
         sy, sx = rh / h, rw / w
         return (rh - ch) / 2 / sy, (rw - cw) / 2 / sx, ch / sy, cw / sx
