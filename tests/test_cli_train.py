@@ -82,7 +82,7 @@ def test_cv_from_the_command_line(chain, tmp_path):
     (["train-head", "lstm", "--dataset", "ucf50"], "no features store for 'ucf50'"),
     (["cv", "lstm", "--features", "{feats}", "--folds", "kfold"], "--folds 'kfold' is not supported; allowed: logo, official"),
     (["evaluate", "nowhere"], "nowhere is not a finished har run"),
-    (["predict", "missing.avi", "--run", "nowhere"], "no such video file: missing.avi"),
+    (["predict", "missing.avi", "--run", "nowhere"], "no such video file or folder: missing.avi"),
     (["predict", "{clip}", "--run", "nowhere"], "nowhere is not a finished har run"),
 ])
 def test_usage_errors_are_one_line_exit_2(chain, synthetic_root, tmp_path, args, message):
