@@ -333,6 +333,21 @@ def test_the_page_in_a_real_headless_browser(colour_run, tmp_path):
         wait.until(ec.visibility_of_element_located((By.ID, "strip")))
         assert drv.find_element(By.ID, "strip").get_attribute("src").startswith("data:image/png;base64,")
         assert drv.find_element(By.ID, "status").text == ""
+        # a long video with a window: the timeline shows its two parts in order
+        import numpy as np
+        from helpers import colour_frames
+
+        from pipeline.video import write_video
+
+        long = write_video(tmp_path / "green_then_blue.avi",
+                           np.concatenate([colour_frames("Green", 75, 5), colour_frames("Blue", 75, 6)]))
+        drv.find_element(By.ID, "file").send_keys(str(long))
+        drv.find_element(By.ID, "window").send_keys("1")
+        drv.find_element(By.ID, "go").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "tlbox")))
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "")
+        band = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#timeline div")]
+        assert band == ["Green", "Blue"], band
         if os.environ.get("HAR_SCREENSHOT"):  # docs/images/serve.png is made this way
             drv.save_screenshot(os.environ["HAR_SCREENSHOT"])
     finally:
