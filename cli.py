@@ -435,7 +435,12 @@ def predict(
                 tasks = [predictor.PredictTask(str(run_dir.resolve()), device,
                                                tuple(str(f.resolve()) for f in files[i:i + size]), top, timing)
                          for i in range(0, len(files), size)]
-                cluster.run_tasks(predictor.predict_task, tasks, take_shown, scheduler=scheduler, workers=workers)
+                def lost(task, e: Exception) -> None:  # a worker died on these videos (or the run failed to load)
+                    take_shown([{"video": v, "error": f"the worker failed: {type(e).__name__}: {e}"}
+                                for v in task.videos])
+
+                cluster.run_tasks(predictor.predict_task, tasks, take_shown, scheduler=scheduler, workers=workers,
+                                  on_error=lost)
         ok = True
     finally:
         if sheet is not None:

@@ -49,21 +49,31 @@ def dask_setup(worker) -> None:
 
 def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callable[[Any], None],
               scheduler: str | None = None, workers: int | None = None,
-              resources: dict[str, float] | None = None) -> None:
+              resources: dict[str, float] | None = None,
+              on_error: Callable[[Any, Exception], None] | None = None) -> None:
     """Call fn(task) for every task and on_result(result) as each finishes (any order).
 
     scheduler None: a local dask.distributed cluster of `workers` processes (default: all cores),
     one thread each. "synchronous": a plain loop in this process. Anything else: the address of
     a running dask.distributed scheduler (tcp://host:8786) whose workers can import `pipeline`
     and reach the store path. `resources` (e.g. {"GPU": 1}) places each task on a worker started
-    with that resource (`dask worker --resources GPU=1`, one per GPU).
+    with that resource (`dask worker --resources GPU=1`, one per GPU). `on_error(task, exception)`,
+    when given, takes a task that failed (its exception, or a worker that died running it:
+    KilledWorker) and the others go on; without it the first failure is raised.
     """
     tasks = list(tasks)
     if not tasks:
         return
     if scheduler == SYNCHRONOUS:
         for t in tasks:
-            on_result(fn(t))
+            try:
+                result = fn(t)
+            except Exception as e:
+                if on_error is None:
+                    raise
+                on_error(t, e)
+                continue
+            on_result(result)
         return
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -90,8 +100,16 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
         client = Client(scheduler, timeout="20s")
     try:
         futures = client.map(fn, tasks, pure=False, resources=resources)
+        task_of = dict(zip(futures, tasks))
         for fut in as_completed(futures):
-            on_result(fut.result())
+            try:
+                result = fut.result()
+            except Exception as e:
+                if on_error is None:
+                    raise
+                on_error(task_of[fut], e)
+                continue
+            on_result(result)
     finally:
         client.close()
         if cluster is not None:

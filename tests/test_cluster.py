@@ -66,3 +66,32 @@ def test_synchronous_runs_in_this_process_in_order():
     seen: list[int] = []
     run_tasks(lambda t: (os.getpid(), t), [3, 1, 2], seen.append, scheduler="synchronous")
     assert seen == [(os.getpid(), 3), (os.getpid(), 1), (os.getpid(), 2)]
+
+
+def fails_on_two(t: int) -> int:
+    if t == 2:
+        raise RuntimeError("task two broke")
+    return t * 10
+
+
+def dies_on_two(t: int) -> int:
+    if t == 2:
+        os._exit(1)  # the worker process dies, as one killed for memory does
+    return t * 10
+
+
+def test_on_error_takes_a_failed_task_and_the_others_go_on():
+    import pytest
+
+    for scheduler, fn in (("synchronous", fails_on_two), (None, fails_on_two), (None, dies_on_two)):
+        done, failed = [], []
+        run_tasks(fn, [1, 2, 3], done.append, scheduler=scheduler, workers=1,
+                  on_error=lambda t, e: failed.append((t, type(e).__name__)))
+        lost = [t for t, _ in failed]
+        if fn is fails_on_two:
+            assert sorted(done) == [10, 30] and lost == [2], (scheduler, failed)
+        else:  # a dying worker may take a task queued beside it along (dask marks both KilledWorker)
+            assert 2 in lost and sorted([d // 10 for d in done] + lost) == [1, 2, 3], (done, failed)
+            assert {name for _, name in failed} == {"KilledWorker"}
+    with pytest.raises(RuntimeError, match="task two broke"):  # without on_error: raised, as before
+        run_tasks(fails_on_two, [1, 2, 3], lambda r: None, scheduler="synchronous")
