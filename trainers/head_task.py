@@ -193,7 +193,11 @@ def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> 
     pre = enc.preprocess
     mean = (pre.mean.flatten() / 255).tolist()
     std = (1 / (pre.inv_std.flatten() * 255)).tolist()
-    encode = nn.Sequential(PerFrame(Normalised(enc.model, mean, std, dims=4)), Float16Rounded())
+    norm = Normalised(enc.model, mean, std, dims=4)
+    with torch.no_grad():  # predict's own constants, bit for bit (rebuilt from lists they are 1 ulp off)
+        norm.mean.copy_(pre.mean.reshape(norm.mean.shape))
+        norm.inv_std.copy_(pre.inv_std.reshape(norm.inv_std.shape))
+    encode = nn.Sequential(PerFrame(norm), Float16Rounded())
 
     def to_input(frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
