@@ -502,7 +502,6 @@ def serve(
     cfg = server.ServeConfig(tuple(run_dirs), host=host, port=port, workers=workers, queue=queue,
                              max_upload_mb=max_upload_mb, max_seconds=max_seconds, device=device)
     cfg.validate()
-    server.require()
 
     def ready(served: dict, bound: int) -> None:
         names = ", ".join(served)

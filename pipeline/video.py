@@ -14,7 +14,7 @@ placeholder packets decode to no frame) always takes the full path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -131,19 +131,35 @@ def probe(path: Path) -> Probe:
     with container:
         n = stream.frames
         if n <= 0:  # e.g. WebM carries no count: demux (no decoding) and count packets
-            n = sum(1 for p in container.demux(stream) if p.size)
+            n = _packets(container, stream)
         rate = stream.average_rate or stream.guessed_rate or Fraction(0)
         return Probe(int(n), float(rate), stream.codec_context.width, stream.codec_context.height)
 
 
-def scan(path: Path, wanted: Callable[[int], bool], on_frame: Callable[[int, object], None],
-         threads: int = 0) -> int:
-    """Decode every frame of `path`, call on_frame(index, av.VideoFrame) for the wanted ones.
+def count_packets(path: Path) -> int:
+    """Packets holding data, counted by demuxing (no decoding): the frame count when the header's
+    may lie. A container that stops demuxing early counts what came before."""
+    import av
 
-    Returns how many frames were decoded: the true frame count. A corrupt packet is skipped
-    (and logged) and decoding goes on, so a damaged stream gives the frames a player would show;
-    a truncated file ends where the demuxer gives up. `threads` 0 lets FFmpeg choose.
-    """
+    container, stream = _open(path)
+    with container:
+        try:
+            return _packets(container, stream)
+        except av.error.FFmpegError:
+            return 0
+
+
+def _packets(container, stream) -> int:
+    return sum(1 for p in container.demux(stream) if p.size)
+
+
+def frames(path: Path, threads: int = 0) -> Iterator[tuple[int, object]]:
+    """Decode every frame of `path`: (index, av.VideoFrame) in display order.
+
+    A corrupt packet is skipped (and logged) and decoding goes on, so a damaged stream gives the
+    frames a player would show; a truncated file ends where the demuxer gives up. A decoder short
+    of memory or threads raises VideoError (the machine, not the file). `threads` 0 lets FFmpeg
+    choose."""
     import av
 
     container, stream = _open(path)
@@ -160,8 +176,7 @@ def scan(path: Path, wanted: Callable[[int], bool], on_frame: Callable[[int, obj
                     bad += 1
                     continue
                 for frame in decoded:
-                    if wanted(k):
-                        on_frame(k, frame)
+                    yield k, frame
                     k += 1
         except av.error.FFmpegError as e:  # truncated or damaged container
             if transient(e):  # the machine, not the file: the next run tries again
@@ -169,7 +184,18 @@ def scan(path: Path, wanted: Callable[[int], bool], on_frame: Callable[[int, obj
             logger.warning("%s: demuxing stopped after %d frames: %s", path, k, e)
     if bad:
         logger.warning("%s: skipped %d corrupt packets", path, bad)
-    return k
+
+
+def scan(path: Path, wanted: Callable[[int], bool], on_frame: Callable[[int, object], None],
+         threads: int = 0) -> int:
+    """Decode every frame of `path` (`frames`), call on_frame(index, av.VideoFrame) for the wanted
+    ones. Returns how many frames were decoded: the true frame count."""
+    n = 0
+    for k, frame in frames(path, threads):
+        if wanted(k):
+            on_frame(k, frame)
+        n = k + 1
+    return n
 
 
 SMALL_PACKET = 32  # bytes; a packet this small may decode to no frame (an MPEG-4 N-VOP, packed B-frames)

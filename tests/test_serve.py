@@ -3,6 +3,7 @@ concurrent uploads, and the page in a real headless Chromium."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,6 +80,8 @@ def test_predict_with_a_window_gives_the_timeline(client, tmp_path):
     assert "probabilities" not in p and "files" not in p
     r = client.post("/api/predict", files={"file": ("long.mp4", v.read_bytes())}, data={"stride": 0.5})
     assert r.status_code == 422 and "stride needs window" in r.json()["detail"]
+    r = client.post("/api/predict", files={"file": ("long.mp4", v.read_bytes())}, data={"window": 3600, "stride": 1})
+    assert r.status_code == 422 and "at most 64 windows overlap" in r.json()["detail"]  # bounded memory
 
 
 def test_bad_uploads_get_4xx_with_a_message_never_500(client, colour_run):
@@ -178,32 +182,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(run: Path, *args, env: dict | None = None):
+    """`har serve RUN ARGS...` as a user starts it (a real uvicorn process on 127.0.0.1), once
+    /healthz answers: yields (url, process); stopped with Ctrl-C (SIGINT) unless already gone."""
+    import httpx
+
+    port = free_port()
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", str(run), "--port", str(port), "--device", "cpu",
+                             *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"har serve exited: {log.read()}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def live(colour_run, tmp_path_factory):
     """`har serve` as a user starts it: a real uvicorn process on 127.0.0.1."""
     run, _ = colour_run
-    port = free_port()
     tmp = tmp_path_factory.mktemp("servetmp")
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", str(run), "--port", str(port), "--workers", "2",
-                             "--device", "cpu"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    import httpx
-
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"har serve exited: {proc.stderr.read()}")
-        time.sleep(0.1)
-    yield url, proc, tmp
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+    with serving(run, "--workers", 2, env={**os.environ, "TMPDIR": str(tmp)}) as (url, proc):
+        yield url, proc, tmp
 
 
 def test_a_real_server_answers_50_concurrent_uploads(live, colour_run):
@@ -241,19 +256,7 @@ def test_a_full_queue_gets_503_with_retry_after_never_an_error(colour_run):
     import httpx
 
     run, root = colour_run
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", str(run), "--port", str(port), "--workers", "1",
-                             "--queue", "1", "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.1)
+    with serving(run, "--workers", 1, "--queue", 1) as (url, _):
         long = clips(root)[0]
 
         def one(v: Path):
@@ -268,9 +271,6 @@ def test_a_full_queue_gets_503_with_retry_after_never_an_error(colour_run):
                 assert r.headers["retry-after"] == "2" and "busy" in r.json()["detail"]
             else:
                 assert r.json()["predictions"][0]["segments"][0]["label"] == v.parent.name
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
 
 
 def test_a_busy_port_is_one_line_exit_2(colour_run):
@@ -303,55 +303,42 @@ def test_the_page_in_a_real_headless_browser(colour_run, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     run, root = colour_run
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", str(run), "--port", str(port), "--device", "cpu"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1100,1400"):
         opts.add_argument(a)
     drv = None
-    try:
-        import httpx
+    with serving(run) as (url, _):
+        try:
+            drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+            drv.get(url + "/")
+            wait = WebDriverWait(drv, 120)
+            wait.until(lambda d: d.find_element(By.ID, "run").get_attribute("value") == run.name)
+            v = [c for c in clips(root) if c.parent.name == "Green"][0]
+            drv.find_element(By.ID, "file").send_keys(str(v))
+            wait.until(ec.element_to_be_clickable((By.ID, "go"))).click()
+            top1 = wait.until(ec.visibility_of_element_located((By.ID, "top1")))
+            assert top1.text == "Green"
+            wait.until(ec.visibility_of_element_located((By.ID, "strip")))
+            assert drv.find_element(By.ID, "strip").get_attribute("src").startswith("data:image/png;base64,")
+            assert drv.find_element(By.ID, "status").text == ""
+            # a long video with a window: the timeline shows its two parts in order
+            import numpy as np
+            from helpers import colour_frames
 
-        for _ in range(600):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.1)
-        drv = webdriver.Chrome(service=Service(driver_path), options=opts)
-        drv.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(drv, 120)
-        wait.until(lambda d: d.find_element(By.ID, "run").get_attribute("value") == run.name)
-        v = [c for c in clips(root) if c.parent.name == "Green"][0]
-        drv.find_element(By.ID, "file").send_keys(str(v))
-        wait.until(ec.element_to_be_clickable((By.ID, "go"))).click()
-        top1 = wait.until(ec.visibility_of_element_located((By.ID, "top1")))
-        assert top1.text == "Green"
-        wait.until(ec.visibility_of_element_located((By.ID, "strip")))
-        assert drv.find_element(By.ID, "strip").get_attribute("src").startswith("data:image/png;base64,")
-        assert drv.find_element(By.ID, "status").text == ""
-        # a long video with a window: the timeline shows its two parts in order
-        import numpy as np
-        from helpers import colour_frames
+            from pipeline.video import write_video
 
-        from pipeline.video import write_video
-
-        long = write_video(tmp_path / "green_then_blue.avi",
-                           np.concatenate([colour_frames("Green", 75, 5), colour_frames("Blue", 75, 6)]))
-        drv.find_element(By.ID, "file").send_keys(str(long))
-        drv.find_element(By.ID, "window").send_keys("1")
-        drv.find_element(By.ID, "go").click()
-        wait.until(ec.visibility_of_element_located((By.ID, "tlbox")))
-        wait.until(lambda d: d.find_element(By.ID, "status").text == "")
-        band = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#timeline div")]
-        assert band == ["Green", "Blue"], band
-        if os.environ.get("HAR_SCREENSHOT"):  # docs/images/serve.png is made this way
-            drv.save_screenshot(os.environ["HAR_SCREENSHOT"])
-    finally:
-        if drv is not None:
-            drv.quit()
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+            long = write_video(tmp_path / "green_then_blue.avi",
+                               np.concatenate([colour_frames("Green", 75, 5), colour_frames("Blue", 75, 6)]))
+            drv.find_element(By.ID, "file").send_keys(str(long))
+            drv.find_element(By.ID, "window").send_keys("1")
+            drv.find_element(By.ID, "go").click()
+            wait.until(ec.visibility_of_element_located((By.ID, "tlbox")))
+            wait.until(lambda d: d.find_element(By.ID, "status").text == "")
+            band = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#timeline div")]
+            assert band == ["Green", "Blue"], band
+            if os.environ.get("HAR_SCREENSHOT"):  # docs/images/serve.png is made this way
+                drv.save_screenshot(os.environ["HAR_SCREENSHOT"])
+        finally:
+            if drv is not None:
+                drv.quit()

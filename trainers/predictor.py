@@ -41,9 +41,7 @@ class Predictor:
             samples = extract.extract_video(Path(path), Path(path).name, self.recipe)
         except video.VideoError as e:
             return {"video": str(path), "error": str(e)}
-        with torch.inference_mode(), loop.autocast(self.config, self.device):
-            logits = self.score(samples.frames)
-        probs = torch.softmax(logits.float(), dim=1).mean(0).cpu().numpy()
+        probs = self._probabilities([samples.frames])[0]
         return {"video": str(path), "clips": int(len(samples.frames)), "top": self._top(probs, top)}
 
     def predict(self, path: Path, top: int = 5, timing: timeline.Timing | None = None) -> dict:
@@ -228,7 +226,8 @@ class CsvOut:
                     first = f.readline(4096)
             except (OSError, UnicodeDecodeError):
                 first = ""
-            if not first.startswith(("video,clips,error,class1", "video,start,end,error,class1")):
+            ours = tuple(",".join(timeline.csv_header(1, w)) for w in (False, True))  # either kind, any --top
+            if not first.startswith(ours):
                 raise ValueError(f"--csv {p} exists and is not a CSV of har predict; har only replaces its own "
                                  "output: choose a new file")
         if not p.parent.is_dir():

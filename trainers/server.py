@@ -283,6 +283,11 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         if stride is not None and window is None:
             raise HTTPException(422, "stride needs window (the window's length in seconds)")
         timing = timeline.Timing(window, stride) if window is not None else None
+        if timing is not None:
+            try:
+                timing.validate()  # the CLI's limits: at most 64 windows open at once
+            except ValueError as e:
+                raise HTTPException(422, str(e).replace("--", "")) from None
         name = label(file)
 
         def work(path: Path) -> dict:

@@ -73,16 +73,11 @@ def window_indices(recipe: Recipe, start: int, end: int) -> np.ndarray:
 
 def frame_count(path: Path) -> int:
     """The frames to plan on: located by one demux pass when packets stand for frames
-    (video.packet_plan), else the packets counted by demuxing (no decoding); headers lie."""
+    (video.packet_plan), else the packets counted (no decoding); headers lie."""
     packets = video.packet_plan(path)
     if packets is not None:
         return packets.frames
-    container, vs = video._open(path)
-    with container:
-        try:
-            return sum(1 for p in container.demux(vs) if p.size)
-        except Exception:  # noqa: BLE001 - a damaged container: decoding will say how far it gets
-            return max(1, video.probe(path).frames_estimate)
+    return video.count_packets(path) or max(1, video.probe(path).frames_estimate)
 
 
 def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None, n: int | None = None
@@ -94,7 +89,6 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None,
     (so a variable-frame-rate video gets its real times), "end": the time the last frame ends.
     Raises video.VideoError for an unreadable file or one that decodes to far fewer frames than
     planned (truncated, as `har predict` without a window refuses it)."""
-    import av
     from av.video.reformatter import VideoReformatter
 
     from pipeline import augment
@@ -116,38 +110,27 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None,
     out_hw = (recipe.height, recipe.width)
     reformatter = VideoReformatter()
     held: dict[int, np.ndarray] = {}  # the windows still open: at most about window / stride
-    container, vs = video._open(path)
     f, t_last, dt = 0, None, 1 / fps
-    with container:
-        try:
-            for packet in container.demux(vs):
-                try:
-                    decoded = vs.decode(packet)
-                except av.error.InvalidDataError:  # a corrupt packet: skipped, as video.scan does
-                    continue
-                for frame in decoded:
-                    t = frame.time if frame.time is not None else f / fps
-                    if t_last is not None and t > t_last:
-                        dt = t - t_last
-                    t_last = t
-                    if f in bounds:
-                        seen["times"][f] = t
-                    finished = []
-                    if f in needs:
-                        img = augment.clean(frame, out_hw, reformatter)
-                        for w, k, i in needs.pop(f):
-                            if w not in held:
-                                held[w] = np.empty((recipe.clips, recipe.frames, *out_hw, 3), np.uint8)
-                            held[w][k, i] = img
-                            if f == last[w] and w not in finished:  # a short window samples a frame twice
-                                finished.append(w)
-                    f += 1
-                    seen["frames"] = f
-                    for w in finished:
-                        yield windows[w][0], windows[w][1], held.pop(w)
-        except av.error.FFmpegError as e:  # truncated or damaged container: judged by the count below
-            if video.transient(e):
-                raise video.VideoError(f"the decoder failed for lack of resources after {f} frames: {e}") from None
+    for f, frame in video.frames(path):
+        t = frame.time if frame.time is not None else f / fps
+        if t_last is not None and t > t_last:
+            dt = t - t_last
+        t_last = t
+        if f in bounds:
+            seen["times"][f] = t
+        finished = []
+        if f in needs:
+            img = augment.clean(frame, out_hw, reformatter)
+            for w, k, i in needs.pop(f):
+                if w not in held:
+                    held[w] = np.empty((recipe.clips, recipe.frames, *out_hw, 3), np.uint8)
+                held[w][k, i] = img
+                if f == last[w] and w not in finished:  # a short window samples a frame twice
+                    finished.append(w)
+        seen["frames"] = f + 1
+        for w in finished:
+            yield windows[w][0], windows[w][1], held.pop(w)
+    f = seen["frames"]  # decoded; a truncated or damaged container ends early, judged below
     seen["end"] = (t_last if t_last is not None else 0.0) + dt
     if f == 0:
         raise video.VideoError("no decodable video frames", permanent=True)
@@ -174,9 +157,6 @@ def segments(starts: np.ndarray, ends: np.ndarray, labels: list[str], probs: np.
                     "probability": float(np.mean(probs[first:i])), "windows": i - first})
         first = i
     return out
-
-
-CSV_COLUMNS = ["video", "start", "end", "error"]
 
 
 def csv_header(top: int, windows: bool) -> list[str]:
