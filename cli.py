@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from clikit import (EXIT_SOME_FAILED, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, Head,
+from clikit import (EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, Head,
                     RunDir, RunOut, Tracker, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
                     takes, train)
 from pipeline.resources import human
@@ -274,12 +274,13 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
 
 
 @command("train-e2e", interrupted=TRAINING)
+@takes(C.E2EConfig, FINETUNE)
 @takes(C.E2EConfig, LOOP)
 def train_e2e(
     model: Annotated[str, arg("The video model (har models compares them).", choices="model")],
     frames: Annotated[Optional[Path], typer.Option(help="The frame store.")] = None,
     dataset: DatasetName = None, out_dir: RunOut = None,
-    pretrained: Annotated[str, opt("--pretrained", help="Initial weights: kinetics400 for torchvision's video ResNets and nonlocal, imagenet for the 2D-based (i3d, lrcn, late-fusion-e2e).", choices="pretrained")] = C.E2EConfig.pretrained,
+    pretrained: Annotated[str, opt("--pretrained", help="Initial weights: kinetics400 for torchvision's video models (r3d_18, r2plus1d_18, mc3_18, nonlocal, s3d, mvit_v1_b, mvit_v2_s, swin3d_t/s/b: the store must hold their clip, har models lists it), imagenet for the 2D-based (i3d, lrcn, late-fusion-e2e).", choices="pretrained")] = C.E2EConfig.pretrained,
     crop: Annotated[Optional[int], typer.Option(help="Crop size [default: the model's input size, at most the stored size].")] = None,
     three_crop: Annotated[bool, typer.Option("--three-crop", help="Test time: three crops per clip, averaged.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [default: min(8, cores - 1), at least 2].")] = None,
@@ -295,6 +296,9 @@ def train_e2e(
         har train-e2e small-cnn-lstm --frames frames64.zarr --batch-size 32 --lr 1e-3
 
         har train-e2e c3d --frames clips.zarr --batch-size 4 --accumulate 4 --three-crop
+
+        har train-e2e mvit_v2_s --frames k16x256.zarr --pretrained kinetics400 --optimizer adamw --lr 1e-4
+        --layer-decay 0.75 --warmup-epochs 2 --label-smoothing 0.1 --drop-path 0.2 --scheduler cosine
     """
     setup_logging(verbose)
     from trainers import clip_task

@@ -172,6 +172,14 @@ LOOP = {
     "seed": (int, "--seed", "Seeds initialisation, shuffling, view draws and dropout."),
     "device": (str, "--device", "Where to train (auto: cuda when present)."),
     "precision": (str, "--precision", "auto: bf16 autocast on cuda and on CPUs with native bf16, else fp32."),
+    "label_smoothing": (float, "--label-smoothing", "Cross-entropy against (1 - e) x one-hot + e x uniform; 0: off."),
+    "warmup_epochs": (float, "--warmup-epochs", "Learning rate rising linearly from 0 over this many epochs (per step); 0: off."),
+}
+# fine-tuning a pretrained video model (trainers.config.E2EConfig)
+FINETUNE = {
+    "backbone_lr_mult": (float, "--backbone-lr-mult", "Learning rate of every layer below the new output layer, as a multiple of --lr (e.g. 0.1)."),
+    "layer_decay": (float, "--layer-decay", "Layer-wise lr decay: each layer learns at layer-decay x the rate of the one above (0.65-0.9 for transformers); 1: off."),
+    "drop_path": (Optional[float], "--drop-path", "Stochastic depth at the last block, linear from 0 (mvit, swin3d) [default: the model's own]."),
 }
 # a sequence head's settings (trainers.config.HeadConfig)
 HEAD = {

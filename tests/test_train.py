@@ -236,7 +236,7 @@ def test_gradient_accumulation_equals_one_larger_batch(pair_store):
                    precision="fp32")
         torch.manual_seed(0)
         model = task.build(cfg, videos)
-        opt = optim.make_optimizer(cfg, model)
+        opt = optim.make_optimizer(cfg, model.parameters())
         loop.train_one_epoch(model, task, videos, cfg, 1, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
         results.append(model.state_dict())
     for k in results[0]:
@@ -300,3 +300,36 @@ def test_reversed_pairs_come_from_the_store_and_from_its_dataset_for_older_store
     assert view({"dataset": "synthetic"}).reversed_pairs == ["Grow", "Shrink"]
     assert view({"dataset": "synthetic", "reversed_pairs": ["Shrink"]}).reversed_pairs == ["Shrink"]
     assert view({"dataset": "ucf50"}).reversed_pairs == []
+
+
+def test_warmup_raises_the_rate_linearly_per_step_then_leaves_the_schedule_alone(pair_store):
+    """--warmup-epochs 2 with 4 steps per epoch: the steps of epoch 1 at 1/8 .. 4/8 of the rate,
+    of epoch 2 at 5/8 .. 8/8, of epoch 3 at the schedule's own rate; between epochs the optimizer
+    holds the schedule's rate (what the scheduler steps from)."""
+    fs = data.load(pair_store)
+    task = head_task.FeatureTask(fs)
+    videos = np.arange(32)
+    cfg = _cfg("mean", batch_size=8, warmup_epochs=2.0, lr=0.1, precision="fp32")
+    model = task.build(cfg, videos)
+    opt = optim.make_optimizer(cfg, model.parameters())
+    seen = []
+    step = opt.step
+
+    def spy(*a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return step(*a, **k)
+    opt.step = spy
+    for epoch in (1, 2, 3):
+        loop.train_one_epoch(model, task, videos, cfg, epoch, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+        assert opt.param_groups[0]["lr"] == 0.1
+    assert seen == pytest.approx([0.1 * k / 8 for k in range(1, 9)] + [0.1] * 4)
+    assert loop.warmup_factor(_cfg(), 1, 1, 4) == 1.0
+
+
+def test_label_smoothing_changes_the_loss_it_trains_on(pair_store, tmp_path):
+    plain = _train(pair_store, tmp_path / "plain", head="mean", epochs=2)
+    smooth = _train(pair_store, tmp_path / "smooth", head="mean", epochs=2, label_smoothing=0.2)
+    a, b = (json.loads((r.run_dir / "history.json").read_text()) for r in (plain, smooth))
+    # the same start: a smoothed target makes the first epoch's training loss higher (an uncertain target)
+    assert b[0]["train_loss"] > a[0]["train_loss"]
+    assert json.loads((smooth.run_dir / "config.json").read_text())["label_smoothing"] == 0.2

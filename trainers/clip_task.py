@@ -45,8 +45,9 @@ class ClipTask:
     def __init__(self, cs: data.StoreView, cfg: E2EConfig):
         self.view = self.cs = cs
         self.labels, self.classes = cs.labels, cs.classes
-        _, h, w = cs.frame_shape
-        self.crop = min(cfg.crop or models3d.get(cfg.model).size, h, w)
+        self.frames = cs.frame_shape[0]
+        # the crop the model takes, checked against the store (ValueError saying what to extract)
+        self.crop, self.warnings = models3d.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape, str(cs.path))
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         self.workers = resolve_workers(cfg.workers)
         self._loaders: dict[int, clips.ClipLoader] = {}   # evaluation, per batch size
@@ -67,8 +68,17 @@ class ClipTask:
             self._train = None
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
-        model = models3d.build(self.model, len(self.classes), self.pretrained)
+        model = models3d.build(self.model, len(self.classes), self.pretrained if train is not None else "none",
+                               frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
         return models3d.to_channels_last(model) if channels_last(cfg) else model
+
+    def param_groups(self, cfg: E2EConfig, model: nn.Module) -> list[dict]:
+        """The new output layer at --lr; each layer below it at lr x backbone_lr_mult x
+        layer_decay^(its distance from the output layer) (models3d.layer_groups)."""
+        groups = models3d.layer_groups(model.net, models3d.get(self.model).classifier)
+        top = len(groups) - 1
+        return [{"params": ps, "lr": cfg.lr * (1.0 if i == top else cfg.backbone_lr_mult * cfg.layer_decay ** (top - i))}
+                for i, ps in enumerate(groups)]
 
     def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
         key = (cfg.batch_size, cfg.seed, cfg.train_views, world.rank, world.size, np.asarray(videos).tobytes())
@@ -131,7 +141,7 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
                           "pretrained": cfg.train.pretrained != "none", "crop": task.crop},
                    card={"recipe": cs.attrs["recipe"], "model": cfg.train.model, "classes": cs.classes,
                          "crop": task.crop},
-                   failed=tuple(cs.failed()), warnings=tuple(runs.warnings_for(split, cs)))
+                   failed=tuple(cs.failed()), warnings=tuple(runs.warnings_for(split, cs)) + tuple(task.warnings))
     try:
         return runs.execute(job, cfg.out, on_epoch, stop_after, cfg.tracker)
     except torch.OutOfMemoryError:
@@ -148,9 +158,15 @@ def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
     return ClipTask(data.open_view(path, "frames"), cfg)
 
 
+def built(card: dict, cfg: E2EConfig) -> models3d.VideoModel:
+    """A fresh network as the run's was built: its model, classes and clip (frames, crop)."""
+    return models3d.build(card["model"], len(card["classes"]), frames=int(card["recipe"]["frames"]), size=card["crop"],
+                          drop_path=cfg.drop_path)
+
+
 def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
     """uint8 clips (K, T, H, W, 3) -> (K, C) logits: the centre crop of every clip, the video model."""
-    model = loop.load_best(models3d.build(card["model"], len(card["classes"])), Path(run_dir), device)
+    model = loop.load_best(built(card, cfg), Path(run_dir), device)
 
     def score(frames: np.ndarray) -> torch.Tensor:
         x = clips.centre_crops(torch.from_numpy(frames).to(device), card["crop"])[0]
@@ -162,7 +178,7 @@ def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device) -> Ch
     """The video model as a differentiable chain of the stored frames: the centre crop of the
     card cuts the input (to_input), then normalisation and the network."""
     spec = models3d.get(card["model"])
-    model = loop.load_best(models3d.build(card["model"], len(card["classes"])), Path(run_dir), device)
+    model = loop.load_best(built(card, cfg), Path(run_dir), device)
     size = card["crop"]
 
     def to_input(frames: np.ndarray) -> torch.Tensor:

@@ -43,6 +43,8 @@ class LoopConfig:
     device: str = "auto"           # auto: cuda when present
     precision: str = "auto"        # auto: bf16 autocast on cuda and on CPUs with native bf16 (avx512_bf16,
                                    # AMX: 1.4x faster for lstm), else fp32; fp32 | bf16 to choose
+    label_smoothing: float = 0.0   # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
+    warmup_epochs: float = 0.0     # the learning rate rises linearly from 0 over this many epochs, per step
 
     # whole-number settings: (field, lowest, highest)
     WHOLE = (("epochs", 1, 1_000_000), ("batch_size", 1, 1 << 20), ("accumulate", 1, 1 << 20),
@@ -51,7 +53,8 @@ class LoopConfig:
     # lr and weight decay below 1e6: Adam's first step is lr / 0.1, which near float32's largest value
     # (3.4e38) no longer converts to a float32 tensor (found by tests/test_cli_fuzz.py)
     REAL = (("lr", 0.0, None, 1e6), ("weight_decay", None, 0.0, 1e6), ("min_delta", None, 0.0, None),
-            ("lr_factor", 0.0, None, 1.0), ("gamma", 0.0, None, None))
+            ("lr_factor", 0.0, None, 1.0), ("gamma", 0.0, None, None), ("label_smoothing", None, 0.0, 1.0),
+            ("warmup_epochs", None, 0.0, 1e6))
 
     def check_values(self) -> None:
         """Every setting in its allowed set or range, whatever machine this is: ValueError naming
@@ -81,12 +84,17 @@ class LoopConfig:
     # so changing them resumes (or finds up to date) the same run
     EXECUTION_ONLY = ()
     CPU_BF16 = True   # may precision auto pick bf16 on a CPU with native bf16?
+    # settings added after runs existed, at the value that does what runs did before them: left out
+    # of the fingerprint there, so a finished run of an earlier version stays up to date
+    ADDED_LATER = {"label_smoothing": 0.0, "warmup_epochs": 0.0, "backbone_lr_mult": 1.0, "layer_decay": 1.0,
+                   "drop_path": None}
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def fingerprint_dict(self) -> dict:
-        return {k: v for k, v in self.as_dict().items() if k not in self.EXECUTION_ONLY}
+        return {k: v for k, v in self.as_dict().items()
+                if k not in self.EXECUTION_ONLY and not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])}
 
 
 
@@ -137,6 +145,11 @@ class E2EConfig(LoopConfig):
     three_crop: bool = False       # test time: three crops along the longer side, averaged
     workers: int | None = None     # DataLoader worker processes reading the store; None: min(8, cores - 1), >= 2
     memory_format: str = "auto"    # auto (channels-last on CUDA) | channels-last | contiguous
+    # fine-tuning a pretrained network (trainers.models3d.layer_groups): the new output layer learns at
+    # lr, the layers below at lr x backbone_lr_mult x layer_decay^(layers above them)
+    backbone_lr_mult: float = 1.0  # e.g. 0.1: the pretrained trunk learns 10x slower than the new classifier
+    layer_decay: float = 1.0       # layer-wise lr decay (BEiT/MViT/Swin fine-tuning: 0.65-0.9); 1: off
+    drop_path: float | None = None # stochastic depth at the last block (mvit, swin3d); None: the model's own
     EXECUTION_ONLY = ("workers",)  # the loader's worker count changes speed, not results (tested)
     # precision auto stays fp32 on CPUs: torch 2.14.1's oneDNN bf16 conv3d weight gradient reads
     # memory it never wrote for some shapes (256 channels at 2x4x4, AVX512-BF16, even on 1 thread):
@@ -158,6 +171,16 @@ class E2EConfig(LoopConfig):
             raise ValueError(f"--memory-format {self.memory_format!r} is not known; allowed: {', '.join(MEMORY_FORMATS)}")
         if not isinstance(self.three_crop, bool):
             raise ValueError(f"--three-crop {self.three_crop!r} is not supported; allowed: true, false")
+        limits.real("backbone_lr_mult", self.backbone_lr_mult, above=0.0, below=1e3)
+        limits.real("layer_decay", self.layer_decay, above=0.0, below=None)
+        if self.layer_decay > 1.0:
+            raise ValueError(f"--layer-decay {self.layer_decay!r} is out of range; allowed: 0 < layer-decay <= 1")
+        if self.drop_path is not None:
+            limits.real("drop_path", self.drop_path, above=None, at_least=0.0, below=1.0)
+            if spec.drop_path is None:
+                able = [n for n in models3d.names() if models3d.get(n).drop_path is not None]
+                raise ValueError(f"--drop-path is not available for {self.model} (it has no stochastic depth); "
+                                 f"allowed for: {', '.join(able)}")
         super().check_values()
 
 

@@ -45,6 +45,21 @@ class Task(Protocol):
     def probabilities(self, model: nn.Module, videos: np.ndarray, device: torch.device,   # (len(videos), C),
                       cfg) -> np.ndarray: ...                                         # clips averaged per video
     def close(self) -> None: ...                                               # loader workers, if any
+    # optional: param_groups(cfg, model) -> the optimizer's parameter groups (default: one group, lr)
+
+
+def param_groups(task, cfg, model: nn.Module):
+    """The task's parameter groups where it has them (per-layer learning rates), else all parameters."""
+    groups = getattr(task, "param_groups", None)
+    return groups(cfg, model) if groups is not None else model.parameters()
+
+
+def warmup_factor(cfg: LoopConfig, epoch: int, batch: int, batches: int) -> float:
+    """The learning rate's share at `batch` (1-based) of `batches` in `epoch` (1-based): rising
+    linearly per step to 1 at the end of `warmup_epochs`; 1 without warm-up."""
+    if cfg.warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, ((epoch - 1) * batches + batch) / (cfg.warmup_epochs * batches))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,6 +122,16 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
     gen = torch.Generator().manual_seed(seed_for(cfg.seed, "crop", epoch))
     model.train()
     sums, seen, i = torch.zeros(2, dtype=torch.float64, device=device), 0, 0   # loss sum, right answers
+    base = [g["lr"] for g in opt.param_groups]   # the schedule's rates for this epoch; warm-up scales them
+    batches = max(1, -(-len(videos) // max(1, world.size) // cfg.batch_size))
+
+    def step(batch: int) -> None:
+        f = warmup_factor(cfg, epoch, batch, batches)
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * f
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     opt.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(task.batches(cfg, videos, epoch, world), 1):
         x = task.prepare(x.to(device, non_blocking=True), gen)
@@ -116,13 +141,13 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
         loss = loss_fn(logits.float(), y)
         (loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
         if i % cfg.accumulate == 0:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            step(i)
         sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
         seen += len(y)
     if i % cfg.accumulate:
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step(i)
+    for g, lr in zip(opt.param_groups, base):  # the scheduler goes on from the epoch's own rates
+        g["lr"] = lr
     total_loss, correct, seen = distributed.all_sum(torch.cat([sums, sums.new_tensor([seen])]), world).tolist()
     return total_loss / max(1, seen), correct / max(1, seen)
 
@@ -176,10 +201,11 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     model = task.build(cfg, split.train).to(device)  # the same initial weights on every rank (same seed)
-    opt = optim.make_optimizer(cfg, model)
+    opt = optim.make_optimizer(cfg, param_groups(task, cfg, model))
     sched = optim.make_scheduler(cfg, opt)
     weight = class_weights(task.labels[split.train], len(task.classes)) if cfg.class_weighted else None
-    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
+                                  label_smoothing=cfg.label_smoothing)
     val = split.val if len(split.val) else split.train
     state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_loss": math.inf, "best_epoch": 0, "stale": 0,
              "done": False}
@@ -198,7 +224,7 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
         if state["done"] or (stop_after is not None and epoch > stop_after):
             break
         te = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
+        lr = opt.param_groups[-1]["lr"]  # the output layer's (with per-layer rates the others are lower)
         train_loss, train_acc = train_one_epoch(trained, task, split.train, cfg, epoch, opt, loss_fn, device, world)
         val_loss, val_acc = loss_and_accuracy(task.probabilities(model, val, device, cfg), task.labels[val],
                                           None if weight is None else weight)

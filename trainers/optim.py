@@ -53,8 +53,9 @@ def _none(opt, cfg):
     return None
 
 
-def make_optimizer(cfg, model):
-    return OPTIMIZERS.get(cfg.optimizer)(model.parameters(), cfg)
+def make_optimizer(cfg, params):
+    """The optimizer of `cfg` over `params`: parameters, or groups ({"params": [...], "lr": ...})."""
+    return OPTIMIZERS.get(cfg.optimizer)(params, cfg)
 
 
 def make_scheduler(cfg, opt):
