@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from clikit import (EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, Head,
+from clikit import (AUGMENT, EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, Head,
                     RunDir, RunOut, Tracker, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
                     takes, train)
 from pipeline.resources import human
@@ -69,6 +69,8 @@ def extract(
     size: Annotated[Optional[str], typer.Option(help="PX or HxW of the stored frames.")] = None,
     views: Annotated[Optional[int], typer.Option(help="Augmented copies stored besides the clean view.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of random sampling and the views.")] = None,
+    rotate: Annotated[Optional[float], typer.Option(help="Augmented views: also a rotation uniform in +-DEGREES (e.g. 15) [default: 0, none].")] = None,
+    vflip: Annotated[Optional[bool], typer.Option("--vflip/--no-vflip", help="Augmented views: also a coin-flip vertical mirror [default: no].")] = None,
     lossy: Annotated[Optional[bool], typer.Option("--lossy/--lossless", help="JPEG-coded frames (smaller) or lossless zstd.")] = None,
     fmt: Annotated[Optional[str], opt("--format", help="Store format [default: from --out, else zarr].", choices="fmt")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes [default: all cores].")] = None,
@@ -90,6 +92,8 @@ def extract(
 
         har extract synthetic --root data/synthetic --frames 16 --size 112 --views 2
 
+        har extract folder --root ~/videos --views 4 --rotate 15 --vflip
+
         har extract hmdb51 --root ~/data/hmdb51 --recipe resnet224 --format hdf5 --out hmdb.h5
 
         har extract ucf101 --root ~/data/UCF101 --sampling multiclip --clips 5 --scheduler tcp://head:8786
@@ -109,7 +113,7 @@ def extract(
                          "match --format")
     height, width = R.parse_size(size) if size is not None else (None, None)
     r = R.named_recipe(recipe, frames=frames, sampling=sampling, clips=clips, stride=stride, height=height,
-                       width=width, views=views, seed=seed, lossy=lossy)
+                       width=width, views=views, seed=seed, lossy=lossy, rotate=rotate, vflip=vflip)
     r.validate()
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
                           threads=threads, scheduler=dask_scheduler, force=force, verify=verify)
@@ -274,6 +278,7 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
 
 
 @command("train-e2e", interrupted=TRAINING)
+@takes(C.E2EConfig, AUGMENT)
 @takes(C.E2EConfig, FINETUNE)
 @takes(C.E2EConfig, LOOP)
 def train_e2e(

@@ -181,6 +181,12 @@ FINETUNE = {
     "layer_decay": (float, "--layer-decay", "Layer-wise lr decay: each layer learns at layer-decay x the rate of the one above (0.65-0.9 for transformers); 1: off."),
     "drop_path": (Optional[float], "--drop-path", "Stochastic depth at the last block, linear from 0 (mvit, swin3d) [default: the model's own]."),
 }
+# on-the-fly augmentation of training clips besides random crop + horizontal flip (trainers.clips.augment)
+AUGMENT = {
+    "rotate": (float, "--rotate", "Training clips: a rotation uniform in +-DEGREES (e.g. 15); 0: none."),
+    "vflip": (bool, "--vflip", "Training clips: a coin-flip vertical mirror."),
+    "jitter": (float, "--jitter", "Training clips: brightness, contrast, saturation factors in 1 +- J (e.g. 0.3); 0: none."),
+}
 # a sequence head's settings (trainers.config.HeadConfig)
 HEAD = {
     "hidden": (int, "--hidden", "Hidden size of the head."),

@@ -3,6 +3,11 @@
 Parameters are drawn once per (recipe seed, video, view) and applied identically to every frame
 of the sample, so motion stays coherent and a rerun is bitwise identical. `params_for` is pure;
 `apply` is a pure function of (frame, params, size).
+
+An augmented view is a random resized crop, a coin-flip horizontal mirror and colour jitter
+(brightness, contrast, saturation), and where the recipe asks for them a rotation drawn from
++-`rotate` degrees (one seed study's +-15) and a coin-flip vertical mirror (another's). Their draws
+come after the others, so a recipe without them stores exactly what it stored before they existed.
 """
 from __future__ import annotations
 
@@ -24,22 +29,24 @@ class ViewParams:
     brightness: float  # multiplicative factors; 1.0 = unchanged
     contrast: float
     saturation: float
+    rotation: float = 0.0  # degrees, counter-clockwise about the centre, after the crop
+    vflip: bool = False    # vertical flip
 
     def __post_init__(self):
         # float32-representable, so the store's float32 `view_params` give back these exact values
         for f in FIELDS:
-            if f != "flip":
+            if f not in ("flip", "vflip"):
                 object.__setattr__(self, f, float(np.float32(getattr(self, f))))
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def as_array(self) -> np.ndarray:
-        """float32 [8] in FIELDS order, as the store's `view_params` keeps it."""
+        """float32 [10] in FIELDS order, as the store's `view_params` keeps it."""
         return np.array([getattr(self, f) for f in FIELDS], np.float32)
 
 
-FIELDS = ("top", "left", "height", "width", "flip", "brightness", "contrast", "saturation")
+FIELDS = ("top", "left", "height", "width", "flip", "brightness", "contrast", "saturation", "rotation", "vflip")
 
 
 def upright_hw(frame) -> tuple[int, int]:
@@ -62,8 +69,9 @@ def centre_crop(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> ViewParams:
 
 def random_view(src_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator,
                 scale: tuple[float, float] = (0.4, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                jitter: float = 0.3) -> ViewParams:
-    """Random resized crop (as torchvision's, in the output's aspect frame), flip, colour jitter."""
+                jitter: float = 0.3, rotate: float = 0.0, vflip: bool = False) -> ViewParams:
+    """Random resized crop (as torchvision's, in the output's aspect frame), flip, colour jitter;
+    a rotation uniform in +-`rotate` degrees and a coin-flip vertical mirror when asked (drawn last)."""
     sh, sw = src_hw
     oh, ow = out_hw
     area = sh * sw
@@ -83,15 +91,18 @@ def random_view(src_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random
         box = (c.top, c.left, c.height, c.width)
     flip = bool(rng.random() < 0.5)
     b, c, s = (float(rng.uniform(1 - jitter, 1 + jitter)) for _ in range(3))
-    return ViewParams(*box, flip, b, c, s)
+    angle = float(rng.uniform(-rotate, rotate)) if rotate > 0 else 0.0
+    upside_down = bool(rng.random() < 0.5) if vflip else False
+    return ViewParams(*box, flip, b, c, s, angle, upside_down)
 
 
 def params_for(seed: int, video: str, view: int, src_hw: tuple[int, int],
-               out_hw: tuple[int, int]) -> ViewParams:
+               out_hw: tuple[int, int], rotate: float = 0.0, vflip: bool = False) -> ViewParams:
     """View 0 is the clean centre crop; view v >= 1 is drawn from seed_for(seed, video, v)."""
     if view == 0:
         return centre_crop(src_hw, out_hw)
-    return random_view(src_hw, out_hw, np.random.default_rng(seed_for(seed, video, "view", view)))
+    return random_view(src_hw, out_hw, np.random.default_rng(seed_for(seed, video, "view", view)),
+                       rotate=rotate, vflip=vflip)
 
 
 def clean(frame, out_hw: tuple[int, int], reformatter=None) -> np.ndarray:
@@ -129,7 +140,7 @@ MILD_SCALE = 0.75  # output/input size above which bilinear resampling is as goo
 
 
 def apply(rgb: np.ndarray, p: ViewParams, out_hw: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (oh, ow, 3) uint8: crop, resize (area filter), flip, jitter."""
+    """(H, W, 3) uint8 -> (oh, ow, 3) uint8: crop, resize (area filter), rotate, flips, jitter."""
     import cv2
 
     sh, sw = rgb.shape[:2]
@@ -141,11 +152,26 @@ def apply(rgb: np.ndarray, p: ViewParams, out_hw: tuple[int, int]) -> np.ndarray
     oh, ow = out_hw
     strong = oh < MILD_SCALE * crop.shape[0] or ow < MILD_SCALE * crop.shape[1]
     out = cv2.resize(crop, (ow, oh), interpolation=cv2.INTER_AREA if strong else cv2.INTER_LINEAR)
+    if p.rotation:
+        out = rotate(out, p.rotation)
     if p.flip:
         out = out[:, ::-1]
+    if p.vflip:
+        out = out[::-1]
     if (p.brightness, p.contrast, p.saturation) != (1.0, 1.0, 1.0):
         out = _jitter(out, p.brightness, p.contrast, p.saturation)
     return np.ascontiguousarray(out)
+
+
+def rotate(img: np.ndarray, degrees: float) -> np.ndarray:
+    """`img` turned `degrees` counter-clockwise about its centre, same size, bilinear; the corners
+    the turn uncovers mirror the image (reflect-101) rather than going black, which would be a cue
+    that only augmented views carry."""
+    import cv2
+
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def _jitter(img: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:

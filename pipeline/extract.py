@@ -88,7 +88,7 @@ class VideoSamples:
     frame_idx: np.ndarray    # (S, T) int32 source frame of each stored frame
     num_frames: int          # frames the source really decodes to
     fps: float               # average frame rate
-    view_params: np.ndarray  # (S, 8) float32 crop/flip/jitter of each sample (augment.FIELDS)
+    view_params: np.ndarray  # (S, 10) float32 crop/flip/jitter/rotation/vflip of each sample (augment.FIELDS)
     decoded: int = 0         # frames the decoder was given (all attempts; fewer than num_frames when partial)
 
 
@@ -134,7 +134,7 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
                 if rgb is None:
                     rgb = video.frame_rgb(frame)
                 if v not in params:
-                    params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw)
+                    params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw, recipe.rotate, recipe.vflip)
                 out[s, t] = augment.apply(rgb, params[v], out_hw)
 
         sent = video.scan_sparse(path, plan, where, on_frame, threads=threads) if plan is not None else None
@@ -152,8 +152,8 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
             raise video.VideoError(f"truncated or damaged: the container announces {info.frames_estimate} frames, "
                                    f"only {true_n} decode", permanent=True)
         if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
-            vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw).as_array()
-                           for v in view_of])
+            vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw, recipe.rotate,
+                                              recipe.vflip).as_array() for v in view_of])
             return VideoSamples(out, idx, true_n, info.fps, vp, decoded)
         logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)
         n = true_n
@@ -205,7 +205,8 @@ def run_batch(task: BatchTask) -> list[dict]:
             num_frames[i] = old["num_frames"][j]
             fps[i] = old["fps"][j]
             frame_idx[i] = old["frame_idx"][j]
-            view_params[i] = old["view_params"][j]
+            kept = old["view_params"][j]   # a store of an earlier version keeps fewer fields (no rotation, vflip: 0)
+            view_params[i, :, :kept.shape[-1]] = kept
             reused[i] = True
             continue
         try:

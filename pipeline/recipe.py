@@ -23,6 +23,8 @@ class Recipe:
     views: int = 0             # augmented copies stored besides the clean view
     seed: int = 0              # seeds random-uniform, random clip starts and the views
     lossy: bool = False        # JPEG-coded frames (q95): several times smaller, PSNR about 40 dB
+    rotate: float = 0.0        # augmented views: a rotation uniform in +-rotate degrees (0: none)
+    vflip: bool = False        # augmented views: a coin-flip vertical mirror
 
     @property
     def samples(self) -> int:
@@ -36,11 +38,20 @@ class Recipe:
                 raise ValueError(f"--{name} {getattr(self, name)} is out of range; allowed: >= {lo}")
         if self.clips != 1 and self.sampling != "multiclip":
             raise ValueError(f"--clips {self.clips} needs --sampling multiclip; {self.sampling!r} stores one clip")
+        if isinstance(self.rotate, bool) or not isinstance(self.rotate, (int, float)) or not 0 <= self.rotate <= 180:
+            raise ValueError(f"--rotate {self.rotate!r} is out of range; allowed: 0 to 180 degrees")
+        if not isinstance(self.vflip, bool):
+            raise ValueError(f"--vflip {self.vflip!r} is not supported; allowed: true, false")
         if max(self.height, self.width) > 4096:
             raise ValueError(f"--size {self.height}x{self.width} is too large; allowed: up to 4096")
 
+    # fields added after stores existed, at the value that stores what stores held before them: left
+    # out of the fingerprint there, so an earlier store of the same recipe stays up to date
+    ADDED_LATER = {"rotate": 0.0, "vflip": False}
+
     def fingerprint(self) -> str:
-        return lineage.fingerprint(asdict(self))
+        return lineage.fingerprint({k: v for k, v in asdict(self).items()
+                                    if not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])})
 
     @property
     def bytes_per_video(self) -> int:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import augment
+
 SCHEMA_VERSION = 2  # 2: per-sample checksums, static checksums, crc32c on data chunks
 PENDING, OK, FAILED = 0, 1, 2
 FORMATS = ("zarr", "hdf5")
@@ -140,7 +142,8 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     if results:
         root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
         # each sample's crop box, flip and jitter (augment.FIELDS order)
-        root.create_array("view_params", shape=(n, s, 8), dtype="float32", chunks=(b, s, 8), fill_value=0.0, **small)
+        nf = len(augment.FIELDS)
+        root.create_array("view_params", shape=(n, s, nf), dtype="float32", chunks=(b, s, nf), fill_value=0.0, **small)
         root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
         root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)
         root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="", compressors=[Crc32cCodec()])

@@ -33,6 +33,7 @@ def test_every_command_has_help_with_examples(command):
     (["extract", "synthetic", "--format", "tiff"], "--format 'tiff' is not supported; allowed: zarr, hdf5"),
     (["extract", "synthetic", "--clips", "3"], "--clips 3 needs --sampling multiclip"),
     (["extract", "synthetic", "--threads", "0"], "--threads 0 is out of range; allowed: 1..1024"),
+    (["extract", "synthetic", "--rotate", "200"], "--rotate 200.0 is out of range; allowed: 0 to 180 degrees"),
     (["extract", "ucf50", "--root", "/nonexistent/UCF50"], "ucf50: no dataset folder at /nonexistent/UCF50. Download: https://www.crcv.ucf.edu/data/UCF50.rar"),
     (["extract", "synthetic", "--root", "/nonexistent"], "har synth"),
     (["synth", "x", "--classes", "11"], "--classes 11 is out of range; allowed: 1..10"),

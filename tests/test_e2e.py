@@ -79,6 +79,10 @@ def test_interrupted_e2e_run_resumes_to_the_same_weights_with_loader_workers(fra
     (["r3d_18"], "give --frames PATH or --dataset NAME"),
     (["r3d_18", "--frames", "nowhere.zarr"], "nowhere.zarr does not exist; run `har extract` first"),
     (["r3d_18", "--frames", "{frames}", "--accumulate", "0"], "--accumulate 0 must be >= 1"),
+    (["swin3d_t", "--frames", "{frames}", "--rotate", "-15"], "--rotate -15.0 must be >= 0"),
+    (["mvit_v2_s", "--frames", "{frames}", "--pretrained", "kinetics400"],
+     "mvit_v2_s --pretrained kinetics400 takes exactly 16-frame clips at 224x224"),
+    (["c3d", "--frames", "{frames}", "--drop-path", "0.1"], "--drop-path is not available for c3d"),
     (["r3d_18", "--frames", "{frames}", "--memory-format", "nhwc"],
      "--memory-format 'nhwc' is not known; allowed: auto, channels-last, contiguous"),
 ])
@@ -125,3 +129,16 @@ def test_a_3d_cnn_run_on_the_cpu_repeats_exactly(frames, tmp_path):
     a, b = (_run(frames, tmp_path / d, model="r3d_18") for d in ("a", "b"))
     wa, wb = (torch.load(r.run_dir / "best.pt", weights_only=True)["model"] for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_on_the_fly_rotation_vflip_and_jitter_train_reproducibly_and_change_the_run(frames, tmp_path):
+    kw = dict(model="small-cnn-rnn", epochs=2, lr=1e-3, precision="fp32")
+    aug = dict(rotate=15.0, vflip=True, jitter=0.3)
+    a = _run(frames, tmp_path / "a", **kw, **aug)
+    b = _run(frames, tmp_path / "b", **kw, **aug)
+    plain = _run(frames, tmp_path / "plain", **kw)
+    wa, wb, wp = (torch.load(r.run_dir / "best.pt", weights_only=True)["model"] for r in (a, b, plain))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wp[k]) for k in wa)
+    config = json.loads((a.run_dir / "config.json").read_text())
+    assert (config["rotate"], config["vflip"], config["jitter"]) == (15.0, True, 0.3)

@@ -245,10 +245,11 @@ def test_second_writer_is_refused(synthetic_root, tmp_path):
             run(synthetic_root, out)
 
 
-def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"rotate": 15.0, "vflip": True}])
+def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tmp_path, extra):
     from pipeline import augment, video
 
-    recipe = Recipe(frames=4, height=48, width=48, views=2, seed=11)
+    recipe = Recipe(frames=4, height=48, width=48, views=2, seed=11, **extra)
     res = run(synthetic_root, tmp_path / "s.zarr", recipe)
     x = arrays(res.store)
     with StoreReader(res.store) as r:
@@ -257,12 +258,15 @@ def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tm
     rel = str(x["video"][i])
     decoded = video.decode_all(synthetic_root / rel)
     for s in (1, 2):
-        p = augment.ViewParams(*[bool(v) if f == "flip" else float(v) for f, v in zip(augment.FIELDS, x["view_params"][i, s])])
-        assert p == augment.params_for(11, rel, s, decoded.shape[1:3], (48, 48))  # float32-exact round trip
+        p = augment.ViewParams(*[bool(v) if f in ("flip", "vflip") else float(v)
+                                 for f, v in zip(augment.FIELDS, x["view_params"][i, s])])
+        # float32-exact round trip
+        assert p == augment.params_for(11, rel, s, decoded.shape[1:3], (48, 48), recipe.rotate, recipe.vflip)
+        assert (p.rotation != 0) == bool(extra) and abs(p.rotation) <= 15
         for t in range(4):
             expected = augment.apply(decoded[x["frame_idx"][i, s, t]], p, (48, 48))
             np.testing.assert_array_equal(x["frames"][i, s, t], expected)
-    assert x["view_params"][i, 0].tolist()[4:] == [0, 1, 1, 1]  # the clean view: no flip, no jitter
+    assert x["view_params"][i, 0].tolist()[4:] == [0, 1, 1, 1, 0, 0]  # the clean view: no flip, jitter, rotation
 
 
 def test_stores_from_an_older_layout_are_rebuilt_not_resumed(synthetic_root, tmp_path):

@@ -2,7 +2,8 @@
 (`har train-e2e`), through the same loop, run folder, metrics and report as the heads.
 
 Batches are uint8 clips (B, T, H, W, 3) read by DataLoader workers that live for the whole run;
-random crop and flip happen on the training device. Evaluation takes every clean clip of a video
+random crop and flip (and rotation, vertical flip, colour jitter when asked) happen on the
+training device. Evaluation takes every clean clip of a video
 (and optionally three crops) and averages. A run records the model card `har predict` needs:
 the recipe, the model and its centre crop.
 """
@@ -49,6 +50,7 @@ class ClipTask:
         # the crop the model takes, checked against the store (ValueError saying what to extract)
         self.crop, self.warnings = models3d.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape, str(cs.path))
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
+        self.augment = {"rotate": cfg.rotate, "vflip": cfg.vflip, "jitter": cfg.jitter}
         self.workers = resolve_workers(cfg.workers)
         self._loaders: dict[int, clips.ClipLoader] = {}   # evaluation, per batch size
         self._train: tuple | None = None                   # (key, EpochStream) for training
@@ -94,7 +96,7 @@ class ClipTask:
         return self._train[1].epoch(epoch)
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return clips.random_crop_flip(x, self.crop, generator)
+        return clips.augment(x, self.crop, generator, **self.augment)
 
     @torch.inference_mode()
     def probabilities(self, model: nn.Module, videos: np.ndarray, device: torch.device,

@@ -176,6 +176,60 @@ def random_crop_flip(clips: torch.Tensor, size: int, generator: torch.Generator)
     return torch.stack(out)
 
 
+def augment(clips: torch.Tensor, size: int, generator: torch.Generator, rotate: float = 0.0, vflip: bool = False,
+            jitter: float = 0.0) -> torch.Tensor:
+    """Training-time augmentation on the device, the set `har extract` stores as views: a random
+    size x size window and a coin-flip horizontal mirror (random_crop_flip, drawn first, so runs
+    without the rest are what they were), then per clip a rotation uniform in +-`rotate` degrees
+    (uncovered corners mirrored), a coin-flip vertical mirror, and brightness, contrast and
+    saturation factors uniform in 1 +- `jitter`; the same for every frame of a clip. uint8 in and out."""
+    out = random_crop_flip(clips, size, generator)
+    b = out.shape[0]
+    if rotate > 0:
+        angles = (torch.rand(b, generator=generator, dtype=torch.float64) * 2 - 1) * rotate
+        out = rotate_clips(out, angles)
+    if vflip:
+        down = (torch.rand(b, generator=generator) < 0.5).to(out.device).view(b, 1, 1, 1, 1)
+        out = torch.where(down, out.flip(2), out)
+    if jitter > 0:
+        factors = 1 + (torch.rand(b, 3, generator=generator, dtype=torch.float64) * 2 - 1) * jitter
+        out = jitter_clips(out, factors)
+    return out
+
+
+def rotate_clips(clips: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """(B, T, S, S, 3) uint8 square clips, clip b turned degrees[b] counter-clockwise about its
+    centre (as pipeline.augment.rotate turns a stored view): bilinear, reflected borders."""
+    b, t, h, w, c = clips.shape
+    x = clips.permute(0, 1, 4, 2, 3).reshape(b, t * c, h, w).float()
+    a = torch.deg2rad(degrees).float().to(clips.device)
+    cos, sin = torch.cos(a), torch.sin(a)
+    zero = torch.zeros_like(a)
+    # output pixel -> where to read in the input (normalised coordinates, y down): the inverse turn
+    theta = torch.stack([torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    y = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).reshape(b, t, c, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+
+GREY = (0.299, 0.587, 0.114)  # the luma weights pipeline.augment's jitter uses
+
+
+def jitter_clips(clips: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8, factors (B, 3) brightness, contrast, saturation: the stored views'
+    colour jitter (pipeline.augment), per frame, the same factors for a whole clip."""
+    x = clips.float()
+    f = factors.float().to(clips.device).view(-1, 3, 1, 1, 1, 1).unbind(1)
+    grey_w = torch.tensor(GREY, device=clips.device)
+    x = x * f[0]
+    grey = (x * grey_w).sum(-1, keepdim=True)
+    mean = grey.mean(dim=(2, 3), keepdim=True)
+    x = mean + (x - mean) * f[1]
+    grey = (x * grey_w).sum(-1, keepdim=True)
+    x = grey + (x - grey) * f[2]
+    return (x + 0.5).clamp_(0, 255).to(torch.uint8)
+
+
 def centre_crops(clips: torch.Tensor, size: int, three: bool = False) -> list[torch.Tensor]:
     """The centred size x size window, or three along the longer side (start, centre, end)."""
     _, _, h, w, _ = clips.shape
