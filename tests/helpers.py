@@ -165,7 +165,7 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
                         classes: list[str], dataset: str = "synthetic", status: np.ndarray | None = None,
                         extra_splits: dict[str, np.ndarray] | None = None) -> Path:
     """A feature store with the real schema, written from arrays (no video, no backbone)."""
-    from pipeline import datasets, lineage, store
+    from pipeline import augment, datasets, lineage, store
 
     n, s, t, d = feats.shape
     status = np.full(n, store.OK, np.int8) if status is None else status
@@ -185,7 +185,7 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
     store.create_zarr(path, layout, static, attrs, data_name="features", data_dtype="float16", data_tail=(d,),
                       status=status)
     store.write_batch(path, 0, {"features": feats, "status": status, "frame_idx": np.zeros((n, s, t), np.int32),
-                                "view_params": np.zeros((n, s, 8), np.float32), "num_frames": np.full(n, t, np.int32),
+                                "view_params": np.zeros((n, s, len(augment.FIELDS)), np.float32), "num_frames": np.full(n, t, np.int32),
                                 "fps": np.full(n, 25, np.float32),
                                 "error": np.array(["" if x == store.OK else "broken" for x in status])},
                       data_name="features")

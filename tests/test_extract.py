@@ -245,6 +245,27 @@ def test_second_writer_is_refused(synthetic_root, tmp_path):
             run(synthetic_root, out)
 
 
+def test_a_store_of_an_earlier_version_with_8_view_fields_is_updated_not_broken(synthetic_root, tmp_path):
+    """Stores written before rotation and vflip existed hold view_params [N, S, 8]; the same recipe
+    keeps its fingerprint, so a changed video updates that store: reused rows get 0 rotation and
+    no vflip, and the result equals a fresh extraction."""
+    import zarr
+
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    out = tmp_path / "s.zarr"
+    run(root, out)
+    g = zarr.open_group(str(out), mode="r+")
+    old = g["view_params"][...]
+    del g["view_params"]
+    a = g.create_array("view_params", shape=(*old.shape[:2], 8), dtype="float32", chunks=g["status"].chunks + old.shape[1:2] + (8,),
+                       fill_value=0.0)
+    a[...] = old[..., :8]
+    shutil.copy(root / "Grow" / "v_Grow_g02_c02.avi", root / "Grow" / "v_Grow_g01_c01.avi")
+    res = run(root, out)
+    assert (res.decoded, res.reused) == (1, 23)
+    assert_same_arrays(arrays(out), arrays(run(root, tmp_path / "fresh.zarr").store))
+
+
 @pytest.mark.parametrize("extra", [{}, {"rotate": 15.0, "vflip": True}])
 def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tmp_path, extra):
     from pipeline import augment, video

@@ -170,6 +170,14 @@ def test_a_damaged_config_or_lineage_is_one_line_naming_the_file_and_key(run, ta
         load(run)
 
 
+def test_a_run_from_before_the_newer_settings_loads_with_their_neutral_values(run):
+    """config.json of an earlier har has no label_smoothing or warmup_epochs: it ran without them."""
+    _edit_json(run / "config.json", lambda c: [c.pop(k) for k in ("label_smoothing", "warmup_epochs")])
+    cfg, _, _ = runs.load_run(run)
+    assert (cfg.label_smoothing, cfg.warmup_epochs) == (0.0, 0.0)
+    assert runs.evaluate_run(run)["top1"] >= 0
+
+
 def test_damaged_config_is_exit_2_in_evaluate_and_predict(run, synthetic_root):
     _edit_json(run / "config.json", lambda c: c.update(evil=1))
     _one_line_exit_2(_cli("evaluate", run), "config.json: unknown key evil")

@@ -190,11 +190,15 @@ def config_from(cls, raw: dict, path: Path, prefix: str = ""):
     unknown = [k for k in raw if k not in names]
     if unknown:
         raise rundir.RunError(f"{path}: unknown key {prefix}{unknown[0]}; allowed: {', '.join(names)}; {RUN_REMEDY}")
-    missing = [k for k in names if k not in raw]
+    later = getattr(cls, "ADDED_LATER", {})  # settings newer than the run: it ran with their neutral value
+    missing = [k for k in names if k not in raw and k not in later]
     if missing:
         raise rundir.RunError(f"{path}: key {prefix}{missing[0]} is missing; {RUN_REMEDY}")
     values = {}
     for k in names:
+        if k not in raw:
+            values[k] = later[k]
+            continue
         hint, v = hints[k], raw[k]
         if is_dataclass(hint):
             if not isinstance(v, dict):
