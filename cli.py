@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from clikit import (AUGMENT, EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, Head,
+from clikit import (AUGMENT, EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, FeatureStores, Head,
                     RunDir, RunOut, Tracker, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
                     takes, train)
 from pipeline.resources import human
@@ -213,10 +213,16 @@ def status(
 @command("train-head", interrupted=TRAINING)
 @takes(C.HeadConfig, HEAD)
 @takes(C.TrainConfig, LOOP)
-def train_head(head: Head, features: Features = None, dataset: DatasetName = None,
+def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName = None,
                backbone: Annotated[Optional[str], opt("--backbone", help="With --dataset: the latest feature store of this backbone.", choices="backbone")] = None,
+               mix: Annotated[str, opt("--mix", help="Joint training (2+ --features): proportional (every video once per epoch, datasets by size) or balanced (equal shares per batch, the smaller repeated); seeded.", choices="mix")] = C.TrainConfig.mix,
                out_dir: RunOut = None, tracker: Tracker = "tensorboard", verbose: Verbose = False, **settings):
     """Train a sequence head on cached features: seconds, not hours. Resumes if interrupted.
+
+    With --features given twice or more: one head trained jointly on every dataset (a shared
+    trunk, an output layer per dataset, each dataset's own split, early stopping on the mean of
+    their validation accuracies), next to the same head trained on each alone (RUN-alone-NAME);
+    the report compares them per dataset.
 
     Examples:
 
@@ -225,11 +231,31 @@ def train_head(head: Head, features: Features = None, dataset: DatasetName = Non
         har train-head gru --features feats.zarr --split random --epochs 50 --bidirectional
 
         har train-head attention --features feats.zarr --optimizer adamw --scheduler cosine --lr 3e-4
+
+        har train-head lstm --features ucf101.zarr --features hmdb51.zarr --mix balanced
     """
     setup_logging(verbose)
-    from trainers import head_task
+    from dataclasses import replace
 
-    rc = head_task.RunConfig(head_config(head, settings), features=features, dataset=dataset, backbone=backbone,
+    from trainers import head_task, joint
+
+    paths = list(features or [])
+    cfg = replace(head_config(head, settings), mix=mix)
+    cfg.check_values()
+    if len(paths) > 1:
+        if dataset is not None:
+            raise ValueError("give the stores of a joint run as --features PATH twice or more, without --dataset")
+        rc = head_task.RunConfig(cfg, out=out_dir, tracker=tracker)
+        res = joint.train_joint(rc, paths, train=train)
+        t = res.summary["test"]["datasets"]
+        for name, m in t.items():
+            alone = res.summary["alone"].get(name, {}).get("top1")
+            out.print(f"{name}: joint test top-1 {m['top1']:.3f}" + (f", alone {alone:.3f}" if alone is not None else ""),
+                      highlight=False)
+        return
+    if mix != C.TrainConfig.mix:
+        raise ValueError(f"--mix {mix} is for joint training; give --features twice or more")
+    rc = head_task.RunConfig(cfg, features=paths[0] if paths else None, dataset=dataset, backbone=backbone,
                              out=out_dir, tracker=tracker)
     train(lambda on_epoch: head_task.train_head(rc, on_epoch=on_epoch))
 
@@ -338,11 +364,18 @@ def evaluate(run_dir: RunDir,
         return
     from rich.table import Table
 
-    table = Table("metric", "value", title=f"{run_dir.name}: split {m['split']}, {part} ({m['videos']} videos)")
+    table = Table("metric", "value", title=f"{run_dir.name}: split {m['split']}, {part} ({m['videos']} videos)"
+                  + (" - mean over the datasets" if "datasets" in m else ""))
     for k, v in m.items():
         if isinstance(v, float):
             table.add_row(k, f"{v:.4f}")
     out.print(table)
+    for name, d in m.get("datasets", {}).items():  # a joint run: each dataset on its own
+        t = Table("metric", "value", title=f"{name} ({d['videos']} videos)")
+        for k, v in d.items():
+            if isinstance(v, float):
+                t.add_row(k, f"{v:.4f}")
+        out.print(t)
 
 
 @command(interrupted="interrupted; --csv and the timeline files are written only when every video is done")
@@ -360,6 +393,7 @@ def predict(
     out_dir: Annotated[Optional[Path], opt("--out", help="Folder for the timeline files (default: RUN/timeline).")] = None,
     workers: Annotated[Optional[int], opt("--workers", help="Classify on a local Dask cluster of N processes.")] = None,
     scheduler: DaskScheduler = None,
+    labels: Annotated[Optional[str], opt("--labels", help="A joint run (trained on several datasets): whose classes to answer in, by dataset name.")] = None,
     device: Device = "auto", as_json: AsJson = False,
 ):
     """Classify video files with a trained run: decoded and sampled as its store was, then its model.
@@ -401,7 +435,7 @@ def predict(
         err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
     if not files:
         raise ValueError(f"no video files in {', '.join(map(str, videos))}")
-    model = predictor.load(run_dir, device)  # the run checked before anything is written
+    model = predictor.load(run_dir, device, labels)  # the run checked before anything is written
     folder = None
     if timing is not None:
         from pipeline import outputs
@@ -442,7 +476,8 @@ def predict(
                     take([{**r, "video": shown.get(r["video"], r["video"])} for r in batch])
 
                 tasks = [predictor.PredictTask(str(run_dir.resolve()), device,
-                                               tuple(str(f.resolve()) for f in files[i:i + size]), top, timing)
+                                               tuple(str(f.resolve()) for f in files[i:i + size]), top, timing,
+                                               labels)
                          for i in range(0, len(files), size)]
                 def lost(task, e: Exception) -> None:  # a worker died on these videos (or the run failed to load)
                     take_shown([{"video": v, "error": f"the worker failed: {type(e).__name__}: {e}"}

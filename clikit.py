@@ -56,7 +56,7 @@ CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a funct
     "train_views": ("trainers.config", "TRAIN_VIEWS"), "memory_format": ("trainers.config", "MEMORY_FORMATS"),
     "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
     "tracker": ("trainers.tracker", "TRACKERS"), "method": ("trainers.explain", "METHODS"), "over_time": ("trainers.explain", "TEMPORAL"),
-    "export_format": ("trainers.export", "FORMATS"),
+    "export_format": ("trainers.export", "FORMATS"), "mix": ("trainers.joint", "MIXES"),
 }
 
 
@@ -199,6 +199,8 @@ HEAD = {
 
 Head = Annotated[str, arg("The sequence head (har models compares them).", choices="head")]
 Features = Annotated[Optional[Path], typer.Option("--features", help="The feature store.")]
+# train-head: the feature store, or (given twice or more) the stores of a joint run
+FeatureStores = Annotated[Optional[list[Path]], typer.Option("--features", help="The feature store; give it 2+ times to train one head jointly on several datasets (shared trunk, an output layer per dataset).")]
 RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: runs/NAME-SPLIT-FINGERPRINT].")]
 TRAINING = "interrupted; the same command resumes from the last finished epoch"
 

@@ -28,6 +28,7 @@ RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "his
                        "per_class.csv", ".lock", ".har-run", "roc_pr.png", "most_confused.csv",
                        "explain", "timeline",                  # folders `har explain`, `har predict --window` write
                        "export",                               # the folder of `har export`'s model files
+                       "datasets",                             # a joint run's report per dataset (trainers.joint)
                        "tensorboard", "mlruns", "wandb"})      # training dashboards (trainers.tracker)
 # folders of pictures and tables: (the marker that makes a folder har's, the files it may hold)
 MARKED = {"explain": (".har-explain", (".png", ".gif", ".json")),

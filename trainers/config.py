@@ -45,6 +45,7 @@ class LoopConfig:
                                    # AMX: 1.4x faster for lstm), else fp32; fp32 | bf16 to choose
     label_smoothing: float = 0.0   # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
     warmup_epochs: float = 0.0     # the learning rate rises linearly from 0 over this many epochs, per step
+    mix: str = "proportional"      # joint training on several stores: how batches mix them (trainers.joint)
 
     # whole-number settings: (field, lowest, highest)
     WHOLE = (("epochs", 1, 1_000_000), ("batch_size", 1, 1 << 20), ("accumulate", 1, 1 << 20),
@@ -62,6 +63,9 @@ class LoopConfig:
         checks = ((self.optimizer, OPTIMIZERS.names(), "optimizer"), (self.scheduler, SCHEDULERS.names(), "scheduler"),
                   (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"),
                   (self.train_views, TRAIN_VIEWS, "train-views"))
+        from trainers.joint import MIXES  # (imported here: the registry needs torch)
+
+        checks += ((self.mix, MIXES.names(), "mix"),)
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"--{name} {value!r} is not supported; allowed: {', '.join(allowed)}")
@@ -86,7 +90,7 @@ class LoopConfig:
     CPU_BF16 = True   # may precision auto pick bf16 on a CPU with native bf16?
     # settings added after runs existed, at the value that does what runs did before them: left out
     # of the fingerprint there, so a finished run of an earlier version stays up to date
-    ADDED_LATER = {"label_smoothing": 0.0, "warmup_epochs": 0.0, "backbone_lr_mult": 1.0, "layer_decay": 1.0,
+    ADDED_LATER = {"label_smoothing": 0.0, "warmup_epochs": 0.0, "mix": "proportional", "backbone_lr_mult": 1.0, "layer_decay": 1.0,
                    "drop_path": None, "rotate": 0.0, "vflip": False, "jitter": 0.0}
 
     def as_dict(self) -> dict:

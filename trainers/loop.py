@@ -45,7 +45,10 @@ class Task(Protocol):
     def probabilities(self, model: nn.Module, videos: np.ndarray, device: torch.device,   # (len(videos), C),
                       cfg) -> np.ndarray: ...                                         # clips averaged per video
     def close(self) -> None: ...                                               # loader workers, if any
-    # optional: param_groups(cfg, model) -> the optimizer's parameter groups (default: one group, lr)
+    # optional: param_groups(cfg, model) -> the optimizer's parameter groups (default: one group, lr);
+    # loss(cfg, weight) -> the loss module (default: cross-entropy; one with `correct(logits, y)` also
+    # counts training accuracy); score(probs, videos, weight) -> (loss, accuracy) that selects the best
+    # epoch (default: over all videos). A joint task (trainers.joint) has all three.
 
 
 def param_groups(task, cfg, model: nn.Module):
@@ -142,7 +145,8 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
         (loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
         if i % cfg.accumulate == 0:
             step(i)
-        sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
+        right = loss_fn.correct(logits.detach(), y) if hasattr(loss_fn, "correct") else (logits.argmax(1) == y).sum()
+        sums += torch.stack([loss.detach().double() * len(y), right.double()])
         seen += len(y)
     if i % cfg.accumulate:
         step(i)
@@ -204,8 +208,12 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
     opt = optim.make_optimizer(cfg, param_groups(task, cfg, model))
     sched = optim.make_scheduler(cfg, opt)
     weight = class_weights(task.labels[split.train], len(task.classes)) if cfg.class_weighted else None
-    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
-                                  label_smoothing=cfg.label_smoothing)
+    if hasattr(task, "loss"):
+        loss_fn = task.loss(cfg, weight).to(device)
+    else:
+        loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
+                                      label_smoothing=cfg.label_smoothing)
+    score = getattr(task, "score", None) or (lambda probs, videos, w: loss_and_accuracy(probs, task.labels[videos], w))
     val = split.val if len(split.val) else split.train
     state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_loss": math.inf, "best_epoch": 0, "stale": 0,
              "done": False}
@@ -226,8 +234,7 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
         te = time.perf_counter()
         lr = opt.param_groups[-1]["lr"]  # the output layer's (with per-layer rates the others are lower)
         train_loss, train_acc = train_one_epoch(trained, task, split.train, cfg, epoch, opt, loss_fn, device, world)
-        val_loss, val_acc = loss_and_accuracy(task.probabilities(model, val, device, cfg), task.labels[val],
-                                          None if weight is None else weight)
+        val_loss, val_acc = score(task.probabilities(model, val, device, cfg), val, weight)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val_acc)
         elif sched is not None:

@@ -135,9 +135,10 @@ def check_card(card: dict, path: Path, task: tasks.TaskKind) -> extract.Recipe:
     return recipe
 
 
-def load(run_dir: Path, device: str = "auto") -> Predictor:
+def load(run_dir: Path, device: str = "auto", labels: str | None = None) -> Predictor:
     """The predictor of a finished run: its model card checked, its model (and for a head the
-    recorded backbone) loaded on `device` (auto: the run's own device setting)."""
+    recorded backbone) loaded on `device` (auto: the run's own device setting). A joint run
+    (trainers.joint) answers in the classes of dataset `labels`: its output layer alone."""
     cfg, lin, kind = runs.load_run(run_dir)
     card = lin.get("predict")
     if card is None:
@@ -146,9 +147,21 @@ def load(run_dir: Path, device: str = "auto") -> Predictor:
     if card.get("model", getattr(cfg, "model", None)) != getattr(cfg, "model", None):
         raise rundir.RunError(f"{Path(run_dir) / 'lineage.json'}: predict.model {card['model']!r} is not the model of "
                               f"config.json ({getattr(cfg, 'model', 'a head')!r}); {runs.RUN_REMEDY}")
+    from trainers.joint import rows_of
+
+    rows, classes = rows_of(card, labels, Path(run_dir))   # checked before the model loads
     dev = loop.resolve_device(device if device != "auto" else cfg.device)
     score = kind.scorer(Path(run_dir), cfg, card, dev)
-    return Predictor(Path(run_dir), recipe, score, list(card["classes"]), dev, cfg)
+    if rows is None:
+        return Predictor(Path(run_dir), recipe, score, list(card["classes"]), dev, cfg)
+    return Predictor(Path(run_dir), recipe, lambda frames: score(frames)[:, rows], classes, dev, cfg)
+
+
+def label_sets(run_dir: Path) -> list[str | None]:
+    """The datasets whose labels a run gives: a joint run's datasets, else [None] (its own)."""
+    _, lin, _ = runs.load_run(run_dir)
+    sets = (lin.get("predict") or {}).get("datasets")
+    return [d["name"] for d in sets] if isinstance(sets, list) and sets else [None]
 
 
 # ---- many files: a folder tree, on Dask workers when asked --------------------------------------------
@@ -189,16 +202,17 @@ class PredictTask:
     videos: tuple[str, ...]
     top: int
     timing: timeline.Timing | None = None
+    labels: str | None = None          # a joint run: whose classes
 
 
 @functools.lru_cache(maxsize=2)
-def _loaded(run_dir: str, device: str) -> Predictor:
-    return load(Path(run_dir), device)
+def _loaded(run_dir: str, device: str, labels: str | None) -> Predictor:
+    return load(Path(run_dir), device, labels)
 
 
 def predict_task(task: PredictTask) -> list[dict]:
     """Run on a Dask worker (or in this process): the results of the task's videos, in order."""
-    p = _loaded(task.run_dir, task.device)
+    p = _loaded(task.run_dir, task.device, task.labels)
     return [p.predict(Path(v), task.top, task.timing) for v in task.videos]
 
 

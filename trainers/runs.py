@@ -51,7 +51,7 @@ def evaluate(task: loop.Task, model, videos: np.ndarray, device, cfg: loop.LoopC
     return m
 
 
-def _split_info(split: data.Split) -> dict:
+def split_info(split: data.Split) -> dict:
     return {"name": split.name, "train": int(len(split.train)), "val": int(len(split.val)),
             "test": int(len(split.test)), "leakage": split.leakage, "val_carved_from_train": split.carved_val}
 
@@ -119,7 +119,7 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
     main = distributed.world().main  # under torchrun, rank 0 alone writes
     if main:
         rundir.write_json(run_dir / "config.json", {"store": str(job.store), **job.cfg.as_dict()})
-        lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": _split_info(job.split),
+        lin = {"fingerprint": fp, "inputs": job.inputs, "params": job.cfg.as_dict(), "split": split_info(job.split),
                "versions": lineage.versions(), "created": lineage.now(), "predict": job.card}
         rundir.write_json(run_dir / "lineage.json", lin)
     board = open_tracker(tracker, run_dir, {**job.cfg.as_dict(), "model": job.name, "split": job.split.name}, fp) \
@@ -155,14 +155,18 @@ def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict
     device = loop.resolve_device(job.cfg.device)
     model = loop.load_best(job.task.build(job.cfg, None), run_dir, device)
     val = job.split.val if len(job.split.val) else job.split.train
+    measure = getattr(job.task, "evaluate", None) or (lambda *a: evaluate(job.task, *a))  # a joint task: per dataset
     summary = {"fingerprint": fp, "model": job.name, "describe": job.describe, **job.extra,
-               "config": job.cfg.as_dict(), "split": _split_info(job.split), "failed_videos": list(job.failed),
+               "config": job.cfg.as_dict(), "split": split_info(job.split), "failed_videos": list(job.failed),
                "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc, "epochs_run": len(fit.history),
                "stopped_early": fit.stopped_early, "train_seconds": sum(h["seconds"] for h in fit.history),
                "device": str(device), "precision": loop.precision_of(job.cfg, device),
-               "val": evaluate(job.task, model, val, device, job.cfg),
-               "test": evaluate(job.task, model, job.split.test, device, job.cfg)}
-    report.write(run_dir, summary, fit.history, job.task.classes)
+               "val": measure(model, val, device, job.cfg),
+               "test": measure(model, job.split.test, device, job.cfg)}
+    if hasattr(job.task, "report"):
+        job.task.report(run_dir, summary, fit.history)
+    else:
+        report.write(run_dir, summary, fit.history, job.task.classes)
     rundir.write_json(done, summary)  # the run is finished whatever the dashboard does next
     board.finish(summary, run_dir / "confusion.png")
     return RunResult(run_dir, False, summary, warns)
@@ -248,11 +252,11 @@ def evaluate_run(run_dir: Path, role: str = "test") -> dict:
         if task.view.fingerprint != recorded:
             raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
                                    f"{task.view.fingerprint[:12]} != {recorded[:12]}); train again")
-        split = data.make_split(task.view, cfg.split)
+        split = task.make_split(cfg.split) if hasattr(task, "make_split") else data.make_split(task.view, cfg.split)
         videos = {"train": split.train, "val": split.val, "test": split.test}[role]
         device = loop.resolve_device(cfg.device)
         model = loop.load_best(task.build(cfg, None), Path(run_dir), device)
-        result = evaluate(task, model, videos, device, cfg)
+        result = task.evaluate(model, videos, device, cfg) if hasattr(task, "evaluate") else evaluate(task, model, videos, device, cfg)
     finally:
         task.close()  # a clip task's loader workers
     return {"split": split.name, "part": role, **result}

@@ -96,8 +96,9 @@ class Served:
             return self.explainer
 
 
-def run_info(name: str, run_dir: Path, p) -> dict:
-    """What /api/runs tells about a run: from its config, lineage card and metrics."""
+def run_info(name: str, run_dir: Path, p, labels: str | None = None) -> dict:
+    """What /api/runs tells about a run: from its config, lineage card and metrics (a joint run's
+    entry for dataset `labels`: that dataset's test metrics)."""
     def read(f: str) -> dict:
         try:
             return json.loads((run_dir / f).read_text())
@@ -107,6 +108,8 @@ def run_info(name: str, run_dir: Path, p) -> dict:
     cfg, lin, metrics = read("config.json"), read("lineage.json"), read("metrics.json")
     card = lin.get("predict", {})
     test = metrics.get("test", {})
+    if labels is not None:
+        test = test.get("datasets", {}).get(labels, {})
     return {"name": name, "kind": card.get("task", "video-model" if "model" in cfg else "head"),
             "model": cfg.get("model") or cfg.get("head"), "backbone": card.get("backbone"),
             "classes": list(p.classes), "split": metrics.get("split", cfg.get("split")),
@@ -115,16 +118,18 @@ def run_info(name: str, run_dir: Path, p) -> dict:
 
 
 def load_runs(cfg: ServeConfig) -> dict[str, Served]:
-    """Every run loaded once (checked as `har predict` checks it); named by its folder's name."""
+    """Every run loaded once (checked as `har predict` checks it); named by its folder's name (a
+    joint run once per dataset, `FOLDER:DATASET`, answering in that dataset's classes)."""
     from trainers import predictor
 
     served: dict[str, Served] = {}
     for r in cfg.runs:
-        p = predictor.load(Path(r), cfg.device)
-        name = Path(r).resolve().name
-        while name in served:
-            name += "_"
-        served[name] = Served(name, Path(r), p, run_info(name, Path(r), p), cfg.device)
+        for labels in predictor.label_sets(Path(r)):   # a joint run: one entry per dataset, NAME:DATASET
+            p = predictor.load(Path(r), cfg.device, labels)
+            name = Path(r).resolve().name + (f":{labels}" if labels else "")
+            while name in served:
+                name += "_"
+            served[name] = Served(name, Path(r), p, run_info(name, Path(r), p, labels), cfg.device)
     return served
 
 

@@ -2,6 +2,7 @@
 
     head          trainers.head_task   a sequence head on a feature store (har train-head, cv)
     video-model   trainers.clip_task   a video model end to end on a frame store (har train-e2e)
+    joint-head    trainers.joint       a sequence head on several feature stores at once (train-head, 2+ --features)
 
 Each kind lives in its own module, which defines its `TaskKind` as `KIND`. The registry names
 that module and imports it the first time the kind is asked for (as backbones name their
@@ -37,6 +38,7 @@ class TaskKind:
 KINDS: Registry[str] = Registry("task kind")
 KINDS.add("head", "trainers.head_task", "a sequence head on a feature store")
 KINDS.add("video-model", "trainers.clip_task", "a video model trained end to end on a frame store")
+KINDS.add("joint-head", "trainers.joint", "a sequence head trained on several feature stores at once")
 
 
 def get(name: str) -> TaskKind:
@@ -52,10 +54,15 @@ def for_inputs(inputs: object) -> TaskKind | None:
     """The kind whose run names its store under these lineage inputs; None when none does."""
     if not isinstance(inputs, dict):
         return None
-    return next((k for k in kinds() if all(isinstance(inputs.get(key), str) for key in k.inputs)), None)
+    def names_store(value) -> bool:  # a path, or (joint runs) a list of paths
+        return isinstance(value, str) or (isinstance(value, list) and len(value) > 1
+                                          and all(isinstance(v, str) for v in value))
+    return next((k for k in kinds() if all(names_store(inputs.get(key)) for key in k.inputs)), None)
 
 
-def store_of(inputs: dict, kind: TaskKind) -> tuple[Path, str]:
-    """(store path, fingerprint) a run of `kind` recorded in its lineage inputs."""
+def store_of(inputs: dict, kind: TaskKind) -> tuple[Path | list[Path], str]:
+    """(store path, fingerprint) a run of `kind` recorded in its lineage inputs (a joint run: the
+    paths of its stores, their joint fingerprint)."""
     path_key, fp_key = kind.inputs
-    return Path(inputs[path_key]), inputs[fp_key]
+    value = inputs[path_key]
+    return ([Path(v) for v in value] if isinstance(value, list) else Path(value)), inputs[fp_key]

@@ -1,0 +1,170 @@
+"""Joint training on two datasets with different class sets: one head with a shared trunk and an
+output layer per dataset, each dataset's own split, a documented seeded batch mix, per-dataset
+metrics and reports next to the same head trained on each alone; evaluate and predict read it."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import har, reversed_pair_features, write_feature_store
+
+from trainers import config, head_task, joint, runs
+
+A_CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
+B_CLASSES = ["Left", "Right", "Up"]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    w = tmp_path_factory.mktemp("joint")
+    f, y, g = reversed_pair_features(videos_per_class=18, seed=0)
+    a = write_feature_store(w / "a.zarr", f, y, g, A_CLASSES, dataset="synthetic")
+    f, y, g = reversed_pair_features(videos_per_class=12, seed=1)
+    keep = y < 3
+    b = write_feature_store(w / "b.zarr", f[keep], y[keep], g[keep], B_CLASSES, dataset="folder")
+    return a, b
+
+
+def _cfg(**kw):
+    base = dict(head="lstm", head_options=config.HeadConfig(hidden=32, dropout=0.1), epochs=12, batch_size=16,
+                lr=3e-3, scheduler="cosine", patience=12)
+    return head_task.TrainConfig(**{**base, **kw})
+
+
+def test_joint_run_reports_each_dataset_and_compares_with_each_alone(stores, tmp_path):
+    a, b = stores
+    res = joint.train_joint(head_task.RunConfig(_cfg(), out=tmp_path / "j"), [a, b])
+    m = json.loads((tmp_path / "j" / "metrics.json").read_text())
+    assert m["joint"] and [s["path"] for s in m["stores"]] == [str(a), str(b)]
+    assert [s["dataset"] for s in m["stores"]] == ["synthetic", "folder"]
+    for name, classes in (("synthetic", A_CLASSES), ("folder", B_CLASSES)):
+        for part in ("val", "test"):
+            d = m[part]["datasets"][name]
+            assert len(d["confusion"]) == len(classes) and 0 <= d["top1"] <= 1
+        assert m["datasets"][name]["classes"] == classes
+        alone = m["alone"][name]
+        assert (tmp_path / f"j-alone-{name}" / "metrics.json").exists() and alone["run"].endswith(f"j-alone-{name}")
+        sub = tmp_path / "j" / "datasets" / name
+        assert (sub / "report.md").exists() and (sub / "confusion.png").exists()
+    assert m["test"]["top1"] == pytest.approx(np.mean([m["test"]["datasets"][n]["top1"] for n in ("synthetic", "folder")]))
+    # both datasets are learnt: the order classes of A and B's classes, far above chance
+    assert m["test"]["datasets"]["synthetic"]["top1"] > 0.6 and m["test"]["datasets"]["folder"]["top1"] > 0.6
+    text = (tmp_path / "j" / "report.md").read_text()
+    assert "| synthetic | 4 |" in text and "| folder | 3 |" in text and "alone test top-1" in text
+    # the model: one output row per class of either dataset
+    best = torch.load(tmp_path / "j" / "best.pt", weights_only=True)["model"]
+    assert best["1.fc.weight"].shape[0] == len(A_CLASSES) + len(B_CLASSES)
+    # the same command again: up to date, and so are the alone runs
+    again = joint.train_joint(head_task.RunConfig(_cfg(), out=tmp_path / "j"), [a, b])
+    assert again.up_to_date
+    # har evaluate recomputes the per-dataset metrics from best.pt
+    ev = runs.evaluate_run(tmp_path / "j")
+    for name in ("synthetic", "folder"):
+        assert ev["datasets"][name]["top1"] == pytest.approx(m["test"]["datasets"][name]["top1"])
+    assert res.summary["best_val_acc"] == pytest.approx(
+        np.mean([m["val"]["datasets"][n]["top1"] for n in ("synthetic", "folder")]), abs=1e-6)
+
+
+def test_batch_mixing_rules_are_seeded_and_do_what_they_say():
+    a, b = np.arange(0, 30), np.arange(30, 40)
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    p = joint.MIXES.get("proportional")([a, b], rng())
+    assert sorted(p) == list(range(40)) and np.array_equal(p, joint.MIXES.get("proportional")([a, b], rng()))
+    bal = joint.MIXES.get("balanced")([a, b], rng())
+    assert len(bal) == 60 and np.array_equal(bal, joint.MIXES.get("balanced")([a, b], rng()))
+    # alternating: every batch of an even size holds both datasets equally; every video of b repeated 3 times
+    assert (bal[0::2] < 30).all() and (bal[1::2] >= 30).all()
+    assert np.bincount(bal[1::2] - 30).tolist() == [3] * 10 and sorted(bal[0::2]) == list(range(30))
+
+
+def test_sliced_loss_is_cross_entropy_over_each_samples_own_dataset():
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    logits = torch.randn(4, 5)
+    y = torch.tensor([0, 2, 3, 4])
+    loss = joint.SlicedLoss(owner)(logits, y)
+    own = [torch.nn.functional.cross_entropy(logits[:2, :3], y[:2], reduction="sum"),
+           torch.nn.functional.cross_entropy(logits[2:, 3:], y[2:] - 3, reduction="sum")]
+    assert loss == pytest.approx(float(sum(own) / 4), rel=1e-6)
+    smooth = joint.SlicedLoss(owner, smoothing=0.1)(logits, y)
+    ref = [torch.nn.functional.cross_entropy(logits[:2, :3], y[:2], reduction="sum", label_smoothing=0.1),
+           torch.nn.functional.cross_entropy(logits[2:, 3:], y[2:] - 3, reduction="sum", label_smoothing=0.1)]
+    assert smooth == pytest.approx(float(sum(ref) / 4), rel=1e-6)
+
+
+def test_joint_usage_errors_are_one_line(stores, tmp_path):
+    a, b = stores
+    r = har("train-head", "lstm", "--features", a, "--features", a, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "names the same store twice" in r.stderr and "Traceback" not in r.stderr
+    r = har("train-head", "lstm", "--features", a, "--mix", "balanced", "--out", tmp_path / "y")
+    assert r.returncode == 2 and "--mix balanced is for joint training" in r.stderr
+    r = har("train-head", "lstm", "--features", a, "--features", b, "--mix", "zipped", "--out", tmp_path / "z")
+    assert r.returncode == 2 and "--mix 'zipped' is not supported; allowed: proportional, balanced" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def video_joint(tmp_path_factory, synthetic_root):
+    """A joint mean head on two real video datasets with different classes: the colour clips
+    (Red, Green, Blue) and har's synthetic set (4 classes), same recipe and backbone."""
+    from helpers import write_colour_dataset
+
+    w = tmp_path_factory.mktemp("vjoint")
+    env = {"HAR_HOME": str(w / "home")}
+    colours = write_colour_dataset(w / "colours")
+    feats = []
+    for name, root, ds in (("c", colours, "folder"), ("s", synthetic_root, "synthetic")):
+        r = har("extract", ds, "--root", root, "--frames", 8, "--size", 32, "--out", w / f"{name}.zarr", "--workers", 1,
+                env=env)
+        assert r.returncode == 0, r.stderr
+        r = har("features", "--store", w / f"{name}.zarr", "--backbone", "resnet18", "--weights", "none", "--resize",
+                "stored", "--out", w / f"{name}-f.zarr", env=env)
+        assert r.returncode == 0, r.stderr
+        feats.append(w / f"{name}-f.zarr")
+    r = har("train-head", "mean", "--features", feats[0], "--features", feats[1], "--epochs", 15, "--mix", "balanced",
+            "--out", w / "run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "folder: joint test top-1" in r.stdout and "synthetic: joint test top-1" in r.stdout
+    return w / "run", colours, synthetic_root
+
+
+def test_predict_a_joint_run_answers_in_the_chosen_datasets_classes(video_joint):
+    run, colours, synth = video_joint
+    clip = sorted(colours.glob("Green/*.avi"))[0]
+    r = har("predict", clip, "--run", run, "--labels", "folder", "--json", "--top", 3)
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)["predictions"][0]["top"]
+    assert {t["class"] for t in top} == {"Red", "Green", "Blue"} and top[0]["class"] == "Green"
+    assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-4)   # a softmax over its own classes
+    r = har("predict", sorted(synth.glob("*/*.avi"))[0], "--run", run, "--labels", "synthetic", "--json", "--top", 4)
+    assert r.returncode == 0, r.stderr
+    assert {t["class"] for t in json.loads(r.stdout)["predictions"][0]["top"]} <= set(
+        json.loads((run / "metrics.json").read_text())["datasets"]["synthetic"]["classes"])
+    r = har("predict", clip, "--run", run)
+    assert r.returncode == 2 and "trained jointly on folder, synthetic: choose whose labels with --labels NAME" in r.stderr
+    r = har("predict", clip, "--run", run, "--labels", "ucf101")
+    assert r.returncode == 2 and "(not 'ucf101')" in r.stderr
+    for cmd in (("explain", run, clip), ("export", run, "--format", "torchscript")):
+        r = har(*cmd)
+        assert r.returncode == 2 and "trained jointly on several datasets" in r.stderr and "Traceback" not in r.stderr
+    e = har("evaluate", run, "--json")
+    assert e.returncode == 0 and set(json.loads(e.stdout)["datasets"]) == {"folder", "synthetic"}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_serve_offers_a_joint_run_once_per_dataset(video_joint):
+    from fastapi.testclient import TestClient
+
+    from trainers import server
+
+    run, colours, _ = video_joint
+    cfg = server.ServeConfig((run,), device="cpu")
+    asgi, _ = server.create_app(cfg, server.load_runs(cfg))
+    with TestClient(asgi) as c:
+        listed = {r["name"]: r for r in c.get("/api/runs").json()["runs"]}
+        assert set(listed) == {f"{run.name}:folder", f"{run.name}:synthetic"}
+        assert set(listed[f"{run.name}:folder"]["classes"]) == {"Red", "Green", "Blue"}
+        assert listed[f"{run.name}:folder"]["test"]["top1"] == json.loads((run / "metrics.json").read_text())[
+            "test"]["datasets"]["folder"]["top1"]
+        v = sorted(colours.glob("Red/*.avi"))[0]
+        r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())}, data={"run": f"{run.name}:folder"})
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"][0]["top"][0]["class"] == "Red"

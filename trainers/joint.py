@@ -1,0 +1,404 @@
+"""Joint training on several datasets: `har train-head HEAD --features A.zarr --features B.zarr`.
+
+One model for all: a shared trunk (the head's standardisation and layers) and one output layer per
+dataset. The output layers are the rows of the head's last linear layer, dataset d owning its own
+rows (`Part.rows`); its softmax, loss and prediction run over those rows only (`SlicedLoss`), which
+is exactly a separate linear classifier per dataset on the shared representation (a seed study's
+UCF101 + HMDB51 model). Each dataset keeps its own split; early stopping and the best checkpoint
+follow the mean of the datasets' validation accuracies; metrics, reports and `metrics.json` are
+per dataset, next to the same head trained on each dataset alone (the comparison the study made).
+
+Batches mix the datasets by a seeded rule (`MIXES`):
+- proportional: every training video of every dataset once per epoch, in one shuffled order, so
+  a batch holds the datasets in proportion to their sizes (in expectation);
+- balanced: each dataset's training videos reshuffled and repeated up to the largest dataset's
+  count, then interleaved, so every batch holds the datasets in equal shares and an epoch is
+  (datasets x largest) videos.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import lineage
+from pipeline.lineage import seed_for
+from pipeline.registry import Registry
+from trainers import data, distributed, head_task, heads, loop, report, rundir, runs, tasks
+from trainers.config import TrainConfig
+
+MIXES: Registry = Registry("batch mixing")   # (per-dataset training videos (global indices), rng) -> epoch order
+
+
+@MIXES.register("proportional", "every training video once per epoch, one shuffled order (datasets by size)")
+def _proportional(parts: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    videos = np.concatenate(parts)
+    return videos[rng.permutation(len(videos))]
+
+
+@MIXES.register("balanced", "each dataset repeated to the largest one's count, interleaved: equal shares per batch")
+def _balanced(parts: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    most = max(len(p) for p in parts)
+    columns = []
+    for p in parts:
+        passes = -(-most // len(p))
+        columns.append(np.concatenate([p[rng.permutation(len(p))] for _ in range(passes)])[:most])
+    return np.stack(columns, axis=1).reshape(-1)
+
+
+# the metrics a joint run also gives as the mean over its datasets
+MEANS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
+         "f1_weighted", "roc_auc_ovr_macro")
+
+# what the stores of a joint run must share: the run has one model card (one backbone turns a video
+# into features for every dataset)
+SHARED = ("backbone", "weights", "resize", "recipe")
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str               # the dataset's name in this run (its store's dataset, made unique)
+    path: Path
+    fs: data.FeatureSet
+    split: data.Split       # its own split, local video indices
+    offset: int             # its first video in the joint numbering
+    rows: slice             # its output rows (classes) in the joint output layer
+
+    def local(self, videos: np.ndarray) -> np.ndarray:
+        return videos - self.offset
+
+
+class _Rows(nn.Module):
+    """The model with one dataset's output rows: what that dataset's classifier says."""
+
+    def __init__(self, model: nn.Module, rows: slice):
+        super().__init__()
+        self.model, self.rows = model, rows
+
+    def forward(self, x):
+        return self.model(x)[:, self.rows]
+
+
+class SlicedLoss(nn.Module):
+    """Cross-entropy of each sample over its own dataset's rows (the row of its label says which),
+    with optional class weights and label smoothing over those rows."""
+
+    def __init__(self, owner: torch.Tensor, weight: torch.Tensor | None = None, smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("owner", owner)              # (C,) dataset of every output row
+        self.register_buffer("weight", torch.ones(len(owner)) if weight is None else weight)
+        self.smoothing = smoothing
+
+    def _masked(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mine = self.owner[None, :] == self.owner[y][:, None]          # (B, C): rows of each sample's dataset
+        return logits.masked_fill(~mine, float("-inf")), mine
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z, mine = self._masked(logits, y)
+        logp = torch.log_softmax(z, dim=1)
+        loss = -logp.gather(1, y[:, None])[:, 0]
+        if self.smoothing:
+            uniform = -logp.masked_fill(~mine, 0.0).sum(1) / mine.sum(1)
+            loss = (1 - self.smoothing) * loss + self.smoothing * uniform
+        w = self.weight[y]
+        return (w * loss).sum() / w.sum()
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """How many samples the argmax over their own dataset's rows gets right."""
+        return (self._masked(logits, y)[0].argmax(1) == y).sum()
+
+
+class _JointView:
+    """What the runs module reads of a task's store: one fingerprint for all the stores."""
+
+    def __init__(self, parts: list[Part]):
+        self.fingerprint = lineage.fingerprint([[p.name, p.fs.fingerprint] for p in parts])
+        self.reversed_pairs: list[str] = []
+
+
+class JointTask:
+    """Heads on several feature stores at once: the joint numbering is the stores' videos one
+    after the other, the joint classes their classes one after the other."""
+
+    def __init__(self, parts: list[Part], mix: str = "proportional"):
+        self.parts, self.mix = parts, mix
+        self.view = _JointView(parts)
+        self.labels = np.concatenate([p.fs.labels.astype(np.int64) + p.rows.start for p in parts])
+        self.classes = [c for p in parts for c in p.fs.classes]
+        self.owner = torch.tensor([i for i, p in enumerate(parts) for _ in p.fs.classes])
+        self.split = Split(parts)
+        first = parts[0].fs
+        self.dim, self.frames = first.dim, first.frames
+
+    def make_split(self, name: str | None) -> data.Split:
+        return self.split
+
+    def part_of(self, videos: np.ndarray) -> np.ndarray:
+        return np.searchsorted([p.offset for p in self.parts], videos, side="right") - 1
+
+    def build(self, cfg: TrainConfig, train: np.ndarray | None) -> nn.Module:
+        """The head over every dataset's classes; standardised by the pooled statistics of every
+        dataset's training features."""
+        mean = std = None
+        if train is not None:
+            total, sq, count = 0.0, 0.0, 0
+            for i, p in enumerate(self.parts):
+                mine = p.local(train[self.part_of(train) == i])
+                m, s = data.feature_stats(p.fs, mine)
+                n = len(mine) * p.fs.features.shape[1] * p.fs.frames
+                total, sq, count = total + n * m.double(), sq + n * (s.double() ** 2 + m.double() ** 2), count + n
+            mean = total / max(1, count)
+            std = torch.sqrt(torch.clamp(sq / max(1, count) - mean * mean, min=0.0))
+            mean, std = mean.float(), std.float()
+        return heads.build(cfg.head, self.dim, len(self.classes), self.frames, cfg.head_options, mean, std)
+
+    def loss(self, cfg: TrainConfig, weight: torch.Tensor | None) -> nn.Module:
+        return SlicedLoss(self.owner, weight, cfg.label_smoothing)
+
+    def batches(self, cfg: TrainConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
+        rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
+        which = self.part_of(videos)
+        order = MIXES.get(self.mix)([videos[which == i] for i in range(len(self.parts))], rng)
+        owner = self.part_of(order)
+        samples = np.zeros(len(order), np.int64)
+        for i, p in enumerate(self.parts):
+            at = np.flatnonzero(owner == i)
+            samples[at] = data.train_samples(p.fs.view_index, p.local(order[at]), rng, cfg.train_views)
+        order, samples = distributed.shard(np.stack([order, samples], axis=1), world).T
+        for a in range(0, len(order), cfg.batch_size):
+            vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
+            x = np.zeros((len(vb), self.frames, self.dim), np.float32)
+            owner = self.part_of(vb)
+            for i, p in enumerate(self.parts):
+                at = np.flatnonzero(owner == i)
+                if len(at):
+                    x[at] = data.gather(p.fs, p.local(vb[at]), sb[at])
+            yield torch.from_numpy(x), torch.from_numpy(self.labels[vb])
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x
+
+    def close(self) -> None:
+        pass
+
+    def part_probabilities(self, model: nn.Module, part: int, videos: np.ndarray, device: torch.device,
+                           cfg=None) -> np.ndarray:
+        """(len(videos), classes of that dataset): its classifier's softmax, clips averaged."""
+        p = self.parts[part]
+        return head_task.FeatureTask(p.fs).probabilities(_Rows(model, p.rows), p.local(videos), device, cfg)
+
+    def probabilities(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg=None) -> np.ndarray:
+        """(len(videos), all classes): each video's own dataset's softmax in its rows, 0 elsewhere."""
+        out = np.zeros((len(videos), len(self.classes)), np.float32)
+        which = self.part_of(videos)
+        for i, p in enumerate(self.parts):
+            at = np.flatnonzero(which == i)
+            if len(at):
+                out[at, p.rows] = self.part_probabilities(model, i, videos[at], device, cfg)
+        return out
+
+    def score(self, probs: np.ndarray, videos: np.ndarray, weight: torch.Tensor | None) -> tuple[float, float]:
+        """(loss, accuracy) for model selection: the means over the datasets of their own."""
+        which = self.part_of(videos)
+        losses, accs = [], []
+        for i, p in enumerate(self.parts):
+            at = np.flatnonzero(which == i)
+            if len(at):
+                loss, acc = loop.loss_and_accuracy(np.ascontiguousarray(probs[at][:, p.rows]),
+                                                   self.labels[videos[at]] - p.rows.start,
+                                                   None if weight is None else weight[p.rows])
+                losses.append(loss)
+                accs.append(acc)
+        return float(np.mean(losses)), float(np.mean(accs))
+
+    def evaluate(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg) -> dict:
+        """Every metric of each dataset on its own (its classifier, its classes), and their means."""
+        which = self.part_of(videos)
+        per = {}
+        for i, p in enumerate(self.parts):
+            mine = videos[which == i]
+            per[p.name] = runs.evaluate(head_task.FeatureTask(p.fs), _Rows(model, p.rows), p.local(mine), device, cfg)
+        means = {k: float(np.mean([m[k] for m in per.values()])) for k in MEANS
+                 if all(isinstance(m.get(k), (int, float)) for m in per.values())}
+        return {**means, "videos": int(len(videos)), "datasets": per}
+
+    def report(self, run_dir: Path, summary: dict, history: list[dict]) -> None:
+        """A report per dataset in RUN/datasets/<dataset>/, and RUN/report.md with the table of
+        datasets: joint against alone."""
+        for p in self.parts:
+            sub = {**summary, "val": summary["val"]["datasets"][p.name], "test": summary["test"]["datasets"][p.name],
+                   "split": summary["datasets"][p.name]["split"],
+                   "describe": f"{summary['describe']}; this report: {p.name}"}
+            (run_dir / "datasets" / p.name).mkdir(parents=True, exist_ok=True)
+            report.write(run_dir / "datasets" / p.name, sub, history, list(p.fs.classes))
+        report.plot_curves(history, run_dir / "curves.png")
+        lines = [f"# Joint run {run_dir.name}", "", f"{summary['describe'][0].upper()}{summary['describe'][1:]}.", "",
+                 f"Batches: {summary['mix']} mixing; early stopping on the mean of the datasets' validation "
+                 f"accuracies (best epoch {summary['best_epoch']}).", "",
+                 "| dataset | classes | train / val / test | joint test top-1 | alone test top-1 | joint - alone | "
+                 "joint F1 macro | report |", "|---|---|---|---|---|---|---|---|"]
+        for p in self.parts:
+            t = summary["test"]["datasets"][p.name]
+            alone = summary.get("alone", {}).get(p.name, {}).get("top1")
+            diff = f"{t['top1'] - alone:+.3f}" if alone is not None else "-"
+            s = summary["datasets"][p.name]["split"]
+            lines.append(f"| {p.name} | {len(p.fs.classes)} | {s['train']} / {s['val']} / {s['test']} | {t['top1']:.3f} | "
+                         f"{'-' if alone is None else f'{alone:.3f}'} | {diff} | {t['f1_macro']:.3f} | "
+                         f"[datasets/{p.name}/report.md](datasets/{p.name}/report.md) |")
+        lines += ["", "The alone runs are the same head and settings trained on each dataset by itself "
+                  "(their folders are listed in metrics.json, `alone`).", "", "![curves](curves.png)", ""]
+        rundir.write_text(run_dir / "report.md", "\n".join(lines))
+
+
+class Split(data.Split):
+    """The joint split: every dataset's own split, in the joint numbering."""
+
+    def __init__(self, parts: list[Part]):
+        names = [p.split.name for p in parts]
+        super().__init__("+".join(names) if len(set(names)) > 1 else names[0],
+                         *(np.concatenate([getattr(p.split, r) + p.offset for p in parts]) for r in ("train", "val", "test")),
+                         max(p.split.leakage for p in parts), any(p.split.carved_val for p in parts))
+
+
+# ---- a joint run -------------------------------------------------------------------------------------
+
+def split_names(name: str | None, count: int) -> list[str | None]:
+    """Each dataset's split from the run's split name: one name for all, or 'a+b' one per dataset."""
+    if name is None or "+" not in name:
+        return [name] * count
+    names = name.split("+")
+    if len(names) != count:
+        raise ValueError(f"--split {name!r} names {len(names)} splits for {count} datasets; allowed: one split name "
+                         "for all, or one per dataset joined by +")
+    return names
+
+
+def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None) -> list[Part]:
+    """The datasets of a joint run: each store read, checked to share what one model card needs,
+    its own split made."""
+    if len({Path(p).absolute() for p in paths}) != len(paths):
+        raise ValueError("--features names the same store twice; joint training takes different datasets")
+    sets = [data.load(Path(p), ram_limit) for p in paths]
+    first = sets[0]
+    for fs, path in zip(sets[1:], paths[1:]):
+        for key in SHARED:
+            if fs.attrs.get(key) != first.attrs.get(key):
+                raise ValueError(f"--features {path} and {paths[0]} differ in {key} ({fs.attrs.get(key)!r:.80} vs "
+                                 f"{first.attrs.get(key)!r:.80}); joint training needs stores made with the same "
+                                 "recipe, backbone, weights and resize")
+        if (fs.dim, fs.frames) != (first.dim, first.frames):
+            raise ValueError(f"--features {path} holds {fs.frames} x {fs.dim} features, {paths[0]} {first.frames} x "
+                             f"{first.dim}; joint training needs the same shape")
+    names: list[str] = []
+    for fs, path in zip(sets, paths):
+        name = str(fs.attrs.get("dataset") or Path(path).stem)
+        if name in names:
+            name = Path(path).stem
+        while name in names:
+            name += "_"
+        names.append(name)
+    parts, offset, row = [], 0, 0
+    for fs, path, name, s in zip(sets, paths, names, split_names(split, len(sets))):
+        parts.append(Part(name, Path(path).absolute(), fs, data.make_split(fs, s), offset,
+                          slice(row, row + len(fs.classes))))
+        offset += len(fs.labels)
+        row += len(fs.classes)
+    return parts
+
+
+def card(parts: list[Part]) -> dict:
+    """The head card of the first store (they share recipe, backbone, weights, resize), with every
+    dataset's classes and output rows."""
+    c = head_task.model_card(parts[0].fs)
+    c["classes"] = [cl for p in parts for cl in p.fs.classes]
+    c["datasets"] = [{"name": p.name, "classes": list(p.fs.classes), "rows": [p.rows.start, p.rows.stop]} for p in parts]
+    return c
+
+
+def job(cfg: head_task.RunConfig, paths: list[Path], alone: dict | None = None) -> runs.Job:
+    cfg.train.validate()
+    parts = parts_for(paths, cfg.train.split, cfg.ram_limit)
+    task = JointTask(parts, cfg.train.mix)
+    for p in parts:
+        head_task.check_head_fits(cfg.train, p.fs.dim, len(task.classes), p.fs.frames,
+                                  loop.resolve_device(cfg.train.device), batch=cfg.train.batch_size)
+    fp = task.view.fingerprint
+    stores = [{"dataset": p.name, "path": str(p.path), "fingerprint": p.fs.fingerprint} for p in parts]
+    warnings = [f"{p.name}: {w}" for p in parts for w in runs.warnings_for(p.split, p.fs)]
+    return runs.Job(
+        name=f"{cfg.train.head}-joint", cfg=replace(cfg.train, split=task.split.name), task=task, split=task.split,
+        store=parts[0].path, fingerprint=fp,
+        inputs={"features_stores": [s["path"] for s in stores], "joint_fingerprint": fp, "stores": stores},
+        describe=f"head `{cfg.train.head}` trained jointly on {', '.join(f'`{p.name}` ({p.path})' for p in parts)} "
+                 f"(backbone {parts[0].fs.attrs.get('backbone')})",
+        extra={"joint": True, "stores": stores, "mix": cfg.train.mix, "backbone": parts[0].fs.attrs.get("backbone"),
+               "pretrained": bool(parts[0].fs.attrs.get("pretrained", True)),
+               "datasets": {p.name: {"store": str(p.path), "classes": list(p.fs.classes), "split": runs.split_info(p.split)}
+                            for p in parts},
+               "alone": alone or {}},
+        card=card(parts), failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
+        warnings=tuple(warnings))
+
+
+def train_joint(cfg: head_task.RunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
+                train=None) -> runs.RunResult:
+    """The same head on each dataset alone (folders beside the joint run's, `RUN-alone-<dataset>`),
+    then the joint run, whose metrics.json and report compare the two. `train(job)` runs each
+    training job (the command line passes its epoch table)."""
+    train = train or (lambda fn: fn(on_epoch))
+    parts = parts_for(paths, cfg.train.split, cfg.ram_limit)   # checked before anything trains
+    joint = job(cfg, paths)
+    fp = lineage.fingerprint({"train": joint.cfg.fingerprint_dict(), "split": joint.split.name,
+                              "store": joint.fingerprint, "schema": 1})
+    run_dir = (Path(cfg.out) if cfg.out else Path("runs") / f"{joint.name}-{fp[:10]}").absolute()
+    alone = {}
+    for p in parts:
+        single = replace(cfg, train=replace(cfg.train, split=p.split.name), features=p.path, dataset=None,
+                         out=run_dir.parent / f"{run_dir.name}-alone-{p.name}")
+        res = train(lambda on, single=single: head_task.train_head(single, on_epoch=on))
+        alone[p.name] = {"run": str(res.run_dir), "top1": res.summary["test"]["top1"],
+                         "f1_macro": res.summary["test"]["f1_macro"], "val_top1": res.summary["val"]["top1"]}
+    final = job(cfg, paths, alone)
+    return train(lambda on: runs.execute(final, run_dir, on, stop_after, cfg.tracker))
+
+
+# ---- reading a joint run back (trainers.tasks) ------------------------------------------------------
+
+def open_task(paths: list[Path], cfg: TrainConfig, run_dir: Path) -> JointTask:
+    return JointTask(parts_for(paths, cfg.split), cfg.mix)
+
+
+
+def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+    return head_task.scorer(run_dir, cfg, card, device)
+
+
+def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+    raise ValueError(f"{run_dir} was trained jointly on several datasets; har explain and har export take a run "
+                     "on one dataset for now (its `-alone-` runs are beside it)")
+
+
+def rows_of(card: dict, labels: str | None, run_dir: Path) -> tuple[slice | None, list[str] | None]:
+    """The output rows and classes of dataset `labels` in a joint run's card; (None, None) for a
+    run on one dataset. ValueError naming the datasets when a joint run gets no or an unknown name."""
+    sets = card.get("datasets")
+    if not sets:
+        if labels is not None:
+            raise ValueError(f"--labels {labels!r}: {run_dir} was trained on one dataset; --labels is for joint runs")
+        return None, None
+    names = [d["name"] for d in sets]
+    if labels not in names:
+        raise ValueError(f"{run_dir} was trained jointly on {', '.join(names)}: choose whose labels with --labels NAME"
+                         + (f" (not {labels!r})" if labels is not None else ""))
+    d = sets[names.index(labels)]
+    return slice(*d["rows"]), list(d["classes"])
+
+
+KIND = tasks.TaskKind(name="joint-head", config=TrainConfig, store="features",
+                      inputs=("features_stores", "joint_fingerprint"),
+                      card={"backbone": str, "weights": dict, "classes": list, "frames": int, "dim": int,
+                            "datasets": list},
+                      open=open_task, scorer=scorer, chain=chain)
