@@ -57,6 +57,7 @@ CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a funct
     "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
     "tracker": ("trainers.tracker", "TRACKERS"), "method": ("trainers.explain", "METHODS"), "over_time": ("trainers.explain", "TEMPORAL"),
     "export_format": ("trainers.export", "FORMATS"), "mix": ("trainers.joint", "MIXES"),
+    "temporal_input": ("trainers.heads", "TEMPORAL_INPUTS"),
 }
 
 
@@ -194,6 +195,7 @@ HEAD = {
     "bidirectional": (bool, "--bidirectional", "Recurrent heads: read the clip both ways."),
     "dropout": (float, "--dropout", "Dropout before the classifier."),
     "heads": (int, "--heads", "Attention heads (attention head)."),
+    "temporal_input": (str, "--temporal-input", "What the head sees: raw features, centred (each clip's mean over time removed: the change, not the look), deltas (frame differences), centred+deltas."),
 }
 
 

@@ -117,3 +117,30 @@ def test_fast_lstm_head_computes_what_nn_lstm_computes(layers, bidirectional):
     reference = heads.Recurrent.forward(model[1], model[0](x))  # nn.LSTM's own kernel, same parameters
     torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-6)
     assert set(model.state_dict()) >= {"1.rnn.weight_ih_l0", "1.rnn.weight_hh_l0"}  # nn.LSTM's parameter names
+
+
+@pytest.mark.parametrize("mode", ["centred", "deltas", "centred+deltas"])
+def test_temporal_inputs_ignore_a_clips_constant_look_and_keep_its_change(mode):
+    """A per-clip offset (a group's appearance, constant over time) changes nothing the head sees;
+    the order of the frames still does."""
+    from trainers.config import HeadConfig
+
+    torch.manual_seed(0)
+    head = heads.build("lstm", 6, 3, 5, HeadConfig(hidden=8, dropout=0.0, temporal_input=mode)).eval()
+    x = torch.randn(4, 5, 6)
+    look = torch.randn(4, 1, 6) * 5
+    with torch.no_grad():
+        torch.testing.assert_close(head(x + look), head(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(head(x.flip(1)), head(x), atol=1e-3)
+    seen = head[0](x)
+    assert seen.shape == (4, 5, 12 if mode == "centred+deltas" else 6)
+
+
+def test_temporal_input_is_checked_and_leaves_earlier_runs_fingerprints_alone():
+    from trainers.config import HeadConfig, TrainConfig
+
+    with pytest.raises(ValueError, match="--temporal-input 'flow' is not supported; allowed: raw, centred, deltas"):
+        HeadConfig(temporal_input="flow").validate()
+    assert "temporal_input" not in TrainConfig().fingerprint_dict()["head_options"]
+    assert TrainConfig(head_options=HeadConfig(temporal_input="centred")).fingerprint_dict()["head_options"][
+        "temporal_input"] == "centred"

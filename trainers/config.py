@@ -97,8 +97,13 @@ class LoopConfig:
         return asdict(self)
 
     def fingerprint_dict(self) -> dict:
-        return {k: v for k, v in self.as_dict().items()
-                if k not in self.EXECUTION_ONLY and not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])}
+        def neutral(cls, k, v) -> bool:
+            later = getattr(cls, "ADDED_LATER", {})
+            return k in later and v == later[k]
+        out = {k: v for k, v in self.as_dict().items() if k not in self.EXECUTION_ONLY and not neutral(type(self), k, v)}
+        if isinstance(out.get("head_options"), dict):   # the head's settings added later, too
+            out["head_options"] = {k: v for k, v in out["head_options"].items() if not neutral(HeadConfig, k, v)}
+        return out
 
 
 
@@ -109,6 +114,8 @@ class HeadConfig:
     bidirectional: bool = False  # recurrent heads only: also read the clip backwards
     dropout: float = 0.5         # before the classifier (and between stacked layers)
     heads: int = 4               # attention heads (attention only)
+    temporal_input: str = "raw"  # what the head sees of the sequence (trainers.heads.TEMPORAL_INPUTS)
+    ADDED_LATER = {"temporal_input": "raw"}   # as LoopConfig.ADDED_LATER
 
     # whole-number settings: (field, lowest, highest). A wide head is refused by its memory
     # (`training_bytes`), not by a range; the highest values are what torch's sizes can hold
@@ -119,6 +126,11 @@ class HeadConfig:
             limits.whole(name, getattr(self, name), lo, hi)
         if not isinstance(self.bidirectional, bool):
             raise ValueError(f"--bidirectional {self.bidirectional!r} is not supported; allowed: true, false")
+        from trainers.heads import TEMPORAL_INPUTS
+
+        if self.temporal_input not in TEMPORAL_INPUTS:
+            raise ValueError(f"--temporal-input {self.temporal_input!r} is not supported; allowed: "
+                             f"{', '.join(TEMPORAL_INPUTS.names())}")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:  # nan too
             raise ValueError(f"--dropout {d!r} is out of range; allowed: 0 <= dropout < 1")

@@ -8,7 +8,12 @@
 - `attention`: a small temporal transformer (self-attention with learned positions) -> mean pool.
 
 Every head is preceded by `Standardize`: per-dimension mean and std of the training features,
-kept as buffers in the checkpoint, so heads see unit-scale inputs whatever the backbone.
+kept as buffers in the checkpoint, so heads see unit-scale inputs whatever the backbone. Then the
+head's temporal input (`--temporal-input`, TEMPORAL_INPUTS), what it is shown of the sequence:
+`raw` the standardised features; `centred` each clip's own mean over time removed (what changes,
+not how the clip looks: a group's appearance is constant over its clips, its motion is not);
+`deltas` the differences of consecutive frames (the first is zero); `centred+deltas` both,
+concatenated (twice the width).
 """
 from __future__ import annotations
 
@@ -71,20 +76,49 @@ def training_bytes(name: str, dim: int, classes: int, frames: int, cfg: HeadConf
 
 def build(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig,
           mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> nn.Module:
-    """Standardize(mean, std) followed by the head `name`."""
+    """Standardize(mean, std) and the temporal input, followed by the head `name`."""
     check(name)
     cfg.validate()
-    return nn.Sequential(Standardize(dim, mean, std), _REGISTRY.get(name)(dim, classes, frames, cfg))
+    width = dim * (2 if cfg.temporal_input == "centred+deltas" else 1)
+    return nn.Sequential(Standardize(dim, mean, std, cfg.temporal_input), _REGISTRY.get(name)(width, classes, frames, cfg))
+
+
+# what a head is shown of the feature sequence (after standardisation): name -> (B, T, D) -> (B, T, D')
+TEMPORAL_INPUTS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("temporal input")
+
+
+@TEMPORAL_INPUTS.register("raw", "the standardised features")
+def _raw(x):
+    return x
+
+
+@TEMPORAL_INPUTS.register("centred", "each clip's mean over time removed: the change, not the look")
+def _centred(x):
+    return x - x.mean(dim=1, keepdim=True)
+
+
+@TEMPORAL_INPUTS.register("deltas", "differences of consecutive frames (the first is zero)")
+def _deltas(x):
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+
+
+@TEMPORAL_INPUTS.register("centred+deltas", "centred features and deltas side by side (2 x D)")
+def _both(x):
+    return torch.cat([_centred(x), _deltas(x)], dim=2)
 
 
 class Standardize(nn.Module):
-    def __init__(self, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+    """Unit scale per dimension (the training features' mean and std), then the temporal input."""
+
+    def __init__(self, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 temporal: str = "raw"):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.float().clone())
         self.register_buffer("inv_std", torch.ones(dim) if std is None else 1.0 / std.float().clamp_min(1e-6))
+        self.temporal = TEMPORAL_INPUTS.get(temporal)
 
     def forward(self, x):  # (B, T, D)
-        return (x - self.mean) * self.inv_std
+        return self.temporal((x - self.mean) * self.inv_std)
 
 
 class Recurrent(nn.Module):
