@@ -247,6 +247,8 @@ def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName 
             raise ValueError("give the stores of a joint run as --features PATH twice or more, without --dataset")
         rc = head_task.RunConfig(cfg, out=out_dir, tracker=tracker)
         res = joint.train_joint(rc, paths, train=train)
+        if not res.summary:   # a torchrun rank other than 0: rank 0 reports
+            return
         t = res.summary["test"]["datasets"]
         for name, m in t.items():
             alone = res.summary["alone"].get(name, {}).get("top1")

@@ -242,7 +242,7 @@ def build_lineage(index: datasets.DatasetIndex, recipe: Recipe, sources: list[li
         "classes": list(index.classes),
         "videos": [[v.path, v.label, v.group] for v in index.videos],
         "sources": [[s.path, s.sha256] for s in sources],
-        "recipe": asdict(recipe),
+        "recipe": recipe.fingerprint_dict(),   # an earlier version's store of this recipe stays current
         "manifest": manifest_entry,
     }
     return {

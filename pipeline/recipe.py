@@ -49,9 +49,12 @@ class Recipe:
     # out of the fingerprint there, so an earlier store of the same recipe stays up to date
     ADDED_LATER = {"rotate": 0.0, "vflip": False}
 
+    def fingerprint_dict(self) -> dict:
+        """The fields that name this recipe's stores: all but those added later at their neutral value."""
+        return {k: v for k, v in asdict(self).items() if not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])}
+
     def fingerprint(self) -> str:
-        return lineage.fingerprint({k: v for k, v in asdict(self).items()
-                                    if not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])})
+        return lineage.fingerprint(self.fingerprint_dict())
 
     @property
     def bytes_per_video(self) -> int:

@@ -25,6 +25,8 @@ def test_default_recipes_keep_their_fingerprint_and_rotation_or_vflip_make_a_new
     r = Recipe()
     before = lineage.fingerprint({k: v for k, v in asdict(r).items() if k not in ("rotate", "vflip")})
     assert r.fingerprint() == before
+    # the store lineage hashes the same dict: stores of earlier versions stay current
+    assert r.fingerprint_dict() == {k: v for k, v in asdict(r).items() if k not in ("rotate", "vflip")}
     assert len({r.fingerprint(), Recipe(rotate=15.0).fingerprint(), Recipe(vflip=True).fingerprint()}) == 3
 
 

@@ -168,3 +168,39 @@ def test_serve_offers_a_joint_run_once_per_dataset(video_joint):
         r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())}, data={"run": f"{run.name}:folder"})
         assert r.status_code == 200, r.text
         assert r.json()["predictions"][0]["top"][0]["class"] == "Red"
+
+
+def test_hostile_dataset_names_become_safe_folder_names_and_splits_go_per_dataset(tmp_path):
+    f, y, g = reversed_pair_features(videos_per_class=12, seed=2)
+    a = write_feature_store(tmp_path / "a.zarr", f, y, g, A_CLASSES, dataset="/tmp/victim/../x")
+    b = write_feature_store(tmp_path / "b.zarr", f, y, g, A_CLASSES, dataset="/tmp/victim/../x")
+    parts = joint.parts_for([a, b], None)
+    # a store's dataset name is never a path: the report folders stay inside the run
+    assert [p.name for p in parts] == ["_tmp_victim_.._x", "b"]
+    with pytest.raises(ValueError, match="names 3 splits for 2 datasets"):
+        joint.parts_for([a, b], "groups+random+groups")
+    assert [p.split.name for p in joint.parts_for([a, b], "groups+random")] == ["groups", "random"]
+
+
+def test_balanced_epochs_count_their_repeated_videos_for_the_warmup(stores):
+    parts = joint.parts_for(list(stores), None)
+    task = joint.JointTask(parts, "balanced")
+    train = task.split.train
+    counts = [int((task.part_of(train) == i).sum()) for i in range(2)]
+    assert task.epoch_videos(_cfg(), train) == 2 * max(counts)
+    assert joint.JointTask(parts, "proportional").epoch_videos(_cfg(), train) == len(train)
+    batches = list(task.batches(_cfg(batch_size=10), train, 1))
+    assert sum(len(yb) for _, yb in batches) == 2 * max(counts)
+
+
+def test_a_tampered_joint_card_is_refused(stores, tmp_path):
+    from trainers import rundir
+
+    card = joint.card(joint.parts_for(list(stores), None))
+    joint.check_datasets(card, tmp_path / "lineage.json")
+    for tamper in (lambda c: c["datasets"][0].update(rows=[0, 99]), lambda c: c["datasets"].append(1),
+                   lambda c: c["datasets"][1].update(name="../x"), lambda c: c.update(datasets="a")):
+        bad = json.loads(json.dumps(card))
+        tamper(bad)
+        with pytest.raises(rundir.RunError, match="predict.datasets is not a list"):
+            joint.rows_of(bad, "synthetic", tmp_path)

@@ -43,12 +43,15 @@ def channels_last(cfg: E2EConfig) -> bool:
 class ClipTask:
     """A video model on a frame store: batches are uint8 clips (B, T, H, W, 3); crop and flip on the device."""
 
-    def __init__(self, cs: data.StoreView, cfg: E2EConfig):
+    def __init__(self, cs: data.StoreView, cfg: E2EConfig, crop: int | None = None):
         self.view = self.cs = cs
         self.labels, self.classes = cs.labels, cs.classes
         self.frames = cs.frame_shape[0]
-        # the crop the model takes, checked against the store (ValueError saying what to extract)
-        self.crop, self.warnings = models3d.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape, str(cs.path))
+        if crop is not None:   # a finished run read back: the crop it trained with (its card)
+            self.crop, self.warnings = crop, []
+        else:                  # the crop the model takes, checked against the store (ValueError saying what to extract)
+            self.crop, self.warnings = models3d.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape,
+                                                          str(cs.path))
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         self.augment = {"rotate": cfg.rotate, "vflip": cfg.vflip, "jitter": cfg.jitter}
         self.workers = resolve_workers(cfg.workers)
@@ -74,9 +77,12 @@ class ClipTask:
                                frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
         return models3d.to_channels_last(model) if channels_last(cfg) else model
 
-    def param_groups(self, cfg: E2EConfig, model: nn.Module) -> list[dict]:
+    def param_groups(self, cfg: E2EConfig, model: nn.Module):
         """The new output layer at --lr; each layer below it at lr x backbone_lr_mult x
-        layer_decay^(its distance from the output layer) (models3d.layer_groups)."""
+        layer_decay^(its distance from the output layer) (models3d.layer_groups). Without either,
+        one group, as runs had before these options (their last.pt resumes)."""
+        if cfg.backbone_lr_mult == 1.0 and cfg.layer_decay == 1.0:
+            return model.parameters()
         groups = models3d.layer_groups(model.net, models3d.get(self.model).classifier)
         top = len(groups) - 1
         return [{"params": ps, "lr": cfg.lr * (1.0 if i == top else cfg.backbone_lr_mult * cfg.layer_decay ** (top - i))}
@@ -157,7 +163,12 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
 # ---- reading a video-model run back (trainers.tasks) ------------------------------------------------
 
 def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
-    return ClipTask(data.open_view(path, "frames"), cfg)
+    """The run's task on its store, with the crop it trained with (lineage.json's card)."""
+    from trainers import rundir
+
+    card = rundir.read_json(Path(run_dir) / "lineage.json", runs.RUN_REMEDY).get("predict") or {}
+    crop = card.get("crop")
+    return ClipTask(data.open_view(path, "frames"), cfg, crop if isinstance(crop, int) and crop > 0 else None)
 
 
 def built(card: dict, cfg: E2EConfig) -> models3d.VideoModel:

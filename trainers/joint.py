@@ -17,6 +17,7 @@ Batches mix the datasets by a seeded rule (`MIXES`):
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,7 +55,7 @@ MEANS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precisi
          "f1_weighted", "roc_auc_ovr_macro")
 
 # what the stores of a joint run must share: the run has one model card (one backbone turns a video
-# into features for every dataset)
+# into features for every dataset); see same_card
 SHARED = ("backbone", "weights", "resize", "recipe")
 
 
@@ -157,6 +158,11 @@ class JointTask:
 
     def loss(self, cfg: TrainConfig, weight: torch.Tensor | None) -> nn.Module:
         return SlicedLoss(self.owner, weight, cfg.label_smoothing)
+
+    def epoch_videos(self, cfg: TrainConfig, videos: np.ndarray) -> int:
+        """How many videos an epoch trains on under the mixing rule (the warm-up counts its steps)."""
+        counts = np.bincount(self.part_of(videos), minlength=len(self.parts))
+        return int(len(counts) * counts.max()) if self.mix == "balanced" else int(len(videos))
 
     def batches(self, cfg: TrainConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
         rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
@@ -276,34 +282,57 @@ def split_names(name: str | None, count: int) -> list[str | None]:
     return names
 
 
+def safe_name(name, i: int) -> str:
+    """A dataset's name as a run uses it in folder names (datasets/NAME, RUN-alone-NAME): letters,
+    digits, '.', '_', '-', not starting with '.'; a store's attrs are not trusted to be a name."""
+    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(name or ""))[:64].lstrip(".")
+    return text or f"d{i}"
+
+
+def same_card(a: dict, b: dict) -> str | None:
+    """The first of SHARED in which two feature stores' attrs differ as a model card sees them
+    (the recipe's sampling and frame size; resize defaulting to the backbone's own), or None."""
+    def recipe(attrs):
+        r = attrs.get("recipe") or {}
+        return {k: r.get(k) for k in ("sampling", "frames", "clips", "stride", "height", "width")}
+    for key, get in (("backbone", lambda x: x.get("backbone")), ("weights", lambda x: x.get("weights")),
+                     ("resize", lambda x: x.get("resize", "weights")), ("recipe", recipe)):
+        if get(a) != get(b):
+            return key
+    return None
+
+
 def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None) -> list[Part]:
     """The datasets of a joint run: each store read, checked to share what one model card needs,
     its own split made."""
-    if len({Path(p).absolute() for p in paths}) != len(paths):
+    if len({Path(p).resolve() for p in paths}) != len(paths):
         raise ValueError("--features names the same store twice; joint training takes different datasets")
     sets = [data.load(Path(p), ram_limit) for p in paths]
     first = sets[0]
     for fs, path in zip(sets[1:], paths[1:]):
-        for key in SHARED:
-            if fs.attrs.get(key) != first.attrs.get(key):
-                raise ValueError(f"--features {path} and {paths[0]} differ in {key} ({fs.attrs.get(key)!r:.80} vs "
-                                 f"{first.attrs.get(key)!r:.80}); joint training needs stores made with the same "
-                                 "recipe, backbone, weights and resize")
+        key = same_card(fs.attrs, first.attrs)
+        if key is not None:
+            raise ValueError(f"--features {path} and {paths[0]} differ in {key} ({fs.attrs.get(key)!r:.80} vs "
+                             f"{first.attrs.get(key)!r:.80}); joint training needs stores made with the same "
+                             "recipe (sampling and size), backbone, weights and resize")
         if (fs.dim, fs.frames) != (first.dim, first.frames):
             raise ValueError(f"--features {path} holds {fs.frames} x {fs.dim} features, {paths[0]} {first.frames} x "
                              f"{first.dim}; joint training needs the same shape")
     names: list[str] = []
-    for fs, path in zip(sets, paths):
-        name = str(fs.attrs.get("dataset") or Path(path).stem)
+    for i, (fs, path) in enumerate(zip(sets, paths)):
+        name = safe_name(fs.attrs.get("dataset"), i)
         if name in names:
-            name = Path(path).stem
+            name = safe_name(Path(path).stem, i)
         while name in names:
             name += "_"
         names.append(name)
     parts, offset, row = [], 0, 0
     for fs, path, name, s in zip(sets, paths, names, split_names(split, len(sets))):
-        parts.append(Part(name, Path(path).absolute(), fs, data.make_split(fs, s), offset,
-                          slice(row, row + len(fs.classes))))
+        sp = data.make_split(fs, s)
+        if len(sp.val) == 0:
+            raise ValueError(f"{name} ({path}): split {sp.name!r} leaves no validation videos; joint training selects "
+                             "on each dataset's validation accuracy: choose a split with some (--split a+b)")
+        parts.append(Part(name, Path(path).absolute(), fs, sp, offset, slice(row, row + len(fs.classes))))
         offset += len(fs.labels)
         row += len(fs.classes)
     return parts
@@ -340,7 +369,7 @@ def job(cfg: head_task.RunConfig, paths: list[Path], alone: dict | None = None) 
                             for p in parts},
                "alone": alone or {}},
         card=card(parts), failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
-        warnings=tuple(warnings))
+        warnings=tuple(warnings), more_stores=tuple(p.path for p in parts[1:]))
 
 
 def train_joint(cfg: head_task.RunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
@@ -349,20 +378,21 @@ def train_joint(cfg: head_task.RunConfig, paths: list[Path], on_epoch=None, stop
     then the joint run, whose metrics.json and report compare the two. `train(job)` runs each
     training job (the command line passes its epoch table)."""
     train = train or (lambda fn: fn(on_epoch))
-    parts = parts_for(paths, cfg.train.split, cfg.ram_limit)   # checked before anything trains
-    joint = job(cfg, paths)
+    joint = job(cfg, paths)   # every store read and checked before anything trains
+    parts = joint.task.parts
     fp = lineage.fingerprint({"train": joint.cfg.fingerprint_dict(), "split": joint.split.name,
                               "store": joint.fingerprint, "schema": 1})
     run_dir = (Path(cfg.out) if cfg.out else Path("runs") / f"{joint.name}-{fp[:10]}").absolute()
     alone = {}
     for p in parts:
-        single = replace(cfg, train=replace(cfg.train, split=p.split.name), features=p.path, dataset=None,
-                         out=run_dir.parent / f"{run_dir.name}-alone-{p.name}")
+        single = replace(cfg, train=replace(cfg.train, split=p.split.name, mix="proportional"), features=p.path,
+                         dataset=None, out=run_dir.parent / f"{run_dir.name}-alone-{p.name}")
         res = train(lambda on, single=single: head_task.train_head(single, on_epoch=on))
-        alone[p.name] = {"run": str(res.run_dir), "top1": res.summary["test"]["top1"],
-                         "f1_macro": res.summary["test"]["f1_macro"], "val_top1": res.summary["val"]["top1"]}
-    final = job(cfg, paths, alone)
-    return train(lambda on: runs.execute(final, run_dir, on, stop_after, cfg.tracker))
+        if res.summary.get("test"):   # under torchrun rank 0 alone has the results
+            alone[p.name] = {"run": str(res.run_dir), "top1": res.summary["test"]["top1"],
+                             "f1_macro": res.summary["test"]["f1_macro"], "val_top1": res.summary["val"]["top1"]}
+    joint.extra["alone"] = alone
+    return train(lambda on: runs.execute(joint, run_dir, on, stop_after, cfg.tracker))
 
 
 # ---- reading a joint run back (trainers.tasks) ------------------------------------------------------
@@ -377,8 +407,31 @@ def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
 
 
 def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
-    raise ValueError(f"{run_dir} was trained jointly on several datasets; har explain and har export take a run "
+    from trainers.explain import ExplainError
+
+    raise ExplainError(f"{run_dir} was trained jointly on several datasets; har explain and har export take a run "
                      "on one dataset for now (its `-alone-` runs are beside it)")
+
+
+def check_datasets(card: dict, path: Path) -> None:
+    """A joint card's `datasets` (untrusted, from lineage.json): unique safe names, each with its
+    classes exactly the card's classes at its rows, the rows tiling them in order; RunError otherwise."""
+    sets, classes = card.get("datasets"), card.get("classes")
+    bad = rundir.RunError(f"{path}: predict.datasets is not a list of datasets with their classes and rows; "
+                          f"{runs.RUN_REMEDY}")
+    if not isinstance(sets, list) or not sets or not isinstance(classes, list):
+        raise bad
+    at, names = 0, set()
+    for d in sets:
+        if not (isinstance(d, dict) and isinstance(d.get("name"), str) and safe_name(d["name"], 0) == d["name"]
+                and d["name"] not in names and isinstance(d.get("classes"), list) and isinstance(d.get("rows"), list)
+                and len(d["rows"]) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in d["rows"])
+                and d["rows"] == [at, at + len(d["classes"])] and classes[at:at + len(d["classes"])] == d["classes"]):
+            raise bad
+        names.add(d["name"])
+        at += len(d["classes"])
+    if at != len(classes):
+        raise bad
 
 
 def rows_of(card: dict, labels: str | None, run_dir: Path) -> tuple[slice | None, list[str] | None]:
@@ -389,6 +442,7 @@ def rows_of(card: dict, labels: str | None, run_dir: Path) -> tuple[slice | None
         if labels is not None:
             raise ValueError(f"--labels {labels!r}: {run_dir} was trained on one dataset; --labels is for joint runs")
         return None, None
+    check_datasets(card, Path(run_dir) / "lineage.json")
     names = [d["name"] for d in sets]
     if labels not in names:
         raise ValueError(f"{run_dir} was trained jointly on {', '.join(names)}: choose whose labels with --labels NAME"

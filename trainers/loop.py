@@ -48,7 +48,8 @@ class Task(Protocol):
     # optional: param_groups(cfg, model) -> the optimizer's parameter groups (default: one group, lr);
     # loss(cfg, weight) -> the loss module (default: cross-entropy; one with `correct(logits, y)` also
     # counts training accuracy); score(probs, videos, weight) -> (loss, accuracy) that selects the best
-    # epoch (default: over all videos). A joint task (trainers.joint) has all three.
+    # epoch (default: over all videos); epoch_videos(cfg, videos) -> videos an epoch trains on (default:
+    # len(videos)). A joint task (trainers.joint) has them all.
 
 
 def param_groups(task, cfg, model: nn.Module):
@@ -126,7 +127,8 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
     model.train()
     sums, seen, i = torch.zeros(2, dtype=torch.float64, device=device), 0, 0   # loss sum, right answers
     base = [g["lr"] for g in opt.param_groups]   # the schedule's rates for this epoch; warm-up scales them
-    batches = max(1, -(-len(videos) // max(1, world.size) // cfg.batch_size))
+    per_epoch = task.epoch_videos(cfg, videos) if hasattr(task, "epoch_videos") else len(videos)
+    batches = max(1, -(-per_epoch // max(1, world.size) // cfg.batch_size))
 
     def step(batch: int) -> None:
         f = warmup_factor(cfg, epoch, batch, batches)

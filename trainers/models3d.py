@@ -61,6 +61,7 @@ class VideoModelSpec:
                                              # exactly frames x size; random init: built for the store's
     min_frames: int = 1                      # the smallest clip the network takes
     min_size: int = 16
+    multiple: tuple[int, int] = (1, 1)       # frames and crop must be multiples of these (MViT's position tables)
     classifier: str = "fc"                   # the new output layer (module path in the network)
     drop_path: float | None = None           # default stochastic-depth rate; None: the network has none
 
@@ -151,8 +152,12 @@ def _state_dict(weights_name: str) -> dict:
 
 
 def _load(net: nn.Module, weights_name: str) -> None:
+    state = _state_dict(weights_name)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{weights_file(weights_name)} holds a {type(state).__name__}, not a state_dict; delete it and "
+                           "download it again")
     try:
-        net.load_state_dict(_state_dict(weights_name))
+        net.load_state_dict(state)
     except RuntimeError as e:
         raise WeightsError(f"{weights_file(weights_name)} does not fit {weights_name}: "
                            f"{str(e).splitlines()[0][:200]}") from None
@@ -211,10 +216,16 @@ def fit_store(name: str, pretrained: str, crop: int | None, shape: tuple[int, in
         if size != spec.size:
             warnings.append(f"--crop {size} differs from the {spec.size} px {name}'s weights were trained at")
         return size, warnings
+    size = min(crop or spec.size, h, w)
     if crop is not None and crop > min(h, w):
-        raise ValueError(f"--crop {crop} is larger than the stored frames of {store} ({h}x{w}); allowed: up to "
-                         f"{min(h, w)}")
-    size = crop or min(spec.size, h, w)
+        warnings.append(f"--crop {crop} is larger than the stored frames of {store} ({h}x{w}); cropping {size}")
+    ft, fs = spec.multiple
+    if crop is None and size >= fs:
+        size -= size % fs          # the default crop: the largest the network takes
+    if t % ft or size % fs:
+        raise ValueError(f"{name} takes clips whose frames are a multiple of {ft} and whose crop is a multiple of {fs} "
+                         f"(its position tables); {store} holds {t} frames of {h}x{w} (crop {size}): extract with "
+                         f"--frames {t - t % ft or ft} or choose --crop {size - size % fs or fs}")
     if t < spec.min_frames or size < spec.min_size:
         raise ValueError(f"{name} takes clips of at least {spec.min_frames} frames at {spec.min_size}x{spec.min_size}; "
                          f"{store} holds {t} frames of {h}x{w}{f' (crop {size})' if size < min(h, w) else ''}; "
@@ -313,15 +324,15 @@ def _mvit(builder: str, weights: str) -> Callable[[int, str, Clip], nn.Module]:
     def build(classes: int, pretrained: str, clip: Clip) -> nn.Module:
         import torchvision.models.video.mvit as M
 
-        if pretrained == "kinetics400" or (clip.frames, clip.size) == (16, 224):
-            net = getattr(M, builder)(weights=None)
-        else:
-            real = M._mvit
+        with _MVIT_SIZE:   # every MViT build: another thread may have the builder swapped
+            if pretrained == "kinetics400" or (clip.frames, clip.size) == (16, 224):
+                net = getattr(M, builder)(weights=None)
+            else:
+                real = M._mvit
 
-            def sized(**kw):
-                kw.update(spatial_size=(clip.size, clip.size), temporal_size=clip.frames)
-                return real(**kw)
-            with _MVIT_SIZE:
+                def sized(**kw):
+                    kw.update(spatial_size=(clip.size, clip.size), temporal_size=clip.frames)
+                    return real(**kw)
                 M._mvit = sized
                 try:
                     net = getattr(M, builder)(weights=None)
@@ -340,9 +351,9 @@ def _swin3d(builder: str, weights: str) -> Callable[[int, str, Clip], nn.Module]
 
 for _name, _weights, _about, _extra in (
         ("mvit_v1_b", "MViT_V1_B_Weights.KINETICS400_V1", "MViT-v1-B, multiscale vision transformer (Fan et al.)",
-         dict(fixed_input=True, classifier="head.1", drop_path=0.2, min_frames=4, min_size=32)),
+         dict(fixed_input=True, classifier="head.1", drop_path=0.2, min_frames=4, min_size=32, multiple=(2, 32))),
         ("mvit_v2_s", "MViT_V2_S_Weights.KINETICS400_V1", "MViT-v2-S, pooling attention + rel. positions (Li et al.)",
-         dict(fixed_input=True, classifier="head.1", drop_path=0.2, min_frames=4, min_size=32)),
+         dict(fixed_input=True, classifier="head.1", drop_path=0.2, min_frames=4, min_size=32, multiple=(2, 32))),
         ("swin3d_t", "Swin3D_T_Weights.KINETICS400_V1", "Video Swin-T, shifted 3D windows (Liu et al.)",
          dict(classifier="head", drop_path=0.1, min_size=16)),
         ("swin3d_s", "Swin3D_S_Weights.KINETICS400_V1", "Video Swin-S (Liu et al.)",

@@ -85,6 +85,7 @@ class Job:
     card: dict | None = None    # what `har predict` needs
     failed: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    more_stores: tuple[Path, ...] = ()   # a joint run's other stores (inputs its folder must not be)
 
 
 def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None = None,
@@ -100,7 +101,7 @@ def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None 
     run_dir = (Path(out) if out else Path("runs") / f"{job.name}-{job.split.name}-{fp[:10]}").absolute()
     if not distributed.world().main:  # under torchrun rank 0 checks, locks and writes; the others train
         return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after, "none")
-    with rundir.claimed(run_dir, "run", inputs=[job.store]):
+    with rundir.claimed(run_dir, "run", inputs=[job.store, *job.more_stores]):
         return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after, tracker)
 
 
