@@ -115,6 +115,9 @@ def extract(
     r = R.named_recipe(recipe, frames=frames, sampling=sampling, clips=clips, stride=stride, height=height,
                        width=width, views=views, seed=seed, lossy=lossy, rotate=rotate, vflip=vflip)
     r.validate()
+    if (r.rotate or r.vflip) and r.views == 0:
+        err.print("[yellow]note:[/] --rotate and --vflip apply to augmented views; with --views 0 there are none",
+                  highlight=False)
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
                           threads=threads, scheduler=dask_scheduler, force=force, verify=verify)
     with progress("extract") as update:
@@ -290,7 +293,10 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
                       f"{row['f1_macro']:.3f}", "up to date" if row["up_to_date"] else "")
         err.print(f"fold {row['fold']}: top-1 {row['top1']:.3f}", highlight=False)
 
-    rc = head_task.RunConfig(head_config(head, settings), features=features, dataset=dataset, out=out_dir,
+    if features is not None and len(features) > 1:
+        raise ValueError("har cv takes one --features (joint training is `har train-head` with several)")
+    rc = head_task.RunConfig(head_config(head, settings), features=features[0] if features else None, dataset=dataset,
+                             out=out_dir,
                              tracker=tracker)
     res = CV.cv(rc, folds, on_fold)
     out.print(table)

@@ -57,7 +57,7 @@ CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a funct
     "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
     "tracker": ("trainers.tracker", "TRACKERS"), "method": ("trainers.explain", "METHODS"), "over_time": ("trainers.explain", "TEMPORAL"),
     "export_format": ("trainers.export", "FORMATS"), "mix": ("trainers.joint", "MIXES"),
-    "temporal_input": ("trainers.heads", "TEMPORAL_INPUTS"),
+    "temporal_input": ("trainers.heads", "temporal_inputs"),
 }
 
 
@@ -195,12 +195,13 @@ HEAD = {
     "bidirectional": (bool, "--bidirectional", "Recurrent heads: read the clip both ways."),
     "dropout": (float, "--dropout", "Dropout before the classifier."),
     "heads": (int, "--heads", "Attention heads (attention head)."),
-    "temporal_input": (str, "--temporal-input", "What the head sees: raw features, centred (each clip's mean over time removed: the change, not the look), deltas (frame differences), centred+deltas."),
+    "temporal_input": (str, "--temporal-input", "What the head sees: auto (centred, raw for mean), raw features, centred (each clip's mean over time removed: the change, not the look), deltas (frame differences), centred+deltas."),
 }
 
 
 Head = Annotated[str, arg("The sequence head (har models compares them).", choices="head")]
-Features = Annotated[Optional[Path], typer.Option("--features", help="The feature store.")]
+# a list so that a repeated --features is seen (and refused where one store is meant), not silently the last
+Features = Annotated[Optional[list[Path]], typer.Option("--features", help="The feature store.")]
 # train-head: the feature store, or (given twice or more) the stores of a joint run
 FeatureStores = Annotated[Optional[list[Path]], typer.Option("--features", help="The feature store; give it 2+ times to train one head jointly on several datasets (shared trunk, an output layer per dataset).")]
 RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: runs/NAME-SPLIT-FINGERPRINT].")]

@@ -139,8 +139,11 @@ def test_temporal_inputs_ignore_a_clips_constant_look_and_keep_its_change(mode):
 def test_temporal_input_is_checked_and_leaves_earlier_runs_fingerprints_alone():
     from trainers.config import HeadConfig, TrainConfig
 
-    with pytest.raises(ValueError, match="--temporal-input 'flow' is not supported; allowed: raw, centred, deltas"):
+    with pytest.raises(ValueError, match="--temporal-input 'flow' is not supported; allowed: auto, raw, centred, deltas"):
         HeadConfig(temporal_input="flow").validate()
-    assert "temporal_input" not in TrainConfig().fingerprint_dict()["head_options"]
-    assert TrainConfig(head_options=HeadConfig(temporal_input="centred")).fingerprint_dict()["head_options"][
-        "temporal_input"] == "centred"
+    # runs of earlier versions saw raw features: raw stays out of the fingerprint (and fills their config.json)
+    assert "temporal_input" not in TrainConfig(head_options=HeadConfig(temporal_input="raw")).fingerprint_dict()["head_options"]
+    assert TrainConfig().fingerprint_dict()["head_options"]["temporal_input"] == "auto"
+    # auto: centred for the heads that read the order, raw for the bag of frames
+    assert heads.temporal_input("lstm", "auto") == "centred" and heads.temporal_input("attention", "auto") == "centred"
+    assert heads.temporal_input("mean", "auto") == "raw" and heads.temporal_input("mean", "deltas") == "deltas"

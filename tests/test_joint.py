@@ -97,6 +97,8 @@ def test_joint_usage_errors_are_one_line(stores, tmp_path):
     assert r.returncode == 2 and "names the same store twice" in r.stderr and "Traceback" not in r.stderr
     r = har("train-head", "lstm", "--features", a, "--mix", "balanced", "--out", tmp_path / "y")
     assert r.returncode == 2 and "--mix balanced is for joint training" in r.stderr
+    r = har("cv", "lstm", "--features", a, "--features", b)
+    assert r.returncode == 2 and "har cv takes one --features" in r.stderr
     r = har("train-head", "lstm", "--features", a, "--features", b, "--mix", "zipped", "--out", tmp_path / "z")
     assert r.returncode == 2 and "--mix 'zipped' is not supported; allowed: proportional, balanced" in r.stderr
 

@@ -114,7 +114,8 @@ class HeadConfig:
     bidirectional: bool = False  # recurrent heads only: also read the clip backwards
     dropout: float = 0.5         # before the classifier (and between stacked layers)
     heads: int = 4               # attention heads (attention only)
-    temporal_input: str = "raw"  # what the head sees of the sequence (trainers.heads.TEMPORAL_INPUTS)
+    temporal_input: str = "auto" # what the head sees of the sequence (trainers.heads.TEMPORAL_INPUTS); auto:
+                                 # centred for the heads that read the order, raw for mean
     ADDED_LATER = {"temporal_input": "raw"}   # as LoopConfig.ADDED_LATER
 
     # whole-number settings: (field, lowest, highest). A wide head is refused by its memory
@@ -128,8 +129,8 @@ class HeadConfig:
             raise ValueError(f"--bidirectional {self.bidirectional!r} is not supported; allowed: true, false")
         from trainers.heads import TEMPORAL_INPUTS
 
-        if self.temporal_input not in TEMPORAL_INPUTS:
-            raise ValueError(f"--temporal-input {self.temporal_input!r} is not supported; allowed: "
+        if self.temporal_input != "auto" and self.temporal_input not in TEMPORAL_INPUTS:
+            raise ValueError(f"--temporal-input {self.temporal_input!r} is not supported; allowed: auto, "
                              f"{', '.join(TEMPORAL_INPUTS.names())}")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:  # nan too
