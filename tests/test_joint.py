@@ -89,6 +89,11 @@ def test_sliced_loss_is_cross_entropy_over_each_samples_own_dataset():
     ref = [torch.nn.functional.cross_entropy(logits[:2, :3], y[:2], reduction="sum", label_smoothing=0.1),
            torch.nn.functional.cross_entropy(logits[2:, 3:], y[2:] - 3, reduction="sum", label_smoothing=0.1)]
     assert smooth == pytest.approx(float(sum(ref) / 4), rel=1e-6)
+    # with class weights too: on one dataset's samples it is torch's own weighted, smoothed loss
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5])
+    one = joint.SlicedLoss(owner, w, smoothing=0.2)(logits[:2], y[:2])
+    want = torch.nn.functional.cross_entropy(logits[:2, :3], y[:2], weight=w[:3], label_smoothing=0.2)
+    assert one == pytest.approx(float(want), rel=1e-6)
 
 
 def test_joint_usage_errors_are_one_line(stores, tmp_path):

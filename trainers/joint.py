@@ -98,14 +98,16 @@ class SlicedLoss(nn.Module):
         return logits.masked_fill(~mine, float("-inf")), mine
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """As torch's cross_entropy(weight, label_smoothing) computes it within each sample's rows:
+        sum_i [(1 - e) w_y nll_i + e / K_i sum_c w_c (-log p_ic)] / sum_i w_y."""
         z, mine = self._masked(logits, y)
         logp = torch.log_softmax(z, dim=1)
-        loss = -logp.gather(1, y[:, None])[:, 0]
-        if self.smoothing:
-            uniform = -logp.masked_fill(~mine, 0.0).sum(1) / mine.sum(1)
-            loss = (1 - self.smoothing) * loss + self.smoothing * uniform
         w = self.weight[y]
-        return (w * loss).sum() / w.sum()
+        loss = -w * logp.gather(1, y[:, None])[:, 0]
+        if self.smoothing:
+            uniform = -(self.weight[None, :] * logp).masked_fill(~mine, 0.0).sum(1) / mine.sum(1)
+            loss = (1 - self.smoothing) * loss + self.smoothing * uniform
+        return loss.sum() / w.sum()
 
     def correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """How many samples the argmax over their own dataset's rows gets right."""
