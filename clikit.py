@@ -56,7 +56,7 @@ CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a funct
     "train_views": ("trainers.config", "TRAIN_VIEWS"), "memory_format": ("trainers.config", "MEMORY_FORMATS"),
     "folds": ("trainers.cv", "FOLDS"), "part": ("trainers.data", "SPLIT_ROLES"),
     "tracker": ("trainers.tracker", "TRACKERS"), "method": ("trainers.explain", "METHODS"), "over_time": ("trainers.explain", "TEMPORAL"),
-    "export_format": ("trainers.export", "FORMATS"), "mix": ("trainers.joint", "MIXES"),
+    "export_format": ("trainers.export", "FORMATS"), "mix": ("trainers.mixing", "MIXES"),
     "temporal_input": ("trainers.heads", "temporal_inputs"),
 }
 

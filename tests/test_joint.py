@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import har, reversed_pair_features, write_feature_store
 
-from trainers import config, head_task, joint, runs
+from trainers import config, head_task, joint, predictor, runs
 
 A_CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
 B_CLASSES = ["Left", "Right", "Up"]
@@ -204,10 +204,10 @@ def test_a_tampered_joint_card_is_refused(stores, tmp_path):
     from trainers import rundir
 
     card = joint.card(joint.parts_for(list(stores), None))
-    joint.check_datasets(card, tmp_path / "lineage.json")
+    predictor.check_datasets(card, tmp_path / "lineage.json")
     for tamper in (lambda c: c["datasets"][0].update(rows=[0, 99]), lambda c: c["datasets"].append(1),
                    lambda c: c["datasets"][1].update(name="../x"), lambda c: c.update(datasets="a")):
         bad = json.loads(json.dumps(card))
         tamper(bad)
         with pytest.raises(rundir.RunError, match="predict.datasets is not a list"):
-            joint.rows_of(bad, "synthetic", tmp_path)
+            predictor.rows_of(bad, "synthetic", tmp_path)

@@ -63,7 +63,7 @@ class LoopConfig:
         checks = ((self.optimizer, OPTIMIZERS.names(), "optimizer"), (self.scheduler, SCHEDULERS.names(), "scheduler"),
                   (self.device, DEVICES, "device"), (self.precision, PRECISIONS, "precision"),
                   (self.train_views, TRAIN_VIEWS, "train-views"))
-        from trainers.joint import MIXES  # (imported here: the registry needs torch)
+        from trainers.mixing import MIXES
 
         checks += ((self.mix, MIXES.names(), "mix"),)
         for value, allowed, name in checks:

@@ -17,7 +17,6 @@ Batches mix the datasets by a seeded rule (`MIXES`):
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,28 +26,10 @@ from torch import nn
 
 from pipeline import lineage
 from pipeline.lineage import seed_for
-from pipeline.registry import Registry
 from trainers import data, distributed, head_task, heads, loop, report, rundir, runs, tasks
+from trainers.mixing import MIXES
+from trainers.predictor import safe_name
 from trainers.config import TrainConfig
-
-MIXES: Registry = Registry("batch mixing")   # (per-dataset training videos (global indices), rng) -> epoch order
-
-
-@MIXES.register("proportional", "every training video once per epoch, one shuffled order (datasets by size)")
-def _proportional(parts: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    videos = np.concatenate(parts)
-    return videos[rng.permutation(len(videos))]
-
-
-@MIXES.register("balanced", "each dataset repeated to the largest one's count, interleaved: equal shares per batch")
-def _balanced(parts: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    most = max(len(p) for p in parts)
-    columns = []
-    for p in parts:
-        passes = -(-most // len(p))
-        columns.append(np.concatenate([p[rng.permutation(len(p))] for _ in range(passes)])[:most])
-    return np.stack(columns, axis=1).reshape(-1)
-
 
 # the metrics a joint run also gives as the mean over its datasets
 MEANS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
@@ -284,13 +265,6 @@ def split_names(name: str | None, count: int) -> list[str | None]:
     return names
 
 
-def safe_name(name, i: int) -> str:
-    """A dataset's name as a run uses it in folder names (datasets/NAME, RUN-alone-NAME): letters,
-    digits, '.', '_', '-', not starting with '.'; a store's attrs are not trusted to be a name."""
-    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(name or ""))[:64].lstrip(".")
-    return text or f"d{i}"
-
-
 def same_card(a: dict, b: dict) -> str | None:
     """The first of SHARED in which two feature stores' attrs differ as a model card sees them
     (the recipe's sampling and frame size; resize defaulting to the backbone's own), or None."""
@@ -413,44 +387,6 @@ def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
 
     raise ExplainError(f"{run_dir} was trained jointly on several datasets; har explain and har export take a run "
                      "on one dataset for now (its `-alone-` runs are beside it)")
-
-
-def check_datasets(card: dict, path: Path) -> None:
-    """A joint card's `datasets` (untrusted, from lineage.json): unique safe names, each with its
-    classes exactly the card's classes at its rows, the rows tiling them in order; RunError otherwise."""
-    sets, classes = card.get("datasets"), card.get("classes")
-    bad = rundir.RunError(f"{path}: predict.datasets is not a list of datasets with their classes and rows; "
-                          f"{runs.RUN_REMEDY}")
-    if not isinstance(sets, list) or not sets or not isinstance(classes, list):
-        raise bad
-    at, names = 0, set()
-    for d in sets:
-        if not (isinstance(d, dict) and isinstance(d.get("name"), str) and safe_name(d["name"], 0) == d["name"]
-                and d["name"] not in names and isinstance(d.get("classes"), list) and isinstance(d.get("rows"), list)
-                and len(d["rows"]) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in d["rows"])
-                and d["rows"] == [at, at + len(d["classes"])] and classes[at:at + len(d["classes"])] == d["classes"]):
-            raise bad
-        names.add(d["name"])
-        at += len(d["classes"])
-    if at != len(classes):
-        raise bad
-
-
-def rows_of(card: dict, labels: str | None, run_dir: Path) -> tuple[slice | None, list[str] | None]:
-    """The output rows and classes of dataset `labels` in a joint run's card; (None, None) for a
-    run on one dataset. ValueError naming the datasets when a joint run gets no or an unknown name."""
-    sets = card.get("datasets")
-    if not sets:
-        if labels is not None:
-            raise ValueError(f"--labels {labels!r}: {run_dir} was trained on one dataset; --labels is for joint runs")
-        return None, None
-    check_datasets(card, Path(run_dir) / "lineage.json")
-    names = [d["name"] for d in sets]
-    if labels not in names:
-        raise ValueError(f"{run_dir} was trained jointly on {', '.join(names)}: choose whose labels with --labels NAME"
-                         + (f" (not {labels!r})" if labels is not None else ""))
-    d = sets[names.index(labels)]
-    return slice(*d["rows"]), list(d["classes"])
 
 
 KIND = tasks.TaskKind(name="joint-head", config=TrainConfig, store="features",

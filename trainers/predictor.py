@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -147,8 +148,6 @@ def load(run_dir: Path, device: str = "auto", labels: str | None = None) -> Pred
     if card.get("model", getattr(cfg, "model", None)) != getattr(cfg, "model", None):
         raise rundir.RunError(f"{Path(run_dir) / 'lineage.json'}: predict.model {card['model']!r} is not the model of "
                               f"config.json ({getattr(cfg, 'model', 'a head')!r}); {runs.RUN_REMEDY}")
-    from trainers.joint import rows_of
-
     rows, classes = rows_of(card, labels, Path(run_dir))   # checked before the model loads
     dev = loop.resolve_device(device if device != "auto" else cfg.device)
     score = kind.scorer(Path(run_dir), cfg, card, dev)
@@ -269,3 +268,50 @@ class CsvOut:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+# ---- a joint run's card (trainers.joint): which rows are whose classes -------------------------------
+
+def safe_name(name, i: int) -> str:
+    """A dataset's name as a run uses it in folder names (datasets/NAME, RUN-alone-NAME): letters,
+    digits, '.', '_', '-', not starting with '.'; a store's attrs are not trusted to be a name."""
+    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(name or ""))[:64].lstrip(".")
+    return text or f"d{i}"
+
+
+def check_datasets(card: dict, path: Path) -> None:
+    """A joint card's `datasets` (untrusted, from lineage.json): unique safe names, each with its
+    classes exactly the card's classes at its rows, the rows tiling them in order; RunError otherwise."""
+    sets, classes = card.get("datasets"), card.get("classes")
+    bad = rundir.RunError(f"{path}: predict.datasets is not a list of datasets with their classes and rows; "
+                          f"{runs.RUN_REMEDY}")
+    if not isinstance(sets, list) or not sets or not isinstance(classes, list):
+        raise bad
+    at, names = 0, set()
+    for d in sets:
+        if not (isinstance(d, dict) and isinstance(d.get("name"), str) and safe_name(d["name"], 0) == d["name"]
+                and d["name"] not in names and isinstance(d.get("classes"), list) and isinstance(d.get("rows"), list)
+                and len(d["rows"]) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in d["rows"])
+                and d["rows"] == [at, at + len(d["classes"])] and classes[at:at + len(d["classes"])] == d["classes"]):
+            raise bad
+        names.add(d["name"])
+        at += len(d["classes"])
+    if at != len(classes):
+        raise bad
+
+
+def rows_of(card: dict, labels: str | None, run_dir: Path) -> tuple[slice | None, list[str] | None]:
+    """The output rows and classes of dataset `labels` in a joint run's card; (None, None) for a
+    run on one dataset. ValueError naming the datasets when a joint run gets no or an unknown name."""
+    sets = card.get("datasets")
+    if not sets:
+        if labels is not None:
+            raise ValueError(f"--labels {labels!r}: {run_dir} was trained on one dataset; --labels is for joint runs")
+        return None, None
+    check_datasets(card, Path(run_dir) / "lineage.json")
+    names = [d["name"] for d in sets]
+    if labels not in names:
+        raise ValueError(f"{run_dir} was trained jointly on {', '.join(names)}: choose whose labels with --labels NAME"
+                         + (f" (not {labels!r})" if labels is not None else ""))
+    d = sets[names.index(labels)]
+    return slice(*d["rows"]), list(d["classes"])
