@@ -514,7 +514,9 @@ def export(run_dir: Path, fmt: str = "onnx", out: Path | None = None) -> ExportR
         raise ExportError(f"{run_dir} is not a folder; name a run folder of `har train-head` or `har train-e2e`")
     _, lin, kind = runs.load_run(run_dir)  # what is not a run is refused before any model loads
     if kind.name == "joint-head":
-        kind.chain(run_dir, None, None, None)   # one line: a joint run is not exported (yet)
+        from trainers import joint
+
+        joint.refuse(run_dir)
     target = out_path(run_dir, f, out, [tasks.store_of(lin["inputs"], kind)[0]])
     module, meta, score = build(run_dir)
     clips = check_clips(meta)

@@ -35,9 +35,6 @@ from trainers.config import TrainConfig
 MEANS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
          "f1_weighted", "roc_auc_ovr_macro")
 
-# what the stores of a joint run must share: the run has one model card (one backbone turns a video
-# into features for every dataset); see same_card
-SHARED = ("backbone", "weights", "resize", "recipe")
 
 
 @dataclass(frozen=True)
@@ -266,7 +263,9 @@ def split_names(name: str | None, count: int) -> list[str | None]:
 
 
 def same_card(a: dict, b: dict) -> str | None:
-    """The first of SHARED in which two feature stores' attrs differ as a model card sees them
+    """What two feature stores of a joint run must share, as its one model card sees them (one
+    backbone turns a video into features for every dataset): the first of backbone, weights,
+    resize, recipe in which their attrs differ
     (the recipe's sampling and frame size; resize defaulting to the backbone's own), or None."""
     def recipe(attrs):
         r = attrs.get("recipe") or {}
@@ -382,11 +381,16 @@ def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
     return head_task.scorer(run_dir, cfg, card, device)
 
 
-def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+def refuse(run_dir: Path) -> None:
+    """har explain and har export take single-dataset runs for now: one line saying so."""
     from trainers.explain import ExplainError
 
     raise ExplainError(f"{run_dir} was trained jointly on several datasets; har explain and har export take a run "
                      "on one dataset for now (its `-alone-` runs are beside it)")
+
+
+def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+    refuse(run_dir)
 
 
 KIND = tasks.TaskKind(name="joint-head", config=TrainConfig, store="features",
