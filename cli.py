@@ -213,6 +213,16 @@ def status(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+def joint_results(res) -> None:
+    """Each dataset's test top-1 of a joint run, jointly and alone."""
+    if not res.summary:   # a torchrun rank other than 0: rank 0 reports
+        return
+    for name, m in res.summary["test"]["datasets"].items():
+        alone = res.summary["alone"].get(name, {}).get("top1")
+        out.print(f"{name}: joint test top-1 {m['top1']:.3f}" + (f", alone {alone:.3f}" if alone is not None else ""),
+                  highlight=False)
+
+
 @command("train-head", interrupted=TRAINING)
 @takes(C.HeadConfig, HEAD)
 @takes(C.TrainConfig, LOOP)
@@ -249,14 +259,7 @@ def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName 
         if dataset is not None:
             raise ValueError("give the stores of a joint run as --features PATH twice or more, without --dataset")
         rc = head_task.RunConfig(cfg, out=out_dir, tracker=tracker)
-        res = joint.train_joint(rc, paths, train=train)
-        if not res.summary:   # a torchrun rank other than 0: rank 0 reports
-            return
-        t = res.summary["test"]["datasets"]
-        for name, m in t.items():
-            alone = res.summary["alone"].get(name, {}).get("top1")
-            out.print(f"{name}: joint test top-1 {m['top1']:.3f}" + (f", alone {alone:.3f}" if alone is not None else ""),
-                      highlight=False)
+        joint_results(joint.train_joint(rc, paths, train=train))
         return
     if mix != C.TrainConfig.mix:
         raise ValueError(f"--mix {mix} is for joint training; give --features twice or more")
@@ -317,16 +320,22 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
 @takes(C.E2EConfig, LOOP)
 def train_e2e(
     model: Annotated[str, arg("The video model (har models compares them).", choices="model")],
-    frames: Annotated[Optional[Path], typer.Option(help="The frame store.")] = None,
+    frames: Annotated[Optional[list[Path]], typer.Option("--frames", help="The frame store; give it 2+ times to train one model jointly on several datasets (shared trunk, an output layer per dataset).")] = None,
     dataset: DatasetName = None, out_dir: RunOut = None,
     pretrained: Annotated[str, opt("--pretrained", help="Initial weights: kinetics400 for torchvision's video models (r3d_18, r2plus1d_18, mc3_18, nonlocal, s3d, mvit_v1_b, mvit_v2_s, swin3d_t/s/b: the store must hold their clip, har models lists it), imagenet for the 2D-based (i3d, lrcn, late-fusion-e2e).", choices="pretrained")] = C.E2EConfig.pretrained,
     crop: Annotated[Optional[int], typer.Option(help="Crop size [default: the model's input size, at most the stored size].")] = None,
     three_crop: Annotated[bool, typer.Option("--three-crop", help="Test time: three crops per clip, averaged.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [default: min(8, cores - 1), at least 2].")] = None,
     memory_format: Annotated[str, opt("--memory-format", help="auto: channels-last on CUDA.", choices="memory_format")] = C.E2EConfig.memory_format,
+    mix: Annotated[str, opt("--mix", help="Joint training (2+ --frames): proportional (every video once per epoch, datasets by size) or balanced (equal shares per batch, the smaller repeated); seeded.", choices="mix")] = C.E2EConfig.mix,
     tracker: Tracker = "tensorboard", verbose: Verbose = False, **settings,
 ):
     """Train a video model end to end from a frame store (no decoding while training). Resumes if interrupted.
+
+    With --frames given twice or more: one model trained jointly on every dataset (a shared
+    trunk, an output layer per dataset, each dataset's own split, early stopping on the mean of
+    their validation accuracies), next to the same model trained on each alone (RUN-alone-NAME);
+    the report compares them per dataset. The stores must share their recipe (frames and size).
 
     Examples:
 
@@ -342,10 +351,21 @@ def train_e2e(
     setup_logging(verbose)
     from trainers import clip_task
 
+    paths = list(frames or [])
     cfg = C.E2EConfig(model=model, pretrained=pretrained, crop=crop, three_crop=three_crop, workers=workers,
-                      memory_format=memory_format, **settings)
+                      memory_format=memory_format, mix=mix, **settings)
     cfg.validate()
-    rc = clip_task.E2ERunConfig(cfg, frames=frames, dataset=dataset, out=out_dir, tracker=tracker)
+    if len(paths) > 1:
+        if dataset is not None:
+            raise ValueError("give the stores of a joint run as --frames PATH twice or more, without --dataset")
+        from trainers import joint_e2e
+
+        rc = clip_task.E2ERunConfig(cfg, out=out_dir, tracker=tracker)
+        joint_results(joint_e2e.train_joint(rc, paths, train=train))
+        return
+    if mix != C.E2EConfig.mix:
+        raise ValueError(f"--mix {mix} is for joint training; give --frames twice or more")
+    rc = clip_task.E2ERunConfig(cfg, frames=paths[0] if paths else None, dataset=dataset, out=out_dir, tracker=tracker)
     train(lambda on_epoch: clip_task.train_e2e(rc, on_epoch=on_epoch))
 
 

@@ -211,3 +211,72 @@ def test_a_tampered_joint_card_is_refused(stores, tmp_path):
         tamper(bad)
         with pytest.raises(rundir.RunError, match="predict.datasets is not a list"):
             predictor.rows_of(bad, "synthetic", tmp_path)
+
+
+def test_a_video_model_trains_jointly_on_two_frame_stores(video_joint, tmp_path):
+    """`har train-e2e MODEL --frames A --frames B`: one network, an output layer per dataset, the
+    same model alone beside it; the loader's worker count changes nothing; evaluate, predict and
+    serve read the run per dataset; explain refuses it in one line."""
+    from trainers import clip_task, joint_e2e, tasks
+
+    run, colours, _ = video_joint
+    w = run.parent
+    c, s = w / "c.zarr", w / "s.zarr"
+    env = {"HAR_HOME": str(w / "home")}
+    args = ("--epochs", 2, "--lr", 1e-3, "--mix", "balanced", "--batch-size", 8)
+    r = har("train-e2e", "small-cnn-rnn", "--frames", c, "--frames", s, *args, "--workers", 0, "--out",
+            tmp_path / "e", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "folder: joint test top-1" in r.stdout and "synthetic: joint test top-1" in r.stdout
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["joint"] and [x["path"] for x in m["stores"]] == [str(c), str(s)] and m["mix"] == "balanced"
+    n_syn = len(m["datasets"]["synthetic"]["classes"])
+    for name in ("folder", "synthetic"):
+        assert (tmp_path / f"e-alone-{name}" / "metrics.json").exists()
+        assert (tmp_path / "e" / "datasets" / name / "report.md").exists()
+        assert len(m["test"]["datasets"][name]["confusion"]) == len(m["datasets"][name]["classes"])
+    best = torch.load(tmp_path / "e" / "best.pt", weights_only=True)["model"]
+    last = [v for k, v in best.items() if k.endswith("weight")][-1]
+    assert last.shape[0] == 3 + n_syn                       # Red, Green, Blue + the synthetic classes
+    _, _, kind = runs.load_run(tmp_path / "e")
+    assert kind is tasks.get("joint-video-model") and kind.joint
+    ev = runs.evaluate_run(tmp_path / "e")
+    for name in ("folder", "synthetic"):
+        assert ev["datasets"][name]["top1"] == pytest.approx(m["test"]["datasets"][name]["top1"])
+    # two loader workers read the same batches as none (the stacked stores behind one loader)
+    cfg = config.E2EConfig(model="small-cnn-rnn", epochs=2, lr=1e-3, mix="balanced", batch_size=8, workers=2)
+    again = joint_e2e.train_joint(clip_task.E2ERunConfig(cfg, out=tmp_path / "e2"), [c, s])
+    h0 = json.loads((tmp_path / "e" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "e2" / "history.json").read_text())
+    assert [e["train_loss"] for e in h0] == pytest.approx([e["train_loss"] for e in h2], rel=1e-5)
+    assert again.summary["test"]["top1"] == pytest.approx(m["test"]["top1"])
+    # predict answers in the chosen dataset's classes; explain refuses
+    clip = sorted(colours.glob("Blue/*.avi"))[0]
+    p = har("predict", clip, "--run", tmp_path / "e", "--labels", "folder", "--json", "--top", 3)
+    assert p.returncode == 0, p.stderr
+    top = json.loads(p.stdout)["predictions"][0]["top"]
+    assert {t["class"] for t in top} == {"Red", "Green", "Blue"}
+    assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-4)
+    assert predictor.label_sets(tmp_path / "e") == ["folder", "synthetic"]
+    r = har("explain", tmp_path / "e", clip)
+    assert r.returncode == 2 and "trained jointly on several datasets" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_joint_video_model_usage_errors_are_one_line(video_joint, tmp_path):
+    run, colours, _ = video_joint
+    w = run.parent
+    c, s = w / "c.zarr", w / "s.zarr"
+    r = har("train-e2e", "small-cnn-rnn", "--frames", c, "--frames", c, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--frames names the same store twice" in r.stderr
+    r = har("train-e2e", "small-cnn-rnn", "--frames", c, "--mix", "balanced", "--out", tmp_path / "y")
+    assert r.returncode == 2 and "--mix balanced is for joint training; give --frames twice or more" in r.stderr
+    r = har("train-e2e", "small-cnn-rnn", "--frames", c, "--frames", w / "s-f.zarr", "--out", tmp_path / "z")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "frame store" in r.stderr   # a feature store
+    other = w / "c4.zarr"
+    if not other.exists():
+        r = har("extract", "folder", "--root", colours, "--frames", 4, "--size", 32, "--out", other, "--workers", 1,
+                env={"HAR_HOME": str(w / "home")})
+        assert r.returncode == 0, r.stderr
+    r = har("train-e2e", "small-cnn-rnn", "--frames", c, "--frames", s, "--frames", other, "--out", tmp_path / "v")
+    assert r.returncode == 2 and "differ in recipe" in r.stderr and "same recipe (sampling and frame size)" in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "v").exists()

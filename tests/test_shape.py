@@ -92,4 +92,4 @@ def test_every_task_kind_is_found_through_the_registry():
     code = ("import sys; from trainers import runs, tasks; "
             "print([k.name for k in tasks.kinds()], 'trainers.head_task' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["['head',", "'video-model',", "'joint-head']", "True"]
+    assert out.stdout.split() == ["['head',", "'video-model',", "'joint-head',", "'joint-video-model']", "True"]

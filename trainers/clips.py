@@ -52,6 +52,28 @@ class ClipDataset(torch.utils.data.Dataset):
         return torch.from_numpy(clip), int(self.labels[v])
 
 
+class StackedClips(torch.utils.data.Dataset):
+    """Several frame stores as one (a joint run, trainers.joint_e2e): video v of the joint numbering
+    is video v - offsets[i] of store i (the last offset <= v), its label shifted by shifts[i] (that
+    store's first output row)."""
+
+    def __init__(self, sets: list[ClipDataset], offsets: list[int], shifts: list[int]):
+        self.sets, self.offsets, self.shifts = sets, np.asarray(offsets), shifts
+
+    def __getitem__(self, key: tuple[int, int]):
+        v, s = key
+        i = int(np.searchsorted(self.offsets, v, side="right")) - 1
+        clip, y = self.sets[i][(v - int(self.offsets[i]), s)]
+        return clip, y + self.shifts[i]
+
+
+def _dataset(source) -> torch.utils.data.Dataset:
+    """What a loader reads: a dataset as given, or a store's clips (a StoreView)."""
+    if isinstance(source, torch.utils.data.Dataset):
+        return source
+    return ClipDataset(source.path, source.labels, source.fingerprint)
+
+
 class _Items(torch.utils.data.Sampler):
     """The (video, sample) pairs of the current pass, in order; set before each pass."""
 
@@ -72,10 +94,11 @@ class ClipLoader:
     the whole training pipeline ran at 0.2x the bare model). Call `close()` (or drop it) to stop
     the workers."""
 
-    def __init__(self, cs: data.StoreView, batch_size: int, workers: int, pin: bool = False, persistent: bool = True):
+    def __init__(self, cs: data.StoreView | torch.utils.data.Dataset, batch_size: int, workers: int, pin: bool = False,
+                 persistent: bool = True):
         self._items = _Items()
         self.loader = torch.utils.data.DataLoader(
-            ClipDataset(cs.path, cs.labels, cs.fingerprint), batch_size=batch_size, sampler=self._items, num_workers=workers,
+            _dataset(cs), batch_size=batch_size, sampler=self._items, num_workers=workers,
             pin_memory=pin, persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers else None,
             generator=torch.Generator().manual_seed(0))  # its worker-seed draw leaves the global RNG (dropout) alone
 
@@ -113,15 +136,15 @@ class EpochStream:
     exactly epoch e's batches; asking for any other epoch than the next one, or leaving an epoch
     unfinished, starts a fresh iterator at the asked epoch."""
 
-    def __init__(self, cs: data.StoreView, items_for: Callable[[int], np.ndarray], batch_size: int, workers: int,
-                 pin: bool = False):
+    def __init__(self, cs: data.StoreView | torch.utils.data.Dataset, items_for: Callable[[int], np.ndarray],
+                 batch_size: int, workers: int, pin: bool = False):
         self.cs, self.items_for, self.batch_size, self.workers, self.pin = cs, items_for, batch_size, workers, pin
         self._it, self._next = None, None
 
     def _start(self, epoch: int) -> None:
         self.close()
         loader = torch.utils.data.DataLoader(
-            ClipDataset(self.cs.path, self.cs.labels, self.cs.fingerprint), batch_sampler=_EpochBatches(self.items_for, epoch, self.batch_size),
+            _dataset(self.cs), batch_sampler=_EpochBatches(self.items_for, epoch, self.batch_size),
             num_workers=self.workers, pin_memory=self.pin, prefetch_factor=4 if self.workers else None,
             generator=torch.Generator().manual_seed(0))
         self._it = iter(loader)

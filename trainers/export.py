@@ -513,7 +513,7 @@ def export(run_dir: Path, fmt: str = "onnx", out: Path | None = None) -> ExportR
     if not Path(run_dir).is_dir():
         raise ExportError(f"{run_dir} is not a folder; name a run folder of `har train-head` or `har train-e2e`")
     _, lin, kind = runs.load_run(run_dir)  # what is not a run is refused before any model loads
-    if kind.name == "joint-head":
+    if kind.joint:
         from trainers import joint
 
         joint.refuse(run_dir)

@@ -100,19 +100,18 @@ class _JointView:
         self.reversed_pairs: list[str] = []
 
 
-class JointTask:
-    """Heads on several feature stores at once: the joint numbering is the stores' videos one
-    after the other, the joint classes their classes one after the other."""
+class JointBase:
+    """A model on several stores at once: the joint numbering is the stores' videos one after the
+    other, the joint classes their classes one after the other. `single` holds each dataset's own
+    task (what evaluates one dataset's videos); a subclass builds the model and reads the batches."""
 
-    def __init__(self, parts: list[Part], mix: str = "proportional"):
-        self.parts, self.mix = parts, mix
+    def __init__(self, parts: list[Part], mix: str, single: list):
+        self.parts, self.mix, self.single = parts, mix, single
         self.view = _JointView(parts)
         self.labels = np.concatenate([p.fs.labels.astype(np.int64) + p.rows.start for p in parts])
         self.classes = [c for p in parts for c in p.fs.classes]
         self.owner = torch.tensor([i for i, p in enumerate(parts) for _ in p.fs.classes])
         self.split = Split(parts)
-        first = parts[0].fs
-        self.dim, self.frames = first.dim, first.frames
 
     def make_split(self, name: str | None) -> data.Split:
         return self.split
@@ -120,31 +119,9 @@ class JointTask:
     def part_of(self, videos: np.ndarray) -> np.ndarray:
         return np.searchsorted([p.offset for p in self.parts], videos, side="right") - 1
 
-    def build(self, cfg: TrainConfig, train: np.ndarray | None) -> nn.Module:
-        """The head over every dataset's classes; standardised by the pooled statistics of every
-        dataset's training features."""
-        mean = std = None
-        if train is not None:
-            total, sq, count = 0.0, 0.0, 0
-            for i, p in enumerate(self.parts):
-                mine = p.local(train[self.part_of(train) == i])
-                m, s = data.feature_stats(p.fs, mine)
-                n = len(mine) * p.fs.features.shape[1] * p.fs.frames
-                total, sq, count = total + n * m.double(), sq + n * (s.double() ** 2 + m.double() ** 2), count + n
-            mean = total / max(1, count)
-            std = torch.sqrt(torch.clamp(sq / max(1, count) - mean * mean, min=0.0))
-            mean, std = mean.float(), std.float()
-        return heads.build(cfg.head, self.dim, len(self.classes), self.frames, cfg.head_options, mean, std)
-
-    def loss(self, cfg: TrainConfig, weight: torch.Tensor | None) -> nn.Module:
-        return SlicedLoss(self.owner, weight, cfg.label_smoothing)
-
-    def epoch_videos(self, cfg: TrainConfig, videos: np.ndarray) -> int:
-        """How many videos an epoch trains on under the mixing rule (the warm-up counts its steps)."""
-        counts = np.bincount(self.part_of(videos), minlength=len(self.parts))
-        return int(len(counts) * counts.max()) if self.mix == "balanced" else int(len(videos))
-
-    def batches(self, cfg: TrainConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
+    def epoch_order(self, cfg, videos: np.ndarray, epoch: int, world: distributed.World) -> tuple[np.ndarray, np.ndarray]:
+        """(joint videos, stored samples) of one epoch: the mixing rule's seeded order, one sample
+        per video drawn as a single-store run draws it (cfg.train_views), this rank's share."""
         rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
         which = self.part_of(videos)
         order = MIXES.get(self.mix)([videos[which == i] for i in range(len(self.parts))], rng)
@@ -154,27 +131,25 @@ class JointTask:
             at = np.flatnonzero(owner == i)
             samples[at] = data.train_samples(p.fs.view_index, p.local(order[at]), rng, cfg.train_views)
         order, samples = distributed.shard(np.stack([order, samples], axis=1), world).T
-        for a in range(0, len(order), cfg.batch_size):
-            vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
-            x = np.zeros((len(vb), self.frames, self.dim), np.float32)
-            owner = self.part_of(vb)
-            for i, p in enumerate(self.parts):
-                at = np.flatnonzero(owner == i)
-                if len(at):
-                    x[at] = data.gather(p.fs, p.local(vb[at]), sb[at])
-            yield torch.from_numpy(x), torch.from_numpy(self.labels[vb])
+        return order, samples
 
-    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return x
+    def loss(self, cfg, weight: torch.Tensor | None) -> nn.Module:
+        return SlicedLoss(self.owner, weight, cfg.label_smoothing)
+
+    def epoch_videos(self, cfg, videos: np.ndarray) -> int:
+        """How many videos an epoch trains on under the mixing rule (the warm-up counts its steps)."""
+        counts = np.bincount(self.part_of(videos), minlength=len(self.parts))
+        return int(len(counts) * counts.max()) if self.mix == "balanced" else int(len(videos))
 
     def close(self) -> None:
-        pass
+        for t in self.single:
+            t.close()
 
     def part_probabilities(self, model: nn.Module, part: int, videos: np.ndarray, device: torch.device,
                            cfg=None) -> np.ndarray:
         """(len(videos), classes of that dataset): its classifier's softmax, clips averaged."""
         p = self.parts[part]
-        return head_task.FeatureTask(p.fs).probabilities(_Rows(model, p.rows), p.local(videos), device, cfg)
+        return self.single[part].probabilities(_Rows(model, p.rows), p.local(videos), device, cfg)
 
     def probabilities(self, model: nn.Module, videos: np.ndarray, device: torch.device, cfg=None) -> np.ndarray:
         """(len(videos), all classes): each video's own dataset's softmax in its rows, 0 elsewhere."""
@@ -206,7 +181,7 @@ class JointTask:
         per = {}
         for i, p in enumerate(self.parts):
             mine = videos[which == i]
-            per[p.name] = runs.evaluate(head_task.FeatureTask(p.fs), _Rows(model, p.rows), p.local(mine), device, cfg)
+            per[p.name] = runs.evaluate(self.single[i], _Rows(model, p.rows), p.local(mine), device, cfg)
         means = {k: float(np.mean([m[k] for m in per.values()])) for k in MEANS
                  if all(isinstance(m.get(k), (int, float)) for m in per.values())}
         return {**means, "videos": int(len(videos)), "datasets": per}
@@ -234,9 +209,49 @@ class JointTask:
             lines.append(f"| {p.name} | {len(p.fs.classes)} | {s['train']} / {s['val']} / {s['test']} | {t['top1']:.3f} | "
                          f"{'-' if alone is None else f'{alone:.3f}'} | {diff} | {t['f1_macro']:.3f} | "
                          f"[datasets/{p.name}/report.md](datasets/{p.name}/report.md) |")
-        lines += ["", "The alone runs are the same head and settings trained on each dataset by itself "
+        lines += ["", "The alone runs are the same model and settings trained on each dataset by itself "
                   "(their folders are listed in metrics.json, `alone`).", "", "![curves](curves.png)", ""]
         rundir.write_text(run_dir / "report.md", "\n".join(lines))
+
+
+class JointTask(JointBase):
+    """Heads on several feature stores at once."""
+
+    def __init__(self, parts: list[Part], mix: str = "proportional"):
+        super().__init__(parts, mix, [head_task.FeatureTask(p.fs) for p in parts])
+        first = parts[0].fs
+        self.dim, self.frames = first.dim, first.frames
+
+    def build(self, cfg: TrainConfig, train: np.ndarray | None) -> nn.Module:
+        """The head over every dataset's classes; standardised by the pooled statistics of every
+        dataset's training features."""
+        mean = std = None
+        if train is not None:
+            total, sq, count = 0.0, 0.0, 0
+            for i, p in enumerate(self.parts):
+                mine = p.local(train[self.part_of(train) == i])
+                m, s = data.feature_stats(p.fs, mine)
+                n = len(mine) * p.fs.features.shape[1] * p.fs.frames
+                total, sq, count = total + n * m.double(), sq + n * (s.double() ** 2 + m.double() ** 2), count + n
+            mean = total / max(1, count)
+            std = torch.sqrt(torch.clamp(sq / max(1, count) - mean * mean, min=0.0))
+            mean, std = mean.float(), std.float()
+        return heads.build(cfg.head, self.dim, len(self.classes), self.frames, cfg.head_options, mean, std)
+
+    def batches(self, cfg: TrainConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
+        order, samples = self.epoch_order(cfg, videos, epoch, world)
+        for a in range(0, len(order), cfg.batch_size):
+            vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
+            x = np.zeros((len(vb), self.frames, self.dim), np.float32)
+            owner = self.part_of(vb)
+            for i, p in enumerate(self.parts):
+                at = np.flatnonzero(owner == i)
+                if len(at):
+                    x[at] = data.gather(p.fs, p.local(vb[at]), sb[at])
+            yield torch.from_numpy(x), torch.from_numpy(self.labels[vb])
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x
 
 
 class Split(data.Split):
@@ -262,36 +277,42 @@ def split_names(name: str | None, count: int) -> list[str | None]:
     return names
 
 
-def same_card(a: dict, b: dict) -> str | None:
-    """What two feature stores of a joint run must share, as its one model card sees them (one
-    backbone turns a video into features for every dataset): the first of backbone, weights,
-    resize, recipe in which their attrs differ
-    (the recipe's sampling and frame size; resize defaulting to the backbone's own), or None."""
+# what the stores of a joint run must share, by the kind of store: one model card serves them all
+SHARED = {"features": ("backbone", "weights", "resize", "recipe"), "frames": ("recipe",)}
+
+
+def same_card(a: dict, b: dict, keys: tuple[str, ...] = SHARED["features"]) -> str | None:
+    """What two stores of a joint run must share, as its one model card sees them: the first of
+    `keys` in which their attrs differ, or None. Feature stores: backbone, weights, resize, recipe
+    (one backbone turns a video into features for every dataset); frame stores: the recipe (one
+    video model reads every dataset's clips). The recipe is its sampling and frame size; resize
+    defaults to the backbone's own."""
     def recipe(attrs):
         r = attrs.get("recipe") or {}
         return {k: r.get(k) for k in ("sampling", "frames", "clips", "stride", "height", "width")}
-    for key, get in (("backbone", lambda x: x.get("backbone")), ("weights", lambda x: x.get("weights")),
-                     ("resize", lambda x: x.get("resize", "weights")), ("recipe", recipe)):
-        if get(a) != get(b):
-            return key
-    return None
+    get = {"backbone": lambda x: x.get("backbone"), "weights": lambda x: x.get("weights"),
+           "resize": lambda x: x.get("resize", "weights"), "recipe": recipe}
+    return next((k for k in keys if get[k](a) != get[k](b)), None)
 
 
-def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None) -> list[Part]:
-    """The datasets of a joint run: each store read, checked to share what one model card needs,
-    its own split made."""
+def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None, store: str = "features") -> list[Part]:
+    """The datasets of a joint run on feature stores (`store` "features": features read) or frame
+    stores ("frames": clips stay in the store): each store read, checked to share what one model
+    card needs, its own split made."""
+    option = f"--{store}"
     if len({Path(p).resolve() for p in paths}) != len(paths):
-        raise ValueError("--features names the same store twice; joint training takes different datasets")
-    sets = [data.load(Path(p), ram_limit) for p in paths]
+        raise ValueError(f"{option} names the same store twice; joint training takes different datasets")
+    sets = [data.load(Path(p), ram_limit) if store == "features" else data.open_view(Path(p), "frames") for p in paths]
     first = sets[0]
     for fs, path in zip(sets[1:], paths[1:]):
-        key = same_card(fs.attrs, first.attrs)
+        key = same_card(fs.attrs, first.attrs, SHARED[store])
         if key is not None:
-            raise ValueError(f"--features {path} and {paths[0]} differ in {key} ({fs.attrs.get(key)!r:.80} vs "
+            raise ValueError(f"{option} {path} and {paths[0]} differ in {key} ({fs.attrs.get(key)!r:.80} vs "
                              f"{first.attrs.get(key)!r:.80}); joint training needs stores made with the same "
-                             "recipe (sampling and size), backbone, weights and resize")
-        if (fs.dim, fs.frames) != (first.dim, first.frames):
-            raise ValueError(f"--features {path} holds {fs.frames} x {fs.dim} features, {paths[0]} {first.frames} x "
+                             + ("recipe (sampling and size), backbone, weights and resize" if store == "features"
+                                else "recipe (sampling and frame size)"))
+        if store == "features" and (fs.dim, fs.frames) != (first.dim, first.frames):
+            raise ValueError(f"{option} {path} holds {fs.frames} x {fs.dim} features, {paths[0]} {first.frames} x "
                              f"{first.dim}; joint training needs the same shape")
     names: list[str] = []
     for i, (fs, path) in enumerate(zip(sets, paths)):
@@ -313,16 +334,51 @@ def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None
     return parts
 
 
+def with_datasets(card: dict, parts: list[Part]) -> dict:
+    """A model card of one store made the joint run's: every dataset's classes and output rows."""
+    return {**card, "classes": [cl for p in parts for cl in p.fs.classes],
+            "datasets": [{"name": p.name, "classes": list(p.fs.classes), "rows": [p.rows.start, p.rows.stop]}
+                         for p in parts]}
+
+
+def job_extra(parts: list[Part], mix: str) -> dict:
+    """The summary fields every joint run has: its stores, mixing rule and datasets."""
+    return {"joint": True, "stores": stores_of(parts), "mix": mix,
+            "datasets": {p.name: {"store": str(p.path), "classes": list(p.fs.classes), "split": runs.split_info(p.split)}
+                         for p in parts}, "alone": {}}
+
+
+def stores_of(parts: list[Part]) -> list[dict]:
+    return [{"dataset": p.name, "path": str(p.path), "fingerprint": p.fs.fingerprint} for p in parts]
+
+
+def run(joint: runs.Job, out: Path | None, tracker: str, alone_run, on_epoch=None, stop_after: int | None = None,
+        train=None) -> runs.RunResult:
+    """The same model on each dataset alone first (`alone_run(part, folder, on_epoch)`, in folders
+    beside the joint run's, `RUN-alone-<dataset>`), then the joint run, whose metrics.json and
+    report compare the two. `train(fn)` runs each training (the command line passes its epoch table)."""
+    train = train or (lambda fn: fn(on_epoch))
+    fp = lineage.fingerprint({"train": joint.cfg.fingerprint_dict(), "split": joint.split.name,
+                              "store": joint.fingerprint, "schema": 1})
+    run_dir = (Path(out) if out else Path("runs") / f"{joint.name}-{fp[:10]}").absolute()
+    alone = {}
+    for p in joint.task.parts:
+        folder = run_dir.parent / f"{run_dir.name}-alone-{p.name}"
+        res = train(lambda on, p=p, folder=folder: alone_run(p, folder, on))
+        if res.summary.get("test"):   # under torchrun rank 0 alone has the results
+            alone[p.name] = {"run": str(res.run_dir), "top1": res.summary["test"]["top1"],
+                             "f1_macro": res.summary["test"]["f1_macro"], "val_top1": res.summary["val"]["top1"]}
+    joint.extra["alone"] = alone
+    return train(lambda on: runs.execute(joint, run_dir, on, stop_after, tracker))
+
+
 def card(parts: list[Part]) -> dict:
     """The head card of the first store (they share recipe, backbone, weights, resize), with every
     dataset's classes and output rows."""
-    c = head_task.model_card(parts[0].fs)
-    c["classes"] = [cl for p in parts for cl in p.fs.classes]
-    c["datasets"] = [{"name": p.name, "classes": list(p.fs.classes), "rows": [p.rows.start, p.rows.stop]} for p in parts]
-    return c
+    return with_datasets(head_task.model_card(parts[0].fs), parts)
 
 
-def job(cfg: head_task.RunConfig, paths: list[Path], alone: dict | None = None) -> runs.Job:
+def job(cfg: head_task.RunConfig, paths: list[Path]) -> runs.Job:
     cfg.train.validate()
     parts = parts_for(paths, cfg.train.split, cfg.ram_limit)
     task = JointTask(parts, cfg.train.mix)
@@ -330,7 +386,7 @@ def job(cfg: head_task.RunConfig, paths: list[Path], alone: dict | None = None) 
         head_task.check_head_fits(cfg.train, p.fs.dim, len(task.classes), p.fs.frames,
                                   loop.resolve_device(cfg.train.device), batch=cfg.train.batch_size)
     fp = task.view.fingerprint
-    stores = [{"dataset": p.name, "path": str(p.path), "fingerprint": p.fs.fingerprint} for p in parts]
+    stores = stores_of(parts)
     warnings = [f"{p.name}: {w}" for p in parts for w in runs.warnings_for(p.split, p.fs)]
     return runs.Job(
         name=f"{cfg.train.head}-joint", cfg=replace(cfg.train, split=task.split.name), task=task, split=task.split,
@@ -338,43 +394,27 @@ def job(cfg: head_task.RunConfig, paths: list[Path], alone: dict | None = None) 
         inputs={"features_stores": [s["path"] for s in stores], "joint_fingerprint": fp, "stores": stores},
         describe=f"head `{cfg.train.head}` trained jointly on {', '.join(f'`{p.name}` ({p.path})' for p in parts)} "
                  f"(backbone {parts[0].fs.attrs.get('backbone')})",
-        extra={"joint": True, "stores": stores, "mix": cfg.train.mix, "backbone": parts[0].fs.attrs.get("backbone"),
-               "pretrained": bool(parts[0].fs.attrs.get("pretrained", True)),
-               "datasets": {p.name: {"store": str(p.path), "classes": list(p.fs.classes), "split": runs.split_info(p.split)}
-                            for p in parts},
-               "alone": alone or {}},
+        extra={**job_extra(parts, cfg.train.mix), "backbone": parts[0].fs.attrs.get("backbone"),
+               "pretrained": bool(parts[0].fs.attrs.get("pretrained", True))},
         card=card(parts), failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
         warnings=tuple(warnings), more_stores=tuple(p.path for p in parts[1:]))
 
 
 def train_joint(cfg: head_task.RunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
                 train=None) -> runs.RunResult:
-    """The same head on each dataset alone (folders beside the joint run's, `RUN-alone-<dataset>`),
-    then the joint run, whose metrics.json and report compare the two. `train(job)` runs each
-    training job (the command line passes its epoch table)."""
-    train = train or (lambda fn: fn(on_epoch))
-    joint = job(cfg, paths)   # every store read and checked before anything trains
-    parts = joint.task.parts
-    fp = lineage.fingerprint({"train": joint.cfg.fingerprint_dict(), "split": joint.split.name,
-                              "store": joint.fingerprint, "schema": 1})
-    run_dir = (Path(cfg.out) if cfg.out else Path("runs") / f"{joint.name}-{fp[:10]}").absolute()
-    alone = {}
-    for p in parts:
+    """`har train-head HEAD --features A --features B`: the head on each dataset alone, then jointly
+    (`run`)."""
+    def alone(p: Part, folder: Path, on):
         single = replace(cfg, train=replace(cfg.train, split=p.split.name, mix="proportional"), features=p.path,
-                         dataset=None, out=run_dir.parent / f"{run_dir.name}-alone-{p.name}")
-        res = train(lambda on, single=single: head_task.train_head(single, on_epoch=on))
-        if res.summary.get("test"):   # under torchrun rank 0 alone has the results
-            alone[p.name] = {"run": str(res.run_dir), "top1": res.summary["test"]["top1"],
-                             "f1_macro": res.summary["test"]["f1_macro"], "val_top1": res.summary["val"]["top1"]}
-    joint.extra["alone"] = alone
-    return train(lambda on: runs.execute(joint, run_dir, on, stop_after, cfg.tracker))
+                         dataset=None, out=folder)
+        return head_task.train_head(single, on_epoch=on)
+    return run(job(cfg, paths), cfg.out, cfg.tracker, alone, on_epoch, stop_after, train)   # stores checked first
 
 
 # ---- reading a joint run back (trainers.tasks) ------------------------------------------------------
 
 def open_task(paths: list[Path], cfg: TrainConfig, run_dir: Path) -> JointTask:
     return JointTask(parts_for(paths, cfg.split), cfg.mix)
-
 
 
 def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
@@ -397,4 +437,4 @@ KIND = tasks.TaskKind(name="joint-head", config=TrainConfig, store="features",
                       inputs=("features_stores", "joint_fingerprint"),
                       card={"backbone": str, "weights": dict, "classes": list, "frames": int, "dim": int,
                             "datasets": list},
-                      open=open_task, scorer=scorer, chain=chain)
+                      open=open_task, scorer=scorer, chain=chain, joint=True)

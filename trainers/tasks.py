@@ -3,6 +3,7 @@
     head          trainers.head_task   a sequence head on a feature store (har train-head, cv)
     video-model   trainers.clip_task   a video model end to end on a frame store (har train-e2e)
     joint-head    trainers.joint       a sequence head on several feature stores at once (train-head, 2+ --features)
+    joint-video-model  trainers.joint_e2e  a video model on several frame stores at once (train-e2e, 2+ --frames)
 
 Each kind lives in its own module, which defines its `TaskKind` as `KIND`. The registry names
 that module and imports it the first time the kind is asked for (as backbones name their
@@ -33,12 +34,14 @@ class TaskKind:
                                        # -> (K, C) logits, the run's own chain (for predict)
     chain: Callable[..., Any]          # (run folder, config, card, device) -> trainers.chain.Chain: the same
                                        # chain with gradients and layers reachable (for explain)
+    joint: bool = False                # trained on several stores at once: one output layer per dataset
 
 
 KINDS: Registry[str] = Registry("task kind")
 KINDS.add("head", "trainers.head_task", "a sequence head on a feature store")
 KINDS.add("video-model", "trainers.clip_task", "a video model trained end to end on a frame store")
 KINDS.add("joint-head", "trainers.joint", "a sequence head trained on several feature stores at once")
+KINDS.add("joint-video-model", "trainers.joint_e2e", "a video model trained on several frame stores at once")
 
 
 def get(name: str) -> TaskKind:

@@ -1,0 +1,138 @@
+"""Joint training of a video model on several frame stores: `har train-e2e MODEL --frames A --frames B`.
+
+The video-model twin of trainers.joint (read its docstring for the rules): one network, its
+trunk shared, its last linear layer holding one output layer per dataset (its own rows, softmax
+and loss over them: `joint.SlicedLoss`); each dataset's own split; batches mixed by a seeded rule
+(`--mix proportional|balanced`, trainers.mixing) and read by one set of loader workers from all the
+stores (`clips.StackedClips`); random crop, flip and the asked augmentation on the device as for a
+single store; early stopping on the mean of the datasets' validation accuracies; each dataset
+evaluated by its own classifier, and the same model trained on each dataset alone beside it.
+
+The stores must share their recipe (sampling and frame size): one clip shape for the network,
+one recipe on the model card that `har predict` decodes a new video with.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers import clip_task, clips, distributed, joint, models3d, runs, tasks
+from trainers.config import E2EConfig
+
+
+class JointClipTask(joint.JointBase):
+    """A video model on several frame stores at once; each dataset's evaluation is its own ClipTask's."""
+
+    def __init__(self, parts: list[joint.Part], cfg: E2EConfig, crop: int | None = None):
+        first = clip_task.ClipTask(parts[0].fs, cfg, crop)   # the crop the model takes, checked against the store
+        single = [first] + [clip_task.ClipTask(p.fs, cfg, first.crop) for p in parts[1:]]
+        super().__init__(parts, cfg.mix, single)
+        self.crop, self.warnings, self.frames = first.crop, first.warnings, first.frames
+        self._train: tuple | None = None   # (key, EpochStream)
+
+    def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
+        first = self.single[0]
+        model = models3d.build(first.model, len(self.classes), first.pretrained if train is not None else "none",
+                                         frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
+        return models3d.to_channels_last(model) if clip_task.channels_last(cfg) else model
+
+    def param_groups(self, cfg: E2EConfig, model: nn.Module):
+        return self.single[0].param_groups(cfg, model)
+
+    def batches(self, cfg: E2EConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
+        """uint8 clips (B, T, H, W, 3) and joint labels in the mixing rule's order, read by one
+        DataLoader whose workers live for the whole run (as a single store's)."""
+        key = (cfg.batch_size, cfg.seed, cfg.train_views, cfg.mix, world.rank, world.size, np.asarray(videos).tobytes())
+        if self._train is None or self._train[0] != key:
+            self._close_train()
+            stacked = clips.StackedClips([clips.ClipDataset(p.fs.path, p.fs.labels, p.fs.fingerprint) for p in self.parts],
+                                         [p.offset for p in self.parts], [p.rows.start for p in self.parts])
+
+            def items_for(e: int) -> np.ndarray:
+                order, samples = self.epoch_order(cfg, videos, e, world)
+                return np.stack([order, samples], axis=1)
+
+            self._train = key, clips.EpochStream(stacked, items_for, cfg.batch_size, self.single[0].workers,
+                                                 pin=torch.cuda.is_available())
+        return self._train[1].epoch(epoch)
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.single[0].prepare(x, generator)
+
+    def _close_train(self) -> None:
+        if self._train is not None:
+            self._train[1].close()
+            self._train = None
+
+    def close(self) -> None:
+        self._close_train()
+        super().close()
+
+
+def job(cfg: clip_task.E2ERunConfig, paths: list[Path]) -> runs.Job:
+    cfg.train.validate()
+    parts = joint.parts_for(paths, cfg.train.split, store="frames")
+    task = JointClipTask(parts, cfg.train)
+    fp = task.view.fingerprint
+    stores = joint.stores_of(parts)
+    t, h, w = parts[0].fs.frame_shape
+    m = cfg.train.model
+    warnings = [f"{p.name}: {w}" for p in parts for w in runs.warnings_for(p.split, p.fs)] + list(task.warnings)
+    card = joint.with_datasets({"recipe": parts[0].fs.attrs["recipe"], "model": m, "crop": task.crop}, parts)
+    return runs.Job(
+        name=f"{m}-joint", cfg=replace(cfg.train, split=task.split.name), task=task, split=task.split,
+        store=parts[0].path, fingerprint=fp,
+        inputs={"frames_stores": [s["path"] for s in stores], "joint_fingerprint": fp, "stores": stores},
+        describe=f"video model `{m}` (pretrained: {cfg.train.pretrained}) trained jointly on "
+                 f"{', '.join(f'`{p.name}` ({p.path})' for p in parts)} ({t} frames at {h}x{w}, crops of {task.crop})",
+        extra={**joint.job_extra(parts, cfg.train.mix), "pretrained": cfg.train.pretrained != "none", "crop": task.crop},
+        card=card, failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
+        warnings=tuple(warnings), more_stores=tuple(p.path for p in parts[1:]))
+
+
+def train_joint(cfg: clip_task.E2ERunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
+                train=None) -> runs.RunResult:
+    """`har train-e2e MODEL --frames A --frames B`: the model on each dataset alone, then jointly
+    (joint.run). Every store is read and checked before anything trains."""
+    def alone(p: joint.Part, folder: Path, on):
+        single = replace(cfg, train=replace(cfg.train, split=p.split.name, mix="proportional"), frames=p.path,
+                         dataset=None, out=folder)
+        return clip_task.train_e2e(single, on_epoch=on)
+    jb = job(cfg, paths)
+    try:
+        return joint.run(jb, cfg.out, cfg.tracker, alone, on_epoch, stop_after, train)
+    except torch.OutOfMemoryError:
+        raise ValueError(f"out of memory with --batch-size {cfg.train.batch_size} for {cfg.train.model}; try "
+                         f"--batch-size {max(1, cfg.train.batch_size // 2)}") from None
+    finally:
+        jb.task.close()   # the loaders' worker processes
+
+
+# ---- reading a joint video-model run back (trainers.tasks) ------------------------------------------
+
+def open_task(paths: list[Path], cfg: E2EConfig, run_dir: Path) -> JointClipTask:
+    """The run's task on its stores, with the crop it trained with (lineage.json's card)."""
+    from trainers import rundir
+
+    card = rundir.read_json(Path(run_dir) / "lineage.json", runs.RUN_REMEDY).get("predict") or {}
+    crop = card.get("crop")
+    return JointClipTask(joint.parts_for(paths, cfg.split, store="frames"), cfg,
+                         crop if isinstance(crop, int) and not isinstance(crop, bool) and crop > 0 else None)
+
+
+def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
+    return clip_task.scorer(run_dir, cfg, card, device)
+
+
+def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
+    joint.refuse(run_dir)
+
+
+KIND = tasks.TaskKind(name="joint-video-model", config=E2EConfig, store="frames",
+                      inputs=("frames_stores", "joint_fingerprint"),
+                      card={"model": str, "classes": list, "crop": int, "datasets": list},
+                      open=open_task, scorer=scorer, chain=chain, joint=True)
