@@ -144,6 +144,41 @@ def test_temporal_input_is_checked_and_leaves_earlier_runs_fingerprints_alone():
     # runs of earlier versions saw raw features: raw stays out of the fingerprint (and fills their config.json)
     assert "temporal_input" not in TrainConfig(head_options=HeadConfig(temporal_input="raw")).fingerprint_dict()["head_options"]
     assert TrainConfig().fingerprint_dict()["head_options"]["temporal_input"] == "auto"
-    # auto: centred for the heads that read the order, raw for the bag of frames
+    # `auto` in a config.json (runs of its first version, before runs recorded the concrete name):
+    # centred for the heads that read the order, raw for the bag of frames
     assert heads.temporal_input("lstm", "auto") == "centred" and heads.temporal_input("attention", "auto") == "centred"
     assert heads.temporal_input("mean", "auto") == "raw" and heads.temporal_input("mean", "deltas") == "deltas"
+
+
+def test_auto_is_recorded_as_the_heads_default_and_earlier_auto_runs_read_back_as_they_trained(tmp_path):
+    import json
+
+    from helpers import reversed_pair_features, write_feature_store
+
+    from trainers import runs
+    from trainers.config import HeadConfig, TrainConfig
+
+    # a run records the concrete input auto chose for its head
+    assert [TrainConfig(head=h).resolved().head_options.temporal_input for h in ("lstm", "gru", "attention", "mean")] \
+        == ["centred", "centred", "deltas", "raw"]
+    # the same computation as an earlier `auto` run has its fingerprint (that run stays up to date); a new one does not
+    old_auto = TrainConfig(head="lstm").fingerprint_dict()
+    assert TrainConfig(head="lstm").resolved().fingerprint_dict() == old_auto
+    assert TrainConfig(head="attention").resolved().fingerprint_dict() != TrainConfig(head="attention").fingerprint_dict()
+    f, y, g = reversed_pair_features(videos_per_class=8, dim=8, frames=6)
+    store = write_feature_store(tmp_path / "f.zarr", f, y, g, ["A", "B", "C", "D"])
+    cfg = TrainConfig(head="attention", head_options=HeadConfig(hidden=16, dropout=0.0), epochs=2, batch_size=8, split="random")
+    res = head_task.train_head(head_task.RunConfig(cfg, features=store, out=tmp_path / "new"))
+    assert json.loads((res.run_dir / "config.json").read_text())["head_options"]["temporal_input"] == "deltas"
+    # a run of auto's first version (config.json says auto): read back with the input it trained on (centred)
+    cfg = TrainConfig(head="attention", head_options=HeadConfig(hidden=16, dropout=0.0, temporal_input="centred"),
+                      epochs=2, batch_size=8, split="random")
+    res = head_task.train_head(head_task.RunConfig(cfg, features=store, out=tmp_path / "old"))
+    saved = json.loads((res.run_dir / "config.json").read_text())
+    saved["head_options"]["temporal_input"] = "auto"
+    (res.run_dir / "config.json").write_text(json.dumps(saved))
+    back = runs.evaluate_run(res.run_dir)
+    for k in ("top1", "f1_macro", "roc_auc_ovr_macro"):   # the same probabilities, not just the same argmax
+        assert back[k] == pytest.approx(res.summary["test"][k], abs=1e-9), k
+    again = head_task.train_head(head_task.RunConfig(cfg, features=store, out=tmp_path / "old"))
+    assert again.up_to_date

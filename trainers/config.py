@@ -10,7 +10,7 @@ allowed) against the registries, which are imported only then.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.device import DEVICES, resolve as resolve_device
 from trainers import limits
@@ -115,7 +115,8 @@ class HeadConfig:
     dropout: float = 0.5         # before the classifier (and between stacked layers)
     heads: int = 4               # attention heads (attention only)
     temporal_input: str = "auto" # what the head sees of the sequence (trainers.heads.TEMPORAL_INPUTS); auto:
-                                 # centred for the heads that read the order, raw for mean
+                                 # the head's default (heads.DEFAULT_TEMPORAL_INPUT), made concrete when a
+                                 # run starts (TrainConfig.resolved) so config.json records what it trained on
     ADDED_LATER = {"temporal_input": "raw"}   # as LoopConfig.ADDED_LATER
 
     # whole-number settings: (field, lowest, highest). A wide head is refused by its memory
@@ -148,6 +149,28 @@ class TrainConfig(LoopConfig):
 
         heads.check_options(self.head, self.head_options)
         super().check_values()
+
+    def resolved(self) -> TrainConfig:
+        """`--temporal-input auto` made the head's default (heads.default_temporal_input): what a run
+        trains with and records in config.json."""
+        from trainers import heads
+
+        if self.head_options.temporal_input != "auto":
+            return self
+        return replace(self, head_options=replace(self.head_options,
+                                                  temporal_input=heads.default_temporal_input(self.head)))
+
+    def fingerprint_dict(self) -> dict:
+        """As LoopConfig's; a temporal input equal to what `auto` meant before runs recorded the
+        concrete name (heads.temporal_input) is fingerprinted as `auto`: the same computation, so
+        those runs stay up to date."""
+        from trainers import heads
+
+        out = super().fingerprint_dict()
+        opts = out.get("head_options")
+        if isinstance(opts, dict) and opts.get("temporal_input", "raw") == heads.temporal_input(self.head, "auto"):
+            opts["temporal_input"] = "auto"
+        return out
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
     a run (resumable, up to date on rerun) under the cv directory; mean +- std of test metrics."""
     if folds not in FOLDS:
         raise ValueError(f"--folds {folds!r} is not supported; allowed: {', '.join(FOLDS)}")
+    cfg = replace(cfg, train=cfg.train.resolved())
     cfg.train.validate()
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
     fs = data.open_view(path, "features")  # its splits and fingerprint; each fold's run reads the features

@@ -114,6 +114,7 @@ def check_head_fits(cfg: TrainConfig, dim: int, classes: int, frames: int, devic
 
 def job(cfg: RunConfig) -> runs.Job:
     """The run `cfg` asks for: its store read, its split made, the head checked to fit."""
+    cfg = replace(cfg, train=cfg.train.resolved())
     cfg.train.validate()
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
     fs = data.load(path, cfg.ram_limit)

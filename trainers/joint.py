@@ -379,6 +379,7 @@ def card(parts: list[Part]) -> dict:
 
 
 def job(cfg: head_task.RunConfig, paths: list[Path]) -> runs.Job:
+    cfg = replace(cfg, train=cfg.train.resolved())
     cfg.train.validate()
     parts = parts_for(paths, cfg.train.split, cfg.ram_limit)
     task = JointTask(parts, cfg.train.mix)
