@@ -106,6 +106,10 @@ def test_joint_usage_errors_are_one_line(stores, tmp_path):
     assert r.returncode == 2 and "har cv takes one --features" in r.stderr
     r = har("train-head", "lstm", "--features", a, "--features", b, "--mix", "zipped", "--out", tmp_path / "z")
     assert r.returncode == 2 and "--mix 'zipped' is not supported; allowed: proportional, balanced" in r.stderr
+    # a joint run's folder (and its alone runs' beside it) is checked before anything trains
+    r = har("train-head", "lstm", "--features", a, "--features", b, "--epochs", 1, "--out", a)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert not list(a.parent.glob("*-alone-*")), "an alone run trained before the joint folder was refused"
 
 
 @pytest.fixture(scope="module")

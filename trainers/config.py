@@ -160,18 +160,6 @@ class TrainConfig(LoopConfig):
         return replace(self, head_options=replace(self.head_options,
                                                   temporal_input=heads.default_temporal_input(self.head)))
 
-    def fingerprint_dict(self) -> dict:
-        """As LoopConfig's; a temporal input equal to what `auto` meant before runs recorded the
-        concrete name (heads.temporal_input) is fingerprinted as `auto`: the same computation, so
-        those runs stay up to date."""
-        from trainers import heads
-
-        out = super().fingerprint_dict()
-        opts = out.get("head_options")
-        if isinstance(opts, dict) and opts.get("temporal_input", "raw") == heads.temporal_input(self.head, "auto"):
-            opts["temporal_input"] = "auto"
-        return out
-
 
 @dataclass(frozen=True)
 class E2EConfig(LoopConfig):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import lineage
+from pipeline import lineage, outputs
 from pipeline.lineage import seed_for
 from trainers import data, distributed, head_task, heads, loop, report, rundir, runs, tasks
 from trainers.mixing import MIXES
@@ -358,12 +358,15 @@ def run(joint: runs.Job, out: Path | None, tracker: str, alone_run, on_epoch=Non
     beside the joint run's, `RUN-alone-<dataset>`), then the joint run, whose metrics.json and
     report compare the two. `train(fn)` runs each training (the command line passes its epoch table)."""
     train = train or (lambda fn: fn(on_epoch))
-    fp = lineage.fingerprint({"train": joint.cfg.fingerprint_dict(), "split": joint.split.name,
-                              "store": joint.fingerprint, "schema": 1})
-    run_dir = (Path(out) if out else Path("runs") / f"{joint.name}-{fp[:10]}").absolute()
+    run_dir = (Path(out) if out else Path("runs") / f"{joint.name}-{runs.fingerprint(joint)[:10]}").absolute()
+    parts = joint.task.parts
+    folders = [run_dir.parent / f"{run_dir.name}-alone-{p.name}" for p in parts]
+    if distributed.world().main:   # every folder checked before anything trains (execute checks again, locked)
+        outputs.check_output(run_dir, "run", inputs=[p.path for p in parts])
+        for p, folder in zip(parts, folders):
+            outputs.check_output(folder, "run", inputs=[p.path for p in parts])
     alone = {}
-    for p in joint.task.parts:
-        folder = run_dir.parent / f"{run_dir.name}-alone-{p.name}"
+    for p, folder in zip(parts, folders):
         res = train(lambda on, p=p, folder=folder: alone_run(p, folder, on))
         if res.summary.get("test"):   # under torchrun rank 0 alone has the results
             alone[p.name] = {"run": str(res.run_dir), "top1": res.summary["test"]["top1"],

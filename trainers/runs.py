@@ -88,6 +88,12 @@ class Job:
     more_stores: tuple[Path, ...] = ()   # a joint run's other stores (inputs its folder must not be)
 
 
+def fingerprint(job: Job) -> str:
+    """A run's fingerprint: its training config (settings that change results), split and store."""
+    return lineage.fingerprint({"train": job.cfg.fingerprint_dict(), "split": job.split.name, "store": job.fingerprint,
+                                "schema": 1})
+
+
 def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None = None,
             stop_after: int | None = None, tracker: str = "tensorboard") -> RunResult:
     """Run `job` in its directory: up to date if finished with the same fingerprint, resumed if
@@ -96,8 +102,7 @@ def execute(job: Job, out: Path | None, on_epoch: Callable[[dict], None] | None 
     whole run, so a second har writing it is refused with one line. `tracker` names the dashboard
     the epochs go to, live (trainers.tracker)."""
     check_tracker(tracker)  # a bad name or a missing optional library is refused before anything is written
-    fp = lineage.fingerprint({"train": job.cfg.fingerprint_dict(), "split": job.split.name, "store": job.fingerprint,
-                              "schema": 1})
+    fp = fingerprint(job)
     run_dir = (Path(out) if out else Path("runs") / f"{job.name}-{job.split.name}-{fp[:10]}").absolute()
     if not distributed.world().main:  # under torchrun rank 0 checks, locks and writes; the others train
         return _execute(job, run_dir, fp, out is not None, on_epoch, stop_after, "none")
