@@ -173,6 +173,7 @@ def test_serve_offers_a_joint_run_once_per_dataset(video_joint):
         listed = {r["name"]: r for r in c.get("/api/runs").json()["runs"]}
         assert set(listed) == {f"{run.name}:folder", f"{run.name}:synthetic"}
         assert set(listed[f"{run.name}:folder"]["classes"]) == {"Red", "Green", "Blue"}
+        assert listed[f"{run.name}:folder"]["kind"] == "joint-head"
         assert listed[f"{run.name}:folder"]["test"]["top1"] == json.loads((run / "metrics.json").read_text())[
             "test"]["datasets"]["folder"]["top1"]
         v = sorted(colours.glob("Red/*.avi"))[0]

@@ -110,7 +110,10 @@ def run_info(name: str, run_dir: Path, p, labels: str | None = None) -> dict:
     test = metrics.get("test", {})
     if labels is not None:
         test = test.get("datasets", {}).get(labels, {})
-    return {"name": name, "kind": card.get("task", "video-model" if "model" in cfg else "head"),
+    from trainers import tasks
+
+    kind = tasks.for_inputs(lin.get("inputs"))
+    return {"name": name, "kind": kind.name if kind else ("video-model" if "model" in cfg else "head"),
             "model": cfg.get("model") or cfg.get("head"), "backbone": card.get("backbone"),
             "classes": list(p.classes), "split": metrics.get("split", cfg.get("split")),
             "recipe": card.get("recipe"),
