@@ -213,13 +213,22 @@ def status(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def joint_results(res) -> None:
-    """Each dataset's test top-1 of a joint run, jointly and alone."""
+def one_or_jointly(option: str, paths: list, dataset, mix: str, jointly, alone) -> None:
+    """Train on one store (`alone(on_epoch)`, through the epoch table), or with `option` given twice
+    or more jointly on all of them (`jointly()`, then each dataset's test top-1)."""
+    if len(paths) <= 1:
+        if mix != C.LoopConfig.mix:
+            raise ValueError(f"--mix {mix} is for joint training; give {option} twice or more")
+        train(alone)
+        return
+    if dataset is not None:
+        raise ValueError(f"give the stores of a joint run as {option} PATH twice or more, without --dataset")
+    res = jointly()
     if not res.summary:   # a torchrun rank other than 0: rank 0 reports
         return
     for name, m in res.summary["test"]["datasets"].items():
-        alone = res.summary["alone"].get(name, {}).get("top1")
-        out.print(f"{name}: joint test top-1 {m['top1']:.3f}" + (f", alone {alone:.3f}" if alone is not None else ""),
+        single = res.summary["alone"].get(name, {}).get("top1")
+        out.print(f"{name}: joint test top-1 {m['top1']:.3f}" + (f", alone {single:.3f}" if single is not None else ""),
                   highlight=False)
 
 
@@ -255,17 +264,11 @@ def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName 
     paths = list(features or [])
     cfg = replace(head_config(head, settings), mix=mix)
     cfg.check_values()
-    if len(paths) > 1:
-        if dataset is not None:
-            raise ValueError("give the stores of a joint run as --features PATH twice or more, without --dataset")
-        rc = head_task.RunConfig(cfg, out=out_dir, tracker=tracker)
-        joint_results(joint.train_joint(rc, paths, train=train))
-        return
-    if mix != C.TrainConfig.mix:
-        raise ValueError(f"--mix {mix} is for joint training; give --features twice or more")
-    rc = head_task.RunConfig(cfg, features=paths[0] if paths else None, dataset=dataset, backbone=backbone,
-                             out=out_dir, tracker=tracker)
-    train(lambda on_epoch: head_task.train_head(rc, on_epoch=on_epoch))
+    one_or_jointly("--features", paths, dataset, mix,
+                   lambda: joint.train_joint(head_task.RunConfig(cfg, out=out_dir, tracker=tracker), paths, train=train),
+                   lambda on_epoch: head_task.train_head(
+                       head_task.RunConfig(cfg, features=paths[0] if paths else None, dataset=dataset, backbone=backbone,
+                                           out=out_dir, tracker=tracker), on_epoch=on_epoch))
 
 
 @command(interrupted="interrupted; the same command skips the finished folds and resumes the current one")
@@ -355,18 +358,13 @@ def train_e2e(
     cfg = C.E2EConfig(model=model, pretrained=pretrained, crop=crop, three_crop=three_crop, workers=workers,
                       memory_format=memory_format, mix=mix, **settings)
     cfg.validate()
-    if len(paths) > 1:
-        if dataset is not None:
-            raise ValueError("give the stores of a joint run as --frames PATH twice or more, without --dataset")
+    def jointly():
         from trainers import joint_e2e
 
-        rc = clip_task.E2ERunConfig(cfg, out=out_dir, tracker=tracker)
-        joint_results(joint_e2e.train_joint(rc, paths, train=train))
-        return
-    if mix != C.E2EConfig.mix:
-        raise ValueError(f"--mix {mix} is for joint training; give --frames twice or more")
-    rc = clip_task.E2ERunConfig(cfg, frames=paths[0] if paths else None, dataset=dataset, out=out_dir, tracker=tracker)
-    train(lambda on_epoch: clip_task.train_e2e(rc, on_epoch=on_epoch))
+        return joint_e2e.train_joint(clip_task.E2ERunConfig(cfg, out=out_dir, tracker=tracker), paths, train=train)
+    one_or_jointly("--frames", paths, dataset, mix, jointly, lambda on_epoch: clip_task.train_e2e(
+        clip_task.E2ERunConfig(cfg, frames=paths[0] if paths else None, dataset=dataset, out=out_dir, tracker=tracker),
+        on_epoch=on_epoch))
 
 
 @command()

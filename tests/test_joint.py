@@ -208,7 +208,8 @@ def test_balanced_epochs_count_their_repeated_videos_for_the_warmup(stores):
 def test_a_tampered_joint_card_is_refused(stores, tmp_path):
     from trainers import rundir
 
-    card = joint.card(joint.parts_for(list(stores), None))
+    parts = joint.parts_for(list(stores), None)
+    card = joint.with_datasets(head_task.model_card(parts[0].fs), parts)
     predictor.check_datasets(card, tmp_path / "lineage.json")
     for tamper in (lambda c: c["datasets"][0].update(rows=[0, 99]), lambda c: c["datasets"].append(1),
                    lambda c: c["datasets"][1].update(name="../x"), lambda c: c.update(datasets="a")):

@@ -375,10 +375,22 @@ def run(joint: runs.Job, out: Path | None, tracker: str, alone_run, on_epoch=Non
     return train(lambda on: runs.execute(joint, run_dir, on, stop_after, tracker))
 
 
-def card(parts: list[Part]) -> dict:
-    """The head card of the first store (they share recipe, backbone, weights, resize), with every
-    dataset's classes and output rows."""
-    return with_datasets(head_task.model_card(parts[0].fs), parts)
+def joint_job(task: JointBase, cfg, name: str, store: str, what: str, after: str, extra: dict, card: dict,
+              warnings: tuple[str, ...] = ()) -> runs.Job:
+    """The Job of a joint run of any kind (`store`: "features" | "frames"): every store named in its
+    lineage with the joint fingerprint, the summary fields of every joint run, each dataset's
+    warnings and failed videos, its card with every dataset's rows."""
+    parts = task.parts
+    fp = task.view.fingerprint
+    stores = stores_of(parts)
+    return runs.Job(
+        name=name, cfg=replace(cfg, split=task.split.name), task=task, split=task.split, store=parts[0].path,
+        fingerprint=fp, inputs={f"{store}_stores": [s["path"] for s in stores], "joint_fingerprint": fp, "stores": stores},
+        describe=f"{what} trained jointly on {', '.join(f'`{p.name}` ({p.path})' for p in parts)}{after}",
+        extra={**job_extra(parts, cfg.mix), **extra}, card=with_datasets(card, parts),
+        failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
+        warnings=tuple(f"{p.name}: {w}" for p in parts for w in runs.warnings_for(p.split, p.fs)) + tuple(warnings),
+        more_stores=tuple(p.path for p in parts[1:]))
 
 
 def job(cfg: head_task.RunConfig, paths: list[Path]) -> runs.Job:
@@ -389,19 +401,11 @@ def job(cfg: head_task.RunConfig, paths: list[Path]) -> runs.Job:
     for p in parts:
         head_task.check_head_fits(cfg.train, p.fs.dim, len(task.classes), p.fs.frames,
                                   loop.resolve_device(cfg.train.device), batch=cfg.train.batch_size)
-    fp = task.view.fingerprint
-    stores = stores_of(parts)
-    warnings = [f"{p.name}: {w}" for p in parts for w in runs.warnings_for(p.split, p.fs)]
-    return runs.Job(
-        name=f"{cfg.train.head}-joint", cfg=replace(cfg.train, split=task.split.name), task=task, split=task.split,
-        store=parts[0].path, fingerprint=fp,
-        inputs={"features_stores": [s["path"] for s in stores], "joint_fingerprint": fp, "stores": stores},
-        describe=f"head `{cfg.train.head}` trained jointly on {', '.join(f'`{p.name}` ({p.path})' for p in parts)} "
-                 f"(backbone {parts[0].fs.attrs.get('backbone')})",
-        extra={**job_extra(parts, cfg.train.mix), "backbone": parts[0].fs.attrs.get("backbone"),
-               "pretrained": bool(parts[0].fs.attrs.get("pretrained", True))},
-        card=card(parts), failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
-        warnings=tuple(warnings), more_stores=tuple(p.path for p in parts[1:]))
+    first = parts[0].fs
+    return joint_job(task, cfg.train, f"{cfg.train.head}-joint", "features", f"head `{cfg.train.head}`",
+                     f" (backbone {first.attrs.get('backbone')})",
+                     {"backbone": first.attrs.get("backbone"), "pretrained": bool(first.attrs.get("pretrained", True))},
+                     head_task.model_card(first))
 
 
 def train_joint(cfg: head_task.RunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,

@@ -77,21 +77,12 @@ def job(cfg: clip_task.E2ERunConfig, paths: list[Path]) -> runs.Job:
     cfg.train.validate()
     parts = joint.parts_for(paths, cfg.train.split, store="frames")
     task = JointClipTask(parts, cfg.train)
-    fp = task.view.fingerprint
-    stores = joint.stores_of(parts)
     t, h, w = parts[0].fs.frame_shape
     m = cfg.train.model
-    warnings = [f"{p.name}: {w}" for p in parts for w in runs.warnings_for(p.split, p.fs)] + list(task.warnings)
-    card = joint.with_datasets({"recipe": parts[0].fs.attrs["recipe"], "model": m, "crop": task.crop}, parts)
-    return runs.Job(
-        name=f"{m}-joint", cfg=replace(cfg.train, split=task.split.name), task=task, split=task.split,
-        store=parts[0].path, fingerprint=fp,
-        inputs={"frames_stores": [s["path"] for s in stores], "joint_fingerprint": fp, "stores": stores},
-        describe=f"video model `{m}` (pretrained: {cfg.train.pretrained}) trained jointly on "
-                 f"{', '.join(f'`{p.name}` ({p.path})' for p in parts)} ({t} frames at {h}x{w}, crops of {task.crop})",
-        extra={**joint.job_extra(parts, cfg.train.mix), "pretrained": cfg.train.pretrained != "none", "crop": task.crop},
-        card=card, failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
-        warnings=tuple(warnings), more_stores=tuple(p.path for p in parts[1:]))
+    return joint.joint_job(task, cfg.train, f"{m}-joint", "frames", f"video model `{m}` (pretrained: {cfg.train.pretrained})",
+                           f" ({t} frames at {h}x{w}, crops of {task.crop})",
+                           {"pretrained": cfg.train.pretrained != "none", "crop": task.crop},
+                           {"recipe": parts[0].fs.attrs["recipe"], "model": m, "crop": task.crop}, tuple(task.warnings))
 
 
 def train_joint(cfg: clip_task.E2ERunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
