@@ -144,7 +144,9 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
 def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict], None] | None,
                       stop_after: int | None, warns: list[str], board) -> RunResult:
     main, done = board is not None, run_dir / "metrics.json"
-    per_epoch = len(job.split.train)  # videos (clips, for a video model) an epoch trains on
+    # videos (clips, for a video model) an epoch trains on; a joint task's mixing rule may repeat some
+    count = getattr(job.task, "epoch_videos", None)
+    per_epoch = count(job.cfg, job.split.train) if count is not None else len(job.split.train)
 
     def epoch_done(row: dict) -> None:
         board.epoch(row, per_epoch / max(row["seconds"], 1e-9))
