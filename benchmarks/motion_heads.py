@@ -1,7 +1,8 @@
 """Sequence heads on the motion-pairs set (benchmarks/motion_pairs.py): do they see time?
 
     .venv/bin/python benchmarks/motion_heads.py [--work /tmp/har-motion] [--groups 12] [--clips 3]
-        [--heads mean lstm attention gru] [--seeds 0 1 2] [--epochs 40] [--extra "--hidden 128"] [--json out.json]
+        [--heads mean lstm attention gru] [--seeds 0 1 2] [--epochs 40] [--views 0] [--extra "--hidden 128"]
+        [--json out.json]
 
 The motion-pairs set has classes in time-reversed pairs (Expand/Contract, SpinCW/SpinCCW,
 Rise/Fall, FadeIn/FadeOut by default) over appearance groups, so the twins of a pair hold the same
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scheduler", default="cosine")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--weights", default="none")
+    ap.add_argument("--views", type=int, default=0, help="augmented views per video in the frame store (har extract "
+                    "--views; training draws one per epoch): appearance augmentation across views")
     ap.add_argument("--extra", default="", help="extra arguments for every har train-head call, one string")
     ap.add_argument("--retrain", action="store_true", help="delete this configuration's run folders first")
     ap.add_argument("--json", type=Path, help="also write the result line to this file")
@@ -161,18 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     info = json.loads((data / "pairs.json").read_text())
 
     # 2. frames, 3. features
-    frames = work / "frames.zarr"
+    tag = f"-v{a.views}" if a.views else ""   # stores with augmented views live beside the clean-only ones
+    frames = work / f"frames{tag}.zarr"
     walls["extract"] = round(run([har, "extract", "folder", "--root", str(data), "--out", str(frames),
-                                  "--recipe", "default", "--views", "0"], work / "logs" / "extract.log", env,
+                                  "--recipe", "default", "--views", str(a.views)], work / "logs" / "extract.log", env,
                                  ok_codes=(0, 3)), 1)
-    feats = work / f"feats-{a.backbone}-{Path(a.weights).name}.zarr"
+    feats = work / f"feats-{a.backbone}-{Path(a.weights).name}{tag}.zarr"
     walls["features"] = round(run([har, "features", "--store", str(frames), "--backbone", a.backbone,
                                    "--weights", a.weights, "--resize", "stored", "--out", str(feats)],
                                   work / "logs" / "features.log", env), 1)
 
     # 4. heads x seeds
     extra = shlex.split(a.extra)
-    suffix = "-x" + hashlib.sha1(a.extra.encode()).hexdigest()[:8] if extra else ""
+    suffix = ("-x" + hashlib.sha1(a.extra.encode()).hexdigest()[:8] if extra else "") + tag
     rows, per_run = [], []
     for head in a.heads:
         tops, vals, trains, verb, within, twin, secs, train_secs, best_epochs = ([] for _ in range(9))
