@@ -153,22 +153,32 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
     try:
         return runs.execute(job, cfg.out, on_epoch, stop_after, cfg.tracker)
     except torch.OutOfMemoryError:
-        raise ValueError(f"out of memory with --batch-size {cfg.train.batch_size} for {cfg.train.model}; try "
-                         f"--batch-size {max(1, cfg.train.batch_size // 2)} (with --accumulate 2 for the same "
-                         "effective batch) or a smaller --crop") from None
+        raise out_of_memory(cfg.train) from None
     finally:
         task.close()  # stop the loader's worker processes
 
 
+def out_of_memory(cfg: E2EConfig) -> ValueError:
+    """The one line for a video model that ran out of device memory: what to try instead."""
+    return ValueError(f"out of memory with --batch-size {cfg.batch_size} for {cfg.model}; try "
+                      f"--batch-size {max(1, cfg.batch_size // 2)} (with --accumulate 2 for the same "
+                      "effective batch) or a smaller --crop")
+
+
 # ---- reading a video-model run back (trainers.tasks) ------------------------------------------------
 
-def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
-    """The run's task on its store, with the crop it trained with (lineage.json's card)."""
+def recorded_crop(run_dir: Path) -> int | None:
+    """The crop a finished run trained with (lineage.json's card); None when it records none."""
     from trainers import rundir
 
     card = rundir.read_json(Path(run_dir) / "lineage.json", runs.RUN_REMEDY).get("predict") or {}
     crop = card.get("crop")
-    return ClipTask(data.open_view(path, "frames"), cfg, crop if isinstance(crop, int) and crop > 0 else None)
+    return crop if isinstance(crop, int) and not isinstance(crop, bool) and crop > 0 else None
+
+
+def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
+    """The run's task on its store, with the crop it trained with."""
+    return ClipTask(data.open_view(path, "frames"), cfg, recorded_crop(run_dir))
 
 
 def built(card: dict, cfg: E2EConfig) -> models3d.VideoModel:

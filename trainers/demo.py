@@ -9,7 +9,6 @@ line passes its live epoch table).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from pipeline import backbones, resources
@@ -47,8 +46,8 @@ def run(out_dir: Path, workers: int | None = None, say: Callable[[str], None] = 
     results = {}
     for i, head in enumerate(HEADS):
         say(f"4/4 train-head {head} on the group-disjoint split ({i + 1}/{len(HEADS)})")
-        rc = head_task.RunConfig(head_task.TrainConfig(head=head, **TRAINING), features=fres.store)
+        jb = head_task.job(head_task.RunConfig(head_task.TrainConfig(head=head, **TRAINING), features=fres.store))
         # one folder per fingerprint: a demo folder of an earlier har keeps its runs, and this one trains beside them
-        rc = replace(rc, out=Path(out_dir) / "runs" / f"{head}-{runs.fingerprint(head_task.job(rc))[:10]}")
-        results[head] = train(lambda on_epoch, rc=rc: head_task.train_head(rc, on_epoch=on_epoch))
+        folder = Path(out_dir) / "runs" / f"{head}-{runs.fingerprint(jb)[:10]}"
+        results[head] = train(lambda on_epoch, jb=jb, folder=folder: runs.execute(jb, folder, on_epoch))
     return results

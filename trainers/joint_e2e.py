@@ -37,7 +37,7 @@ class JointClipTask(joint.JointBase):
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
         first = self.single[0]
         model = models3d.build(first.model, len(self.classes), first.pretrained if train is not None else "none",
-                                         frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
+                               frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
         return models3d.to_channels_last(model) if clip_task.channels_last(cfg) else model
 
     def param_groups(self, cfg: E2EConfig, model: nn.Module):
@@ -97,8 +97,7 @@ def train_joint(cfg: clip_task.E2ERunConfig, paths: list[Path], on_epoch=None, s
     try:
         return joint.run(jb, cfg.out, cfg.tracker, alone, on_epoch, stop_after, train)
     except torch.OutOfMemoryError:
-        raise ValueError(f"out of memory with --batch-size {cfg.train.batch_size} for {cfg.train.model}; try "
-                         f"--batch-size {max(1, cfg.train.batch_size // 2)}") from None
+        raise clip_task.out_of_memory(cfg.train) from None
     finally:
         jb.task.close()   # the loaders' worker processes
 
@@ -106,13 +105,8 @@ def train_joint(cfg: clip_task.E2ERunConfig, paths: list[Path], on_epoch=None, s
 # ---- reading a joint video-model run back (trainers.tasks) ------------------------------------------
 
 def open_task(paths: list[Path], cfg: E2EConfig, run_dir: Path) -> JointClipTask:
-    """The run's task on its stores, with the crop it trained with (lineage.json's card)."""
-    from trainers import rundir
-
-    card = rundir.read_json(Path(run_dir) / "lineage.json", runs.RUN_REMEDY).get("predict") or {}
-    crop = card.get("crop")
-    return JointClipTask(joint.parts_for(paths, cfg.split, store="frames"), cfg,
-                         crop if isinstance(crop, int) and not isinstance(crop, bool) and crop > 0 else None)
+    """The run's task on its stores, with the crop it trained with."""
+    return JointClipTask(joint.parts_for(paths, cfg.split, store="frames"), cfg, clip_task.recorded_crop(run_dir))
 
 
 def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
