@@ -71,6 +71,7 @@ def extract(
     seed: Annotated[Optional[int], typer.Option(help="Seed of random sampling and the views.")] = None,
     rotate: Annotated[Optional[float], typer.Option(help="Augmented views: also a rotation uniform in +-DEGREES (e.g. 15) [default: 0, none].")] = None,
     vflip: Annotated[Optional[bool], typer.Option("--vflip/--no-vflip", help="Augmented views: also a coin-flip vertical mirror [default: no].")] = None,
+    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Augmented views: a coin-flip horizontal mirror; --no-hflip where left/right is part of the label [default: yes].")] = None,
     lossy: Annotated[Optional[bool], typer.Option("--lossy/--lossless", help="JPEG-coded frames (smaller) or lossless zstd.")] = None,
     fmt: Annotated[Optional[str], opt("--format", help="Store format [default: from --out, else zarr].", choices="fmt")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes [default: all cores].")] = None,
@@ -94,6 +95,8 @@ def extract(
 
         har extract folder --root ~/videos --views 4 --rotate 15 --vflip
 
+        har extract folder --root ~/gestures --views 4 --no-hflip   (classes such as "swipe left")
+
         har extract hmdb51 --root ~/data/hmdb51 --recipe resnet224 --format hdf5 --out hmdb.h5
 
         har extract ucf101 --root ~/data/UCF101 --sampling multiclip --clips 5 --scheduler tcp://head:8786
@@ -113,11 +116,11 @@ def extract(
                          "match --format")
     height, width = R.parse_size(size) if size is not None else (None, None)
     r = R.named_recipe(recipe, frames=frames, sampling=sampling, clips=clips, stride=stride, height=height,
-                       width=width, views=views, seed=seed, lossy=lossy, rotate=rotate, vflip=vflip)
+                       width=width, views=views, seed=seed, lossy=lossy, rotate=rotate, vflip=vflip, hflip=hflip)
     r.validate()
-    if (r.rotate or r.vflip) and r.views == 0:
-        err.print("[yellow]note:[/] --rotate and --vflip apply to augmented views; with --views 0 there are none",
-                  highlight=False)
+    if (r.rotate or r.vflip or not r.hflip) and r.views == 0:
+        err.print("[yellow]note:[/] --rotate, --vflip and --no-hflip apply to augmented views; with --views 0 there "
+                  "are none", highlight=False)
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
                           threads=threads, scheduler=dask_scheduler, force=force, verify=verify)
     with progress("extract") as update:

@@ -182,8 +182,9 @@ FINETUNE = {
     "layer_decay": (float, "--layer-decay", "Layer-wise lr decay: each layer learns at layer-decay x the rate of the one above (0.65-0.9 for transformers); 1: off."),
     "drop_path": (Optional[float], "--drop-path", "Stochastic depth at the last block, linear from 0 (mvit, swin3d) [default: the model's own]."),
 }
-# on-the-fly augmentation of training clips besides random crop + horizontal flip (trainers.clips.augment)
+# on-the-fly augmentation of training clips besides the random crop (trainers.clips.augment)
 AUGMENT = {
+    "hflip": (bool, "--hflip/--no-hflip", "Training clips: a coin-flip horizontal mirror; --no-hflip where left/right is part of the label."),
     "rotate": (float, "--rotate", "Training clips: a rotation uniform in +-DEGREES (e.g. 15); 0: none."),
     "vflip": (bool, "--vflip", "Training clips: a coin-flip vertical mirror."),
     "jitter": (float, "--jitter", "Training clips: brightness, contrast, saturation factors in 1 +- J (e.g. 0.3); 0: none."),

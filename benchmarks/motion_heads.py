@@ -1,7 +1,7 @@
 """Sequence heads on the motion-pairs set (benchmarks/motion_pairs.py): do they see time?
 
     .venv/bin/python benchmarks/motion_heads.py [--work /tmp/har-motion] [--groups 12] [--clips 3]
-        [--heads mean lstm attention gru] [--seeds 0 1 2] [--epochs 40] [--views 0] [--extra "--hidden 128"]
+        [--heads mean lstm attention gru] [--seeds 0 1 2] [--epochs 40] [--views 0 [--no-hflip]] [--extra "--hidden 128"]
         [--json out.json]
 
 The motion-pairs set has classes in time-reversed pairs (Expand/Contract, SpinCW/SpinCCW,
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="none")
     ap.add_argument("--views", type=int, default=0, help="augmented views per video in the frame store (har extract "
                     "--views; training draws one per epoch): appearance augmentation across views")
+    ap.add_argument("--no-hflip", action="store_true", help="views without the horizontal mirror (har extract "
+                    "--no-hflip): a mirrored SpinCW is a SpinCCW")
     ap.add_argument("--extra", default="", help="extra arguments for every har train-head call, one string")
     ap.add_argument("--retrain", action="store_true", help="delete this configuration's run folders first")
     ap.add_argument("--json", type=Path, help="also write the result line to this file")
@@ -164,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     info = json.loads((data / "pairs.json").read_text())
 
     # 2. frames, 3. features
-    tag = f"-v{a.views}" if a.views else ""   # stores with augmented views live beside the clean-only ones
+    if a.no_hflip and not a.views:
+        ap.error("--no-hflip needs --views N (it changes the augmented views only)")
+    # stores with augmented views live beside the clean-only ones
+    tag = (f"-v{a.views}" if a.views else "") + ("-nohflip" if a.no_hflip else "")
     frames = work / f"frames{tag}.zarr"
     walls["extract"] = round(run([har, "extract", "folder", "--root", str(data), "--out", str(frames),
-                                  "--recipe", "default", "--views", str(a.views)], work / "logs" / "extract.log", env,
-                                 ok_codes=(0, 3)), 1)
+                                  "--recipe", "default", "--views", str(a.views)] + ["--no-hflip"] * a.no_hflip,
+                                 work / "logs" / "extract.log", env, ok_codes=(0, 3)), 1)
     feats = work / f"feats-{a.backbone}-{Path(a.weights).name}{tag}.zarr"
     walls["features"] = round(run([har, "features", "--store", str(frames), "--backbone", a.backbone,
                                    "--weights", a.weights, "--resize", "stored", "--out", str(feats)],
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "pairs": info["pairs"]},
               "split": split, "backbone": a.backbone, "weights": a.weights, "epochs": a.epochs,
               "batch_size": a.batch_size, "scheduler": a.scheduler, "patience": a.patience, "extra": a.extra,
+              "views": a.views, "hflip": not a.no_hflip,
               "seeds": a.seeds, "heads": rows, "runs": per_run, "wall_s": walls, "commit": commit,
               "cpus": os.cpu_count(), "machine": platform.machine()}
     line = json.dumps(result)

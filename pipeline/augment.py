@@ -8,6 +8,9 @@ An augmented view is a random resized crop, a coin-flip horizontal mirror and co
 (brightness, contrast, saturation), and where the recipe asks for them a rotation drawn from
 +-`rotate` degrees (one seed study's +-15) and a coin-flip vertical mirror (another's). Their draws
 come after the others, so a recipe without them stores exactly what it stored before they existed.
+The horizontal mirror can be turned off (recipe `hflip: false`) for datasets where left and right
+are part of the label (Something-Something's "from left to right", a clockwise turn): its coin is
+still drawn, so the crops and colours of those views are the ones a mirroring recipe draws.
 """
 from __future__ import annotations
 
@@ -69,9 +72,10 @@ def centre_crop(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> ViewParams:
 
 def random_view(src_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator,
                 scale: tuple[float, float] = (0.4, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                jitter: float = 0.3, rotate: float = 0.0, vflip: bool = False) -> ViewParams:
-    """Random resized crop (as torchvision's, in the output's aspect frame), flip, colour jitter;
-    a rotation uniform in +-`rotate` degrees and a coin-flip vertical mirror when asked (drawn last)."""
+                jitter: float = 0.3, rotate: float = 0.0, vflip: bool = False, hflip: bool = True) -> ViewParams:
+    """Random resized crop (as torchvision's, in the output's aspect frame), flip (when `hflip`),
+    colour jitter; a rotation uniform in +-`rotate` degrees and a coin-flip vertical mirror when asked
+    (drawn last)."""
     sh, sw = src_hw
     oh, ow = out_hw
     area = sh * sw
@@ -89,7 +93,7 @@ def random_view(src_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random
     if box is None:
         c = centre_crop(src_hw, out_hw)
         box = (c.top, c.left, c.height, c.width)
-    flip = bool(rng.random() < 0.5)
+    flip = bool(rng.random() < 0.5) and hflip   # drawn either way: the other draws stay the same
     b, c, s = (float(rng.uniform(1 - jitter, 1 + jitter)) for _ in range(3))
     angle = float(rng.uniform(-rotate, rotate)) if rotate > 0 else 0.0
     upside_down = bool(rng.random() < 0.5) if vflip else False
@@ -97,12 +101,13 @@ def random_view(src_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random
 
 
 def params_for(seed: int, video: str, view: int, src_hw: tuple[int, int],
-               out_hw: tuple[int, int], rotate: float = 0.0, vflip: bool = False) -> ViewParams:
+               out_hw: tuple[int, int], rotate: float = 0.0, vflip: bool = False,
+               hflip: bool = True) -> ViewParams:
     """View 0 is the clean centre crop; view v >= 1 is drawn from seed_for(seed, video, v)."""
     if view == 0:
         return centre_crop(src_hw, out_hw)
     return random_view(src_hw, out_hw, np.random.default_rng(seed_for(seed, video, "view", view)),
-                       rotate=rotate, vflip=vflip)
+                       rotate=rotate, vflip=vflip, hflip=hflip)
 
 
 def clean(frame, out_hw: tuple[int, int], reformatter=None) -> np.ndarray:

@@ -134,7 +134,8 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
                 if rgb is None:
                     rgb = video.frame_rgb(frame)
                 if v not in params:
-                    params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw, recipe.rotate, recipe.vflip)
+                    params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw, recipe.rotate, recipe.vflip,
+                                                   recipe.hflip)
                 out[s, t] = augment.apply(rgb, params[v], out_hw)
 
         sent = video.scan_sparse(path, plan, where, on_frame, threads=threads) if plan is not None else None
@@ -153,7 +154,7 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
                                    f"only {true_n} decode", permanent=True)
         if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
             vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw, recipe.rotate,
-                                              recipe.vflip).as_array() for v in view_of])
+                                              recipe.vflip, recipe.hflip).as_array() for v in view_of])
             return VideoSamples(out, idx, true_n, info.fps, vp, decoded)
         logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)
         n = true_n

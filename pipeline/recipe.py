@@ -25,6 +25,7 @@ class Recipe:
     lossy: bool = False        # JPEG-coded frames (q95): several times smaller, PSNR about 40 dB
     rotate: float = 0.0        # augmented views: a rotation uniform in +-rotate degrees (0: none)
     vflip: bool = False        # augmented views: a coin-flip vertical mirror
+    hflip: bool = True         # augmented views: a coin-flip horizontal mirror (off where left/right is the label)
 
     @property
     def samples(self) -> int:
@@ -40,14 +41,15 @@ class Recipe:
             raise ValueError(f"--clips {self.clips} needs --sampling multiclip; {self.sampling!r} stores one clip")
         if isinstance(self.rotate, bool) or not isinstance(self.rotate, (int, float)) or not 0 <= self.rotate <= 180:
             raise ValueError(f"--rotate {self.rotate!r} is out of range; allowed: 0 to 180 degrees")
-        if not isinstance(self.vflip, bool):
-            raise ValueError(f"--vflip {self.vflip!r} is not supported; allowed: true, false")
+        for name in ("vflip", "hflip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; allowed: true, false")
         if max(self.height, self.width) > 4096:
             raise ValueError(f"--size {self.height}x{self.width} is too large; allowed: up to 4096")
 
     # fields added after stores existed, at the value that stores what stores held before them: left
     # out of the fingerprint there, so an earlier store of the same recipe stays up to date
-    ADDED_LATER = {"rotate": 0.0, "vflip": False}
+    ADDED_LATER = {"rotate": 0.0, "vflip": False, "hflip": True}
 
     def fingerprint_dict(self) -> dict:
         """The fields that name this recipe's stores: all but those added later at their neutral value."""

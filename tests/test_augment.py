@@ -1,7 +1,7 @@
 """Augmentation: the stored views' rotation and vertical flip (recorded, reproducible, drawn after
 the older parameters so earlier recipes store what they stored), and the same set applied on the
 fly to training clips of video models."""
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -23,11 +23,32 @@ def _image(seed=0, size=48):
 
 def test_default_recipes_keep_their_fingerprint_and_rotation_or_vflip_make_a_new_version():
     r = Recipe()
-    before = lineage.fingerprint({k: v for k, v in asdict(r).items() if k not in ("rotate", "vflip")})
+    later = ("rotate", "vflip", "hflip")
+    before = lineage.fingerprint({k: v for k, v in asdict(r).items() if k not in later})
     assert r.fingerprint() == before
     # the store lineage hashes the same dict: stores of earlier versions stay current
-    assert r.fingerprint_dict() == {k: v for k, v in asdict(r).items() if k not in ("rotate", "vflip")}
-    assert len({r.fingerprint(), Recipe(rotate=15.0).fingerprint(), Recipe(vflip=True).fingerprint()}) == 3
+    assert r.fingerprint_dict() == {k: v for k, v in asdict(r).items() if k not in later}
+    assert len({r.fingerprint(), Recipe(rotate=15.0).fingerprint(), Recipe(vflip=True).fingerprint(),
+                Recipe(hflip=False).fingerprint()}) == 4
+
+
+def test_without_hflip_no_view_is_mirrored_and_every_other_draw_is_the_same():
+    mirrored = 0
+    for i in range(200):
+        with_flip = A.params_for(3, f"v{i}.avi", 1, (240, 320), (112, 112), rotate=15.0, vflip=True)
+        without = A.params_for(3, f"v{i}.avi", 1, (240, 320), (112, 112), rotate=15.0, vflip=True, hflip=False)
+        assert not without.flip
+        assert without == replace(with_flip, flip=False)
+        mirrored += with_flip.flip
+    assert 60 < mirrored < 140
+    clips = torch.from_numpy(np.stack([np.stack([_image(s + t) for t in range(4)]) for s in range(8)]))
+    flip = C.random_crop_flip(clips, 40, torch.Generator().manual_seed(2))
+    keep = C.random_crop_flip(clips, 40, torch.Generator().manual_seed(2), hflip=False)
+    mirrored = [i for i in range(8) if not torch.equal(flip[i], keep[i])]
+    assert 0 < len(mirrored) < 8                                  # the same windows, only the mirror gone
+    for i in range(8):
+        assert torch.equal(flip[i], keep[i].flip(2) if i in mirrored else keep[i])
+    assert torch.equal(C.augment(clips, 40, torch.Generator().manual_seed(2), hflip=False), keep)
 
 
 def test_rotation_and_vflip_are_drawn_after_the_older_parameters_within_their_range():
@@ -54,8 +75,6 @@ def test_apply_rotates_about_the_centre_counter_clockwise_then_mirrors():
     np.testing.assert_array_equal(A.rotate(img, 90.0), np.rot90(img))
     box = A.centre_crop((48, 48), (48, 48))
     plain = A.apply(img, box, (48, 48))
-    from dataclasses import replace
-
     np.testing.assert_array_equal(A.apply(img, replace(box, vflip=True), (48, 48)), plain[::-1])
     turned = A.apply(img, replace(box, rotation=12.5), (48, 48))
     np.testing.assert_array_equal(turned, A.rotate(plain, 12.5))
@@ -72,7 +91,9 @@ def test_recipe_and_training_refuse_rotations_out_of_range():
             Recipe(rotate=bad).validate()
     with pytest.raises(ValueError, match="--vflip"):
         Recipe(vflip="yes").validate()
-    for bad in (dict(rotate=180.0), dict(rotate=-5.0), dict(jitter=1.0), dict(vflip=1)):
+    with pytest.raises(ValueError, match="--hflip"):
+        Recipe(hflip="no").validate()
+    for bad in (dict(rotate=180.0), dict(rotate=-5.0), dict(jitter=1.0), dict(vflip=1), dict(hflip=0)):
         with pytest.raises(ValueError, match=f"--{next(iter(bad))}"):
             E2EConfig(model="small-c3d", **bad).check_values()
 

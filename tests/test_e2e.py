@@ -115,12 +115,19 @@ def test_a_3d_cnn_run_on_the_cpu_repeats_exactly(frames, tmp_path):
 
 def test_on_the_fly_rotation_vflip_and_jitter_train_reproducibly_and_change_the_run(frames, tmp_path):
     kw = dict(model="small-cnn-rnn", epochs=2, lr=1e-3, precision="fp32")
-    aug = dict(rotate=15.0, vflip=True, jitter=0.3)
+    aug = dict(rotate=15.0, vflip=True, jitter=0.3, hflip=False)
     a = _run(frames, tmp_path / "a", **kw, **aug)
-    b = _run(frames, tmp_path / "b", **kw, **aug)
+    # the same settings from the command line train the same weights
+    ran = har("train-e2e", "small-cnn-rnn", "--frames", frames, "--out", tmp_path / "b", "--epochs", 2, "--lr", 1e-3,
+              "--precision", "fp32", "--batch-size", 4, "--workers", 0, "--crop", 32, "--rotate", 15, "--vflip",
+              "--jitter", 0.3, "--no-hflip")
+    assert ran.returncode == 0, ran.stderr
     plain = _run(frames, tmp_path / "plain", **kw)
-    wa, wb, wp = (torch.load(r.run_dir / "best.pt", weights_only=True)["model"] for r in (a, b, plain))
+    mirrored = _run(frames, tmp_path / "mirrored", **kw, **{**aug, "hflip": True})
+    wa, wb, wp, wm = (torch.load(d / "best.pt", weights_only=True)["model"]
+                      for d in (a.run_dir, tmp_path / "b", plain.run_dir, mirrored.run_dir))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wp[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wm[k]) for k in wa)   # --no-hflip changes what trains
     config = json.loads((a.run_dir / "config.json").read_text())
-    assert (config["rotate"], config["vflip"], config["jitter"]) == (15.0, True, 0.3)
+    assert (config["rotate"], config["vflip"], config["jitter"], config["hflip"]) == (15.0, True, 0.3, False)

@@ -266,7 +266,7 @@ def test_a_store_of_an_earlier_version_with_8_view_fields_is_updated_not_broken(
     assert_same_arrays(arrays(out), arrays(run(root, tmp_path / "fresh.zarr").store))
 
 
-@pytest.mark.parametrize("extra", [{}, {"rotate": 15.0, "vflip": True}])
+@pytest.mark.parametrize("extra", [{}, {"rotate": 15.0, "vflip": True}, {"rotate": 15.0, "hflip": False}])
 def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tmp_path, extra):
     from pipeline import augment, video
 
@@ -282,12 +282,43 @@ def test_view_parameters_are_recorded_and_reproduce_the_views(synthetic_root, tm
         p = augment.ViewParams(*[bool(v) if f in ("flip", "vflip") else float(v)
                                  for f, v in zip(augment.FIELDS, x["view_params"][i, s])])
         # float32-exact round trip
-        assert p == augment.params_for(11, rel, s, decoded.shape[1:3], (48, 48), recipe.rotate, recipe.vflip)
+        assert p == augment.params_for(11, rel, s, decoded.shape[1:3], (48, 48), recipe.rotate, recipe.vflip,
+                                       recipe.hflip)
         assert (p.rotation != 0) == bool(extra) and abs(p.rotation) <= 15
+        assert recipe.hflip or not p.flip
         for t in range(4):
             expected = augment.apply(decoded[x["frame_idx"][i, s, t]], p, (48, 48))
             np.testing.assert_array_equal(x["frames"][i, s, t], expected)
     assert x["view_params"][i, 0].tolist()[4:] == [0, 1, 1, 1, 0, 0]  # the clean view: no flip, jitter, rotation
+
+
+def test_no_hflip_store_holds_the_mirroring_stores_views_unmirrored(synthetic_root, tmp_path):
+    """--no-hflip: a new store version whose augmented views are the mirroring recipe's views with
+    the mirror taken off (same crops, colours, frames), recorded flip 0; the clean view unchanged."""
+    from helpers import har
+
+    a, b = tmp_path / "flip.zarr", tmp_path / "noflip.zarr"
+    common = ["extract", "synthetic", "--root", synthetic_root, "--frames", 4, "--size", 48, "--views", 3,
+              "--workers", 1]
+    assert har(*common, "--out", a).returncode == 0
+    ran = har(*common, "--no-hflip", "--out", b)
+    assert ran.returncode == 0, ran.stderr
+    x, y = arrays(a), arrays(b)
+    with StoreReader(a) as ra, StoreReader(b) as rb:
+        assert ra.attrs["recipe"].get("hflip", True) is True and rb.attrs["recipe"]["hflip"] is False
+        assert ra.attrs["lineage"]["fingerprint"] != rb.attrs["lineage"]["fingerprint"]
+    flip = x["view_params"][..., 4]
+    assert y["view_params"][..., 4].max() == 0 and 0 < flip[:, 1:].mean() < 1
+    np.testing.assert_array_equal(np.delete(x["view_params"], 4, -1), np.delete(y["view_params"], 4, -1))
+    np.testing.assert_array_equal(x["frames"][:, 0], y["frames"][:, 0])
+    for i in range(len(flip)):
+        for s in range(1, 4):
+            want = x["frames"][i, s][:, :, ::-1] if flip[i, s] else x["frames"][i, s]
+            np.testing.assert_array_equal(y["frames"][i, s], want)
+    # a recipe that cannot have views says so
+    ran = har("extract", "synthetic", "--root", synthetic_root, "--frames", 4, "--size", 48, "--no-hflip",
+              "--workers", 1, "--out", tmp_path / "none.zarr")
+    assert ran.returncode == 0 and "--no-hflip apply to augmented views" in ran.stderr
 
 
 def test_stores_from_an_older_layout_are_rebuilt_not_resumed(synthetic_root, tmp_path):

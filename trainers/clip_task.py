@@ -53,7 +53,7 @@ class ClipTask:
             self.crop, self.warnings = models3d.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape,
                                                           str(cs.path))
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
-        self.augment = {"rotate": cfg.rotate, "vflip": cfg.vflip, "jitter": cfg.jitter}
+        self.augment = {"hflip": cfg.hflip, "rotate": cfg.rotate, "vflip": cfg.vflip, "jitter": cfg.jitter}
         self.workers = resolve_workers(cfg.workers)
         self._loaders: dict[int, clips.ClipLoader] = {}   # evaluation, per batch size
         self._train: tuple | None = None                   # (key, EpochStream) for training

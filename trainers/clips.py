@@ -182,10 +182,11 @@ def loader(cs: data.StoreView, items: np.ndarray, batch_size: int, workers: int,
     return ClipLoader(cs, batch_size, workers, pin, persistent=False)(items)
 
 
-def random_crop_flip(clips: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(clips: torch.Tensor, size: int, generator: torch.Generator, hflip: bool = True) -> torch.Tensor:
     """(B, T, H, W, 3) -> (B, T, size, size, 3): a random size x size window and a coin-flip
-    horizontal mirror per clip (the same for all its frames), on whatever device `clips` is.
-    `generator` lives on the CPU so the draws are the same on every device."""
+    horizontal mirror per clip (the same for all its frames; the coin is drawn with `hflip` off too,
+    so the windows stay the same), on whatever device `clips` is. `generator` lives on the CPU so
+    the draws are the same on every device."""
     b, _, h, w, _ = clips.shape
     if size > min(h, w):
         raise ValueError(f"--crop {size} is larger than the stored frames ({h}x{w})")
@@ -195,18 +196,18 @@ def random_crop_flip(clips: torch.Tensor, size: int, generator: torch.Generator)
     out = []
     for i in range(b):
         c = clips[i, :, tops[i]:tops[i] + size, lefts[i]:lefts[i] + size]
-        out.append(c.flip(2) if flips[i] else c)
+        out.append(c.flip(2) if flips[i] and hflip else c)
     return torch.stack(out)
 
 
 def augment(clips: torch.Tensor, size: int, generator: torch.Generator, rotate: float = 0.0, vflip: bool = False,
-            jitter: float = 0.0) -> torch.Tensor:
+            jitter: float = 0.0, hflip: bool = True) -> torch.Tensor:
     """Training-time augmentation on the device, the set `har extract` stores as views: a random
-    size x size window and a coin-flip horizontal mirror (random_crop_flip, drawn first, so runs
+    size x size window and a coin-flip horizontal mirror unless `hflip` is off (random_crop_flip, drawn first, so runs
     without the rest are what they were), then per clip a rotation uniform in +-`rotate` degrees
     (uncovered corners mirrored), a coin-flip vertical mirror, and brightness, contrast and
     saturation factors uniform in 1 +- `jitter`; the same for every frame of a clip. uint8 in and out."""
-    out = random_crop_flip(clips, size, generator)
+    out = random_crop_flip(clips, size, generator, hflip)
     b = out.shape[0]
     if rotate > 0:
         angles = (torch.rand(b, generator=generator, dtype=torch.float64) * 2 - 1) * rotate

@@ -91,7 +91,7 @@ class LoopConfig:
     # settings added after runs existed, at the value that does what runs did before them: left out
     # of the fingerprint there, so a finished run of an earlier version stays up to date
     ADDED_LATER = {"label_smoothing": 0.0, "warmup_epochs": 0.0, "mix": "proportional", "backbone_lr_mult": 1.0, "layer_decay": 1.0,
-                   "drop_path": None, "rotate": 0.0, "vflip": False, "jitter": 0.0}
+                   "drop_path": None, "rotate": 0.0, "vflip": False, "jitter": 0.0, "hflip": True}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -178,8 +178,9 @@ class E2EConfig(LoopConfig):
     backbone_lr_mult: float = 1.0  # e.g. 0.1: the pretrained trunk learns 10x slower than the new classifier
     layer_decay: float = 1.0       # layer-wise lr decay (BEiT/MViT/Swin fine-tuning: 0.65-0.9); 1: off
     drop_path: float | None = None # stochastic depth at the last block (mvit, swin3d); None: the model's own
-    # on-the-fly augmentation of every training clip besides the random crop and horizontal flip
+    # on-the-fly augmentation of every training clip besides the random crop
     # (trainers.clips.augment: the set `har extract` stores as views)
+    hflip: bool = True             # a coin-flip horizontal mirror; off where left/right is part of the label
     rotate: float = 0.0            # a rotation uniform in +-rotate degrees (e.g. 15); 0: none
     vflip: bool = False            # a coin-flip vertical mirror
     jitter: float = 0.0            # brightness, contrast, saturation factors uniform in 1 +- jitter; 0: none
@@ -206,8 +207,9 @@ class E2EConfig(LoopConfig):
             raise ValueError(f"--three-crop {self.three_crop!r} is not supported; allowed: true, false")
         limits.real("rotate", self.rotate, at_least=0.0, below=180.0)
         limits.real("jitter", self.jitter, at_least=0.0, below=1.0)
-        if not isinstance(self.vflip, bool):
-            raise ValueError(f"--vflip {self.vflip!r} is not supported; allowed: true, false")
+        for name in ("vflip", "hflip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; allowed: true, false")
         limits.real("backbone_lr_mult", self.backbone_lr_mult, above=0.0, below=1e3)
         limits.real("layer_decay", self.layer_decay, above=0.0, below=None)
         if self.layer_decay > 1.0:
