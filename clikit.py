@@ -184,7 +184,7 @@ FINETUNE = {
 }
 # on-the-fly augmentation of training clips besides the random crop (trainers.clips.augment)
 AUGMENT = {
-    "hflip": (bool, "--hflip/--no-hflip", "Training clips: a coin-flip horizontal mirror; --no-hflip where left/right is part of the label."),
+    "hflip": (Optional[bool], "--hflip/--no-hflip", "Training clips: a coin-flip horizontal mirror; --no-hflip where left/right is part of the label [default: as the store's views, on unless extracted with --no-hflip]."),
     "rotate": (float, "--rotate", "Training clips: a rotation uniform in +-DEGREES (e.g. 15); 0: none."),
     "vflip": (bool, "--vflip", "Training clips: a coin-flip vertical mirror."),
     "jitter": (float, "--jitter", "Training clips: brightness, contrast, saturation factors in 1 +- J (e.g. 0.3); 0: none."),

@@ -1,4 +1,5 @@
 """The extraction stage: schema, reruns, versions, bad inputs, Zarr/HDF5, determinism, locking."""
+import json
 import os
 import shutil
 import time
@@ -315,6 +316,13 @@ def test_no_hflip_store_holds_the_mirroring_stores_views_unmirrored(synthetic_ro
         for s in range(1, 4):
             want = x["frames"][i, s][:, :, ::-1] if flip[i, s] else x["frames"][i, s]
             np.testing.assert_array_equal(y["frames"][i, s], want)
+    # a video model trained on the store follows it unless told otherwise
+    for store_, flag, want in ((a, (), True), (b, (), False), (a, ("--no-hflip",), False)):
+        out = tmp_path / f"run-{store_.stem}-{len(flag)}"
+        ran = har("train-e2e", "small-cnn-rnn", "--frames", store_, "--epochs", 1, "--crop", 32, "--workers", 0,
+                  "--batch-size", 8, "--tracker", "none", "--out", out, *flag)
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads((out / "metrics.json").read_text())["hflip"] is want
     # a recipe that cannot have views says so
     ran = har("extract", "synthetic", "--root", synthetic_root, "--frames", 4, "--size", 48, "--no-hflip",
               "--workers", 1, "--out", tmp_path / "none.zarr")

@@ -53,7 +53,8 @@ class ClipTask:
             self.crop, self.warnings = models3d.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape,
                                                           str(cs.path))
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
-        self.augment = {"hflip": cfg.hflip, "rotate": cfg.rotate, "vflip": cfg.vflip, "jitter": cfg.jitter}
+        hflip = store_hflip(cs) if cfg.hflip is None else cfg.hflip
+        self.augment = {"hflip": hflip, "rotate": cfg.rotate, "vflip": cfg.vflip, "jitter": cfg.jitter}
         self.workers = resolve_workers(cfg.workers)
         self._loaders: dict[int, clips.ClipLoader] = {}   # evaluation, per batch size
         self._train: tuple | None = None                   # (key, EpochStream) for training
@@ -146,7 +147,8 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
                    describe=f"video model `{cfg.train.model}` (pretrained: {cfg.train.pretrained}) on `{path}` "
                             f"({t} frames at {h}x{w}, crops of {task.crop})",
                    extra={"frames": str(path), "frames_fingerprint": cs.fingerprint, "dataset": cs.attrs.get("dataset"),
-                          "pretrained": cfg.train.pretrained != "none", "crop": task.crop},
+                          "pretrained": cfg.train.pretrained != "none", "crop": task.crop,
+                          "hflip": task.augment["hflip"]},
                    card={"recipe": cs.attrs["recipe"], "model": cfg.train.model, "classes": cs.classes,
                          "crop": task.crop},
                    failed=tuple(cs.failed()), warnings=tuple(runs.warnings_for(split, cs)) + tuple(task.warnings))
@@ -156,6 +158,12 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
         raise out_of_memory(cfg.train) from None
     finally:
         task.close()  # stop the loader's worker processes
+
+
+def store_hflip(cs: data.StoreView) -> bool:
+    """Whether a store's recipe mirrors its views horizontally (stores from before the option do):
+    training clips of a video model follow it unless --hflip/--no-hflip says otherwise."""
+    return bool((cs.attrs.get("recipe") or {}).get("hflip", True))
 
 
 def out_of_memory(cfg: E2EConfig) -> ValueError:

@@ -91,7 +91,7 @@ class LoopConfig:
     # settings added after runs existed, at the value that does what runs did before them: left out
     # of the fingerprint there, so a finished run of an earlier version stays up to date
     ADDED_LATER = {"label_smoothing": 0.0, "warmup_epochs": 0.0, "mix": "proportional", "backbone_lr_mult": 1.0, "layer_decay": 1.0,
-                   "drop_path": None, "rotate": 0.0, "vflip": False, "jitter": 0.0, "hflip": True}
+                   "drop_path": None, "rotate": 0.0, "vflip": False, "jitter": 0.0, "hflip": None}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -180,7 +180,8 @@ class E2EConfig(LoopConfig):
     drop_path: float | None = None # stochastic depth at the last block (mvit, swin3d); None: the model's own
     # on-the-fly augmentation of every training clip besides the random crop
     # (trainers.clips.augment: the set `har extract` stores as views)
-    hflip: bool = True             # a coin-flip horizontal mirror; off where left/right is part of the label
+    hflip: bool | None = None      # a coin-flip horizontal mirror; off where left/right is part of the label;
+                                   # None: as the store's views (on unless extracted with --no-hflip)
     rotate: float = 0.0            # a rotation uniform in +-rotate degrees (e.g. 15); 0: none
     vflip: bool = False            # a coin-flip vertical mirror
     jitter: float = 0.0            # brightness, contrast, saturation factors uniform in 1 +- jitter; 0: none
@@ -208,7 +209,7 @@ class E2EConfig(LoopConfig):
         limits.real("rotate", self.rotate, at_least=0.0, below=180.0)
         limits.real("jitter", self.jitter, at_least=0.0, below=1.0)
         for name in ("vflip", "hflip"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), bool) and not (name == "hflip" and self.hflip is None):
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; allowed: true, false")
         limits.real("backbone_lr_mult", self.backbone_lr_mult, above=0.0, below=1e3)
         limits.real("layer_decay", self.layer_decay, above=0.0, below=None)

@@ -30,6 +30,8 @@ class JointClipTask(joint.JointBase):
     def __init__(self, parts: list[joint.Part], cfg: E2EConfig, crop: int | None = None):
         first = clip_task.ClipTask(parts[0].fs, cfg, crop)   # the crop the model takes, checked against the store
         single = [first] + [clip_task.ClipTask(p.fs, cfg, first.crop) for p in parts[1:]]
+        if cfg.hflip is None:   # as the stores' views: no mirror when any of them is a dataset without it
+            first.augment["hflip"] = all(t.augment["hflip"] for t in single)
         super().__init__(parts, cfg.mix, single)
         self.crop, self.warnings, self.frames = first.crop, first.warnings, first.frames
         self._train: tuple | None = None   # (key, EpochStream)
@@ -81,7 +83,8 @@ def job(cfg: clip_task.E2ERunConfig, paths: list[Path]) -> runs.Job:
     m = cfg.train.model
     return joint.joint_job(task, cfg.train, f"{m}-joint", "frames", f"video model `{m}` (pretrained: {cfg.train.pretrained})",
                            f" ({t} frames at {h}x{w}, crops of {task.crop})",
-                           {"pretrained": cfg.train.pretrained != "none", "crop": task.crop},
+                           {"pretrained": cfg.train.pretrained != "none", "crop": task.crop,
+                            "hflip": task.single[0].augment["hflip"]},
                            {"recipe": parts[0].fs.attrs["recipe"], "model": m, "crop": task.crop}, tuple(task.warnings))
 
 
