@@ -115,10 +115,16 @@ def extract(
         raise ValueError(f"--out {out_path} does not look like a {fmt} store; use a .zarr folder or an .h5 file to "
                          "match --format")
     height, width = R.parse_size(size) if size is not None else (None, None)
+    unmirrored = hflip is None and datasets.manifest()["datasets"].get(dataset, {}).get("hflip") is False
+    if unmirrored:
+        hflip = False   # the dataset's default (ssv2: "from left to right" mirrored is another class)
     r = R.named_recipe(recipe, frames=frames, sampling=sampling, clips=clips, stride=stride, height=height,
                        width=width, views=views, seed=seed, lossy=lossy, rotate=rotate, vflip=vflip, hflip=hflip)
     r.validate()
-    if (r.rotate or r.vflip or not r.hflip) and r.views == 0:
+    if unmirrored and r.views:
+        err.print(f"[yellow]note:[/] {dataset}: the augmented views are not mirrored (left and right are part of "
+                  "its labels); --hflip mirrors them", highlight=False)
+    if (r.rotate or r.vflip or not r.hflip) and r.views == 0 and not unmirrored:
         err.print("[yellow]note:[/] --rotate, --vflip and --no-hflip apply to augmented views; with --views 0 there "
                   "are none", highlight=False)
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,

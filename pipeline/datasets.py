@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -275,18 +275,23 @@ def load_folder(root: Path) -> DatasetIndex:
     return _grouped("folder", root, "folder")
 
 
-def _list_lines(path: Path) -> list[tuple[str, str]]:
-    """(where, line) for each non-blank line of a list file; `where` is 'path:lineno' for messages.
-    Lines end at \\n, \\r\\n or \\r (universal newlines: CRLF is fine); a UTF-8 byte order mark is dropped."""
+def _read_text(path: Path, kind: str = "list file") -> str:
+    """A UTF-8 annotation file's text (a byte order mark dropped); one line naming the file otherwise."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DatasetError(f"{path}: cannot read this list file ({e.strerror or e})") from None
+        raise DatasetError(f"{path}: cannot read this {kind} ({e.strerror or e})") from None
     try:
-        text = data.decode("utf-8-sig")  # -sig: Notepad writes a BOM; it would stick to the first name
+        return data.decode("utf-8-sig")  # -sig: Notepad writes a BOM; it would stick to the first name
     except UnicodeDecodeError as e:
         line = data[:e.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
-        raise DatasetError(f"{path}:{line}: not UTF-8 text; allowed: a UTF-8 (or ASCII) list file") from None
+        raise DatasetError(f"{path}:{line}: not UTF-8 text; allowed: a UTF-8 (or ASCII) {kind}") from None
+
+
+def _list_lines(path: Path) -> list[tuple[str, str]]:
+    """(where, line) for each non-blank line of a list file; `where` is 'path:lineno' for messages.
+    Lines end at \\n, \\r\\n or \\r (universal newlines: CRLF is fine); a UTF-8 byte order mark is dropped."""
+    text = _read_text(path)
     # universal newlines by hand: str.splitlines would also split at \f, \x1c, \u2028 ...
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return [(f"{path}:{i}", ln.strip()) for i, ln in enumerate(lines, 1) if ln.strip()]
@@ -426,11 +431,268 @@ def load_hmdb51(root: Path) -> DatasetIndex:
     return DatasetIndex("hmdb51", root, classes_t, videos, splits, "official1", notes)
 
 
+# ---- Kinetics and Something-Something v2: annotation files name the videos, downloads miss some ----
+
+CLIP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # YouTube ids (11 of these characters), SSv2's numbers
+MISSING_SHOWN = 5                                  # missing downloads named in the note; all are in attrs
+
+
+def _scan_split_folder(name: str, root: Path, folder: Path, notes: list[str]) -> dict[str, str]:
+    """File stem -> path relative to root for every video in `folder`, flat or in class folders
+    below it (the official download scripts write either). Links leading outside the root are
+    left out with a note; of two files with one stem the first in sorted order is kept."""
+    found: dict[str, str] = {}
+    base = os.path.relpath(folder, root).replace(os.sep, "/")
+    for dirpath, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.startswith(".") or not f.lower().endswith(VIDEO_SUFFIXES):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
+            try:
+                rel = safe_rel(root, rel, f"{name} scan of {base}")
+            except DatasetError as e:
+                notes.append(f"{e}; not indexed")
+                continue
+            found.setdefault(f.rsplit(".", 1)[0], rel)
+    return found
+
+
+def _missing_note(name: str, missing: dict[str, list[str]], listed: dict[str, int], where: str) -> list[str]:
+    """One note per split with missing downloads: how many of how many, and the first few."""
+    notes = []
+    for split, names in missing.items():
+        if names:
+            shown = ", ".join(names[:MISSING_SHOWN]) + (", ..." if len(names) > MISSING_SHOWN else "")
+            notes.append(f"{name}: {len(names)} of {listed[split]} {split} videos listed in the annotations are not "
+                         f"under {where} ({len(names) / max(1, listed[split]):.1%}, missing downloads; not indexed, "
+                         f"all named in the store's attrs 'missing_videos'): {shown}")
+    return notes
+
+
+def _official_splits(n: int, part: list[str], test_labelled: bool) -> dict[str, np.ndarray]:
+    """`official`: train to train and the official validation set as the test set (the protocol
+    papers report; har carves a validation tenth from train); `official-test` where the test set
+    has labels: train, validation and test as released."""
+    part_a = np.array(part)
+    s = np.full(n, UNUSED, np.int8)
+    s[part_a == "train"], s[part_a == "val"] = TRAIN, TEST
+    splits = {"official": s}
+    if test_labelled:
+        t = np.full(n, UNUSED, np.int8)
+        t[part_a == "train"], t[part_a == "val"], t[part_a == "test"] = TRAIN, VAL, TEST
+        splits["official-test"] = t
+    return splits
+
+
+KINETICS_PARTS = {"train": ("train",), "val": ("val", "validate", "valid", "validation"), "test": ("test",)}
+KINETICS_LINE = ("allowed: a CSV with the header label,youtube_id,time_start,time_end,split (label left out in a "
+                 "held-out test set; more columns such as is_cc are fine)")
+
+
+def _seconds(where: str, column: str, text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value == int(value)):
+        raise DatasetError(f"{where}: {column} {text!r} is not a whole number of seconds; {KINETICS_LINE}")
+    return int(value)
+
+
+def _kinetics_rows(path: Path) -> tuple[list[tuple[str | None, str, str]], bool]:
+    """[(label or None, youtube_id, file stem)] of one annotation CSV, and whether it has labels."""
+    import csv
+
+    lines = _read_text(path, "annotation CSV").splitlines()
+    reader = csv.DictReader(lines)
+    cols = reader.fieldnames or []
+    need = ("youtube_id", "time_start", "time_end")
+    if any(c not in cols for c in need):
+        raise DatasetError(f"{path}:1: header {','.join(cols)!r} lacks {', '.join(c for c in need if c not in cols)}; "
+                           f"{KINETICS_LINE}")
+    labelled = "label" in cols
+    rows = []
+    for i, r in enumerate(reader, 2):
+        where = f"{path}:{i}"
+        if None in r or any(r.get(c) is None for c in cols):
+            raise DatasetError(f"{where}: {len(cols)} columns in the header, another count on this line; {KINETICS_LINE}")
+        yid = r["youtube_id"].strip()
+        if not CLIP_ID.match(yid):
+            raise DatasetError(f"{where}: youtube_id {yid!r} is not a video id; allowed: 1-64 letters, digits, '_' or '-'")
+        start, end = (_seconds(where, c, r[c].strip()) for c in ("time_start", "time_end"))
+        label = r["label"].strip() if labelled else None
+        if labelled and not label:
+            raise DatasetError(f"{where}: empty label; {KINETICS_LINE}")
+        rows.append((label, yid, f"{yid}_{start:06d}_{end:06d}"))
+    return rows, labelled
+
+
+def load_kinetics(name: str, root: Path) -> DatasetIndex:
+    """Kinetics-400/600/700: `annotations/{train,val,test}.csv` (the official CSVs) name the clips;
+    the videos are `<split>/<youtube_id>_<start:06d>_<end:06d>.<ext>`, flat or in class folders (the
+    official download scripts' layouts). Clips not downloaded (5-10 % is usual) are counted, named
+    and left out, never fatal; a test set without labels is left out with a note."""
+    ann = _find(root, "annotations")
+    if ann is None:
+        raise _missing_root(name, root, "no annotations/ folder with the official CSVs")
+    per_part: dict[str, tuple[list, bool]] = {}
+    for part, stems in KINETICS_PARTS.items():
+        for stem in stems:
+            if (ann / f"{stem}.csv").is_file():
+                per_part[part] = _kinetics_rows(ann / f"{stem}.csv")
+                break
+    if "train" not in per_part:
+        raise _missing_root(name, root, "no annotations/train.csv")
+    classes = sorted({lab for rows, labelled in per_part.values() if labelled for lab, _, _ in rows})
+    cidx = {c: i for i, c in enumerate(classes)}
+    notes: list[str] = []
+    items: list[tuple[str, int, str]] = []
+    missing: dict[str, list[str]] = {}
+    listed: dict[str, int] = {}
+    for part, (rows, labelled) in per_part.items():
+        if not labelled:
+            notes.append(f"{name}: the {len(rows)} {part} clips of annotations/{part}.csv have no labels (held out "
+                         "by the release); not indexed")
+            continue
+        folder = _find(root, *KINETICS_PARTS[part])
+        found = _scan_split_folder(name, root, folder, notes) if folder is not None else {}
+        missing[part], listed[part] = [], len(rows)
+        seen = set()
+        for label, yid, stem in rows:
+            if stem in seen:
+                continue
+            seen.add(stem)
+            rel = found.get(stem) or found.get(yid)   # some downloaders name a clip by its id alone
+            if rel is None:
+                missing[part].append(f"{part}/{stem}")
+            else:
+                items.append((rel, cidx[label], part))
+    if not items:
+        raise _missing_root(name, root, "none of the videos the annotations name (looked for "
+                            "<split>/<youtube_id>_<start:06d>_<end:06d>.mp4)")
+    items.sort()
+    videos = tuple(Video(rel, label, -1) for rel, label, _ in items)
+    test_labelled = per_part.get("test", ([], False))[1] and any(p == "test" for *_, p in items)
+    splits = _official_splits(len(videos), [p for *_, p in items], test_labelled)
+    notes = list(_check_counts(name, len(videos), len(classes))) + _missing_note(name, missing, listed, str(root)) + notes
+    lost = sorted(n for names in missing.values() for n in names)
+    return DatasetIndex(name, root, tuple(classes), videos, splits, "official", tuple(notes),
+                        {"missing_videos": lost} if lost else {})
+
+
+SSV2_VIDEOS = ("20bn-something-something-v2", "videos", "")   # folders holding <id>.webm, tried in order
+
+
+def _json(path: Path):
+    import json
+
+    try:
+        return json.loads(_read_text(path, "annotation JSON"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}:{e.lineno}: not JSON ({e.msg}); allowed: the official annotation file") from None
+
+
+def load_ssv2(root: Path) -> DatasetIndex:
+    """Something-Something v2: `labels.json` (template -> class number) and `train.json`,
+    `validation.json`, `test.json` (lists of {id, template, placeholders, label}) in `labels/` or the
+    root; videos `<id>.webm` in `20bn-something-something-v2/`, `videos/` or the root. A class is
+    its template without the brackets ("Pushing [something] from left to right" is class
+    "Pushing something from left to right"). The test set is labelled where `test-answers.csv`
+    (`id;class`) is there; otherwise left out with a note."""
+    ann = root / "labels" if (root / "labels" / "labels.json").is_file() else root
+    if not (ann / "labels.json").is_file():
+        raise _missing_root("ssv2", root, "no labels/labels.json")
+    table = _json(ann / "labels.json")
+    allowed = 'allowed: {"<template>": "<class number>", ...} numbered 0, 1, 2, ... (the official labels.json)'
+    if not isinstance(table, dict) or not table:
+        raise DatasetError(f"{ann / 'labels.json'}: not an object of class templates; {allowed}")
+    numbers = {}
+    for k, v in table.items():
+        if not (isinstance(v, (str, int)) and str(v).isdigit()):
+            raise DatasetError(f"{ann / 'labels.json'}: class {k!r} has number {v!r}; {allowed}")
+        numbers[k] = int(v)
+    if sorted(numbers.values()) != list(range(len(numbers))):
+        raise DatasetError(f"{ann / 'labels.json'}: the class numbers are not 0..{len(numbers) - 1}, each once; {allowed}")
+    classes = tuple(sorted(numbers, key=numbers.get))
+    entry = 'allowed: a list of {"id": "<number>", "template": "<class with [something]>", ...}'
+
+    def entries(path: Path, labelled: bool) -> list[tuple[str, int | None]]:
+        data = _json(path)
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: not a list of videos; {entry}")
+        out = []
+        for i, e in enumerate(data):
+            where = f"{path} entry {i}"
+            vid = str(e.get("id", "")) if isinstance(e, dict) else ""
+            if not CLIP_ID.match(vid):
+                raise DatasetError(f"{where}: id {vid!r} is not a video id; {entry}")
+            if not labelled:
+                out.append((vid, None))
+                continue
+            template = e.get("template")
+            if not isinstance(template, str):
+                raise DatasetError(f"{where}: no template; {entry}")
+            cls = template.replace("[", "").replace("]", "")
+            if cls not in numbers:
+                raise DatasetError(f"{where}: template {template!r} is no class of labels.json; {entry}")
+            out.append((vid, numbers[cls]))
+        return out
+
+    parts: dict[str, list[tuple[str, int | None]]] = {}
+    for part, fname in (("train", "train.json"), ("val", "validation.json"), ("test", "test.json")):
+        if (ann / fname).is_file():
+            parts[part] = entries(ann / fname, part != "test")
+    if "train" not in parts:
+        raise _missing_root("ssv2", root, "no train.json beside labels.json")
+    notes: list[str] = []
+    answers = ann / "test-answers.csv"
+    if "test" in parts and answers.is_file():
+        labels_of = {}
+        for where, ln in _list_lines(answers):
+            vid, _, cls = ln.partition(";")
+            if cls.strip() not in numbers:
+                raise DatasetError(f"{where}: {cls.strip()!r} is no class of labels.json; allowed: '<id>;<class>'")
+            labels_of[vid.strip()] = numbers[cls.strip()]
+        parts["test"] = [(vid, labels_of.get(vid)) for vid, _ in parts["test"]]
+    elif "test" in parts:
+        notes.append(f"ssv2: the {len(parts['test'])} test videos of test.json have no labels (no test-answers.csv); "
+                     "not indexed")
+        del parts["test"]
+    folder = next((root / d for d in SSV2_VIDEOS if d and (root / d).is_dir()), root)
+    found = _scan_split_folder("ssv2", root, folder, notes)
+    items, missing, listed = [], {}, {}
+    for part, rows in parts.items():
+        missing[part], listed[part] = [], len(rows)
+        for vid, label in rows:
+            if label is None:
+                continue
+            rel = found.get(vid)
+            if rel is None:
+                missing[part].append(vid)
+            else:
+                items.append((rel, label, part))
+    if not items:
+        raise _missing_root("ssv2", root, "none of the <id>.webm videos the annotations name")
+    items.sort()
+    videos = tuple(Video(rel, label, -1) for rel, label, _ in items)
+    splits = _official_splits(len(videos), [p for *_, p in items], any(p == "test" for *_, p in items))
+    notes = list(_check_counts("ssv2", len(videos), len(classes))) + _missing_note(
+        "ssv2", missing, listed, str(folder)) + notes
+    lost = sorted(f"{p}/{v}" for p, names in missing.items() for v in names)
+    return DatasetIndex("ssv2", root, classes, videos, splits, "official", tuple(notes),
+                        {"missing_videos": lost} if lost else {})
+
+
 DATASETS: Registry[Callable[[Path], DatasetIndex]] = Registry("dataset")
 DATASETS.add("ucf50", load_ucf50, "UCF50: 50 classes in class folders, 25 groups (_gNN_), leave-one-group-out")
 DATASETS.add("ucf101", load_ucf101, "UCF101: 101 classes, the official splits 1-3 (ucfTrainTestlist)")
 DATASETS.add("hmdb51", load_hmdb51, "HMDB51: 51 classes, the official splits 1-3 (testTrainMulti_7030_splits)")
 DATASETS.add("folder", load_folder, "your own videos: one folder per class (groups from _gNN_ names if any)")
+for _k in ("400", "600", "700"):
+    DATASETS.add(f"kinetics{_k}", partial(load_kinetics, f"kinetics{_k}"),
+                 f"Kinetics-{_k}: the official annotations/*.csv and <split>/<id>_<start>_<end>.mp4 (missing downloads listed)")
+DATASETS.add("ssv2", load_ssv2, "Something-Something v2: labels.json, train/validation.json, <id>.webm; views not mirrored")
 DATASETS.add("synthetic", load_synthetic, "har's own synthetic set (`har synth`): reversed-order class pairs")
 
 

@@ -331,7 +331,11 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         rels = [v.path for v in index.videos]
         sources = lineage.source_fingerprints(index.root, rels, known)
         lin = build_lineage(index, recipe, sources)
-        result = ExtractResult(store=target, notes=index.notes)
+        notes = index.notes
+        if recipe.views and recipe.hflip and datasets.manifest()["datasets"].get(index.name, {}).get("hflip") is False:
+            notes += (f"{index.name}: left and right are part of its labels, yet the augmented views are mirrored "
+                      "(recipe hflip true); --no-hflip keeps them as recorded",)
+        result = ExtractResult(store=target, notes=notes)
         result.source_bytes = sum(s.size for s in sources)
         damage = []
         if old is not None and store.has_results(old):
