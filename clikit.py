@@ -20,6 +20,7 @@ import functools
 import importlib
 import inspect
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,7 @@ def boundary(fn, interrupted: str = RESUMES, kept: str | None = None,
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
+            no_urls(fn, kwargs)
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
@@ -140,6 +142,38 @@ def boundary(fn, interrupted: str = RESUMES, kept: str | None = None,
                   f"{REPORT} with the command and its output", EXIT_BUG)
 
     return run
+
+
+URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+")   # s3://b/k as a Path reads s3:/b/k
+
+
+def flag_of(fn, name: str) -> str:
+    """How the user wrote parameter `name` of command `fn`: its first option name, else its metavar."""
+    param = inspect.signature(fn, eval_str=True).parameters.get(name)
+    infos = [*getattr(param.annotation, "__metadata__", ()), param.default] if param is not None else []
+    for info in infos:
+        # with Annotated, typer.Option("--out") keeps the name in `default`, the rest in param_decls
+        decls = [d for d in (getattr(info, "default", None), *(getattr(info, "param_decls", None) or ()))
+                 if isinstance(d, str) and d.startswith("-")]
+        if decls:
+            return decls[0].split("/")[0]
+        if isinstance(info, typer.models.ArgumentInfo):
+            return info.metavar or name.upper()
+    return "--" + name.replace("_", "-")
+
+
+def no_urls(fn, kwargs: dict) -> None:
+    """A URL given where a local path is taken is one line, not a folder named 's3:' in the current
+    directory (pathlib reads s3://bucket/x.zarr as the relative path s3:/bucket/x.zarr)."""
+    for name, value in kwargs.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            m = URL.match(str(v)) if isinstance(v, Path) else None
+            if m:
+                shown = f"{m.group(1)}://{str(v)[m.end():]}"
+                flag = flag_of(fn, name)
+                raise ValueError(f"{flag} {shown}: object storage and other URLs are not supported yet; allowed: a "
+                                 "local path (a bucket mounted with s3fs, gcsfuse or rclone mount works; "
+                                 f"$PWD/{m.group(1)}:/... names a local folder called {m.group(1)}:)")
 
 
 def command(name: str | None = None, **hints):

@@ -114,3 +114,18 @@ def test_failed_videos_listed_exit_3(synthetic_root, tmp_path):
     assert res.returncode == 3
     assert "1 videos failed" in res.stderr and "Grow/v_Grow_g07_c01.avi: empty file" in res.stderr
     assert "24 ok, 1 failed" in res.stdout
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["extract", "synthetic", "--out", "s3://bucket/x.zarr"], "--out s3://bucket/x.zarr"),
+    (["extract", "folder", "--root", "gs://bucket/ucf101"], "--root gs://bucket/ucf101"),
+    (["features", "--store", "az://c/frames.zarr", "--backbone", "resnet18"], "--store az://c/frames.zarr"),
+    (["train-head", "lstm", "--features", "a.zarr", "--features", "s3://b/f.zarr"], "--features s3://b/f.zarr"),
+    (["evaluate", "s3://b/runs/lstm"], "RUN_DIR s3://b/runs/lstm"),
+])
+def test_a_url_where_a_local_path_is_taken_is_one_line_and_writes_nothing(tmp_path, args, flag):
+    """pathlib reads s3://bucket/x.zarr as the relative path s3:/bucket/x.zarr: har must not write a
+    folder named 's3:' in the current directory and report success."""
+    code, _, err = har(*args, cwd=tmp_path)
+    assert code == 2 and f"error: {flag}: object storage and other URLs are not supported yet" in err
+    assert list(tmp_path.iterdir()) == []
