@@ -25,7 +25,7 @@ def test_every_command_has_help_with_examples(command):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["extract", "kinetics"], "unknown dataset 'kinetics'; allowed: ucf50, ucf101, hmdb51, folder, synthetic"),
+    (["extract", "kinetics"], "unknown dataset 'kinetics'; allowed: ucf50, ucf101, hmdb51, folder, kinetics400, kinetics600, kinetics700, ssv2, synthetic"),
     (["extract", "synthetic", "--frames", "-3"], "--frames -3 is out of range; allowed: >= 1"),
     (["extract", "synthetic", "--size", "12x"], "--size '12x' is not a size; allowed: PX or HxW"),
     (["extract", "synthetic", "--sampling", "zigzag"], "unknown sampling 'zigzag'; allowed: uniform, random-uniform, clip, multiclip"),

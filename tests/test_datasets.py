@@ -107,7 +107,7 @@ def test_folder_dataset_any_container_and_groups(tmp_path):
     ("ucf101", ".", "no ucfTrainTestlist/ folder"),
     ("hmdb51", ".", "no testTrainMulti_7030_splits/ folder"),
     ("synthetic", ".", "har synth"),
-    ("kinetics", ".", "unknown dataset 'kinetics'; allowed: ucf50, ucf101, hmdb51, folder, synthetic"),
+    ("kinetics", ".", "unknown dataset 'kinetics'; allowed: ucf50, ucf101, hmdb51, folder, kinetics400, kinetics600, kinetics700, ssv2, synthetic"),
 ])
 def test_missing_or_wrong_roots_say_how_to_fix(tmp_path, name, root, message):
     with pytest.raises(D.DatasetError, match=message):
