@@ -56,7 +56,8 @@ def synth(
 
 
 @command(interrupted="interrupted; the finished videos are kept, run the same command again to finish", kept="videos",
-         where=lambda kw: kw.get("out_path") or __import__("pipeline.lineage").lineage.har_home())
+         where=lambda kw: kw.get("out_path") or __import__("pipeline.lineage").lineage.har_home(),
+         urls=("out_path",))
 def extract(
     dataset: Annotated[str, arg("The dataset's layout.", choices="dataset")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: $HAR_HOME/datasets/DATASET].")] = None,
@@ -126,7 +127,7 @@ def extract(
                   "its labels); --hflip mirrors them", highlight=False)
     if (r.rotate or r.vflip or not r.hflip) and r.views == 0 and not unmirrored:
         err.print("[yellow]note:[/] --rotate, --vflip and --no-hflip apply to augmented views; with --views 0 there "
-                  "are none", highlight=False)
+                  "are none (train-e2e on this store still follows its --no-hflip)", highlight=False)
     cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
                           threads=threads, scheduler=dask_scheduler, force=force, verify=verify)
     with progress("extract") as update:
@@ -142,7 +143,8 @@ def extract(
 
 
 @command(interrupted="interrupted; the finished shards are kept, run the same command again to finish", kept="shards",
-         where=lambda kw: kw.get("out_path") or kw.get("store_path") or "the feature store (beside the frame store)")
+         where=lambda kw: kw.get("out_path") or kw.get("store_path") or "the feature store (beside the frame store)",
+         urls=("store_path", "out_path"))
 def features(
     backbone: Annotated[str, opt("--backbone", help="Frozen 2D backbone (har models compares them).", choices="backbone")] = "resnet152",
     store_path: Annotated[Optional[Path], typer.Option("--store", help="The frame store (.zarr or .h5).")] = None,
@@ -241,7 +243,7 @@ def one_or_jointly(option: str, paths: list, dataset, mix: str, jointly, alone) 
                   highlight=False)
 
 
-@command("train-head", interrupted=TRAINING)
+@command("train-head", interrupted=TRAINING, urls=("features",))
 @takes(C.HeadConfig, HEAD)
 @takes(C.TrainConfig, LOOP)
 def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName = None,

@@ -103,15 +103,16 @@ def fail(msg: str, code: int = EXIT_USAGE) -> None:
 
 
 def boundary(fn, interrupted: str = RESUMES, kept: str | None = None,
-              where: Callable[[dict], object] | None = None):
+              where: Callable[[dict], object] | None = None, urls: tuple[str, ...] = ()):
     """Every exception a command raises becomes a line and an exit code (the module docstring's
     table). `interrupted`: the line for Ctrl-C; `kept` and `where`: what a full disk leaves and
-    on which path (from the command's arguments)."""
+    on which path (from the command's arguments); `urls`: the parameters that take an object-storage
+    URL (s3://...) as well as a path."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
-            no_urls(fn, kwargs)
+            no_urls(fn, kwargs, urls)
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
@@ -162,10 +163,20 @@ def flag_of(fn, name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def no_urls(fn, kwargs: dict) -> None:
+def no_urls(fn, kwargs: dict, urls: tuple[str, ...] = ()) -> None:
     """A URL given where a local path is taken is one line, not a folder named 's3:' in the current
-    directory (pathlib reads s3://bucket/x.zarr as the relative path s3:/bucket/x.zarr)."""
+    directory (pathlib reads s3://bucket/x.zarr as the relative path s3:/bucket/x.zarr); in the
+    parameters named in `urls` it becomes a `pipeline.location.Url`."""
     for name, value in kwargs.items():
+        if name in urls and value is not None:
+            from pipeline import location
+
+            try:
+                kwargs[name] = ([location.of(v) for v in value] if isinstance(value, (list, tuple))
+                                else location.of(value))
+            except location.LocationError as e:
+                raise ValueError(f"{flag_of(fn, name)} {e}") from None
+            continue
         for v in value if isinstance(value, (list, tuple)) else [value]:
             m = URL.match(str(v)) if isinstance(v, Path) else None
             if m:

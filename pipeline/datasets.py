@@ -5,7 +5,9 @@ one int8 per video, as the store keeps them (`split/<name>`).
 """
 from __future__ import annotations
 
+import io
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -437,14 +439,35 @@ CLIP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # YouTube ids (11 of these char
 MISSING_SHOWN = 5                                  # missing downloads named in the note; all are in attrs
 
 
-def _scan_split_folder(name: str, root: Path, folder: Path, notes: list[str]) -> dict[str, str]:
+def _scan_split_folder(name: str, root: Path, folder: Path, notes: list[str]) -> dict[str, str] | None:
     """File stem -> path relative to root for every video in `folder`, flat or in class folders
     below it (the official download scripts write either). Links leading outside the root are
-    left out with a note; of two files with one stem the first in sorted order is kept."""
+    left out with one note each (a linked folder once, not per video); None when `folder` itself
+    leads outside. Of two files with one stem the first in sorted order is kept."""
     found: dict[str, str] = {}
     base = os.path.relpath(folder, root).replace(os.sep, "/")
-    for dirpath, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    if base != ".":
+        try:
+            safe_rel(root, base, f"{name} scan")
+        except DatasetError as e:
+            notes.append(f"{e}; its videos are not indexed (har reads only below the dataset root: pass the "
+                         "folder the link points into as --root, or copy it under the root)")
+            return None
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            rel = os.path.relpath(os.path.join(dirpath, d), root).replace(os.sep, "/")
+            real = os.path.realpath(os.path.join(dirpath, d))
+            try:
+                safe_rel(root, rel, f"{name} scan of {base}")
+            except DatasetError as e:
+                notes.append(f"{e}; its videos are not indexed")
+                continue
+            if real not in seen:   # a link back up would walk forever
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
         for f in sorted(files):
             if f.startswith(".") or not f.lower().endswith(VIDEO_SUFFIXES):
                 continue
@@ -495,7 +518,7 @@ def _seconds(where: str, column: str, text: str) -> int:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (value >= 0 and value == int(value)):
+    if not (math.isfinite(value) and value >= 0 and value == int(value)):
         raise DatasetError(f"{where}: {column} {text!r} is not a whole number of seconds; {KINETICS_LINE}")
     return int(value)
 
@@ -504,17 +527,25 @@ def _kinetics_rows(path: Path) -> tuple[list[tuple[str | None, str, str]], bool]
     """[(label or None, youtube_id, file stem)] of one annotation CSV, and whether it has labels."""
     import csv
 
-    lines = _read_text(path, "annotation CSV").splitlines()
-    reader = csv.DictReader(lines)
-    cols = reader.fieldnames or []
+    reader = csv.DictReader(io.StringIO(_read_text(path, "annotation CSV"), newline=""))
+    try:
+        cols = reader.fieldnames or []
+    except csv.Error as e:
+        raise DatasetError(f"{path}:1: not a CSV header ({e}); {KINETICS_LINE}") from None
     need = ("youtube_id", "time_start", "time_end")
     if any(c not in cols for c in need):
         raise DatasetError(f"{path}:1: header {','.join(cols)!r} lacks {', '.join(c for c in need if c not in cols)}; "
                            f"{KINETICS_LINE}")
     labelled = "label" in cols
     rows = []
-    for i, r in enumerate(reader, 2):
-        where = f"{path}:{i}"
+    while True:
+        try:
+            r = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise DatasetError(f"{path}:{reader.line_num}: not a CSV line ({e}); {KINETICS_LINE}") from None
+        where = f"{path}:{reader.line_num}"
         if None in r or any(r.get(c) is None for c in cols):
             raise DatasetError(f"{where}: {len(cols)} columns in the header, another count on this line; {KINETICS_LINE}")
         yid = r["youtube_id"].strip()
@@ -537,10 +568,12 @@ def load_kinetics(name: str, root: Path) -> DatasetIndex:
     if ann is None:
         raise _missing_root(name, root, "no annotations/ folder with the official CSVs")
     per_part: dict[str, tuple[list, bool]] = {}
+    ann_file: dict[str, str] = {}
     for part, stems in KINETICS_PARTS.items():
         for stem in stems:
             if (ann / f"{stem}.csv").is_file():
                 per_part[part] = _kinetics_rows(ann / f"{stem}.csv")
+                ann_file[part] = f"annotations/{stem}.csv"
                 break
     if "train" not in per_part:
         raise _missing_root(name, root, "no annotations/train.csv")
@@ -552,12 +585,14 @@ def load_kinetics(name: str, root: Path) -> DatasetIndex:
     listed: dict[str, int] = {}
     for part, (rows, labelled) in per_part.items():
         if not labelled:
-            notes.append(f"{name}: the {len(rows)} {part} clips of annotations/{part}.csv have no labels (held out "
-                         "by the release); not indexed")
+            notes.append(f"{name}: the {len(rows)} {part} clips of {ann_file[part]} have no labels (held out by the "
+                         "release); not indexed")
             continue
         folder = _find(root, *KINETICS_PARTS[part])
         found = _scan_split_folder(name, root, folder, notes) if folder is not None else {}
-        missing[part], listed[part] = [], len(rows)
+        if found is None:
+            continue    # the split's folder leads outside the root: said in a note, not "missing downloads"
+        missing[part], listed[part] = [], len({stem for *_, stem in rows})
         seen = set()
         for label, yid, stem in rows:
             if stem in seen:
@@ -591,6 +626,9 @@ def _json(path: Path):
         return json.loads(_read_text(path, "annotation JSON"))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}:{e.lineno}: not JSON ({e.msg}); allowed: the official annotation file") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: nested too deeply to be an annotation file; allowed: the official annotation "
+                           "file") from None
 
 
 def load_ssv2(root: Path) -> DatasetIndex:
@@ -600,20 +638,25 @@ def load_ssv2(root: Path) -> DatasetIndex:
     its template without the brackets ("Pushing [something] from left to right" is class
     "Pushing something from left to right"). The test set is labelled where `test-answers.csv`
     (`id;class`) is there; otherwise left out with a note."""
-    ann = root / "labels" if (root / "labels" / "labels.json").is_file() else root
-    if not (ann / "labels.json").is_file():
-        raise _missing_root("ssv2", root, "no labels/labels.json")
-    table = _json(ann / "labels.json")
+    # the Qualcomm download's labels/labels.json, or the 20BN release's something-something-v2-labels.json
+    # (in label/, annotations/ or the root, as SlowFast, TSM and MMAction2 lay it out)
+    ann, prefix = next(((root / d, pre) for d in ("labels", "label", "annotations", "")
+                        for pre in ("", "something-something-v2-") if (root / d / f"{pre}labels.json").is_file()),
+                       (None, ""))
+    if ann is None:
+        raise _missing_root("ssv2", root, "no labels/labels.json (or something-something-v2-labels.json)")
+    table = _json(ann / f"{prefix}labels.json")
     allowed = 'allowed: {"<template>": "<class number>", ...} numbered 0, 1, 2, ... (the official labels.json)'
     if not isinstance(table, dict) or not table:
-        raise DatasetError(f"{ann / 'labels.json'}: not an object of class templates; {allowed}")
+        raise DatasetError(f"{ann / (prefix + 'labels.json')}: not an object of class templates; {allowed}")
     numbers = {}
     for k, v in table.items():
-        if not (isinstance(v, (str, int)) and str(v).isdigit()):
-            raise DatasetError(f"{ann / 'labels.json'}: class {k!r} has number {v!r}; {allowed}")
+        if isinstance(v, bool) or not (isinstance(v, (str, int)) and str(v).isascii() and str(v).isdigit()):
+            raise DatasetError(f"{ann / (prefix + 'labels.json')}: class {k!r} has number {v!r}; {allowed}")
         numbers[k] = int(v)
     if sorted(numbers.values()) != list(range(len(numbers))):
-        raise DatasetError(f"{ann / 'labels.json'}: the class numbers are not 0..{len(numbers) - 1}, each once; {allowed}")
+        raise DatasetError(f"{ann / (prefix + 'labels.json')}: the class numbers are not 0..{len(numbers) - 1}, each "
+                           f"once; {allowed}")
     classes = tuple(sorted(numbers, key=numbers.get))
     entry = 'allowed: a list of {"id": "<number>", "template": "<class with [something]>", ...}'
 
@@ -624,7 +667,8 @@ def load_ssv2(root: Path) -> DatasetIndex:
         out = []
         for i, e in enumerate(data):
             where = f"{path} entry {i}"
-            vid = str(e.get("id", "")) if isinstance(e, dict) else ""
+            raw = e.get("id") if isinstance(e, dict) else None
+            vid = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else ""
             if not CLIP_ID.match(vid):
                 raise DatasetError(f"{where}: id {vid!r} is not a video id; {entry}")
             if not labelled:
@@ -641,8 +685,8 @@ def load_ssv2(root: Path) -> DatasetIndex:
 
     parts: dict[str, list[tuple[str, int | None]]] = {}
     for part, fname in (("train", "train.json"), ("val", "validation.json"), ("test", "test.json")):
-        if (ann / fname).is_file():
-            parts[part] = entries(ann / fname, part != "test")
+        if (ann / f"{prefix}{fname}").is_file():
+            parts[part] = entries(ann / f"{prefix}{fname}", part != "test")
     if "train" not in parts:
         raise _missing_root("ssv2", root, "no train.json beside labels.json")
     notes: list[str] = []
@@ -654,6 +698,10 @@ def load_ssv2(root: Path) -> DatasetIndex:
             if cls.strip() not in numbers:
                 raise DatasetError(f"{where}: {cls.strip()!r} is no class of labels.json; allowed: '<id>;<class>'")
             labels_of[vid.strip()] = numbers[cls.strip()]
+        unanswered = [vid for vid, _ in parts["test"] if vid not in labels_of]
+        if unanswered:
+            notes.append(f"ssv2: {len(unanswered)} test videos have no line in test-answers.csv ("
+                         f"{', '.join(unanswered[:MISSING_SHOWN])}); not indexed")
         parts["test"] = [(vid, labels_of.get(vid)) for vid, _ in parts["test"]]
     elif "test" in parts:
         notes.append(f"ssv2: the {len(parts['test'])} test videos of test.json have no labels (no test-answers.csv); "
@@ -661,9 +709,11 @@ def load_ssv2(root: Path) -> DatasetIndex:
         del parts["test"]
     folder = next((root / d for d in SSV2_VIDEOS if d and (root / d).is_dir()), root)
     found = _scan_split_folder("ssv2", root, folder, notes)
+    if found is None:
+        raise _missing_root("ssv2", root, f"the videos' folder {folder.name}/ leads outside the root")
     items, missing, listed = [], {}, {}
     for part, rows in parts.items():
-        missing[part], listed[part] = [], len(rows)
+        missing[part], listed[part] = [], len({vid for vid, label in rows if label is not None})
         for vid, label in rows:
             if label is None:
                 continue

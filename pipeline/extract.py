@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import augment, datasets, latest, lineage, outputs, resources, store, swap, video
+from pipeline import augment, datasets, latest, lineage, location, outputs, resources, store, swap, video
 from pipeline.recipe import Recipe, sample_axes, sample_plan
 from pipeline.cluster import cpu_count, run_tasks
 from pipeline.resources import human
@@ -191,7 +191,7 @@ def run_batch(task: BatchTask) -> list[dict]:
     status = np.full(m, store.FAILED, np.int8)
     error = np.full(m, "", dtype=object)
     decoded = np.zeros(m, np.int64)
-    old = store.StoreReader(Path(task.old)) if task.old and any(j >= 0 for j in task.reuse) else None
+    old = store.StoreReader(location.of(task.old)) if task.old and any(j >= 0 for j in task.reuse) else None
     reused = [False] * m
     for i, (rel, j) in enumerate(zip(task.videos, task.reuse)):
         if j >= 0:
@@ -224,7 +224,7 @@ def run_batch(task: BatchTask) -> list[dict]:
             error[i] = f"{type(e).__name__}: {e}"
     if old is not None:
         old.close()
-    store.write_batch(Path(task.work), task.start, {"frames": frames, "frame_idx": frame_idx,
+    store.write_batch(location.of(task.work), task.start, {"frames": frames, "frame_idx": frame_idx,
                                                      "view_params": view_params,
                                                      "num_frames": num_frames, "fps": fps,
                                                      "error": error.astype(str), "status": status})
@@ -301,7 +301,10 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             raise ValueError(f"{flag} {value} is out of range; allowed: 1..{MAX_PARALLEL}")
     recipe = cfg.recipe
     index = datasets.load(cfg.dataset, cfg.root)
-    target = Path(cfg.out) if cfg.out else default_store_path(index.name, recipe, cfg.format)
+    target = location.of(cfg.out) if cfg.out else default_store_path(index.name, recipe, cfg.format)
+    if isinstance(target, location.Url) and cfg.format == "hdf5":
+        raise store.StoreError(f"--out {target}: an HDF5 file cannot be written to object storage; allowed there: a "
+                               "Zarr store (--format zarr, a .zarr prefix)")
     if cfg.out and store.format_of(target) != cfg.format and target.suffix:
         cfg = replace(cfg, format=store.format_of(target))
     target = outputs.check_output(target, "frames", roots=[index.root])  # resolved: a symlinked --out is its target

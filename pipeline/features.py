@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import backbones, latest, lineage, outputs, resources, store, swap
+from pipeline import backbones, latest, lineage, location, outputs, resources, store, swap
 from pipeline import device as devices
 from pipeline.cluster import run_tasks
 
@@ -178,7 +178,7 @@ def read_frames(task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
     """(status, frames) of the task's videos, verified against their checksums, from the frame store
     version the stage began with: its fingerprint is checked before and after the read, so a store
     swapped in meanwhile (har extract --force) stops the stage instead of mixing two versions."""
-    path = Path(task.frames)
+    path = location.of(task.frames)
 
     def same_version() -> None:
         with store.StoreReader(path) as r:
@@ -209,7 +209,7 @@ def run_shard(task: ShardTask, prefetched: tuple[np.ndarray, np.ndarray] | None 
     if len(flat):
         feats[ok] = enc.encode(flat).reshape(int(ok.sum()), s, t, -1)
     out_status = np.where(ok, store.OK, store.FAILED).astype(np.int8)
-    store.write_batch(Path(task.work), task.start, {"features": feats, "status": out_status}, data_name="features")
+    store.write_batch(location.of(task.work), task.start, {"features": feats, "status": out_status}, data_name="features")
     return {"start": task.start, "videos": int(ok.sum()), "frames": int(len(flat))}
 
 
@@ -217,7 +217,7 @@ def run_shard(task: ShardTask, prefetched: tuple[np.ndarray, np.ndarray] | None 
 
 def frame_store_for(cfg: FeatureConfig) -> Path:
     if cfg.store is not None:
-        return Path(cfg.store)
+        return location.of(cfg.store)
     return latest.latest_store(cfg.dataset, "frames")
 
 
@@ -245,7 +245,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     encoder = EncoderConfig(backbone=cfg.backbone, weights=cfg.weights, device=device, precision=precision,
                             batch_size=cfg.batch_size, compile=cfg.compile, resize=cfg.resize)
     weights = encoder_for(encoder).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
-    target = Path(cfg.out) if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
+    target = location.of(cfg.out) if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
     target = outputs.check_output(target, "features", inputs=[src])  # resolved: a symlinked --out is its target
     content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
                "frames_fingerprint": attrs["lineage"]["fingerprint"], "backbone": cfg.backbone,

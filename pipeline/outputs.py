@@ -53,9 +53,13 @@ def _within(child: Path, parent: Path) -> bool:
 def store_kind(path: Path) -> str | None:
     """"frames" / "features" when `path` is a har store (Zarr folder or HDF5 file), else None.
     Reads only the group metadata: a damaged har store is still recognised as ours."""
-    path = Path(path)
+    from pipeline import location
+
+    path = location.of(path)
     try:
-        if path.is_dir():
+        if isinstance(path, location.Url):
+            kind = json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("kind")
+        elif path.is_dir():
             meta = json.loads((path / "zarr.json").read_text())
             kind = meta.get("attributes", {}).get("kind")
         elif path.is_file():
@@ -141,6 +145,12 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
     output of this kind."""
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; allowed: {', '.join(KINDS)}")
+    from pipeline import location
+
+    inputs = [location.of(i) for i in inputs]
+    if isinstance(target, location.Url):
+        return _check_url(target, kind, inputs)
+    inputs = [i for i in inputs if not isinstance(i, location.Url)]   # a local path is never inside a URL
     if str(target) in ("", "."):
         raise OutputError("--out is empty (the current directory); name the output, e.g. --out frames.zarr")
     t = _resolved(target)
@@ -174,6 +184,28 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
         raise OutputError(f"--out {target} is {_describe(t)}, not a har {what}; har only replaces its own output "
                           "of the same kind (--force does not change that): choose a new path")
     return t
+
+
+def _check_url(target, kind: str, inputs: list) -> object:
+    """check_output for object storage: only stores go there; never over or inside an input, and
+    an existing prefix must be a har store of this kind (nothing else under it is ever deleted)."""
+    from pipeline.location import Url
+
+    if kind not in ("frames", "features"):
+        raise OutputError(f"--out {target}: only frame and feature stores can be written to object storage; "
+                          "allowed for this output: a local path")
+    for i in (i for i in inputs if isinstance(i, Url)):
+        if target == i or i in target.parents or target in i.parents:
+            raise OutputError(f"--out {target} is, contains or is inside {i}, an input of this command; "
+                              "choose another prefix")
+    if "/" not in target.key:
+        raise OutputError(f"--out {target} is a whole bucket; name a store inside it, e.g. {target}/data.zarr")
+    if not target.exists():
+        return target
+    if store_kind(target) != kind:
+        raise OutputError(f"--out {target} holds objects that are not a har {kind} store; har only replaces its "
+                          "own output of the same kind (--force does not change that): choose a new prefix")
+    return target
 
 
 def marked_folder(target: Path, kind: str, inputs: Iterable[Path] = ()) -> Path:

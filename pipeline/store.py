@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import augment
+from pipeline import augment, location
+from pipeline.location import Url
 
 SCHEMA_VERSION = 2  # 2: per-sample checksums, static checksums, crc32c on data chunks
 PENDING, OK, FAILED = 0, 1, 2
@@ -75,7 +76,7 @@ def _zarr():
 
 
 def format_of(path: Path) -> str:
-    return "hdf5" if Path(path).suffix.lower() in (".h5", ".hdf5") else "zarr"
+    return "hdf5" if location.of(path).suffix.lower() in (".h5", ".hdf5") else "zarr"
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class StoreReader:
     """Read-only view of a Zarr or HDF5 store: `reader["frames"][i]`, `reader.attrs`."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = location.of(path)
         self.format = format_of(self.path)
         if not self.path.exists():
             raise StoreError(f"no store at {self.path}")
@@ -301,7 +302,7 @@ def open_input(path: Path, kind: str, needs: str) -> StoreReader:
     wrong otherwise: missing, another kind, unfinished (a .partial.zarr), another schema version,
     written by an older har, damaged static arrays or a lost `status` chunk. `needs` completes
     the message for another kind: "{path} is a frames store; {needs}"."""
-    path = Path(path)
+    path = location.of(path)
     if not path.exists():
         make = "har extract" if kind == "frames" else "har features"
         raise StoreError(f"{kind} store {path} does not exist; run `{make}` first")
@@ -358,6 +359,7 @@ def missing_chunks(r: "StoreReader") -> dict[str, list[int]]:
     if r.format != "zarr":
         return {}
     out: dict[str, list[int]] = {}
+    listed = set(r.path.files()) if isinstance(r.path, Url) else None   # one listing, not a request per chunk
     for name in r.names():
         try:
             arr = r[name]
@@ -370,7 +372,8 @@ def missing_chunks(r: "StoreReader") -> dict[str, list[int]]:
             continue
         grid = [-(-n // c) for n, c in zip(arr.shape, grid_of)]
         for idx in np.ndindex(*grid):
-            if not (r.path / name / enc.encode_chunk_key(idx)).exists():
+            key = f"{name}/{enc.encode_chunk_key(idx)}"
+            if not (key in listed if listed is not None else (r.path / key).exists()):
                 out.setdefault(name, []).append(int(idx[0]) * int(grid_of[0]))
     return out
 
@@ -443,15 +446,20 @@ def verify(r: "StoreReader") -> list[str]:
 
 
 def dir_bytes(path: Path) -> int:
-    """Bytes on disk of a store (a Zarr folder or an HDF5 file)."""
-    path = Path(path)
+    """Bytes on disk of a store (a Zarr folder or an HDF5 file; the objects under a URL)."""
+    path = location.of(path)
+    if isinstance(path, Url):
+        return sum(path.files().values())
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def remove(path: Path) -> None:
-    path = Path(path)
+    path = location.of(path)
+    if isinstance(path, Url):
+        path.remove_tree()
+        return
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():

@@ -6,16 +6,27 @@ recognises as its own are ever removed.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 from pipeline.hdf5 import zarr_to_hdf5
+from pipeline.location import Url
 from pipeline.store import (SCHEMA_VERSION, Layout, StoreError, StoreReader, format_of, has_results,
                             remove)
 
 
-class WriterLock:
-    """One writer per store: an flock on `<store>.lock`, released by the OS even on kill -9."""
+def WriterLock(store):  # noqa: N802  (a class for the caller: `with WriterLock(target):`)
+    """One writer per store: an flock on a local store's `<store>.lock`, a lock object on object
+    storage (`ObjectLock`)."""
+    return ObjectLock(store) if isinstance(store, Url) else FileLock(store)
+
+
+class FileLock:
+    """An flock on `<store>.lock`, released by the OS even on kill -9."""
 
     def __init__(self, store: Path):
         self.path = Path(str(store) + ".lock")
@@ -41,6 +52,80 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class ObjectLock:
+    """One writer per store on object storage, which has no file locks: the object `<store>.lock`,
+    created only if absent (an atomic create on the server), holding the writer's host, pid and a
+    heartbeat it rewrites every HEARTBEAT seconds; deleted when the writer finishes. A lock whose
+    writer is gone is taken over: on the same host when its pid is no longer running (a kill -9),
+    from anywhere once its heartbeat is older than STALE seconds."""
+
+    HEARTBEAT = 30.0
+    STALE = 300.0
+
+    def __init__(self, store: Url):
+        self.path = Url(str(store) + ".lock")
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _body(self, started: float) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started,
+                           "heartbeat": time.time()}).encode()
+
+    def _stale(self, held: dict) -> bool:
+        if held.get("host") == socket.gethostname():
+            try:
+                os.kill(int(held.get("pid", 0)), 0)
+            except ProcessLookupError:
+                return True    # its writer was killed: nothing else on this host holds it
+            except (PermissionError, ValueError, OverflowError):
+                pass
+        return time.time() - float(held.get("heartbeat", 0)) > self.STALE
+
+    def __enter__(self):
+        self.started = time.time()
+        for _ in range(3):
+            if self.path.put_if_absent(self._body(self.started)):
+                break
+            try:
+                raw = self.path.read_bytes()
+                held = json.loads(raw)
+            except FileNotFoundError:
+                continue        # released meanwhile: try again
+            except ValueError:
+                held, raw = {}, None
+            if not self._stale(held):
+                age = time.time() - float(held.get("heartbeat", 0) or 0)
+                raise StoreError(f"{str(self.path)[:-5]} is being written by pid {held.get('pid', '?')} on "
+                                 f"{held.get('host', '?')} (lock {self.path}, heartbeat {age:.0f} s ago); wait for it "
+                                 "to finish (a second writer is refused)")
+            try:   # take over a dead writer's lock, unless another writer just did
+                if raw is None or self.path.read_bytes() == raw:
+                    self.path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+        else:
+            raise StoreError(f"{self.path}: could not take the writer lock; try again")
+        self._beat = threading.Thread(target=self._heartbeat, name="har-lock-heartbeat", daemon=True)
+        self._beat.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT):
+            try:
+                self.path.write_bytes(self._body(self.started))
+            except Exception:   # a missed beat only ages the lock; the next one tries again
+                pass
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        try:
+            self.path.unlink(missing_ok=True)
+        except Exception:
+            pass
 
 
 def work_path(target: Path) -> Path:
@@ -73,6 +158,9 @@ def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "fr
 def _zarr_only(path: Path) -> bool:
     """A folder holding nothing but Zarr's own files (zarr.json, chunks under c/): what a kill
     while a working store's group is created leaves behind."""
+    if isinstance(path, Url):
+        keys = path.files()
+        return bool(keys) and all(k.rsplit("/", 1)[-1] == "zarr.json" or "c" in k.split("/")[:-1] for k in keys)
     if not path.is_dir():
         return False
     for p in path.rglob("*"):
@@ -87,6 +175,11 @@ def recover(target: Path) -> None:
     behind (call it holding the store's WriterLock: no other writer can be using them)."""
     from pipeline.outputs import store_kind
 
+    if isinstance(target, Url):
+        work = work_path(target)
+        if work.exists() and _complete(work) and not (target.exists() and _complete(target)):
+            publish(work, target)   # a kill while publishing: the working store is whole, finish it
+        return
     for partial in target.parent.glob(target.name + ".tmp-*"):
         if partial.name.rsplit("-", 1)[-1].isdigit() and (store_kind(partial) is not None or _hdf5_file(partial)):
             remove(partial)
@@ -112,9 +205,47 @@ def _hdf5_file(path: Path) -> bool:
         return False
 
 
+def _complete(path) -> bool:
+    try:
+        with StoreReader(path) as r:
+            return bool(r.attrs.get("complete"))
+    except StoreError:
+        return False
+
+
+def publish(work: Url, target: Url) -> None:
+    """Make the finished working store `work` the store at `target` on object storage, which has
+    no rename: (1) the target's zarr.json says `complete: false` (readers refuse it from here on),
+    (2) every other object of the working store is copied over the target's (a server-side copy),
+    (3) the target's objects the new version lacks are deleted, (4) the working store's zarr.json is
+    copied last (the completion marker: from here on readers see the new version, never a mix),
+    (5) the working store is deleted. Each step can be repeated: `recover` redoes it after a kill."""
+    fs = target.fs
+    marker = target / "zarr.json"
+    if marker.exists():
+        meta = json.loads(marker.read_text())
+        if meta.get("attributes", {}).get("complete") is not False:
+            meta.setdefault("attributes", {})["complete"] = False
+            marker.write_text(json.dumps(meta))
+    new, old = work.files(), target.files()
+    keys = sorted(k for k in new if k != "zarr.json")
+    if keys:
+        fs.copy([f"{work.key}/{k}" for k in keys], [f"{target.key}/{k}" for k in keys])
+    stale = sorted(k for k in old if k not in new and k != "zarr.json")
+    if stale:
+        fs.rm([f"{target.key}/{k}" for k in stale])
+    fs.copy(f"{work.key}/zarr.json", f"{target.key}/zarr.json")
+    fs.invalidate_cache(target.key)
+    work.remove_tree()
+
+
 def swap_in(work: Path, target: Path, fmt: str) -> None:
     """Replace `target` by the finished working store (Zarr: two renames; HDF5: a conversion
-    written to a temporary file and renamed). `recover` finishes a swap a kill interrupted."""
+    written to a temporary file and renamed; object storage: `publish`). `recover` finishes a
+    swap a kill interrupted."""
+    if isinstance(target, Url):
+        publish(work, target)
+        return
     if fmt == "hdf5":
         zarr_to_hdf5(work, target)
         remove(work)

@@ -69,7 +69,7 @@ def test_kinetics_index_reads_the_official_csvs_and_both_download_layouts(tmp_pa
             v = by_stem[f"{yid}_{s:06d}_{e:06d}"]
             assert ix.classes[v.label] == label and v.group == -1
         official = ix.splits["official"]
-        train = {Path(v.path).stem.split("_0")[0] for v, s in zip(ix.videos, official) if s == datasets.TRAIN}
+        train = {Path(v.path).stem.rsplit("_", 2)[0] for v, s in zip(ix.videos, official) if s == datasets.TRAIN}
         assert train == {yid for _, yid, _, _ in K_TRAIN}
         assert (official == datasets.TEST).sum() == len(K_VAL) and "official-test" not in ix.splits
         assert ix.default_split == "official"
@@ -97,6 +97,9 @@ def test_kinetics_missing_downloads_are_counted_named_and_never_fatal(tmp_path):
     ("label,youtube_id,time_start,time_end,split\nabseiling,../../etc,1,11,train\n", "youtube_id '../../etc'"),
     ("label,youtube_id,time_start,time_end,split\nabseiling,abc,1,11\n", "another count on this line"),
     ("label,youtube_id,time_start,time_end,split\n,abc,1,11,train\n", "empty label"),
+    ("label,youtube_id,time_start,time_end,split\nabseiling,abc,inf,11,train\n", "time_start 'inf' is not a whole"),
+    ("label,youtube_id,time_start,time_end,split\n\nabseiling,abc,1e400,11,train\n", "train.csv:3: time_start '1e400'"),
+    ("label,youtube_id,time_start,time_end,split\nabseiling,abc,1,11,\"" + "x" * 140000 + "\"\n", "not a CSV line"),
 ])
 def test_kinetics_bad_annotation_lines_are_one_line_naming_file_and_line(tmp_path, text, message):
     root = tmp_path / "k"
@@ -198,6 +201,26 @@ def test_ssv2_index_classes_are_templates_numbered_as_labels_json(tmp_path):
     assert all(v.path.startswith("20bn-something-something-v2/") for v in ix.videos)
 
 
+def test_ssv2_of_the_20bn_release_names_its_files_something_something_v2(tmp_path):
+    root = ssv2_root(tmp_path / "ss")
+    (root / "labels").rename(root / "annotations")
+    for f in (root / "annotations").iterdir():
+        f.rename(f.with_name("something-something-v2-" + f.name))
+    ix = datasets.load("ssv2", root)
+    assert len(ix.videos) == 8 and ix.classes[0] == "Pushing something from right to left"
+
+
+def test_a_split_folder_linking_outside_the_root_is_one_note_not_missing_downloads(tmp_path):
+    root = kinetics_root(tmp_path / "k")
+    (root / "val").rename(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", root / "val")
+    ix = datasets.load("kinetics400", root)
+    linked = [n for n in ix.notes if "outside the dataset root" in n]
+    assert len(linked) == 1 and "--root" in linked[0]
+    assert not any("val videos listed" in n for n in ix.notes) and "missing_videos" not in ix.attrs
+    assert len(ix.videos) == len(K_TRAIN)
+
+
 def test_ssv2_test_answers_label_the_test_set(tmp_path):
     ix = datasets.load("ssv2", ssv2_root(tmp_path / "ss", answers=True))
     t = ix.splits["official-test"]
@@ -213,6 +236,9 @@ def test_ssv2_test_answers_label_the_test_set(tmp_path):
     ("train.json", '[{"id": "1", "template": "Unknown [something]"}]', "is no class of labels.json"),
     ("train.json", '[{"id": "../x", "template": "A"}]', "id '../x'"),
     ("train.json", '{"id": "1"', "not JSON"),
+    ("labels.json", '{"A": "\u00b2"}', "has number"),
+    ("train.json", '[{"id": null, "template": "A"}]', "id ''"),
+    ("train.json", "[" * 100000 + "]" * 100000, "nested too deeply"),
 ])
 def test_ssv2_bad_annotation_files_are_one_line(tmp_path, fname, text, message):
     root = tmp_path / "ss"

@@ -117,15 +117,25 @@ def test_failed_videos_listed_exit_3(synthetic_root, tmp_path):
 
 
 @pytest.mark.parametrize("args, flag", [
-    (["extract", "synthetic", "--out", "s3://bucket/x.zarr"], "--out s3://bucket/x.zarr"),
     (["extract", "folder", "--root", "gs://bucket/ucf101"], "--root gs://bucket/ucf101"),
-    (["features", "--store", "az://c/frames.zarr", "--backbone", "resnet18"], "--store az://c/frames.zarr"),
-    (["train-head", "lstm", "--features", "a.zarr", "--features", "s3://b/f.zarr"], "--features s3://b/f.zarr"),
+    (["train-e2e", "r3d_18", "--frames", "s3://b/frames.zarr"], "--frames s3://b/frames.zarr"),
     (["evaluate", "s3://b/runs/lstm"], "RUN_DIR s3://b/runs/lstm"),
 ])
 def test_a_url_where_a_local_path_is_taken_is_one_line_and_writes_nothing(tmp_path, args, flag):
     """pathlib reads s3://bucket/x.zarr as the relative path s3:/bucket/x.zarr: har must not write a
-    folder named 's3:' in the current directory and report success."""
+    folder named 's3:' in the current directory and report success (where it takes no URL yet)."""
     code, _, err = har(*args, cwd=tmp_path)
     assert code == 2 and f"error: {flag}: object storage and other URLs are not supported yet" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["extract", "synthetic", "--out", "ftp://host/x.zarr"], "--out ftp://host/x.zarr: URL scheme 'ftp' is not supported"),
+    (["extract", "synthetic", "--out", "s3://bucket"], "--out s3://bucket is a whole bucket"),
+    (["features", "--store", "s3://b/../x.zarr", "--backbone", "resnet18"], "without '.' or '..' parts"),
+])
+def test_urls_that_cannot_be_stores_are_one_line_before_any_request(tmp_path, args, message, synthetic_root):
+    code, _, err = har(*[synthetic_root if a == "ROOT" else a for a in args], "--root", synthetic_root, cwd=tmp_path) \
+        if args[0] == "extract" else har(*args, cwd=tmp_path)
+    assert code == 2 and message in err, err
     assert list(tmp_path.iterdir()) == []

@@ -323,6 +323,8 @@ def test_no_hflip_store_holds_the_mirroring_stores_views_unmirrored(synthetic_ro
                   "--batch-size", 8, "--tracker", "none", "--out", out, *flag)
         assert ran.returncode == 0, ran.stderr
         assert json.loads((out / "metrics.json").read_text())["hflip"] is want
+        # the mirrored views stored in `a` are still drawn: said, not hidden
+        assert ("on-the-fly mirror only" in ran.stderr) == (store_ == a and bool(flag))
     # a recipe that cannot have views says so
     ran = har("extract", "synthetic", "--root", synthetic_root, "--frames", 4, "--size", 48, "--no-hflip",
               "--workers", 1, "--out", tmp_path / "none.zarr")

@@ -54,6 +54,7 @@ class ClipTask:
                                                           str(cs.path))
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         hflip = store_hflip(cs) if cfg.hflip is None else cfg.hflip
+        self.warnings = self.warnings + mirrored_views_warning(cs, cfg)
         self.augment = {"hflip": hflip, "rotate": cfg.rotate, "vflip": cfg.vflip, "jitter": cfg.jitter}
         self.workers = resolve_workers(cfg.workers)
         self._loaders: dict[int, clips.ClipLoader] = {}   # evaluation, per batch size
@@ -161,9 +162,23 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
 
 
 def store_hflip(cs: data.StoreView) -> bool:
-    """Whether a store's recipe mirrors its views horizontally (stores from before the option do):
-    training clips of a video model follow it unless --hflip/--no-hflip says otherwise."""
-    return bool((cs.attrs.get("recipe") or {}).get("hflip", True))
+    """Whether a store's recipe mirrors its views horizontally (stores from before the option do)
+    and its dataset allows a mirror (not SSv2, whose labels say left and right): training clips of
+    a video model follow it unless --hflip/--no-hflip says otherwise."""
+    from pipeline import datasets
+
+    allowed = datasets.manifest()["datasets"].get(str(cs.attrs.get("dataset")), {}).get("hflip", True) is not False
+    return allowed and bool((cs.attrs.get("recipe") or {}).get("hflip", True))
+
+
+def mirrored_views_warning(cs: data.StoreView, cfg: E2EConfig) -> list[str]:
+    """--no-hflip on a store whose augmented views were stored mirrored: training still draws them."""
+    r = cs.attrs.get("recipe") or {}
+    if cfg.hflip is False and r.get("views", 0) and r.get("hflip", True) and cfg.train_views != "clean":
+        return [f"--no-hflip turns off the on-the-fly mirror only: about half of the augmented views of "
+                f"{cs.path} were stored mirrored and training draws them (--train-views {cfg.train_views}); "
+                "extract again with --no-hflip, or train with --train-views clean"]
+    return []
 
 
 def out_of_memory(cfg: E2EConfig) -> ValueError:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import datasets, store
+from pipeline import datasets, location, store
 from pipeline.files import replace_atomically
 from pipeline.lineage import seed_for
 from trainers import config
@@ -99,7 +99,7 @@ def _view(path: Path, r: store.StoreReader) -> dict:
 def open_view(path: Path, kind: str) -> StoreView:
     """The view of a finished, sound store of `kind` (frames or features). Raises store.StoreError
     for a missing, wrong-kind, unfinished or damaged one, naming it."""
-    path = Path(path)
+    path = location.of(path)
     if not path.exists():
         raise store.StoreError(f"{'feature' if kind == 'features' else 'frame'} store {path} does not exist; "
                                f"run `{MAKERS[kind]}` first")
@@ -112,7 +112,7 @@ def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
     """A feature store's view with every feature read (each sample checked against its checksum),
     into RAM or, above `ram_limit` bytes, into a memory-mapped file beside the store. Raises
     store.StoreError for a missing, wrong-kind, unfinished or damaged store."""
-    path = Path(path)
+    path = location.of(path)
     if not path.exists():
         raise store.StoreError(f"feature store {path} does not exist; run `har features` first")
     with store.open_input(path, "features", USES["features"].format(path=path)) as r:
@@ -152,8 +152,15 @@ def _read_all(r: store.StoreReader) -> np.ndarray:
 
 
 def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.ndarray:
-    """The features as a .npy memory map beside the store, written once, shard by shard."""
-    cache = path.parent / f".{path.name}.{fingerprint[:12]}.npy"
+    """The features as a .npy memory map beside the store (under $HAR_HOME/cache for a store on
+    object storage), written once, shard by shard."""
+    if isinstance(path, location.Url):
+        from pipeline.lineage import har_home
+
+        cache = har_home() / "cache" / f"{path.name}.{fingerprint[:12]}.npy"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        cache = path.parent / f".{path.name}.{fingerprint[:12]}.npy"
     arr = reader["features"]
     if not cache.exists():
         def write(tmp: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import latest
+from pipeline import latest, location
 from pipeline.lineage import seed_for
 from trainers import data, distributed, heads, limits, loop, runs, tasks
 from trainers.chain import Chain, Float16Rounded, Normalised, PerFrame, Sequential2
@@ -84,7 +84,7 @@ def feature_store_for(features: Path | None, dataset: str | None, backbone: str 
     if (features is None) == (dataset is None):
         raise ValueError("give --features PATH or --dataset NAME (exactly one: the feature store to train on)")
     if features is not None:
-        return Path(features)
+        return location.of(features)
     return latest.latest_store(dataset, "features" if backbone is None else f"features-{backbone}")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import lineage, outputs
+from pipeline import lineage, location, outputs
 from pipeline.lineage import seed_for
 from trainers import data, distributed, head_task, heads, loop, report, rundir, runs, tasks
 from trainers.mixing import MIXES
@@ -300,9 +300,10 @@ def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None
     stores ("frames": clips stay in the store): each store read, checked to share what one model
     card needs, its own split made."""
     option = f"--{store}"
-    if len({Path(p).resolve() for p in paths}) != len(paths):
+    paths = [location.of(p) for p in paths]
+    if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError(f"{option} names the same store twice; joint training takes different datasets")
-    sets = [data.load(Path(p), ram_limit) if store == "features" else data.open_view(Path(p), "frames") for p in paths]
+    sets = [data.load(p, ram_limit) if store == "features" else data.open_view(p, "frames") for p in paths]
     first = sets[0]
     for fs, path in zip(sets[1:], paths[1:]):
         key = same_card(fs.attrs, first.attrs, SHARED[store])
@@ -318,7 +319,7 @@ def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None
     for i, (fs, path) in enumerate(zip(sets, paths)):
         name = safe_name(fs.attrs.get("dataset"), i)
         if name in names:
-            name = safe_name(Path(path).stem, i)
+            name = safe_name(path.stem, i)
         while name in names:
             name += "_"
         names.append(name)
@@ -328,7 +329,7 @@ def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None
         if len(sp.val) == 0:
             raise ValueError(f"{name} ({path}): split {sp.name!r} leaves no validation videos; joint training selects "
                              "on each dataset's validation accuracy: choose a split with some (--split a+b)")
-        parts.append(Part(name, Path(path).absolute(), fs, sp, offset, slice(row, row + len(fs.classes))))
+        parts.append(Part(name, path.absolute(), fs, sp, offset, slice(row, row + len(fs.classes))))
         offset += len(fs.labels)
         row += len(fs.classes)
     return parts

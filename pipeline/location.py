@@ -1,0 +1,205 @@
+"""Where a store lives: a local path (`pathlib.Path`) or an object-storage URL (`Url`).
+
+`Url` is the part of Path's interface that har's store code uses (name, parent, with_name,
+exists, iterdir, read_text, ...), over fsspec (s3fs for s3://, gcsfs for gs://, adlfs for az://):
+the stage code stays one code path, and Zarr opens the URL itself (`zarr.open_group(str(url))`).
+Credentials and endpoints come from the usual places (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_REGION, ~/.aws/config; GOOGLE_APPLICATION_CREDENTIALS; AZURE_*).
+
+Object stores have no rename and no file locks; docs/design.md ("Stores on object storage") has
+the scheme that keeps har's guarantees there: a lock object written only if absent, a working
+prefix beside the store, and the store's own zarr.json written last when a new version is
+published (`swap.publish`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://(.+)$")
+MANGLED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.+)$")   # s3://b/k as a pathlib.Path: s3:/b/k
+SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "memory")         # object stores fsspec reaches
+
+
+class LocationError(ValueError):
+    """A URL har cannot use; the message says what is allowed."""
+
+
+def is_url(x) -> bool:
+    return isinstance(x, Url) or (isinstance(x, str) and URL.match(x) is not None)
+
+
+def of(x) -> "Path | Url":
+    """A store location from a string, a Path or a Url (a URL spelled as a Path is taken back)."""
+    if isinstance(x, Url):
+        return x
+    if isinstance(x, Path):
+        m = MANGLED.match(str(x))
+        return Url(f"{m.group(1)}://{m.group(2)}") if m and len(m.group(1)) > 1 else x
+    return Url(x) if is_url(x) else Path(x)
+
+
+@lru_cache(maxsize=None)
+def _fs(scheme: str):
+    import fsspec
+
+    try:   # no listings cache: other processes (Dask workers, a second har) write the same prefixes
+        return fsspec.filesystem(scheme, use_listings_cache=False) if scheme != "memory" else fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as e:
+        extra = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme, scheme)
+        raise LocationError(f"{scheme}:// needs the {extra} package: pip install {extra} ({e})") from None
+
+
+class Url:
+    """An object-storage location, e.g. s3://bucket/data/ucf101.zarr (a key prefix)."""
+
+    def __init__(self, url: str):
+        m = URL.match(str(url))
+        if not m:
+            raise LocationError(f"{url!r} is not a URL; allowed: SCHEME://BUCKET/KEY")
+        scheme, rest = m.group(1).lower(), m.group(2).strip("/")
+        if scheme not in SCHEMES:
+            raise LocationError(f"{scheme}://{rest}: URL scheme {scheme!r} is not supported; allowed: "
+                                f"{', '.join(s + '://' for s in SCHEMES)}")
+        parts = [p for p in rest.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise LocationError(f"{scheme}://{rest}: allowed: {scheme}://BUCKET/KEY without '.' or '..' parts")
+        self.scheme, self.key = scheme, "/".join(parts)   # key: bucket/prefix, as fsspec names it
+
+    # ---- Path's naming -------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.key}"
+
+    def __repr__(self) -> str:
+        return f"Url({str(self)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Url) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __truediv__(self, name: str) -> "Url":
+        return Url(f"{self}/{name}")
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.key).suffix
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.key).stem
+
+    @property
+    def parent(self) -> "Url":
+        head = PurePosixPath(self.key).parent
+        return self if str(head) in (".", "") else Url(f"{self.scheme}://{head}")
+
+    @property
+    def parents(self) -> list["Url"]:
+        out, cur = [], self
+        while cur.parent != cur:
+            cur = cur.parent
+            out.append(cur)
+        return out
+
+    def with_name(self, name: str) -> "Url":
+        return self.parent / name if self.parent != self else Url(f"{self.scheme}://{name}")
+
+    def with_suffix(self, suffix: str) -> "Url":
+        return self.with_name(self.stem + suffix)
+
+    def resolve(self) -> "Url":
+        return self
+
+    absolute = expanduser = resolve
+
+    # ---- the object store ------------------------------------------------------------------------
+    @property
+    def fs(self):
+        return _fs(self.scheme)
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.key)
+
+    def is_file(self) -> bool:
+        return self.fs.isfile(self.key)
+
+    def is_dir(self) -> bool:
+        return self.fs.isdir(self.key)
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def iterdir(self):
+        for p in self.fs.ls(self.key, detail=False, refresh=True):
+            yield Url(f"{self.scheme}://{p}")
+
+    def glob(self, pattern: str):
+        if not self.is_dir():
+            return
+        for p in self.iterdir():
+            if fnmatch.fnmatchcase(p.name, pattern):
+                yield p
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Object stores have no folders: a prefix exists once something is written under it."""
+
+    def read_bytes(self) -> bytes:
+        return self.fs.cat_file(self.key)
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        self.fs.pipe_file(self.key, data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self.fs.rm_file(self.key)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+        self.fs.invalidate_cache(self.key)
+
+    def remove_tree(self) -> None:
+        if self.fs.exists(self.key):
+            self.fs.rm(self.key, recursive=True)
+        self.fs.invalidate_cache(self.key)
+
+    def files(self) -> dict[str, int]:
+        """Every object under this prefix: key relative to it -> size."""
+        out = {}
+        for p, info in self.fs.find(self.key, detail=True, withdirs=False).items():
+            out[p[len(self.key):].lstrip("/")] = int(info.get("size") or 0)
+        return out
+
+    def put_if_absent(self, data: bytes) -> bool:
+        """Write this object only if no object has this key (S3's If-None-Match: *, an atomic
+        create on the server); False when one exists. The lock of an object-store writer."""
+        if self.scheme != "s3":
+            raise LocationError(f"{self}: a writer lock needs an atomic create-if-absent; har has one for s3:// "
+                                "(S3 and S3-compatible servers) only so far")
+        from fsspec.asyn import sync
+
+        bucket, _, key = self.key.partition("/")
+        try:
+            sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except FileExistsError:   # s3fs's translation of 412 Precondition Failed
+            return False
+        finally:
+            self.fs.invalidate_cache(self.key)
+        return True
+
+    def read_json(self):
+        return json.loads(self.read_text())
