@@ -392,6 +392,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
                      "recipe": asdict(recipe), "view_params_fields": list(augment.FIELDS),
                      **index.attrs, "lineage": lin, "complete": False}
             store.create_zarr(work, layout, static, attrs, lossy=recipe.lossy)
+            store.mark_laid_out(work)
 
         status = store.StoreReader(work).read("status")
         threads = cfg.threads or (max(1, cpu_count() // workers) if cfg.scheduler is None else 0)

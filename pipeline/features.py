@@ -288,6 +288,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
                 if not (initial[a:b] == store.PENDING).any():  # checks every chunk: write their zeros
                     store.write_batch(work, a, {"features": np.zeros((b - a, s, t, spec.dim), np.float16),
                                                 "status": initial[a:b]}, data_name="features")
+            store.mark_laid_out(work)
         with store.StoreReader(work) as w:
             status = w.read("status")
         fp = attrs["lineage"]["fingerprint"]

@@ -197,6 +197,12 @@ class Url:
             sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         except FileExistsError:   # s3fs's translation of 412 Precondition Failed
             return False
+        except FileNotFoundError as e:   # the first write of a run: say which bucket, and what to check
+            raise LocationError(f"{self}: bucket {bucket!r} does not exist ({e}); create it first, or check "
+                                "AWS_ENDPOINT_URL") from None
+        except PermissionError as e:
+            raise LocationError(f"{self}: writing is not allowed ({e}); check AWS_ACCESS_KEY_ID / "
+                                "AWS_SECRET_ACCESS_KEY and the bucket's policy") from None
         finally:
             self.fs.invalidate_cache(self.key)
         return True

@@ -196,6 +196,13 @@ def has_results(reader: "StoreReader", layout: Layout | None = None, data_name: 
             and reader["status"].shape == (layout.videos,))
 
 
+def mark_laid_out(path: Path) -> None:
+    """Flag a working store whose every array and static value is written (what a task does not
+    write): only such a store is resumed after a kill (swap.resumable); one killed while it was
+    being created is made again."""
+    _zarr().open_group(str(path), mode="r+", zarr_format=3).attrs.update({"laid_out": True})
+
+
 def mark_complete(path: Path) -> None:
     """Flag a working store whose every video is done (a kill after this only needs the swap), and
     seal its attrs: `attrs_checksum` covers every other attribute, so an edited attribute (classes,

@@ -147,6 +147,7 @@ def resumable(work: Path, fingerprint: str, layout: Layout, data_name: str = "fr
         with StoreReader(work) as w:
             keep = (w.attrs.get("lineage", {}).get("fingerprint") == fingerprint
                     and w.attrs.get("schema_version") == SCHEMA_VERSION
+                    and w.attrs.get("laid_out") is True   # a kill while it was created left it partial
                     and has_results(w, layout, data_name, data_tail))
     except StoreError:
         keep = False

@@ -60,3 +60,42 @@ def colour_run(tmp_path_factory):
     r = har("train-head", "mean", "--features", w / "feat.zarr", "--epochs", 15, "--out", w / "run", env=env)
     assert r.returncode == 0, r.stderr
     return w / "run", root
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1 for this test process, with the
+    usual AWS_* variables pointing at it (har reads nothing else); every subprocess inherits them."""
+    import logging
+    import os
+
+    moto_server = pytest.importorskip("moto.server", reason="the tests' S3 server needs moto[server] (pip install -e '.[test]')")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A new, empty bucket on the test S3 server: its s3:// URL."""
+    import re
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{abs(hash(request.node.nodeid)) % 10**6}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -218,3 +218,40 @@ def write_colour_dataset(root: Path, groups: int = 4, clips: int = 2, frames: in
                 write_video(root / name / f"v_{name}_g{g:02d}_c{c:02d}.avi",
                             colour_frames(name, frames, seed=ci * 1000 + g * 10 + c))
     return root
+
+
+@contextlib.contextmanager
+def dask_cluster(tmp_path: Path, workers: int = 2):
+    """A real dask.distributed cluster on 127.0.0.1: a scheduler and `workers` worker processes
+    (with this process's environment); yields the scheduler's address."""
+    import time
+
+    bindir = Path(sys.executable).parent
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    try:
+        for _ in range(200):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        for _ in range(workers):
+            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", "--scheduler-file", str(sched_file),
+                                           "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        from dask.distributed import Client
+
+        with Client(scheduler_file=str(sched_file), timeout="30s") as c:
+            c.wait_for_workers(workers, timeout=60)
+            address = c.scheduler.address
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

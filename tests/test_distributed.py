@@ -1,12 +1,9 @@
 """A real dask.distributed cluster on 127.0.0.1: a scheduler and two worker processes started here."""
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import dask_cluster
 
 from pipeline.extract import ExtractConfig, Recipe, extract
 from pipeline.store import StoreReader
@@ -14,35 +11,8 @@ from pipeline.store import StoreReader
 
 @pytest.fixture
 def cluster(tmp_path):
-    bindir = Path(sys.executable).parent
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
-    try:
-        for _ in range(200):
-            if sched_file.exists() and sched_file.stat().st_size:
-                break
-            time.sleep(0.1)
-        for _ in range(2):
-            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", "--scheduler-file", str(sched_file),
-                                           "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
-        from dask.distributed import Client
-
-        with Client(scheduler_file=str(sched_file), timeout="30s") as c:
-            c.wait_for_workers(2, timeout=60)
-            address = c.scheduler.address
+    with dask_cluster(tmp_path) as address:
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_distributed_run_equals_local_run(synthetic_root, tmp_path, cluster):

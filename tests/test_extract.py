@@ -348,6 +348,28 @@ def test_stores_from_an_older_layout_are_rebuilt_not_resumed(synthetic_root, tmp
     assert_same_arrays(arrays(out), arrays(tmp_path / "t.zarr"))
 
 
+def test_a_working_store_killed_while_it_was_created_is_made_again_not_resumed(synthetic_root, tmp_path):
+    """A kill inside create_zarr leaves a working store with its attrs but without some static arrays
+    (its splits): resuming it would publish a store without them. Only a working store marked
+    laid out is resumed."""
+    import zarr
+
+    out = tmp_path / "s.zarr"
+    run(synthetic_root, out)
+    work = tmp_path / "t.zarr.partial.zarr"
+    shutil.copytree(out, work)
+    g = zarr.open_group(str(work), mode="r+")
+    attrs = dict(g.attrs)
+    attrs.pop("laid_out")
+    attrs["complete"] = False
+    g.attrs.clear()
+    g.attrs.update(attrs)
+    shutil.rmtree(work / "split")
+    res = run(synthetic_root, tmp_path / "t.zarr")
+    assert res.decoded == 24 and not res.failed
+    assert_same_arrays(arrays(out), arrays(tmp_path / "t.zarr"))
+
+
 def test_a_folder_that_is_not_a_store_is_refused_even_forced(synthetic_root, tmp_path):
     out = tmp_path / "s.zarr"
     out.mkdir()

@@ -1,0 +1,202 @@
+"""Stores on object storage, against a real S3-compatible server on 127.0.0.1 (moto in server mode,
+tests/conftest.py `s3_server`): extract -> features -> train-head through s3:// equal the local
+chain array for array; a kill -9 resumes; a second writer is refused; a publish a kill
+interrupted is finished by the next run and never read half-way; nothing but har's own store is
+ever replaced; the store stays a plain Zarr group any reader opens."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from helpers import dask_cluster, har
+
+from pipeline import location, swap
+from pipeline.location import Url
+from pipeline.store import StoreReader
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--frames", 4, "--size", 32, "--workers", 1]
+
+
+def arrays(path) -> dict:
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")   # a plain Zarr reader, not har's
+    return {k: np.asarray(g[k][...]) for k in sorted(_array_names(g))}
+
+
+def _array_names(g, prefix=""):
+    for k, v in g.members():
+        if hasattr(v, "shape"):
+            yield prefix + k
+        else:
+            yield from _array_names(v, prefix + k + "/")
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_extract_features_train_head_through_s3_equal_the_local_chain(synthetic_root, tmp_path, bucket):
+    import torch
+
+    url = f"{bucket}/ucf/frames.zarr"
+    ran = har("extract", "synthetic", "--root", synthetic_root, "--out", url, *SMALL)
+    assert ran.returncode == 0, ran.stderr
+    assert har("extract", "synthetic", "--root", synthetic_root, "--out", tmp_path / "f.zarr", *SMALL).returncode == 0
+    assert_same(arrays(url), arrays(tmp_path / "f.zarr"))
+    with StoreReader(url) as r:
+        assert r.attrs["complete"] is True and r.attrs["kind"] == "frames"
+    again = har("extract", "synthetic", "--root", synthetic_root, "--out", url, *SMALL)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    # nothing of the run is left beside the store: no lock object, no working store
+    assert sorted(p.name for p in Url(f"{bucket}/ucf").iterdir()) == ["frames.zarr"]
+
+    feats = f"{bucket}/ucf/feats.zarr"
+    common = ["--backbone", "resnet18", "--weights", "none", "--resize", "stored"]
+    ran = har("features", "--store", url, "--out", feats, *common)
+    assert ran.returncode == 0, ran.stderr
+    assert har("features", "--store", tmp_path / "f.zarr", "--out", tmp_path / "x.zarr", *common).returncode == 0
+    a, b = arrays(feats), arrays(tmp_path / "x.zarr")
+    assert_same(a, b)
+
+    train = ["--epochs", 3, "--tracker", "none", "--seed", 3]
+    ran = har("train-head", "lstm", "--features", feats, "--out", tmp_path / "run-s3", *train)
+    assert ran.returncode == 0, ran.stderr
+    assert har("train-head", "lstm", "--features", tmp_path / "x.zarr", "--out", tmp_path / "run-l", *train).returncode == 0
+    wa, wb = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("run-s3", "run-l"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert har("evaluate", tmp_path / "run-s3").returncode == 0
+
+
+def _pending_fraction(url: str):
+    import zarr
+
+    try:
+        s = zarr.open_group(url, mode="r")["status"][...]
+        return float((s == 0).mean())
+    except Exception:
+        return None
+
+
+def test_kill_9_mid_extract_to_s3_then_rerun_equals_uninterrupted(synthetic_root, tmp_path, bucket):
+    url = f"{bucket}/k.zarr"
+    cmd = [sys.executable, "-m", "cli", "extract", "synthetic", "--root", str(synthetic_root), "--out", url,
+           "--frames", "12", "--size", "96", "--views", "2", "--scheduler", "synchronous"]
+    partial_kills, delay = 0, 1.5
+    for _ in range(30):
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if p.poll() is not None:
+            break
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        frac = _pending_fraction(url + ".partial.zarr")
+        if frac is not None and 0 < frac < 1:
+            partial_kills += 1
+            if partial_kills >= 2:
+                break
+        delay += 0.4
+    assert partial_kills >= 1, "no kill landed half-way through; the test did not test resuming"
+    assert Url(url + ".lock").exists()   # the killed writer's lock is still there: the next run takes it over
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not Url(url + ".partial.zarr").exists() and not Url(url + ".lock").exists()
+    ref = har("extract", "synthetic", "--root", synthetic_root, "--out", tmp_path / "ref.zarr", "--frames", 12,
+              "--size", 96, "--views", 2, "--scheduler", "synchronous")
+    assert ref.returncode == 0
+    assert_same(arrays(url), arrays(tmp_path / "ref.zarr"))
+
+
+def test_a_second_writer_is_refused_until_the_first_is_gone(synthetic_root, bucket):
+    url = f"{bucket}/w.zarr"
+    with swap.WriterLock(Url(url)):
+        ran = har("extract", "synthetic", "--root", synthetic_root, "--out", url, *SMALL)
+        assert ran.returncode == 2 and "is being written by pid" in ran.stderr and "second writer is refused" in ran.stderr
+        assert not Url(url).exists()
+    # a lock left by a writer that is no longer running (same host, dead pid) is taken over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import json
+    import socket
+
+    Url(url + ".lock").write_bytes(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+                                               "heartbeat": time.time()}).encode())
+    ran = har("extract", "synthetic", "--root", synthetic_root, "--out", url, *SMALL)
+    assert ran.returncode == 0, ran.stderr
+    # and one whose heartbeat stopped long ago, from another host
+    Url(url + ".lock").write_bytes(json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}).encode())
+    assert har("extract", "synthetic", "--root", synthetic_root, "--out", url, *SMALL, "--force").returncode == 0
+
+
+def test_a_publish_killed_before_its_marker_is_never_read_and_the_next_run_finishes_it(synthetic_root, bucket,
+                                                                                         tmp_path, monkeypatch):
+    from pipeline import store
+    from pipeline.extract import ExtractConfig, Recipe, extract
+
+    url = Url(f"{bucket}/p.zarr")
+    small = Recipe(frames=4, height=32, width=32)
+    extract(ExtractConfig("synthetic", small, root=synthetic_root, out=url, scheduler="synchronous"))
+    other = Recipe(frames=5, height=32, width=32)
+    fs = url.fs
+    real_copy = fs.copy
+
+    def copy(src, dst, *a, **kw):   # the kill lands just before the completion marker is copied
+        if isinstance(src, str) and src.endswith(".partial.zarr/zarr.json"):
+            raise KeyboardInterrupt
+        return real_copy(src, dst, *a, **kw)
+
+    monkeypatch.setattr(fs, "copy", copy)
+    with pytest.raises(KeyboardInterrupt):
+        extract(ExtractConfig("synthetic", other, root=synthetic_root, out=url, scheduler="synchronous", force=True))
+    monkeypatch.setattr(fs, "copy", real_copy)
+    # half-copied: readers refuse it rather than read a mix of the two versions
+    with pytest.raises(store.StoreError, match="unfinished"):
+        store.open_input(url, "frames", "")
+    ran = har("features", "--store", url, "--backbone", "resnet18", "--weights", "none")
+    assert ran.returncode == 2 and "unfinished" in ran.stderr
+    # the next run of the same command finishes the publish and finds the store up to date
+    res = extract(ExtractConfig("synthetic", other, root=synthetic_root, out=url, scheduler="synchronous", force=False))
+    assert res.up_to_date and not Url(str(url) + ".partial.zarr").exists()
+    ref = extract(ExtractConfig("synthetic", other, root=synthetic_root, out=tmp_path / "r.zarr", scheduler="synchronous"))
+    assert_same(arrays(url), arrays(ref.store))
+
+
+def test_nothing_but_a_har_store_is_replaced_on_s3(synthetic_root, bucket):
+    theirs = Url(f"{bucket}/mine/notes.txt")
+    theirs.write_bytes(b"not har's")
+    for out in (f"{bucket}/mine", f"{bucket}/mine/notes.txt"):
+        ran = har("extract", "synthetic", "--root", synthetic_root, "--out", out, *SMALL, "--force")
+        assert ran.returncode == 2 and "not a har frames store" in ran.stderr
+    assert theirs.read_bytes() == b"not har's" and [p.name for p in Url(f"{bucket}/mine").iterdir()] == ["notes.txt"]
+    # a frame store is not replaced by a feature store either, and no store goes over its own input
+    frames = f"{bucket}/f.zarr"
+    assert har("extract", "synthetic", "--root", synthetic_root, "--out", frames, *SMALL).returncode == 0
+    ran = har("features", "--store", frames, "--out", frames, "--backbone", "resnet18", "--weights", "none")
+    assert ran.returncode == 2 and "input of this command" in ran.stderr
+    ran = har("extract", "synthetic", "--root", synthetic_root, "--out", frames, "--format", "hdf5", *SMALL)
+    assert ran.returncode == 2
+
+
+def test_an_unreachable_or_unknown_bucket_is_one_line(synthetic_root, s3_server):
+    ran = har("extract", "synthetic", "--root", synthetic_root, "--out", "s3://no-such-bucket-here/x.zarr", *SMALL)
+    assert ran.returncode == 2 and "no-such-bucket-here" in ran.stderr and "Traceback" not in ran.stderr
+    assert "internal error" not in ran.stderr
+
+
+def test_two_dask_worker_processes_write_the_s3_store(synthetic_root, tmp_path, bucket):
+    from pipeline.extract import ExtractConfig, Recipe, extract
+
+    recipe = Recipe(sampling="clip", frames=6, stride=2, height=32, width=40, views=1)
+    with dask_cluster(tmp_path) as address:
+        dist = extract(ExtractConfig("synthetic", recipe, root=synthetic_root, out=location.of(f"{bucket}/d.zarr"),
+                                     scheduler=address))
+    local = extract(ExtractConfig("synthetic", recipe, root=synthetic_root, out=tmp_path / "l.zarr",
+                                  scheduler="synchronous"))
+    assert dist.ok == local.ok == 24
+    assert_same(arrays(f"{bucket}/d.zarr"), arrays(tmp_path / "l.zarr"))
