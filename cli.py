@@ -57,7 +57,7 @@ def synth(
 
 @command(interrupted="interrupted; the finished videos are kept, run the same command again to finish", kept="videos",
          where=lambda kw: kw.get("out_path") or __import__("pipeline.lineage").lineage.har_home(),
-         urls=("out_path",))
+         urls=("out_path", "root"))
 def extract(
     dataset: Annotated[str, arg("The dataset's layout.", choices="dataset")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: $HAR_HOME/datasets/DATASET].")] = None,

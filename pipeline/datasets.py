@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import location
 from pipeline.lineage import seed_for
+from pipeline.location import Url
 from pipeline.registry import Registry
 from pipeline.video import VIDEO_SUFFIXES
 
@@ -163,7 +165,7 @@ def safe_rel(root: Path, name: str, where: str, folder: str = "", links: bool = 
     if not parts:
         raise bad("names no file or folder")
     rel = "/".join(([folder] if folder else []) + parts)
-    if not links:
+    if not links or isinstance(root, Url):   # objects have no links: the text is the whole story
         return rel
     # The text alone stays under the root; only a link on the way can lead out. So lstat each component
     # (cheap: scans call this once per video) and resolve only when there is a link.
@@ -203,21 +205,32 @@ def _scan_class_folders(name: str, root: Path) -> tuple[list[str], list[tuple[st
         except DatasetError as e:
             notes.append(f"{e}; not indexed")
             continue
-        for dirpath, _, files in os.walk(d):
-            for f in files:
-                if f.lower().endswith(VIDEO_SUFFIXES) and not f.startswith("."):
-                    rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
-                    try:
-                        rel = safe_rel(root, rel, where)
-                    except DatasetError as e:
-                        notes.append(f"{e}; not indexed")
-                        continue
-                    per_class.setdefault(d.name, []).append(rel)
+        for rel in _files_below(root, d):
+            f = rel.rsplit("/", 1)[-1]
+            if f.lower().endswith(VIDEO_SUFFIXES) and not f.startswith("."):
+                try:
+                    rel = safe_rel(root, rel, where)
+                except DatasetError as e:
+                    notes.append(f"{e}; not indexed")
+                    continue
+                per_class.setdefault(d.name, []).append(rel)
     if not per_class:
         raise _missing_root(name, root, "no videos found in class folders")
     classes = sorted(per_class)
     items = sorted((rel, ci) for ci, c in enumerate(classes) for rel in per_class[c])
     return classes, items, notes
+
+
+def _files_below(root, folder) -> list[str]:
+    """Every file below `folder` (links to folders not followed), as paths relative to `root`: a
+    local walk, or one listing of a URL prefix."""
+    if isinstance(folder, Url):
+        base = folder.key[len(root.key):].strip("/")
+        return sorted(f"{base}/{k}" if base else k for k in folder.files())
+    out = []
+    for dirpath, _, files in os.walk(folder):
+        out += [os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/") for f in files]
+    return out
 
 
 def _check_counts(name: str, n_videos: int, n_classes: int) -> tuple[str, ...]:
@@ -336,7 +349,7 @@ def load_ucf101(root: Path) -> DatasetIndex:
         for c in classes:
             d = root / c
             if c not in outside and d.is_dir():
-                for f in sorted(os.listdir(d)):
+                for f in sorted(location.listdir(d)):
                     if f.lower().endswith(VIDEO_SUFFIXES):
                         try:
                             found[safe_rel(root, f"{c}/{f}", "ucf101 scan")] = lower[c.lower()]
@@ -445,6 +458,12 @@ def _scan_split_folder(name: str, root: Path, folder: Path, notes: list[str]) ->
     left out with one note each (a linked folder once, not per video); None when `folder` itself
     leads outside. Of two files with one stem the first in sorted order is kept."""
     found: dict[str, str] = {}
+    if isinstance(folder, Url):
+        for rel in _files_below(root, folder):
+            f = rel.rsplit("/", 1)[-1]
+            if not f.startswith(".") and f.lower().endswith(VIDEO_SUFFIXES):
+                found.setdefault(f.rsplit(".", 1)[0], safe_rel(root, rel, f"{name} scan"))
+        return found
     base = os.path.relpath(folder, root).replace(os.sep, "/")
     if base != ".":
         try:
@@ -750,7 +769,7 @@ def load(name: str, root: Path | None = None) -> DatasetIndex:
     """The index of dataset `name` under `root` (default: $HAR_HOME/datasets/<name>)."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}")
-    root = Path(root) if root is not None else default_root(name)
+    root = location.of(root) if root is not None else default_root(name)
     index = DATASETS.get(name)(root.resolve() if root.exists() else root)
     for note in index.notes:  # the CLI prints index.notes itself; library users see them at INFO
         logger.info(note)

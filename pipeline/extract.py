@@ -213,7 +213,8 @@ def run_batch(task: BatchTask) -> list[dict]:
         try:
             if task.problems and task.problems[i]:
                 raise video.VideoError(task.problems[i], permanent=True)
-            v = extract_video(Path(task.root) / rel, rel, r, task.threads)
+            with location.local_file(location.of(task.root) / rel) as local:   # an object: a temporary copy
+                v = extract_video(local, rel, r, task.threads)
             frames[i], frame_idx[i], num_frames[i], fps[i], view_params[i], decoded[i] = (
                 v.frames, v.frame_idx, v.num_frames, v.fps, v.view_params, v.decoded)
             status[i] = store.OK

@@ -13,8 +13,10 @@ published (`swap.publish`).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import os
 import re
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -81,6 +83,9 @@ class Url:
 
     def __hash__(self) -> int:
         return hash(str(self))
+
+    def __lt__(self, other: "Url") -> bool:
+        return str(self) < str(other)
 
     def __truediv__(self, name: str) -> "Url":
         return Url(f"{self}/{name}")
@@ -209,3 +214,26 @@ class Url:
 
     def read_json(self):
         return json.loads(self.read_text())
+
+
+def listdir(path) -> list[str]:
+    """The names directly inside a local folder or a URL prefix."""
+    return [p.name for p in path.iterdir()]
+
+
+@contextlib.contextmanager
+def local_file(path):
+    """A local path to read `path` from: itself, or for an object a temporary copy (removed after);
+    video decoders seek, and a local file is what every one of them reads fastest."""
+    if not isinstance(path, Url):
+        yield path
+        return
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix="har-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        path.fs.get_file(path.key, tmp)
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)

@@ -148,9 +148,11 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
     from pipeline import location
 
     inputs = [location.of(i) for i in inputs]
+    roots = [location.of(r) for r in roots]
     if isinstance(target, location.Url):
-        return _check_url(target, kind, inputs)
+        return _check_url(target, kind, inputs + roots)
     inputs = [i for i in inputs if not isinstance(i, location.Url)]   # a local path is never inside a URL
+    roots = [r for r in roots if not isinstance(r, location.Url)]
     if str(target) in ("", "."):
         raise OutputError("--out is empty (the current directory); name the output, e.g. --out frames.zarr")
     t = _resolved(target)
@@ -187,8 +189,9 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
 
 
 def _check_url(target, kind: str, inputs: list) -> object:
-    """check_output for object storage: only stores go there; never over or inside an input, and
-    an existing prefix must be a har store of this kind (nothing else under it is ever deleted)."""
+    """check_output for object storage: only stores go there; never over, inside or around an input
+    or a dataset root, and an existing prefix must be a har store of this kind (nothing else under
+    it is ever deleted)."""
     from pipeline.location import Url
 
     if kind not in ("frames", "features"):
@@ -196,8 +199,8 @@ def _check_url(target, kind: str, inputs: list) -> object:
                           "allowed for this output: a local path")
     for i in (i for i in inputs if isinstance(i, Url)):
         if target == i or i in target.parents or target in i.parents:
-            raise OutputError(f"--out {target} is, contains or is inside {i}, an input of this command; "
-                              "choose another prefix")
+            raise OutputError(f"--out {target} is, contains or is inside {i}, an input of this command (a store "
+                              "or the dataset root); choose another prefix")
     if "/" not in target.key:
         raise OutputError(f"--out {target} is a whole bucket; name a store inside it, e.g. {target}/data.zarr")
     if not target.exists():

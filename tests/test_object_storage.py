@@ -200,3 +200,33 @@ def test_two_dask_worker_processes_write_the_s3_store(synthetic_root, tmp_path, 
                                   scheduler="synchronous"))
     assert dist.ok == local.ok == 24
     assert_same(arrays(f"{bucket}/d.zarr"), arrays(tmp_path / "l.zarr"))
+
+
+def test_a_dataset_on_s3_extracts_as_the_same_dataset_on_disk_and_one_changed_object_is_redone(
+        synthetic_root, tmp_path, bucket):
+    import shutil
+
+    root = Url(f"{bucket}/datasets/synth")
+    root.fs.put(str(synthetic_root) + "/", root.key + "/", recursive=True)
+    ran = har("extract", "synthetic", "--root", root, "--out", f"{bucket}/s.zarr", *SMALL)
+    assert ran.returncode == 0, ran.stderr
+    assert har("extract", "synthetic", "--root", synthetic_root, "--out", tmp_path / "l.zarr", *SMALL).returncode == 0
+    assert_same(arrays(f"{bucket}/s.zarr"), arrays(tmp_path / "l.zarr"))
+    with StoreReader(f"{bucket}/s.zarr") as r:
+        sources = r.attrs["lineage"]["inputs"]["sources"]
+        assert r.attrs["lineage"]["inputs"]["root"] == str(root) and all(s["etag"] for s in sources)
+    again = har("extract", "synthetic", "--root", root, "--out", f"{bucket}/s.zarr", *SMALL)
+    assert "up to date" in again.stdout
+    # one video replaced by another's bytes: only it is decoded again, as with a local root
+    local = tmp_path / "copy"
+    shutil.copytree(synthetic_root, local)
+    first, other = "Grow/v_Grow_g01_c01.avi", "Grow/v_Grow_g02_c02.avi"
+    shutil.copy(local / other, local / first)
+    (root / first).write_bytes((local / other).read_bytes())
+    ran = har("extract", "synthetic", "--root", root, "--out", f"{bucket}/s.zarr", *SMALL)
+    assert ran.returncode == 0 and "1 decoded, 23 reused" in ran.stdout, ran.stdout
+    assert har("extract", "synthetic", "--root", local, "--out", tmp_path / "l2.zarr", *SMALL).returncode == 0
+    assert_same(arrays(f"{bucket}/s.zarr"), arrays(tmp_path / "l2.zarr"))
+    # a store is never written over or inside the dataset's prefix
+    ran = har("extract", "synthetic", "--root", root, "--out", f"{bucket}/datasets/synth/x.zarr", *SMALL)
+    assert ran.returncode == 2 and "dataset root" in ran.stderr
