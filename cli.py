@@ -328,7 +328,7 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
               f"{res.out / 'cv.md'}", highlight=False)
 
 
-@command("train-e2e", interrupted=TRAINING)
+@command("train-e2e", interrupted=TRAINING, urls=("frames",))
 @takes(C.E2EConfig, AUGMENT)
 @takes(C.E2EConfig, FINETUNE)
 @takes(C.E2EConfig, LOOP)

@@ -44,8 +44,14 @@ def of(x) -> "Path | Url":
     return Url(x) if is_url(x) else Path(x)
 
 
-@lru_cache(maxsize=None)
 def _fs(scheme: str):
+    """The scheme's filesystem for this process: s3fs and its kin are not fork-safe, so a forked
+    DataLoader or Dask worker makes its own."""
+    return _fs_of(scheme, os.getpid())
+
+
+@lru_cache(maxsize=None)
+def _fs_of(scheme: str, pid: int):
     import fsspec
 
     try:   # no listings cache: other processes (Dask workers, a second har) write the same prefixes

@@ -118,7 +118,7 @@ def test_failed_videos_listed_exit_3(synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("args, flag", [
     (["extract", "folder", "--root", "gs://bucket/ucf101"], "--root gs://bucket/ucf101"),
-    (["train-e2e", "r3d_18", "--frames", "s3://b/frames.zarr"], "--frames s3://b/frames.zarr"),
+    (["predict", "s3://b/video.mp4", "--run", "runs/x"], "VIDEO|DIR... s3://b/video.mp4"),
     (["evaluate", "s3://b/runs/lstm"], "RUN_DIR s3://b/runs/lstm"),
 ])
 def test_a_url_where_a_local_path_is_taken_is_one_line_and_writes_nothing(tmp_path, args, flag):

@@ -230,3 +230,19 @@ def test_a_dataset_on_s3_extracts_as_the_same_dataset_on_disk_and_one_changed_ob
     # a store is never written over or inside the dataset's prefix
     ran = har("extract", "synthetic", "--root", root, "--out", f"{bucket}/datasets/synth/x.zarr", *SMALL)
     assert ran.returncode == 2 and "dataset root" in ran.stderr
+
+
+def test_a_video_model_trains_from_an_s3_frame_store_as_from_disk(synthetic_root, tmp_path, bucket):
+    import torch
+
+    common = ["--sampling", "clip", "--frames", 8, "--size", "36x40", "--workers", 1]
+    assert har("extract", "synthetic", "--root", synthetic_root, "--out", f"{bucket}/c.zarr", *common).returncode == 0
+    assert har("extract", "synthetic", "--root", synthetic_root, "--out", tmp_path / "c.zarr", *common).returncode == 0
+    train = ["--epochs", 1, "--batch-size", 4, "--crop", 32, "--tracker", "none", "--precision", "fp32"]
+    ran = har("train-e2e", "small-cnn-rnn", "--frames", f"{bucket}/c.zarr", "--workers", 2, "--out", tmp_path / "a",
+              *train)
+    assert ran.returncode == 0, ran.stderr
+    assert har("train-e2e", "small-cnn-rnn", "--frames", tmp_path / "c.zarr", "--workers", 0, "--out", tmp_path / "b",
+               *train).returncode == 0
+    wa, wb = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

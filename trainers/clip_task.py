@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import latest
+from pipeline import latest, location
 from trainers import clips, data, distributed, loop, models3d, runs, tasks
 from trainers.chain import Chain, Normalised, to_channels_first
 from trainers.config import E2EConfig
@@ -138,7 +138,7 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
     cfg.train.validate()
     if (cfg.frames is None) == (cfg.dataset is None):
         raise ValueError("give --frames PATH or --dataset NAME (exactly one: the frame store to train on)")
-    path = (Path(cfg.frames) if cfg.frames else latest.latest_store(cfg.dataset, "frames")).absolute()
+    path = (location.of(cfg.frames) if cfg.frames else latest.latest_store(cfg.dataset, "frames")).absolute()
     cs = data.open_view(path, "frames")
     split = data.make_split(cs, cfg.train.split)
     task = ClipTask(cs, cfg.train)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import store
+from pipeline import location, store
 from pipeline.lineage import seed_for
 from trainers import data
 
@@ -30,7 +30,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def _check_version(self) -> None:
         """StoreError when the store at `path` is no longer the version training began with."""
-        with store.StoreReader(Path(self.path)) as r:
+        with store.StoreReader(location.of(self.path)) as r:
             now = r.attrs.get("lineage", {}).get("fingerprint")
         if self.fingerprint and now != self.fingerprint:
             raise store.StoreError(f"{self.path} was replaced while training read it; nothing was mixed: "
@@ -39,13 +39,13 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         if self._frames is None:
             self._check_version()
-            r = store.StoreReader(Path(self.path))
+            r = store.StoreReader(location.of(self.path))
             self._frames, self._sums = r["frames"], np.asarray(r["checksum"][...])  # N x S uint32: small
         v, s = key
         # checked against its checksum: a lost or changed chunk stops training, never trains on zeros;
         # a store swapped in meanwhile fails its old checksums too, and is then named as replaced
         try:
-            clip = store.read_sample(self._frames, self._sums, Path(self.path), v, s)
+            clip = store.read_sample(self._frames, self._sums, location.of(self.path), v, s)
         except store.DamagedStoreError:
             self._check_version()
             raise
