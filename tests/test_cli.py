@@ -117,7 +117,6 @@ def test_failed_videos_listed_exit_3(synthetic_root, tmp_path):
 
 
 @pytest.mark.parametrize("args, flag", [
-    (["extract", "folder", "--root", "gs://bucket/ucf101"], "--root gs://bucket/ucf101"),
     (["predict", "s3://b/video.mp4", "--run", "runs/x"], "VIDEO|DIR... s3://b/video.mp4"),
     (["evaluate", "s3://b/runs/lstm"], "RUN_DIR s3://b/runs/lstm"),
 ])
@@ -132,6 +131,7 @@ def test_a_url_where_a_local_path_is_taken_is_one_line_and_writes_nothing(tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["extract", "synthetic", "--out", "ftp://host/x.zarr"], "--out ftp://host/x.zarr: URL scheme 'ftp' is not supported"),
     (["extract", "synthetic", "--out", "s3://bucket"], "--out s3://bucket is a whole bucket"),
+    (["extract", "folder", "--out", "gs://bucket/x.zarr"], "gs:// needs the gcsfs package"),
     (["features", "--store", "s3://b/../x.zarr", "--backbone", "resnet18"], "without '.' or '..' parts"),
 ])
 def test_urls_that_cannot_be_stores_are_one_line_before_any_request(tmp_path, args, message, synthetic_root):
