@@ -131,6 +131,9 @@ def boundary(fn, interrupted: str = RESUMES, kept: str | None = None,
         except ValueError as e:  # har's own input errors: DatasetError, StoreError, OutputError, RunError, ...
             fail(str(e) or type(e).__name__)
         except Exception as e:
+            if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp"):   # object storage
+                fail(f"object storage: {e}; check AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                     "AWS_REGION and the bucket's name")
             if type(e).__name__ == "OutOfMemoryError":  # torch's (CUDA) out of memory, without importing torch
                 fail(f"the device ran out of memory ({str(e).splitlines()[0] if str(e) else ''}); "
                       "lower --batch-size", EXIT_USAGE)

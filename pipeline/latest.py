@@ -35,4 +35,6 @@ def latest_store(dataset: str, kind: str = "frames") -> Path:
         if kind.startswith("features-"):
             what += f" --backbone {kind.split('-', 1)[1]}"
         raise StoreError(f"no {kind} store for {dataset!r} under {pointer.parent}; run `{what.format(d=dataset)}` first")
-    return Path(json.loads(pointer.read_text())["store"])
+    from pipeline import location
+
+    return location.of(json.loads(pointer.read_text())["store"])   # a store on object storage stays a URL

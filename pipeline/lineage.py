@@ -111,15 +111,12 @@ def _object_fingerprints(root, rel_paths: list[str], known: dict[str, dict], thr
     """source_fingerprints for a dataset on object storage: size and ETag (the server's content tag)
     stand in for size, times and inode; an object whose size and ETag match `known` keeps its
     recorded hash unread, any other is hashed as it streams."""
-    listed = root.files()
+    listed = root.listing()   # size, ETag and time of every object in one listing, not a request each
 
     def one(rel: str) -> Source:
         obj = root / rel
-        if rel not in listed:
-            return Source(rel, 0, 0, "", problem="missing: gone (removed while indexing)")
-        try:
-            info = obj.fs.info(obj.key)
-        except FileNotFoundError:
+        info = listed.get(rel)
+        if info is None:
             return Source(rel, 0, 0, "", problem="missing: gone (removed while indexing)")
         size, etag = int(info.get("size") or 0), str(info.get("ETag") or "").strip('"')
         modified = info.get("LastModified")

@@ -134,7 +134,7 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     # a working store that is recognisably har's, so the next run may remove it
     sums = {name: array_checksum(arr) for name, arr in static.items()}
     root = zarr.create_group(str(path), zarr_format=3, overwrite=True,
-                             attributes={**attrs, "static_checksums": sums})
+                             attributes={**attrs, "static_checksums": sums}, **location.storage_options(location.of(path)))
     small = {"compressors": [BloscCodec(cname="zstd", clevel=5), Crc32cCodec()]}  # every chunk checked on read
     checked = small
     root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
@@ -161,7 +161,7 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
 
 def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames") -> None:
     """Write results for videos [start, start+len): the data, the per-video arrays, status last."""
-    root = _zarr().open_group(str(path), mode="r+", zarr_format=3)
+    root = _zarr().open_group(str(path), mode="r+", zarr_format=3, **location.storage_options(location.of(path)))
     stop = start + len(data["status"])
     for name in (data_name, *PER_VIDEO_RESULTS):
         if name in data:
@@ -200,14 +200,15 @@ def mark_laid_out(path: Path) -> None:
     """Flag a working store whose every array and static value is written (what a task does not
     write): only such a store is resumed after a kill (swap.resumable); one killed while it was
     being created is made again."""
-    _zarr().open_group(str(path), mode="r+", zarr_format=3).attrs.update({"laid_out": True})
+    _zarr().open_group(str(path), mode="r+", zarr_format=3,
+                       **location.storage_options(location.of(path))).attrs.update({"laid_out": True})
 
 
 def mark_complete(path: Path) -> None:
     """Flag a working store whose every video is done (a kill after this only needs the swap), and
     seal its attrs: `attrs_checksum` covers every other attribute, so an edited attribute (classes,
     recipe, lineage) is damage that readers refuse."""
-    group = _zarr().open_group(str(path), mode="r+", zarr_format=3)
+    group = _zarr().open_group(str(path), mode="r+", zarr_format=3, **location.storage_options(location.of(path)))
     attrs = {k: v for k, v in group.attrs.items() if k != "attrs_checksum"}
     attrs["complete"] = True
     group.attrs.update({"complete": True, "attrs_checksum": attrs_checksum(attrs)})
@@ -228,6 +229,9 @@ class StoreReader:
         self.format = format_of(self.path)
         if not self.path.exists():
             raise StoreError(f"no store at {self.path}")
+        if self.format == "hdf5" and isinstance(self.path, Url):
+            raise StoreError(f"{self.path}: an HDF5 store cannot be read from object storage; allowed there: Zarr "
+                             "stores (.zarr)")
         if self.format == "hdf5":
             import h5py
 
@@ -238,7 +242,8 @@ class StoreReader:
                 raise StoreError(f"{self.path} is not a readable har store ({type(e).__name__}: {e})") from None
         else:
             try:
-                self._root = _zarr().open_group(str(self.path), mode="r", zarr_format=3)
+                self._root = _zarr().open_group(str(self.path), mode="r", zarr_format=3,
+                                                **location.storage_options(self.path))
             except Exception as e:  # not a zarr v3 group
                 raise StoreError(f"{self.path} is not a har store: {e}") from None
             self.attrs = dict(self._root.attrs)

@@ -111,19 +111,31 @@ class ObjectLock:
         self._beat.start()
         return self
 
+    def _ours(self) -> bool:
+        """Does the lock object still name this writer? (Another may have taken it over after our
+        heartbeat stalled: then we neither beat nor delete it.)"""
+        try:
+            held = json.loads(self.path.read_bytes())
+        except Exception:
+            return False
+        return (held.get("host"), held.get("pid"), held.get("started")) == (socket.gethostname(), os.getpid(),
+                                                                            self.started)
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT):
             try:
-                self.path.write_bytes(self._body(self.started))
+                if self._ours():
+                    self.path.write_bytes(self._body(self.started))
             except Exception:   # a missed beat only ages the lock; the next one tries again
                 pass
 
     def __exit__(self, *exc):
         self._stop.set()
         if self._beat is not None:
-            self._beat.join(timeout=5)
+            self._beat.join(timeout=60)
         try:
-            self.path.unlink(missing_ok=True)
+            if self._ours():
+                self.path.unlink(missing_ok=True)
         except Exception:
             pass
 
@@ -178,8 +190,13 @@ def recover(target: Path) -> None:
 
     if isinstance(target, Url):
         work = work_path(target)
-        if work.exists() and _complete(work) and not (target.exists() and _complete(target)):
-            publish(work, target)   # a kill while publishing: the working store is whole, finish it
+        if not (work / "zarr.json").exists():
+            return
+        if not (target.exists() and _complete(target)):
+            if _complete(work):
+                publish(work, target)   # a kill while publishing: the working store is whole, finish it
+        elif _fingerprint(work) == _fingerprint(target) and _complete(work):
+            work.remove_tree()          # a kill after the marker, while the working copy was deleted
         return
     for partial in target.parent.glob(target.name + ".tmp-*"):
         if partial.name.rsplit("-", 1)[-1].isdigit() and (store_kind(partial) is not None or _hdf5_file(partial)):
@@ -214,6 +231,14 @@ def _complete(path) -> bool:
         return False
 
 
+def _fingerprint(path) -> str | None:
+    try:
+        with StoreReader(path) as r:
+            return r.attrs.get("lineage", {}).get("fingerprint")
+    except StoreError:
+        return None
+
+
 def publish(work: Url, target: Url) -> None:
     """Make the finished working store `work` the store at `target` on object storage, which has
     no rename: (1) the target's zarr.json says `complete: false` (readers refuse it from here on),
@@ -223,11 +248,12 @@ def publish(work: Url, target: Url) -> None:
     (5) the working store is deleted. Each step can be repeated: `recover` redoes it after a kill."""
     fs = target.fs
     marker = target / "zarr.json"
-    if marker.exists():
-        meta = json.loads(marker.read_text())
-        if meta.get("attributes", {}).get("complete") is not False:
-            meta.setdefault("attributes", {})["complete"] = False
-            marker.write_text(json.dumps(meta))
+    # an existing store's marker, or for a new one the working store's: either way the prefix is
+    # recognisably har's (outputs.check_output lets the next run in to finish) and unfinished
+    meta = json.loads((marker if marker.exists() else work / "zarr.json").read_text())
+    if meta.get("attributes", {}).get("complete") is not False or not marker.exists():
+        meta.setdefault("attributes", {})["complete"] = False
+        marker.write_text(json.dumps(meta))
     new, old = work.files(), target.files()
     keys = sorted(k for k in new if k != "zarr.json")
     if keys:

@@ -30,8 +30,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def _check_version(self) -> None:
         """StoreError when the store at `path` is no longer the version training began with."""
-        with store.StoreReader(location.of(self.path)) as r:
-            now = r.attrs.get("lineage", {}).get("fingerprint")
+        with store.StoreReader(location.of(self.path)) as r:   # unfinished: a publish under way
+            now = r.attrs.get("lineage", {}).get("fingerprint") if r.attrs.get("complete") else None
         if self.fingerprint and now != self.fingerprint:
             raise store.StoreError(f"{self.path} was replaced while training read it; nothing was mixed: "
                                    "run the same command again")

@@ -157,7 +157,10 @@ def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.n
     if isinstance(path, location.Url):
         from pipeline.lineage import har_home
 
-        cache = har_home() / "cache" / f"{path.name}.{fingerprint[:12]}.npy"
+        import hashlib
+
+        where = hashlib.sha256(str(path).encode()).hexdigest()[:12]   # two stores may share a name
+        cache = har_home() / "cache" / f"{path.name}.{where}.{fingerprint[:12]}.npy"
         cache.parent.mkdir(parents=True, exist_ok=True)
     else:
         cache = path.parent / f".{path.name}.{fingerprint[:12]}.npy"
