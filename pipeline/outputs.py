@@ -57,9 +57,7 @@ def store_kind(path: Path) -> str | None:
 
     path = location.of(path)
     try:
-        if isinstance(path, location.Url):
-            kind = json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("kind")
-        elif path.is_dir():
+        if isinstance(path, location.Url) or path.is_dir():
             meta = json.loads((path / "zarr.json").read_text())
             kind = meta.get("attributes", {}).get("kind")
         elif path.is_file():

@@ -192,10 +192,11 @@ def recover(target: Path) -> None:
         work = work_path(target)
         if not (work / "zarr.json").exists():
             return
-        if not (target.exists() and _complete(target)):
-            if _complete(work):
+        (work_done, work_fp), (target_done, target_fp) = _state(work), _state(target)
+        if not target_done:
+            if work_done:
                 publish(work, target)   # a kill while publishing: the working store is whole, finish it
-        elif _fingerprint(work) == _fingerprint(target) and _complete(work):
+        elif work_done and work_fp == target_fp:
             work.remove_tree()          # a kill after the marker, while the working copy was deleted
         return
     for partial in target.parent.glob(target.name + ".tmp-*"):
@@ -223,20 +224,13 @@ def _hdf5_file(path: Path) -> bool:
         return False
 
 
-def _complete(path) -> bool:
+def _state(path) -> tuple[bool, str | None]:
+    """(finished, lineage fingerprint) of the store at `path`; (False, None) when there is none."""
     try:
         with StoreReader(path) as r:
-            return bool(r.attrs.get("complete"))
+            return bool(r.attrs.get("complete")), r.attrs.get("lineage", {}).get("fingerprint")
     except StoreError:
-        return False
-
-
-def _fingerprint(path) -> str | None:
-    try:
-        with StoreReader(path) as r:
-            return r.attrs.get("lineage", {}).get("fingerprint")
-    except StoreError:
-        return None
+        return False, None
 
 
 def publish(work: Url, target: Url) -> None:
