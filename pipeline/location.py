@@ -14,8 +14,6 @@ published (`swap.publish`).
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import json
 import os
 import re
 from functools import lru_cache
@@ -126,9 +124,6 @@ class Url:
     def with_name(self, name: str) -> "Url":
         return self.parent / name if self.parent != self else Url(f"{self.scheme}://{name}")
 
-    def with_suffix(self, suffix: str) -> "Url":
-        return self.with_name(self.stem + suffix)
-
     def resolve(self) -> "Url":
         return self
 
@@ -154,13 +149,6 @@ class Url:
     def iterdir(self):
         for p in self.fs.ls(self.key, detail=False, refresh=True):
             yield Url(f"{self.scheme}://{p}")
-
-    def glob(self, pattern: str):
-        if not self.is_dir():
-            return
-        for p in self.iterdir():
-            if fnmatch.fnmatchcase(p.name, pattern):
-                yield p
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Object stores have no folders: a prefix exists once something is written under it."""
@@ -236,9 +224,6 @@ class Url:
         finally:
             self.fs.invalidate_cache(self.key)
         return True
-
-    def read_json(self):
-        return json.loads(self.read_text())
 
 
 def storage_options(path) -> dict:
