@@ -89,7 +89,10 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], on_result: Callabl
         environ = dict(os.environ)
         with dask.config.set(LOCAL_WORKER_CONFIG), _sigint_held():
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, scheduler_kwargs={"dashboard": False},
+                                   dashboard_address=None,
+                                   # no dashboard; its HTTP server on any free port (it takes 8787 by
+                                   # default and warns on stderr when a user's dask already holds it)
+                                   scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
                                    # a worker whose heartbeat meets the closing scheduler logs an
                                    # ERROR with a traceback (dask/distributed#7105); a failed task
                                    # reaches us as its exception, so workers speak only in --verbose

@@ -95,3 +95,25 @@ def test_on_error_takes_a_failed_task_and_the_others_go_on():
             assert {name for _, name in failed} == {"KilledWorker"}
     with pytest.raises(RuntimeError, match="task two broke"):  # without on_error: raised, as before
         run_tasks(fails_on_two, [1, 2, 3], lambda r: None, scheduler="synchronous")
+
+
+def test_a_busy_dashboard_port_gives_no_warning():
+    # dask's scheduler serves HTTP on 8787 even with its dashboard off, and warns on stderr when a
+    # user's own dask holds that port: a line in every `har extract` that is not about har
+    import socket
+    import warnings
+
+    held = socket.socket()
+    try:
+        held.bind(("", 8787))
+        held.listen()
+    except OSError:
+        pass   # something else holds it already: the same situation
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            seen: list = []
+            run_tasks(worker_settings, [0], seen.append, workers=1)
+        assert seen and not [str(w.message) for w in caught if "8787" in str(w.message)]
+    finally:
+        held.close()
