@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://(.+)$")
 MANGLED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.+)$")   # s3://b/k as a pathlib.Path: s3:/b/k
 SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "memory")         # object stores fsspec reaches
+GLOB = "*?[]"                                                 # what fsspec expands in the paths it deletes
 
 
 class LocationError(ValueError):
@@ -73,8 +74,6 @@ class Url:
         parts = [p for p in rest.split("/") if p]
         if not parts or any(p in (".", "..") for p in parts):
             raise LocationError(f"{scheme}://{rest}: allowed: {scheme}://BUCKET/KEY without '.' or '..' parts")
-        if any(c in rest for c in "*?[]"):   # fsspec expands them as globs: a delete would reach other keys
-            raise LocationError(f"{scheme}://{rest}: allowed: keys without the glob characters * ? [ ]")
         self.scheme, self.key = scheme, "/".join(parts)   # key: bucket/prefix, as fsspec names it
 
     # ---- Path's naming -------------------------------------------------------------------------
@@ -129,6 +128,14 @@ class Url:
 
     absolute = expanduser = resolve
 
+    def check_writable(self) -> "Url":
+        """This prefix, if har may write and delete under it: fsspec expands the glob characters
+        * ? [ ] in the paths it deletes, so a delete there could reach other keys. Reading such a
+        key (a video named clip[1].avi) is fine: reads name exact keys."""
+        if any(c in self.key for c in GLOB):
+            raise LocationError(f"{self}: allowed for a store: keys without the glob characters * ? [ ]")
+        return self
+
     # ---- the object store ------------------------------------------------------------------------
     @property
     def fs(self):
@@ -177,6 +184,9 @@ class Url:
         """Delete every object under this prefix: its zarr.json first, so a kill half-way leaves
         objects no har reader or resumer takes for a store (swap.resumable removes them)."""
         keys = sorted(self.files(), key=lambda k: k != "zarr.json")
+        bad = [k for k in (self.key, *keys) if any(c in k for c in GLOB)]
+        if bad:   # never handed to fsspec's rm, which would expand it
+            raise LocationError(f"{self}: not deleted: {bad[0]!r} holds a glob character (* ? [ ])")
         if keys and keys[0] == "zarr.json":
             self.fs.rm_file(f"{self.key}/zarr.json")
             keys = keys[1:]
