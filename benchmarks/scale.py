@@ -17,7 +17,19 @@ tree (psutil, every 0.2 s):
     har features --store ... --backbone resnet18 --weights none --resize stored   (with --features)
     har train-head lstm --features ... --epochs E             (with --features)
 
-Reported per step and size: wall seconds, per-video milliseconds, peak RSS (largest process and
+`--dataset kinetics400` lays the videos out as Kinetics' official download does instead: 400
+classes, `annotations/train.csv` and `val.csv` in the official format (label, youtube_id,
+time_start, time_end, split), `train/<id>_<start>_<end>.avi` flat, and `--missing` of the listed
+clips never downloaded. `--noop-decoder` runs every extraction on a dask cluster this script
+starts (`--workers` processes, one thread each) whose workers preload benchmarks/noop_decoder.py:
+the decode returns blank samples, all the rest is har's, so 240,000 videos measure har's own
+per-video overheads (indexing, hashing, graph and scheduling, lineage, store metadata) in minutes:
+
+    .venv/bin/python benchmarks/scale.py --dataset kinetics400 --noop-decoder --sizes 24000 240000 \
+        --seconds 1 --pool 40 --extract-args="--frames 8 --size 32"
+
+Every size also times `extract_one_changed`: one source replaced by another's bytes, then the
+rerun (only it is decoded). Reported per step and size: wall seconds, per-video milliseconds, peak RSS (largest process and
 the sum over the tree), store bytes and file count; and the ratio of per-video cost at each size
 to the smallest size's (1.0 = linear). Labels do not match content (classes are assigned in turn),
 so training accuracy is chance: only costs are measured. Prints one JSON line per step and a final
@@ -86,6 +98,46 @@ def layout(work: Path, size: int, pool: list[Path]) -> Path:
     return data
 
 
+def kinetics_layout(work: Path, size: int, pool: list[Path], missing: float, name: str) -> Path:
+    """A Kinetics-like dataset: `size` downloaded clips (hard links to the pool) of 400 classes in
+    the official annotation CSVs (train and val, 9:1), and `missing` of as many again listed but
+    absent (missing downloads)."""
+    import csv
+
+    data = work / f"{name}-{size}" / "data"
+    marker = data / ".done"
+    if marker.exists():
+        return data
+    shutil.rmtree(data, ignore_errors=True)
+    (data / "annotations").mkdir(parents=True)
+    lost = int(round(size * missing / (1 - missing)))
+    every = (size + lost) // lost if lost else 0   # each every-th listed clip was never downloaded
+    rows: dict[str, list] = {"train": [], "val": []}
+    for i in range(size + lost):
+        part = "val" if i % 10 == 9 else "train"
+        yid, start = f"k{i:010d}", 10 * (i % 7)
+        rows[part].append((f"class {i % 400:03d}", yid, start, start + 10, part))
+        if not (every and i % every == 0):
+            (data / part).mkdir(exist_ok=True)
+            os.link(pool[i % len(pool)], data / part / f"{yid}_{start:06d}_{start + 10:06d}.avi")
+    for part, rs in rows.items():
+        with open(data / "annotations" / f"{part}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            w.writerows(rs)
+    marker.touch()
+    return data
+
+
+def noop_cluster(workers: int):
+    """A local dask cluster whose workers decode nothing (benchmarks/noop_decoder.py)."""
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                        scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+                        preload=[str(HERE / "noop_decoder.py")], silence_logs=40)
+
+
 def run_step(name: str, cmd: list[str], env: dict, ok=(0,)) -> dict:
     import psutil
 
@@ -129,7 +181,19 @@ def store_stats(path: Path) -> dict:
     files = [f for f in path.rglob("*") if f.is_file()]
     meta = path / "zarr.json"
     return {"store_bytes": sum(f.stat().st_size for f in files), "store_files": len(files),
-            "root_zarr_json_bytes": meta.stat().st_size if meta.exists() else None}
+            "root_zarr_json_bytes": meta.stat().st_size if meta.exists() else None,
+            "metadata_bytes": sum(f.stat().st_size for f in files if f.name == "zarr.json")}
+
+
+def replace_one(data: Path) -> None:
+    """One source replaced by another's bytes (a new inode and content): the rerun decodes only it."""
+    import filecmp
+
+    videos = sorted(p for p in data.rglob("*.avi"))
+    victim = videos[len(videos) // 2]
+    donor = next(v for v in videos if not filecmp.cmp(v, victim, shallow=False))
+    victim.unlink()
+    shutil.copy(donor, victim)
 
 
 def main(argv=None) -> int:
@@ -140,6 +204,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=7.0)
     ap.add_argument("--features", action="store_true", help="also har features (resnet18, CPU) and train-head")
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--dataset", choices=("folder", "kinetics400"), default="folder",
+                    help="folder: UCF101's layout; kinetics400: the official CSVs and split folders")
+    ap.add_argument("--missing", type=float, default=0.05, help="kinetics400: share of listed clips not downloaded")
+    ap.add_argument("--noop-decoder", action="store_true", help="decode nothing (benchmarks/noop_decoder.py)")
+    ap.add_argument("--workers", type=int, default=2, help="--noop-decoder: processes of its dask cluster")
+    ap.add_argument("--extract-args", default="", help="more har extract options, e.g. \"--frames 8 --size 32\"")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     work = a.work.absolute()
@@ -150,22 +220,41 @@ def main(argv=None) -> int:
     pool = pool_videos(work, a.pool, a.seconds)
     pool_s = time.perf_counter() - t0
     rows = []
+    cluster = client = None
+    if a.noop_decoder:
+        from dask.distributed import Client
+
+        cluster = noop_cluster(a.workers)
+        client = Client(cluster)
+    extract_cmd = [*a.extract_args.split(), *(["--scheduler", cluster.scheduler_address] if cluster else [])]
     for size in sorted(a.sizes):
-        data = layout(work, size, pool)
-        frames, feats = work / str(size) / "frames.zarr", work / str(size) / "feats.zarr"
-        for p in (frames, feats, work / str(size) / "run"):
+        if a.dataset == "folder":
+            data = layout(work, size, pool)
+        else:
+            data = kinetics_layout(work, size, pool, a.missing, a.dataset)
+        base_dir = data.parent
+        frames, feats = base_dir / "frames.zarr", base_dir / "feats.zarr"
+        for p in (frames, feats, base_dir / "run"):
             shutil.rmtree(p, ignore_errors=True)
-        steps = [("extract", [har, "extract", "folder", "--root", str(data), "--out", str(frames)], (0, 3)),
-                 ("extract_noop", [har, "extract", "folder", "--root", str(data), "--out", str(frames)], (0, 3)),
-                 ("status", [har, "status", str(frames)], (0, 3))]
+        extract = [har, "extract", a.dataset, "--root", str(data), "--out", str(frames), *extract_cmd]
+        steps = [("extract", extract, (0, 3)), ("extract_noop", extract, (0, 3)),
+                 ("status", [har, "status", str(frames)], (0, 3)),
+                 ("extract_one_changed", extract, (0, 3))]
         if a.features:
             steps += [("features", [har, "features", "--store", str(frames), "--backbone", "resnet18", "--weights",
                                     "none", "--resize", "stored", "--out", str(feats)], (0,)),
                       ("train_head", [har, "train-head", "lstm", "--features", str(feats), "--epochs", str(a.epochs),
-                                      "--tracker", "none", "--out", str(work / str(size) / "run")], (0,))]
+                                      "--tracker", "none", "--out", str(base_dir / "run")], (0,))]
         for name, cmd, ok in steps:
             log(f"{size}: {name}")
+            if name == "extract_one_changed":
+                replace_one(data)
             r = run_step(name, cmd, env, ok)
+            if client is not None:
+                import resource
+
+                peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                r["worker_peak_rss_mib"] = round(max(peaks.values()) / 1024)   # since the cluster started
             r.update(size=size, per_video_ms=round(1000 * r["wall_s"] / size, 3))
             if name == "extract":
                 r.update(store_stats(frames))
@@ -180,7 +269,11 @@ def main(argv=None) -> int:
         r["per_video_vs_smallest"] = round(r["per_video_ms"] / b["per_video_ms"], 3) if b and b["per_video_ms"] else None
     commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
-    summary = {"bench": "scale", "sizes": sorted(a.sizes), "pool": a.pool, "seconds": a.seconds, "pool_s": round(pool_s, 1),
+    if client is not None:
+        client.close()
+        cluster.close()
+    summary = {"bench": "scale", "dataset": a.dataset, "noop_decoder": a.noop_decoder, "extract_args": a.extract_args,
+               "sizes": sorted(a.sizes), "pool": a.pool, "seconds": a.seconds, "pool_s": round(pool_s, 1),
                "rows": [{k: v for k, v in r.items() if k != "stdout_tail"} for r in rows], "commit": commit,
                "cpus": os.cpu_count(), "machine": platform.machine()}
     line = json.dumps(summary)

@@ -59,6 +59,8 @@ class DatasetIndex:
     attrs: dict = field(default_factory=dict)  # facts of this dataset the stores keep in their attrs
                                                # (synthetic: "reversed_pairs", the classes whose
                                                # time-reversed twin is a class too)
+    missing_videos: tuple[str, ...] = ()  # clips the annotations list that are not under the root
+                                          # (missing downloads); the store's array `missing_videos`
 
 
 @lru_cache(maxsize=1)
@@ -449,7 +451,7 @@ def load_hmdb51(root: Path) -> DatasetIndex:
 # ---- Kinetics and Something-Something v2: annotation files name the videos, downloads miss some ----
 
 CLIP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # YouTube ids (11 of these characters), SSv2's numbers
-MISSING_SHOWN = 5                                  # missing downloads named in the note; all are in attrs
+MISSING_SHOWN = 5                                  # missing downloads named in the note; all are in the store
 
 
 def _scan_split_folder(name: str, root: Path, folder: Path, notes: list[str]) -> dict[str, str] | None:
@@ -508,7 +510,7 @@ def _missing_note(name: str, missing: dict[str, list[str]], listed: dict[str, in
             shown = ", ".join(names[:MISSING_SHOWN]) + (", ..." if len(names) > MISSING_SHOWN else "")
             notes.append(f"{name}: {len(names)} of {listed[split]} {split} videos listed in the annotations are not "
                          f"under {where} ({len(names) / max(1, listed[split]):.1%}, missing downloads; not indexed, "
-                         f"all named in the store's attrs 'missing_videos'): {shown}")
+                         f"all listed in the store's array missing_videos): {shown}")
     return notes
 
 
@@ -632,7 +634,7 @@ def load_kinetics(name: str, root: Path) -> DatasetIndex:
     notes = list(_check_counts(name, len(videos), len(classes))) + _missing_note(name, missing, listed, str(root)) + notes
     lost = sorted(n for names in missing.values() for n in names)
     return DatasetIndex(name, root, tuple(classes), videos, splits, "official", tuple(notes),
-                        {"missing_videos": lost} if lost else {})
+                        missing_videos=tuple(lost))
 
 
 SSV2_VIDEOS = ("20bn-something-something-v2", "videos", "")   # folders holding <id>.webm, tried in order
@@ -750,7 +752,7 @@ def load_ssv2(root: Path) -> DatasetIndex:
         "ssv2", missing, listed, str(folder)) + notes
     lost = sorted(f"{p}/{v}" for p, names in missing.items() for v in names)
     return DatasetIndex("ssv2", root, classes, videos, splits, "official", tuple(notes),
-                        {"missing_videos": lost} if lost else {})
+                        missing_videos=tuple(lost))
 
 
 DATASETS: Registry[Callable[[Path], DatasetIndex]] = Registry("dataset")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -50,6 +52,33 @@ class Source:
              "inode": self.inode, "sha256": self.sha256}
         d = {**d, "etag": self.etag} if self.etag else d
         return {**d, "problem": self.problem} if self.problem else d
+
+
+# a frame store keeps its sources' fingerprints in arrays `source/<field>` [N] beside `video`, in
+# its order (one row per video, as the arrays they describe), never in its attrs: the attrs are
+# parsed whenever the store is opened, by every task, and must not grow with the dataset
+SOURCE_FIELDS = {"size": "int64", "mtime_ns": "int64", "ctime_ns": "int64", "inode": "uint64",
+                 "sha256": "str", "etag": "str", "problem": "str"}
+
+
+def source_arrays(sources: list[Source]) -> dict[str, np.ndarray]:
+    """{"source/<field>": [N] array} of `sources` (see SOURCE_FIELDS)."""
+    return {f"source/{f}": np.array([getattr(s, f) for s in sources], dtype=object if kind == "str" else kind)
+            for f, kind in SOURCE_FIELDS.items()}
+
+
+def sources_from_arrays(paths, columns: dict[str, np.ndarray]) -> list[dict]:
+    """The recorded sources as Source.as_dict() rows, from `video` and the `source/<field>` arrays."""
+    cols = {f: np.asarray(columns[f]).tolist() for f in SOURCE_FIELDS}
+    rows = []
+    for i, path in enumerate(paths):
+        d = {"path": str(path), **{f: cols[f][i] for f in ("size", "mtime_ns", "ctime_ns", "inode", "sha256")}}
+        if cols["etag"][i]:
+            d["etag"] = cols["etag"][i]
+        if cols["problem"][i]:
+            d["problem"] = cols["problem"][i]
+        rows.append(d)
+    return rows
 
 
 def special_file(st: os.stat_result) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import datasets, lineage, store
-from pipeline.extract import Recipe, build_lineage
+from pipeline.extract import Recipe, build_lineage, recorded_sources
 
 STATES = ("current", "stale", "incomplete", "damaged", "unreadable")
 
@@ -73,9 +73,13 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
         problems = store.verify(r) if verify else store.quick_check(r)
         if problems:  # each problem names the videos concerned
             return StoreState(**base, state="damaged", reason="; ".join(problems[:3]))
-    if kind == "features":
-        return _features_state(base, attrs)
-    return _frames_state(base, attrs, verify)
+        if kind == "features":
+            return _features_state(base, attrs)
+        try:
+            recorded = recorded_sources(r)
+        except Exception as e:  # checked by quick_check, yet an older store's attrs may lack them
+            return StoreState(**base, state="damaged", reason=f"recorded sources unreadable ({type(e).__name__}: {e})")
+    return _frames_state(base, attrs, recorded, verify)
 
 
 def _features_state(base: dict, attrs: dict) -> StoreState:
@@ -91,14 +95,14 @@ def _features_state(base: dict, attrs: dict) -> StoreState:
     return StoreState(**base, state="current", reason="")
 
 
-def _frames_state(base: dict, attrs: dict, verify: bool) -> StoreState:
+def _frames_state(base: dict, attrs: dict, recorded: list[dict], verify: bool) -> StoreState:
     lin = attrs.get("lineage", {})
     root = Path(lin.get("inputs", {}).get("root", ""))
     try:
         index = datasets.load(base["dataset"], root)
     except (datasets.DatasetError, OSError) as e:
         return StoreState(**base, state="stale", reason=f"sources unreadable: {e}")
-    old = {s["path"]: s for s in lin["inputs"]["sources"]}
+    old = {s["path"]: s for s in recorded}
     rels = [v.path for v in index.videos]
     sources = lineage.source_fingerprints(index.root, rels, None if verify else old)
     now = build_lineage(index, Recipe(**attrs["recipe"]), sources)

@@ -9,7 +9,7 @@ import pytest
 from helpers import write_audio_only
 
 from pipeline import hdf5, store, swap
-from pipeline.extract import ExtractConfig, Recipe, extract
+from pipeline.extract import ExtractConfig, Recipe, extract, recorded_sources
 from pipeline.status import store_state
 from pipeline.store import StoreReader
 
@@ -47,7 +47,10 @@ def test_schema_matches_design(synthetic_root, tmp_path):
         assert a["recipe"]["sampling"] == "multiclip"
         lin = a["lineage"]
         assert {"fingerprint", "inputs", "params", "manifest", "versions", "seed"} <= lin.keys()
-        assert len(lin["inputs"]["sources"]) == 24 and len(lin["inputs"]["sources"][0]["sha256"]) == 64
+        sources = recorded_sources(r)   # arrays source/*, not attrs (which every task parses)
+        assert "sources" not in lin["inputs"] and lin["inputs"]["videos"] == 24
+        assert [s["path"] for s in sources] == r.read("video").tolist() and len(sources[0]["sha256"]) == 64
+        assert all(s["size"] > 0 and s["inode"] > 0 and s["mtime_ns"] > 0 for s in sources)
         assert {"av", "zarr", "dask", "python"} <= lin["versions"].keys()
         shapes = {n: (r[n].shape, str(r[n].dtype)) for n in ("frames", "frame_idx", "clip_index", "view_index",
                                                             "label", "group", "num_frames", "fps", "status")}
@@ -265,6 +268,66 @@ def test_a_store_of_an_earlier_version_with_8_view_fields_is_updated_not_broken(
     res = run(root, out)
     assert (res.decoded, res.reused) == (1, 23)
     assert_same_arrays(arrays(out), arrays(run(root, tmp_path / "fresh.zarr").store))
+
+
+def test_the_root_attrs_do_not_grow_with_the_dataset(synthetic_root, tmp_path):
+    """Every task parses the store's root zarr.json: per-video lineage lives in arrays source/*, so
+    halving the dataset leaves its size as it is (it grew 320 bytes a video before)."""
+    big = run(synthetic_root, tmp_path / "big.zarr").store
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    for f in sorted(root.rglob("*.avi"))[::2]:
+        f.unlink()
+    small = run(root, tmp_path / "small.zarr")
+    assert small.ok == 12 and len(small.failed) == 0
+    sizes = [len((p / "zarr.json").read_bytes()) for p in (big, small.store)]
+    assert abs(sizes[0] - sizes[1]) < 64, sizes   # the root paths differ; 12 videos' lineage was 3,800 bytes
+
+
+def _to_attrs_layout(out):
+    """Rewrite a store as har <= 2026-12-02 wrote it: its sources in lineage.inputs, no arrays source/*."""
+    import zarr
+
+    from pipeline import lineage
+
+    with StoreReader(out) as r:
+        sources = recorded_sources(r)
+    g = zarr.open_group(str(out), mode="r+")
+    del g["source"]
+    attrs = dict(g.attrs)
+    attrs["lineage"]["inputs"] = {"root": attrs["lineage"]["inputs"]["root"], "sources": sources}
+    attrs["static_checksums"] = {k: v for k, v in attrs["static_checksums"].items() if not k.startswith("source/")}
+    attrs["attrs_checksum"] = store.attrs_checksum(attrs)
+    g.attrs.put(attrs)
+    assert lineage.SOURCE_FIELDS and not any(n.startswith("source/") for n in StoreReader(out).names())
+
+
+def test_a_store_with_its_sources_in_the_attrs_stays_current_and_is_updated(synthetic_root, tmp_path):
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    out = tmp_path / "s.zarr"
+    run(root, out)
+    _to_attrs_layout(out)
+    assert store_state(out).current
+    os.utime(root / "Grow" / "v_Grow_g01_c01.avi", (time.time() + 100, time.time() + 100))
+    assert run(root, out).up_to_date   # its recorded hashes were read: a touched file is not decoded
+    shutil.copy(root / "Grow" / "v_Grow_g02_c02.avi", root / "Grow" / "v_Grow_g01_c01.avi")
+    assert store_state(out).reason == "sources: 1 modified"
+    res = run(root, out)
+    assert (res.decoded, res.reused) == (1, 23)
+    assert_same_arrays(arrays(out), arrays(run(root, tmp_path / "fresh.zarr").store))
+    with StoreReader(out) as r:
+        assert "sources" not in r.attrs["lineage"]["inputs"] and "source/sha256" in r.names()
+
+
+def test_an_edited_recorded_hash_is_damage(synthetic_root, tmp_path):
+    import zarr
+
+    out = run(synthetic_root, tmp_path / "s.zarr").store
+    g = zarr.open_group(str(out), mode="r+")
+    sha = g["source/sha256"][...]
+    sha[3] = "0" * 64
+    g["source/sha256"][...] = sha
+    state = store_state(out)
+    assert state.state == "damaged" and "source/sha256" in state.reason
 
 
 @pytest.mark.parametrize("extra", [{}, {"rotate": 15.0, "vflip": True}, {"rotate": 15.0, "hflip": False}])
