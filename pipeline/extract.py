@@ -171,15 +171,15 @@ class _old_rows:
 
     def __init__(self, old: store.StoreReader, wanted: list[int], batch: int):
         self.old, self.lo, self.block, self.cols = old, 0, None, None
-        if not wanted or max(wanted) + 1 - min(wanted) > 2 * batch:
+        if not wanted or max(wanted) + 1 - min(wanted) > batch + 16:   # a batch's frames, and a few more
             return
         self.lo, hi = min(wanted), max(wanted) + 1
-        self.cols = {name: np.asarray(old[name][self.lo:hi]) for name in
-                     ("status", "error", "num_frames", "fps", "frame_idx", "view_params")}
         try:
+            self.cols = {name: np.asarray(old[name][self.lo:hi]) for name in
+                         ("status", "error", "num_frames", "fps", "frame_idx", "view_params")}
             self.block = store.read_rows(old, self.lo, hi)
-        except store.DamagedStoreError:
-            self.block = None   # read one by one: only the damaged rows are decoded again
+        except Exception:   # read one by one: only the damaged rows are decoded again
+            self.cols = self.block = None
 
     def frames(self, j: int) -> np.ndarray:
         if self.block is not None:
@@ -231,11 +231,11 @@ def run_batch(task: BatchTask) -> list[dict]:
         if j >= 0:
             try:
                 frames[i] = rows.frames(j)
-            except store.DamagedStoreError as e:  # never copy damage: decode the source instead
-                logger.warning("%s", e)
+                status[i], error[i], num_frames[i], fps[i], frame_idx[i], kept = rows.results(j)
+            except Exception as e:  # never copy damage (zarr raises many kinds): decode the source instead
+                logger.warning("%s: not copied from %s, decoded again: %s", rel, task.old, e)
                 j = -1
         if j >= 0:
-            status[i], error[i], num_frames[i], fps[i], frame_idx[i], kept = rows.results(j)
             view_params[i, :, :kept.shape[-1]] = kept   # a store of an earlier version keeps fewer fields
             reused[i] = True                            # (no rotation, vflip: 0)
             continue
@@ -320,10 +320,13 @@ def _open_old(target: Path, force: bool) -> tuple[store.StoreReader | None, list
             r.names()
             r.read("status")  # the arrays' metadata and the status parse
             r.attrs["lineage"]["fingerprint"]
-            recorded = recorded_sources(r)
         except BaseException:
             r.close()
             raise
+        try:
+            recorded = recorded_sources(r)
+        except Exception:   # a damaged video or source/* chunk: quick_check names it and the store is rebuilt
+            recorded = []
         return r, recorded
     except Exception as e:  # any damage: zarr and h5py raise many kinds
         if force:

@@ -195,11 +195,11 @@ def _check_url(target, kind: str, inputs: list) -> object:
     if kind not in ("frames", "features"):
         raise OutputError(f"--out {target}: only frame and feature stores can be written to object storage; "
                           "allowed for this output: a local path")
-    target.check_writable()
     for i in (i for i in inputs if isinstance(i, Url)):
         if target == i or i in target.parents or target in i.parents:
             raise OutputError(f"--out {target} is, contains or is inside {i}, an input of this command (a store "
                               "or the dataset root); choose another prefix")
+    target.check_writable()
     if "/" not in target.key:
         raise OutputError(f"--out {target} is a whole bucket; name a store inside it, e.g. {target}/data.zarr")
     if not target.exists():

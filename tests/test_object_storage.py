@@ -258,8 +258,9 @@ def test_a_dataset_on_s3_extracts_as_the_same_dataset_on_disk_and_one_changed_ob
     assert har("extract", "synthetic", "--root", local, "--out", tmp_path / "l2.zarr", *SMALL).returncode == 0
     assert_same(content(f"{bucket}/s.zarr"), content(tmp_path / "l2.zarr"))
     # a store is never written over, around or inside the dataset's prefix
-    ran = har("extract", "synthetic", "--root", root, "--out", f"{bucket}/datasets", *SMALL)
-    assert ran.returncode == 2 and "dataset root" in ran.stderr
+    for out in (f"{bucket}/datasets", f"{root}/x.zarr"):
+        ran = har("extract", "synthetic", "--root", root, "--out", out, *SMALL)
+        assert ran.returncode == 2 and "dataset root" in ran.stderr, out
 
 
 def test_a_video_model_trains_from_an_s3_frame_store_as_from_disk(synthetic_root, tmp_path, bucket):
