@@ -85,7 +85,7 @@ def fingerprints(n: int, file_mb: float, folder: str) -> dict:
             p.parent.mkdir(exist_ok=True)
             p.write_bytes(block)
     full = best(lambda: lineage.source_fingerprints(root, rels), reps=2)
-    known = {s.path: s.as_dict() for s in lineage.source_fingerprints(root, rels)}
+    known = {s.path: s for s in lineage.source_fingerprints(root, rels)}
     fast = best(lambda: lineage.source_fingerprints(root, rels, known))
     total = n * len(block)
     return {"files": n, "bytes": total, "full_hash_s": round(full, 2), "fast_path_s": round(fast, 3),

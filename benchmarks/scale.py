@@ -111,13 +111,13 @@ def kinetics_layout(work: Path, size: int, pool: list[Path], missing: float, nam
     shutil.rmtree(data, ignore_errors=True)
     (data / "annotations").mkdir(parents=True)
     lost = int(round(size * missing / (1 - missing)))
-    every = (size + lost) // lost if lost else 0   # each every-th listed clip was never downloaded
+    never = {k * (size + lost) // lost for k in range(lost)}   # listed, never downloaded: evenly spread
     rows: dict[str, list] = {"train": [], "val": []}
     for i in range(size + lost):
         part = "val" if i % 10 == 9 else "train"
         yid, start = f"k{i:010d}", 10 * (i % 7)
         rows[part].append((f"class {i % 400:03d}", yid, start, start + 10, part))
-        if not (every and i % every == 0):
+        if i not in never:
             (data / part).mkdir(exist_ok=True)
             os.link(pool[i % len(pool)], data / part / f"{yid}_{start:06d}_{start + 10:06d}.avi")
     for part, rs in rows.items():

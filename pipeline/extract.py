@@ -289,12 +289,12 @@ def build_lineage(index: datasets.DatasetIndex, recipe: Recipe, sources: list[li
     }
 
 
-def recorded_sources(reader: store.StoreReader) -> list[dict]:
-    """A frame store's sources as recorded (Source.as_dict() rows, in the order of `video`): from its
-    arrays source/*, or from the lineage attrs of a store written before they moved there."""
+def recorded_sources(reader: store.StoreReader) -> list[lineage.Source]:
+    """A frame store's sources as recorded (in the order of `video`): from its arrays source/*, or
+    from the lineage attrs of a store written before they moved there."""
     inputs = reader.attrs["lineage"]["inputs"]
     if "sources" in inputs:   # a store of har <= 2026-12-02 (attrs grew 320 bytes a video)
-        return list(inputs["sources"])
+        return [lineage.source_from_dict(d) for d in inputs["sources"]]
     return lineage.sources_from_arrays(reader.read("video"),
                                        {f: reader.read(f"source/{f}") for f in lineage.SOURCE_FIELDS})
 
@@ -309,7 +309,7 @@ def _retryable(reader: store.StoreReader) -> bool:
     return any(not video.is_permanent(errors[i]) for i in failed)
 
 
-def _open_old(target: Path, force: bool) -> tuple[store.StoreReader | None, list[dict]]:
+def _open_old(target: Path, force: bool) -> tuple[store.StoreReader | None, list[lineage.Source]]:
     """The finished store at `target` and its recorded sources; (None, []) if there is none (or it is
     damaged and --force)."""
     if not target.exists():
@@ -375,7 +375,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
             if not same:
                 old.close()
                 old = None
-        known = {s["path"]: s for s in recorded} if old and not cfg.verify else {}
+        known = {s.path: s for s in recorded} if old and not cfg.verify else {}
         rels = [v.path for v in index.videos]
         sources = lineage.source_fingerprints(index.root, rels, known)
         lin = build_lineage(index, recipe, sources)
@@ -408,7 +408,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         reuse = np.full(len(rels), -1, np.int64)
         if old is not None:
             if store.has_results(old):  # a store from an older har may lack arrays: decode all
-                old_hash = {s["path"]: (i, s["sha256"]) for i, s in enumerate(recorded)}
+                old_hash = {s.path: (i, s.sha256) for i, s in enumerate(recorded)}
                 old_status = old.read("status")
                 old_errors = old.read("error")
                 for i, s in enumerate(sources):

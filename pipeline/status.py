@@ -95,14 +95,14 @@ def _features_state(base: dict, attrs: dict) -> StoreState:
     return StoreState(**base, state="current", reason="")
 
 
-def _frames_state(base: dict, attrs: dict, recorded: list[dict], verify: bool) -> StoreState:
+def _frames_state(base: dict, attrs: dict, recorded: list[lineage.Source], verify: bool) -> StoreState:
     lin = attrs.get("lineage", {})
     root = Path(lin.get("inputs", {}).get("root", ""))
     try:
         index = datasets.load(base["dataset"], root)
     except (datasets.DatasetError, OSError) as e:
         return StoreState(**base, state="stale", reason=f"sources unreadable: {e}")
-    old = {s["path"]: s for s in recorded}
+    old = {s.path: s for s in recorded}
     rels = [v.path for v in index.videos]
     sources = lineage.source_fingerprints(index.root, rels, None if verify else old)
     now = build_lineage(index, Recipe(**attrs["recipe"]), sources)
@@ -111,7 +111,7 @@ def _frames_state(base: dict, attrs: dict, recorded: list[dict], verify: bool) -
     new = {s.path: s.sha256 for s in sources}
     added = sorted(set(new) - set(old))
     removed = sorted(set(old) - set(new))
-    modified = sorted(p for p, h in new.items() if p in old and old[p]["sha256"] != h)
+    modified = sorted(p for p, h in new.items() if p in old and old[p].sha256 != h)
     parts = [f"{len(n)} {what}" for n, what in ((added, "added"), (removed, "removed"), (modified, "modified")) if n]
     if now["manifest"] != lin.get("manifest"):
         parts.append("manifest entry changed")

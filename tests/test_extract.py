@@ -49,8 +49,8 @@ def test_schema_matches_design(synthetic_root, tmp_path):
         assert {"fingerprint", "inputs", "params", "manifest", "versions", "seed"} <= lin.keys()
         sources = recorded_sources(r)   # arrays source/*, not attrs (which every task parses)
         assert "sources" not in lin["inputs"] and lin["inputs"]["videos"] == 24
-        assert [s["path"] for s in sources] == r.read("video").tolist() and len(sources[0]["sha256"]) == 64
-        assert all(s["size"] > 0 and s["inode"] > 0 and s["mtime_ns"] > 0 for s in sources)
+        assert [s.path for s in sources] == r.read("video").tolist() and len(sources[0].sha256) == 64
+        assert all(s.size > 0 and s.inode > 0 and s.mtime_ns > 0 and s.ctime_ns > 0 for s in sources)
         assert {"av", "zarr", "dask", "python"} <= lin["versions"].keys()
         shapes = {n: (r[n].shape, str(r[n].dtype)) for n in ("frames", "frame_idx", "clip_index", "view_index",
                                                             "label", "group", "num_frames", "fps", "status")}
@@ -290,7 +290,7 @@ def _to_attrs_layout(out):
     from pipeline import lineage
 
     with StoreReader(out) as r:
-        sources = recorded_sources(r)
+        sources = [s.as_dict() for s in recorded_sources(r)]
     g = zarr.open_group(str(out), mode="r+")
     del g["source"]
     attrs = dict(g.attrs)

@@ -244,7 +244,7 @@ def test_a_dataset_on_s3_extracts_as_the_same_dataset_on_disk_and_one_changed_ob
     assert_same(content(f"{bucket}/s.zarr"), content(tmp_path / "l.zarr"))
     with StoreReader(f"{bucket}/s.zarr") as r:
         sources = recorded_sources(r)
-        assert r.attrs["lineage"]["inputs"]["root"] == str(root) and all(s["etag"] for s in sources)
+        assert r.attrs["lineage"]["inputs"]["root"] == str(root) and all(s.etag for s in sources)
     again = har("extract", "synthetic", "--root", root, "--out", f"{bucket}/s.zarr", *SMALL)
     assert "up to date" in again.stdout
     # one video replaced by another's bytes: only it is decoded again, as with a local root
