@@ -182,9 +182,9 @@ def features(
     out.print(res.summary(), highlight=False)
 
 
-@command()
+@command(urls=("stores",))
 def status(
-    stores: Annotated[Optional[list[Path]], typer.Argument(help="Stores to check [default: every store under $HAR_HOME/stores].")] = None,
+    stores: Annotated[Optional[list[Path]], typer.Argument(help="Stores to check, local or s3:// [default: every store under $HAR_HOME/stores].")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Read every sample against its checksum and hash every source again.")] = False,
 ):
     """List stores and whether each is current (finished, sound, inputs unchanged).

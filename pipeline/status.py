@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import datasets, lineage, store
+from pipeline import datasets, lineage, location, store
 from pipeline.extract import Recipe, build_lineage, recorded_sources
 
 STATES = ("current", "stale", "incomplete", "damaged", "unreadable")
@@ -42,7 +42,7 @@ class StoreState:
 def store_state(path: Path, verify: bool = False) -> StoreState:
     """Check one store: soundness first (a damaged store is never called current), then whether a
     rerun of the same recipe would compute the same lineage now."""
-    path = Path(path)
+    path = location.of(path)   # a local path or an object-storage URL
     base = dict(path=path, dataset="?", kind="?", videos=0, ok=0, failed=0, bytes=0)
     try:
         r = store.StoreReader(path)
@@ -84,7 +84,7 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
 
 def _features_state(base: dict, attrs: dict) -> StoreState:
     lin = attrs.get("lineage", {})
-    src = Path(lin.get("inputs", {}).get("frames_store", ""))
+    src = location.of(lin.get("inputs", {}).get("frames_store", ""))
     try:
         with store.StoreReader(src) as fr:
             now_fp = fr.attrs["lineage"]["fingerprint"]
@@ -97,7 +97,7 @@ def _features_state(base: dict, attrs: dict) -> StoreState:
 
 def _frames_state(base: dict, attrs: dict, recorded: list[lineage.Source], verify: bool) -> StoreState:
     lin = attrs.get("lineage", {})
-    root = Path(lin.get("inputs", {}).get("root", ""))
+    root = location.of(lin.get("inputs", {}).get("root", ""))
     try:
         index = datasets.load(base["dataset"], root)
     except (datasets.DatasetError, OSError) as e:

@@ -83,6 +83,8 @@ def test_extract_features_train_head_through_s3_equal_the_local_chain(tiny_root,
     assert har("features", "--store", tmp_path / "f.zarr", "--out", tmp_path / "x.zarr", *common).returncode == 0
     a, b = arrays(feats), arrays(tmp_path / "x.zarr")
     assert_same(a, b)
+    ran = har("status", url, feats)   # both current: the frame store's sources, the features' frame store
+    assert ran.returncode == 0 and ran.stdout.count("current") == 2 and url in ran.stdout, ran.stdout + ran.stderr
 
     train = ["--epochs", 3, "--tracker", "none", "--seed", 3, "--split", "random"]   # 2 groups: too few to split by
     ran = har("train-head", "lstm", "--features", feats, "--out", tmp_path / "run-s3", *train)
