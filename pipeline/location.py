@@ -209,11 +209,44 @@ class Url:
         return {k: int(info.get("size") or 0) for k, info in self.listing().items()}
 
     def put_if_absent(self, data: bytes) -> bool:
-        """Write this object only if no object has this key (S3's If-None-Match: *, an atomic
-        create on the server); False when one exists. The lock of an object-store writer."""
-        if self.scheme != "s3":
-            raise LocationError(f"{self}: a writer lock needs an atomic create-if-absent; har has one for s3:// "
-                                "(S3 and S3-compatible servers) only so far")
+        """Write this object only if no object has this key (an atomic create on the server); False
+        when one exists. The lock of an object-store writer. s3://: S3's If-None-Match: *. gs://:
+        gcsfs's create mode (ifGenerationMatch=0); az://: adlfs's (If-None-Match: *): both through
+        fsspec's pipe_file(mode="create"), from the versions in ATOMIC_CREATE on (earlier ones either
+        refuse the mode or check and write in two steps, which two writers can both pass)."""
+        if self.scheme == "s3":
+            return self._put_if_absent_s3(data)
+        self._check_atomic_create()
+        try:
+            self.fs.pipe_file(self.key, data, mode="create")
+        except FileExistsError:
+            return False
+        except FileNotFoundError as e:
+            raise LocationError(f"{self}: its bucket or container does not exist ({e}); create it first") from None
+        except PermissionError as e:
+            raise LocationError(f"{self}: writing is not allowed ({e}); check the credentials") from None
+        finally:
+            self.fs.invalidate_cache(self.key)
+        return True
+
+    def _check_atomic_create(self) -> None:
+        package, floor = ATOMIC_CREATE.get(self.scheme, (None, None))
+        if package is None:
+            raise LocationError(f"{self}: a writer lock needs an atomic create-if-absent; har has one for "
+                                f"{', '.join(s + '://' for s in ATOMIC_CREATE)} only")
+        if floor is None:
+            return
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            have = version(package)
+        except PackageNotFoundError:
+            raise LocationError(f"{self.scheme}:// needs the {package} package: pip install '{package}>={floor}'") from None
+        if _version_tuple(have) < _version_tuple(floor):
+            raise LocationError(f"{self}: {package} {have} has no atomic create for the writer lock; "
+                                f"pip install '{package}>={floor}'")
+
+    def _put_if_absent_s3(self, data: bytes) -> bool:
         from fsspec.asyn import sync
 
         bucket, _, key = self.key.partition("/")
@@ -234,6 +267,18 @@ class Url:
         finally:
             self.fs.invalidate_cache(self.key)
         return True
+
+
+# scheme -> (package, first version whose pipe_file(mode="create") is one conditional request,
+# read in its source: gcsfs simple_upload/initiate_upload send ifGenerationMatch=0 and turn 412
+# into FileExistsError; adlfs maps it to upload_blob(overwrite=False), ResourceExistsError ->
+# FileExistsError). memory://: one process's dict, "xb" (tests). s3:// has its own call above.
+ATOMIC_CREATE = {"s3": ("s3fs", None), "gs": ("gcsfs", "2026.10.1"), "gcs": ("gcsfs", "2026.10.1"),
+                 "az": ("adlfs", "2026.8.0"), "abfs": ("adlfs", "2026.8.0"), "memory": ("fsspec", None)}
+
+
+def _version_tuple(v: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else 0 for x in re.split(r"[.+-]", v)[:3])
 
 
 def storage_options(path) -> dict:

@@ -279,3 +279,31 @@ def test_a_video_model_trains_from_an_s3_frame_store_as_from_disk(synthetic_root
                *train).returncode == 0
     wa, wb = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("a", "b"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_gs_and_az_writer_locks_are_one_conditional_create_and_old_libraries_are_refused(monkeypatch):
+    """gs:// and az:// take the writer lock with fsspec's pipe_file(mode="create") (gcsfs:
+    ifGenerationMatch=0, adlfs: If-None-Match: *). No GCS or Azure emulator with preconditions runs
+    here, so their filesystem is memory://'s, whose create mode refuses an existing key as theirs do:
+    what is tested is har's side (the mode it asks for, a refusal read as 'held', the version floor)."""
+    import fsspec
+    from importlib import metadata
+
+    mem = fsspec.filesystem("memory")
+    real_fs_of, real_version = location._fs_of, metadata.version
+    monkeypatch.setattr(location, "_fs_of", lambda scheme, pid: mem if scheme in ("gs", "az") else real_fs_of(scheme, pid))
+    versions = {"gcsfs": "2026.10.1", "adlfs": "2026.8.0"}
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name] if name in versions else real_version(name))
+    for url in ("gs://bucket/w.zarr", "az://container/w.zarr", "memory://bucket/w.zarr"):
+        with swap.WriterLock(Url(url)):
+            assert Url(url + ".lock").exists()
+            with pytest.raises(swap.StoreError, match="second writer is refused"):
+                with swap.WriterLock(Url(url)):
+                    pass
+        assert not Url(url + ".lock").exists()
+        with swap.WriterLock(Url(url)):   # released: the next writer takes it
+            pass
+    versions["gcsfs"] = "2024.2.0"   # before its create mode: two writers could both pass a check-then-write
+    with pytest.raises(location.LocationError, match=r"gcsfs 2024.2.0 has no atomic create.*gcsfs>=2026.10.1"):
+        Url("gs://bucket/other.zarr.lock").put_if_absent(b"{}")
+    assert not mem.exists("bucket/other.zarr.lock")
