@@ -146,8 +146,9 @@ def _object_fingerprints(root, rel_paths: list[str], known: dict[str, Source], t
         info = listed.get(rel)
         if info is None:
             return Source(rel, 0, 0, "", problem="missing: gone (removed while indexing)")
-        size, etag = int(info.get("size") or 0), str(info.get("ETag") or "").strip('"')
-        modified = info.get("LastModified")
+        # the server's content tag and time: s3fs names them ETag, LastModified; gcsfs and adlfs etag, ...
+        size, etag = int(info.get("size") or 0), str(info.get("ETag") or info.get("etag") or "").strip('"')
+        modified = info.get("LastModified") or info.get("last_modified") or info.get("mtime")
         mtime_ns = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else 0
         old = known.get(rel)
         if old and old.sha256 and old.size == size and etag and old.etag == etag:

@@ -223,8 +223,15 @@ class Url:
             return False
         except FileNotFoundError as e:
             raise LocationError(f"{self}: its bucket or container does not exist ({e}); create it first") from None
-        except PermissionError as e:
-            raise LocationError(f"{self}: writing is not allowed ({e}); check the credentials") from None
+        except Exception as e:   # gcsfs: OSError (403), HttpError (401); the Azure SDK: AzureError
+            name = type(e).__name__
+            if name == "ResourceNotFoundError":
+                raise LocationError(f"{self}: its container does not exist ({e}); create it first") from None
+            if isinstance(e, OSError) or name in ("HttpError", "ClientAuthenticationError", "HttpResponseError") \
+                    or type(e).__module__.startswith(("gcsfs", "azure")):
+                raise LocationError(f"{self}: could not write the writer lock ({name}: {e}); check the credentials "
+                                    "(GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) and the bucket's permissions") from None
+            raise
         finally:
             self.fs.invalidate_cache(self.key)
         return True
@@ -238,13 +245,26 @@ class Url:
             return
         from importlib.metadata import PackageNotFoundError, version
 
+        from packaging.version import InvalidVersion, Version
+
         try:
             have = version(package)
         except PackageNotFoundError:
             raise LocationError(f"{self.scheme}:// needs the {package} package: pip install '{package}>={floor}'") from None
-        if _version_tuple(have) < _version_tuple(floor):
+        try:
+            old = Version(have) < Version(floor)
+        except InvalidVersion:
+            old = True
+        if old:
             raise LocationError(f"{self}: {package} {have} has no atomic create for the writer lock; "
                                 f"pip install '{package}>={floor}'")
+        zonal = getattr(self.fs, "_is_zonal_bucket", None)   # gcsfs writes to a zonal bucket ignore create mode
+        if zonal is not None:
+            from fsspec.asyn import sync
+
+            if sync(self.fs.loop, zonal, self.key.partition("/")[0]):
+                raise LocationError(f"{self}: a zonal (rapid) GCS bucket: gcsfs writes there without the "
+                                    "create condition, so two writers could both take the lock; use a regional bucket")
 
     def _put_if_absent_s3(self, data: bytes) -> bool:
         from fsspec.asyn import sync
@@ -269,16 +289,14 @@ class Url:
         return True
 
 
-# scheme -> (package, first version whose pipe_file(mode="create") is one conditional request,
-# read in its source: gcsfs simple_upload/initiate_upload send ifGenerationMatch=0 and turn 412
-# into FileExistsError; adlfs maps it to upload_blob(overwrite=False), ResourceExistsError ->
-# FileExistsError). memory://: one process's dict, "xb" (tests). s3:// has its own call above.
+# scheme -> (package, the version whose pipe_file(mode="create") was read to be one conditional
+# request: gcsfs simple_upload/initiate_upload send ifGenerationMatch=0 and turn 412 into
+# FileExistsError, on regional buckets; adlfs maps it to upload_blob(overwrite=False),
+# If-None-Match: *, ResourceExistsError -> FileExistsError). Earlier versions may do the same;
+# they were not read. gcsfs calls its create mode experimental. memory://: one process's dict,
+# "xb" (tests). s3:// has its own call above.
 ATOMIC_CREATE = {"s3": ("s3fs", None), "gs": ("gcsfs", "2026.10.1"), "gcs": ("gcsfs", "2026.10.1"),
                  "az": ("adlfs", "2026.8.0"), "abfs": ("adlfs", "2026.8.0"), "memory": ("fsspec", None)}
-
-
-def _version_tuple(v: str) -> tuple:
-    return tuple(int(x) if x.isdigit() else 0 for x in re.split(r"[.+-]", v)[:3])
 
 
 def storage_options(path) -> dict:

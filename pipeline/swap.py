@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -71,7 +72,7 @@ class ObjectLock:
 
     def _body(self, started: float) -> bytes:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started,
-                           "heartbeat": time.time()}).encode()
+                           "token": self.token, "heartbeat": time.time()}).encode()
 
     def _stale(self, held: dict) -> bool:
         if held.get("host") == socket.gethostname():
@@ -84,7 +85,7 @@ class ObjectLock:
         return time.time() - float(held.get("heartbeat", 0)) > self.STALE
 
     def __enter__(self):
-        self.started = time.time()
+        self.started, self.token = time.time(), secrets.token_hex(8)   # the token: this lock, not another of this pid
         for _ in range(3):
             if self.path.put_if_absent(self._body(self.started)):
                 break
@@ -95,6 +96,8 @@ class ObjectLock:
                 continue        # released meanwhile: try again
             except ValueError:
                 held, raw = {}, None
+            if self._names_us(held):
+                break           # our own create, answered 'exists' on a retry after its reply was lost
             if not self._stale(held):
                 age = time.time() - float(held.get("heartbeat", 0) or 0)
                 raise StoreError(f"{str(self.path)[:-5]} is being written by pid {held.get('pid', '?')} on "
@@ -118,8 +121,11 @@ class ObjectLock:
             held = json.loads(self.path.read_bytes())
         except Exception:
             return False
-        return (held.get("host"), held.get("pid"), held.get("started")) == (socket.gethostname(), os.getpid(),
-                                                                            self.started)
+        return self._names_us(held)
+
+    def _names_us(self, held: dict) -> bool:
+        return (held.get("host"), held.get("pid"), held.get("started"), held.get("token")) == (
+            socket.gethostname(), os.getpid(), self.started, self.token)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT):

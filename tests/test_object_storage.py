@@ -4,6 +4,7 @@ chain array for array; a kill -9 resumes; a second writer is refused; a publish 
 interrupted is finished by the next run and never read half-way; nothing but har's own store is
 ever replaced; the store stays a plain Zarr group any reader opens."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,25 +286,97 @@ def test_gs_and_az_writer_locks_are_one_conditional_create_and_old_libraries_are
     """gs:// and az:// take the writer lock with fsspec's pipe_file(mode="create") (gcsfs:
     ifGenerationMatch=0, adlfs: If-None-Match: *). No GCS or Azure emulator with preconditions runs
     here, so their filesystem is memory://'s, whose create mode refuses an existing key as theirs do:
-    what is tested is har's side (the mode it asks for, a refusal read as 'held', the version floor)."""
+    what is tested is har's side (the mode it asks for, a refusal read as 'held', the version floor,
+    their errors as one line)."""
     import fsspec
+    from fsspec.asyn import get_loop
+    from fsspec.implementations.memory import MemoryFileSystem
     from importlib import metadata
 
-    mem = fsspec.filesystem("memory")
+    class Store(MemoryFileSystem):   # memory://'s objects, with the failures a cloud library raises
+        fail = None
+        zonal = False
+        loop = get_loop()
+
+        def pipe_file(self, path, value, mode="overwrite", **kw):
+            if self.fail == "lost-reply":       # the create landed; its retry is answered 'exists'
+                super().pipe_file(path, value, mode=mode, **kw)
+                raise FileExistsError(path)
+            if self.fail is not None:
+                raise self.fail
+            return super().pipe_file(path, value, mode=mode, **kw)
+
+        async def _is_zonal_bucket(self, bucket):
+            return self.zonal
+
+    mem = Store(skip_instance_cache=True)
     real_fs_of, real_version = location._fs_of, metadata.version
     monkeypatch.setattr(location, "_fs_of", lambda scheme, pid: mem if scheme in ("gs", "az") else real_fs_of(scheme, pid))
     versions = {"gcsfs": "2026.10.1", "adlfs": "2026.8.0"}
     monkeypatch.setattr(metadata, "version", lambda name: versions[name] if name in versions else real_version(name))
-    for url in ("gs://bucket/w.zarr", "az://container/w.zarr", "memory://bucket/w.zarr"):
-        with swap.WriterLock(Url(url)):
-            assert Url(url + ".lock").exists()
-            with pytest.raises(swap.StoreError, match="second writer is refused"):
-                with swap.WriterLock(Url(url)):
-                    pass
-        assert not Url(url + ".lock").exists()
-        with swap.WriterLock(Url(url)):   # released: the next writer takes it
-            pass
-    versions["gcsfs"] = "2024.2.0"   # before its create mode: two writers could both pass a check-then-write
-    with pytest.raises(location.LocationError, match=r"gcsfs 2024.2.0 has no atomic create.*gcsfs>=2026.10.1"):
-        Url("gs://bucket/other.zarr.lock").put_if_absent(b"{}")
-    assert not mem.exists("bucket/other.zarr.lock")
+    try:
+        for url in ("gs://bucket/w.zarr", "az://container/w.zarr", "memory://bucket/w.zarr"):
+            with swap.WriterLock(Url(url)):
+                assert Url(url + ".lock").exists()
+                with pytest.raises(swap.StoreError, match="second writer is refused"):
+                    with swap.WriterLock(Url(url)):
+                        pass
+            assert not Url(url + ".lock").exists()
+            with swap.WriterLock(Url(url)):   # released: the next writer takes it
+                pass
+        # a create whose reply was lost and whose retry found it: the writer's own lock, not another's
+        mem.fail = "lost-reply"
+        with swap.WriterLock(Url("gs://bucket/lost.zarr")):
+            assert Url("gs://bucket/lost.zarr.lock").exists()
+        assert not Url("gs://bucket/lost.zarr.lock").exists()
+        # the libraries' errors are one line naming the URL
+        for err, said in [(OSError("Forbidden: 403"), "could not write the writer lock (OSError: Forbidden"),
+                          (PermissionError("denied"), "could not write the writer lock"),
+                          (FileNotFoundError("bucket"), "does not exist")]:
+            mem.fail = err
+            with pytest.raises(location.LocationError, match=r"gs://bucket/e.zarr.lock: .*" + re.escape(said)):
+                Url("gs://bucket/e.zarr.lock").put_if_absent(b"{}")
+        mem.fail, mem.zonal = None, True
+        with pytest.raises(location.LocationError, match="zonal"):
+            Url("gs://bucket/z.zarr.lock").put_if_absent(b"{}")
+        mem.zonal = False
+        # libraries before the versions whose create mode was read: refused before any request
+        for package, have, url in [("gcsfs", "2024.2.0", "gs://bucket/o.zarr.lock"),
+                                   ("gcsfs", "2026.10.1.dev3", "gs://bucket/o.zarr.lock"),
+                                   ("adlfs", "2024.7.0", "az://container/o.zarr.lock")]:
+            old, versions[package] = versions[package], have
+            with pytest.raises(location.LocationError, match=rf"{package} {re.escape(have)} has no atomic create"):
+                Url(url).put_if_absent(b"{}")
+            versions[package] = old
+        versions["gcsfs"] = "2026.10.2rc1"   # later than the floor, pre-release or not
+        assert Url("gs://bucket/new.zarr.lock").put_if_absent(b"{}")
+        assert not mem.exists("bucket/o.zarr.lock") and not mem.exists("container/o.zarr.lock")
+    finally:
+        for key in ("bucket", "container"):
+            if fsspec.filesystem("memory").exists(key):
+                fsspec.filesystem("memory").rm(key, recursive=True)
+
+
+@pytest.mark.parametrize("info", [{"size": 3, "ETag": '"abc"'},            # s3fs
+                                  {"size": 3, "etag": "abc"}],             # gcsfs, adlfs
+                         ids=["s3fs", "gcsfs-adlfs"])
+def test_an_unchanged_object_keeps_its_hash_unread_whatever_its_library_names_the_etag(info):
+    from pipeline import lineage
+
+    class Root:   # a listing as the library returns it; opening an object fails the test
+        key, fs = "b/a.avi", None
+
+        def listing(self):
+            return {"a.avi": info}
+
+        def __truediv__(self, rel):
+            return self
+
+        def open(self, *a, **kw):
+            raise AssertionError("a.avi was read again although its size and ETag are unchanged")
+
+    Root.fs = Root()
+
+    known = {"a.avi": lineage.Source("a.avi", 3, 0, "f" * 64, etag="abc")}
+    (got,) = lineage._object_fingerprints(Root(), ["a.avi"], known, 1)
+    assert (got.sha256, got.etag, got.problem) == ("f" * 64, "abc", "")
