@@ -347,11 +347,11 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
     recipe = cfg.recipe
     index = datasets.load(cfg.dataset, cfg.root)
     target = location.of(cfg.out) if cfg.out else default_store_path(index.name, recipe, cfg.format)
+    if cfg.out and store.format_of(target) != cfg.format and target.suffix:
+        cfg = replace(cfg, format=store.format_of(target))
     if isinstance(target, location.Url) and cfg.format == "hdf5":
         raise store.StoreError(f"--out {target}: an HDF5 file cannot be written to object storage; allowed there: a "
                                "Zarr store (--format zarr, a .zarr prefix)")
-    if cfg.out and store.format_of(target) != cfg.format and target.suffix:
-        cfg = replace(cfg, format=store.format_of(target))
     target = outputs.check_output(target, "frames", roots=[index.root])  # resolved: a symlinked --out is its target
     workers = cfg.workers or cpu_count()
     # a worker holds a video's samples about three times (the decoded samples, its batch, the write)

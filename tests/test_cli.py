@@ -132,6 +132,9 @@ def test_a_url_where_a_local_path_is_taken_is_one_line_and_writes_nothing(tmp_pa
     (["extract", "synthetic", "--out", "ftp://host/x.zarr"], "--out ftp://host/x.zarr: URL scheme 'ftp' is not supported"),
     (["extract", "synthetic", "--out", "s3://bucket"], "--out s3://bucket is a whole bucket"),
     (["extract", "folder", "--out", "gs://bucket/x.zarr"], "gs:// needs the gcsfs package"),
+    (["extract", "synthetic", "--out", "s3://bucket/x.h5"], "--out s3://bucket/x.h5: an HDF5 file cannot be written "
+                                                            "to object storage"),
+    (["extract", "synthetic", "--format", "hdf5", "--out", "s3://bucket/x"], "an HDF5 file cannot be written"),
     (["features", "--store", "s3://b/../x.zarr", "--backbone", "resnet18"], "without '.' or '..' parts"),
 ])
 def test_urls_that_cannot_be_stores_are_one_line_before_any_request(tmp_path, args, message, synthetic_root):
