@@ -137,7 +137,8 @@ def test_wandb_offline(store, tmp_path, monkeypatch):
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     (log,) = offline.glob("run-*.wandb")  # what `wandb sync` uploads; wandb offers no reader of it
     data = log.read_bytes()
-    assert data.count(b"accuracy/val") >= 3 and b"test/top1" in data and b"head_options.hidden" in data
+    assert data.count(b"accuracy/val") >= 3 and b"test/top1" in data and b"head_options.hidden" in data, \
+        (len(data), r.stderr[-2000:])
 
 
 def test_a_failing_tracker_is_a_warning_and_the_run_finishes(store, tmp_path, monkeypatch):
