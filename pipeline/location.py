@@ -227,8 +227,7 @@ class Url:
             name = type(e).__name__
             if name == "ResourceNotFoundError":
                 raise LocationError(f"{self}: its container does not exist ({e}); create it first") from None
-            if isinstance(e, OSError) or name in ("HttpError", "ClientAuthenticationError", "HttpResponseError") \
-                    or type(e).__module__.startswith(("gcsfs", "azure")):
+            if isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("gcsfs", "azure"):
                 raise LocationError(f"{self}: could not write the writer lock ({name}: {e}); check the credentials "
                                     "(GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) and the bucket's permissions") from None
             raise
@@ -258,7 +257,7 @@ class Url:
         if old:
             raise LocationError(f"{self}: {package} {have} has no atomic create for the writer lock; "
                                 f"pip install '{package}>={floor}'")
-        zonal = getattr(self.fs, "_is_zonal_bucket", None)   # gcsfs writes to a zonal bucket ignore create mode
+        zonal = getattr(self.fs, "_is_zonal_bucket", None)   # gcsfs ignores create mode on a zonal bucket
         if zonal is not None:
             from fsspec.asyn import sync
 

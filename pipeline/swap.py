@@ -70,8 +70,8 @@ class ObjectLock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def _body(self, started: float) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started,
+    def _body(self) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
                            "token": self.token, "heartbeat": time.time()}).encode()
 
     def _stale(self, held: dict) -> bool:
@@ -87,7 +87,7 @@ class ObjectLock:
     def __enter__(self):
         self.started, self.token = time.time(), secrets.token_hex(8)   # the token: this lock, not another of this pid
         for _ in range(3):
-            if self.path.put_if_absent(self._body(self.started)):
+            if self.path.put_if_absent(self._body()):
                 break
             try:
                 raw = self.path.read_bytes()
@@ -131,7 +131,7 @@ class ObjectLock:
         while not self._stop.wait(self.HEARTBEAT):
             try:
                 if self._ours():
-                    self.path.write_bytes(self._body(self.started))
+                    self.path.write_bytes(self._body())
             except Exception:   # a missed beat only ages the lock; the next one tries again
                 pass
 

@@ -149,8 +149,9 @@ class WandB:
 
     def close(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)
-        # the offline log is complete on disk only once wandb's service stops: its atexit hook does
-        # that, "not reliable" by wandb's own word (CI once found the log holding its header only)
+        # finish() normally completes the offline log; teardown also waits for wandb's service to stop
+        # (its atexit hook does that, "not reliable" by wandb's word). CI once found the log holding its
+        # header only after a run that exited 0; the cause is not known
         self.wandb.teardown(exit_code=1 if failed else 0)
 
 
