@@ -109,6 +109,7 @@ class EncoderConfig:
     batch_size: int = 256       # frames per forward pass
     compile: bool = False       # torch.compile the backbone
     resize: str = "weights"     # weights: the weights' own resize and crop | stored: only normalised
+    policy: backbones.InputPolicy | None = None  # the input policy a store recorded (None: the backbone's own)
 
 
 class Encoder:
@@ -117,7 +118,8 @@ class Encoder:
     def __init__(self, cfg: EncoderConfig):
         import torch
 
-        self.model, self.preprocess, self.weights = backbones.load(cfg.backbone, cfg.weights, cfg.resize == "weights")
+        self.model, self.preprocess, self.weights = backbones.load(cfg.backbone, cfg.weights, cfg.resize == "weights",
+                                                                   cfg.policy)
         self.device = torch.device(cfg.device)
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         self.batch_size = cfg.batch_size
@@ -140,7 +142,7 @@ class Encoder:
                 x = torch.from_numpy(np.ascontiguousarray(frames[i:i + self.batch_size])).permute(0, 3, 1, 2)  # (B, 3, H, W)
                 if cuda:
                     x = x.pin_memory().to(self.device, non_blocking=True)
-                x = self.preprocess(x)  # resize, crop, scale to [0, 1], normalise: the weights' own transforms
+                x = self.preprocess(x)  # the weights' input policy: resize, crop, value range, normalise
                 x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     y = self.model(x)
@@ -252,9 +254,13 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
                "frames_fingerprint": attrs["lineage"]["fingerprint"], "backbone": cfg.backbone,
                "weights": asdict(weights), "precision": precision,
-               **({"resize": cfg.resize} if cfg.resize != "weights" else {})}  # old stores keep their fingerprint
+               **({"resize": cfg.resize} if cfg.resize != "weights" else {}),  # old stores keep their fingerprint
+               # a torchvision backbone's policy is its weights enum's (named in `weights`): stores made
+               # before policies were recorded keep their fingerprint; har's own policies are in it
+               **({"input": spec.input.as_dict()} if spec.library != "torchvision" else {})}
     lin = {"fingerprint": lineage.fingerprint(content), "inputs": {"frames_store": str(src),
-           "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "device": device,
+           "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "input": spec.input.as_dict(),
+                                                                            "device": device,
            "batch_size": cfg.batch_size}, "versions": lineage.versions(), "created": lineage.now()}
     result = FeatureResult(store=target, device=device, precision=precision, weights=weights, backbone=cfg.backbone)
     with swap.WriterLock(target):
@@ -281,7 +287,8 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
                       "classes": attrs["classes"], "default_split": attrs.get("default_split"),
                       "recipe": attrs["recipe"], "backbone": cfg.backbone, "feature_dim": spec.dim,
                       "weights": asdict(weights), "pretrained": weights.pretrained, "precision": precision,
-                      "resize": cfg.resize, **{k: attrs[k] for k in DATASET_ATTRS if k in attrs},
+                      "resize": cfg.resize, "input": spec.input.as_dict(),
+                      **{k: attrs[k] for k in DATASET_ATTRS if k in attrs},
                       "frames_fingerprint": content["frames_fingerprint"], "lineage": lin, "complete": False}
             initial = np.where(src_status == store.OK, store.PENDING, store.FAILED).astype(np.int8)
             store.create_zarr(work, layout, copied, fattrs, data_name="features", data_dtype="float16",

@@ -228,20 +228,20 @@ def test_check_gives_har_predicts_top1_on_real_videos(work, exported, predictors
 @pytest.mark.parametrize("name", backbones.names())
 @pytest.mark.parametrize("hw", [(48, 64), (240, 320), (112, 112), (300, 200)])
 def test_resize_and_crop_as_matrices_equal_torchvisions(name, hw):
-    """Every backbone's own transforms (bilinear or bicubic, antialiased, then a centre crop) on
+    """Every backbone's input policy (bilinear or bicubic, antialiased, then a centre crop) on
     uint8 frames: the matrices give torchvision's pixels (bicubic downscaling: a pixel in 1e5 off by one)."""
     import torchvision.transforms.functional as F
-    from torchvision.models import get_weight
 
     cut = E.backbone_cut({"backbone": name, "resize": "weights"}, hw)
-    t = get_weight(backbones.get(name).weights).transforms(antialias=True)
+    p = backbones.get(name).input
     x = torch.randint(0, 256, (2, 3, *hw), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    ref = F.center_crop(F.resize(x, list(t.resize_size), interpolation=t.interpolation, antialias=True), t.crop_size)
+    ref = F.center_crop(F.resize(x, [p.resize], interpolation=F.InterpolationMode(p.interpolation), antialias=True),
+                        [p.size, p.size])
     got = cut.module(x.float())
     assert got.shape == ref.shape
     off = (got - ref.float()).abs()
     assert off.max() <= 1 and (off > 0).float().mean() < 1e-4
-    if t.interpolation.value == "bilinear":
+    if p.interpolation == "bilinear":
         assert torch.equal(got, ref.float())
 
 

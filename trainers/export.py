@@ -153,14 +153,11 @@ class Cut:
 
 
 def backbone_cut(card: dict, hw: tuple[int, int]) -> Cut:
-    """A head run: the backbone weights' resize and centre crop (torchvision ImageClassification),
-    or none for features made with --resize stored; normalised with the constants of
-    `backbones.Preprocess` (the chain rebuilds them from a list: one bit off, 3e-5 in the logits
-    after the float16 rounding of the features)."""
-    from torchvision.models import get_weight
-
-    t = get_weight(backbones.get(card["backbone"]).weights).transforms(antialias=True)
-    pre = backbones.Preprocess(t, card.get("resize", "weights") == "weights")
+    """A head run: the resize and centre crop of the input policy its store recorded, or none for
+    features made with --resize stored; normalised with the constants of `backbones.Preprocess`
+    (the chain rebuilds them from a list: one bit off, 3e-5 in the logits after the float16
+    rounding of the features)."""
+    pre = backbones.Preprocess(backbones.policy_of(card), card.get("resize", "weights") == "weights")
     if not pre.resize:
         return Cut(nn.Identity(), {"resize_to": None, "crop": None, "in_graph": True}, pre.mean, pre.inv_std)
     mode, aa = pre.interpolation.value, bool(pre.antialias)

@@ -92,7 +92,8 @@ def model_card(fs: data.FeatureSet) -> dict:
     """What `har predict` needs to turn a video into this run's input the way the store did."""
     a = fs.attrs
     return {"recipe": a["recipe"], "backbone": a["backbone"], "weights": a["weights"],
-            "resize": a.get("resize", "weights"), "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
+            "resize": a.get("resize", "weights"), **({"input": a["input"]} if "input" in a else {}),
+            "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
 
 
 def check_head_fits(cfg: TrainConfig, dim: int, classes: int, frames: int, device, where: str = "",
@@ -164,7 +165,7 @@ def _encoder_and_head(run_dir: Path, cfg: TrainConfig, card: dict, device: torch
     head = loop.load_best(heads.build(cfg.head, card["dim"], len(card["classes"]), card["frames"], cfg.head_options),
                           Path(run_dir), device)  # the run's own files first, then the (slower) backbone
     enc = Encoder(EncoderConfig(backbone=card["backbone"], weights=weights_argument(card), device=device.type,
-                                resize=card.get("resize", "weights")))
+                                resize=card.get("resize", "weights"), policy=backbones.policy_of(card)))
     recorded = card["weights"].get("sha256")
     if recorded and enc.weights.sha256 != recorded:
         raise backbones.WeightsError(f"the {card['backbone']} weights found ({enc.weights.source}, sha256 "
@@ -185,8 +186,8 @@ def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) ->
 
 
 def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> Chain:
-    """The backbone and the head as one differentiable chain of the stored frames: the backbone's
-    own resize and centre crop cut the input (to_input), normalisation, the backbone per frame,
+    """The backbone and the head as one differentiable chain of the stored frames: the recorded
+    input policy's resize and centre crop cut the input (to_input), its normalisation, the backbone per frame,
     float16 rounding as the store holds features, the head."""
     import torchvision.transforms.functional as F
 
