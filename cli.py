@@ -793,10 +793,11 @@ def models(as_json: AsJson = False):
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the synthetic videos and the runs.")] = Path("har-demo"),
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes [default: all cores].")] = None,
+    weights: Annotated[str, typer.Option(help="imagenet (EfficientNet-Lite0's, installed with har) | none (random init, marked).")] = "imagenet",
     verbose: Verbose = False,
 ):
-    """The whole chain on har's own synthetic dataset, no download: synth -> extract -> features ->
-    train `lstm` and `mean` -> report. A few minutes on 2 CPU cores.
+    """The whole chain on har's own synthetic dataset, no download: synth -> extract -> features
+    (real ImageNet weights) -> train `lstm` and `mean` -> report. A few minutes on 2 CPU cores.
 
     Examples:
 
@@ -808,7 +809,7 @@ def demo(
     from trainers import demo as D
 
     runs = D.run(out_dir, workers, say=lambda line: out.print(line, highlight=False),
-                 train=lambda job: train(job, quiet=True))
+                 train=lambda job: train(job, quiet=True), weights=weights)
     lstm, mean = (runs[h].summary["test"] for h in D.HEADS)
     out.print(f"\n[bold]done.[/] lstm {lstm['top1']:.0%} vs mean (bag of frames) {mean['top1']:.0%} test accuracy; "
               f"on the reversed pairs {lstm['reversed_pairs_top1']:.0%} vs {mean['reversed_pairs_top1']:.0%}.\n"

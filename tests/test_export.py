@@ -19,9 +19,11 @@ from trainers import export as E
 from trainers import heads, predictor
 
 ATOL = 1e-4
-RUNS = ("head", "head_stored", "video")   # LSTM on resized ResNet-18 features, on stored-size ones; small-c3d
+# LSTM on resized ResNet-18 features, on stored-size ones, on Lite0's real ImageNet features (its own
+# policy: bicubic, (x - 127) / 128); small-c3d
+RUNS = ("head", "head_stored", "head_lite", "video")
 # every format of the resized head and the video model; the stored-size head once (it differs by no resize)
-CASES = [("head", "onnx"), ("head", "torchscript"), ("head_stored", "torchscript"), ("video", "onnx"),
+CASES = [("head", "onnx"), ("head", "torchscript"), ("head_stored", "torchscript"), ("head_lite", "onnx"), ("video", "onnx"),
          ("video", "torchscript")]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -57,6 +59,8 @@ def work(tmp_path_factory):
        "--out", w / "feat_s.zarr")
     ok("train-head", "lstm", "--features", w / "feat.zarr", "--epochs", 2, "--out", w / "head")
     ok("train-head", "lstm", "--features", w / "feat_s.zarr", "--epochs", 2, "--out", w / "head_stored")
+    ok("features", "--store", w / "f.zarr", "--backbone", "efficientnet_lite0", "--out", w / "feat_lite.zarr")
+    ok("train-head", "lstm", "--features", w / "feat_lite.zarr", "--epochs", 2, "--out", w / "head_lite")
     return w
 
 
@@ -145,10 +149,13 @@ def test_metadata_names_classes_input_and_the_run(work, exported, run):
         if run == "video":
             assert meta["model"] == "small-c3d" and i["preprocess"]["crop"]["height"] == 48
         else:
-            assert (meta["backbone"], meta["head"]) == ("resnet18", "lstm")
-            assert i["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+            lite = run == "head_lite"
+            assert (meta["backbone"], meta["head"]) == ("efficientnet_lite0" if lite else "resnet18", "lstm")
+            assert i["normalisation"]["mean"] == pytest.approx([127 / 255] * 3 if lite else [0.485, 0.456, 0.406])
             resize = i["preprocess"]["resize_to"]
-            assert resize == ([256, 341] if run == "head" else None)
+            assert resize == ([256, 341] if run != "head_stored" else None)
+            if resize:
+                assert i["preprocess"]["interpolation"] == ("bicubic" if lite else "bilinear")
 
 
 def test_the_head_graph_cuts_frames_as_the_chain_does(work, clips):
@@ -459,3 +466,33 @@ def test_cli_bad_requests_exit_2_with_one_line(work, tmp_path, args, match):
     code, _, err = har("export", work / "video", *args, cwd=tmp_path)
     assert code == 2
     assert re.search(match, err) and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_uses_the_input_policy_its_store_recorded(work, clips, reference, tmp_path):
+    """predict (and so serve), explain and export rebuild the policy from the run's card, not
+    from today's registry: a card whose recorded mean differs gives other logits, everywhere the
+    same; a damaged policy is one line, exit 2."""
+    import json
+    import shutil
+
+    from trainers import explain
+
+    run = tmp_path / "run"
+    shutil.copytree(work / "head_lite", run)
+    lin = json.loads((run / "lineage.json").read_text())
+    assert lin["predict"]["input"] == backbones.get("efficientnet_lite0").input.as_dict()
+    lin["predict"]["input"]["mean"] = [100.0, 127.0, 160.0]
+    (run / "lineage.json").write_text(json.dumps(lin))
+    p = predictor.load(run, "cpu")
+    with torch.inference_mode():
+        got = p.score(clips).float().numpy()
+    assert np.abs(got - reference("head_lite")).max() > 1e-3
+    module, _, _ = E.build(run)
+    with torch.inference_mode():
+        np.testing.assert_allclose(module(torch.from_numpy(clips)).numpy(), got, atol=ATOL, rtol=0)
+    chain = explain.load(run, "cpu").chain
+    assert chain.encode[0].net.mean.flatten().tolist() == [100.0, 127.0, 160.0]
+    lin["predict"]["input"] = {"size": "224", "resize": 256}
+    (run / "lineage.json").write_text(json.dumps(lin))
+    code, out, err = har("predict", videos(work)[0], "--run", run)
+    assert code == 2 and "input policy" in err and len(err.strip().splitlines()) == 1, err

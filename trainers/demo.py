@@ -1,5 +1,6 @@
 """`har demo`: the whole chain on har's own synthetic dataset, no download: synth -> extract ->
-features -> train `lstm` and `mean` -> reports. A few minutes on 2 CPU cores.
+features (EfficientNet-Lite0's real ImageNet weights, installed with har) -> train `lstm` and
+`mean` -> reports. A few minutes on 2 CPU cores.
 
 The synthetic classes come in time-reversed pairs (Grow / Shrink, ...): a head that reads the
 order of the frames tells them apart, the bag of frames (`mean`) cannot. The chain is the one a
@@ -18,14 +19,19 @@ from pipeline import recipe as R
 from pipeline import synth as S
 from trainers import head_task, runs
 
-BACKBONE = "resnet18"
+BACKBONE = "efficientnet_lite0"  # its ImageNet weights install with har: real features, offline
+WEIGHTS = ("imagenet", "none")
 HEADS = ("lstm", "mean")
 TRAINING = dict(epochs=40, batch_size=16, scheduler="cosine", patience=40)
 
 
 def run(out_dir: Path, workers: int | None = None, say: Callable[[str], None] = print,
-        train: Callable[[Callable], runs.RunResult] = lambda job: job(None)) -> dict[str, runs.RunResult]:
-    """Every step into `out_dir` (a rerun finds each one up to date); the run of each head."""
+        train: Callable[[Callable], runs.RunResult] = lambda job: job(None),
+        weights: str = "imagenet") -> dict[str, runs.RunResult]:
+    """Every step into `out_dir` (a rerun finds each one up to date); the run of each head.
+    `weights`: imagenet (Lite0's, installed with har) or none (a random initialisation, marked)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"--weights {weights!r} is not supported by the demo; allowed: {', '.join(WEIGHTS)}")
     root = Path(out_dir) / "synthetic"
     cfg = S.SynthConfig()
     say(f"1/4 synth: {cfg.classes} classes x {cfg.groups} groups x {cfg.clips} clips -> {root}")
@@ -36,11 +42,9 @@ def run(out_dir: Path, workers: int | None = None, say: Callable[[str], None] = 
     ratio = res.store_bytes / res.source_bytes if res.source_bytes else float("nan")
     say(f"  frame store: {res.store}\n  {res.ok} videos ok, {len(res.failed)} failed, {state}; "
         f"{resources.human(res.store_bytes)} = {ratio:.2f}x the source videos")
-    cached = backbones.weights_file(BACKBONE)
-    weights = "imagenet" if cached.exists() else "none"
-    label = "ImageNet weights (cached)" if weights == "imagenet" else f"RANDOM weights (no ImageNet weights cached at {cached})"
-    say(f"3/4 features: {BACKBONE}, {label}, frames at their stored 112 px")
-    fres = F.features(F.FeatureConfig(backbone=BACKBONE, weights=weights, store=res.store, resize="stored"))
+    label = "ImageNet weights (installed with har)" if weights == "imagenet" else "RANDOM weights (--weights none)"
+    say(f"3/4 features: {BACKBONE}, {label}, its own input policy ({backbones.get(BACKBONE).input.size} px)")
+    fres = F.features(F.FeatureConfig(backbone=BACKBONE, weights=weights, store=res.store))
     say(f"  feature store: {fres.store} "
         f"({'up to date' if fres.up_to_date else f'{fres.frames:,} frames in {fres.seconds:.1f} s'})")
     results = {}

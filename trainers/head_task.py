@@ -123,15 +123,16 @@ def job(cfg: RunConfig) -> runs.Job:
     check_head_fits(cfg.train, fs.dim, len(fs.classes), fs.frames, loop.resolve_device(cfg.train.device),
                     batch=cfg.train.batch_size)
     pretrained = bool(fs.attrs.get("pretrained", True))
+    source = (fs.attrs.get("weights") or {}).get("source", "")
     return runs.Job(
         name=cfg.train.head, cfg=replace(cfg.train, split=split.name), task=FeatureTask(fs), split=split, store=path,
         fingerprint=fs.fingerprint,
         inputs={"features_store": str(path), "features_fingerprint": fs.fingerprint,
                 "features_lineage": fs.attrs.get("lineage")},
         describe=f"head `{cfg.train.head}` on `{path}` (backbone {fs.attrs.get('backbone')}, "
-                 f"{'ImageNet' if pretrained else 'RANDOM'} weights)",
+                 f"{'ImageNet' if pretrained else 'RANDOM'} weights{' ' + source if pretrained and source else ''})",
         extra={"features": str(path), "features_fingerprint": fs.fingerprint, "dataset": fs.attrs.get("dataset"),
-               "backbone": fs.attrs.get("backbone"), "pretrained": pretrained},
+               "backbone": fs.attrs.get("backbone"), "pretrained": pretrained, "weights": source},
         card=model_card(fs), failed=tuple(fs.failed()), warnings=tuple(runs.warnings_for(split, fs)))
 
 
