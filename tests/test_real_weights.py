@@ -123,7 +123,10 @@ def test_torchvision_policies_are_their_weights_transforms():
         assert (p.value_range, list(p.mean), list(p.std)) == ((0.0, 1.0), list(t.mean), list(t.std))
 
 
-def tf_reference_features(frames: np.ndarray, resize: bool) -> np.ndarray:
+IMAGENET_NORM = (np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255)
+
+
+def tf_reference_features(frames: np.ndarray, resize: bool, norm=(127.0, 128.0)) -> np.ndarray:
     """An independent Lite0 feature: the weights' author's network on TensorFlow's own evaluation
     preprocessing (efficientnet/preprocessing.py: the centre crop of 224/256 of the shorter side,
     bicubic to 224 with PIL; then (x - 127) / 128). (N, H, W, 3) uint8 -> (N, 1280)."""
@@ -139,7 +142,7 @@ def tf_reference_features(frames: np.ndarray, resize: bool) -> np.ndarray:
             crop = int(224 / (224 + 32) * min(h, w))
             top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
             f = np.asarray(Image.fromarray(f[top:top + crop, left:left + crop]).resize((224, 224), Image.BICUBIC))
-        rows.append((f.astype(np.float32) - 127.0) / 128.0)
+        rows.append(((f - norm[0]) / norm[1]).astype(np.float32))
     x = torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2)
     with torch.no_grad():
         return ref._avg_pooling(ref.extract_features(x)).flatten(1).numpy()
@@ -155,6 +158,11 @@ def test_stored_features_equal_an_independent_implementation(real, resize):
     want = tf_reference_features(x, resize)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() >= 0.99, f"per-frame cosine to the reference: min {cos.min():.4f}"
+    if resize:  # the comparison can tell: ImageNet's mean/std, or BGR, instead of the weights' own
+        for wrong in (tf_reference_features(x, True, IMAGENET_NORM), tf_reference_features(x[..., ::-1], True)):
+            off = (got * wrong).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(wrong, axis=1)
+            assert off.mean() < 0.97, f"a wrong policy is as close: mean cosine {off.mean():.4f}"
+            print(f"wrong policy: per-frame cosine mean {off.mean():.3f}, min {off.min():.3f}")
     # the store says which weights and which policy made it
     assert attrs["pretrained"] and attrs["weights"]["kind"] == "imagenet"
     assert backbones.InputPolicy.from_dict(attrs["input"]) == backbones.get(LITE).input
