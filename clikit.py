@@ -218,6 +218,7 @@ LOOP = {
     "class_weighted": (bool, "--class-weighted", "Weight the loss by inverse class frequency."),
     "patience": (int, "--patience", "Early stopping: epochs without improvement."),
     "min_delta": (float, "--min-delta", "Early stopping: the least val-accuracy gain that counts."),
+    "val_window": (int, "--val-window", "Best checkpoint and early stopping by val accuracy averaged over the last N epochs (1: each epoch alone)."),
     "seed": (int, "--seed", "Seeds initialisation, shuffling, view draws and dropout."),
     "device": (str, "--device", "Where to train (auto: cuda when present)."),
     "precision": (str, "--precision", "auto: bf16 autocast on cuda and on CPUs with native bf16, else fp32."),

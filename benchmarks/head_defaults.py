@@ -84,7 +84,8 @@ def pick(val_acc: np.ndarray, val_loss: np.ndarray, rule: str) -> int:
     return best
 
 
-RULES = ("best-p10", "best", "smooth3", "smooth5", "smooth5-m10", "best-m20", "loss", "last")
+RULES = ("best-p10", "best", "smooth3", "smooth5", "smooth3-m3", "smooth5-m5", "smooth8-m8", "smooth5-m10",
+         "smooth5-m5-p10", "best-m20", "loss", "last")
 
 
 def curve(features: Path, split_name: str, head: str, seed: int, recipe: str) -> dict:
@@ -124,8 +125,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--recipes", nargs="+", default=["current", "demo"], choices=tuple(RECIPES))
     ap.add_argument("--rules", nargs="+", default=list(RULES))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (two studies side by side: 1 each)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
 
     from trainers import data
 
@@ -146,7 +152,9 @@ def main(argv=None) -> int:
                         runs.append({"store": str(features), "fold": name, "head": head, "seed": seed, "recipe": recipe,
                                      "test": {r: round(float(te[e]), 4) for r, e in picked.items()},
                                      "epoch": {r: int(e) + 1 for r, e in picked.items()},
-                                     "oracle": round(float(te.max()), 4), "val_videos": c["val_videos"]})
+                                     "oracle": round(float(te.max()), 4), "val_videos": c["val_videos"],
+                                     "curve": {"val_acc": va.round(4).tolist(), "val_loss": vl.round(4).tolist(),
+                                               "test_acc": te.round(4).tolist()}})
                         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     table = {}
     for recipe in a.recipes:

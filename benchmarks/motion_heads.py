@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/motion_heads.py [--work /tmp/har-motion] [--groups 12] [--clips 3]
         [--heads mean lstm attention gru] [--seeds 0 1 2] [--epochs 40] [--views 0 [--no-hflip]] [--extra "--hidden 128"]
-        [--json out.json]
+        [--backbone resnet18 --weights none --resize stored] [--defaults] [--json out.json]
 
 The motion-pairs set has classes in time-reversed pairs (Expand/Contract, SpinCW/SpinCCW,
 Rise/Fall, FadeIn/FadeOut by default) over appearance groups, so the twins of a pair hold the same
@@ -14,9 +14,11 @@ its CLI (the `har` next to sys.executable), each step skipped when its output is
     2. har extract folder --root WORK/data --out WORK/frames.zarr --recipe default --views 0
        (uniform 16 frames at 112 px, clean view only)
     3. har features --store WORK/frames.zarr --backbone resnet18 --weights none --resize stored
-       --out WORK/feats-resnet18-none.zarr      (random-init resnet18: no ImageNet prior to lean on)
+       --out WORK/feats-resnet18-none.zarr      (random-init resnet18: no ImageNet prior to lean on;
+       --backbone efficientnet_lite0 --weights imagenet --resize weights: real ImageNet features)
     4. for every head and seed: har train-head HEAD --features ... --seed S --epochs 40 --batch-size 16
        --scheduler cosine --patience 40 --tracker none --out WORK/runs/HEAD-sS[-xHASH] [--extra ARGS]
+       (--defaults: none of --epochs ... --patience, i.e. har train-head's defaults)
        on the store's default split (group-disjoint: test groups are looks never trained on).
 
 `--extra "ARGS"` goes to every train-head call (to measure a new head option later); the run
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scheduler", default="cosine")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--weights", default="none")
+    ap.add_argument("--resize", default="stored", help="har features --resize: stored (112 px as stored) | weights "
+                    "(the weights' input policy, e.g. Lite0's 224 px)")
+    ap.add_argument("--defaults", action="store_true", help="train with har train-head's defaults: no --epochs, "
+                    "--batch-size, --scheduler, --patience on the command line")
     ap.add_argument("--views", type=int, default=0, help="augmented views per video in the frame store (har extract "
                     "--views; training draws one per epoch): appearance augmentation across views")
     ap.add_argument("--no-hflip", action="store_true", help="views without the horizontal mirror (har extract "
@@ -174,14 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     walls["extract"] = round(run([har, "extract", "folder", "--root", str(data), "--out", str(frames),
                                   "--recipe", "default", "--views", str(a.views)] + ["--no-hflip"] * a.no_hflip,
                                  work / "logs" / "extract.log", env, ok_codes=(0, 3)), 1)
-    feats = work / f"feats-{a.backbone}-{Path(a.weights).name}{tag}.zarr"
+    feats = work / f"feats-{a.backbone}-{Path(a.weights).name}{tag}{'' if a.resize == 'stored' else '-' + a.resize}.zarr"
     walls["features"] = round(run([har, "features", "--store", str(frames), "--backbone", a.backbone,
-                                   "--weights", a.weights, "--resize", "stored", "--out", str(feats)],
+                                   "--weights", a.weights, "--resize", a.resize, "--out", str(feats)],
                                   work / "logs" / "features.log", env), 1)
 
     # 4. heads x seeds
     extra = shlex.split(a.extra)
     suffix = ("-x" + hashlib.sha1(a.extra.encode()).hexdigest()[:8] if extra else "") + tag
+    if a.backbone != "resnet18" or a.weights != "none" or a.resize != "stored":
+        suffix += f"-{a.backbone}-{Path(a.weights).name}-{a.resize}"
+    recipe = [] if a.defaults else ["--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+                                    "--scheduler", a.scheduler, "--patience", str(a.patience)]
+    if a.defaults:
+        suffix += "-defaults"
     rows, per_run = [], []
     for head in a.heads:
         tops, vals, trains, verb, within, twin, secs, train_secs, best_epochs = ([] for _ in range(9))
@@ -189,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             out = work / "runs" / f"{head}-s{seed}{suffix}"
             if a.retrain and out.exists():
                 shutil.rmtree(out)
-            cmd = [har, "train-head", head, "--features", str(feats), "--seed", str(seed), "--epochs", str(a.epochs),
-                   "--batch-size", str(a.batch_size), "--scheduler", a.scheduler, "--patience", str(a.patience),
+            cmd = [har, "train-head", head, "--features", str(feats), "--seed", str(seed), *recipe,
                    "--tracker", "none", "--out", str(out), *extra]
             s = run(cmd, work / "logs" / f"train-{head}-s{seed}{suffix}.log", env)
             m = json.loads((out / "metrics.json").read_text())
@@ -228,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {"bench": "motion_heads", "dataset": {**info["settings"], "videos": info["videos"],
                                                      "classes": len(info["classes"]), "chance": info["chance"],
                                                      "pairs": info["pairs"]},
-              "split": split, "backbone": a.backbone, "weights": a.weights, "epochs": a.epochs,
-              "batch_size": a.batch_size, "scheduler": a.scheduler, "patience": a.patience, "extra": a.extra,
+              "split": split, "backbone": a.backbone, "weights": a.weights, "resize": a.resize,
+              "recipe": "har train-head defaults" if a.defaults else {"epochs": a.epochs, "batch_size": a.batch_size,
+                                                                   "scheduler": a.scheduler, "patience": a.patience},
+              "extra": a.extra,
               "views": a.views, "hflip": not a.no_hflip,
               "seeds": a.seeds, "heads": rows, "runs": per_run, "wall_s": walls, "commit": commit,
               "cpus": os.cpu_count(), "machine": platform.machine()}

@@ -333,3 +333,34 @@ def test_label_smoothing_changes_the_loss_it_trains_on(pair_store, tmp_path):
     # the same start: a smoothed target makes the first epoch's training loss higher (an uncertain target)
     assert b[0]["train_loss"] > a[0]["train_loss"]
     assert json.loads((smooth.run_dir / "config.json").read_text())["label_smoothing"] == 0.2
+
+
+@pytest.fixture(scope="module")
+def noisy_store(tmp_path_factory):
+    """Labels unrelated to the features: validation accuracy wanders from epoch to epoch."""
+    f, y, g = reversed_pair_features(seed=3)
+    y = np.random.default_rng(0).permutation(y)
+    return write_feature_store(tmp_path_factory.mktemp("noisy") / "f.zarr", f, y, g, CLASSES)
+
+
+def _best(hist: list[dict], window: int) -> int:
+    """The 0-based epoch of the highest trailing `window` mean val accuracy (ties: lower mean loss,
+    earlier), among the epochs that end a full window."""
+    acc, loss = np.array([h["val_acc"] for h in hist]), np.array([h["val_loss"] for h in hist])
+    mean = lambda x, e: x[e - window + 1:e + 1].mean()  # noqa: E731
+    return max(range(window - 1, len(hist)), key=lambda e: (mean(acc, e), -mean(loss, e), -e))
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_best_checkpoint_is_chosen_on_the_val_accuracy_of_the_last_epochs(noisy_store, tmp_path, window):
+    """--val-window N: best.pt is the epoch whose trailing N-epoch mean val accuracy is highest
+    (ties: the lower trailing mean val loss, the earlier epoch; the first N-1 epochs never),
+    recomputed here from history.json (where the two windows choose different epochs)."""
+    res = _train(noisy_store, tmp_path / f"w{window}", epochs=16, patience=16, val_window=window)
+    hist = json.loads((res.run_dir / "history.json").read_text())
+    best = _best(hist, window)
+    assert best != _best(hist, 5 - window)  # the test can tell the windows apart
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    assert m["best_epoch"] == best + 1 and m["best_val_acc"] == pytest.approx(hist[best]["val_acc"])
+    assert torch.load(res.run_dir / "best.pt", weights_only=True)["epoch"] == best + 1
+    assert json.loads((res.run_dir / "config.json").read_text())["val_window"] == window

@@ -39,6 +39,8 @@ class LoopConfig:
     class_weighted: bool = False   # cross-entropy weighted by inverse class frequency in train
     patience: int = 10             # early stopping: epochs without val accuracy improving by min_delta
     min_delta: float = 0.001
+    val_window: int = 1            # best checkpoint and early stopping by validation accuracy (ties: loss)
+                                   # averaged over the last N epochs: steadier on small validation sets
     seed: int = 0
     device: str = "auto"           # auto: cuda when present
     precision: str = "auto"        # auto: bf16 autocast on cuda and on CPUs with native bf16 (avx512_bf16,
@@ -49,7 +51,8 @@ class LoopConfig:
 
     # whole-number settings: (field, lowest, highest)
     WHOLE = (("epochs", 1, 1_000_000), ("batch_size", 1, 1 << 20), ("accumulate", 1, 1 << 20),
-             ("lr_patience", 0, 1_000_000), ("patience", 1, 1_000_000), ("seed", -(2**63), 2**63 - 1))
+             ("lr_patience", 0, 1_000_000), ("patience", 1, 1_000_000), ("val_window", 1, 1_000_000),
+             ("seed", -(2**63), 2**63 - 1))
     # real settings: (field, above, at least, below); every one finite
     # lr and weight decay below 1e6: Adam's first step is lr / 0.1, which near float32's largest value
     # (3.4e38) no longer converts to a float32 tensor (found by tests/test_cli_fuzz.py)
@@ -90,7 +93,8 @@ class LoopConfig:
     CPU_BF16 = True   # may precision auto pick bf16 on a CPU with native bf16?
     # settings added after runs existed, at the value that does what runs did before them: left out
     # of the fingerprint there, so a finished run of an earlier version stays up to date
-    ADDED_LATER = {"label_smoothing": 0.0, "warmup_epochs": 0.0, "mix": "proportional", "backbone_lr_mult": 1.0, "layer_decay": 1.0,
+    ADDED_LATER = {"label_smoothing": 0.0, "warmup_epochs": 0.0, "mix": "proportional", "val_window": 1,
+                   "backbone_lr_mult": 1.0, "layer_decay": 1.0,
                    "drop_path": None, "rotate": 0.0, "vflip": False, "jitter": 0.0, "hflip": None}
 
     def as_dict(self) -> dict:

@@ -2,8 +2,8 @@
 
 It knows nothing of heads or clips. A task (trainers.tasks: a head on features, a video model on
 clips) gives the data and the model behind the names of `Task`; `fit` trains it, selects on
-validation accuracy, early-stops and checkpoints (trainers.checkpoint): `last.pt` after every
-epoch, `best.pt` with the weights of the best validation accuracy.
+validation accuracy (averaged over the last `val_window` epochs), early-stops and checkpoints
+(trainers.checkpoint): `last.pt` after every epoch, `best.pt` with the weights of the best.
 
 Determinism: everything random in epoch e (shuffle, which view, dropout) is seeded by
 (seed, e) alone, so a run killed at any moment and started again from `last.pt` ends with the
@@ -166,6 +166,14 @@ def loss_and_accuracy(probs: np.ndarray, y: np.ndarray, weight: torch.Tensor | N
     return float(loss), float((probs.argmax(1) == y).mean())
 
 
+def trailing_mean(rows: list[dict], key: str) -> float:
+    """The mean of rows' `key`: validation accuracy or loss over the last `val_window` epochs, what
+    selects the best checkpoint and counts for early stopping (from the first full window on:
+    a lucky first epoch is never its own mean). With 24 validation videos one epoch's accuracy
+    moves in steps of 4 points; a few epochs' mean is a steadier criterion."""
+    return float(np.mean([r[key] for r in rows]))
+
+
 # what fit's resumable state holds: name -> allowed types
 STATE = {"epoch": int, "history": list, "best_acc": (int, float), "best_loss": (int, float), "best_epoch": int,
          "stale": int, "done": bool}
@@ -177,7 +185,8 @@ def _resume(ck: dict, path: Path, model: nn.Module, opt, sched) -> dict:
     part is missing or does not fit."""
     state = ck.get("state")
     if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in STATE.items()) \
-            or not all(isinstance(h, dict) for h in state["history"]) or len(state["history"]) != state["epoch"]:
+            or not all(isinstance(h, dict) and all(isinstance(h.get(k), (int, float)) for k in ("val_acc", "val_loss"))
+                       for h in state["history"]) or len(state["history"]) != state["epoch"]:
         raise rundir.RunError(f"{path} is not a readable har checkpoint: its training state is missing or damaged; "
                               f"{LAST_REMEDY}")
     checkpoint.load_weights(model, ck, path, LAST_REMEDY)
@@ -241,15 +250,21 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
             sched.step(val_acc)
         elif sched is not None:
             sched.step()
-        better = bool(val_acc > state["best_acc"] or (val_acc == state["best_acc"] and val_loss < state["best_loss"]))
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, "best": False, "seconds": time.perf_counter() - te}
+        window = min(cfg.val_window, cfg.epochs)  # epochs before the first full window are not chosen
+        better = False
+        if epoch >= window:
+            recent = [*state["history"][len(state["history"]) - window + 1:], row]
+            acc, loss = trailing_mean(recent, "val_acc"), trailing_mean(recent, "val_loss")
+            better = bool(acc > state["best_acc"] or (acc == state["best_acc"] and loss < state["best_loss"]))
+            state["stale"] = 0 if acc > state["best_acc"] + cfg.min_delta else state["stale"] + 1
+            if better:
+                state.update(best_acc=acc, best_loss=loss, best_epoch=epoch)
         if better and world.main:
             checkpoint.save({"model": model.state_dict(), "epoch": epoch, "val_acc": float(val_acc),
                    "val_loss": float(val_loss), "fingerprint": fingerprint}, run_dir / "best.pt")
-        state["stale"] = 0 if val_acc > state["best_acc"] + cfg.min_delta else state["stale"] + 1
-        if better:
-            state.update(best_acc=val_acc, best_loss=val_loss, best_epoch=epoch)
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, "best": better, "seconds": time.perf_counter() - te}
+        row["best"] = better
         state["history"].append(checkpoint.plain(row))
         state["epoch"] = epoch
         state["done"] = state["stale"] >= cfg.patience or epoch == cfg.epochs
@@ -260,7 +275,8 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
             if on_epoch:
                 on_epoch(row)
     distributed.barrier(world)
-    return FitResult(state["history"], state["best_epoch"], state["best_acc"],
+    best_val = state["history"][state["best_epoch"] - 1]["val_acc"] if state["best_epoch"] else state["best_acc"]
+    return FitResult(state["history"], state["best_epoch"], best_val,
                      state["done"] and state["epoch"] < cfg.epochs, resumed, time.perf_counter() - t0)
 
 
