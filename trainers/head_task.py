@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import latest, location
+from pipeline import backbones, latest, location
 from pipeline.lineage import seed_for
 from trainers import data, distributed, heads, limits, loop, runs, tasks
 from trainers.chain import Chain, Float16Rounded, Normalised, PerFrame, Sequential2
@@ -89,8 +89,11 @@ def feature_store_for(features: Path | None, dataset: str | None, backbone: str 
 
 
 def model_card(fs: data.FeatureSet) -> dict:
-    """What `har predict` needs to turn a video into this run's input the way the store did."""
+    """What `har predict` needs to turn a video into this run's input the way the store did (the
+    store's input policy checked here: a damaged one is refused before training, not at predict)."""
     a = fs.attrs
+    if "input" in a:
+        backbones.InputPolicy.from_dict(a["input"])
     return {"recipe": a["recipe"], "backbone": a["backbone"], "weights": a["weights"],
             "resize": a.get("resize", "weights"), **({"input": a["input"]} if "input" in a else {}),
             "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
@@ -158,7 +161,6 @@ def weights_argument(card: dict) -> str:
 
 def _encoder_and_head(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
     """The run's head (best.pt) and the recorded backbone, checked to be the one the features came from."""
-    from pipeline import backbones
     from pipeline.features import Encoder, EncoderConfig
 
     check_head_fits(cfg, card["dim"], len(card["classes"]), card["frames"], device,
