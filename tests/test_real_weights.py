@@ -158,6 +158,8 @@ def test_stored_features_equal_an_independent_implementation(real, resize):
     want = tf_reference_features(x, resize)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() >= 0.99, f"per-frame cosine to the reference: min {cos.min():.4f}"
+    print(f"resize={resize}: per-frame cosine to the reference over {len(cos)} frames: min {cos.min():.4f}, "
+          f"mean {cos.mean():.4f}")
     if resize:  # the comparison can tell: ImageNet's mean/std, or BGR, instead of the weights' own
         for wrong in (tf_reference_features(x, True, IMAGENET_NORM), tf_reference_features(x[..., ::-1], True)):
             off = (got * wrong).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(wrong, axis=1)
@@ -183,6 +185,7 @@ def test_imagenet_classifier_on_stored_features_names_real_content(real):
         top3 = [names[i] for i in p.topk(3).indices]
         label = str(video).split("/")[0]
         assert CONTENT[label] & set(top3), f"{video}: top-3 {top3}, expected one of {sorted(CONTENT[label])}"
+        print(video, [f"{names[i]} {float(p[i]):.3f}" for i in p.topk(3).indices])
 
 
 def test_rotated_clip_is_stored_upright(real):
