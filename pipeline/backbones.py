@@ -26,6 +26,7 @@ the record (`policy_of`); `--resize stored` keeps only its value range and norma
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -43,6 +44,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic")
 COLOURS = ("RGB",)  # the channel orders a network here reads; stored frames are RGB
+MAX_SIZE = 8192     # the largest input side a recorded policy may ask for
 
 
 @dataclass(frozen=True)
@@ -89,18 +91,43 @@ class InputPolicy:
 
     @classmethod
     def from_dict(cls, d: dict) -> InputPolicy:
-        """The policy a store or run recorded (a file: checked, one ValueError naming what is wrong)."""
+        """The policy a store or run recorded (a file: checked, one ValueError naming what is wrong):
+        whole sizes up to 8192 px, three finite means and stds (positive, also in float32 pixel
+        units), a finite range, known names."""
         names = {f.name for f in fields(cls)}
+        where = f"recorded input policy {str(d)[:200]!r}"
         if not isinstance(d, dict) or set(d) - names or not {"size", "resize"} <= set(d):
-            raise ValueError(f"recorded input policy {str(d)[:200]!r} is not one; its fields are {', '.join(sorted(names))}")
+            raise ValueError(f"{where} is not one; its fields are {', '.join(sorted(names))}")
+
+        def real(x) -> bool:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                return False
+            try:
+                return math.isfinite(x)
+            except OverflowError:  # an int past float's range
+                return False
+
+        kw = dict(d)
+        for k, n in (("value_range", 2), ("mean", 3), ("std", 3)):
+            if k in kw:
+                v = kw[k]
+                if not isinstance(v, (list, tuple)) or len(v) != n or not all(real(x) for x in v):
+                    raise ValueError(f"{where}: {k} must be {n} finite numbers")
+                kw[k] = tuple(float(x) for x in v)
+        for k in ("size", "resize"):
+            if isinstance(kw[k], bool) or not isinstance(kw[k], int) or not 1 <= kw[k] <= MAX_SIZE:
+                raise ValueError(f"{where}: {k} must be a whole number of pixels, 1 to {MAX_SIZE}")
+        for k in ("interpolation", "colour", "rule"):
+            if k in kw and not isinstance(kw[k], str):
+                raise ValueError(f"{where}: {k} must be a name")
         try:
-            kw = {k: tuple(float(x) for x in v) if k in ("value_range", "mean", "std") else v for k, v in d.items()}
-            for k in ("size", "resize"):
-                if isinstance(kw[k], bool) or not isinstance(kw[k], int):
-                    raise TypeError(k)
-            return cls(**kw)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"recorded input policy {str(d)[:200]!r} is not usable ({e})") from None
+            policy = cls(**kw)
+            mean, std = policy.pixel_units()
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"{where} is not usable ({e})") from None
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and torch.isfinite(1 / std).all()):
+            raise ValueError(f"{where}: its mean and std are not finite in pixel units")
+        return policy
 
 
 TORCHVISION_224 = InputPolicy(224, 256)  # torchvision's ImageNet recipe (IMAGENET1K_V1 weights)
@@ -252,12 +279,14 @@ def load(name: str, weights: str = "imagenet", resize: bool = True, policy: Inpu
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise WeightsError(f"{path} is not a loadable state_dict ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict):
+            raise WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict of {name}")
         model = _build(spec)
         try:
-            if spec.library == "timm" and isinstance(state, dict) and "_conv_stem.weight" in state:
+            if spec.library == "timm" and "_conv_stem.weight" in state:
                 state = _lite_keys(state, model)
             model.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError, AttributeError) as e:
+        except (RuntimeError, KeyError, ValueError, AttributeError, IndexError, TypeError) as e:
             raise WeightsError(f"{path} does not fit {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         info = WeightsInfo(kind, source, lineage.file_sha256(path))
     _strip_head(model, spec.head)

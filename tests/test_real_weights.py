@@ -233,3 +233,31 @@ def test_a_state_dict_of_another_network_is_refused_in_one_line(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(backbones.WeightsError, match="does not fit efficientnet_lite0"):
         backbones.load(LITE, str(path))
+
+
+GOOD = backbones.get(LITE).input.as_dict()
+
+
+@pytest.mark.parametrize("change", [
+    {"mean": [float("nan")] * 3}, {"std": [float("inf"), 1, 1]}, {"std": [0, 1, 1]}, {"std": [1e-50] * 3},
+    {"std": [1e308] * 3}, {"value_range": [0, float("inf")]}, {"mean": "127"}, {"mean": [True, False, True]},
+    {"mean": [10 ** 400, 0, 0]}, {"size": 10 ** 9, "resize": 10 ** 12}, {"size": 224.0}, {"size": True},
+    {"resize": 100}, {"interpolation": "lanczos"}, {"colour": "BGR"}, {"colour": 3}, {"rule": "squash"},
+    {"extra": 1}, {"mean": [1, 2]},
+])
+def test_a_damaged_recorded_policy_is_one_value_error(change):
+    """A run's card or a store's attrs are files: whatever they say, the policy is refused in one
+    line (ValueError), never NaN features, a huge resize or a traceback."""
+    with pytest.raises(ValueError, match="recorded input policy"):
+        backbones.InputPolicy.from_dict({**GOOD, **change})
+    assert backbones.InputPolicy.from_dict(dict(GOOD)) == backbones.get(LITE).input
+
+
+def test_weights_of_another_lite_or_not_a_state_dict_are_one_line(tmp_path):
+    if importlib.util.find_spec(backbones.get("efficientnet_lite1").weights) is None:
+        pytest.skip("efficientnet_lite1's weights package is not installed")
+    with pytest.raises(backbones.WeightsError, match="does not fit efficientnet_lite0"):
+        backbones.load(LITE, str(backbones.weights_file("efficientnet_lite1")))
+    torch.save(torch.zeros(3), tmp_path / "t.pth")
+    with pytest.raises(backbones.WeightsError, match="not a state_dict"):
+        backbones.load(LITE, str(tmp_path / "t.pth"))
