@@ -40,7 +40,6 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_BUG, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_NO_SPACE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
-REPORT = "https://github.com/har-project/har/issues"
 RESUMES = "interrupted; what was finished is kept: run the same command again to go on"
 
 
@@ -93,6 +92,21 @@ class Command(TyperCommand):
                 p.help, p.listed = f"{p.help or ''} One of: {', '.join(choice_names(p.name))}.".strip(), True
         return super().format_help(ctx, formatter)
 
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        """Every word as typed is checked for an object-store URL with no bucket (`s3://`, `gs://`,
+        `s3:///x`) before pathlib reads it (as a local folder `s3:`, or the bucket `x`): one line, exit 2."""
+        if not ctx.resilient_parsing:
+            from pipeline import location   # light: the standard library only
+
+            takes_value = {o for p in self.params if not getattr(p, "is_flag", True) for o in p.opts}
+            for before, word in zip(["", *args], args):
+                flag, _, value = word.partition("=") if word.startswith("-") and "=" in word else (before, "", word)
+                try:
+                    location.check_bucket(value)
+                except location.LocationError as e:
+                    fail(f"{flag} {e}" if flag in takes_value else str(e))
+        return super().parse_args(ctx, args)
+
 
 # ---- the one error boundary ---------------------------------------------------------------------------
 
@@ -141,9 +155,11 @@ def boundary(fn, interrupted: str = RESUMES, kept: str | None = None,
                 import traceback
 
                 traceback.print_exc()
-            again = " run again with --verbose and" if "verbose" in kwargs else ""
-            fail(f"internal error ({type(e).__name__}: {e}); this is a bug in har:{again} please report it at "
-                  f"{REPORT} with the command and its output", EXIT_BUG)
+            # no address to report at: har publishes none (pyproject.toml names no project URL)
+            what = ("the command, its output and the traceback (run it again with --verbose)" if "verbose" in kwargs
+                    else "the command and its output")
+            fail(f"internal error ({type(e).__name__}: {e}); this is a bug in har: please report it with {what}",
+                 EXIT_BUG)
 
     return run
 

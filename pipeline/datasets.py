@@ -6,6 +6,7 @@ one int8 per video, as the store keeps them (`split/<name>`).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -284,8 +285,20 @@ def load_synthetic(root: Path) -> DatasetIndex:
 
     if not (root / "synth.json").exists():
         raise DatasetError(f"synthetic: no synth.json at {root}; make the dataset first with `har synth {root}`")
+    if _synth_unfinished(root / "synth.json"):
+        raise DatasetError(f"synthetic: {root} is half written (har synth did not finish); run the same "
+                           f"`har synth {root}` again")
     index = _grouped("synthetic", root, "synthetic")
     return replace(index, attrs=store_facts("synthetic", index.classes))
+
+
+def _synth_unfinished(manifest: Path) -> bool:
+    """Whether har synth is writing this folder, or was killed while it did (synth.json "complete": false)."""
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("complete") is False
 
 
 def load_folder(root: Path) -> DatasetIndex:

@@ -19,8 +19,9 @@ import re
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
-URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://(.+)$")
+URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://(.*)$")
 MANGLED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.+)$")   # s3://b/k as a pathlib.Path: s3:/b/k
+BARE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):$")              # s3:// as a pathlib.Path: s3:
 SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "memory")         # object stores fsspec reaches
 GLOB = "*?[]"                                                 # what fsspec expands in the paths it deletes
 
@@ -33,11 +34,29 @@ def is_url(x) -> bool:
     return isinstance(x, Url) or (isinstance(x, str) and URL.match(x) is not None)
 
 
+def check_bucket(text: str) -> None:
+    """Refuse an object-store URL that names no bucket: `s3://`, `gs://`, `s3:///key` (pathlib would
+    read the first as a local folder `s3:`, and the last as the bucket `key`). The command line
+    checks every word it is given with this, before pathlib sees it; `Url` checks it too. E.g.
+    "s3:///data/x.zarr" -> LocationError("s3:///data/x.zarr names no bucket; allowed: s3://BUCKET/KEY");
+    "s3://b/x.zarr" and any word that is no object-store URL ("data/x.zarr", "tcp://host:8786") pass.
+    """
+    m = URL.match(text)
+    if m and m.group(1).lower() in SCHEMES and (not m.group(2).strip("/") or m.group(2).startswith("/")):
+        scheme = m.group(1).lower()
+        raise LocationError(f"{text} names no bucket; allowed: {scheme}://BUCKET/KEY")
+
+
 def of(x) -> "Path | Url":
-    """A store location from a string, a Path or a Url (a URL spelled as a Path is taken back)."""
+    """A store location from a string, a Path or a Url (a URL spelled as a Path is taken back; `s3://`
+    spelled as a Path, `s3:`, is refused: it names no bucket)."""
     if isinstance(x, Url):
         return x
     if isinstance(x, Path):
+        bare = BARE.match(str(x))
+        if bare and bare.group(1).lower() in SCHEMES:
+            raise LocationError(f"{bare.group(1)}:// names no bucket; allowed: {bare.group(1).lower()}://BUCKET/KEY "
+                                f"($PWD/{x} names a local folder called {x})")
         m = MANGLED.match(str(x))
         return Url(f"{m.group(1)}://{m.group(2)}") if m and len(m.group(1)) > 1 else x
     return Url(x) if is_url(x) else Path(x)
@@ -68,6 +87,7 @@ class Url:
         if not m:
             raise LocationError(f"{url!r} is not a URL; allowed: SCHEME://BUCKET/KEY")
         scheme, rest = m.group(1).lower(), m.group(2).strip("/")
+        check_bucket(str(url))
         if scheme not in SCHEMES:
             raise LocationError(f"{scheme}://{rest}: URL scheme {scheme!r} is not supported; allowed: "
                                 f"{', '.join(s + '://' for s in SCHEMES)}")

@@ -1,11 +1,12 @@
 """Where har may write: the one place that decides whether an output path may be created or replaced.
 
-Every command that writes (extract, features, train-head, train-e2e, cv, explain, compare) asks `check_output`
-before it touches anything. A path may be written when it is
+Every command that writes (synth, extract, features, train-head, train-e2e, cv, explain, compare) asks
+`check_output` before it touches anything. A path may be written when it is
 
   * nothing yet (or an empty folder), or
   * har's own output of the same kind: a frame store for `extract`, a feature store for
-    `features`, a run folder for the training commands, an explain or compare folder for those.
+    `features`, a run folder for the training commands, an explain or compare folder for those,
+    `har synth`'s dataset folder for `synth` (and then only the files its synth.json lists).
 
 It is never an input of the command, a dataset root, the current directory, the home folder, a
 parent of any of these, or a folder or file holding anything else. `--force` lets a command
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
-KINDS = ("frames", "features", "run", "cv", "explain", "compare", "timeline")
+KINDS = ("frames", "features", "run", "cv", "explain", "compare", "timeline", "synth")
 
 # the files a run folder holds (runs.py, loop.py, report.py); anything else means it is not ours
 RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "history.json", "metrics.json",
@@ -36,6 +38,13 @@ MARKED = {"explain": (".har-explain", (".png", ".gif", ".json")),
           "timeline": (".har-timeline", (".png", ".csv", ".json"))}
 RUN_MARKER = ".har-run"  # written when a run claims its folder: what makes a folder a har run
 RUN_TEMPORARY_SUFFIXES = (".tmp",)
+# har synth's folder: its manifest (what makes a folder its output, and lists every file it wrote)
+SYNTH_MANIFEST, SYNTH_MASKS = "synth.json", "masks.json"
+SYNTH_ALLOWED = "allowed: a new or empty folder, or har synth's own earlier output (the files its synth.json lists)"
+# a synth.json of har synth from before it listed its files owned the clips its config names
+SYNTH_LEGACY_CLIP = re.compile(r"([A-Za-z]+)/v_\1_g(\d{2,})_c(\d{2,})\.avi")
+# the temporary files a killed write leaves beside a file: synth's clips X.tmp.avi, replace_atomically's .X.XXXXXXXX.tmp
+SYNTH_TEMPORARY = re.compile(r"(?P<clip>.+)\.tmp\.avi|\.(?P<file>.+)\.[A-Za-z0-9_]{8}\.tmp")
 
 
 class OutputError(ValueError):
@@ -115,7 +124,90 @@ def is_marked_dir(path: Path, kind: str) -> bool:
                for p in path.iterdir())
 
 
+def synth_files(folder: Path, where: str | None = None) -> frozenset[str]:
+    """The files in `folder` (relative POSIX paths) that `har synth` may replace or remove: the ones
+    its own synth.json lists, synth.json itself, and the temporary files a killed run left beside
+    them. Raises OutputError, in one line naming `where` (default: the folder) and the entry, when
+    synth.json is not har synth's (not JSON, another writer's, a listed path outside the folder) or
+    the folder holds anything it does not list, a symlink included: har synth never deletes or
+    writes a file it did not make, nor anywhere outside its folder.
+
+    A synth.json from before har synth listed its files owns the clips its config names: with
+    {"classes": ["Grow"], "config": {"groups": 2, "clips": 1}} that is Grow/v_Grow_g01_c01.avi and
+    Grow/v_Grow_g02_c01.avi, and a v_Grow_g99_c01.avi beside them is someone else's."""
+    folder = Path(folder)
+    where = where or str(folder)
+    manifest = folder / SYNTH_MANIFEST
+    if not manifest.is_file() or manifest.is_symlink():
+        first = next(iter(sorted(p.name for p in folder.iterdir())), None)
+        if first is None:
+            return frozenset()
+        raise OutputError(f"{where} holds {first} and no synth.json of har synth; {SYNTH_ALLOWED}: "
+                          "choose another folder")
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, ValueError):   # UnicodeDecodeError is a ValueError
+        meta = None
+    if not isinstance(meta, dict) or meta.get("generator") != "har synth":
+        raise OutputError(f"{where} holds a synth.json that har synth did not write (or a damaged one); "
+                          f"{SYNTH_ALLOWED}: move it away or choose another folder")
+    owns, dirs = _synth_owner(meta, where)
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):   # never into a symlinked folder
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(folder).as_posix()
+            tmp = SYNTH_TEMPORARY.fullmatch(name)
+            stem = tmp and (f"{tmp['clip']}.avi" if tmp["clip"] else tmp["file"])
+            mine = (rel in dirs if path.is_dir() else
+                    path.is_file() and (owns(rel) or (stem is not None and owns(str(Path(rel).with_name(stem))))))
+            if path.is_symlink() or not mine:
+                raise OutputError(f"{where} holds {rel}, which its synth.json does not list: har synth replaces and "
+                                  "removes only the files it wrote; move it away or choose another folder")
+            if not path.is_dir():
+                found.add(rel)
+    return frozenset(found)
+
+
+def _raise(e: OSError) -> None:
+    raise e
+
+
+def _synth_owner(meta: dict, where: str):
+    """(whether a relative path is synth.json's, the folders it writes into) from a har synth.json."""
+    files = meta.get("files")
+    if files is None:   # from before synth.json listed its files: the clips its config names
+        cfg, classes = meta.get("config"), meta.get("classes")
+        counts = [cfg.get(k) for k in ("groups", "clips")] if isinstance(cfg, dict) else []
+        if not (isinstance(classes, list) and all(isinstance(c, str) and c.isalpha() for c in classes)
+                and len(counts) == 2 and all(type(n) is int and n >= 1 for n in counts)):
+            raise OutputError(f"{where} holds a damaged synth.json (no valid \"files\", \"classes\" or \"config\"); "
+                              f"{SYNTH_ALLOWED}: move it away or choose another folder")
+
+        def owns(rel: str) -> bool:
+            m = SYNTH_LEGACY_CLIP.fullmatch(rel)
+            if rel in (SYNTH_MANIFEST, SYNTH_MASKS):
+                return rel == SYNTH_MANIFEST or meta.get("masks") is True
+            return bool(m) and m[1] in classes and all(
+                1 <= int(d) <= n and d == f"{int(d):02d}" for d, n in zip((m[2], m[3]), counts))
+        return owns, set(classes)
+    if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+        raise OutputError(f"{where} holds a damaged synth.json (\"files\" is not a list of paths); "
+                          f"{SYNTH_ALLOWED}: move it away or choose another folder")
+    for f in files:
+        parts = f.split("/")
+        if f.startswith("/") or "\\" in f or "\0" in f or any(p in ("", ".", "..") for p in parts):
+            raise OutputError(f"{where} holds a synth.json listing {f!r}, a path outside the folder (or not a plain "
+                              "relative one); har synth never writes or deletes there: move it away or choose "
+                              "another folder")
+    listed = {*files, SYNTH_MANIFEST}
+    dirs = {"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)}
+    return listed.__contains__, dirs
+
+
 def _is_ours(target: Path, kind: str) -> bool:
+    if kind == "synth":
+        return False   # a folder is checked by synth_files; a file is never synth's
     if kind in ("frames", "features"):
         return store_kind(target) == kind
     if kind == "run":
@@ -134,13 +226,14 @@ def _describe(target: Path) -> str:
     return "a folder with other files" if target.is_dir() else "a file"
 
 
-def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: Iterable[Path] = ()) -> Path:
+def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: Iterable[Path] = (),
+                 flag: str = "--out") -> Path:
     """Raise OutputError unless `target` may be written as a `kind` output; return it resolved.
 
     `inputs` are what the command reads (stores, video files), `roots` the dataset roots it
     scans. A target equal to or a parent of any of them is refused, as are the current directory,
     the home folder, $HAR_HOME and their parents. An existing target must be empty or har's own
-    output of this kind."""
+    output of this kind. `flag`: how the messages name the target (`--out`, `OUT`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; allowed: {', '.join(KINDS)}")
     from pipeline import location
@@ -152,10 +245,11 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
     inputs = [i for i in inputs if not isinstance(i, location.Url)]   # a local path is never inside a URL
     roots = [r for r in roots if not isinstance(r, location.Url)]
     if str(target) in ("", "."):
-        raise OutputError("--out is empty (the current directory); name the output, e.g. --out frames.zarr")
+        raise OutputError(f"{flag} {str(target) or repr('')} is the current directory; name a new path, e.g. {flag} "
+                          f"{'data/synthetic' if kind == 'synth' else 'frames.zarr'}")
     t = _resolved(target)
     if t.parent == t:
-        raise OutputError(f"--out {target} is the file-system root; name a new folder or file")
+        raise OutputError(f"{flag} {target} is the file-system root; name a new folder or file")
     from pipeline.lineage import har_home
 
     protected = [(Path.cwd().resolve(), "the current directory"), (_resolved(Path.home()), "your home folder"),
@@ -164,24 +258,28 @@ def check_output(target: Path, kind: str, inputs: Iterable[Path] = (), roots: It
     protected += [(_resolved(i), "an input of this command") for i in inputs]
     for i in inputs:  # a store inside an input would be deleted with it (and read as part of it)
         if _within(t, _resolved(i)) and t != _resolved(i):
-            raise OutputError(f"--out {target} is inside {i}, an input of this command; choose a path outside it")
+            raise OutputError(f"{flag} {target} is inside {i}, an input of this command; choose a path outside it")
     for p, what in protected:
         if t == p:
-            raise OutputError(f"--out {target} is {what} ({p}); har writes its {kind} output only to a new path "
+            raise OutputError(f"{flag} {target} is {what} ({p}); har writes its {kind} output only to a new path "
                               "or over its own output of the same kind")
         if _within(p, t):
-            raise OutputError(f"--out {target} contains {what} ({p}); replacing it would delete that: "
+            raise OutputError(f"{flag} {target} contains {what} ({p}); replacing it would delete that: "
                               "choose a new path")
     if not (t.exists() or t.is_symlink()):
         return t
     if t.is_symlink() and not t.exists():
-        raise OutputError(f"--out {target} is a dangling symlink; remove it or choose another path")
+        raise OutputError(f"{flag} {target} is a dangling symlink; remove it or choose another path")
     if t.is_dir() and not any(t.iterdir()):
+        return t
+    if kind == "synth" and t.is_dir():
+        synth_files(t, f"{flag} {target}")   # refuses, naming the file, what its synth.json does not list
         return t
     if not _is_ours(t, kind):
         what = {"frames": "frame store", "features": "feature store", "run": "run folder", "cv": "cv folder",
-                "explain": "explain folder", "compare": "compare folder", "timeline": "timeline folder"}[kind]
-        raise OutputError(f"--out {target} is {_describe(t)}, not a har {what}; har only replaces its own output "
+                "explain": "explain folder", "compare": "compare folder", "timeline": "timeline folder",
+                "synth": "synth folder"}[kind]
+        raise OutputError(f"{flag} {target} is {_describe(t)}, not a har {what}; har only replaces its own output "
                           "of the same kind (--force does not change that): choose a new path")
     return t
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import outputs
 from pipeline.files import replace_atomically
 from pipeline.lineage import seed_for
 from pipeline.video import write_video
@@ -198,53 +199,60 @@ def reversed_classes(classes: list[str]) -> list[str]:
 
 
 def generate(out: Path, cfg: SynthConfig, on_video=None, masks: bool = False) -> list[Path]:
-    """Write every clip as <out>/<Class>/v_<Class>_gGG_cCC.avi and <out>/synth.json; with `masks`
-    also <out>/masks.json: {"<Class>/v_...avi": per source frame, the [top, left, bottom, right]
-    pixel box of every object} (the ground truth of a pointing game).
+    """Write every clip as <out>/<Class>/v_<Class>_gGG_cCC.avi and <out>/synth.json, the manifest
+    that lists every file written; with `masks` also <out>/masks.json: {"<Class>/v_...avi": per
+    source frame, the [top, left, bottom, right] pixel box of every object} (the ground truth of a
+    pointing game).
 
-    An existing clip whose synth.json recorded the same config is kept (rerun = no-op).
+    `out` is new, empty or har synth's own earlier output (`outputs.check_output`); anything else
+    in it is refused before a byte is written, and only the files its synth.json lists are ever
+    replaced or removed. A clip whose finished synth.json recorded the same config is kept (rerun =
+    no-op); the clips of an earlier, larger config are removed. While it writes, synth.json says
+    "complete": false and lists the old files and the new: a kill leaves a folder the next run
+    finishes, and one the dataset reader refuses.
     """
     cfg.validate()
     out = Path(out)
-    meta_path = out / "synth.json"
-    old = _read_meta(meta_path)
-    ours = old.get("generator") == "har synth" and old.get("masks") is True  # masks.json is har's to replace
-    if masks and (out / MASKS).exists() and not ours:
-        raise ValueError(f"{out / MASKS} was not written by har synth; move it away or choose another OUT")
+    outputs.check_output(out, "synth", flag="OUT")
+    owned = outputs.synth_files(out) if out.is_dir() else frozenset()
+    old = _read_meta(out / MANIFEST) if MANIFEST in owned else {}
+    clips = [(ci, g, c, f"{cname}/v_{cname}_g{g:02d}_c{c:02d}.avi") for ci, cname in enumerate(class_names(cfg))
+             for g in range(1, cfg.groups + 1) for c in range(1, cfg.clips + 1)]
+    files = [rel for *_, rel in clips] + ([MASKS] if masks else [])
+    same = old.get("complete") is not False and old.get("config") == asdict(cfg)
+    todo = [clip for clip in clips if not (same and (out / clip[3]).is_file())]
+    stale = sorted(owned - set(files) - {MANIFEST})   # an earlier config's clips and masks.json, a kill's temporary files
     meta = {"generator": "har synth", "config": asdict(cfg), "classes": class_names(cfg), "masks": masks,
             "reversed_pairs": [[CLASSES[i][0], CLASSES[i + 1][0]] for i in range(0, cfg.classes - 1, 2)
                                if CLASSES[i + 1][2]]}
-    same = old.get("config") == asdict(cfg)
-    if meta_path.exists() and not same:
-        if ours and (out / MASKS).exists():
-            (out / MASKS).unlink()  # the boxes of other clips; written again below when asked for
-        meta_path.unlink()  # a half-rewritten folder must never look finished
+    out.mkdir(parents=True, exist_ok=True)
+    if todo or stale or masks:  # a half-rewritten folder must never look finished, and stays ours
+        _write_meta(out, {**meta, "complete": False, "files": sorted(owned - {MANIFEST} | set(files))})
+    todo_set = {rel for *_, rel in todo}
     paths = []
-    for ci, cname in enumerate(class_names(cfg)):
-        for g in range(1, cfg.groups + 1):
-            for c in range(1, cfg.clips + 1):
-                path = out / cname / f"v_{cname}_g{g:02d}_c{c:02d}.avi"
-                if not (same and path.exists()):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    replace_atomically(path, lambda tmp: write_video(
-                        tmp, render_clip(cfg, ci, g, c), fps=cfg.fps, codec="mpeg4", bit_rate=cfg.bit_rate,
-                        options={"threads": "1", "g": str(cfg.gop)}), path.with_name(path.stem + ".tmp.avi"))
-                paths.append(path)
-                if on_video:
-                    on_video(path)
-    _remove_stale(out, set(paths))
+    for ci, g, c, rel in clips:
+        path = out / rel
+        if rel in todo_set:
+            path.parent.mkdir(exist_ok=True)
+            replace_atomically(path, lambda tmp: write_video(
+                tmp, render_clip(cfg, ci, g, c), fps=cfg.fps, codec="mpeg4", bit_rate=cfg.bit_rate,
+                options={"threads": "1", "g": str(cfg.gop)}), path.with_name(path.stem + ".tmp.avi"))
+        paths.append(path)
+        if on_video:
+            on_video(path)
+    _remove(out, stale)
     if masks:
-        boxes = {f"{cname}/v_{cname}_g{g:02d}_c{c:02d}.avi": object_boxes(cfg, ci, g, c)
-                 for ci, cname in enumerate(class_names(cfg))
-                 for g in range(1, cfg.groups + 1) for c in range(1, cfg.clips + 1)}
+        boxes = {rel: object_boxes(cfg, ci, g, c) for ci, g, c, rel in clips}
         replace_atomically(out / MASKS, lambda tmp: tmp.write_text(json.dumps(boxes, separators=(",", ":"))))
-    elif (out / MASKS).exists() and ours:
-        (out / MASKS).unlink()  # ours, and it would no longer be asked for
-    meta_path.write_text(json.dumps(meta, indent=2))
+    _write_meta(out, {**meta, "complete": True, "files": files})
     return paths
 
 
-MASKS = "masks.json"
+MANIFEST, MASKS = outputs.SYNTH_MANIFEST, outputs.SYNTH_MASKS
+
+
+def _write_meta(out: Path, meta: dict) -> None:
+    replace_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
 
 
 def _read_meta(path: Path) -> dict:
@@ -256,15 +264,13 @@ def _read_meta(path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _remove_stale(out: Path, keep: set[Path]) -> None:
-    """Clips an earlier, larger config wrote (more classes, groups or clips) would otherwise stay
-    in the dataset. Only files named as har synth names them are touched."""
-    for name, _, _ in CLASSES:
-        folder = out / name
-        if not folder.is_dir():
-            continue
-        for f in folder.glob(f"v_{name}_g*_c*.avi"):
-            if f not in keep:
-                f.unlink()
-        if not any(folder.iterdir()):
-            folder.rmdir()
+def _remove(out: Path, stale: list[str]) -> None:
+    """Remove the files `stale` names (relative to `out`, each one synth.json listed) and the folders
+    that leaves empty; never a symlink or a folder of someone else's."""
+    for rel in stale:
+        path = out / rel
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    for folder in sorted({p for rel in stale for p in Path(rel).parents if p != Path(".")}, key=lambda p: -len(p.parts)):
+        if (out / folder).is_dir() and not (out / folder).is_symlink() and not any((out / folder).iterdir()):
+            (out / folder).rmdir()

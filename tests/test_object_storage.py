@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import dask_cluster, har
+from helpers import dask_cluster, har, har_process
 
 from pipeline import location, swap
 from pipeline.location import Url
@@ -395,3 +395,49 @@ def test_an_hdf5_file_on_object_storage_is_one_line_not_a_traceback(bucket, tmp_
     ran = har("features", "--store", url, "--backbone", "resnet18", "--out", tmp_path / "f.zarr")
     assert ran.returncode == 2 and "an HDF5 store cannot be read from object storage" in ran.stderr, ran.stderr
     assert "Traceback" not in ran.stderr and not (tmp_path / "f.zarr").exists()
+
+
+# ---- an object-store URL that names no bucket: one line everywhere, nothing made locally -------------
+
+NO_BUCKET = ["s3://", "gs://", "s3:///x.zarr", "S3://", "gcs:////", "az:///", "memory://"]
+COMMANDS = [  # every kind of place a location is taken: --out, --root, --store, --features, --frames, positionals
+    ("status", "URL"), ("status", "--verify", "URL"), ("extract", "synthetic", "--root", "URL", "--out", "o.zarr"),
+    ("extract", "synthetic", "--out", "URL"), ("extract", "folder", "--root", "ROOT", "--out=URL"),
+    ("features", "--store", "URL", "--backbone", "resnet18"), ("features", "--store", "f.zarr", "--out", "URL"),
+    ("train-head", "mean", "--features", "URL"), ("train-e2e", "r3d_18", "--frames", "URL"),
+    ("synth", "URL"), ("predict", "URL", "--run", "r"), ("evaluate", "URL"), ("demo", "--out", "URL"),
+]
+
+
+@pytest.mark.parametrize("args, url", [(args, "s3://") for args in COMMANDS] + [(COMMANDS[0], u) for u in NO_BUCKET[1:]]
+                         + [(args, u) for args in COMMANDS[2:4] + COMMANDS[9:10] for u in ("gs://", "s3:///x.zarr")],
+                         ids=lambda a: " ".join(a) if isinstance(a, tuple) else a)
+def test_a_url_with_no_bucket_is_one_line_everywhere_and_makes_nothing(tmp_path, synthetic_root, args, url):
+    """pathlib reads s3:// as a local folder `s3:` (and s3:///x as the bucket x): har used to make
+    ./s3: and exit 0."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    ran = har(*[url if a == "URL" else f"--out={url}" if a == "--out=URL" else synthetic_root if a == "ROOT" else a
+                for a in args], cwd=cwd)
+    lines = [ln for ln in ran.stderr.splitlines() if ln.strip()]
+    assert ran.returncode == 2 and len(lines) == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert lines[0].startswith("error: ") and f"{url} names no bucket; allowed: " in lines[0], lines[0]
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "har_home").exists()
+
+
+def test_a_url_with_no_bucket_is_refused_by_a_real_har_process(tmp_path):
+    ran = har_process("status", "s3://", cwd=tmp_path)
+    assert (ran.returncode, ran.stderr.strip()) == (2, "error: s3:// names no bucket; allowed: s3://BUCKET/KEY")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["s3://", "s3:///x", "gs://", "s3:////x/y", "memory://"])
+def test_a_location_with_no_bucket_is_refused_by_the_one_parser(where):
+    from pathlib import Path
+
+    for spelled in (where, Path(where)) if where.count("/") == 2 else (where,):  # a Path reads s3:// as s3:
+        with pytest.raises(location.LocationError, match="names no bucket"):
+            location.of(spelled)
+    with pytest.raises(location.LocationError, match="names no bucket"):
+        Url(where)
+    assert location.of("s3://b/x.zarr") == Url("s3://b/x.zarr") and location.of(Path("s3://b/x")) == Url("s3://b/x")

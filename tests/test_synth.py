@@ -13,6 +13,7 @@ from pipeline.store import StoreReader
 
 
 def test_layout_and_metadata(tmp_path):
+    tmp_path = tmp_path / "d"   # the test's own folder holds its $HAR_HOME, which no output may contain
     cfg = synth.SynthConfig(classes=3, groups=2, clips=2, frames=10)
     paths = synth.generate(tmp_path, cfg)
     assert len(paths) == 12
@@ -98,6 +99,7 @@ def test_bad_config_is_refused():
 
 
 def test_smaller_config_removes_the_clips_it_no_longer_has(tmp_path):
+    tmp_path = tmp_path / "d"
     synth.generate(tmp_path, synth.SynthConfig(classes=4, groups=2, clips=2, frames=8))
     synth.generate(tmp_path, synth.SynthConfig(classes=2, groups=1, clips=2, frames=8))
     (tmp_path / "notes.txt").write_text("mine")
@@ -132,6 +134,7 @@ def test_object_boxes_hold_every_object_pixel_and_fit_it(class_i):
 
 
 def test_masks_are_written_with_the_videos_and_removed_without(tmp_path):
+    tmp_path = tmp_path / "d"
     cfg = synth.SynthConfig(classes=2, groups=1, clips=1, frames=8, width=64, height=48)
     synth.generate(tmp_path, cfg, masks=True)
     boxes = json.loads((tmp_path / synth.MASKS).read_text())
@@ -143,10 +146,198 @@ def test_masks_are_written_with_the_videos_and_removed_without(tmp_path):
 
 
 def test_a_masks_json_har_did_not_write_is_never_replaced_or_removed(tmp_path):
+    tmp_path = tmp_path / "d"
     cfg = synth.SynthConfig(classes=2, groups=1, clips=1, frames=8, width=64, height=48)
-    (tmp_path / synth.MASKS).write_text("my annotations")
-    synth.generate(tmp_path, cfg)                                   # without --masks: left alone
-    assert (tmp_path / synth.MASKS).read_text() == "my annotations"
-    with pytest.raises(ValueError, match="was not written by har synth"):
-        synth.generate(tmp_path, cfg, masks=True)                   # with --masks: refused, kept
-    assert (tmp_path / synth.MASKS).read_text() == "my annotations"
+    synth.generate(tmp_path, cfg)
+    (tmp_path / synth.MASKS).write_text("my annotations")           # beside har's files, not listed
+    for masks in (False, True):
+        with pytest.raises(ValueError, match="holds masks.json, which its synth.json does not list"):
+            synth.generate(tmp_path, cfg, masks=masks)
+        assert (tmp_path / synth.MASKS).read_text() == "my annotations"
+
+
+# ---- har synth OUT: the output rules of every har writer ---------------------------------------------
+
+TINY = ["--classes", 2, "--groups", 2, "--clips", 1, "--frames", 8]
+
+
+def _one_line(ran, *parts):
+    assert ran.returncode == 2, ran.stderr
+    lines = [ln for ln in ran.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in ran.stderr, ran.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def _snapshot(folder):
+    """Every entry under `folder` (links not followed) -> its bytes (None for a folder or a link)."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _made(tmp_path, *args):
+    from helpers import har
+
+    out = tmp_path / "syn"
+    assert har("synth", out, *(args or TINY)).returncode == 0
+    return out
+
+
+@pytest.mark.parametrize("user_file, named", [
+    ("Grow/v_Grow_g99_c01.avi", None), ("Grow/v_Grow_g01_c01.tmp2.avi", None), ("notes.txt", None),
+    ("Blink/v_Blink_g01_c01.avi", "Blink"), ("Grow/mine/clip.avi", "Grow/mine"), ("masks.json", None),
+    (".synth.json.abc.tmp", None)])
+@pytest.mark.parametrize("rerun", [TINY, ["--classes", 1, "--groups", 1, "--clips", 1, "--frames", 8],
+                                   ["--classes", 3, "--groups", 3, "--clips", 1, "--frames", 9, "--masks"]],
+                         ids=["same", "smaller", "larger"])
+def test_a_file_synth_did_not_write_in_its_own_output_is_refused_and_kept(tmp_path, user_file, named, rerun):
+    """Stale-clip removal used to match the name pattern alone: a user's v_Grow_g99_c01.avi was
+    deleted, another of theirs overwritten. Now anything synth.json does not list stops the run."""
+    from helpers import har
+
+    out = _made(tmp_path)
+    (out / user_file).parent.mkdir(parents=True, exist_ok=True)
+    (out / user_file).write_bytes(b"the user's own bytes")
+    before = _snapshot(out)
+    _one_line(har("synth", out, *rerun), f"OUT {out} holds {named or user_file}, which its synth.json does not list")
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("manifest", [
+    b"not json {", b"\xff\xfe", b"[1, 2]", b'{"generator": "my own tool", "files": []}', b'"har synth"',
+    b'{"generator": "har synth", "files": "Grow"}', b'{"generator": "har synth", "files": [1]}',
+    b'{"generator": "har synth"}', b'{"generator": "har synth", "classes": ["Grow"], "config": {"groups": 0, "clips": 1}}',
+], ids=["text", "binary", "list", "another-tool", "string", "files-a-string", "files-numbers", "no-files-no-config",
+        "legacy-zero-groups"])
+def test_a_synth_json_har_did_not_write_is_refused_and_the_folder_kept(tmp_path, manifest):
+    from helpers import har
+
+    out = tmp_path / "mine"
+    (out / "Grow").mkdir(parents=True)
+    (out / "Grow" / "v_Grow_g01_c01.avi").write_bytes(b"my video")
+    (out / "synth.json").write_bytes(manifest)
+    before = _snapshot(out)
+    line = _one_line(har("synth", out, *TINY), f"OUT {out} holds a ")
+    assert "synth.json" in line and "allowed: a new or empty folder, or har synth's own earlier output" in line
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("listed", ["../outside.avi", "Grow/../../outside.avi", "/ABS/outside.avi", "./Grow/x.avi",
+                                    "Grow//x.avi", "", "Grow\\..\\..\\outside.avi"])
+def test_a_synth_json_listing_paths_outside_its_folder_never_reaches_them(tmp_path, listed):
+    """A hostile or damaged manifest of har's own shape: nothing outside the folder is deleted or
+    written, and nothing inside either; one line names the path."""
+    from helpers import har
+
+    out = _made(tmp_path)
+    outside = tmp_path / "outside.avi"
+    outside.write_bytes(b"not synth's")
+    listed = listed.replace("/ABS", str(tmp_path))
+    meta = json.loads((out / "synth.json").read_text())
+    meta["files"].append(listed)
+    meta["config"]["groups"] = 9   # a rerun with TINY would remove every file of the other config
+    (out / "synth.json").write_text(json.dumps(meta))
+    before, outside_before = _snapshot(out), _snapshot(tmp_path)
+    _one_line(har("synth", out, *TINY), f"holds a synth.json listing {listed!r}, a path outside the folder")
+    assert _snapshot(out) == before and _snapshot(tmp_path) == outside_before
+
+
+def test_a_symlink_in_synths_output_is_refused_and_never_followed(tmp_path):
+    from helpers import har
+
+    out = _made(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "v_Brighten_g01_c01.avi").write_bytes(b"mine")
+    (out / "Brighten").symlink_to(elsewhere, target_is_directory=True)  # a class a larger rerun writes into
+    before = _snapshot(tmp_path)
+    _one_line(har("synth", out, "--classes", 3, "--groups", 2, "--clips", 1, "--frames", 8),
+              "holds Brighten, which its synth.json does not list")
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_folder_of_other_files_or_a_file_is_refused(tmp_path):
+    from helpers import har
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"jpeg")
+    _one_line(har("synth", folder, *TINY), f"OUT {folder} holds a.jpg and no synth.json of har synth",
+              "allowed: a new or empty folder")
+    assert _snapshot(folder) == {"a.jpg": b"jpeg"}
+    _one_line(har("synth", folder / "a.jpg", *TINY), f"OUT {folder / 'a.jpg'} is a file, not a har synth folder")
+    assert _snapshot(folder) == {"a.jpg": b"jpeg"}
+
+
+@pytest.mark.parametrize("spelling", [".", "", "./", "sub/.."])
+def test_synth_into_the_current_directory_is_refused(tmp_path, spelling):
+    from helpers import har
+
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "notes.txt").write_text("mine")
+    _one_line(har("synth", spelling, *TINY, cwd=cwd), "is the current directory")
+    assert _snapshot(cwd) == {"notes.txt": b"mine"}
+
+
+def test_rerunning_into_its_own_output_keeps_it_and_removes_only_its_own_stale_files(tmp_path):
+    from helpers import har
+
+    out = _made(tmp_path, "--classes", 4, "--groups", 3, "--clips", 2, "--frames", 8, "--masks")
+    first = _snapshot(out)
+    ran = har("synth", out, "--classes", 4, "--groups", 3, "--clips", 2, "--frames", 8, "--masks")
+    assert ran.returncode == 0, ran.stderr
+    assert _snapshot(out) == first                                   # the same config: nothing rewritten
+    assert har("synth", out, "--classes", 2, "--groups", 1, "--clips", 1, "--frames", 8).returncode == 0
+    assert sorted(_snapshot(out)) == ["Grow", "Grow/v_Grow_g01_c01.avi", "Shrink", "Shrink/v_Shrink_g01_c01.avi",
+                                      "synth.json"]
+    meta = json.loads((out / "synth.json").read_text())
+    assert meta["complete"] is True and meta["files"] == ["Grow/v_Grow_g01_c01.avi", "Shrink/v_Shrink_g01_c01.avi"]
+    assert datasets.load("synthetic", out).classes == ("Grow", "Shrink")
+    fresh = _made(tmp_path / "b", "--classes", 2, "--groups", 1, "--clips", 1, "--frames", 8)
+    assert _snapshot(out) == _snapshot(fresh)                        # the shrunk folder is a fresh one
+    # grown again: the output of a fresh run with that config, byte for byte
+    assert har("synth", out, "--classes", 3, "--groups", 2, "--clips", 1, "--frames", 8).returncode == 0
+    assert _snapshot(out) == _snapshot(_made(tmp_path / "c", "--classes", 3, "--groups", 2, "--clips", 1,
+                                             "--frames", 8))
+
+
+def test_a_killed_rewrite_is_refused_by_the_reader_and_finished_by_the_next_run(tmp_path):
+    out = tmp_path / "d"
+    synth.generate(out, synth.SynthConfig(classes=2, groups=3, clips=1, frames=8, width=64, height=48))
+    (out / "Grow" / "v_Grow_g01_c01.tmp.avi").write_bytes(b"a kill -9's half-written clip")
+    smaller = synth.SynthConfig(classes=2, groups=2, clips=1, frames=9, width=64, height=48)
+
+    def killed(path, done=iter(range(2))):
+        if next(done, None) is None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synth.generate(out, smaller, on_video=killed)
+    meta = json.loads((out / "synth.json").read_text())
+    assert meta["complete"] is False and "Grow/v_Grow_g03_c01.avi" in meta["files"]  # the old files stay listed
+    with pytest.raises(datasets.DatasetError, match="half written"):
+        datasets.load("synthetic", out)
+    synth.generate(out, smaller)
+    fresh = tmp_path / "fresh"
+    synth.generate(fresh, smaller)
+    assert _snapshot(out) == _snapshot(fresh)
+
+
+def test_a_synth_json_from_before_files_were_listed_still_owns_its_clips(tmp_path):
+    """Folders written by an older har synth (no "files"): it owns the clips its config names, and
+    nothing else."""
+    from helpers import har
+
+    out = _made(tmp_path, "--classes", 2, "--groups", 3, "--clips", 1, "--frames", 8)
+    meta = json.loads((out / "synth.json").read_text())
+    old = {k: v for k, v in meta.items() if k not in ("files", "complete")}
+    (out / "synth.json").write_text(json.dumps(old))
+    (out / "Grow" / "v_Grow_g99_c01.avi").write_bytes(b"mine")
+    before = _snapshot(out)
+    _one_line(har("synth", out, *TINY), "holds Grow/v_Grow_g99_c01.avi, which its synth.json does not list")
+    assert _snapshot(out) == before
+    (out / "Grow" / "v_Grow_g99_c01.avi").unlink()
+    assert har("synth", out, *TINY).returncode == 0
+    assert _snapshot(out) == _snapshot(_made(tmp_path / "b"))
