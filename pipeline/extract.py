@@ -51,8 +51,12 @@ class ExtractResult:
     ok: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     frames: int = 0
-    frames_decoded: int = 0    # source frames given to the decoder, over the videos decoded this run
+    frames_decoded: int = 0    # source frames given to the decoder over the videos decoded ok this run, each
+                               # counted once (a second pass over a file and the augmented views add none)
     frames_in_source: int = 0  # source frames of the videos decoded ok this run
+    decoded_ok: int = 0        # videos decoded ok this run (whose source frames those are)
+    decoded_twice: int = 0     # of those, videos decoded a second time (their header's frame count was wrong)
+    per_video: tuple[int, int, int] = (0, 0, 0)  # clips, views (the clean one too), T: stored frames a video
     store_bytes: int = 0
     source_bytes: int = 0
     seconds: float = 0.0
@@ -63,13 +67,31 @@ class ExtractResult:
         if self.up_to_date:
             return f"up to date: {self.store} ({self.ok} videos ok, {len(self.failed)} failed; checked in {self.seconds:.1f} s)"
         ratio = self.store_bytes / self.source_bytes if self.source_bytes else float("nan")
-        decoded = (f" (decoded {self.frames_decoded:,} of {self.frames_in_source:,} source frames, "
-                   f"{self.frames_decoded / self.frames_in_source:.0%})" if self.frames_in_source else "")
         return (f"store:   {self.store}\n"
                 f"videos:  {self.ok} ok, {len(self.failed)} failed ({self.decoded} decoded, {self.reused} reused unchanged)\n"
-                f"frames:  {self.frames:,}{decoded}\n"
+                f"frames:  {self.frames_line()}\n"
                 f"bytes:   {human(self.store_bytes)} = {ratio:.2f}x the {human(self.source_bytes)} of source videos\n"
                 f"time:    {self.seconds:.1f} s")
+
+    def frames_line(self) -> str:
+        """Stored frames, and how much of the sources the decoder was given, counted apart: stored
+        frames count every clip and view of every ok video; source frames are those of the videos
+        decoded ok this run, each counted once however many views it fills and whether its file was
+        decoded twice, so the share is never above 100 %. E.g.
+
+            32 (decoded 38 of 38 source frames, 100%)
+                     stored: 4 videos x 1 clip x 2 views x 4 frames
+                     source: the 4 videos decoded this run, each frame counted once
+        """
+        clips, views, t = self.per_video
+        stored = (f"stored: {self.ok} videos x {clips} clip{'s' * (clips != 1)} x {views} view{'s' * (views != 1)} "
+                  f"x {t} frames")
+        if not self.frames_in_source:
+            return f"{self.frames:,}\n         {stored}"
+        twice = f" ({self.decoded_twice} decoded twice: a wrong frame count in the header)" if self.decoded_twice else ""
+        return (f"{self.frames:,} (decoded {self.frames_decoded:,} of {self.frames_in_source:,} source frames, "
+                f"{self.frames_decoded / self.frames_in_source:.0%})\n         {stored}\n"
+                f"         source: the {self.decoded_ok} videos decoded this run, each frame counted once{twice}")
 
 
 MAX_PARALLEL = 1024  # --workers, --threads: beyond any machine; larger values overflow FFmpeg and OpenCV
@@ -89,7 +111,9 @@ class VideoSamples:
     num_frames: int          # frames the source really decodes to
     fps: float               # average frame rate
     view_params: np.ndarray  # (S, 10) float32 crop/flip/jitter/rotation/vflip of each sample (augment.FIELDS)
-    decoded: int = 0         # frames the decoder was given (all attempts; fewer than num_frames when partial)
+    decoded: int = 0         # source frames the decoder was given, each counted once (<= num_frames;
+                             # fewer when partial): a second pass and the views add none
+    passes: int = 1          # decoding passes over the file (2 when the header's frame count was wrong)
 
 
 def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> VideoSamples:
@@ -112,8 +136,8 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
     _, view_of = sample_axes(recipe)
     plan = video.packet_plan(path)  # when packets locate the frames, decode only what is needed
     n = plan.frames if plan is not None else max(1, info.frames_estimate)
-    decoded = 0
-    for _attempt in range(2):
+    decoded = 0   # the most source frames one pass gave the decoder: a second pass re-decodes, it adds none
+    for attempt in range(2):
         idx = sample_plan(recipe, rel, n)
         where: dict[int, list[tuple[int, int]]] = {}
         for (s, t), k in np.ndenumerate(idx):
@@ -141,11 +165,11 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
         sent = video.scan_sparse(path, plan, where, on_frame, threads=threads) if plan is not None else None
         if sent is not None:
             true_n = plan.frames
-            decoded += sent
+            decoded = max(decoded, sent)
         else:
             plan = None  # decode every frame from here on; on_frame overwrites what it wrote
             true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
-            decoded += true_n
+            decoded = true_n   # every frame
         if true_n == 0:
             # the file's bytes are the reason: a decoder short of memory or threads raised in video.scan
             raise video.VideoError("no decodable video frames", permanent=True)
@@ -155,7 +179,7 @@ def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> Vid
         if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
             vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw, recipe.rotate,
                                               recipe.vflip, recipe.hflip).as_array() for v in view_of])
-            return VideoSamples(out, idx, true_n, info.fps, vp, decoded)
+            return VideoSamples(out, idx, true_n, info.fps, vp, min(decoded, true_n), attempt + 1)
         logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)
         n = true_n
     raise video.VideoError(f"frame count changed between two decodes ({n})")
@@ -224,6 +248,7 @@ def run_batch(task: BatchTask) -> list[dict]:
     status = np.full(m, store.FAILED, np.int8)
     error = np.full(m, "", dtype=object)
     decoded = np.zeros(m, np.int64)
+    passes = np.zeros(m, np.int64)
     old = store.StoreReader(location.of(task.old)) if task.old and any(j >= 0 for j in task.reuse) else None
     rows = _old_rows(old, [j for j in task.reuse if j >= 0], m) if old is not None else None
     reused = [False] * m
@@ -244,8 +269,8 @@ def run_batch(task: BatchTask) -> list[dict]:
                 raise video.VideoError(task.problems[i], permanent=True)
             with location.local_file(location.of(task.root) / rel) as local:   # an object: a temporary copy
                 v = extract_video(local, rel, r, task.threads)
-            frames[i], frame_idx[i], num_frames[i], fps[i], view_params[i], decoded[i] = (
-                v.frames, v.frame_idx, v.num_frames, v.fps, v.view_params, v.decoded)
+            frames[i], frame_idx[i], num_frames[i], fps[i], view_params[i], decoded[i], passes[i] = (
+                v.frames, v.frame_idx, v.num_frames, v.fps, v.view_params, v.decoded, v.passes)
             status[i] = store.OK
         except video.VideoError as e:
             error[i] = video.failure_text(e)
@@ -257,9 +282,11 @@ def run_batch(task: BatchTask) -> list[dict]:
     store.write_batch(location.of(task.work), task.start, {"frames": frames, "frame_idx": frame_idx,
                                                      "view_params": view_params,
                                                      "num_frames": num_frames, "fps": fps,
-                                                     "error": error.astype(str), "status": status})
+                                                     "error": error.astype(str), "status": status},
+                      videos=task.videos)
     return [{"index": task.start + i, "video": rel, "status": int(status[i]), "error": str(error[i]),
-             "reused": reused[i], "frames_decoded": int(decoded[i]), "frames_in_source": int(num_frames[i])}
+             "reused": reused[i], "frames_decoded": int(decoded[i]), "decode_passes": int(passes[i]),
+             "frames_in_source": int(num_frames[i]) if status[i] == store.OK else 0}
             for i, rel in enumerate(task.videos)]
 
 
@@ -461,6 +488,8 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
                     result.decoded += 1
                     result.frames_decoded += row["frames_decoded"]
                     result.frames_in_source += row["frames_in_source"]
+                    result.decoded_twice += row["decode_passes"] > 1
+                    result.decoded_ok += row["status"] == store.OK
             if progress:
                 progress(done, total, rows)
 
@@ -485,5 +514,6 @@ def _summarise(result: ExtractResult, reader: store.StoreReader) -> None:
     result.ok = int((status == store.OK).sum())
     result.failed = [(str(videos[i]), str(errors[i])) for i in np.flatnonzero(status == store.FAILED)]
     r = reader.attrs["recipe"]
+    result.per_video = (r["clips"], 1 + r["views"], r["frames"])
     result.frames = result.ok * r["frames"] * r["clips"] * (1 + r["views"])
     result.store_bytes = store.dir_bytes(reader.path)

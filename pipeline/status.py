@@ -55,6 +55,11 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
         kind = attrs.get("kind", "?")
         # sized only once it is known to be a har store: `har status /` must not walk the disk
         base.update(dataset=attrs.get("dataset", "?"), kind=kind, bytes=store.dir_bytes(path))
+        # declared shapes first: an array edited to 10**12 videos is damage found in a moment, not a
+        # walk of its chunk grid or a read of terabytes
+        shape = store.shape_problems(r)
+        if shape:
+            return StoreState(**base, state="damaged", reason="; ".join(shape[:3]))
         try:
             status = r.read("status")
             base.update(videos=len(status), ok=int((status == store.OK).sum()),
@@ -84,7 +89,10 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
 
 def _features_state(base: dict, attrs: dict) -> StoreState:
     lin = attrs.get("lineage", {})
-    src = location.of(lin.get("inputs", {}).get("frames_store", ""))
+    try:
+        src = location.of(lin.get("inputs", {}).get("frames_store", ""))
+    except location.LocationError as e:  # attrs are checksummed; a crafted store still gets a row
+        return StoreState(**base, state="damaged", reason=f"its recorded frame store: {e}")
     try:
         with store.StoreReader(src) as fr:
             now_fp = fr.attrs["lineage"]["fingerprint"]
@@ -97,7 +105,10 @@ def _features_state(base: dict, attrs: dict) -> StoreState:
 
 def _frames_state(base: dict, attrs: dict, recorded: list[lineage.Source], verify: bool) -> StoreState:
     lin = attrs.get("lineage", {})
-    root = location.of(lin.get("inputs", {}).get("root", ""))
+    try:
+        root = location.of(lin.get("inputs", {}).get("root", ""))
+    except location.LocationError as e:
+        return StoreState(**base, state="damaged", reason=f"its recorded dataset root: {e}")
     try:
         index = datasets.load(base["dataset"], root)
     except (datasets.DatasetError, OSError) as e:

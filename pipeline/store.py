@@ -10,7 +10,11 @@ wrong. So every store carries `checksum` [N, S] (crc32 of each sample's data as 
 it, written with the data and before `status`), the crc32 of each static array in its attrs
 (`static_checksums`), and a crc32c codec on every data chunk (damaged bytes fail to read). Readers
 open inputs with `open_input` and read data with `read_rows` / `read_sample`, which verify them;
-a finished store with a pending video is damaged too (its `status` chunk is gone).
+a finished store with a pending video is damaged too (its `status` chunk is gone). A sample's
+checksum also covers its place (row, sample and video: attrs `checksum_binding`), so samples moved
+to another row together with their checksums are damage too; stores written before that hold the
+crc32 of the bytes alone and are read as before. Before any chunk is walked or read, the shapes
+each array declares are checked against the store's own lengths (`pipeline.shapes`).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import augment, location
+from pipeline import augment, location, shapes
 from pipeline.location import Url
 
 SCHEMA_VERSION = 2  # 2: per-sample checksums, static checksums, crc32c on data chunks
@@ -45,14 +49,69 @@ REBUILD = ("rebuild it with the command that made it and --verify (har extract) 
            "(har features); har never reads missing data as numbers")
 
 
-def sample_checksums(data: np.ndarray) -> np.ndarray:
-    """(m, S) uint32: crc32 of each sample data[i, s] (any trailing shape), as stored bytes."""
+# attrs `checksum_binding` of a store whose sample checksums cover their place: crc32 of
+# "row/sample/video\n" followed by the sample's bytes. A store without it (har before 2026-12)
+# holds the crc32 of the bytes alone: still read and verified, as it was written
+BINDING = "row/sample/video"
+
+
+def binds(attrs: dict) -> bool:
+    """Do this store's sample checksums cover each sample's row, sample index and video?"""
+    return attrs.get("checksum_binding") == BINDING
+
+
+def _place(row: int, sample: int, video: str) -> int:
+    """The crc32 a bound sample checksum starts from."""
+    return zlib.crc32(f"{row}/{sample}/{video}\n".encode())
+
+
+def sample_checksums(data: np.ndarray, start: int = 0, videos=None) -> np.ndarray:
+    """(m, S) uint32: crc32 of each sample data[i, s] (any trailing shape), as stored bytes; with
+    `videos` (the names of rows start..start+m) bound to its place, so that the same bytes in another
+    row, sample or video give another checksum (rows swapped with their checksums do not verify).
+
+    >>> x = np.zeros((2, 1, 3), np.uint8)
+    >>> int(sample_checksums(x)[0, 0]) == int(sample_checksums(x)[1, 0])       # unbound: the same
+    True
+    >>> int(sample_checksums(x, 0, ["a", "b"])[0, 0]) == int(sample_checksums(x, 0, ["a", "b"])[1, 0])
+    False
+    """
     m, s = data.shape[:2]
     out = np.zeros((m, s), np.uint32)
     for i in range(m):
         for j in range(s):
-            out[i, j] = zlib.crc32(np.ascontiguousarray(data[i, j]))
+            seed = 0 if videos is None else _place(start + i, j, str(videos[i]))
+            out[i, j] = zlib.crc32(np.ascontiguousarray(data[i, j]), seed)
     return out
+
+
+_NAMES: dict[tuple[str, int], np.ndarray] = {}   # (store, crc32 of its `video`) -> the names
+
+
+def _all_names(path, attrs: dict, read) -> np.ndarray:
+    """A store's whole `video` table (`read()` reads it), once per process and store: a Zarr `video`
+    is one chunk, and features reads and writes a shard at a time. Keyed by the table's recorded
+    checksum, so a store replaced by one with other videos is read again; a damaged table is never
+    kept."""
+    crc = attrs.get("static_checksums", {}).get("video")
+    key = (str(path), crc)
+    names = _NAMES.get(key) if crc is not None else None
+    if names is None:
+        names = np.array(np.asarray(read()).tolist(), dtype=object)
+        if crc is not None and array_checksum(names) == crc:
+            if len(_NAMES) >= 8:
+                _NAMES.pop(next(iter(_NAMES)))
+            _NAMES[key] = names
+    return names
+
+
+def video_names(r: "StoreReader", start: int, stop: int) -> np.ndarray:
+    """The `video` names of rows [start, stop): what a bound checksum covers."""
+    names = _all_names(r.path, r.attrs, lambda: r.read("video"))
+    if len(names) < stop:
+        raise DamagedStoreError(f"{r.path} is damaged: its video table has {len(names)} rows, the data {stop}; "
+                                f"{REBUILD}")
+    return names[start:stop]
 
 
 def array_checksum(arr: np.ndarray) -> int:
@@ -134,7 +193,8 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     # a working store that is recognisably har's, so the next run may remove it
     sums = {name: array_checksum(arr) for name, arr in static.items()}
     root = zarr.create_group(str(path), zarr_format=3, overwrite=True,
-                             attributes={**attrs, "static_checksums": sums}, **location.storage_options(location.of(path)))
+                             attributes={**attrs, "static_checksums": sums, "checksum_binding": BINDING},
+                             **location.storage_options(location.of(path)))
     small = {"compressors": [BloscCodec(cname="zstd", clevel=5), Crc32cCodec()]}  # every chunk checked on read
     checked = small
     root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
@@ -159,8 +219,11 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
         a[...] = arr
 
 
-def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames") -> None:
-    """Write results for videos [start, start+len): the data, the per-video arrays, status last."""
+def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames",
+                videos=None) -> None:
+    """Write results for videos [start, start+len): the data, the per-video arrays, status last.
+    `videos`: the names of these rows (read from the store when not given), which the checksums of
+    a store with `checksum_binding` cover; a working store an older har began keeps its own kind."""
     root = _zarr().open_group(str(path), mode="r+", zarr_format=3, **location.storage_options(location.of(path)))
     stop = start + len(data["status"])
     for name in (data_name, *PER_VIDEO_RESULTS):
@@ -168,8 +231,16 @@ def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: 
             root[name][start:stop] = data[name]
     arr = root[data_name]
     lossy = any(type(c).__name__ == "JpegCodec" for c in _codecs_of(arr))
+    attrs = dict(root.attrs)
+    if binds(attrs):
+        videos = _all_names(path, attrs, lambda: root["video"][...])[start:stop] if videos is None else videos
+        if len(videos) != stop - start:
+            raise ValueError(f"write_batch: {len(videos)} video names for rows {start}..{stop - 1}")
+    else:
+        videos = None
     # the checksum of what a reader will see: a lossy codec's decoded bytes, read back
-    root["checksum"][start:stop] = sample_checksums(np.asarray(arr[start:stop]) if lossy else data[data_name])
+    root["checksum"][start:stop] = sample_checksums(np.asarray(arr[start:stop]) if lossy else data[data_name],
+                                                    start, videos)
     root["status"][start:stop] = data["status"]
 
 
@@ -340,13 +411,30 @@ def open_input(path: Path, kind: str, needs: str) -> StoreReader:
     return r
 
 
+def shape_problems(r: "StoreReader") -> list[str]:
+    """What the arrays declare that the store cannot hold (`pipeline.shapes`); [] when sound. Checked
+    before any chunk is walked or read: a shape edited to 10**12 is damage, found in a moment."""
+    data_name = "features" if r.attrs.get("kind") == "features" else "frames"
+    try:
+        found = shapes.declared(r)
+    except StoreError as e:
+        return [str(e).split(" is damaged: ", 1)[-1]]
+    except Exception as e:  # metadata zarr parsed but that makes no grid (a chunk shape of 0, ...)
+        return [f"array metadata unusable ({type(e).__name__}: {e})"]
+    return shapes.problems(found, r.attrs, data_name)
+
+
 def quick_check(r: "StoreReader") -> list[str]:
-    """What is wrong with a finished store without reading its data: static arrays against their
+    """What is wrong with a finished store without reading its data: declared shapes against the
+    store's own lengths (first: nothing is read while they are wrong), static arrays against their
     checksums, a video without status, and (Zarr) every chunk file present, since a missing one
     reads as zeros. [] when nothing is found; --verify (`verify`) reads everything."""
     problems = []
     if r.attrs.get("complete") and r.attrs.get("attrs_checksum") != attrs_checksum(r.attrs):
         problems.append("its attributes were changed since it was written (attrs_checksum)")
+    shape = shape_problems(r)
+    if shape:
+        return problems + shape
     bad = check_static(r)
     if bad:
         problems.append(bad)
@@ -414,30 +502,35 @@ def read_rows(r: "StoreReader", start: int, stop: int, status: np.ndarray | None
     except Exception as e:  # zarr's crc32c / shard index / codec errors, a truncated HDF5 chunk
         raise DamagedStoreError(f"{r.path} is damaged: {name} of videos {_names(r.read('video'), range(start, stop))} "
                                 f"cannot be read ({type(e).__name__}: {e}); {REBUILD}") from None
-    bad = np.flatnonzero((sample_checksums(data) != sums).any(axis=1))
+    videos = video_names(r, start, stop) if binds(r.attrs) else None
+    bad = np.flatnonzero((sample_checksums(data, start, videos) != sums).any(axis=1))
     if len(bad):
-        raise DamagedStoreError(f"{r.path} is damaged: {name} of {_names(r.read('video'), bad + start)} do not "
-                                f"match their checksums (a chunk is missing or changed); {REBUILD}")
+        rows = ", ".join(str(i) for i in (bad + start)[:3]) + (", ..." if len(bad) > 3 else "")
+        raise DamagedStoreError(f"{r.path} is damaged: {name} of {_names(r.read('video'), bad + start)} (rows {rows}) "
+                                f"do not match their checksums (a chunk is missing, changed or moved); {REBUILD}")
     return data
 
 
-def read_sample(arr, sums, path: Path, v: int, s: int) -> np.ndarray:
-    """One sample data[v, s], checked against checksum[v, s] (`arr`, `sums` opened by the caller)."""
+def read_sample(arr, sums, path: Path, v: int, s: int, video: str | None = None) -> np.ndarray:
+    """One sample data[v, s], checked against checksum[v, s] (`arr`, `sums` opened by the caller);
+    `video`: row v's name, for a store whose checksums bind it (`binds`), else None."""
     try:
         x = np.asarray(arr[v, s])
         crc = int(sums[v, s])
     except Exception as e:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} cannot be read "
                                 f"({type(e).__name__}: {e}); {REBUILD}") from None
-    if zlib.crc32(np.ascontiguousarray(x)) != crc:
+    if zlib.crc32(np.ascontiguousarray(x), 0 if video is None else _place(v, s, str(video))) != crc:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} does not match its checksum "
-                                f"(a chunk is missing or changed); {REBUILD}")
+                                f"(a chunk is missing, changed or moved); {REBUILD}")
     return x
 
 
 def verify(r: "StoreReader") -> list[str]:
     """Every problem of a store, reading all of it (har status --verify); [] when sound."""
     problems = quick_check(r)
+    if shape_problems(r):   # nothing is read of a store whose shapes are wrong
+        return problems
     data_name = "features" if r.attrs.get("kind") == "features" else "frames"
     try:
         for name in r.names():  # every array but the data decodes (each chunk's crc32c)

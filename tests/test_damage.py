@@ -141,3 +141,99 @@ def test_damage_matrix_hdf5(pristine, tmp_path, how):
         copy.write_bytes(bytes(raw))
         outcomes.append(expect_refused_or_same(copy, "frames", reference))
     assert "refused" in outcomes
+
+
+# ---- declared shapes (issue 28, item 11): checked against the store's own lengths before any walk -----
+
+def declare(path: Path, name: str, dim: int, value: int) -> None:
+    """Edit one array's zarr.json as a hostile user would: its shape's `dim` becomes `value`."""
+    meta = path / name / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][dim] = value
+    meta.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("which,name,dim,value", [
+    ("frames", "frames", 0, 10**7), ("frames", "frames", 0, 10**12), ("frames", "status", 0, 10**12),
+    ("frames", "checksum", 0, 10**9), ("frames", "video", 0, 10**12), ("frames", "frames", 1, 10**9),
+    ("frames", "frame_idx", 2, 10**8), ("frames", "source/sha256", 0, 10**10),
+    ("features", "features", 0, 10**12), ("features", "status", 0, 10**7), ("features", "features", 2, 10**9),
+])
+def test_a_store_declaring_huge_shapes_is_damaged_within_seconds_and_the_others_are_listed(
+        pristine, tmp_path, which, name, dim, value):
+    """A walk of a 10**12-video grid ran for hours (10**7: minutes) or ran out of memory, and the
+    healthy store beside it was never listed."""
+    import time
+
+    from helpers import har
+
+    kind = "frames" if which == "frames" else "features"
+    bad, healthy = tmp_path / "bad.zarr", tmp_path / "healthy.zarr"
+    shutil.copytree(pristine[which], bad)
+    shutil.copytree(pristine["frames"], healthy)
+    declare(bad, name, dim, value)
+    t0 = time.perf_counter()
+    code, out, err = har("status", bad, healthy, "--verify")
+    assert time.perf_counter() - t0 < 20, "status walked the declared grid"
+    assert code == 3 and "Traceback" not in err and "memory" not in err + out, err
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
+    assert "damaged" in rows[str(bad)] and f"{name} declares" in rows[str(bad)] and str(value) in rows[str(bad)]
+    assert "current" in rows[str(healthy)]
+    for verify in (False, True):
+        state = store_state(bad, verify=verify)
+        assert state.state == "damaged" and f"{name} declares" in state.reason and str(value) in state.reason, state
+    with pytest.raises(store.DamagedStoreError, match=f"{name} declares .*{value}"):
+        store.open_input(bad, kind, "test")
+    assert time.perf_counter() - t0 < 30
+
+
+def test_a_chunk_grid_finer_than_one_file_a_sample_is_never_walked(pristine, tmp_path):
+    """Shapes intact, chunks edited to one element each: a grid of millions of files is damage, not a walk."""
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(pristine["frames"], bad)
+    meta = bad / "frames" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = [1] * len(doc["shape"])
+    doc["codecs"] = doc["codecs"][0]["configuration"]["codecs"]   # unsharded: the grid is the chunks
+    meta.write_text(json.dumps(doc))
+    state = store_state(bad)
+    assert state.state == "damaged" and "frames declares" in state.reason and "chunk files" in state.reason, state
+
+
+SHAPE_TABLE = [
+    # (what the arrays declare, attrs, the problem expected or None)
+    ({"video": ((4,), 1), "status": ((4,), 1), "frames": ((4, 2, 3, 8, 8, 3), 4)}, {}, None),
+    ({"video": ((4,), 1), "status": ((10**12,), 10**10)}, {}, "status declares 1000000000000 videos; the store holds 4"),
+    # the lineage's count wins over arrays that agree with each other
+    ({"video": ((9,), 1), "status": ((9,), 1)}, {"lineage": {"inputs": {"videos": 4}}}, "video declares 9 videos"),
+    # an older store's sources in the lineage count too
+    ({"video": ((3,), 1)}, {"lineage": {"inputs": {"sources": [{}] * 2}}}, "video declares 3 videos; the store holds 2"),
+    # the recipe fixes S, T, H, W
+    ({"video": ((4,), 1), "frames": ((4, 2, 3, 8, 9, 3), 4)},
+     {"recipe": {"clips": 1, "views": 1, "frames": 3, "height": 8, "width": 8}}, "frames declares 4x2x3x8x9x3"),
+    ({"video": ((4,), 1), "features": ((4, 2, 3, 7), 4)}, {"feature_dim": 8, "recipe": {"frames": 3}},
+     "features declares 4x2x3x7"),
+    # without a recipe, S is the one most per-sample arrays declare
+    ({"video": ((4,), 1), "checksum": ((4, 2), 1), "clip_index": ((4, 2), 1), "frames": ((4, 10**9, 3, 8, 8, 3), 4)},
+     {}, "frames declares 4x1000000000"),
+    ({"video": ((4,), 1), "view_params": ((4, 2, 10), 1), "checksum": ((4, 2), 1)}, {}, None),
+    ({"video": ((4,), 1), "view_params": ((4, 2, 8), 1), "checksum": ((4, 2), 1)}, {}, None),   # an earlier version's
+    ({"video": ((4,), 1), "view_params": ((4, 2, 10**6), 1)}, {}, "view_params declares 4x2x1000000"),
+    # a grid finer than one file a sample
+    ({"video": ((4,), 1), "checksum": ((4, 2), 1), "label": ((4,), 10**6)}, {}, "label declares 1000000 chunk files"),
+    # a one-chunk string table longer than its file can hold (4 bytes a string at least)
+    ({"video": ((4,), 1), "missing_videos": ((10**9,), 1, True, 300)}, {}, "missing_videos declares 1000000000 strings"),
+    ({"video": ((4,), 1), "missing_videos": ((70,), 1, True, 300)}, {}, None),
+    ({}, {}, None),   # nothing to hold it against: an empty group
+]
+
+
+@pytest.mark.parametrize("arrays,attrs,expected", SHAPE_TABLE)
+def test_declared_shapes_table(arrays, attrs, expected):
+    from pipeline import shapes
+
+    found = shapes.problems({k: shapes.Declared(*v) for k, v in arrays.items()}, attrs, "features" if "features" in arrays else "frames")
+    if expected is None:
+        assert found == []
+    else:
+        assert any(expected in p for p in found), found

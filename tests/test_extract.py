@@ -491,3 +491,31 @@ def test_the_result_says_how_much_of_the_sources_was_decoded(synthetic_root, tmp
     assert res.frames_decoded == sum(p.packets_for([0, p.frames - 1]).sum() for p in plans) < n.sum()
     again = run(synthetic_root, tmp_path / "all.zarr", recipe=Recipe(frames=40, height=32, width=40))  # > n
     assert again.frames_decoded == again.frames_in_source == n.sum()
+
+
+def test_the_summary_counts_each_source_frame_once_and_never_above_100_percent(synthetic_root, tmp_path, monkeypatch):
+    """Issue 28: "decoded 2,392 of 1,722 source frames, 139 %". A header whose frame count is wrong
+    makes extraction decode a file twice; the views fill more stored frames from the same decoded
+    ones: neither is a source frame more."""
+    from dataclasses import replace
+
+    from pipeline import video
+
+    probe = video.probe
+    monkeypatch.setattr(video, "packet_plan", lambda path: None)   # no partial decoding: every frame, each pass
+    monkeypatch.setattr(video, "probe", lambda path: replace(probe(path), frames_estimate=probe(path).frames_estimate - 3))
+    res = run(synthetic_root, tmp_path / "s.zarr", Recipe(frames=8, height=32, width=40, views=2))
+    with StoreReader(res.store) as r:
+        n = r.read("num_frames").astype(int)
+    assert res.decoded == res.decoded_ok == 24 and res.decoded_twice > 0   # the wrong headers were decoded again
+    assert res.frames_in_source == n.sum() and res.frames_decoded == n.sum()   # each frame once, not twice
+    assert res.frames == 24 * 3 * 8 and res.per_video == (1, 3, 8)
+    text = res.summary()
+    assert f"frames:  576 (decoded {n.sum():,} of {n.sum():,} source frames, 100%)" in text, text
+    assert "stored: 24 videos x 1 clip x 3 views x 8 frames" in text
+    assert f"source: the 24 videos decoded this run, each frame counted once ({res.decoded_twice} decoded twice" in text
+    monkeypatch.undo()
+    again = run(synthetic_root, tmp_path / "partial.zarr", Recipe(frames=2, height=32, width=40, views=2))
+    assert 0 < again.frames_decoded < again.frames_in_source and again.decoded_twice == 0   # partial decoding
+    pct = int(again.summary().split("source frames, ")[1].split("%")[0])
+    assert pct == round(100 * again.frames_decoded / again.frames_in_source) < 100

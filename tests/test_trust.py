@@ -319,6 +319,7 @@ def test_a_bug_is_one_line_with_please_report_and_exit_1(data, tmp_path, monkeyp
     code, _, err = har("extract", "synthetic", "--root", data, "--out", tmp_path / "f.zarr")
     line = one_line_error(code, err, expected_code=1)
     assert "bug in har" in line and "please report" in line
+    assert "http" not in line and "traceback" in line  # no made-up address: what to send, and how to get it
 
 
 def test_status_exit_codes(data, tmp_path):
@@ -485,3 +486,117 @@ def test_an_atomic_write_that_fails_removes_its_own_temporary_file_and_nothing_e
     assert (tmp_path / "f.json.tmp" / "keep.txt").read_text() == "keep" and target.read_text() == "new"
     assert (tmp_path / "victim.txt").read_text() == "victim" and not target.is_symlink()
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+# ---- issue 28, item 13: a sample's checksum binds its row, its sample and its video ---------------
+
+def swap_paths(a: Path, b: Path) -> None:
+    tmp = a.with_name(a.name + ".swapping")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+
+
+def test_rows_swapped_with_their_checksums_are_damage_naming_both(data, tmp_path):
+    """Swapping two videos' frame chunks together with their checksum chunks passed --verify: a
+    checksum covered the bytes alone."""
+    import numpy as np
+
+    from trainers import clips, data as training_data
+
+    frames = run(data, tmp_path / "f.zarr").store
+    with store.StoreReader(frames) as r:
+        assert store.binds(r.attrs) and r["frames"].shards[0] == 1 and r["checksum"].chunks[0] == 1  # a file a row
+        videos = r.read("video")
+        before = np.asarray(r["frames"][...])
+    assert har("status", frames, "--verify")[0] == 0
+    for name in ("frames", "checksum"):   # rows 1 and 4: each row's chunk files, as a user would move them
+        swap_paths(frames / name / "c" / "1", frames / name / "c" / "4")
+    with store.StoreReader(frames) as r:   # the bytes moved with their checksums: each row reads, as its neighbour
+        assert np.array_equal(np.asarray(r["frames"][1]), before[4])
+    code, out, _ = har("status", frames, "--verify")
+    assert code == 3 and "damaged" in out and "rows 1" in out and "rows 4" in out, out
+    assert videos[1] in out and videos[4] in out
+    with store.open_input(frames, "frames", "test") as r, pytest.raises(store.DamagedStoreError, match="rows 1, 4"):
+        store.read_rows(r, 0, len(videos))
+    cs = training_data.open_view(frames, "frames")
+    with pytest.raises(store.DamagedStoreError, match="video #1 does not match"):
+        clips.ClipDataset(cs.path, cs.labels, cs.fingerprint)[1, 0]
+    assert not run(data, frames, verify=True).up_to_date   # extract --verify finds it and rebuilds
+    assert store_state(frames, verify=True).current
+
+
+def test_samples_swapped_inside_a_feature_store_are_damage(tmp_path):
+    import numpy as np
+    import zarr
+    from helpers import reversed_pair_features, write_feature_store
+
+    from trainers import data as training_data
+
+    feats, labels, groups = reversed_pair_features(videos_per_class=3, groups=3, frames=4, dim=8)
+    for swap_what in ("rows", "samples"):
+        path = write_feature_store(tmp_path / f"{swap_what}.zarr", feats, labels, groups, ["A", "B", "C", "D"])
+        g = zarr.open_group(str(path), mode="r+")
+        x, sums = np.asarray(g["features"][...]), np.asarray(g["checksum"][...])
+        a, b = ((0, slice(None)), (5, slice(None))) if swap_what == "rows" else ((2, 0), (2, 1))
+        g["features"][a], g["features"][b] = x[b], x[a]
+        g["checksum"][a], g["checksum"][b] = sums[b], sums[a]
+        state = store_state(path, verify=True)
+        assert state.state == "damaged" and "checksums" in state.reason, state
+        with pytest.raises(store.DamagedStoreError, match="do not match their checksums"):
+            training_data.load(path)
+
+
+def as_written_before_binding(path: Path) -> None:
+    """Make `path` a store as har wrote it before checksums bound their place: no attr
+    checksum_binding, each checksum the crc32 of the sample's bytes alone, attrs sealed."""
+    import numpy as np
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r+")
+    name = "features" if g.attrs["kind"] == "features" else "frames"
+    g["checksum"][...] = store.sample_checksums(np.asarray(g[name][...]))
+    attrs = dict(g.attrs)
+    attrs.pop("checksum_binding")
+    attrs["attrs_checksum"] = store.attrs_checksum(attrs)
+    g.attrs.clear()
+    g.attrs.update(attrs)
+
+
+def test_a_store_written_before_checksums_bound_their_place_still_reads_and_is_not_redone(data, tmp_path):
+    """Old stores: read and verified as written; a rerun with nothing changed does nothing (the
+    checksum format is no input of the fingerprint); the next rebuild writes bound checksums."""
+    import numpy as np
+
+    from trainers import clips, data as training_data
+
+    frames = run(data, tmp_path / "f.zarr").store
+    as_written_before_binding(frames)
+    with store.StoreReader(frames) as r:
+        assert not store.binds(r.attrs)
+    assert store_state(frames, verify=True).current
+    code, out, _ = har("status", frames, "--verify")
+    assert code == 0 and "current" in out
+    with store.open_input(frames, "frames", "test") as r:
+        n = len(r.read("video"))
+        old = store.read_rows(r, 0, n)
+    cs = training_data.open_view(frames, "frames")
+    assert np.array_equal(clips.ClipDataset(cs.path, cs.labels, cs.fingerprint)[2, 0][0].numpy(), old[2, 0])
+    meta = (frames / "zarr.json").read_bytes()
+    again = run(data, frames)
+    assert again.up_to_date and (frames / "zarr.json").read_bytes() == meta   # nothing changed: nothing done
+    feat = tmp_path / "feat.zarr"    # a feature store made from it is of the new kind
+    code, _, err = har("features", "--store", frames, "--out", feat, "--backbone", "resnet18", "--weights", "none",
+                       "--device", "cpu", "--resize", "stored")
+    assert code == 0, err
+    with store.StoreReader(feat) as r:
+        assert store.binds(r.attrs)
+    assert store_state(feat, verify=True).current
+
+    sorted(data.rglob("*.avi"))[0].unlink()   # one video gone: rebuilt, the others copied (verified as written)
+    res = run(data, frames)
+    assert res.reused == n - 1 and res.decoded == 0
+    with store.open_input(frames, "frames", "test") as r:
+        assert store.binds(r.attrs)
+        assert np.array_equal(store.read_rows(r, 0, n - 1), old[1:])
+    assert store_state(frames, verify=True).current

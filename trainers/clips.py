@@ -26,7 +26,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, path: Path, labels: np.ndarray, fingerprint: str = ""):
         self.path, self.labels, self.fingerprint = str(path), labels, fingerprint
-        self._frames = self._sums = None
+        self._frames = self._sums = self._videos = None
 
     def _check_version(self) -> None:
         """StoreError when the store at `path` is no longer the version training began with."""
@@ -41,11 +41,13 @@ class ClipDataset(torch.utils.data.Dataset):
             self._check_version()
             r = store.StoreReader(location.of(self.path))
             self._frames, self._sums = r["frames"], np.asarray(r["checksum"][...])  # N x S uint32: small
+            self._videos = r.read("video") if store.binds(r.attrs) else None        # what each checksum covers
         v, s = key
         # checked against its checksum: a lost or changed chunk stops training, never trains on zeros;
         # a store swapped in meanwhile fails its old checksums too, and is then named as replaced
         try:
-            clip = store.read_sample(self._frames, self._sums, location.of(self.path), v, s)
+            clip = store.read_sample(self._frames, self._sums, location.of(self.path), v, s,
+                                     None if self._videos is None else self._videos[v])
         except store.DamagedStoreError:
             self._check_version()
             raise
