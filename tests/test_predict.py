@@ -222,3 +222,114 @@ def test_predict_refuses_bad_options_with_one_line(colour_run, long_video, tmp_p
     r = har("predict", long_video, "--run", run, "--window", 1, "--out", keep)
     assert r.returncode == 2 and "not a har timeline folder" in r.stderr
     assert sorted(p.name for p in keep.iterdir()) == ["thesis.tex"]
+
+
+# ---- the same file twice, a failure half-way, a window too short, a FIFO (issue 28) ---------------
+
+@pytest.mark.parametrize("workers", [None, 1])
+def test_the_same_video_given_twice_is_two_rows_named_as_given(colour_run, tmp_path, workers):
+    """`v.avi w.avi` with w a link to v, `v.avi ../d/v.avi`, `v.avi v.avi`: a row per argument,
+    each naming the video as given (rows kept by position, never by a resolved path)."""
+    run, root = colour_run
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "v.avi").write_bytes(sorted(root.glob("Red/*.avi"))[0].read_bytes())
+    (d / "w.avi").symlink_to("v.avi")
+    given = ["v.avi", "w.avi", "../d/v.avi", "v.avi"]
+    extra = ["--workers", workers] if workers else []
+    (d / "out.csv").write_text(",".join(timeline.csv_header(1, False)) + "\nold.avi,1,,Blue,0.9\n")  # an earlier one
+    r = har("predict", *given, "--run", run, "--csv", "out.csv", "--top", 1, *extra, cwd=d)
+    assert r.returncode == 0, r.stderr
+    with open(d / "out.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(x["video"] for x in rows) == sorted(given)  # any order: rows are written as they come
+    assert all(x["error"] == "" and x["class1"] == "Red" for x in rows), rows
+    r = har("predict", *given, "--run", run, "--top", 1, "--json", *extra, cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert [p["video"] for p in json.loads(r.stdout)["predictions"]] == given  # in the order given
+
+
+def test_timeline_files_of_the_same_name_twice_get_stems_by_position(colour_run, long_video, tmp_path):
+    run, _ = colour_run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / long_video.name).symlink_to(long_video)
+    r = har("predict", long_video, other / long_video.name, "--run", run, "--window", 2, "--out", tmp_path / "tl",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["predictions"]
+    assert [p["video"] for p in got] == [str(long_video), str(other / long_video.name)]
+    assert [os.path.basename(p["files"]["json"]) for p in got] == ["red_then_blue.timeline.json",
+                                                                    "red_then_blue_.timeline.json"]
+
+
+@pytest.mark.parametrize("stop, code", [(RuntimeError("a bug between two videos"), 1), (KeyboardInterrupt(), 130)])
+def test_the_csv_is_replaced_only_after_every_video_is_done(colour_run, tmp_path, monkeypatch, stop, code):
+    run, root = colour_run
+    videos = sorted(root.glob("*/*_g01_c01.avi"))
+    out = tmp_path / "out.csv"
+    assert har("predict", videos[0], "--run", run, "--csv", out).returncode == 0
+    before = out.read_bytes()
+    real, calls = predictor.Predictor.predict, []
+
+    def second_stops(self, path, top=5, timing=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise stop
+        return real(self, path, top, timing)
+
+    monkeypatch.setattr(predictor.Predictor, "predict", second_stops)
+    r = har("predict", *videos, "--run", run, "--csv", out)
+    assert r.returncode == code and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert out.read_bytes() == before  # the earlier CSV, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name != "har_home"] == ["out.csv"]  # no temporary file left
+
+
+@pytest.mark.parametrize("window, fps, frames", [(0.32, 25, 8), (1, 29.97, 30), (0.5, 0, 13), (0.1, 120, 12),
+                                                 (3600, 25, 90000)])
+def test_a_window_of_enough_frames_passes(window, fps, frames):
+    assert timeline.check_window(timeline.Timing(window), fps, "v.avi") == frames
+
+
+@pytest.mark.parametrize("window, fps, message", [
+    (0.001, 25, "a window of 0.001 s is 0.025 frames of v.avi (one frame every 0.04 s at 25 fps); allowed: at least "
+                "8 frames, 0.32 s or more"),
+    (0.3, 25, "is 7.5 frames"),
+    (0.1, 0, "(one frame every 0.04 s at 25 fps, assumed)"),
+    (0.05, 60, "is 3 frames of v.avi (one frame every 0.01667 s at 60 fps); allowed: at least 8 frames, 0.1333 s"),
+])
+def test_a_window_of_fewer_frames_than_the_minimum_is_refused(window, fps, message):
+    assert timeline.MIN_WINDOW_FRAMES == 8
+    with pytest.raises(ValueError) as e:
+        timeline.check_window(timeline.Timing(window), fps, "v.avi")
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("window", [0.001, 0.2])
+def test_predict_refuses_a_window_shorter_than_the_minimum_before_any_work(colour_run, long_video, tmp_path, window):
+    run, _ = colour_run
+    r = har("predict", long_video, "--run", run, "--window", window, "--out", tmp_path / "tl", "--csv", tmp_path / "w.csv")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    for part in (f"a window of {window:g} s", str(long_video), "one frame every 0.04 s at 25 fps", "at least 8 frames"):
+        assert part in lines[0], lines[0]
+    assert not (tmp_path / "tl").exists() and not (tmp_path / "w.csv").exists()
+
+
+def test_a_fifo_is_not_a_regular_file(colour_run, tmp_path):
+    """Given directly: one line saying what it is (not "no such file"); in a folder: skipped with a
+    note, the other videos classified. Never opened: reading a FIFO blocks."""
+    run, root = colour_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    fifo = folder / "pipe.avi"
+    os.mkfifo(fifo)
+    r = har("predict", fifo, "--run", run)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{fifo} is a FIFO (named pipe), not a regular file" in r.stderr and "no such" not in r.stderr
+    good = sorted(root.glob("Green/*.avi"))[0]
+    (folder / good.name).write_bytes(good.read_bytes())
+    r = har("predict", folder, "--run", run, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [os.path.basename(p["video"]) for p in json.loads(r.stdout)["predictions"]] == [good.name]
+    assert "pipe.avi: not a regular file: a FIFO (named pipe); skipped" in r.stderr

@@ -117,3 +117,26 @@ def test_compare_refuses_what_is_not_two_finished_runs(run101, tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     r = har("compare", run101, run101, "--out", tmp_path / "mine")
     assert r.returncode == 2 and (tmp_path / "mine" / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda m: m.update(split="groups"), "key split is 'groups'; allowed: an object with the split's name"),
+    (lambda m: m["test"]["per_class"][3].pop("class"), "key test.per_class[3].class is missing; allowed: a class name"),
+    (lambda m: m.update(test=[1]), "key test is [1]; allowed: an object of metrics"),
+    (lambda m: m["test"]["per_class"][0].update(f1="high"),
+     "key test.per_class[0].f1 is 'high'; allowed: a number from 0 to 1, or NaN"),
+    (lambda m: m.update(epochs_run="many"), "key epochs_run is 'many'; allowed: a whole number >= 0"),
+])
+def test_compare_over_a_damaged_metrics_json_is_one_line_naming_the_file_and_key(run101, tmp_path, tamper, message):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run101, bad)
+    m = json.loads((bad / "metrics.json").read_text())
+    tamper(m)
+    (bad / "metrics.json").write_text(json.dumps(m))
+    r = har("compare", run101, bad, "--out", tmp_path / "cmp")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "internal error" not in r.stderr, r.stderr
+    assert f"{bad / 'metrics.json'}: {message}" in " ".join(r.stderr.split()), r.stderr
+    assert not (tmp_path / "cmp").exists()  # refused before anything is written

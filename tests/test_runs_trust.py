@@ -201,6 +201,90 @@ def test_checkpoint_contents_are_checked(run, store, tmp_path):
         runs.evaluate_run(run)
 
 
+# ---- 3b. metrics.json is read back through one checked reader (compare, cv, serve, up to date) ------
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda m: m.update(split="groups"), "key split is 'groups'; allowed: an object with the split's name"),
+    (lambda m: m["split"].update(name=7), "key split.name is 7; allowed: text"),
+    (lambda m: m["test"]["per_class"][0].pop("class"), "key test.per_class[0].class is missing; allowed: a class name"),
+    (lambda m: m.update(test=[1]), "key test is [1]; allowed: an object of metrics"),
+    (lambda m: m["test"]["per_class"][1].update(f1="high"),
+     "key test.per_class[1].f1 is 'high'; allowed: a number from 0 to 1, or NaN"),
+    (lambda m: m["test"]["per_class"].append(dict(m["test"]["per_class"][0])),
+     "key test.per_class[4].class is 'Grow'; allowed: a class name (text), each once in test.per_class"),
+    (lambda m: m["test"]["per_class"].append(3), "key test.per_class[4] is 3"),
+    (lambda m: m["test"].pop("top1"), "key test.top1 is missing"),
+    (lambda m: m["test"].update(top5=float("inf")), "key test.top5 is inf"),
+    (lambda m: m["test"].update(f1_macro=1.5), "key test.f1_macro is 1.5; allowed: a number from 0 to 1"),
+    (lambda m: m["val"].update(videos=-3), "key val.videos is -3; allowed: a whole number >= 0"),
+    (lambda m: m.update(epochs_run=True), "key epochs_run is True; allowed: a whole number >= 0"),
+    (lambda m: m.pop("fingerprint"), "key fingerprint is missing; allowed: text"),
+    (lambda m: m.update(joint=True), "key val.datasets is missing; allowed: an object of each dataset's metrics"),
+    (lambda m: m["test"].update(datasets={"a": {"videos": 1}}), "key test.datasets.a.top1 is missing"),
+    (lambda m: m.update(alone={"a": 1}), "key alone.a is 1"),
+    (lambda m: m.update(backbone=["r", 18]), "key backbone is ['r', 18]; allowed: text or null"),
+])
+def test_a_damaged_metrics_json_is_one_line_naming_the_file_and_key(run, tamper, message):
+    _edit_json(run / "metrics.json", tamper)
+    with pytest.raises(ValueError) as e:
+        runs.read_metrics(run)
+    assert str(e.value).startswith(f"{run / 'metrics.json'}: {message}"), str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).endswith(runs.RUN_REMEDY)
+
+
+def test_a_sound_metrics_json_reads_as_written_and_a_missing_one_is_an_unfinished_run(run):
+    assert json.dumps(runs.read_metrics(run)) == json.dumps(json.loads((run / "metrics.json").read_text()))
+    (run / "metrics.json").unlink()
+    with pytest.raises(ValueError, match=r"run is not finished \(no metrics\.json\)"):
+        runs.read_metrics(run)
+
+
+def test_an_up_to_date_rerun_checks_metrics_json_before_saying_so(run, store):
+    """The fingerprint matches (the same command): the rest of metrics.json is what the command
+    prints, so a damaged key is one line, never a KeyError after "up to date"."""
+    cfg = _rc(store, run)
+    assert head_task.train_head(cfg).up_to_date
+    _edit_json(run / "metrics.json", lambda m: m["test"].pop("videos"))
+    with pytest.raises(ValueError, match=r"metrics\.json: key test\.videos is missing"):
+        head_task.train_head(cfg)
+
+
+def test_cv_reads_its_finished_folds_through_the_checked_reader(store, tmp_path):
+    out = tmp_path / "cv"
+    cmd = ("cv", "mean", "--features", store, "--epochs", 1, "--out", out, "--tracker", "none")
+    first = _cli(*cmd)
+    assert first.returncode == 0, first.stderr
+    fold = sorted(p for p in out.iterdir() if (p / "metrics.json").exists())[1]
+    _edit_json(fold / "metrics.json", lambda m: m["test"].update(f1_macro="high"))
+    cv_json = (out / "cv.json").read_bytes()
+    _one_line_exit_2(_cli(*cmd), f"{fold / 'metrics.json'}: key test.f1_macro is 'high'; allowed: a number")
+    assert (out / "cv.json").read_bytes() == cv_json
+
+
+# ---- 3c. "up to date" is said only over a best.pt that every reader would load --------------------
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p, marker: torch.save({"model": Crafted(marker)}, p), "refused unread"),
+    (lambda p, marker: _truncate(p), "is not a readable har checkpoint"),
+    (lambda p, marker: torch.save({"model": {"w": torch.zeros(3)}}, p), "does not fit this run's model"),
+])
+def test_train_head_is_not_up_to_date_over_a_best_pt_that_is_not_its_own(store, tmp_path, damage, message):
+    out = tmp_path / "r"
+    cmd = ("train-head", "mean", "--features", store, "--epochs", 1, "--out", out, "--tracker", "none")
+    first = _cli(*cmd)
+    assert first.returncode == 0, first.stderr
+    assert "up to date" in _cli(*cmd).stdout
+    marker = tmp_path / "pwned"
+    damage(out / "best.pt", marker)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    res = _cli(*cmd)
+    _one_line_exit_2(res, str(out / "best.pt"), message, "har does not train over a file it did not write")
+    assert "up to date" not in res.stdout + res.stderr
+    assert not marker.exists(), "unpickling best.pt ran code"
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k != ".lock"}  # nothing trained over it
+
+
 # ---- 4. every setting in its range: nan, inf and out-of-range values name the value -----------------
 
 @pytest.mark.parametrize("kw, message", [

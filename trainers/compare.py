@@ -3,9 +3,9 @@ R3D with R(2+1)D by hand.
 
 One table of each run's test metrics with what makes them comparable or not (model, store,
 backbone and weights, split, seed, epochs); the validation curves overlaid; and per class the F1
-of every run and its difference from the first run. Reads only finished runs (runs.load_run
-checks each); writes, with --out, compare.md, compare.csv, compare_per_class.csv and
-compare_curves.png into a folder of its own.
+of every run and its difference from the first run. Reads only finished runs (runs.load_run and
+runs.read_metrics check each); writes, with --out, compare.md, compare.csv, compare_per_class.csv
+and compare_curves.png into a folder of its own.
 """
 from __future__ import annotations
 
@@ -32,16 +32,13 @@ class Comparison:
 
 def _row(run_dir: Path) -> tuple[dict, list[dict], dict]:
     cfg, lin, kind = runs.load_run(run_dir)
-    done = Path(run_dir) / "metrics.json"
-    if not done.exists():
-        raise ValueError(f"{run_dir} is not finished (no metrics.json): run its training command again to finish it")
-    m = rundir.read_json(done, runs.RUN_REMEDY)
+    m = runs.read_metrics(run_dir)  # every key read below checked, or one line naming it
     hist = _history(Path(run_dir) / "history.json")
-    test = m.get("test", {})
+    test = m["test"]
     row = {"run": Path(run_dir).name, "kind": kind.name, "model": m.get("model"),
            "store": Path(str(m.get("features") or m.get("frames") or "")).name, "dataset": m.get("dataset"),
            "backbone": m.get("backbone") or "-", "weights": "pretrained" if m.get("pretrained") else "random init",
-           "split": m.get("split", {}).get("name"), "seed": cfg.seed, "epochs": m.get("epochs_run"),
+           "split": m["split"]["name"], "seed": cfg.seed, "epochs": m.get("epochs_run"),
            "best_epoch": m.get("best_epoch"), "train_seconds": m.get("train_seconds"), "test_videos": test.get("videos"),
            **{k: test.get(k) for k in METRICS}}
     return row, hist, test

@@ -76,7 +76,7 @@ def _cv(cfg: RunConfig, path: Path, names: list[str], folds: str, out: Path,
             on_fold(row)
     keys = [k for k in METRICS if k in rows[0]]
     summary = {"head": cfg.train.head, "features": str(path), "folds": folds,
-               **{k: metrics.summary([r[k] for r in rows if not np.isnan(r[k])]) for k in keys}}
+               **{k: metrics.summary([r[k] for r in rows if k in r and not np.isnan(r[k])]) for k in keys}}
     rundir.write_json(out / "cv.json", {"summary": summary, "folds": rows})
     rundir.write_text(out / "cv.md", markdown(summary, rows, keys))
     return CVResult(out.absolute(), rows, summary)

@@ -49,6 +49,8 @@ def read_json(path: Path, remedy: str) -> dict:
         raise RunError(f"{path} is missing; {remedy}") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise RunError(f"{path} is not valid JSON ({e}); {remedy}") from None
+    except RecursionError:  # [[[[...]]]] nested beyond Python's stack
+        raise RunError(f"{path} is nested too deeply to be har's; {remedy}") from None
     if not isinstance(obj, dict):
         raise RunError(f"{path} holds a JSON {type(obj).__name__}, not an object; {remedy}")
     return obj

@@ -10,11 +10,13 @@ store's fingerprint, so the same command again finds its finished run and does n
 interrupted one resumes from last.pt. `metrics.json` is written last: a folder with it is a
 finished run. A run holds `.lock` (rundir.claimed) while it writes, so a second har into the
 same folder is refused. `load_run` and `evaluate_run` read any run back through the task
-registry; config.json and lineage.json are untrusted input (every key checked).
+registry; config.json and lineage.json are untrusted input (every key checked), and so is
+metrics.json wherever it is read back (`read_metrics`: compare, cv, serve, an up-to-date rerun).
 """
 from __future__ import annotations
 
 import logging
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import lineage, store
-from trainers import data, distributed, loop, metrics, report, rundir, tasks
+from trainers import checkpoint, data, distributed, loop, metrics, report, rundir, tasks
 from trainers.tracker import check_tracker, open_tracker
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,7 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
     if done.exists():
         old = rundir.read_json(done, "delete it and run the same command again to finish the run")
         if old.get("fingerprint") == fp:
-            return RunResult(run_dir, True, old, warns)
+            return RunResult(run_dir, True, _finished(job, run_dir), warns)
         if named:
             raise ValueError(f"--out {run_dir} holds another run (different config or data); "
                              "choose another directory or remove it")
@@ -139,6 +141,19 @@ def _execute(job: Job, run_dir: Path, fp: str, named: bool, on_epoch: Callable[[
         if board is not None:
             board.close(failed)
             warns += board.warnings
+
+
+def _finished(job: Job, run_dir: Path) -> dict:
+    """The summary of a finished run, read back as untrusted input: metrics.json checked
+    (`read_metrics`) and best.pt loaded as every reader loads it (weights_only=True, into this run's
+    model), so "up to date" is never said over a run that predict, evaluate or export would refuse.
+    A best.pt that is not har's is not har's to replace: RunError, and nothing is trained over it."""
+    summary = read_metrics(run_dir)
+    best = run_dir / "best.pt"
+    remedy = (f"restore it, or delete {run_dir} and run the same command again (har does not train over a file "
+              "it did not write)")
+    checkpoint.load_weights(job.task.build(job.cfg, None), checkpoint.read(best, "cpu", remedy), best, remedy)
+    return summary
 
 
 def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict], None] | None,
@@ -221,6 +236,107 @@ def config_from(cls, raw: dict, path: Path, prefix: str = ""):
         else:
             raise rundir.RunError(f"{path}: {prefix}{k} is {v!r:.60}; allowed: {hint}; {RUN_REMEDY}")
     return cls(**values)
+
+
+# every evaluation's summary numbers (metrics.classification; a joint run's means), each a rate from 0
+# to 1 or NaN (undefined: no test video of a class, one class only)
+RATES = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
+         "f1_weighted", "roc_auc_ovr_macro")
+PER_CLASS_RATES = ("f1", "precision", "recall", "top5", "auc", "ap")  # f1 needed (compare), the others when there
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """The metrics.json of a finished run, checked key by key wherever har reads it back (compare,
+    cv and an up-to-date rerun's summary, serve's run list): the parsed document, or RunError (a
+    ValueError) naming the file, the key and what is allowed. A folder without metrics.json is not
+    a finished run (RunError too). Keys har does not read back (confusion, curves, config) are not
+    checked.
+
+    Checked: fingerprint, model (text); split (an object with its name; its sizes whole numbers);
+    best_epoch, epochs_run (whole numbers), train_seconds (seconds); val and test: videos and every
+    rate of RATES, reversed_pairs_top1 when there, per_class rows each naming its class once with
+    its f1, and a joint run's (`"joint": true`) metrics per dataset under `datasets`; alone (joint):
+    each dataset's own run's rates; describe, features, frames, dataset, backbone: text or null.
+
+    For example a metrics.json holding `"split": "groups"` is the one line `RUN/metrics.json: key
+    split is 'groups'; allowed: an object with the split's name and sizes; train the run again or
+    restore the file`; a caller that can go on without a run's metrics (serve) catches ValueError.
+    """
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        raise rundir.RunError(f"{run_dir} is not finished (no metrics.json): run its training command again to "
+                              "finish it")
+    m = rundir.read_json(path, RUN_REMEDY)
+    count = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0")
+    seconds = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf,
+               "a number of seconds >= 0")
+    rate = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isnan(v) or 0 <= v <= 1),
+            "a number from 0 to 1, or NaN")
+    text = (lambda v: isinstance(v, str), "text")
+    text_or_null = (lambda v: v is None or isinstance(v, str), "text or null")
+
+    def bad(name: str, value, allowed: str) -> rundir.RunError:
+        return rundir.RunError(f"{path}: key {name} is {value!r:.60}; allowed: {allowed}; {RUN_REMEDY}")
+
+    def check(obj: dict, key: str, name: str, kind: tuple, needed: bool = True) -> None:
+        ok, allowed = kind
+        if key not in obj:
+            if needed:
+                raise rundir.RunError(f"{path}: key {name} is missing; allowed: {allowed}; {RUN_REMEDY}")
+        elif not ok(obj[key]):
+            raise bad(name, obj[key], allowed)
+
+    def evaluation(obj: dict, key: str, name: str, joint: bool | None) -> None:
+        """obj[key]: one evaluation; joint True: with each dataset's under `datasets`, None: those
+        checked when there, False: a dataset's own (its `datasets`, never written, not read)."""
+        check(obj, key, name, (lambda v: isinstance(v, dict), "an object of metrics (videos, top1, top5, ...)"))
+        ev = obj[key]
+        check(ev, "videos", f"{name}.videos", count)
+        for k in RATES:
+            check(ev, k, f"{name}.{k}", rate)
+        check(ev, "reversed_pairs_top1", f"{name}.reversed_pairs_top1", rate, needed=False)
+        check(ev, "per_class", f"{name}.per_class", (lambda v: isinstance(v, list), "a list of per-class rows"),
+              needed=False)
+        classes: set[str] = set()
+        for i, row in enumerate(ev.get("per_class", [])):
+            at = f"{name}.per_class[{i}]"
+            if not isinstance(row, dict):
+                raise bad(at, row, "an object with its class and metrics")
+            check(row, "class", f"{at}.class", (lambda v: isinstance(v, str) and v not in classes,
+                                                f"a class name (text), each once in {name}.per_class"))
+            classes.add(row["class"])
+            for k in PER_CLASS_RATES:
+                check(row, k, f"{at}.{k}", rate, needed=k == "f1")
+            check(row, "support", f"{at}.support", count, needed=False)
+        if joint or (joint is None and "datasets" in ev):
+            check(ev, "datasets", f"{name}.datasets", (lambda v: isinstance(v, dict) and len(v) > 0,
+                                                       "an object of each dataset's metrics (a joint run)"))
+            for d in ev["datasets"]:
+                evaluation(ev["datasets"], d, f"{name}.datasets.{d}", False)
+
+    check(m, "fingerprint", "fingerprint", text)
+    check(m, "model", "model", text)
+    check(m, "split", "split", (lambda v: isinstance(v, dict), "an object with the split's name and sizes"))
+    check(m["split"], "name", "split.name", text)
+    for k in ("train", "val", "test"):
+        check(m["split"], k, f"split.{k}", count, needed=False)
+    check(m["split"], "leakage", "split.leakage", rate, needed=False)
+    for k in ("best_epoch", "epochs_run"):
+        check(m, k, k, count)
+    check(m, "train_seconds", "train_seconds", seconds)
+    check(m, "best_val_acc", "best_val_acc", rate, needed=False)
+    for k in ("stopped_early", "pretrained", "joint"):
+        check(m, k, k, (lambda v: isinstance(v, bool), "true or false"), needed=False)
+    for k in ("describe", "features", "frames", "dataset", "backbone"):
+        check(m, k, k, text_or_null, needed=False)
+    for k in ("val", "test"):
+        evaluation(m, k, k, True if m.get("joint") else None)
+    check(m, "alone", "alone", (lambda v: isinstance(v, dict), "an object of each dataset's own run"), needed=False)
+    for d, own in m.get("alone", {}).items():
+        check(m["alone"], d, f"alone.{d}", (lambda v: isinstance(v, dict), "an object with its run's rates"))
+        for k in ("top1", "f1_macro", "val_top1"):
+            check(own, k, f"alone.{d}.{k}", rate, needed=False)
+    return m
 
 
 def load_run(run_dir: Path) -> tuple[loop.LoopConfig, dict, tasks.TaskKind]:
