@@ -474,6 +474,8 @@ def predict(
         err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
     if not files:
         raise ValueError(f"no video files in {', '.join(map(str, videos))}")
+    if timing is not None:
+        predictor.check_windows(files, timing)
     model = predictor.load(run_dir, device, labels)  # the run checked before anything is written
     folder = None
     if timing is not None:
@@ -481,54 +483,24 @@ def predict(
 
         folder = outputs.marked_folder(out_dir if out_dir is not None else run_dir / "timeline", "timeline", files)
     sheet = predictor.CsvOut(csv_path, top, timing is not None, files) if csv_path is not None else None
-    results: dict[str, dict] = {}
-    stems: set[str] = set()
-    ok = False
+    ok, seen = False, 0
     try:
         with progress("classifying") as update:
-            def take(batch: list[dict]) -> None:
-                for r in batch:
-                    probs = r.pop("probabilities", None)
-                    if probs is not None:
-                        stem = Path(r["video"]).stem
-                        while stem in stems:
-                            stem += "_"
-                        stems.add(stem)
-                        r["files"] = timeline.write(folder, stem, r, probs, model.classes, top)
-                    results[r["video"]] = r
-                    if sheet is not None:
-                        sheet.add(r)
-                    if "error" in r and not as_json:
-                        err.print(f"[red]{escape(r['video'] + ': ' + r['error'])}[/]", highlight=False)
-                update(len(results), len(files))
+            def shown(r: dict) -> None:
+                nonlocal seen
+                seen += 1
+                if sheet is not None:
+                    sheet.add(r)
+                if "error" in r and not as_json:
+                    err.print(f"[red]{escape(r['video'] + ': ' + r['error'])}[/]", highlight=False)
+                update(seen, len(files))
 
-            if workers is None and scheduler is None:
-                for f in files:
-                    take([model.predict(f, top, timing)])
-            else:
-                from pipeline import cluster
-
-                size = max(1, min(8, len(files) // (4 * (workers or 2))))
-                shown = {str(f.resolve()): str(f) for f in files}  # workers get absolute paths; rows say the given ones
-
-                def take_shown(batch: list[dict]) -> None:
-                    take([{**r, "video": shown.get(r["video"], r["video"])} for r in batch])
-
-                tasks = [predictor.PredictTask(str(run_dir.resolve()), device,
-                                               tuple(str(f.resolve()) for f in files[i:i + size]), top, timing,
-                                               labels)
-                         for i in range(0, len(files), size)]
-                def lost(task, e: Exception) -> None:  # a worker died on these videos (or the run failed to load)
-                    take_shown([{"video": v, "error": f"the worker failed: {type(e).__name__}: {e}"}
-                                for v in task.videos])
-
-                cluster.run_tasks(predictor.predict_task, tasks, take_shown, scheduler=scheduler, workers=workers,
-                                  on_error=lost)
+            ordered = predictor.classify(model, files, top, timing, folder, shown, device=device, labels=labels,
+                                         workers=workers, scheduler=scheduler)
         ok = True
     finally:
         if sheet is not None:
-            sheet.close(ok)
-    ordered = [results[str(f)] for f in files]
+            sheet.close(ok)  # the CSV replaced only now, every row written; else the old one stays
     failed = sum("error" in r for r in ordered)
     if as_json:
         print(json.dumps({"run": str(run_dir), "predictions": ordered}, indent=2))
@@ -563,6 +535,11 @@ def serve(
     queue: Annotated[int, opt("--queue", help="Requests that may wait for a worker; more get 503.")] = 64,
     max_upload_mb: Annotated[float, opt("--max-upload-mb", help="Largest upload (413 beyond).")] = 200.0,
     max_seconds: Annotated[float, opt("--max-seconds", help="Longest video accepted, in seconds (413 beyond).")] = 3600.0,
+    uploads: Annotated[int, opt("--uploads", help="Uploads received at once (503 beyond).")] = 8,
+    per_client: Annotated[int, opt("--per-client", help="Requests at once from one address (429 beyond).")] = 8,
+    body_timeout: Annotated[float, opt("--body-timeout", help="Seconds an upload may take (408 beyond).")] = 300.0,
+    allow_host: Annotated[Optional[list[str]], opt("--allow-host", help="Another name clients may use in the Host "
+                          "header (repeatable; * for any). Default: the bound address and localhost.")] = None,
     device: Device = "auto",
 ):
     """A web page and an HTTP API over trained runs: drop a video, see its top classes, Grad-CAM
@@ -583,7 +560,9 @@ def serve(
     from trainers import server
 
     cfg = server.ServeConfig(tuple(run_dirs), host=host, port=port, workers=workers, queue=queue,
-                             max_upload_mb=max_upload_mb, max_seconds=max_seconds, device=device)
+                             max_upload_mb=max_upload_mb, max_seconds=max_seconds, uploads=uploads,
+                             per_client=per_client, body_timeout=body_timeout, allow_hosts=tuple(allow_host or ()),
+                             device=device)
     cfg.validate()
 
     def ready(served: dict, bound: int) -> None:

@@ -13,7 +13,10 @@ placeholder packets decode to no frame) always takes the full path.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -65,6 +68,33 @@ class VideoError(Exception):
     def __init__(self, message: str, permanent: bool = False):
         super().__init__(message)
         self.permanent = permanent
+
+
+class Cancelled(Exception):
+    """The caller stopped waiting for this decode (a server's client left, or the server is
+    stopping): raised between packets by every decoding loop here. Not a VideoError: the file is
+    not to blame, and nothing catching VideoError swallows it."""
+
+
+_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("har_video_stop", default=None)
+
+
+@contextlib.contextmanager
+def stoppable(stop: threading.Event) -> Iterator[None]:
+    """Within this block (in this thread or context), decoding raises Cancelled soon after `stop`
+    is set; callers that score between decodes call `check_stop` too."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def check_stop() -> None:
+    """Cancelled when the enclosing `stoppable` block's event is set; else nothing (one lookup)."""
+    stop = _STOP.get()
+    if stop is not None and stop.is_set():
+        raise Cancelled("stopped: the caller no longer waits for this video")
 
 
 PERMANENT = " [permanent]"  # marks a stored error that a rerun does not retry while the file is unchanged
@@ -150,7 +180,11 @@ def count_packets(path: Path) -> int:
 
 
 def _packets(container, stream) -> int:
-    return sum(1 for p in container.demux(stream) if p.size)
+    n = 0
+    for p in container.demux(stream):
+        check_stop()
+        n += bool(p.size)
+    return n
 
 
 def frames(path: Path, threads: int = 0) -> Iterator[tuple[int, object]]:
@@ -170,6 +204,7 @@ def frames(path: Path, threads: int = 0) -> Iterator[tuple[int, object]]:
     with container:
         try:
             for packet in container.demux(stream):
+                check_stop()
                 try:
                     decoded = stream.decode(packet)
                 except av.error.InvalidDataError:
@@ -244,6 +279,7 @@ def packet_plan(path: Path) -> PacketPlan | None:
     with container:
         try:
             for p in container.demux(stream):
+                check_stop()
                 if not p.size:
                     continue
                 if p.pts is None or p.size < SMALL_PACKET:
@@ -316,6 +352,7 @@ def scan_sparse(path: Path, plan: PacketPlan, wanted: Iterable[int], on_frame: C
         pos = 0
         try:
             for packet in container.demux(stream):
+                check_stop()
                 if not packet.size:
                     continue
                 if pos > stop:

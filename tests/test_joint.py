@@ -169,7 +169,7 @@ def test_serve_offers_a_joint_run_once_per_dataset(video_joint):
     run, colours, _ = video_joint
     cfg = server.ServeConfig((run,), device="cpu")
     asgi, _ = server.create_app(cfg, server.load_runs(cfg))
-    with TestClient(asgi) as c:
+    with TestClient(asgi, base_url="http://127.0.0.1") as c:
         listed = {r["name"]: r for r in c.get("/api/runs").json()["runs"]}
         assert set(listed) == {f"{run.name}:folder", f"{run.name}:synthetic"}
         assert set(listed[f"{run.name}:folder"]["classes"]) == {"Red", "Green", "Blue"}
@@ -180,6 +180,8 @@ def test_serve_offers_a_joint_run_once_per_dataset(video_joint):
         r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())}, data={"run": f"{run.name}:folder"})
         assert r.status_code == 200, r.text
         assert r.json()["predictions"][0]["top"][0]["class"] == "Red"
+        r = c.post("/api/explain", files={"file": (v.name, v.read_bytes())}, data={"run": f"{run.name}:folder"})
+        assert r.status_code == 422 and "trained jointly" in r.json()["detail"]  # one line, never a 500
 
 
 def test_hostile_dataset_names_become_safe_folder_names_and_splits_go_per_dataset(tmp_path):

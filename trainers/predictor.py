@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import datasets, extract, video
+from pipeline import datasets, extract, lineage, video
 from trainers import loop, rundir, runs, tasks, timeline
 
 
@@ -61,16 +62,17 @@ class Predictor:
     def _probabilities(self, batch: list[np.ndarray]) -> np.ndarray:
         """(B, K, T, H, W, 3) windows -> (B, C) probabilities, clip probabilities averaged."""
         k = batch[0].shape[0]
+        video.check_stop()  # a server's client that left: no more scoring for it
         with torch.inference_mode(), loop.autocast(self.config, self.device):
             logits = self.score(np.concatenate(batch))
         return torch.softmax(logits.float(), dim=1).view(len(batch), k, -1).mean(1).cpu().numpy()
 
-    def timeline(self, path: Path, top: int, timing: timeline.Timing) -> dict:
+    def timeline(self, path: Path, top: int, timing: timeline.Timing, frames: int | None = None) -> dict:
         """Sliding windows over one video (trainers.timeline): {"video", "fps", "duration", "window",
         "stride", "windows": [{"start", "end", "top"}], "segments": [{"label", "start", "end",
         "probability", "windows"}], "probabilities": (W, C) array (not JSON: popped by callers)}, or
-        {"video", "error"}."""
-        n = None
+        {"video", "error"}. `frames`: the frame count when the caller has counted it already."""
+        n = frames
         for _attempt in range(2):  # as extract does: when decoding finds another count, plan again on it
             seen: dict = {}
             probs, batch, spans = [], [], []
@@ -168,10 +170,22 @@ def label_sets(run_dir: Path) -> list[str | None]:
 def find_videos(paths: list[Path]) -> tuple[list[Path], list[str]]:
     """The files to classify, in order, and notes on what was skipped. A file is taken as given; a
     folder is walked (sorted, hidden entries skipped, files with a video suffix; a link that leads
-    outside the folder is not followed). Missing paths: ValueError."""
-    missing = [str(p) for p in paths if not (Path(p).is_file() or Path(p).is_dir())]
+    outside the folder is not followed; a FIFO, socket or device is skipped: opening one may block).
+    A missing path, or one given that is not a regular file or a folder: ValueError."""
+    missing, special = [], []
+    for p in map(Path, paths):
+        try:
+            st = p.stat()
+        except (OSError, ValueError):  # ValueError: a NUL byte in the name
+            missing.append(str(p))
+            continue
+        why = lineage.special_file(st)
+        if why and not stat.S_ISDIR(st.st_mode):
+            special.append(f"{p} is {why.removeprefix('not a regular file: ')}, not a regular file")
     if missing:
         raise ValueError(f"no such video file or folder: {', '.join(missing)}")
+    if special:
+        raise ValueError(f"{'; '.join(special)}; allowed: video files or folders")
     found: list[Path] = []
     notes: list[str] = []
     for p in map(Path, paths):
@@ -189,6 +203,13 @@ def find_videos(paths: list[Path]) -> tuple[list[Path], list[str]]:
                 except datasets.DatasetError as e:
                     notes.append(f"{e}; skipped")
                     continue
+                try:
+                    why = lineage.special_file((p / rel).stat())
+                except OSError:
+                    why = ""  # a dangling link: its row says why it failed
+                if why:
+                    notes.append(f"{p / rel}: {why}; skipped")
+                    continue
                 found.append(p / rel)
     return found, notes
 
@@ -202,6 +223,7 @@ class PredictTask:
     top: int
     timing: timeline.Timing | None = None
     labels: str | None = None          # a joint run: whose classes
+    positions: tuple[int, ...] = ()    # each video's place among the files given (default 0, 1, ...)
 
 
 @functools.lru_cache(maxsize=2)
@@ -209,10 +231,76 @@ def _loaded(run_dir: str, device: str, labels: str | None) -> Predictor:
     return load(Path(run_dir), device, labels)
 
 
-def predict_task(task: PredictTask) -> list[dict]:
-    """Run on a Dask worker (or in this process): the results of the task's videos, in order."""
+def predict_task(task: PredictTask) -> list[tuple[int, dict]]:
+    """Run on a Dask worker (or in this process): (position, result) of each of the task's videos."""
     p = _loaded(task.run_dir, task.device, task.labels)
-    return [p.predict(Path(v), task.top, task.timing) for v in task.videos]
+    positions = task.positions or tuple(range(len(task.videos)))
+    return [(i, p.predict(Path(v), task.top, task.timing)) for i, v in zip(positions, task.videos)]
+
+
+def check_windows(files: list[Path], timing: timeline.Timing) -> None:
+    """Every video's windows are long enough (timeline.check_window on its frame rate), checked
+    before any is classified; a file that cannot be probed is left to fail in its own row."""
+    for f in files:
+        try:
+            fps = video.probe(f).fps
+        except Exception:  # noqa: BLE001 - unreadable: classify records why, in its row
+            continue
+        timeline.check_window(timing, fps, str(f))
+
+
+def classify(model: Predictor, files: list[Path], top: int = 5, timing: timeline.Timing | None = None,
+             folder: Path | None = None, on_result: Callable[[dict], None] | None = None, *,
+             device: str = "auto", labels: str | None = None, workers: int | None = None,
+             scheduler: str | None = None) -> list[dict]:
+    """Every file's result, in the order given, each naming its video as given: rows are kept by
+    position, never by a resolved path, so a file given twice (`v.avi v.avi`, `v.avi ../d/v.avi`,
+    a link to it) is two rows. `on_result(row)` as each is done (any order). With `timing`, each
+    video's timeline files go to `folder` (<stem>.timeline.*, the stems made unique by position:
+    v, v_) and the row names them. In this process unless `workers` or `scheduler` is given (a Dask
+    cluster: each worker loads the run once, from `device` and `labels` as `load` takes them); a
+    worker that dies fails only its videos' rows."""
+    rows: list[dict | None] = [None] * len(files)
+    stems: list[str] = []
+    for f in files:
+        stem = f.stem
+        while stem in stems:
+            stem += "_"
+        stems.append(stem)
+
+    def take(i: int, r: dict) -> None:
+        r = {**r, "video": str(files[i])}  # workers see absolute paths; the row says what the user gave
+        probs = r.pop("probabilities", None)
+        if probs is not None:
+            r["files"] = timeline.write(folder, stems[i], r, probs, model.classes, top)
+        rows[i] = r
+        if on_result is not None:
+            on_result(r)
+
+    if workers is None and scheduler is None:
+        for i, f in enumerate(files):
+            take(i, model.predict(f, top, timing))
+    else:
+        from pipeline import cluster
+
+        size = max(1, min(8, len(files) // (4 * (workers or 2))))
+        tasks = [PredictTask(str(model.run_dir.resolve()), device, tuple(str(f.resolve()) for f in files[i:i + size]),
+                             top, timing, labels, tuple(range(i, min(i + size, len(files)))))
+                 for i in range(0, len(files), size)]
+
+        def done(batch: list[tuple[int, dict]]) -> None:
+            for i, r in batch:
+                take(i, r)
+
+        def lost(task: PredictTask, e: Exception) -> None:  # a worker died on these videos (or the run failed to load)
+            for i in task.positions:
+                take(i, {"video": str(files[i]), "error": f"the worker failed: {type(e).__name__}: {e}"})
+
+        cluster.run_tasks(predict_task, tasks, done, scheduler=scheduler, workers=workers, on_error=lost)
+    unanswered = [str(files[i]) for i, r in enumerate(rows) if r is None]
+    if unanswered:
+        raise RuntimeError(f"no result for {', '.join(unanswered[:5])}")  # a bug: every task answers or fails
+    return rows
 
 
 class CsvOut:

@@ -2,11 +2,12 @@
 
 Windows of `window` seconds start every `stride` seconds (converted to frames with the video's own
 average frame rate); the last window ends at the last frame, so the end of the video is always
-covered. Each window is sampled as the run's recipe samples a whole video (its strategy, T
-frames, K clips, deterministic: the test-time choice), scored, and its clip probabilities
-averaged. Decoding streams: frames are resized to the stored size as they are decoded and only
-the windows still open are held, so memory is bounded by window / stride windows of K x T stored
-frames, whatever the video's length.
+covered; a window spans at least MIN_WINDOW_FRAMES frames of its video (`check_window`: predict
+and serve refuse a shorter one before decoding). Each window is sampled as the run's recipe
+samples a whole video (its strategy, T frames, K clips, deterministic: the test-time choice),
+scored, and its clip probabilities averaged. Decoding streams: frames are resized to the stored
+size as they are decoded and only the windows still open are held, so memory is bounded by
+window / stride windows of K x T stored frames, whatever the video's length.
 
 Segments merge consecutive windows with the same top-1 class. A boundary between two windows
 that disagree is put halfway between their centres (the windows overlap, so it falls inside
@@ -27,6 +28,9 @@ from pipeline.recipe import Recipe
 MAX_SECONDS = 3600.0  # one window or stride at most an hour
 BATCH = 8             # windows scored together
 MAX_OPEN = 64         # windows overlapping one frame (window / stride) at most
+MIN_WINDOW_FRAMES = 8  # a window spans at least this many frames of its video: shorter ones say nothing
+                       # of motion and multiply the work (one window per frame and more)
+ASSUMED_FPS = 25.0     # a stream without a frame rate: as players assume
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,44 @@ class Timing:
         return self.stride if self.stride is not None else self.window / 2
 
 
+def window_frames(timing: Timing, fps: float) -> int:
+    """The window's length in frames of a video at `fps` (rounded half up; no rate: ASSUMED_FPS)."""
+    return int(timing.window * (fps if fps > 0 else ASSUMED_FPS) + 0.5)
+
+
+def check_window(timing: Timing, fps: float, video: str) -> int:
+    """The window's length in frames of `video` (a name for the message) at `fps` (no rate:
+    ASSUMED_FPS); ValueError naming the window, the video's frame period and the shortest window
+    allowed when it spans fewer than MIN_WINDOW_FRAMES frames. For example 0.1 s at 25 fps is 2.5
+    frames: refused, allowed 0.32 s or more."""
+    rate = fps if fps > 0 else ASSUMED_FPS
+    if timing.window * rate < MIN_WINDOW_FRAMES - 1e-6:  # the tolerance: 0.32 s x 25 fps is 8 frames
+        raise ValueError(f"a window of {timing.window:g} s is {timing.window * rate:.3g} frames of {video} (one frame "
+                         f"every {1 / rate:.4g} s at {rate:.4g} fps{'' if fps > 0 else ', assumed'}); allowed: at "
+                         f"least {MIN_WINDOW_FRAMES} frames, {MIN_WINDOW_FRAMES / rate:.4g} s or more")
+    return window_frames(timing, fps)
+
+
+def window_count(n: int, fps: float, timing: Timing) -> int:
+    """len(plan(n, fps, timing)), counted without listing the windows (a server checks a request's
+    budget with it before any list is made)."""
+    if n < 1:
+        return 0
+    fps = fps if fps > 0 else ASSUMED_FPS
+    wf = max(1, int(timing.window * fps + 0.5))
+    if n <= wf:
+        return 1
+    step = max(timing.step * fps, 1.0)
+    k = int((n - wf) / step + 1e-9) + 1
+    return k + (int((k - 1) * step + 0.5) + wf < n)
+
+
 def plan(n: int, fps: float, timing: Timing) -> list[tuple[int, int]]:
     """[start, end) frame ranges of the windows of a video of n frames at fps frames per second."""
     if n < 1:
         return []
-    fps = fps if fps > 0 else 25.0  # a stream without a rate: 25, as players assume
-    wf = max(1, int(timing.window * fps + 0.5))
+    fps = fps if fps > 0 else ASSUMED_FPS
+    wf = max(1, window_frames(timing, fps))
     if n <= wf:
         return [(0, n)]
     # start k at k * stride seconds, rounded half up: no drift over an hour at 12.5 frames a stride
@@ -96,7 +132,7 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None,
     seen = {} if seen is None else seen
     info = video.probe(path)
     n = frame_count(path) if n is None else n
-    fps = info.fps if info.fps > 0 else 25.0
+    fps = info.fps if info.fps > 0 else ASSUMED_FPS
     windows = plan(n, fps, timing)
     seen.update(fps=fps, fps_assumed=not info.fps > 0, frames=0, planned=n, times={})
     bounds = {s for s, _ in windows} | {e for _, e in windows}
