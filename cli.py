@@ -2,7 +2,7 @@
 
 Thin on purpose: one function per command, each with --help and examples. What they share (the
 app, the one error boundary and its exit-code table, the options declared once, choices from the
-registries, progress and training output) is in clikit.py. Heavy imports (numpy, PyAV, Zarr,
+registries, progress and training output) is in trainers/clikit.py. Heavy imports (numpy, PyAV, Zarr,
 Dask, torch) happen inside the commands, so `har --help` is instant.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from clikit import (AUGMENT, EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, FeatureStores, Head,
+from trainers.clikit import (AUGMENT, EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, FeatureStores, Head,
                     RunDir, RunOut, Tracker, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
                     takes, train)
-from pipeline.resources import human
-from trainers import config as C  # light: dataclasses only
+from pipeline.core.resources import human
+from trainers.training import config as C  # light: dataclasses only
 
 # ---- commands -------------------------------------------------------------------------------------------
 
@@ -44,7 +44,7 @@ def synth(
         har synth data/big --classes 10 --groups 25 --clips 4 --frames 175
     """
     setup_logging(verbose)
-    from pipeline import synth as S
+    from pipeline.datasets import synth as S
 
     cfg = S.SynthConfig(classes=classes, groups=groups, clips=clips, seed=seed, frames=frames)
     cfg.validate()
@@ -56,7 +56,7 @@ def synth(
 
 
 @command(interrupted="interrupted; the finished videos are kept, run the same command again to finish", kept="videos",
-         where=lambda kw: kw.get("out_path") or __import__("pipeline.lineage").lineage.har_home(),
+         where=lambda kw: kw.get("out_path") or __import__("pipeline.core.lineage").core.lineage.har_home(),
          urls=("out_path", "root"))
 def extract(
     dataset: Annotated[str, arg("The dataset's layout.", choices="dataset")],
@@ -103,9 +103,10 @@ def extract(
         har extract ucf101 --root ~/data/UCF101 --sampling multiclip --clips 5 --scheduler tcp://head:8786
     """
     setup_logging(verbose)
-    from pipeline import datasets, store
-    from pipeline import extract as E
-    from pipeline import recipe as R
+    from pipeline.datasets import datasets
+    from pipeline.stores import store
+    from pipeline.stages import extract as E
+    from pipeline.decoding import recipe as R
 
     datasets.DATASETS.get(dataset)
     if fmt is not None and fmt not in store.FORMATS:
@@ -173,7 +174,7 @@ def features(
         har features --dataset ucf101 --backbone convnext_tiny --device cuda --batch-size 1024
     """
     setup_logging(verbose)
-    from pipeline import features as F
+    from pipeline.stages import features as F
 
     cfg = F.FeatureConfig(backbone=backbone, weights=weights, store=store_path, dataset=dataset, out=out_path,
                           device=device, batch_size=batch_size, precision=feature_precision, compile=compile_,
@@ -204,8 +205,8 @@ def status(
     setup_logging(False)
     from rich.table import Table
 
-    from pipeline import lineage
-    from pipeline import status as S
+    from pipeline.core import lineage
+    from pipeline.stores import status as S
 
     paths = list(stores) if stores else S.find_stores()
     if not paths:
@@ -272,7 +273,7 @@ def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName 
     setup_logging(verbose)
     from dataclasses import replace
 
-    from trainers import head_task, joint
+    from trainers.training import head_task, joint
 
     paths = list(features or [])
     cfg = replace(head_config(head, settings), mix=mix)
@@ -302,8 +303,8 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
     setup_logging(verbose)
     from rich.table import Table
 
-    from trainers import cv as CV
-    from trainers import head_task
+    from trainers.runs import cv as CV
+    from trainers.training import head_task
 
     table = Table("fold", "test videos", "top-1", "top-5", "F1 macro", "", title=f"{head}: {folds} folds")
 
@@ -365,14 +366,14 @@ def train_e2e(
         --layer-decay 0.75 --warmup-epochs 2 --label-smoothing 0.1 --drop-path 0.2 --scheduler cosine
     """
     setup_logging(verbose)
-    from trainers import clip_task
+    from trainers.training import clip_task
 
     paths = list(frames or [])
     cfg = C.E2EConfig(model=model, pretrained=pretrained, crop=crop, three_crop=three_crop, workers=workers,
                       memory_format=memory_format, mix=mix, **settings)
     cfg.validate()
     def jointly():
-        from trainers import joint_e2e
+        from trainers.training import joint_e2e
 
         return joint_e2e.train_joint(clip_task.E2ERunConfig(cfg, out=out_dir, tracker=tracker), paths, train=train)
     one_or_jointly("--frames", paths, dataset, mix, jointly, lambda on_epoch: clip_task.train_e2e(
@@ -395,7 +396,7 @@ def evaluate(run_dir: RunDir,
     setup_logging(False)
     import json
 
-    from trainers import runs
+    from trainers.runs import runs
 
     m = runs.evaluate_run(run_dir, part)
     if as_json:
@@ -459,7 +460,7 @@ def predict(
         raise ValueError(f"--top {top} must be >= 1")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers {workers} is out of range; allowed: >= 1")
-    from trainers import predictor, timeline
+    from trainers.inference import predictor, timeline
 
     timing = None
     if window is not None:
@@ -479,7 +480,7 @@ def predict(
     model = predictor.load(run_dir, device, labels)  # the run checked before anything is written
     folder = None
     if timing is not None:
-        from pipeline import outputs
+        from pipeline.core import outputs
 
         folder = outputs.marked_folder(out_dir if out_dir is not None else run_dir / "timeline", "timeline", files)
     sheet = predictor.CsvOut(csv_path, top, timing is not None, files) if csv_path is not None else None
@@ -557,7 +558,7 @@ def serve(
         curl -F file=@clip.avi http://127.0.0.1:8000/api/predict
     """
     setup_logging(False)
-    from trainers import server
+    from trainers.inference import server
 
     cfg = server.ServeConfig(tuple(run_dirs), host=host, port=port, workers=workers, queue=queue,
                              max_upload_mb=max_upload_mb, max_seconds=max_seconds, uploads=uploads,
@@ -604,8 +605,8 @@ def explain(
     setup_logging(False)
     import json
 
-    from pipeline import video
-    from trainers import explain as X
+    from pipeline.decoding import video
+    from trainers.inference import explain as X
 
     X.METHODS.get(method)  # a bad name: one line listing the methods
     name = method
@@ -680,7 +681,7 @@ def export(
     setup_logging(False)
     import json
 
-    from trainers import export as X
+    from trainers.inference import export as X
 
     X.FORMATS.get(export_format)  # a bad name: one line listing the formats
     result = X.export(run_dir, export_format, out_path)
@@ -710,12 +711,12 @@ def compare(
 
     from rich.table import Table
 
-    from trainers import compare as K
+    from trainers.runs import compare as K
 
     c = K.compare(run_dirs)
     files = {}
     if out_dir is not None:
-        from pipeline import outputs
+        from pipeline.core import outputs
 
         files = K.write(c, outputs.marked_folder(out_dir, "compare", inputs=run_dirs))
     if as_json:
@@ -747,8 +748,8 @@ def models(as_json: AsJson = False):
     setup_logging(False)
     import json
 
-    from pipeline import backbones
-    from trainers import heads, models3d
+    from pipeline.stages import backbones
+    from trainers.models import heads, models3d
 
     rows = {"backbones": [backbones.cost(n) for n in backbones.names()],
             "heads": [heads.cost(n, C.HeadConfig()) for n in heads.names()],
@@ -787,7 +788,7 @@ def demo(
         har demo --out /tmp/har-demo
     """
     setup_logging(verbose)
-    from trainers import demo as D
+    from trainers.runs import demo as D
 
     runs = D.run(out_dir, workers, say=lambda line: out.print(line, highlight=False),
                  train=lambda job: train(job, quiet=True), weights=weights)

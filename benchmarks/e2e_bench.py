@@ -50,11 +50,12 @@ def main() -> None:
     import cv2
     import torch
 
-    from pipeline import synth
-    from pipeline.extract import ExtractConfig, Recipe, extract
+    from pipeline.datasets import synth
+    from pipeline.stages.extract import ExtractConfig, Recipe, extract
     from e2e_memory import train_step
-    from trainers import clips as C
-    from trainers import data, loop
+    from trainers.data import clips as C
+    from trainers.data import data
+    from trainers.training import loop
 
     a.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HAR_HOME", str(a.work / "home"))
@@ -96,7 +97,7 @@ def main() -> None:
     loader_steady, loader_start = (n - n_first) / (end - first), first - t0
 
     # the seed studies' way: decode each clip from its source video with OpenCV
-    with __import__("pipeline.store", fromlist=["StoreReader"]).StoreReader(res.store) as r:
+    with __import__("pipeline.stores.store", fromlist=["StoreReader"]).StoreReader(res.store) as r:
         starts = r.read("frame_idx")[:, 0, 0]
         rels = r.read("video")
     t0 = time.perf_counter()
@@ -130,7 +131,7 @@ def main() -> None:
     # --model-steps timed ones, across epochs
     from dataclasses import replace
 
-    from trainers import clip_task
+    from trainers.training import clip_task
 
     tcfg = replace(cfg, batch_size=a.model_batch, workers=a.workers, crop=112)
     task = clip_task.ClipTask(cs, tcfg)

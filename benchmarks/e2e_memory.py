@@ -38,7 +38,8 @@ def train_step(name: str, batch: int, device_name: str = "auto", memory_format: 
     `har train-e2e` sets it up on that device. Returns (step, sync, cfg, device, clip shape)."""
     import torch
 
-    from trainers import clip_task, loop, models3d
+    from trainers.training import clip_task, loop
+    from trainers.models import models3d
 
     torch.manual_seed(0)
     device = loop.resolve_device(device_name)
@@ -69,7 +70,7 @@ def train_step(name: str, batch: int, device_name: str = "auto", memory_format: 
 def one(name: str, batch: int, steps: int, device_name: str, memory_format: str = "auto") -> dict:
     import torch
 
-    from trainers import clip_task, loop
+    from trainers.training import clip_task, loop
 
     step, sync, cfg, device, (t, s) = train_step(name, batch, device_name, memory_format)
     base = rss_mib()
@@ -108,7 +109,7 @@ def main() -> None:
         print(json.dumps(one(a.one, a.batch, a.steps, a.device, a.memory_format)), flush=True)
         return
 
-    from trainers import models3d
+    from trainers.models import models3d
 
     rows = []
     for name in a.models.split(",") if a.models else models3d.names():

@@ -44,8 +44,9 @@ MODELS = ("small-c3d", "small-cnn-lstm")
 
 def measure(work: Path, groups: int, seed: int, backbone: str = "resnet18", weights: str = "none",
             resize: str = "stored") -> dict:
-    from pipeline import synth
-    from trainers import data, explain
+    from pipeline.datasets import synth
+    from trainers.data import data
+    from trainers.inference import explain
 
     work.mkdir(parents=True, exist_ok=True)
     har("synth", "syn", "--classes", 2, "--groups", groups, "--clips", 2, "--frames", 24, "--seed", seed, "--masks",

@@ -30,10 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import sampling, synth, video  # noqa: E402
-from pipeline.cluster import cpu_count, run_tasks  # noqa: E402
-from pipeline.extract import ExtractConfig, Recipe, extract  # noqa: E402
-from pipeline.store import StoreReader, choose_batch, dir_bytes  # noqa: E402
+from pipeline.decoding import sampling, video  # noqa: E402
+from pipeline.datasets import synth
+from pipeline.core.cluster import cpu_count, run_tasks  # noqa: E402
+from pipeline.stages.extract import ExtractConfig, Recipe, extract  # noqa: E402
+from pipeline.stores.store import StoreReader, choose_batch, dir_bytes  # noqa: E402
 
 
 def emit(**row):
@@ -168,7 +169,7 @@ def long_video(path: Path, minutes: float) -> Path:
 LONG_CHILD = r"""
 import sys, time, json
 from pathlib import Path
-from pipeline.extract import ExtractConfig, Recipe, extract
+from pipeline.stages.extract import ExtractConfig, Recipe, extract
 t = time.perf_counter()
 res = extract(ExtractConfig("folder", Recipe(frames=16, height=224, width=224), root=Path(sys.argv[1]),
                             out=Path(sys.argv[2]), scheduler="synchronous", force=True))

@@ -27,9 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import extract as E  # noqa: E402
-from pipeline import lineage, store, video  # noqa: E402
-from pipeline.extract import ExtractConfig, Recipe  # noqa: E402
+from pipeline.stages import extract as E  # noqa: E402
+from pipeline.core import lineage  # noqa: E402
+from pipeline.stores import store
+from pipeline.decoding import video
+from pipeline.stages.extract import ExtractConfig, Recipe  # noqa: E402
 
 PHASES = [(E, "extract_video"), (video, "scan_sparse"), (video, "scan"), (video, "packet_plan"),
           (video, "probe"), (store, "write_batch"), (lineage, "file_sha256")]

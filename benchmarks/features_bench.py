@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import backbones, synth  # noqa: E402
-from pipeline.cluster import cpu_count  # noqa: E402
-from pipeline.extract import ExtractConfig, Recipe, extract  # noqa: E402
-from pipeline.device import resolve as resolve_device  # noqa: E402
-from pipeline.features import FeatureConfig, features  # noqa: E402
+from pipeline.stages import backbones  # noqa: E402
+from pipeline.datasets import synth
+from pipeline.core.cluster import cpu_count  # noqa: E402
+from pipeline.stages.extract import ExtractConfig, Recipe, extract  # noqa: E402
+from pipeline.core.device import resolve as resolve_device  # noqa: E402
+from pipeline.stages.features import FeatureConfig, features  # noqa: E402
 
 
 def emit(**row):

@@ -73,7 +73,7 @@ def fingerprints(n: int, file_mb: float, folder: str) -> dict:
     or --verify) against the size/mtime/ctime/inode fast path of a no-op rerun."""
     from pathlib import Path
 
-    from pipeline import lineage
+    from pipeline.core import lineage
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)

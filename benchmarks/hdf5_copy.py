@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import hdf5, store  # noqa: E402
-from pipeline.cluster import cpu_count  # noqa: E402
+from pipeline.stores import hdf5, store  # noqa: E402
+from pipeline.core.cluster import cpu_count  # noqa: E402
 
 
 def filter_copy(src: Path, dst: Path, level: int) -> None:
@@ -48,7 +48,7 @@ def main() -> None:
     if a.real:
         import zlib
 
-        from pipeline.extract import Recipe, extract_video
+        from pipeline.stages.extract import Recipe, extract_video
 
         recipe = Recipe(frames=16, height=224, width=224)
         samples = [extract_video(p, p.name, recipe).frames.tobytes() for p in a.real]

@@ -5,7 +5,7 @@ test folds the selection never sees.
         [--heads mean lstm attention] [--seeds 0] [--recipes current demo] [--json out.json]
     .venv/bin/python benchmarks/head_defaults.py --summarize out.json [more.json ...] [--rules ...]
 
-Each (store, fold, head, seed, recipe) is trained once by har's own loop (`trainers.loop.fit`, the
+Each (store, fold, head, seed, recipe) is trained once by har's own loop (`trainers.training.loop.fit`, the
 run's real config, no early stopping: patience = epochs); after every epoch the weights it just
 saved (last.pt) are scored on the fold's test videos as `har evaluate` scores them. The selection
 rules are then applied to that curve offline, each seeing only what har sees while training
@@ -105,8 +105,9 @@ def curve(features: Path, split_name: str, head: str, seed: int, recipe: str, se
     """Train once; val and test accuracy (and val loss) after every epoch."""
     import torch
 
-    from trainers import data, head_task, loop
-    from trainers.config import HeadConfig, TrainConfig
+    from trainers.data import data
+    from trainers.training import head_task, loop
+    from trainers.training.config import HeadConfig, TrainConfig
 
     settings = dict(settings or {})
     head_fields = {k: settings.pop(k) for k in list(settings) if k in HeadConfig.__dataclass_fields__}
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
         return 0
     if not a.features:
         ap.error("give --features (or --summarize)")
-    from trainers import data
+    from trainers.data import data
 
     t0 = time.perf_counter()
     runs = []

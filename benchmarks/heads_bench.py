@@ -33,7 +33,9 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
           precisions: list[str]) -> dict:
     import torch
 
-    from trainers import config, data, head_task, heads, loop
+    from trainers.training import config, head_task, loop
+    from trainers.data import data
+    from trainers.models import heads
 
     n, t, d, c = train_videos + val_videos, 16, 2048, 50
     rng = np.random.default_rng(0)
@@ -96,11 +98,12 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
 
 
 def accuracy(work: Path, groups: int, clips: int, epochs: int, weights: str, seeds: list[int]) -> dict:
-    from pipeline import extract as E
-    from pipeline import recipe
-    from pipeline import features as F
-    from pipeline import synth as S
-    from trainers import head_task, heads
+    from pipeline.stages import extract as E
+    from pipeline.decoding import recipe
+    from pipeline.stages import features as F
+    from pipeline.datasets import synth as S
+    from trainers.training import head_task
+    from trainers.models import heads
 
     os.environ.setdefault("HAR_HOME", str(work / "home"))
     cfg = S.SynthConfig(groups=groups, clips=clips)

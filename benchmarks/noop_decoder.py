@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import augment, extract
+from pipeline.decoding import augment
+from pipeline.stages import extract
 
 FRAMES_IN_SOURCE = 250   # a 10-s Kinetics clip at 25 fps
 

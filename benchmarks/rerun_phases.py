@@ -18,8 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import datasets, lineage, store  # noqa: E402
-from pipeline.extract import Recipe, build_lineage, recorded_sources  # noqa: E402
+from pipeline.datasets import datasets  # noqa: E402
+from pipeline.core import lineage
+from pipeline.stores import store
+from pipeline.stages.extract import Recipe, build_lineage, recorded_sources  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -64,7 +64,7 @@ def har_exe() -> str:
 
 def pool_videos(work: Path, n: int, seconds: float) -> list[Path]:
     """n distinct UCF-like videos (har synth: 10 classes x groups x 4 clips), made once."""
-    from pipeline.synth import SynthConfig, generate
+    from pipeline.datasets.synth import SynthConfig, generate
 
     root = work / f"pool-{n}-{seconds:g}s"
     done = root / ".done"

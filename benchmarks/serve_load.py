@@ -66,6 +66,20 @@ def build(work: Path) -> dict[str, Path]:
     return {"lstm-on-resnet18": work / "head", "small-c3d": work / "video"}
 
 
+def ready(url: str, proc: subprocess.Popen) -> None:
+    """Wait until the server answers /healthz (its stderr when it exits instead)."""
+    import httpx
+
+    for _ in range(1200):
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+            return
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise SystemExit(proc.stderr.read())
+            time.sleep(0.1)
+
+
 def measure(run: Path, videos: list[Path], expected: dict, workers: int, requests: int, concurrency: int,
             baseline: float) -> dict:
     import httpx
@@ -77,14 +91,7 @@ def measure(run: Path, videos: list[Path], expected: dict, workers: int, request
                             stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None:
-                    raise SystemExit(proc.stderr.read())
-                time.sleep(0.1)
+        ready(url, proc)
         jobs = [videos[i % len(videos)] for i in range(requests)]
         payload = {v: v.read_bytes() for v in videos}
 
@@ -123,8 +130,8 @@ def hostile(run: Path, videos: list[Path], work: Path, requests: int) -> dict:
     """Good clients of mixed sizes, 5 that hang up, 5 slow bodies, against one server."""
     import httpx
 
-    from pipeline.video import decode_all, write_video
-    from trainers import predictor, timeline
+    from pipeline.decoding.video import decode_all, write_video
+    from trainers.inference import predictor, timeline
 
     long = work / "long.avi"
     if not long.exists():
@@ -144,14 +151,7 @@ def hostile(run: Path, videos: list[Path], work: Path, requests: int) -> dict:
     url = f"http://127.0.0.1:{port}"
     payload = {v: v.read_bytes() for v in [*videos, long, very_long]}
     try:
-        for _ in range(1200):
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None:
-                    raise SystemExit(proc.stderr.read())
-                time.sleep(0.1)
+        ready(url, proc)
 
         retries = []
 
@@ -232,7 +232,7 @@ def main() -> None:
     if a.hostile:
         print(json.dumps({"model": "lstm-on-resnet18", **hostile(runs["lstm-on-resnet18"], videos, work, a.requests)}))
         return
-    from trainers import predictor
+    from trainers.inference import predictor
 
     for name, run in runs.items():
         p = predictor.load(run, "cpu")

@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
-    from pipeline.video import write_video
+    from pipeline.decoding.video import write_video
 
     work = a.work or Path(tempfile.mkdtemp(prefix="har-timeline-bench-"))
     work.mkdir(parents=True, exist_ok=True)

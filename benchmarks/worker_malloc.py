@@ -1,4 +1,4 @@
-"""What dask's MALLOC_TRIM_THRESHOLD_ costs the extraction workers (pipeline/cluster.py leaves it out).
+"""What dask's MALLOC_TRIM_THRESHOLD_ costs the extraction workers (pipeline/core/cluster.py leaves it out).
 
     .venv/bin/python benchmarks/worker_malloc.py [--data /tmp/har-bench/gop250/data] [--repeats 2]
 
@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extract_bench import time_ceiling, time_har  # noqa: E402
 
-from pipeline import cluster  # noqa: E402
-from pipeline.store import choose_batch  # noqa: E402
+from pipeline.core import cluster  # noqa: E402
+from pipeline.stores.store import choose_batch  # noqa: E402
 
 KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 

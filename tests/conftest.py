@@ -3,7 +3,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, and test modules that share fixtures:
+for _folder in sorted(Path(__file__).parent.rglob("test_*.py")):  # `from test_extract import arrays`
+    if str(_folder.parent) not in sys.path:
+        sys.path.insert(1, str(_folder.parent))
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -19,7 +22,7 @@ def har_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A small synthetic dataset: 4 classes x 3 groups x 2 clips of about 24 frames."""
-    from pipeline.synth import SynthConfig, generate
+    from pipeline.datasets.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, SynthConfig(classes=4, groups=3, clips=2, frames=24))
@@ -29,7 +32,7 @@ def synthetic_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def frames(synthetic_root, tmp_path_factory):
     """A clip store of the synthetic set (8 frames at 36x40, one augmented view) for video models."""
-    from pipeline.extract import ExtractConfig, Recipe, extract
+    from pipeline.stages.extract import ExtractConfig, Recipe, extract
 
     recipe = Recipe(sampling="clip", frames=8, height=36, width=40, views=1)
     out = tmp_path_factory.mktemp("e2e") / "clips.zarr"

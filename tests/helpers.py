@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.video import write_video
+from pipeline.decoding.video import write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def har(*args, env: dict | None = None, cwd: Path | None = None) -> Ran:
     from typer.testing import CliRunner
 
     import cli
-    import clikit
+    from trainers import clikit
 
     # a terminal 300 columns wide, as env COLUMNS says below (Rich fixes a console's width when it is
     # made, and pytest-xdist workers start with COLUMNS=80): long paths stay on one line
@@ -165,7 +165,10 @@ def write_feature_store(path: Path, feats: np.ndarray, labels: np.ndarray, group
                         classes: list[str], dataset: str = "synthetic", status: np.ndarray | None = None,
                         extra_splits: dict[str, np.ndarray] | None = None) -> Path:
     """A feature store with the real schema, written from arrays (no video, no backbone)."""
-    from pipeline import augment, datasets, lineage, store
+    from pipeline.decoding import augment
+    from pipeline.datasets import datasets
+    from pipeline.core import lineage
+    from pipeline.stores import store
 
     n, s, t, d = feats.shape
     status = np.full(n, store.OK, np.int8) if status is None else status
@@ -209,7 +212,7 @@ def colour_frames(name: str, n: int, seed: int, h: int = 48, w: int = 64) -> np.
 
 def write_colour_dataset(root: Path, groups: int = 4, clips: int = 2, frames: int = 30) -> Path:
     """A class-per-folder dataset (`--dataset folder`) that any model tells apart by colour."""
-    from pipeline.video import write_video
+    from pipeline.decoding.video import write_video
 
     for ci, name in enumerate(COLOURS):
         (root / name).mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def test_usage_errors_are_one_line_exit_2(args, message):
 
 
 def test_second_writer_refused_from_cli(synthetic_root, tmp_path):
-    from pipeline.swap import WriterLock
+    from pipeline.stores.swap import WriterLock
 
     out = tmp_path / "s.zarr"
     with WriterLock(out):
@@ -57,7 +57,7 @@ def test_second_writer_refused_from_cli(synthetic_root, tmp_path):
 FULL_DISK = """
 import errno, sys
 import cli
-from pipeline import store
+from pipeline.stores import store
 real, calls = store.write_batch, []
 def write_batch(*a, **k):  # the second batch meets a full disk
     calls.append(1)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import clip_task, clips, models3d
+from trainers.training import clip_task
+from trainers.data import clips
+from trainers.models import models3d
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 
@@ -70,8 +72,8 @@ def test_running_out_of_gpu_memory_is_one_clear_message(frames, tmp_path):
 
 
 def test_cuda_features_agree_with_the_cpu(frames, tmp_path):
-    from pipeline.features import FeatureConfig, features
-    from pipeline.store import StoreReader
+    from pipeline.stages.features import FeatureConfig, features
+    from pipeline.stores.store import StoreReader
 
     out = {}
     for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")):

@@ -9,10 +9,11 @@ PACKAGES = ("pipeline", "trainers")
 
 
 def _modules() -> dict[str, Path]:
-    mods = {"cli": ROOT / "cli.py", "clikit": ROOT / "clikit.py"}
+    mods = {"cli": ROOT / "cli.py"}
     for pkg in PACKAGES:
-        for p in sorted((ROOT / pkg).glob("*.py")):
-            mods[f"{pkg}.{p.stem}" if p.stem != "__init__" else pkg] = p
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            parts = p.relative_to(ROOT).with_suffix("").parts
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     return mods
 
 
@@ -66,7 +67,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles_anywhere():
     graph = import_graph()
-    assert graph["trainers.runs"], "the import graph is empty: the test reads nothing"
+    assert graph["trainers.runs.runs"], "the import graph is empty: the test reads nothing"
     assert cycles(graph) == []
 
 
@@ -83,13 +84,38 @@ def test_layering_pipeline_never_imports_trainers_or_the_cli():
 
 def test_runs_and_the_loop_import_no_concrete_task():
     graph = import_graph()
-    for generic in ("trainers.runs", "trainers.loop", "trainers.tasks", "trainers.predictor"):
-        assert not graph[generic] & {"trainers.head_task", "trainers.clip_task", "trainers.heads",
-                                     "trainers.models3d"}, generic
+    for generic in ("trainers.runs.runs", "trainers.training.loop", "trainers.training.tasks", "trainers.inference.predictor"):
+        assert not graph[generic] & {"trainers.training.head_task", "trainers.training.clip_task", "trainers.models.heads",
+                                     "trainers.models.models3d"}, generic
 
 
 def test_every_task_kind_is_found_through_the_registry():
-    code = ("import sys; from trainers import runs, tasks; "
-            "print([k.name for k in tasks.kinds()], 'trainers.head_task' in sys.modules)")
+    code = ("import sys; from trainers.runs import runs; from trainers.training import tasks; "
+            "print([k.name for k in tasks.kinds()], 'trainers.training.head_task' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["['head',", "'video-model',", "'joint-head',", "'joint-video-model']", "True"]
+
+
+def test_the_layout_is_a_map():
+    """Every package folder says what it holds and has at most 12 modules side by side; the wheel
+    installs only cli, pipeline and trainers; docs/design.md's module table lists exactly the tree."""
+    import re
+    import tomllib
+
+    folders = [d for pkg in PACKAGES for d in [ROOT / pkg, *(ROOT / pkg).rglob("*")]
+               if d.is_dir() and d.name != "__pycache__"]
+    assert len(folders) >= 10
+    for d in folders:
+        assert len([p for p in d.glob("*.py") if p.name != "__init__.py"]) <= 12, d
+        init = d / "__init__.py"
+        assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"{d} does not say what it holds"
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setup["py-modules"] == ["cli"] and set(setup["packages"]["find"]["include"]) == {
+        "pipeline", "pipeline.*", "trainers", "trainers.*"}
+    design = (ROOT / "docs/design.md").read_text()
+    table = design[design.index("| module | what it is |"):]
+    table = table[:table.index("\n\n")]
+    listed = re.findall(r"^\| `([^`]+)` \|", table, re.M)
+    tree = ["cli.py"] + sorted(str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*")
+                               if p.suffix in (".py", ".html") and p.name != "__init__.py" and "__pycache__" not in p.parts)
+    assert sorted(listed) == sorted(tree)

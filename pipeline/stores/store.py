@@ -1,0 +1,573 @@
+"""Frame and feature stores: Zarr v3 (default) or HDF5 with the same names (docs/design.md has the schema).
+
+Writers only ever write whole chunks (or whole shards) that no other task touches, so Dask
+workers write in parallel with no lock, and a write killed half-way leaves the old bytes
+(LocalStore renames a finished temporary file into place). `status` is written after the data
+of its videos, so a video whose status is 1 is complete.
+
+Integrity: a Zarr chunk that is missing reads as the fill value (zeros), which would be silently
+wrong. So every store carries `checksum` [N, S] (crc32 of each sample's data as a reader will see
+it, written with the data and before `status`), the crc32 of each static array in its attrs
+(`static_checksums`), and a crc32c codec on every data chunk (damaged bytes fail to read). Readers
+open inputs with `open_input` and read data with `read_rows` / `read_sample`, which verify them;
+a finished store with a pending video is damaged too (its `status` chunk is gone). A sample's
+checksum also covers its place (row, sample and video: attrs `checksum_binding`), so samples moved
+to another row together with their checksums are damage too; stores written before that hold the
+crc32 of the bytes alone and are read as before. Before any chunk is walked or read, the shapes
+each array declares are checked against the store's own lengths (`pipeline.stores.shapes`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.decoding import augment
+from pipeline.core import location
+from pipeline.stores import shapes
+from pipeline.core.location import Url
+
+SCHEMA_VERSION = 2  # 2: per-sample checksums, static checksums, crc32c on data chunks
+PENDING, OK, FAILED = 0, 1, 2
+FORMATS = ("zarr", "hdf5")
+PER_VIDEO_RESULTS = ("frame_idx", "view_params", "num_frames", "fps", "error")  # written by extraction tasks, then status
+
+
+class StoreError(ValueError):
+    """A store that is missing, of the wrong kind, or busy; the message says which."""
+
+
+class DamagedStoreError(StoreError):
+    """A store whose data is missing or damaged: never turned into numbers."""
+
+
+# what a damaged store's message tells the user to do (extract --verify finds every damage and
+# rebuilds; --force rebuilds without looking)
+REBUILD = ("rebuild it with the command that made it and --verify (har extract) or --force "
+           "(har features); har never reads missing data as numbers")
+
+
+# attrs `checksum_binding` of a store whose sample checksums cover their place: crc32 of
+# "row/sample/video\n" followed by the sample's bytes. A store without it (har before 2026-12)
+# holds the crc32 of the bytes alone: still read and verified, as it was written
+BINDING = "row/sample/video"
+
+
+def binds(attrs: dict) -> bool:
+    """Do this store's sample checksums cover each sample's row, sample index and video?"""
+    return attrs.get("checksum_binding") == BINDING
+
+
+def _place(row: int, sample: int, video: str) -> int:
+    """The crc32 a bound sample checksum starts from."""
+    return zlib.crc32(f"{row}/{sample}/{video}\n".encode())
+
+
+def sample_checksums(data: np.ndarray, start: int = 0, videos=None) -> np.ndarray:
+    """(m, S) uint32: crc32 of each sample data[i, s] (any trailing shape), as stored bytes; with
+    `videos` (the names of rows start..start+m) bound to its place, so that the same bytes in another
+    row, sample or video give another checksum (rows swapped with their checksums do not verify).
+
+    >>> x = np.zeros((2, 1, 3), np.uint8)
+    >>> int(sample_checksums(x)[0, 0]) == int(sample_checksums(x)[1, 0])       # unbound: the same
+    True
+    >>> int(sample_checksums(x, 0, ["a", "b"])[0, 0]) == int(sample_checksums(x, 0, ["a", "b"])[1, 0])
+    False
+    """
+    m, s = data.shape[:2]
+    out = np.zeros((m, s), np.uint32)
+    for i in range(m):
+        for j in range(s):
+            seed = 0 if videos is None else _place(start + i, j, str(videos[i]))
+            out[i, j] = zlib.crc32(np.ascontiguousarray(data[i, j]), seed)
+    return out
+
+
+_NAMES: dict[tuple[str, int], np.ndarray] = {}   # (store, crc32 of its `video`) -> the names
+
+
+def _all_names(path, attrs: dict, read) -> np.ndarray:
+    """A store's whole `video` table (`read()` reads it), once per process and store: a Zarr `video`
+    is one chunk, and features reads and writes a shard at a time. Keyed by the table's recorded
+    checksum, so a store replaced by one with other videos is read again; a damaged table is never
+    kept."""
+    crc = attrs.get("static_checksums", {}).get("video")
+    key = (str(path), crc)
+    names = _NAMES.get(key) if crc is not None else None
+    if names is None:
+        names = np.array(np.asarray(read()).tolist(), dtype=object)
+        if crc is not None and array_checksum(names) == crc:
+            if len(_NAMES) >= 8:
+                _NAMES.pop(next(iter(_NAMES)))
+            _NAMES[key] = names
+    return names
+
+
+def video_names(r: "StoreReader", start: int, stop: int) -> np.ndarray:
+    """The `video` names of rows [start, stop): what a bound checksum covers."""
+    names = _all_names(r.path, r.attrs, lambda: r.read("video"))
+    if len(names) < stop:
+        raise DamagedStoreError(f"{r.path} is damaged: its video table has {len(names)} rows, the data {stop}; "
+                                f"{REBUILD}")
+    return names[start:stop]
+
+
+def array_checksum(arr: np.ndarray) -> int:
+    """crc32 of a static array's values (strings as UTF-8 lines)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "OUT":
+        return zlib.crc32("\n".join(str(x) for x in arr.ravel()).encode())
+    return zlib.crc32(np.ascontiguousarray(arr))
+
+
+def _zarr():
+    """zarr, with har's lossy frame codec registered (any process may open a --lossy store)."""
+    import zarr
+
+    import pipeline.stores.codecs  # noqa: F401  registers "har.jpeg"
+
+    # we always write whole chunks of real data: skip zarr's per-chunk "is it all fill value?"
+    # comparison, which cost more than compressing the chunk (a third of the write time)
+    zarr.config.set({"array.write_empty_chunks": True})
+    return zarr
+
+
+def format_of(path: Path) -> str:
+    return "hdf5" if location.of(path).suffix.lower() in (".h5", ".hdf5") else "zarr"
+
+
+@dataclass(frozen=True)
+class Layout:
+    videos: int   # N
+    samples: int  # S = clips x (1 + views)
+    frames: int   # T
+    height: int
+    width: int
+    batch: int    # videos per task, per shard and per chunk of the per-video arrays
+
+    def batches(self) -> list[tuple[int, int]]:
+        return [(b, min(b + self.batch, self.videos)) for b in range(0, self.videos, self.batch)]
+
+
+def choose_batch(videos: int, bytes_per_video: int, max_bytes: int = 96 << 20, max_batch: int = 64,
+                 min_tasks: int = 16) -> int:
+    """Videos per task: big enough to keep file counts low (hundreds of files for UCF50), small
+    enough that a task's frames fit comfortably in a worker's memory and that small datasets
+    still give every worker something to do. Depends on the data only, never on worker count,
+    so every run of a recipe lays out the store the same way."""
+    by_memory = max(1, max_bytes // max(1, bytes_per_video))
+    by_spread = max(1, -(-videos // min_tasks))
+    return int(max(1, min(max_batch, by_memory, by_spread)))
+
+
+def _frame_codecs(lossy: bool):
+    from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+
+    if lossy:
+        from pipeline.stores.codecs import JpegCodec
+
+        return {"serializer": JpegCodec(), "compressors": [Crc32cCodec()]}
+    # bit-shuffled zstd level 1: on video frames both smaller and ~4x faster than plain zstd 3
+    # (measured on 224 px frames: 1.58x at 700 MB/s vs 1.49x at 190 MB/s; 1 MiB blocks). 4 MiB
+    # blocks compress 5 % faster and 0.6 % smaller but cost each worker ~65 MiB more memory and
+    # nothing measurable end to end (BENCHMARKS.md)
+    return {"compressors": [BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle, typesize=1,
+                                       blocksize=1 << 20), Crc32cCodec()]}
+
+
+def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs: dict,
+                lossy: bool = False, data_name: str = "frames", data_dtype: str = "uint8",
+                data_tail: tuple[int, ...] | None = None, results: bool = True,
+                status: np.ndarray | None = None) -> None:
+    """An empty store: the data array (one chunk per sample, one shard per batch), the per-video
+    result arrays when `results` (chunked by batch, written by the tasks), `status` (0 pending
+    unless given), the static arrays (one chunk each) and the attrs."""
+    zarr = _zarr()
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    n, s, t, b = layout.videos, layout.samples, layout.frames, layout.batch
+    tail = data_tail if data_tail is not None else (layout.height, layout.width, 3)
+    # the attrs (kind first of all) go in with the group: a kill while the arrays are created leaves
+    # a working store that is recognisably har's, so the next run may remove it
+    sums = {name: array_checksum(arr) for name, arr in static.items()}
+    root = zarr.create_group(str(path), zarr_format=3, overwrite=True,
+                             attributes={**attrs, "static_checksums": sums, "checksum_binding": BINDING},
+                             **location.storage_options(location.of(path)))
+    small = {"compressors": [BloscCodec(cname="zstd", clevel=5), Crc32cCodec()]}  # every chunk checked on read
+    checked = small
+    root.create_array(data_name, shape=(n, s, t, *tail), dtype=data_dtype, chunks=(1, 1, t, *tail),
+                      shards=(b, s, t, *tail), fill_value=0, **(_frame_codecs(lossy) if data_name == "frames" else checked))
+    root.create_array("checksum", shape=(n, s), dtype="uint32", chunks=(b, s), fill_value=0, **small)
+    if results:
+        root.create_array("frame_idx", shape=(n, s, t), dtype="int32", chunks=(b, s, t), fill_value=-1, **small)
+        # each sample's crop box, flip and jitter (augment.FIELDS order)
+        nf = len(augment.FIELDS)
+        root.create_array("view_params", shape=(n, s, nf), dtype="float32", chunks=(b, s, nf), fill_value=0.0, **small)
+        root.create_array("num_frames", shape=(n,), dtype="int32", chunks=(b,), fill_value=0, **small)
+        root.create_array("fps", shape=(n,), dtype="float32", chunks=(b,), fill_value=0.0, **small)
+        root.create_array("error", shape=(n,), dtype=str, chunks=(b,), fill_value="", compressors=[Crc32cCodec()])
+    st = root.create_array("status", shape=(n,), dtype="int8", chunks=(b,), fill_value=PENDING, **small)
+    if status is not None:
+        st[:] = status
+    for name, arr in static.items():
+        arr = np.asarray(arr)
+        dtype = str if arr.dtype.kind in "OUT" else arr.dtype
+        a = root.create_array(name, shape=arr.shape, dtype=dtype, chunks=arr.shape or (1,),
+                              **({"compressors": [Crc32cCodec()]} if dtype is str else small))
+        a[...] = arr
+
+
+def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: str = "frames",
+                videos=None) -> None:
+    """Write results for videos [start, start+len): the data, the per-video arrays, status last.
+    `videos`: the names of these rows (read from the store when not given), which the checksums of
+    a store with `checksum_binding` cover; a working store an older har began keeps its own kind."""
+    root = _zarr().open_group(str(path), mode="r+", zarr_format=3, **location.storage_options(location.of(path)))
+    stop = start + len(data["status"])
+    for name in (data_name, *PER_VIDEO_RESULTS):
+        if name in data:
+            root[name][start:stop] = data[name]
+    arr = root[data_name]
+    lossy = any(type(c).__name__ == "JpegCodec" for c in _codecs_of(arr))
+    attrs = dict(root.attrs)
+    if binds(attrs):
+        videos = _all_names(path, attrs, lambda: root["video"][...])[start:stop] if videos is None else videos
+        if len(videos) != stop - start:
+            raise ValueError(f"write_batch: {len(videos)} video names for rows {start}..{stop - 1}")
+    else:
+        videos = None
+    # the checksum of what a reader will see: a lossy codec's decoded bytes, read back
+    root["checksum"][start:stop] = sample_checksums(np.asarray(arr[start:stop]) if lossy else data[data_name],
+                                                    start, videos)
+    root["status"][start:stop] = data["status"]
+
+
+def _codecs_of(arr) -> list:
+    """Every codec of a Zarr array, inside its sharding codec too."""
+    out = []
+    for c in getattr(arr.metadata, "codecs", ()):
+        out.append(c)
+        out.extend(getattr(c, "codecs", ()))
+    return out
+
+
+def has_results(reader: "StoreReader", layout: Layout | None = None, data_name: str = "frames",
+                data_tail: tuple[int, ...] | None = None) -> bool:
+    """Does this store hold every array a stage's tasks write (with the layout's shapes)?
+    A store written by an older har may not; it is then neither resumed nor copied from."""
+    names = set(reader.names())
+    if not {data_name, "status", "checksum", *PER_VIDEO_RESULTS} <= names:
+        return False
+    if layout is None:
+        return True
+    tail = data_tail if data_tail is not None else (layout.height, layout.width, 3)
+    return (reader[data_name].shape == (layout.videos, layout.samples, layout.frames, *tail)
+            and reader["status"].shape == (layout.videos,))
+
+
+def mark_laid_out(path: Path) -> None:
+    """Flag a working store whose every array and static value is written (what a task does not
+    write): only such a store is resumed after a kill (swap.resumable); one killed while it was
+    being created is made again."""
+    _zarr().open_group(str(path), mode="r+", zarr_format=3,
+                       **location.storage_options(location.of(path))).attrs.update({"laid_out": True})
+
+
+def mark_complete(path: Path) -> None:
+    """Flag a working store whose every video is done (a kill after this only needs the swap), and
+    seal its attrs: `attrs_checksum` covers every other attribute, so an edited attribute (classes,
+    recipe, lineage) is damage that readers refuse."""
+    group = _zarr().open_group(str(path), mode="r+", zarr_format=3, **location.storage_options(location.of(path)))
+    attrs = {k: v for k, v in group.attrs.items() if k != "attrs_checksum"}
+    attrs["complete"] = True
+    group.attrs.update({"complete": True, "attrs_checksum": attrs_checksum(attrs)})
+
+
+def attrs_checksum(attrs: dict) -> str:
+    """Fingerprint of a store's attributes other than itself (canonical JSON: Zarr and HDF5 agree)."""
+    from pipeline.core.lineage import fingerprint
+
+    return fingerprint({k: v for k, v in attrs.items() if k != "attrs_checksum"})[:16]
+
+
+class StoreReader:
+    """Read-only view of a Zarr or HDF5 store: `reader["frames"][i]`, `reader.attrs`."""
+
+    def __init__(self, path: Path):
+        self.path = location.of(path)
+        self.format = format_of(self.path)
+        if not self.path.exists():
+            raise StoreError(f"no store at {self.path}")
+        if self.format == "hdf5" and isinstance(self.path, Url):
+            raise StoreError(f"{self.path}: an HDF5 store cannot be read from object storage; allowed there: Zarr "
+                             "stores (.zarr)")
+        if self.format == "hdf5":
+            import h5py
+
+            try:
+                self._h5 = h5py.File(self.path, "r")
+                self.attrs = {k: json.loads(v) for k, v in self._h5.attrs.items()}
+            except Exception as e:  # truncated or foreign file, damaged attributes
+                raise StoreError(f"{self.path} is not a readable har store ({type(e).__name__}: {e})") from None
+        else:
+            try:
+                self._root = _zarr().open_group(str(self.path), mode="r", zarr_format=3,
+                                                **location.storage_options(self.path))
+            except Exception as e:  # not a zarr v3 group
+                raise StoreError(f"{self.path} is not a har store: {e}") from None
+            self.attrs = dict(self._root.attrs)
+        if self.attrs.get("kind") not in ("frames", "features"):
+            raise StoreError(f"{self.path} is not a har store (attrs kind={self.attrs.get('kind')!r})")
+
+    def _damaged(self, what: str, e: Exception) -> "DamagedStoreError":
+        return DamagedStoreError(f"{self.path} is damaged: {what} cannot be read ({type(e).__name__}: {e}); "
+                                 f"{REBUILD}")
+
+    def names(self) -> list[str]:
+        try:
+            return self._names()
+        except StoreError:
+            raise
+        except Exception as e:  # a damaged array's metadata: zarr and h5py raise many kinds
+            raise self._damaged("the list of arrays", e) from None
+
+    def _names(self) -> list[str]:
+        if self.format == "hdf5":
+            out: list[str] = []
+            self._h5.visit(lambda n: out.append(n) if hasattr(self._h5[n], "shape") else None)
+            return sorted(out)
+        return sorted(name for name, _ in self._root.arrays()) + sorted(
+            f"{g}/{a}" for g, grp in self._root.groups() for a, _ in grp.arrays())
+
+    def __getitem__(self, name: str):
+        try:
+            if self.format == "hdf5":
+                ds = self._h5[name]
+                return ds.asstr() if ds.dtype.kind == "O" else ds
+            return self._root[name]
+        except KeyError:
+            raise
+        except Exception as e:
+            raise self._damaged(f"array {name}", e) from None
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            out = np.asarray(self[name][...])
+        except (StoreError, KeyError):
+            raise
+        except Exception as e:  # crc32c mismatch, a truncated chunk, a codec error
+            raise self._damaged(f"array {name}", e) from None
+        return np.array(out.tolist(), dtype=object) if out.dtype.kind in "OT" else out
+
+    def close(self) -> None:
+        if self.format == "hdf5":
+            self._h5.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---- inputs: one place that decides whether a store may be read, and reads it verified --------
+
+def _names(videos: np.ndarray, rows, limit: int = 3) -> str:
+    rows = list(rows)
+    shown = ", ".join(str(videos[i]) if i < len(videos) else f"#{i}" for i in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def open_input(path: Path, kind: str, needs: str) -> StoreReader:
+    """The finished `kind` store at `path`, opened to be read; StoreError saying what is
+    wrong otherwise: missing, another kind, unfinished (a .partial.zarr), another schema version,
+    written by an older har, damaged static arrays or a lost `status` chunk. `needs` completes
+    the message for another kind: "{path} is a frames store; {needs}"."""
+    path = location.of(path)
+    if not path.exists():
+        make = "har extract" if kind == "frames" else "har features"
+        raise StoreError(f"{kind} store {path} does not exist; run `{make}` first")
+    r = StoreReader(path)
+    try:
+        a = r.attrs
+        if a.get("kind") != kind:
+            raise StoreError(f"{path} is a {a.get('kind')} store; {needs}")
+        if a.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {a.get('schema_version')!r}; this har reads version "
+                             f"{SCHEMA_VERSION}: run the stage that made it again")
+        if not a.get("complete") or path.name.endswith(".partial.zarr"):
+            raise StoreError(f"{path} is unfinished (an interrupted run's working store); run the command that "
+                             "made it again to finish it")
+        if not has_results(r, data_name=kind):
+            raise StoreError(f"{path} was written by an older har and lacks arrays; run the stage again")
+        problems = quick_check(r)
+        if problems:
+            raise DamagedStoreError(f"{path} is damaged: {'; '.join(problems[:3])}; {REBUILD}")
+    except BaseException:
+        r.close()
+        raise
+    return r
+
+
+def shape_problems(r: "StoreReader") -> list[str]:
+    """What the arrays declare that the store cannot hold (`pipeline.stores.shapes`); [] when sound. Checked
+    before any chunk is walked or read: a shape edited to 10**12 is damage, found in a moment."""
+    data_name = "features" if r.attrs.get("kind") == "features" else "frames"
+    try:
+        found = shapes.declared(r)
+    except StoreError as e:
+        return [str(e).split(" is damaged: ", 1)[-1]]
+    except Exception as e:  # metadata zarr parsed but that makes no grid (a chunk shape of 0, ...)
+        return [f"array metadata unusable ({type(e).__name__}: {e})"]
+    return shapes.problems(found, r.attrs, data_name)
+
+
+def quick_check(r: "StoreReader") -> list[str]:
+    """What is wrong with a finished store without reading its data: declared shapes against the
+    store's own lengths (first: nothing is read while they are wrong), static arrays against their
+    checksums, a video without status, and (Zarr) every chunk file present, since a missing one
+    reads as zeros. [] when nothing is found; --verify (`verify`) reads everything."""
+    problems = []
+    if r.attrs.get("complete") and r.attrs.get("attrs_checksum") != attrs_checksum(r.attrs):
+        problems.append("its attributes were changed since it was written (attrs_checksum)")
+    shape = shape_problems(r)
+    if shape:
+        return problems + shape
+    bad = check_static(r)
+    if bad:
+        problems.append(bad)
+    try:
+        status = r.read("status")
+        videos = r.read("video")
+    except Exception as e:
+        return problems + [f"status or video unreadable ({type(e).__name__}: {e})"]
+    pending = np.flatnonzero(status == PENDING)
+    if len(pending):
+        problems.append(f"{len(pending)} videos have no status ({_names(videos, pending)}): "
+                        "a chunk of `status` is missing")
+    missing = missing_chunks(r)
+    for name, rows in sorted(missing.items()):
+        problems.append(f"{name}: chunk files missing for {_names(videos, rows)}")
+    return problems
+
+
+def missing_chunks(r: "StoreReader") -> dict[str, list[int]]:
+    """{array: first rows of the missing chunk (or shard) files} of a Zarr store; har writes every
+    chunk (write_empty_chunks), so a finished store has them all. HDF5 keeps chunks inside one file."""
+    if r.format != "zarr":
+        return {}
+    out: dict[str, list[int]] = {}
+    listed = set(r.path.files()) if isinstance(r.path, Url) else None   # one listing, not a request per chunk
+    for name in r.names():
+        try:
+            arr = r[name]
+            grid_of = arr.shards or arr.chunks
+            enc = arr.metadata.chunk_key_encoding
+        except Exception as e:
+            out.setdefault(f"{name} (metadata unreadable: {type(e).__name__})", []).append(0)
+            continue
+        if not arr.shape:
+            continue
+        grid = [-(-n // c) for n, c in zip(arr.shape, grid_of)]
+        for idx in np.ndindex(*grid):
+            key = f"{name}/{enc.encode_chunk_key(idx)}"
+            if not (key in listed if listed is not None else (r.path / key).exists()):
+                out.setdefault(name, []).append(int(idx[0]) * int(grid_of[0]))
+    return out
+
+
+def check_static(r: "StoreReader") -> str:
+    """"" when every static array matches its recorded checksum, else what does not."""
+    bad = []
+    for name, crc in r.attrs.get("static_checksums", {}).items():
+        try:
+            ok = array_checksum(r.read(name)) == crc
+        except Exception as e:  # a missing or damaged chunk or metadata file
+            bad.append(f"{name} unreadable ({type(e).__name__}: {e})")
+            continue
+        if not ok:
+            bad.append(f"{name} does not match its checksum (a chunk is missing or changed)")
+    return "; ".join(bad)
+
+
+def read_rows(r: "StoreReader", start: int, stop: int, status: np.ndarray | None = None) -> np.ndarray:
+    """The data array's rows [start, stop), each sample checked against `checksum` (videos whose
+    status is not OK carry zeros and are checked too: they were written as such)."""
+    name = "features" if r.attrs.get("kind") == "features" else "frames"
+    try:
+        data = np.asarray(r[name][start:stop])
+        sums = np.asarray(r["checksum"][start:stop])
+    except Exception as e:  # zarr's crc32c / shard index / codec errors, a truncated HDF5 chunk
+        raise DamagedStoreError(f"{r.path} is damaged: {name} of videos {_names(r.read('video'), range(start, stop))} "
+                                f"cannot be read ({type(e).__name__}: {e}); {REBUILD}") from None
+    videos = video_names(r, start, stop) if binds(r.attrs) else None
+    bad = np.flatnonzero((sample_checksums(data, start, videos) != sums).any(axis=1))
+    if len(bad):
+        rows = ", ".join(str(i) for i in (bad + start)[:3]) + (", ..." if len(bad) > 3 else "")
+        raise DamagedStoreError(f"{r.path} is damaged: {name} of {_names(r.read('video'), bad + start)} (rows {rows}) "
+                                f"do not match their checksums (a chunk is missing, changed or moved); {REBUILD}")
+    return data
+
+
+def read_sample(arr, sums, path: Path, v: int, s: int, video: str | None = None) -> np.ndarray:
+    """One sample data[v, s], checked against checksum[v, s] (`arr`, `sums` opened by the caller);
+    `video`: row v's name, for a store whose checksums bind it (`binds`), else None."""
+    try:
+        x = np.asarray(arr[v, s])
+        crc = int(sums[v, s])
+    except Exception as e:
+        raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} cannot be read "
+                                f"({type(e).__name__}: {e}); {REBUILD}") from None
+    if zlib.crc32(np.ascontiguousarray(x), 0 if video is None else _place(v, s, str(video))) != crc:
+        raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} does not match its checksum "
+                                f"(a chunk is missing, changed or moved); {REBUILD}")
+    return x
+
+
+def verify(r: "StoreReader") -> list[str]:
+    """Every problem of a store, reading all of it (har status --verify); [] when sound."""
+    problems = quick_check(r)
+    if shape_problems(r):   # nothing is read of a store whose shapes are wrong
+        return problems
+    data_name = "features" if r.attrs.get("kind") == "features" else "frames"
+    try:
+        for name in r.names():  # every array but the data decodes (each chunk's crc32c)
+            if name != data_name:
+                r.read(name)
+        n = len(r.read("status"))
+    except StoreError as e:
+        return problems + [str(e).split(" is damaged: ", 1)[-1]]
+    step = max(1, int(r["checksum"].chunks[0]) if hasattr(r["checksum"], "chunks") and r["checksum"].chunks else 1)
+    for a in range(0, n, step):
+        try:
+            read_rows(r, a, min(n, a + step))
+        except DamagedStoreError as e:
+            problems.append(str(e).split(" is damaged: ", 1)[-1])
+            if len(problems) > 5:
+                break
+    return problems
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes on disk of a store (a Zarr folder or an HDF5 file; the objects under a URL)."""
+    path = location.of(path)
+    if isinstance(path, Url):
+        return sum(path.files().values())
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def remove(path: Path) -> None:
+    path = location.of(path)
+    if isinstance(path, Url):
+        path.remove_tree()
+        return
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -1,0 +1,676 @@
+"""`har serve`: the API through FastAPI's TestClient, a real server process on 127.0.0.1 under 50
+concurrent uploads, and the page in a real headless Chromium."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, har
+
+pytest.importorskip("fastapi", reason="har serve needs the serve extra: pip install 'har[serve]'")
+pytest.importorskip("multipart", reason="har serve needs python-multipart: pip install 'har[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from trainers.inference import predictor, server  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def clips(root: Path) -> list[Path]:
+    return sorted(root.glob("*/*.avi"))
+
+
+@pytest.fixture(scope="module")
+def client(colour_run):
+    run, _ = colour_run
+    cfg = server.ServeConfig((run,), device="cpu", max_upload_mb=2, max_seconds=20)
+    asgi, app = server.create_app(cfg, server.load_runs(cfg))
+    with TestClient(asgi, base_url="http://127.0.0.1") as c:
+        c.scratch = Path(app.state.scratch)
+        yield c
+    assert not c.scratch.exists()  # the server's temporary folder goes with it
+
+
+def test_predict_answers_what_har_predict_json_says(client, colour_run):
+    run, root = colour_run
+    p = predictor.load(run, "cpu")
+    for v in clips(root)[::5]:
+        r = client.post("/api/predict", files={"file": (v.name, v.read_bytes(), "video/x-msvideo")}, data={"top": 2})
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["run"] == run.name and len(doc["predictions"]) == 1
+        want = p(v, 2)
+        got = doc["predictions"][0]
+        assert got["video"] == v.name and got["clips"] == want["clips"]
+        assert [t["class"] for t in got["top"]] == [t["class"] for t in want["top"]]
+        assert [t["probability"] for t in got["top"]] == pytest.approx([t["probability"] for t in want["top"]], abs=1e-6)
+        assert got["top"][0]["class"] == v.parent.name
+    r = har("predict", clips(root)[0], "--run", run, "--top", 2, "--json")
+    cli = json.loads(r.stdout)["predictions"][0]
+    assert set(cli) == set(got)  # the same keys as the command line's JSON
+    assert list(client.scratch.iterdir()) == []  # every upload removed
+
+
+def test_predict_with_a_window_gives_the_timeline(client, tmp_path):
+    import numpy as np
+    from helpers import colour_frames
+
+    from pipeline.decoding.video import write_video
+
+    v = write_video(tmp_path / "long.mp4", np.concatenate([colour_frames("Green", 75, 1), colour_frames("Red", 100, 2)]))
+    r = client.post("/api/predict", files={"file": ("long.mp4", v.read_bytes())}, data={"window": 1, "stride": 0.5})
+    assert r.status_code == 200, r.text
+    p = r.json()["predictions"][0]
+    assert [s["label"] for s in p["segments"]] == ["Green", "Red"]
+    assert abs(p["segments"][0]["end"] - 3.0) <= 1.0
+    assert all({"start", "end", "top"} <= set(w) for w in p["windows"])
+    assert "probabilities" not in p and "files" not in p
+    r = client.post("/api/predict", files={"file": ("long.mp4", v.read_bytes())}, data={"stride": 0.5})
+    assert r.status_code == 422 and "stride needs window" in r.json()["detail"]
+    r = client.post("/api/predict", files={"file": ("long.mp4", v.read_bytes())}, data={"window": 3600, "stride": 1})
+    assert r.status_code == 422 and "at most 64 windows overlap" in r.json()["detail"]  # bounded memory
+
+
+def test_bad_uploads_get_4xx_with_a_message_never_500(client, colour_run):
+    _, root = colour_run
+    good = clips(root)[0].read_bytes()
+    cases = [
+        ({"file": ("clip.avi", b"hello, I am text in a video's clothes" * 4)}, {}, 415, "not a video file"),
+        ({"file": ("clip.avi", b"RIFF\0\0\0\0AVI LIST" + bytes(600))}, {}, 422, "not a readable container"),
+        ({"file": ("clip.avi", good[: len(good) // 3])}, {}, 422, "clip.avi"),   # truncated
+        ({"file": ("song.wav", b"RIFF\0\0\0\0WAVEfmt " + bytes(600))}, {}, 415, "not a video file"),
+        ({"file": ("x.avi", b"")}, {}, 422, "'x.avi' is empty"),
+        ({}, {"top": 2}, 422, "file"),
+        ({"file": ("x.avi", good)}, {"top": 0}, 422, "top"),
+        ({"file": ("x.avi", good)}, {"run": "../../etc"}, 422, "unknown run"),
+        ({"file": ("x.avi", good)}, {"window": -1}, 422, "window"),
+        ({"file": ("x.avi", bytes(3 * 2**20))}, {}, 413, "up to 2 MB"),
+        ({"file": ("zz.avi", good.replace(b"XVID", b"ZZZZ").replace(b"xvid", b"zzzz"))}, {}, 422, "unsupported"),
+    ]
+    for files, data, status, words in cases:
+        r = client.post("/api/predict", files=files, data=data)
+        assert r.status_code == status, (files.get("file", [""])[0], data, r.status_code, r.text[:300])
+        assert words in json.dumps(r.json()), r.text
+        assert "/tmp" not in r.text and str(client.scratch) not in r.text  # no server path told
+    assert list(client.scratch.iterdir()) == []
+    # a body without Content-Length (chunked) is counted as it arrives and cut at the limit
+    def chunks():
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n"
+        for _ in range(40):
+            yield bytes(100_000)
+    r = client.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "up to 2 MB" in r.json()["detail"]
+    assert list(client.scratch.iterdir()) == []
+
+
+def test_the_duration_limit_is_413(colour_run, tmp_path):
+    run, root = colour_run
+    cfg = server.ServeConfig((run,), device="cpu", max_seconds=0.5)
+    asgi, _ = server.create_app(cfg, server.load_runs(cfg))
+    with TestClient(asgi, base_url="http://127.0.0.1") as c:
+        r = c.post("/api/predict", files={"file": ("a.avi", clips(root)[0].read_bytes())})
+    assert r.status_code == 413 and "--max-seconds" in r.json()["detail"]
+
+
+def test_client_file_names_are_labels_never_paths(client, colour_run, tmp_path):
+    _, root = colour_run
+    for name in ("../../../../tmp/evil.avi", "/etc/passwd", "..\\..\\x.avi", "a\x00b.avi", "x" * 600 + ".avi"):
+        r = client.post("/api/predict", files={"file": (name, clips(root)[0].read_bytes())})
+        if "\x00" in name and r.status_code == 400:  # a NUL in a multipart header: the parser refuses it
+            continue
+        assert r.status_code == 200, (name[:40], r.text)
+        label = r.json()["predictions"][0]["video"]
+        assert "/" not in label and "\\" not in label and "\x00" not in label and len(label) <= server.NAME_LIMIT
+    assert not Path("/tmp/evil.avi").exists()
+
+
+def test_runs_health_schema_page_and_explain(client, colour_run):
+    run, root = colour_run
+    assert client.get("/healthz").json() == {"status": "ok", "runs": 1}
+    info = client.get("/api/runs").json()["runs"][0]
+    assert info["name"] == run.name and info["classes"] == ["Blue", "Green", "Red"] and info["kind"] == "head"
+    assert info["test"]["top1"] == json.loads((run / "metrics.json").read_text())["test"]["top1"]
+    assert info["split"]["name"] == "groups"
+    schema = client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/explain", "/api/runs", "/healthz"} <= set(schema["paths"])
+    page = client.get("/").text
+    assert '<input type="file"' in page and "api/predict" in page
+    v = clips(root)[-1]
+    r = client.post("/api/explain", files={"file": (v.name, v.read_bytes())})
+    assert r.status_code == 200, r.text
+    e = r.json()
+    assert e["class"] == v.parent.name and e["method"] == "gradcam" and len(e["importance"]) == 8
+    from PIL import Image
+
+    for key, fmt in (("png", "PNG"), ("gif", "GIF")):
+        head, data = e[key].split(",", 1)
+        assert head == f"data:image/{key};base64"
+        assert Image.open(io.BytesIO(base64.b64decode(data))).format == fmt
+    r = client.post("/api/explain", files={"file": (v.name, v.read_bytes())}, data={"method": "filters"})
+    assert r.status_code == 422 and "allowed" in r.json()["detail"]
+    assert list(client.scratch.iterdir()) == []
+
+
+def test_serve_refuses_bad_settings_with_one_line(colour_run, tmp_path):
+    run, _ = colour_run
+    for args, words in ((["--workers", 0], "--workers 0"), (["--port", 70000], "--port 70000"),
+                        (["--max-upload-mb", 0], "--max-upload-mb"), ([], None)):
+        target = [run] if args or words else [tmp_path / "no_run"]
+        r = har("serve", *target, *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        if words:
+            assert words in r.stderr
+    assert server.ServeConfig((run,)).host == "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(run: Path, *args, env: dict | None = None):
+    """`har serve RUN ARGS...` as a user starts it (a real uvicorn process on 127.0.0.1), once
+    /healthz answers: yields (url, process); stopped with Ctrl-C (SIGINT) unless already gone."""
+    import httpx
+
+    port = free_port()
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", str(run), "--port", str(port), "--device", "cpu",
+                             *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"har serve exited: {log.read()}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def live(colour_run, tmp_path_factory):
+    """`har serve` as a user starts it: a real uvicorn process on 127.0.0.1."""
+    run, _ = colour_run
+    tmp = tmp_path_factory.mktemp("servetmp")
+    # 50 uploads at once from one address: as many upload places and requests per client (defaults 8)
+    with serving(run, "--workers", 2, "--uploads", 50, "--per-client", 50,
+                 env={**os.environ, "TMPDIR": str(tmp)}) as (url, proc):
+        yield url, proc, tmp
+
+
+def test_a_real_server_answers_50_concurrent_uploads(live, colour_run):
+    import httpx
+
+    url, proc, tmp = live
+    _, root = colour_run
+    vids = clips(root)
+    jobs = [vids[i % len(vids)] for i in range(50)]
+
+    def one(v: Path) -> tuple[int, str, float]:
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/api/predict", files={"file": (v.name, v.read_bytes())}, timeout=300)
+        return r.status_code, r.json()["predictions"][0]["top"][0]["class"] if r.status_code == 200 else r.text, \
+            time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(50) as ex:
+        results = list(ex.map(one, jobs))
+    wall = time.perf_counter() - t0
+    assert [s for s, _, _ in results] == [200] * 50
+    assert [c for _, c, _ in results] == [v.parent.name for v in jobs]  # every one answered correctly
+    lat = sorted(t for _, _, t in results)
+    print(f"50 concurrent uploads: p50 {lat[24]:.2f} s, p95 {lat[47]:.2f} s, {50 / wall:.1f} videos/s")
+    scratch = [p for p in tmp.iterdir() if p.name.startswith("har-serve-")]
+    assert len(scratch) == 1 and list(scratch[0].iterdir()) == []  # no upload left behind
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) in (0, 130)
+    assert not scratch[0].exists()
+
+
+def test_a_full_queue_gets_503_with_retry_after_never_an_error(colour_run):
+    """One worker and one queue place: of 12 uploads at once, those beyond get 503 and Retry-After;
+    every other is answered correctly."""
+    import httpx
+
+    run, root = colour_run
+    with serving(run, "--workers", 1, "--queue", 1) as (url, _):
+        long = clips(root)[0]
+
+        def one(v: Path):
+            return v, httpx.post(url + "/api/predict", files={"file": (v.name, v.read_bytes())},
+                                 data={"window": 0.4, "stride": 0.1}, timeout=300)
+        with ThreadPoolExecutor(12) as ex:
+            got = list(ex.map(one, [long] * 12))
+        codes = [r.status_code for _, r in got]
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+        for v, r in got:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "2" and "busy" in r.json()["detail"]
+            else:
+                assert r.json()["predictions"][0]["segments"][0]["label"] == v.parent.name
+
+
+def test_a_busy_port_is_one_line_exit_2(colour_run):
+    run, _ = colour_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = har("serve", run, "--port", s.getsockname()[1])
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+
+
+def chromium() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver; .ci/run installs them)")
+    pytest.importorskip("selenium", reason="the browser test needs selenium: pip install -e '.[test]'")
+    return browser, driver
+
+
+def test_the_page_in_a_real_headless_browser(colour_run, tmp_path):
+    """Chromium loads the page, a video is chosen in its file input, Classify is pressed; the page
+    shows the right top-1 class and the Grad-CAM pictures."""
+    browser, driver_path = chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run, root = colour_run
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1100,1400"):
+        opts.add_argument(a)
+    drv = None
+    with serving(run) as (url, _):
+        try:
+            drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+            drv.get(url + "/")
+            wait = WebDriverWait(drv, 120)
+            wait.until(lambda d: d.find_element(By.ID, "run").get_attribute("value") == run.name)
+            v = [c for c in clips(root) if c.parent.name == "Green"][0]
+            drv.find_element(By.ID, "file").send_keys(str(v))
+            wait.until(ec.element_to_be_clickable((By.ID, "go"))).click()
+            top1 = wait.until(ec.visibility_of_element_located((By.ID, "top1")))
+            assert top1.text == "Green"
+            wait.until(ec.visibility_of_element_located((By.ID, "strip")))
+            assert drv.find_element(By.ID, "strip").get_attribute("src").startswith("data:image/png;base64,")
+            assert drv.find_element(By.ID, "status").text == ""
+            # a long video with a window: the timeline shows its two parts in order
+            import numpy as np
+            from helpers import colour_frames
+
+            from pipeline.decoding.video import write_video
+
+            long = write_video(tmp_path / "green_then_blue.avi",
+                               np.concatenate([colour_frames("Green", 75, 5), colour_frames("Blue", 75, 6)]))
+            drv.find_element(By.ID, "file").send_keys(str(long))
+            drv.find_element(By.ID, "window").send_keys("1")
+            drv.find_element(By.ID, "go").click()
+            wait.until(ec.visibility_of_element_located((By.ID, "tlbox")))
+            wait.until(lambda d: d.find_element(By.ID, "status").text == "")
+            band = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#timeline div")]
+            assert band == ["Green", "Blue"], band
+            if os.environ.get("HAR_SCREENSHOT"):  # docs/images/serve.png is made this way
+                drv.save_screenshot(os.environ["HAR_SCREENSHOT"])
+        finally:
+            if drv is not None:
+                drv.quit()
+
+
+# ---- a network service: bounded cost, bounded holdings, stopped work, trusted hosts -----------------
+
+def post(client, v: Path, **data):
+    return client.post("/api/predict", files={"file": (v.name, v.read_bytes())}, data=data)
+
+
+def test_a_window_spans_frames_and_a_request_has_a_window_budget(client, colour_run, tmp_path):
+    """A window shorter than MIN_WINDOW_FRAMES frames is refused naming the frame period; more
+    windows than one per 2 s of --max-seconds (here 20 s: 16) is 413; the limit is exactly there."""
+    import numpy as np
+    from helpers import colour_frames
+
+    from pipeline.decoding.video import write_video
+    from trainers.inference import timeline
+
+    _, root = colour_run
+    v = clips(root)[0]  # 30 frames at 25 fps
+    for window in (1e-9, 0.001, 0.2, 0.31):
+        r = post(client, v, window=window)
+        assert r.status_code == 422, (window, r.text)
+        assert f"at least {timeline.MIN_WINDOW_FRAMES} frames" in r.json()["detail"] and "0.04 s" in r.json()["detail"]
+    assert post(client, v, window=0.32).status_code == 200  # 8 frames: allowed
+    long = write_video(tmp_path / "long.avi", colour_frames("Red", 250, 3))  # 10 s
+    r = post(client, long, window=0.4, stride=0.1)   # 97 windows
+    assert r.status_code == 413 and "up to 16 a request" in r.json()["detail"], r.text
+    r = post(client, long, window=1.2, stride=0.6)   # 16 windows: the budget
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["windows"]) == 16, r.text
+    assert server.ServeConfig((v,), max_seconds=3600).max_windows == 1800
+    assert list(client.scratch.iterdir()) == []
+
+
+def test_the_form_is_parsed_here_with_bounds(client, colour_run):
+    """Only the known fields, each once and short; a body that is not multipart or ends early is
+    a 4xx in one line; nothing is left in the scratch folder."""
+    _, root = colour_run
+    good = clips(root)[0].read_bytes()
+    cases = [
+        ({"file": ("a.avi", good)}, {"path": "/etc/passwd"}, 422, "unknown form field 'path'"),
+        ({"file": ("a.avi", good)}, {"run": "x" * 5000}, 422, "longer than 1024 bytes"),
+        ({"file": ("a.avi", good)}, {"top": "many"}, 422, "top 'many' is out of range"),
+        ({"file": ("a.avi", good)}, {"window": "nan"}, 422, "window 'nan'"),
+        ({"file": ("a.avi", good)}, {"window": "inf"}, 422, "window 'inf'"),
+    ]
+    for files, data, status, words in cases:
+        r = client.post("/api/predict", files=files, data=data)
+        assert r.status_code == status and words in r.json()["detail"], (data, r.text[:200])
+    r = client.post("/api/predict", files=[("file", ("a.avi", good)), ("file", ("b.avi", good))])
+    assert r.status_code == 422 and "given twice" in r.json()["detail"]
+    body = b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n" + good[:4000]
+    r = client.post("/api/predict", content=body, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "ended before" in r.json()["detail"]
+    r = client.post("/api/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "multipart" in r.json()["detail"]
+    assert list(client.scratch.iterdir()) == []
+
+
+def test_a_foreign_host_header_is_refused(colour_run):
+    """A DNS-rebinding page names its own host: refused. localhost and the bound address pass, and
+    --allow-host adds a name."""
+    run, _ = colour_run
+    cfg = server.ServeConfig((run,), device="cpu", allow_hosts=("har.example.org",))
+    asgi, _ = server.create_app(cfg, server.load_runs(cfg))
+    for base, code in (("http://evil.example", 400), ("http://127.0.0.1.evil.example", 400),
+                       ("http://localhost:8000", 200), ("http://127.0.0.1", 200), ("http://har.example.org", 200),
+                       ("http://x.har.example.org", 400), ("http://[::1]:8000", 200), ("http://10.1.2.3:8000", 200),
+                       ("http://[fe80::1]", 200), ("http://localhost.evil.example", 400)):
+        with TestClient(asgi, base_url=base) as c:
+            assert c.get("/api/runs").status_code == code, base
+    assert server.ServeConfig((run,)).hosts() == ["localhost"]  # and any address: none can be rebound
+    for bad in ("a b", "*example.org", "ex*.org", "::1", ""):
+        r = har("serve", run, "--allow-host", bad)
+        assert r.returncode == 2 and f"--allow-host {bad!r} is not a host name" in r.stderr, r.stderr
+
+
+def test_server_faults_are_one_line_and_models_are_loaded_at_start(colour_run, tmp_path, monkeypatch):
+    """The run folder replaced or deleted while serving changes nothing (every model was loaded at
+    start, explain's too); a full disk while storing an upload is 507; a damaged metrics.json shows
+    no metrics instead of stopping the server; a run changed while it loads is refused."""
+    import errno
+
+    run, root = colour_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)
+    (mine / "metrics.json").write_text('{"split": "groups", "test": [1]}')
+    cfg = server.ServeConfig((mine,), device="cpu")
+    asgi, app = server.create_app(cfg, server.load_runs(cfg))
+    v = [c for c in clips(root) if c.parent.name == "Blue"][0]
+    with TestClient(asgi, base_url="http://127.0.0.1") as c:
+        info = c.get("/api/runs").json()["runs"][0]
+        assert info["test"] == {} and len(info["fingerprint"]) == 16  # split: config.json's
+        shutil.rmtree(mine)
+        mine.mkdir()
+        (mine / "best.pt").write_bytes(b"not a checkpoint")
+        for path in ("/api/predict", "/api/explain"):
+            r = c.post(path, files={"file": (v.name, v.read_bytes())})
+            assert r.status_code == 200, r.text
+            top = r.json()["predictions"][0]["top"][0]["class"] if path == "/api/predict" else r.json()["class"]
+            assert top == "Blue"
+
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(server, "open", full, raising=False)
+        r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())})
+        assert r.status_code == 507 and r.json()["detail"] == "the server's disk is full; try again later"
+        assert list(Path(app.state.scratch).iterdir()) == []
+    monkeypatch.undo()
+
+    from trainers.inference import explain
+    real = explain.load
+
+    def racing(run_dir, device):  # another training run rewrites best.pt while this one loads
+        with open(Path(run_dir) / "best.pt", "ab") as f:
+            f.write(b"\0")
+        return real(run_dir, device)
+    monkeypatch.setattr(explain, "load", racing)
+    again = tmp_path / "run2"
+    shutil.copytree(run, again)
+    with pytest.raises(ValueError, match="changed while it was loading"):
+        server.load_runs(server.ServeConfig((again,), device="cpu"))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """Three minutes of 64 x 48 video: with 0.32 s windows every 0.04 s, ~4,500 windows of work."""
+    import numpy as np
+    from helpers import colour_frames
+
+    from pipeline.decoding.video import write_video
+
+    frames = colour_frames("Green", 250, 7)
+    return write_video(tmp_path_factory.mktemp("long") / "long.avi", np.concatenate([frames] * 18))
+
+
+LONG = {"window": 0.32, "stride": 0.04}
+
+
+def test_work_for_a_client_that_hung_up_is_stopped(colour_run, long_video):
+    """One worker: a client asks for minutes of work and hangs up; the worker is free again within
+    seconds (the next client is answered at once) and the CPU goes back to idle."""
+    import httpx
+
+    run, root = colour_run
+    with serving(run, "--workers", 1, "--max-seconds", 36000) as (url, proc):
+        try:
+            httpx.post(url + "/api/predict", files={"file": ("long.avi", long_video.read_bytes())}, data=LONG,
+                       timeout=httpx.Timeout(60, read=3))
+            pytest.fail("the long job finished within 3 s: it cannot show cancellation")
+        except httpx.ReadTimeout:
+            left = time.perf_counter()
+        v = clips(root)[0]
+        r = httpx.post(url + "/api/predict", files={"file": (v.name, v.read_bytes())}, timeout=60)
+        waited = time.perf_counter() - left
+        assert r.status_code == 200 and r.json()["predictions"][0]["top"][0]["class"] == v.parent.name
+        assert waited < 5, f"the next client waited {waited:.1f} s: the abandoned job kept the worker"
+        time.sleep(0.5)
+        c0 = cpu_seconds(proc.pid)
+        time.sleep(2)
+        assert cpu_seconds(proc.pid) - c0 < 0.3  # idle: nothing runs for the client that left
+
+
+def test_slow_bodies_hold_no_more_than_their_places_and_time_out(colour_run, tmp_path):
+    """Two upload places: two clients that send all but the last bytes hold them; a third upload
+    gets 503 before its body is read, and nothing is spooled outside the server's scratch folder;
+    after --body-timeout the slow ones get 408 and the server takes uploads again."""
+    import httpx
+
+    run, root = colour_run
+    good = clips(root)[0].read_bytes()
+    body = (b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n" + good
+            + b"\r\n--x--\r\n")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    with serving(run, "--uploads", 2, "--body-timeout", 4, env={**os.environ, "TMPDIR": str(tmpdir)}) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        slow = []
+        for i in range(2):  # two clients (an address each: one alone may hold half the places)
+            s = socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.3.{i + 1}", 0))
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      b"boundary=x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:-100])
+            slow.append(s)
+        time.sleep(1)
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/api/predict", files={"file": ("b.avi", good)}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+        assert time.perf_counter() - t0 < 2
+        outside = [p for p in tmpdir.iterdir() if not p.name.startswith("har-serve-")]
+        assert outside == []  # nothing spooled into the system's temporary folder
+        for s in slow:
+            s.settimeout(15)
+            answer = b""
+            while b"--body-timeout" not in answer and (chunk := s.recv(4096)):
+                answer += chunk
+            answer = answer.decode()
+            assert answer.startswith("HTTP/1.1 408") and "--body-timeout" in answer, answer[:300]
+            s.close()
+        r = httpx.post(url + "/api/predict", files={"file": ("b.avi", good)}, timeout=30)
+        assert r.status_code == 200
+        r = httpx.get(url + "/api/runs", headers={"Host": "rebind.evil.example"})
+        assert r.status_code == 400
+
+
+def test_ctrl_c_stops_the_server_within_seconds_whatever_runs(colour_run, long_video):
+    """Ctrl-C while two minutes-long jobs run and one waits: the process is gone within seconds;
+    the clients get 503 (or their connection cut), never a result made of half the work."""
+    import httpx
+
+    run, _ = colour_run
+    with serving(run, "--workers", 2, "--max-seconds", 36000) as (url, proc):
+        def one(_):
+            try:
+                return httpx.post(url + "/api/predict", files={"file": ("long.avi", long_video.read_bytes())},
+                                  data=LONG, timeout=120).status_code
+            except httpx.HTTPError:
+                return "cut"
+        with ThreadPoolExecutor(3) as ex:
+            futures = [ex.submit(one, i) for i in range(3)]
+            time.sleep(3)
+            t0 = time.perf_counter()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+            stopped = time.perf_counter() - t0
+            results = [f.result() for f in futures]
+    assert stopped < 15, f"Ctrl-C took {stopped:.1f} s"  # 2-3 s alone; the rest is a busy machine's slack
+    assert set(results) <= {503, "cut"}, results
+
+
+def forged(v: Path, tmp: Path, rate: int | None = None, length: int | None = None) -> Path:
+    """`v` (an AVI) with its stream header claiming another frame rate or frame count."""
+    import struct
+
+    b = bytearray(v.read_bytes())
+    i = b.index(b"strh") + 8
+    if rate is not None:
+        struct.pack_into("<II", b, i + 20, 1, rate)   # dwScale, dwRate
+    if length is not None:
+        struct.pack_into("<I", b, i + 32, length)     # dwLength
+    out = tmp / f"forged_{rate}_{length}.avi"
+    out.write_bytes(bytes(b))
+    return out
+
+
+def test_a_forged_header_buys_no_work(client, colour_run, tmp_path):
+    """A header that claims thousands of frames a second (which would make a long video short and
+    a tiny window many frames) is 422; one that claims billions of frames is 413 at once; the
+    window budget is counted, never listed."""
+    _, root = colour_run
+    v = clips(root)[0]
+    t0 = time.perf_counter()
+    r = post(client, forged(v, tmp_path, rate=2_000_000), window=1e-5, stride=1.5625e-7)
+    assert r.status_code == 422 and "declares 2e+06 frames per second; allowed: up to 1000" in r.json()["detail"]
+    r = post(client, forged(v, tmp_path, length=4_000_000_000), window=1, stride=0.5)
+    assert r.status_code == 413 and "--max-seconds" in r.json()["detail"]
+    r = post(client, forged(v, tmp_path, length=4_000_000_000))
+    assert r.status_code == 413
+    assert time.perf_counter() - t0 < 10
+    assert list(client.scratch.iterdir()) == []
+
+
+def test_one_address_holds_at_most_its_share(colour_run):
+    """--per-client 2: a third request from the same address at once is 429 with Retry-After; with
+    --uploads 4 one address may have 2 uploads arriving, the third is 429 before its body."""
+    run, root = colour_run
+    cfg = server.ServeConfig((run,), device="cpu", per_client=2, uploads=4)
+    assert cfg.client_uploads == 2 and server.ServeConfig((run,)).client_uploads == 4
+    import httpx
+
+    good = clips(root)[0].read_bytes()
+    with serving(run, "--per-client", 2, "--uploads", 4, "--body-timeout", 20) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        body = (b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n" + good
+                + b"\r\n--x--\r\n")
+        held = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      b"boundary=x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:-100])
+            held.append(s)
+        time.sleep(1)
+        r = httpx.post(url + "/api/predict", files={"file": ("b.avi", good)}, timeout=30)
+        assert r.status_code == 429 and r.headers["retry-after"] == "2", r.text
+        assert "--per-client" in r.json()["detail"]
+        for s in held:
+            s.sendall(body[-100:])
+        for s in held:
+            s.settimeout(30)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            s.close()
+        r = httpx.post(url + "/api/predict", files={"file": ("b.avi", good)}, timeout=30)
+        assert r.status_code == 200
+
+
+def test_half_open_connections_are_closed_and_capped(colour_run):
+    """Connections that never finish their request headers are closed after HEADER_SECONDS, and one
+    address holds at most 2 x --per-client connections: a crowd of them never locks others out."""
+    import httpx
+
+    run, root = colour_run
+    with serving(run, "--per-client", 3) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        crowd = []
+        for _ in range(8):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /api/runs HTTP/1.1\r\nHost: 127.0")  # and nothing more
+            crowd.append(s)
+        time.sleep(0.5)
+        closed = 0
+        for s in crowd:
+            s.settimeout(0.2)
+            try:
+                closed += s.recv(1) == b""
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed += 1
+        assert closed == 2  # the 7th and 8th: over 2 x 3 from this address
+        t0 = time.perf_counter()
+        for s in crowd:
+            s.settimeout(server.HEADER_SECONDS + 10)
+            with contextlib.suppress(OSError):
+                assert s.recv(1) == b""
+            s.close()
+        assert time.perf_counter() - t0 < server.HEADER_SECONDS + 5
+        assert httpx.get(url + "/api/runs", timeout=10).status_code == 200

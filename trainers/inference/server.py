@@ -1,0 +1,841 @@
+"""`har serve`: trained runs behind a web page and an HTTP API (FastAPI, served by uvicorn).
+
+    GET  /              the page: drop a video, see the top classes, the sampled frames with
+                        Grad-CAM, and for a long video the timeline (trainers/server.html)
+    POST /api/predict   multipart `file`, `run`, `top`, optional `window`, `stride`: the JSON of
+                        `har predict --json` (the file's name in place of a path)
+    POST /api/explain   multipart `file`, `run`, `method`: the sampled frames with their maps
+                        (PNG) and the animated overlay (GIF) as data URLs
+    GET  /api/runs      the loaded runs: model, classes, split, test metrics, fingerprint
+    GET  /healthz       liveness
+    GET  /openapi.json  the schema (FastAPI)
+
+A network service: its clients are not trusted, so what one request can cost and one client can
+hold is bounded.
+- Every model is loaded at start (predict's and explain's from the same files: their sha256 is
+  taken before and after loading and must agree); nothing is read from the run folders afterwards.
+- A request takes a slot (`workers` running + `queue` waiting) and, while its body arrives, an
+  upload place (`uploads`); with none free it gets 503 and Retry-After before its body is read.
+  One client address holds at most `per_client` requests at once (429 beyond).
+- The body is parsed here, as it arrives (python-multipart's streaming parser; FastAPI's form
+  parsing would spool it into the system's temporary folder first): only the known fields, each
+  short; the file goes straight into the server's own scratch folder under a name of ours, and its
+  first bytes must be a video container's (415 otherwise, whatever its name). More than
+  --max-upload-mb is 413 as soon as it is known; a body that stalls (no byte for 30 s, or not
+  complete within --body-timeout) is 408.
+- A video PyAV cannot decode is 422, one longer than --max-seconds 413; a timeline window must
+  span at least `timeline.MIN_WINDOW_FRAMES` frames, and a request gets at most one window per 2 s
+  of --max-seconds (413 beyond).
+- Work runs on a pool of `workers` threads (decoding and PyTorch release the GIL); while it runs
+  the request watches its client: one that hung up has its work stopped between packets and
+  batches (pipeline.decoding.video.Cancelled), so the worker is free again within about a second.
+- Ctrl-C (or SIGTERM) stops every running job the same way; requests in flight get 503.
+- Server-side faults are one line: 507 when the server's disk is full, 503 for other I/O errors.
+- The Host header must name this server (the bound address, localhost, or an --allow-host name):
+  a web page elsewhere cannot drive a server on 127.0.0.1 through DNS rebinding.
+Nothing a client sends names a server-side file (a run is chosen among the loaded runs' names).
+Binds 127.0.0.1 unless told otherwise.
+"""
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations, imported inside create_app
+
+import asyncio
+import base64
+import contextlib
+import contextvars
+import dataclasses
+import errno
+import functools
+import hashlib
+import json
+import logging
+import math
+import shutil
+import socket
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+EXTRA = "pip install 'har[serve]'"
+NAME_LIMIT = 200       # characters of a client's file name echoed back (a label, never a path)
+FIELD_LIMIT = 1024     # bytes of one form field other than the file
+PARTS_LIMIT = 16       # parts of one multipart body
+IDLE_SECONDS = 30.0    # the longest silence within a body (at most --body-timeout)
+MIN_RATE = 8 * 1024    # bytes per second a body must average after its first GRACE_SECONDS
+GRACE_SECONDS = 10.0
+HEADER_SECONDS = 10.0  # a connection's request line and headers must arrive within this
+HEADER_LIMIT = 4096    # bytes of one multipart part header's name or value
+MAX_FPS = 1000.0       # a frame rate above this is a forged header, not a video
+SECONDS_PER_WINDOW = 2.0  # a timeline request gets at most --max-seconds / this windows
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+RUN_FILES = ("config.json", "lineage.json", "best.pt")  # what a served model is made of
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    runs: tuple[Path, ...]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2             # threads that decode and score
+    queue: int = 64              # requests waiting for a thread before 503
+    uploads: int = 8             # bodies being received at once before 503
+    per_client: int = 8          # requests in progress from one client address before 429
+    max_upload_mb: float = 200.0
+    max_seconds: float = 3600.0  # longest video accepted
+    body_timeout: float = 300.0  # seconds a whole upload may take
+    allow_hosts: tuple[str, ...] = ()  # Host header names accepted beside the bound address and localhost
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if not self.runs:
+            raise ValueError("name at least one RUN folder to serve")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port {self.port} is out of range; allowed: 0..65535 (0: any free port)")
+        for name, lo, hi in (("workers", 1, 256), ("queue", 1, 100_000), ("uploads", 1, 10_000),
+                             ("per_client", 1, 100_000)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} is out of range; "
+                                 f"allowed: {lo}..{hi}")
+        for name in ("max_upload_mb", "max_seconds", "body_timeout"):
+            v = getattr(self, name)
+            if not 0 < v <= 1e6:
+                raise ValueError(f"--{name.replace('_', '-')} {v} is out of range; allowed: > 0 and <= 1e6")
+        for h in self.allow_hosts:
+            name = h[2:] if h.startswith("*.") else h
+            if h != "*" and not (name and len(name) <= 253 and all(c.isalnum() or c in "-." for c in name)):
+                raise ValueError(f"--allow-host {h[:80]!r} is not a host name; allowed: a name (example.org), "
+                                 "a pattern (*.example.org), or * (any: no Host check); addresses always pass")
+
+    @property
+    def client_uploads(self) -> int:
+        """Uploads one client address may have in progress: never more than half the places."""
+        return max(1, min(self.per_client, self.uploads // 2))
+
+    @property
+    def max_windows(self) -> int:
+        """The most timeline windows one request may ask for: one per 2 s of the longest video accepted."""
+        return max(16, math.ceil(self.max_seconds / SECONDS_PER_WINDOW))
+
+    def hosts(self) -> list[str]:
+        """The Host header names accepted beside any IP address (an address cannot be rebound):
+        localhost, the bound name (for a wildcard bind this machine's names) and --allow-host."""
+        names = {"localhost"}
+        if self.host in WILDCARD_HOSTS:
+            names |= {socket.gethostname(), socket.getfqdn()}
+        elif not is_address(self.host):
+            names.add(self.host)
+        return sorted({n.lower() for n in names | set(self.allow_hosts)})
+
+
+def is_address(host: str) -> bool:
+    """An IP address, IPv6 in brackets or not."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class HostCheck:
+    """ASGI middleware: the Host header must be an IP address or one of `hosts` (starlette's
+    TrustedHostMiddleware judges the names); a DNS-rebinding page names a host of its own (400)."""
+
+    def __init__(self, app, hosts: list[str]):
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        self.app, self.names = app, TrustedHostMiddleware(app, allowed_hosts=hosts)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            bare = host.rsplit("]", 1)[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+            if is_address(bare):
+                return await self.app(scope, receive, send)
+        return await self.names(scope, receive, send)
+
+
+def require() -> None:
+    """ValueError naming the extra when FastAPI, uvicorn or python-multipart is missing."""
+    for mod in ("fastapi", "uvicorn", "python_multipart"):
+        try:
+            __import__(mod)
+        except ImportError:
+            raise ValueError(f"har serve needs FastAPI, uvicorn and python-multipart ({mod} is not installed): "
+                             f"{EXTRA}") from None
+
+
+@dataclass
+class Served:
+    """One loaded run: its predictor and explainer (both loaded at start from the same files; for
+    a run explain cannot take, the reason), what /api/runs says."""
+    name: str
+    run_dir: Path
+    predictor: object
+    explainer: object
+    info: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)  # explanations hook the model: one at a time
+
+
+def run_digest(run_dir: Path) -> str:
+    """sha256 over the files a served model is made of: the run's fingerprint as served."""
+    from pipeline.core.lineage import file_sha256
+
+    return hashlib.sha256("\n".join(file_sha256(Path(run_dir) / f) for f in RUN_FILES).encode()).hexdigest()
+
+
+def run_info(name: str, run_dir: Path, p, digest: str, labels: str | None = None) -> dict:
+    """What /api/runs tells about a run: from its config, lineage card and metrics (a joint run's
+    entry for dataset `labels`: that dataset's test metrics). A damaged metrics.json shows no
+    metrics (logged), never stops the server."""
+    from trainers.runs import runs
+    from trainers.training import tasks
+
+    def read(f: str) -> dict:
+        try:
+            doc = json.loads((run_dir / f).read_text())
+        except (OSError, ValueError, RecursionError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    cfg, lin = read("config.json"), read("lineage.json")
+    try:
+        metrics = runs.read_metrics(run_dir)
+    except ValueError as e:
+        logger.warning("%s; /api/runs shows no metrics for %s", e, name)
+        metrics = {}
+    card = lin.get("predict") if isinstance(lin.get("predict"), dict) else {}
+    test = metrics.get("test", {})
+    if labels is not None:
+        test = test.get("datasets", {}).get(labels, {})
+    kind = tasks.for_inputs(lin.get("inputs"))
+    return {"name": name, "kind": kind.name if kind else ("video-model" if "model" in cfg else "head"),
+            "model": cfg.get("model") or cfg.get("head"), "backbone": card.get("backbone"),
+            "classes": list(p.classes), "split": metrics.get("split", cfg.get("split")),
+            "recipe": card.get("recipe"), "fingerprint": digest[:16],
+            "test": {k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+
+
+def load_runs(cfg: ServeConfig) -> dict[str, Served]:
+    """Every run loaded once (checked as `har predict` checks it), predictor and explainer from
+    the same files (ValueError when a run folder changed while it loaded); named by its folder's
+    name (a joint run once per dataset, `FOLDER:DATASET`, answering in that dataset's classes)."""
+    from trainers.inference import explain, predictor
+
+    served: dict[str, Served] = {}
+    for r in map(Path, cfg.runs):
+        before = run_digest(r) if all((r / f).is_file() for f in RUN_FILES) else None
+        entries = [(labels, predictor.load(r, cfg.device, labels)) for labels in predictor.label_sets(r)]
+        try:
+            explainer = explain.load(r, cfg.device)
+        except explain.ExplainError as e:  # a run explain cannot take (a joint run): /api/explain says why
+            explainer = str(e)
+        if before is None or run_digest(r) != before:
+            raise ValueError(f"{r} changed while it was loading; start har serve again once it is complete")
+        for labels, p in entries:   # a joint run: one entry per dataset, NAME:DATASET
+            name = r.resolve().name + (f":{labels}" if labels else "")
+            while name in served:
+                name += "_"
+            served[name] = Served(name, r, p, explainer, run_info(name, r, p, before, labels))
+    return served
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 as soon as it is known (its
+    Content-Length, or the bytes counted as they arrive), before anything is parsed or stored."""
+
+    def __init__(self, app, limit: int, shown_mb: float):
+        self.app, self.limit, self.shown_mb = app, limit, shown_mb
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        if declared > self.limit:
+            return await self._too_large(send)
+        seen, over = 0, False
+
+        async def counted():
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # the app is told the client left; the client gets 413
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def sending(message):
+            if not over:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            await self._too_large(send)
+
+    async def _too_large(self, send):
+        body = json.dumps({"detail": f"upload too large; allowed: up to {self.shown_mb:g} MB "
+                                     "(har serve --max-upload-mb)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Refused(Exception):
+    """A request answered with `status` and one line (raised below the endpoints, where FastAPI's
+    HTTPException would tie the parsing code to FastAPI)."""
+
+    def __init__(self, status: int, detail: str, retry: bool = False):
+        super().__init__(detail)
+        self.status, self.detail, self.retry = status, detail, retry
+
+
+def label(filename: str | None) -> str:
+    """A client's file name as a label: its last component, printable, bounded."""
+    name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable())[:NAME_LIMIT] or "upload"
+
+
+@dataclass
+class Form:
+    fields: dict[str, str]
+    path: Path | None = None     # the uploaded file, in the request's scratch folder
+    name: str = "upload"         # its client-side name, as a label
+
+
+class FormReader:
+    """A multipart/form-data body parsed as it arrives (python-multipart's streaming parser): the
+    fields in `allowed` (each at most FIELD_LIMIT bytes), and one `file` part written to `folder`
+    once its first bytes are known to be a video container's."""
+
+    def __init__(self, boundary: bytes, folder: Path, allowed: tuple[str, ...]):
+        from python_multipart.multipart import MultipartParser
+
+        self.folder, self.allowed = folder, allowed
+        self.events: list[tuple[str, bytes]] = []
+        ev = self.events.append
+        self.parser = MultipartParser(boundary, {
+            "on_part_begin": lambda: ev(("begin", b"")),
+            "on_header_field": lambda d, s, e: ev(("hfield", bytes(d[s:e]))),
+            "on_header_value": lambda d, s, e: ev(("hvalue", bytes(d[s:e]))),
+            "on_header_end": lambda: ev(("hend", b"")),
+            "on_headers_finished": lambda: ev(("headers", b"")),
+            "on_part_data": lambda d, s, e: ev(("data", bytes(d[s:e]))),
+            "on_part_end": lambda: ev(("end", b"")),
+            "on_end": lambda: ev(("done", b"")),
+        })
+        self.form = Form({})
+        self.parts, self.done = 0, False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.hfield = self.hvalue = b""
+        self.part: str | None = None
+        self.value = bytearray()
+        self.out = None  # the file part's file, once sniffed
+
+    def feed(self, chunk: bytes) -> None:
+        from python_multipart.exceptions import MultipartParseError
+
+        try:
+            self.parser.write(chunk)
+        except MultipartParseError as e:
+            raise Refused(400, f"the body is not valid multipart/form-data ({e})") from None
+        events, self.events[:] = list(self.events), []
+        for kind, data in events:
+            getattr(self, f"_{kind}")(data)
+
+    def close(self) -> Form:
+        if self.out is not None:
+            self.out.close()
+        if not self.done:
+            raise Refused(400, "the body ended before its multipart end")
+        if self.form.path is None:
+            raise Refused(422, "field `file` is required: the video file")
+        return self.form
+
+    def abort(self) -> None:
+        if self.out is not None:
+            self.out.close()
+
+    def _begin(self, _):
+        self.parts += 1
+        if self.parts > PARTS_LIMIT:
+            raise Refused(422, f"too many form parts; allowed: the fields {', '.join(self.allowed)}")
+        self.headers, self.part, self.value = [], None, bytearray()
+
+    def _hfield(self, d):
+        self.hfield += d
+        if len(self.hfield) > HEADER_LIMIT:
+            raise Refused(400, f"a form part's header is longer than {HEADER_LIMIT} bytes")
+
+    def _hvalue(self, d):
+        self.hvalue += d
+        if len(self.hvalue) > HEADER_LIMIT:
+            raise Refused(400, f"a form part's header is longer than {HEADER_LIMIT} bytes")
+
+    def _hend(self, _):
+        if len(self.headers) >= 8:
+            raise Refused(400, "a form part has more than 8 headers")
+        self.headers.append((self.hfield.lower(), self.hvalue))
+        self.hfield = self.hvalue = b""
+
+    def _headers(self, _):
+        from python_multipart.multipart import parse_options_header
+
+        disposition = dict(self.headers).get(b"content-disposition", b"")
+        _, params = parse_options_header(disposition)
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        if name not in self.allowed:
+            raise Refused(422, f"unknown form field {name[:40]!r}; allowed: {', '.join(self.allowed)}")
+        if name in self.form.fields or (name == "file" and self.form.path is not None):
+            raise Refused(422, f"form field {name!r} given twice; allowed: once")
+        self.part = name
+        if name == "file":
+            self.form.name = label(params.get(b"filename", b"").decode("utf-8", "replace"))
+
+    def _data(self, d):
+        self.value += d
+        if self.part == "file":
+            if self.out is not None:
+                self.out.write(self.value)
+                self.value.clear()
+            elif len(self.value) >= 512:
+                self._open()
+        elif len(self.value) > FIELD_LIMIT:
+            raise Refused(422, f"form field {self.part!r} is longer than {FIELD_LIMIT} bytes")
+
+    def _open(self):
+        from pipeline.decoding import video
+
+        found = video.sniff(bytes(self.value))
+        if not self.value:
+            raise Refused(422, f"{self.form.name!r} is empty; allowed: a video file")
+        if found is None:
+            raise Refused(415, f"{self.form.name!r} is not a video file (its first bytes are no video "
+                               "container's); allowed: avi, mp4/mov, mkv/webm, mpeg, ogg, flv, wmv, gif")
+        self.form.path = self.folder / f"upload{found[1]}"
+        self.out = open(self.form.path, "xb")
+        self.out.write(self.value)
+        self.value.clear()
+
+    def _end(self, _):
+        if self.part == "file":
+            if self.out is None:
+                self._open()
+            self.out.close()
+            self.out = None
+        elif self.part is not None:
+            try:
+                self.form.fields[self.part] = self.value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Refused(422, f"form field {self.part!r} is not UTF-8 text") from None
+        self.part = None
+
+    def _done(self, _):
+        self.done = True
+
+
+def number(fields: dict, key: str, kind: type, lo: float, hi: float, default):
+    """Form field `key` as an int or float within [lo, hi] (a float: lo excluded), or `default`
+    when absent; Refused(422) naming the value and what is allowed."""
+    text = fields.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        v = kind(text)
+    except ValueError:
+        v = None
+    ok = v is not None and (lo <= v <= hi if kind is int else (math.isfinite(v) and lo < v <= hi))
+    if not ok:
+        span = f"{lo:g}..{hi:g}" if kind is int else f"> {lo:g} and <= {hi:g}"
+        raise Refused(422, f"{key} {text[:40]!r} is out of range; allowed: {'a whole number ' if kind is int else ''}"
+                           f"{span}")
+    return v
+
+
+def create_app(cfg: ServeConfig, served: dict[str, Served]):
+    """The FastAPI application over already loaded runs: (the ASGI app to serve, the FastAPI app)."""
+    import av
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from python_multipart.multipart import parse_options_header
+    from starlette.requests import ClientDisconnect
+
+    from pipeline.decoding import video
+    from trainers.inference import explain as X
+    from trainers.inference import timeline
+
+    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="har-serve")
+    # explanations hook the model and run one at a time: a thread of their own, so they never hold
+    # the predict workers
+    explaining = ThreadPoolExecutor(1, thread_name_prefix="har-explain")
+    slots = asyncio.Semaphore(cfg.workers + cfg.queue)
+    uploading = asyncio.Semaphore(cfg.uploads)
+    clients: dict[str, int] = {}          # requests in progress per client address
+    sending: dict[str, int] = {}          # of those, uploads still arriving
+    jobs: set[threading.Event] = set()    # the stop events of the work running now
+    stopping = threading.Event()          # set on Ctrl-C: every job stops, new requests get 503
+    scratch = Path(tempfile.mkdtemp(prefix="har-serve-"))  # the server's own: uploads live only here
+
+    def stop_all() -> None:
+        stopping.set()
+        for e in list(jobs):
+            e.set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            stop_all()
+            pool.shutdown(wait=False, cancel_futures=True)
+            explaining.shutdown(wait=False, cancel_futures=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    app = FastAPI(title="har serve", version="1", lifespan=lifespan,
+                  description="Classify videos with trained har runs (human action recognition).")
+    app.state.scratch = scratch
+    app.state.stop_all = stop_all
+    page = resources.files("trainers.inference").joinpath("server.html").read_text()
+
+    def pick(run: str | None) -> Served:
+        if run in (None, ""):
+            if len(served) == 1:
+                return next(iter(served.values()))
+            raise Refused(422, f"name the run; allowed: {', '.join(served)}")
+        if run not in served:
+            raise Refused(422, f"unknown run {run[:NAME_LIMIT]!r}; allowed: {', '.join(served)}")
+        return served[run]
+
+    def measure(path: Path) -> tuple[int, float]:
+        """(frames, fps) of an upload: its frames counted from its packets (a header may lie); 413
+        when it is longer than --max-seconds by its header or by its packets, 422 for a frame rate
+        no video has (a forged header would make a long video short and a window many)."""
+        info = video.probe(path)
+        if info.fps > MAX_FPS:
+            raise Refused(422, f"the video declares {info.fps:.4g} frames per second; allowed: up to {MAX_FPS:g}")
+        fps = info.fps if info.fps > 0 else timeline.ASSUMED_FPS
+        frames = timeline.frame_count(path)
+        longest = max(frames, info.frames_estimate)
+        if longest / fps > cfg.max_seconds:
+            raise Refused(413, f"the video is {longest / fps:.0f} s long; allowed: up to {cfg.max_seconds:g} s "
+                               "(har serve --max-seconds)")
+        return frames, fps
+
+    async def receive(request: Request, folder: Path, allowed: tuple[str, ...]) -> Form:
+        """The request's form, its file streamed into `folder`; 408 for a body that stalls."""
+        ctype, params = parse_options_header(request.headers.get("content-type", ""))
+        if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+            raise Refused(422, "field `file` is required: send multipart/form-data with the video in field `file`")
+        reader = FormReader(params[b"boundary"], folder, allowed)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        got = 0
+        chunks = request.stream().__aiter__()
+        try:
+            while True:
+                now = loop.time()
+                # the next byte must come before the body's deadline, within the longest pause, and
+                # before the average rate since the grace period falls below MIN_RATE
+                wait = min(start + cfg.body_timeout, now + IDLE_SECONDS, start + GRACE_SECONDS + got / MIN_RATE) - now
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.0))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise Refused(408, f"the upload stalled; allowed: the whole body within {cfg.body_timeout:g} s "
+                                       f"(har serve --body-timeout), no pause over {IDLE_SECONDS:g} s, and at least "
+                                       f"{MIN_RATE // 1024} KiB/s after the first {GRACE_SECONDS:g} s") from None
+                got += len(chunk)
+                if chunk:
+                    reader.feed(chunk)
+            return reader.close()
+        finally:
+            reader.abort()
+
+    async def run(request: Request, executor, work, *args):
+        """`work(*args)` on `executor`, stopped (pipeline.decoding.video.Cancelled) when the client leaves or
+        the server stops: a job still queued is withdrawn, a running one is waited for until it
+        stops (between packets and batches), so its slot and folder are released only then."""
+        stop = threading.Event()
+
+        def job():
+            with video.stoppable(stop):
+                return work(*args)
+        jobs.add(stop)
+        done = executor.submit(contextvars.copy_context().run, job)
+        future = asyncio.wrap_future(done)
+        try:
+            while not future.done():
+                await asyncio.wait({future}, timeout=0.25)
+                if not future.done() and (stopping.is_set() or await request.is_disconnected()):
+                    stop.set()
+                    if not done.cancel():  # running: it stops at its next check
+                        await asyncio.wait({future})
+                    break
+            return future.result()
+        except (video.Cancelled, asyncio.CancelledError):
+            if stopping.is_set():
+                raise Refused(503, "the server is stopping; try again later") from None
+            raise Refused(499, "the client left") from None
+        finally:
+            jobs.discard(stop)
+
+    async def handle(request: Request, allowed: tuple[str, ...], prepare, executor):
+        """One upload request: a slot and an upload place or 503 (before the body is read); the
+        form read into a folder of its own; `prepare(form)` -> (work, args) checked before any
+        work; the work run and stopped when nobody waits; the folder removed on every path."""
+        who = request.client.host if request.client else "?"
+        if stopping.is_set():
+            raise Refused(503, "the server is stopping; try again later")
+        if slots.locked():
+            raise Refused(503, "busy: every worker and queue place is taken; try again shortly", retry=True)
+        if uploading.locked():
+            raise Refused(503, "busy: every upload place is taken; try again shortly", retry=True)
+        if clients.get(who, 0) >= cfg.per_client:
+            raise Refused(429, f"too many requests at once from this address; allowed: {cfg.per_client} "
+                               "(har serve --per-client)", retry=True)
+        if sending.get(who, 0) >= cfg.client_uploads:
+            raise Refused(429, f"too many uploads at once from this address; allowed: {cfg.client_uploads} "
+                               "(half of har serve --uploads)", retry=True)
+        clients[who] = clients.get(who, 0) + 1
+        name = "upload"
+        try:
+            async with slots:
+                folder = Path(tempfile.mkdtemp(dir=scratch))
+                try:
+                    sending[who] = sending.get(who, 0) + 1
+                    try:
+                        async with uploading:
+                            form = await receive(request, folder, allowed)
+                    finally:
+                        sending[who] -= 1
+                        if not sending[who]:
+                            del sending[who]
+                    name = form.name
+                    work, args = prepare(form)
+                    return await run(request, executor, work, form.path, *args)
+                except video.VideoError as e:  # the decoder's words, without the server's own paths
+                    text = str(e).replace(str(folder), "").replace(str(scratch), "")
+                    raise Refused(422, f"{name}: {text}") from None
+                except av.error.FFmpegError as e:  # a file the demuxer chokes on: the file, not the server
+                    raise Refused(422, f"{name}: not a readable video ({type(e).__name__})") from None
+                except ClientDisconnect:
+                    raise Refused(499, "the client left") from None
+                except OSError as e:
+                    logger.warning("%s %s: %s", request.method, request.url.path, e)
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise Refused(507, "the server's disk is full; try again later") from None
+                    raise Refused(503, f"the server could not read or write its files ({e.strerror or 'I/O error'});"
+                                       " try again later", retry=True) from None
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            clients[who] -= 1
+            if not clients[who]:
+                del clients[who]
+
+    def form_schema(fields: dict[str, dict]) -> dict:
+        return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary", "description": "a video file"}, **fields}}}}}}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index():
+        return page
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", "runs": len(served)}
+
+    @app.get("/api/runs")
+    def runs():
+        return {"runs": [s.info for s in served.values()]}
+
+    predict_fields = {"run": {"type": "string"}, "top": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+                      "window": {"type": "number", "exclusiveMinimum": 0, "maximum": timeline.MAX_SECONDS},
+                      "stride": {"type": "number", "exclusiveMinimum": 0, "maximum": timeline.MAX_SECONDS}}
+
+    @app.post("/api/predict", openapi_extra=form_schema(predict_fields))
+    async def predict(request: Request):
+        def prepare(form: Form):
+            f = form.fields
+            s = pick(f.get("run"))
+            top = number(f, "top", int, 1, 1000, 5)
+            window = number(f, "window", float, 0, timeline.MAX_SECONDS, None)
+            stride = number(f, "stride", float, 0, timeline.MAX_SECONDS, None)
+            if stride is not None and window is None:
+                raise Refused(422, "stride needs window (the window's length in seconds)")
+            timing = timeline.Timing(window, stride) if window is not None else None
+            if timing is not None:
+                try:
+                    timing.validate()  # the CLI's limits: at most 64 windows open at once
+                except ValueError as e:
+                    raise Refused(422, str(e).replace("--", "")) from None
+            return functools.partial(predict_one, s, top, timing, form.name), ()
+        return await handle(request, ("file", *predict_fields), prepare, pool)
+
+    def predict_one(s: Served, top: int, timing, name: str, path: Path) -> dict:
+        frames, fps = measure(path)
+        if timing is None:
+            r = s.predictor(path, top)
+        else:
+            try:
+                timeline.check_window(timing, fps, name)
+            except ValueError as e:
+                raise Refused(422, str(e).replace("--", "")) from None
+            n = timeline.window_count(frames, fps, timing)  # counted, never listed: a list could be huge
+            if n > cfg.max_windows:
+                raise Refused(413, f"window {timing.window:g} s every {timing.step:g} s makes {n} windows; allowed: "
+                                   f"up to {cfg.max_windows} a request (one per {SECONDS_PER_WINDOW:g} s of "
+                                   "--max-seconds): choose a longer stride")
+            r = s.predictor.timeline(path, top, timing, frames)
+        if "error" in r:
+            raise video.VideoError(r["error"])
+        r.pop("probabilities", None)
+        return {"run": s.name, "predictions": [{**r, "video": name}]}
+
+    methods = [m for m in X.METHODS.names() if m != "filters"]
+    explain_fields = {"run": {"type": "string"}, "method": {"type": "string", "enum": methods, "default": "gradcam"}}
+
+    @app.post("/api/explain", openapi_extra=form_schema(explain_fields))
+    async def explain(request: Request):
+        def prepare(form: Form):
+            s = pick(form.fields.get("run"))
+            method = form.fields.get("method") or "gradcam"
+            if method not in methods:
+                raise Refused(422, f"unknown method {method[:40]!r}; allowed: {', '.join(methods)}")
+            return functools.partial(explain_one, s, method, form.name), ()
+        return await handle(request, ("file", *explain_fields), prepare, explaining)
+
+    def explain_one(s: Served, method: str, name: str, path: Path) -> dict:
+        if isinstance(s.explainer, str):
+            raise Refused(422, s.explainer)
+        measure(path)
+        with s.lock:  # hooks on the model: one explanation at a time
+            try:
+                e = dataclasses.replace(s.explainer(path, method), video=name)  # titled with the client's name
+            except X.ExplainError as e:
+                raise Refused(422, str(e)) from None
+            doc = X.write(e, path.parent, "x")
+        files = doc.pop("files")
+        for k, mime in (("png", "image/png"), ("gif", "image/gif")):
+            doc[k] = f"data:{mime};base64," + base64.b64encode(Path(files[k]).read_bytes()).decode()
+        return {"run": s.name, **doc, "video": name}
+
+    @app.exception_handler(Refused)
+    async def refused(request, exc: Refused):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status,
+                            headers={"Retry-After": "2"} if exc.retry else None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):  # a bug: logged with its traceback, the client told plainly
+        logger.exception("%s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error in har serve; the server log has the details"}, status_code=500)
+
+    # the limit is the file's; the multipart framing and the form fields get 64 KiB more
+    limited = BodyLimit(app, int(cfg.max_upload_mb * 2**20) + 64 * 1024, cfg.max_upload_mb)
+    hosts = cfg.hosts()
+    return (limited if "*" in hosts else HostCheck(limited, hosts)), app
+
+
+def serve(cfg: ServeConfig, on_ready=None) -> None:
+    """Load the runs, then serve until Ctrl-C (uvicorn): running work is stopped and answered 503."""
+    require()
+    import torch
+    import uvicorn
+
+    from pipeline.core import cluster
+
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))  # before the runs load: a busy port is said at once
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose another --port "
+                         "(0: any free port) or --host") from None
+    served = load_runs(cfg)
+    torch.set_num_threads(max(1, cluster.cpu_count() // cfg.workers))  # the pool shares the cores
+    asgi, app = create_app(cfg, served)
+    if on_ready is not None:
+        on_ready(served, sock.getsockname()[1])
+
+    class Server(uvicorn.Server):
+        async def serve(self, sockets=None):
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig, frame):  # Ctrl-C: stop the running jobs now, not after them
+            self.loop.call_soon_threadsafe(app.state.stop_all)  # from the loop: no lock taken in a handler
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(asgi, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=5,
+                            http=connection_protocol(cfg.per_client * 2), h11_max_incomplete_event_size=64 * 1024)
+    Server(config).run(sockets=[sock])
+
+
+def connection_protocol(per_address: int):
+    """uvicorn's h11 connection with what uvicorn lacks for untrusted clients: a request's line and
+    headers must arrive within HEADER_SECONDS of the connection opening or of the previous response
+    (uvicorn waits for them forever: half-open connections would pile up), and one address holds
+    at most `per_address` connections (more are closed at once)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    open_from: dict[str, int] = {}
+
+    class Connection(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.address = self.client[0] if self.client else "?"
+            open_from[self.address] = open_from.get(self.address, 0) + 1
+            self.answered = self.cycle
+            self.header_timer = None
+            if open_from[self.address] > per_address:
+                transport.close()
+                return
+            self.arm()
+
+        def arm(self):
+            self.header_timer = self.loop.call_later(HEADER_SECONDS, self.too_slow)
+
+        def too_slow(self):
+            if self.cycle is self.answered and not self.transport.is_closing():  # no new request yet
+                self.transport.close()
+
+        def handle_events(self):
+            super().handle_events()
+            if self.cycle is not self.answered and self.header_timer is not None:  # a request's headers came
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def on_response_complete(self):
+            self.answered = self.cycle        # the request just answered
+            super().on_response_complete()    # may start a pipelined request: a new cycle
+            if not self.transport.is_closing() and self.cycle is self.answered:
+                self.arm()
+
+        def connection_lost(self, exc):
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            open_from[self.address] -= 1
+            if not open_from[self.address]:
+                del open_from[self.address]
+            super().connection_lost(exc)
+
+    return Connection
