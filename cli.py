@@ -1,27 +1,24 @@
-"""har command line: parse -> frozen config (built by keyword) -> one library call -> print.
-
-Thin on purpose: one function per command, each with --help and examples. What they share (the
-app, the one error boundary and its exit-code table, the options declared once, choices from the
-registries, progress and training output) is in trainers/clikit.py. Heavy imports (numpy, PyAV, Zarr,
-Dask, torch) happen inside the commands, so `har --help` is instant.
+"""har's command line. Each command, with --help and examples: its words -> a frozen config built by
+keyword -> one library call -> what it prints (trainers/console.py). The app, the error boundary and
+its exit codes, and the options declared once are trainers/clikit.py. Heavy imports (numpy, PyAV,
+Zarr, Dask, torch) happen inside the commands, so `har --help` is instant.
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from trainers.clikit import (AUGMENT, EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, TRAINING, AsJson, DaskScheduler, DatasetName, Device, Features, FeatureStores, Head,
-                    RunDir, RunOut, Tracker, Verbose, app, arg, command, err, head_config, opt, out, progress, setup_logging,
-                    takes, train)
-from pipeline.core.resources import human
+from trainers import console
+from trainers.clikit import (AUGMENT, EXIT_SOME_FAILED, FINETUNE, HEAD, LOOP, RECIPE, SERVE, TRAINING, AsJson,
+                             DaskScheduler, DatasetName, Device, Features, FeatureStores, Head, RunDir, RunOut, Tracker,
+                             Verbose, app, arg, command, head_config, opt, takes)
+from trainers.console import err, out, progress, setup_logging, train
+from trainers.inference.server import ServeConfig  # light: the standard library only at import
 from trainers.training import config as C  # light: dataclasses only
 
-# ---- commands -------------------------------------------------------------------------------------------
 
 @command()
 def synth(
@@ -47,40 +44,27 @@ def synth(
     from pipeline.datasets import synth as S
 
     cfg = S.SynthConfig(classes=classes, groups=groups, clips=clips, seed=seed, frames=frames)
-    cfg.validate()
-    total = cfg.classes * cfg.groups * cfg.clips
-    done = itertools.count(1)
     with progress("synth") as update:
-        paths = S.generate(out_dir, cfg, on_video=lambda path: update(next(done), total), masks=masks)
+        paths = S.generate(out_dir, cfg, masks=masks, progress=update)
     out.print(f"wrote {len(paths)} videos in {cfg.classes} classes to {out_dir}")
 
 
 @command(interrupted="interrupted; the finished videos are kept, run the same command again to finish", kept="videos",
          where=lambda kw: kw.get("out_path") or __import__("pipeline.core.lineage").core.lineage.har_home(),
          urls=("out_path", "root"))
+@takes(None, RECIPE)
 def extract(
     dataset: Annotated[str, arg("The dataset's layout.", choices="dataset")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: $HAR_HOME/datasets/DATASET].")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="The store itself (.zarr folder or .h5 file) [default: versioned under $HAR_HOME/stores].")] = None,
     recipe: Annotated[str, opt("--recipe", help="Named recipe from data_manifest.yaml; the flags below override its fields.", choices="recipe")] = "default",
-    frames: Annotated[Optional[int], typer.Option(help="T frames per sample.")] = None,
-    sampling: Annotated[Optional[str], opt("--sampling", help="Which frames: the sampling strategy.", choices="sampling")] = None,
-    clips: Annotated[Optional[int], typer.Option(help="K clips per video (multiclip).")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="Frame step inside a clip.")] = None,
-    size: Annotated[Optional[str], typer.Option(help="PX or HxW of the stored frames.")] = None,
-    views: Annotated[Optional[int], typer.Option(help="Augmented copies stored besides the clean view.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of random sampling and the views.")] = None,
-    rotate: Annotated[Optional[float], typer.Option(help="Augmented views: also a rotation uniform in +-DEGREES (e.g. 15) [default: 0, none].")] = None,
-    vflip: Annotated[Optional[bool], typer.Option("--vflip/--no-vflip", help="Augmented views: also a coin-flip vertical mirror [default: no].")] = None,
-    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Augmented views: a coin-flip horizontal mirror; --no-hflip where left/right is part of the label [default: yes].")] = None,
-    lossy: Annotated[Optional[bool], typer.Option("--lossy/--lossless", help="JPEG-coded frames (smaller) or lossless zstd.")] = None,
     fmt: Annotated[Optional[str], opt("--format", help="Store format [default: from --out, else zarr].", choices="fmt")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes [default: all cores].")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Decoder threads per worker [default: cores / workers on the local cluster].")] = None,
     dask_scheduler: DaskScheduler = None,
     force: Annotated[bool, typer.Option("--force", help="Extract every video again, replacing the store (also one made with another recipe at --out; never anything that is not a har frame store).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Hash every source again (default: a file whose size, mtime, ctime and inode are unchanged keeps its recorded hash) and read the store against its checksums: damage found is extracted again.")] = False,
-    verbose: Verbose = False,
+    verbose: Verbose = False, **fields,
 ):
     """Decode a dataset's videos into a chunked, compressed frame store (Zarr v3 or HDF5).
 
@@ -103,43 +87,16 @@ def extract(
         har extract ucf101 --root ~/data/UCF101 --sampling multiclip --clips 5 --scheduler tcp://head:8786
     """
     setup_logging(verbose)
-    from pipeline.datasets import datasets
-    from pipeline.stores import store
     from pipeline.stages import extract as E
-    from pipeline.decoding import recipe as R
 
-    datasets.DATASETS.get(dataset)
-    if fmt is not None and fmt not in store.FORMATS:
-        raise ValueError(f"--format {fmt!r} is not supported; allowed: {', '.join(store.FORMATS)}")
-    if fmt is None:
-        fmt = store.format_of(out_path) if out_path is not None else "zarr"
-    elif out_path is not None and out_path.suffix and store.format_of(out_path) != fmt:
-        raise ValueError(f"--out {out_path} does not look like a {fmt} store; use a .zarr folder or an .h5 file to "
-                         "match --format")
-    height, width = R.parse_size(size) if size is not None else (None, None)
-    unmirrored = hflip is None and datasets.manifest()["datasets"].get(dataset, {}).get("hflip") is False
-    if unmirrored:
-        hflip = False   # the dataset's default (ssv2: "from left to right" mirrored is another class)
-    r = R.named_recipe(recipe, frames=frames, sampling=sampling, clips=clips, stride=stride, height=height,
-                       width=width, views=views, seed=seed, lossy=lossy, rotate=rotate, vflip=vflip, hflip=hflip)
-    r.validate()
-    if unmirrored and r.views:
-        err.print(f"[yellow]note:[/] {dataset}: the augmented views are not mirrored (left and right are part of "
-                  "its labels); --hflip mirrors them", highlight=False)
-    if (r.rotate or r.vflip or not r.hflip) and r.views == 0 and not unmirrored:
-        err.print("[yellow]note:[/] --rotate, --vflip and --no-hflip apply to augmented views; with --views 0 there "
-                  "are none (train-e2e on this store still follows its --no-hflip)", highlight=False)
-    cfg = E.ExtractConfig(dataset=dataset, recipe=r, root=root, out=out_path, format=fmt, workers=workers,
-                          threads=threads, scheduler=dask_scheduler, force=force, verify=verify)
+    cfg, notes = E.configure(dataset, recipe, fmt=fmt, out=out_path, root=root, workers=workers, threads=threads,
+                             scheduler=dask_scheduler, force=force, verify=verify, **fields)
+    for note in notes:
+        console.note(note)
     with progress("extract") as update:
         res = E.extract(cfg, progress=lambda done, total, rows: update(done, total))
-    for note in res.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
-    out.print(res.summary(), highlight=False)
+    console.extracted(res)
     if res.failed:
-        err.print(f"[bold yellow]{len(res.failed)} videos failed[/] (recorded with status=2 in the store):")
-        for video, why in res.failed:
-            err.print(f"  {video}: {why}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
@@ -203,8 +160,6 @@ def status(
         har status data/ucf50.zarr --verify
     """
     setup_logging(False)
-    from rich.table import Table
-
     from pipeline.core import lineage
     from pipeline.stores import status as S
 
@@ -212,46 +167,18 @@ def status(
     if not paths:
         out.print(f"no stores under {lineage.har_home() / 'stores'}")
         return
-    table = Table("store", "dataset", "kind", "videos", "failed", "size", "state")
-    colour = {"current": "green", "stale": "yellow"}
-    not_current = 0
-    for p in paths:
-        s = S.store_state(p, verify=verify)
-        state = f"[{colour.get(s.state, 'red')}]{s.state}[/]" + (f" ({s.reason})" if s.reason else "")
-        if s.bad_videos:
-            state += f"; videos: {', '.join(s.bad_videos)}"
-        not_current += not s.current
-        table.add_row(str(s.path), s.dataset, s.kind, str(s.videos), str(s.failed), human(s.bytes), state)
-    out.print(table)
-    if not_current:
+    states = [S.store_state(p, verify=verify) for p in paths]
+    console.store_states(states)
+    if not all(s.current for s in states):
         raise typer.Exit(EXIT_SOME_FAILED)
-
-
-def one_or_jointly(option: str, paths: list, dataset, mix: str, jointly, alone) -> None:
-    """Train on one store (`alone(on_epoch)`, through the epoch table), or with `option` given twice
-    or more jointly on all of them (`jointly()`, then each dataset's test top-1)."""
-    if len(paths) <= 1:
-        if mix != C.LoopConfig.mix:
-            raise ValueError(f"--mix {mix} is for joint training; give {option} twice or more")
-        train(alone)
-        return
-    if dataset is not None:
-        raise ValueError(f"give the stores of a joint run as {option} PATH twice or more, without --dataset")
-    res = jointly()
-    if not res.summary:   # a torchrun rank other than 0: rank 0 reports
-        return
-    for name, m in res.summary["test"]["datasets"].items():
-        single = res.summary["alone"].get(name, {}).get("top1")
-        out.print(f"{name}: joint test top-1 {m['top1']:.3f}" + (f", alone {single:.3f}" if single is not None else ""),
-                  highlight=False)
 
 
 @command("train-head", interrupted=TRAINING, urls=("features",))
 @takes(C.HeadConfig, HEAD)
-@takes(C.TrainConfig, LOOP)
+@takes(C.HeadTrainConfig, LOOP)
 def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName = None,
                backbone: Annotated[Optional[str], opt("--backbone", help="With --dataset: the latest feature store of this backbone.", choices="backbone")] = None,
-               mix: Annotated[str, opt("--mix", help="Joint training (2+ --features): proportional (every video once per epoch, datasets by size) or balanced (equal shares per batch, the smaller repeated); seeded.", choices="mix")] = C.TrainConfig.mix,
+               mix: Annotated[str, opt("--mix", help="Joint training (2+ --features): proportional (every video once per epoch, datasets by size) or balanced (equal shares per batch, the smaller repeated); seeded.", choices="mix")] = C.HeadTrainConfig.mix,
                out_dir: RunOut = None, tracker: Tracker = "tensorboard", verbose: Verbose = False, **settings):
     """Train a sequence head on cached features: seconds, not hours. Resumes if interrupted.
 
@@ -278,16 +205,18 @@ def train_head(head: Head, features: FeatureStores = None, dataset: DatasetName 
     paths = list(features or [])
     cfg = replace(head_config(head, settings), mix=mix)
     cfg.check_values()
-    one_or_jointly("--features", paths, dataset, mix,
-                   lambda: joint.train_joint(head_task.RunConfig(cfg, out=out_dir, tracker=tracker), paths, train=train),
-                   lambda on_epoch: head_task.train_head(
-                       head_task.RunConfig(cfg, features=paths[0] if paths else None, dataset=dataset, backbone=backbone,
-                                           out=out_dir, tracker=tracker), on_epoch=on_epoch))
+    res = joint.one_or_jointly("--features", paths, dataset, mix, jointly=lambda: joint.train_joint(
+        head_task.HeadRunConfig(cfg, out=out_dir, tracker=tracker), paths, train=train), alone=lambda: train(
+        lambda on_epoch: head_task.train_head(head_task.HeadRunConfig(
+            cfg, features=paths[0] if paths else None, dataset=dataset, backbone=backbone, out=out_dir,
+            tracker=tracker), on_epoch=on_epoch)))
+    if len(paths) > 1 and res.summary:   # under torchrun, rank 0 reports
+        console.joint_results(res)
 
 
 @command(interrupted="interrupted; the same command skips the finished folds and resumes the current one")
 @takes(C.HeadConfig, HEAD)
-@takes(C.TrainConfig, LOOP, skip=("split",))
+@takes(C.HeadTrainConfig, LOOP, skip=("split",))
 def cv(head: Head, features: Features = None, dataset: DatasetName = None,
        folds: Annotated[str, opt("--folds", help="logo: leave one group out; official: UCF101/HMDB51 splits 1-3.", choices="folds")] = "logo",
        out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder of the fold runs [default: runs/cv-HEAD-FOLDS-FINGERPRINT].")] = None,
@@ -301,34 +230,16 @@ def cv(head: Head, features: Features = None, dataset: DatasetName = None,
         har cv gru --dataset ucf101 --folds official --epochs 40
     """
     setup_logging(verbose)
-    from rich.table import Table
-
     from trainers.runs import cv as CV
     from trainers.training import head_task
 
-    table = Table("fold", "test videos", "top-1", "top-5", "F1 macro", "", title=f"{head}: {folds} folds")
-
-    def on_fold(row: dict) -> None:
-        table.add_row(row["fold"], str(row["test_videos"]), f"{row['top1']:.3f}", f"{row['top5']:.3f}",
-                      f"{row['f1_macro']:.3f}", "up to date" if row["up_to_date"] else "")
-        err.print(f"fold {row['fold']}: top-1 {row['top1']:.3f}", highlight=False)
-
     if features is not None and len(features) > 1:
         raise ValueError("har cv takes one --features (joint training is `har train-head` with several)")
-    rc = head_task.RunConfig(head_config(head, settings), features=features[0] if features else None, dataset=dataset,
-                             out=out_dir,
-                             tracker=tracker)
-    res = CV.cv(rc, folds, on_fold)
-    out.print(table)
-    s = res.summary
-    means = Table("metric", "mean +- std over the folds", title=f"{head}, {len(res.folds)} {folds} folds")
-    for k in CV.METRICS:
-        if k in s and s[k]["folds"]:
-            means.add_row(k, f"{s[k]['mean']:.4f} +- {s[k]['std']:.4f}")
-    out.print(means)
-    out.print(f"{head}, {len(res.folds)} {folds} folds: top-1 {s['top1']['mean']:.3f} +- {s['top1']['std']:.3f}, "
-              f"F1 macro {s['f1_macro']['mean']:.3f} +- {s['f1_macro']['std']:.3f}\nresults: {res.out / 'cv.json'}, "
-              f"{res.out / 'cv.md'}", highlight=False)
+    rc = head_task.HeadRunConfig(head_config(head, settings), features=features[0] if features else None, dataset=dataset,
+                             out=out_dir, tracker=tracker)
+    rows: list[tuple] = []
+    res = CV.cv(rc, folds, lambda row: rows.append(console.fold_row(row)))
+    console.cv_result(head, folds, rows, res, CV.METRICS)
 
 
 @command("train-e2e", interrupted=TRAINING, urls=("frames",))
@@ -366,19 +277,19 @@ def train_e2e(
         --layer-decay 0.75 --warmup-epochs 2 --label-smoothing 0.1 --drop-path 0.2 --scheduler cosine
     """
     setup_logging(verbose)
-    from trainers.training import clip_task
+    from trainers.training import clip_task, joint, joint_e2e
 
     paths = list(frames or [])
     cfg = C.E2EConfig(model=model, pretrained=pretrained, crop=crop, three_crop=three_crop, workers=workers,
                       memory_format=memory_format, mix=mix, **settings)
     cfg.validate()
-    def jointly():
-        from trainers.training import joint_e2e
-
-        return joint_e2e.train_joint(clip_task.E2ERunConfig(cfg, out=out_dir, tracker=tracker), paths, train=train)
-    one_or_jointly("--frames", paths, dataset, mix, jointly, lambda on_epoch: clip_task.train_e2e(
-        clip_task.E2ERunConfig(cfg, frames=paths[0] if paths else None, dataset=dataset, out=out_dir, tracker=tracker),
-        on_epoch=on_epoch))
+    res = joint.one_or_jointly("--frames", paths, dataset, mix, jointly=lambda: joint_e2e.train_joint(
+        clip_task.E2ERunConfig(cfg, out=out_dir, tracker=tracker), paths, train=train), alone=lambda: train(
+        lambda on_epoch: clip_task.train_e2e(clip_task.E2ERunConfig(
+            cfg, frames=paths[0] if paths else None, dataset=dataset, out=out_dir, tracker=tracker),
+            on_epoch=on_epoch)))
+    if len(paths) > 1 and res.summary:   # under torchrun, rank 0 reports
+        console.joint_results(res)
 
 
 @command()
@@ -394,28 +305,13 @@ def evaluate(run_dir: RunDir,
         har evaluate runs/r2plus1d_18-groups-0f0e0d0c0b --split val --json
     """
     setup_logging(False)
-    import json
+    from trainers.runs import runner
 
-    from trainers.runs import runs
-
-    m = runs.evaluate_run(run_dir, part)
+    m = runner.evaluate_run(run_dir, part)
     if as_json:
-        print(json.dumps(m, indent=2))
+        console.document(m)
         return
-    from rich.table import Table
-
-    table = Table("metric", "value", title=f"{run_dir.name}: split {m['split']}, {part} ({m['videos']} videos)"
-                  + (" - mean over the datasets" if "datasets" in m else ""))
-    for k, v in m.items():
-        if isinstance(v, float):
-            table.add_row(k, f"{v:.4f}")
-    out.print(table)
-    for name, d in m.get("datasets", {}).items():  # a joint run: each dataset on its own
-        t = Table("metric", "value", title=f"{name} ({d['videos']} videos)")
-        for k, v in d.items():
-            if isinstance(v, float):
-                t.add_row(k, f"{v:.4f}")
-        out.print(t)
+    console.metrics(f"{run_dir.name}: split {m['split']}, {part} ({m['videos']} videos)", m)
 
 
 @command(interrupted="interrupted; --csv and the timeline files are written only when every video is done")
@@ -454,94 +350,35 @@ def predict(
         har predict videos/ --run runs/lstm-groups-1a2b3c4d5e --csv predictions.csv --workers 2
     """
     setup_logging(False)
-    import json
+    from trainers.inference import predictor
 
-    if top < 1:
-        raise ValueError(f"--top {top} must be >= 1")
-    if workers is not None and workers < 1:
-        raise ValueError(f"--workers {workers} is out of range; allowed: >= 1")
-    from trainers.inference import predictor, timeline
+    job = predictor.PredictJob(videos=tuple(videos), run_dir=run_dir, top=top, window=window, stride=stride,
+                               csv=csv_path, out=out_dir, workers=workers, scheduler=scheduler, labels=labels,
+                               device=device)
+    with progress("classifying") as update:
+        def shown(r: dict, done: int, total: int) -> None:
+            if "error" in r and not as_json:
+                console.failed(r)
+            update(done, total)
 
-    timing = None
-    if window is not None:
-        timing = timeline.Timing(window, stride)
-        timing.validate()
-    elif stride is not None:
-        raise ValueError("--stride needs --window (the window's length in seconds)")
-    elif out_dir is not None:
-        raise ValueError("--out is where --window writes its timeline files; add --window or drop --out")
-    files, notes = predictor.find_videos(videos)
-    for n in notes:
-        err.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
-    if not files:
-        raise ValueError(f"no video files in {', '.join(map(str, videos))}")
-    if timing is not None:
-        predictor.check_windows(files, timing)
-    model = predictor.load(run_dir, device, labels)  # the run checked before anything is written
-    folder = None
-    if timing is not None:
-        from pipeline.core import outputs
-
-        folder = outputs.marked_folder(out_dir if out_dir is not None else run_dir / "timeline", "timeline", files)
-    sheet = predictor.CsvOut(csv_path, top, timing is not None, files) if csv_path is not None else None
-    ok, seen = False, 0
-    try:
-        with progress("classifying") as update:
-            def shown(r: dict) -> None:
-                nonlocal seen
-                seen += 1
-                if sheet is not None:
-                    sheet.add(r)
-                if "error" in r and not as_json:
-                    err.print(f"[red]{escape(r['video'] + ': ' + r['error'])}[/]", highlight=False)
-                update(seen, len(files))
-
-            ordered = predictor.classify(model, files, top, timing, folder, shown, device=device, labels=labels,
-                                         workers=workers, scheduler=scheduler)
-        ok = True
-    finally:
-        if sheet is not None:
-            sheet.close(ok)  # the CSV replaced only now, every row written; else the old one stays
-    failed = sum("error" in r for r in ordered)
+        res = predictor.predict(job, on_row=shown, on_note=console.note)
     if as_json:
-        print(json.dumps({"run": str(run_dir), "predictions": ordered}, indent=2))
-    elif sheet is not None:  # a folder's worth: the table is the file
-        out.print(f"csv: {csv_path} ({len(files)} videos, {failed} failed)", highlight=False)
+        console.document({"run": str(run_dir), "predictions": res.rows})
+    elif csv_path is not None:  # a folder's worth: the table is the file
+        out.print(f"csv: {csv_path} ({len(res.rows)} videos, {res.failed} failed)", highlight=False)
     else:
-        for r in ordered:
-            if "error" in r:
-                continue
-            if timing is None:
-                out.print(f"[bold]{escape(r['video'])}[/] ({r['clips']} clip{'s' if r['clips'] > 1 else ''})")
-                for i, p in enumerate(r["top"], 1):
-                    out.print(f"  {i}. {p['class']:<24} {p['probability']:.3f}", highlight=False)
-                continue
-            out.print(f"[bold]{escape(r['video'])}[/] ({r['duration']:.1f} s, {len(r['windows'])} windows) "
-                      f"-> {escape(r['files']['png'])}")
-            for s in r["segments"]:
-                out.print(f"  {s['start']:8.2f} - {s['end']:8.2f} s  {s['label']:<24} {s['probability']:.3f}",
-                          highlight=False)
-    if failed:
+        console.predictions(res.rows, timeline=window is not None)
+    if res.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @command(interrupted="stopped")
+@takes(ServeConfig, SERVE)
 def serve(
     run_dirs: Annotated[list[Path], arg("Run folders of `har train-head` or `har train-e2e` to serve.", metavar="RUN...")],
-    host: Annotated[str, opt("--host", help="Address to bind (127.0.0.1: this machine only; 0.0.0.0: every "
-                             "interface, for a trusted network).")] = "127.0.0.1",
-    port: Annotated[int, opt("--port", help="Port (0: any free port).")] = 8000,
-    workers: Annotated[int, opt("--workers", help="Threads that decode and score at once (the runs are "
-                                "loaded once and shared).")] = 2,
-    queue: Annotated[int, opt("--queue", help="Requests that may wait for a worker; more get 503.")] = 64,
-    max_upload_mb: Annotated[float, opt("--max-upload-mb", help="Largest upload (413 beyond).")] = 200.0,
-    max_seconds: Annotated[float, opt("--max-seconds", help="Longest video accepted, in seconds (413 beyond).")] = 3600.0,
-    uploads: Annotated[int, opt("--uploads", help="Uploads received at once (503 beyond).")] = 8,
-    per_client: Annotated[int, opt("--per-client", help="Requests at once from one address (429 beyond).")] = 8,
-    body_timeout: Annotated[float, opt("--body-timeout", help="Seconds an upload may take (408 beyond).")] = 300.0,
     allow_host: Annotated[Optional[list[str]], opt("--allow-host", help="Another name clients may use in the Host "
                           "header (repeatable; * for any). Default: the bound address and localhost.")] = None,
-    device: Device = "auto",
+    device: Device = "auto", **bounds,
 ):
     """A web page and an HTTP API over trained runs: drop a video, see its top classes, Grad-CAM
     on its frames and, for a long video, its timeline.
@@ -560,15 +397,12 @@ def serve(
     setup_logging(False)
     from trainers.inference import server
 
-    cfg = server.ServeConfig(tuple(run_dirs), host=host, port=port, workers=workers, queue=queue,
-                             max_upload_mb=max_upload_mb, max_seconds=max_seconds, uploads=uploads,
-                             per_client=per_client, body_timeout=body_timeout, allow_hosts=tuple(allow_host or ()),
-                             device=device)
+    cfg = ServeConfig(tuple(run_dirs), allow_hosts=tuple(allow_host or ()), device=device, **bounds)
     cfg.validate()
 
     def ready(served: dict, bound: int) -> None:
         names = ", ".join(served)
-        shown = f"[{host}]" if ":" in host else host
+        shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         err.print(f"serving {names} on http://{shown}:{bound}/ (Ctrl-C stops)", highlight=False, soft_wrap=True)
     server.serve(cfg, on_ready=ready)
 
@@ -603,53 +437,18 @@ def explain(
         har explain runs/r2plus1d_18-official1-0f0e0d0c0b --method filters
     """
     setup_logging(False)
-    import json
-
-    from pipeline.decoding import video
     from trainers.inference import explain as X
 
-    X.METHODS.get(method)  # a bad name: one line listing the methods
-    name = method
-    videos = list(videos or [])
-    if name == "filters" and videos:
-        raise ValueError("--method filters draws the run's filters and takes no VIDEO; drop the video files")
-    if name != "filters" and not videos:
-        raise ValueError(f"--method {name} explains videos: name at least one VIDEO after RUN")
-    X.TEMPORAL.get(over_time)
-    missing = [str(v) for v in videos if not v.is_file()]
-    if missing:
-        raise ValueError(f"no such video file: {', '.join(missing)}")
-    model = X.load(run_dir, device)
-    if name != "filters":
-        model.check(target, clip)  # before anything is written
-    folder = X.out_dir(run_dir, out_dir, videos)
-    if name == "filters":
-        doc = X.write_filters(model.chain, folder, layer)
-        for x in [] if as_json else doc["layers"]:
-            out.print(f"{x['layer']} {x['shape']} -> {x['file']}", highlight=False)
-        if as_json:
-            print(json.dumps(doc, indent=2))
+    job = X.ExplainJob(run_dir=run_dir, videos=tuple(videos or ()), method=method, target=target, layer=layer,
+                       over_time=over_time, clip=clip, out=out_dir, device=device)
+    res = X.explain_videos(job, on_result=lambda r: console.failed(r) if "error" in r else
+                           None if as_json else console.explained(r))
+    if res.filters is not None:
+        console.document(res.filters) if as_json else console.filters(res.filters)
         return
-    results, stems = [], set()
-    for v in videos:
-        stem = v.stem
-        while stem in stems:
-            stem += "_"
-        stems.add(stem)
-        try:
-            e = model(v, method, target, layer, clip, over_time)
-        except video.VideoError as e:
-            results.append({"video": str(v), "error": str(e)})
-            err.print(f"[red]{escape(f'{v}: {e}')}[/]", highlight=False)
-            continue
-        results.append(X.write(e, folder, stem))
-        r = results[-1]
-        if not as_json:
-            out.print(f"{v}: {r['class']} (p = {r['probability']:.3f}) {method}"
-                      + (f" at {r['layer']}" if r["layer"] else "") + f" -> {r['files']['png']}", highlight=False)
     if as_json:
-        print(json.dumps({"run": str(run_dir), "explanations": results}, indent=2))
-    if any("error" in r for r in results):
+        console.document({"run": str(run_dir), "explanations": res.results})
+    if res.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
@@ -679,14 +478,12 @@ def export(
         har export runs/r2plus1d_18-official1-0f0e0d0c0b --format torchscript --out r2plus1d.pt
     """
     setup_logging(False)
-    import json
-
     from trainers.inference import export as X
 
     X.FORMATS.get(export_format)  # a bad name: one line listing the formats
     result = X.export(run_dir, export_format, out_path)
     if as_json:
-        print(json.dumps(result.as_json(), indent=2))
+        console.document(result.as_json())
         return
     out.print(result.summary(), highlight=False)
 
@@ -707,29 +504,14 @@ def compare(
 
         har compare runs/r3d_18-* runs/r2plus1d_18-* --out comparisons/r3d-vs-r2plus1d
     """
-    import json
-
-    from rich.table import Table
-
     from trainers.runs import compare as K
 
-    c = K.compare(run_dirs)
-    files = {}
-    if out_dir is not None:
-        from pipeline.core import outputs
-
-        files = K.write(c, outputs.marked_folder(out_dir, "compare", inputs=run_dirs))
+    c, files = K.compare_into(run_dirs, out_dir)
     if as_json:
-        print(json.dumps({"runs": c.rows, "files": files}, indent=2, default=str))
+        console.document({"runs": c.rows, "files": files}, default=str)
         return
-    cols = ("run", "model", "store", "backbone", "weights", "split", "seed", "epochs", *K.METRICS)
-    cols = [k for k in cols if any(r.get(k) is not None for r in c.rows)]
-    table = Table(*cols, title="test metrics")
-    for r in c.rows:
-        table.add_row(*[escape(K.cell(r.get(k))) for k in cols])
-    out.print(table)
-    for name, path in files.items():
-        out.print(f"{name}: {path}", highlight=False)
+    console.comparison(c.rows, files, ("run", "model", "store", "backbone", "weights", "split", "seed", "epochs",
+                                       *K.METRICS), K.cell)
 
 
 @command()
@@ -746,29 +528,13 @@ def models(as_json: AsJson = False):
         har models --json
     """
     setup_logging(False)
-    import json
+    from trainers.models import catalog
 
-    from pipeline.stages import backbones
-    from trainers.models import heads, models3d
-
-    rows = {"backbones": [backbones.cost(n) for n in backbones.names()],
-            "heads": [heads.cost(n, C.HeadConfig()) for n in heads.names()],
-            "video_models": [models3d.cost(n) for n in models3d.names()]}
+    rows = catalog.catalog()
     if as_json:
-        print(json.dumps(rows, indent=2, default=list))
+        console.document(rows, default=list)
         return
-    from rich.table import Table
-
-    for title, key in (("backbones (frozen, har features)", "backbones"), ("heads (har train-head)", "heads"),
-                       ("video models (end to end)", "video_models")):
-        table = Table(title=title, title_justify="left")
-        table.add_column("name", no_wrap=True)
-        for col in ("params", "GFLOPs", "input", "pretrained", "what"):
-            table.add_column(col, no_wrap=col != "what")
-        for r in rows[key]:
-            table.add_row(r["name"], f"{r['params'] / 1e6:.2f} M", f"{r['gflops']:.2f}", r["input"],
-                          ", ".join(r["pretrained"]), r["about"])
-        out.print(table)
+    console.catalog(rows, catalog.KINDS)
 
 
 @command()
@@ -792,11 +558,7 @@ def demo(
 
     runs = D.run(out_dir, workers, say=lambda line: out.print(line, highlight=False),
                  train=lambda job: train(job, quiet=True), weights=weights)
-    lstm, mean = (runs[h].summary["test"] for h in D.HEADS)
-    out.print(f"\n[bold]done.[/] lstm {lstm['top1']:.0%} vs mean (bag of frames) {mean['top1']:.0%} test accuracy; "
-              f"on the reversed pairs {lstm['reversed_pairs_top1']:.0%} vs {mean['reversed_pairs_top1']:.0%}.\n"
-              f"reports: {runs['lstm'].run_dir / 'report.md'}\n         {runs['mean'].run_dir / 'report.md'}",
-              highlight=False)
+    console.demo_done(runs, D.HEADS)
 
 
 def main() -> None:  # python -m cli

@@ -54,7 +54,7 @@ def main() -> None:
     from pipeline.stages.extract import ExtractConfig, Recipe, extract
     from e2e_memory import train_step
     from trainers.data import clips as C
-    from trainers.data import data
+    from trainers.data import views
     from trainers.training import loop
 
     a.work.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def main() -> None:
     synth.generate(root, synth.SynthConfig(groups=a.groups, clips=2, frames=60))
     recipe = Recipe(sampling="clip", frames=16, height=128, width=171)
     res = extract(ExtractConfig("synthetic", recipe, root=root, out=a.work / "clips.zarr"))
-    cs = data.open_view(res.store, "frames")
+    cs = views.open_view(res.store, "frames")
     videos = np.flatnonzero(cs.ok)
 
     device = loop.resolve_device(a.device)

@@ -39,18 +39,18 @@ def train_step(name: str, batch: int, device_name: str = "auto", memory_format: 
     import torch
 
     from trainers.training import clip_task, loop
-    from trainers.models import models3d
+    from trainers.models import video_models
 
     torch.manual_seed(0)
     device = loop.resolve_device(device_name)
     cfg = clip_task.E2EConfig(model=name, device=device.type, memory_format=memory_format, precision=precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as loop.fit does on CUDA
-    spec = models3d.get(name)
+    spec = video_models.get(name)
     t, s = frames or spec.frames, size or spec.size
-    model = models3d.build(name, classes=classes)
+    model = video_models.build(name, classes=classes)
     if clip_task.channels_last(cfg):
-        models3d.to_channels_last(model)
+        video_models.to_channels_last(model)
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (batch, t, s, s, 3), dtype=torch.uint8, device=device)
@@ -109,10 +109,10 @@ def main() -> None:
         print(json.dumps(one(a.one, a.batch, a.steps, a.device, a.memory_format)), flush=True)
         return
 
-    from trainers.models import models3d
+    from trainers.models import video_models
 
     rows = []
-    for name in a.models.split(",") if a.models else models3d.names():
+    for name in a.models.split(",") if a.models else video_models.VIDEO_MODELS.names():
         res = subprocess.run([sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--steps", str(a.steps),
                               "--device", a.device, "--memory-format", a.memory_format], capture_output=True, text=True)
         if res.returncode != 0:

@@ -45,7 +45,7 @@ MODELS = ("small-c3d", "small-cnn-lstm")
 def measure(work: Path, groups: int, seed: int, backbone: str = "resnet18", weights: str = "none",
             resize: str = "stored") -> dict:
     from pipeline.datasets import synth
-    from trainers.data import data
+    from trainers.data import views
     from trainers.inference import explain
 
     work.mkdir(parents=True, exist_ok=True)
@@ -61,8 +61,8 @@ def measure(work: Path, groups: int, seed: int, backbone: str = "resnet18", weig
     boxes = json.loads((work / "syn" / synth.MASKS).read_text())
     metrics = {p: json.loads((work / p / "metrics.json").read_text())["test"]["top1"] for p in (*MODELS, "head")}
     out: dict = {"seed": seed, "test_top1": metrics}
-    view = data.open_view(work / "f.zarr", "frames")
-    test = set(int(i) for i in data.make_split(view, "groups").test)
+    view = views.open_view(work / "f.zarr", "frames")
+    test = set(int(i) for i in views.make_split(view, "groups").test)
     tol = 15 * 64 / 240  # the game's 15 px of the 240-px source, in stored pixels
     for model in MODELS:
         ex = explain.load(work / model, "cpu")

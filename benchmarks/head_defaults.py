@@ -90,7 +90,7 @@ RULES = ("best-p10", "best", "smooth3", "smooth5", "smooth3-m3", "smooth5-m5", "
 
 
 def parse_set(items: list[str]) -> dict:
-    """["label_smoothing=0.1", "dropout=0.3"] -> TrainConfig / HeadConfig fields (values as JSON, else text)."""
+    """["label_smoothing=0.1", "dropout=0.3"] -> HeadTrainConfig / HeadConfig fields (values as JSON, else text)."""
     out = {}
     for item in items:
         k, _, v = item.partition("=")
@@ -105,17 +105,17 @@ def curve(features: Path, split_name: str, head: str, seed: int, recipe: str, se
     """Train once; val and test accuracy (and val loss) after every epoch."""
     import torch
 
-    from trainers.data import data
-    from trainers.training import head_task, loop
-    from trainers.training.config import HeadConfig, TrainConfig
+    from trainers.data import views
+    from trainers.training import head_task, loop, losses
+    from trainers.training.config import HeadConfig, HeadTrainConfig
 
     settings = dict(settings or {})
     head_fields = {k: settings.pop(k) for k in list(settings) if k in HeadConfig.__dataclass_fields__}
-    cfg = TrainConfig(head=head, seed=seed, split=split_name, head_options=HeadConfig(**head_fields),
+    cfg = HeadTrainConfig(head=head, seed=seed, split=split_name, head_options=HeadConfig(**head_fields),
                       **{**RECIPES[recipe], **settings}).resolved()
     cfg = replace(cfg, patience=cfg.epochs, device="cpu")
-    fs = data.load(features)
-    split = data.make_split(fs, split_name)
+    fs = views.load(features)
+    split = views.make_split(fs, split_name)
     task = head_task.FeatureTask(fs)
     probe = task.build(cfg, split.train)
     rows = []
@@ -126,7 +126,7 @@ def curve(features: Path, split_name: str, head: str, seed: int, recipe: str, se
             ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
             probe.load_state_dict(ck["model"])
             probe.eval()
-            _, test_acc = loop.loss_and_accuracy(task.probabilities(probe, split.test, torch.device("cpu"), cfg),
+            _, test_acc = losses.loss_and_accuracy(task.probabilities(probe, split.test, torch.device("cpu"), cfg),
                                                  task.labels[split.test], None)
             rows.append({"val_acc": row["val_acc"], "val_loss": row["val_loss"], "test_acc": float(test_acc)})
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="+", default=["current", "demo"], choices=tuple(RECIPES))
     ap.add_argument("--rules", nargs="+", default=list(RULES))
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="training settings on top of the recipe (TrainConfig or HeadConfig fields)")
+                    help="training settings on top of the recipe (HeadTrainConfig or HeadConfig fields)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (two studies side by side: 1 each)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
@@ -185,12 +185,12 @@ def main(argv=None) -> int:
         return 0
     if not a.features:
         ap.error("give --features (or --summarize)")
-    from trainers.data import data
+    from trainers.data import views
 
     t0 = time.perf_counter()
     runs = []
     for features in a.features:
-        fs = data.open_view(features.absolute(), "features")
+        fs = views.open_view(features.absolute(), "features")
         names = sorted(n for n in fs.splits if n.startswith("logo")) if a.folds == "logo" else ["groups"]
         for recipe in a.recipes:
             for head in a.heads:

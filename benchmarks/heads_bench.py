@@ -34,21 +34,21 @@ def speed(train_videos: int, val_videos: int, epochs: int, e2e_steps: int, e2e_b
     import torch
 
     from trainers.training import config, head_task, loop
-    from trainers.data import data
+    from trainers.data import views
     from trainers.models import heads
 
     n, t, d, c = train_videos + val_videos, 16, 2048, 50
     rng = np.random.default_rng(0)
-    fs = data.FeatureSet(path=Path("memory"), features=rng.standard_normal((n, 1, t, d), np.float32).astype(np.float16),
+    fs = views.FeatureSet(path=Path("memory"), features=rng.standard_normal((n, 1, t, d), np.float32).astype(np.float16),
                          labels=rng.integers(0, c, n), groups=np.full(n, -1), ok=np.ones(n, bool),
                          clip_index=np.zeros((n, 1), np.int16), view_index=np.zeros((n, 1), np.int16),
                          videos=np.array([f"v{i}" for i in range(n)]), splits={},
                          attrs={"classes": [f"c{i}" for i in range(c)], "lineage": {"fingerprint": "bench"}})
-    split = data.Split("bench", np.arange(train_videos), np.arange(train_videos, n), np.arange(train_videos, n), 0.0,
+    split = views.Split("bench", np.arange(train_videos), np.arange(train_videos, n), np.arange(train_videos, n), 0.0,
                        False)
     timings = {}
     for precision in precisions:
-        cfg = head_task.TrainConfig(head="lstm", head_options=config.HeadConfig(hidden=256), epochs=epochs,
+        cfg = head_task.HeadTrainConfig(head="lstm", head_options=config.HeadConfig(hidden=256), epochs=epochs,
                                batch_size=batch, patience=epochs, precision=precision)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -115,13 +115,13 @@ def accuracy(work: Path, groups: int, clips: int, epochs: int, weights: str, see
     rows = []
     for split, seed_list in (("groups", seeds), ("random", seeds[:1])):
         for views in ("augmented", "clean"):
-            for head in heads.names():
+            for head in heads.HEADS.names():
                 tops, pairs, t0 = [], [], time.perf_counter()
                 for seed in seed_list:
-                    tc = head_task.TrainConfig(head=head, split=split, epochs=epochs, batch_size=16, scheduler="cosine",
+                    tc = head_task.HeadTrainConfig(head=head, split=split, epochs=epochs, batch_size=16, scheduler="cosine",
                                           patience=epochs, train_views=views, seed=seed)
                     out = work / "runs" / f"{head}-{split}-{views}-s{seed}-g{groups}"
-                    res = head_task.train_head(head_task.RunConfig(tc, features=fres.store, out=out))
+                    res = head_task.train_head(head_task.HeadRunConfig(tc, features=fres.store, out=out))
                     tops.append(res.summary["test"]["top1"])
                     pairs.append(res.summary["test"]["reversed_pairs_top1"])
                 rows.append({"split": split, "train_views": views, "head": head,

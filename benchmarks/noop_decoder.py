@@ -11,14 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.decoding import augment
+from pipeline.decoding.reader import VideoSamples
+from pipeline.decoding.recipe import sample_plan
 from pipeline.stages import extract
 
 FRAMES_IN_SOURCE = 250   # a 10-s Kinetics clip at 25 fps
 
 
-def blank_video(path, rel: str, recipe, threads: int = 0) -> extract.VideoSamples:
-    idx = extract.sample_plan(recipe, rel, FRAMES_IN_SOURCE)
-    return extract.VideoSamples(
+def blank_video(path, rel: str, recipe, threads: int = 0) -> VideoSamples:
+    idx = sample_plan(recipe, rel, FRAMES_IN_SOURCE)
+    return VideoSamples(
         np.zeros((recipe.samples, recipe.frames, recipe.height, recipe.width, 3), np.uint8),
         np.asarray(idx, np.int32), FRAMES_IN_SOURCE, 25.0,
         np.zeros((recipe.samples, len(augment.FIELDS)), np.float32), 0)

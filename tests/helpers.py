@@ -49,11 +49,11 @@ def har(*args, env: dict | None = None, cwd: Path | None = None) -> Ran:
     from typer.testing import CliRunner
 
     import cli
-    from trainers import clikit
+    from trainers import console
 
     # a terminal 300 columns wide, as env COLUMNS says below (Rich fixes a console's width when it is
     # made, and pytest-xdist workers start with COLUMNS=80): long paths stay on one line
-    clikit.out.width = clikit.err.width = 300
+    console.out.width = console.err.width = 300
     with _cwd(cwd):
         res = CliRunner().invoke(cli.app, [str(a) for a in args], env={"COLUMNS": "300", **(env or {})})
     err = res.stderr

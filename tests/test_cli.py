@@ -24,6 +24,23 @@ def test_every_command_has_help_with_examples(command):
     assert res.returncode == 0 and "Examples" in res.stdout and f"har {command}" in res.stdout
 
 
+def test_every_choice_is_a_registry_the_help_lists():
+    """One registry shape: each choice option reads a pipeline.core.registry.Registry directly (a rename
+    fails here, not in a user's --help), and the command's help lists exactly its names."""
+    from pipeline.core.registry import Registry
+    from trainers import clikit
+
+    for param in clikit.CHOICES:
+        reg = clikit.registry(param)
+        assert isinstance(reg, Registry) and len(reg) >= 2, param
+    from trainers.models import heads
+
+    shown = har("train-head", "--help").stdout
+    part = shown[shown.index("--temporal-input"):]
+    part = re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", part[:part.index(".", part.index("One of:")) + 1]))
+    assert part.endswith("One of: " + ", ".join(heads.TEMPORAL_INPUTS.names()) + "."), part
+
+
 @pytest.mark.parametrize("args, message", [
     (["extract", "kinetics"], "unknown dataset 'kinetics'; allowed: ucf50, ucf101, hmdb51, folder, kinetics400, kinetics600, kinetics700, ssv2, synthetic"),
     (["extract", "synthetic", "--frames", "-3"], "--frames -3 is out of range; allowed: >= 1"),

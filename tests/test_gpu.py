@@ -10,7 +10,7 @@ import torch
 
 from trainers.training import clip_task
 from trainers.data import clips
-from trainers.models import models3d
+from trainers.models import video_models
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 
@@ -27,7 +27,7 @@ def test_crop_and_flip_on_the_gpu_cut_the_same_windows_as_on_the_cpu():
     assert b.is_cuda and torch.equal(a, b.cpu())
 
 
-@pytest.mark.parametrize("model", models3d.names())
+@pytest.mark.parametrize("model", video_models.VIDEO_MODELS.names())
 def test_every_video_model_trains_on_the_gpu_in_bf16_channels_last(frames, tmp_path, model):
     cfg = clip_task.E2EConfig(model=model, device="cuda")
     assert clip_task.channels_last(cfg)
@@ -46,13 +46,13 @@ def test_gpu_forward_equals_the_cpu_forward(model, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    net = models3d.build(model, classes=7).eval()
-    spec = models3d.get(model)
+    net = video_models.build(model, classes=7).eval()
+    spec = video_models.get(model)
     x = torch.randint(0, 256, (2, min(spec.frames, 8), 64, 64, 3), dtype=torch.uint8)
     with torch.no_grad():
         ref = net(x).double()
         gpu = net.cuda()(x.cuda()).double().cpu()
-        models3d.to_channels_last(net)
+        video_models.to_channels_last(net)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             half = net(x.cuda()).double().cpu()
     assert (gpu - ref).norm() / ref.norm() < 1e-4

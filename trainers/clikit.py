@@ -1,6 +1,6 @@
 """What every har command shares: the app, the one error boundary and its exit-code table, the
-options declared once, choices shown from the registries, and the terminal output (Rich) of
-progress and training. cli.py holds the commands themselves.
+options declared once and choices shown from the registries. What the commands print (Rich) is
+trainers/console.py; cli.py holds the commands themselves.
 
 Exit codes (every command):
 
@@ -14,30 +14,25 @@ Exit codes (every command):
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import importlib
 import inspect
-import logging
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
 
+from trainers.console import err
 from trainers.training import config as C  # light: dataclasses only
 
 app = typer.Typer(help="Human action recognition: versioned frame stores from videos, and models trained on them.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   rich_markup_mode="markdown")
-out = Console()
-err = Console(stderr=True)
 
 EXIT_BUG, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_NO_SPACE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 RESUMES = "interrupted; what was finished is kept: run the same command again to go on"
@@ -45,26 +40,34 @@ RESUMES = "interrupted; what was finished is kept: run the same command again to
 
 # ---- choices: a parameter's allowed names, from where they are registered ---------------------------
 
-CHOICES = {  # parameter -> (module, attribute): a Registry, a tuple, or a function returning names
+# parameter -> where its pipeline.core.registry.Registry lives (module, constant). Imported only when a
+# command's help or a shell completion asks, so `har --help` imports nothing heavy; every entry is
+# checked to be a Registry by tests/test_cli.py, so a rename fails a test rather than the help.
+CHOICES = {
     "dataset": ("pipeline.datasets.datasets", "DATASETS"), "sampling": ("pipeline.decoding.sampling", "STRATEGIES"),
-    "fmt": ("pipeline.stores.store", "FORMATS"), "backbone": ("pipeline.stages.backbones", "names"),
+    "fmt": ("pipeline.stores.store", "FORMATS"), "backbone": ("pipeline.stages.backbones", "BACKBONES"),
     "device": ("pipeline.core.device", "DEVICES"), "feature_precision": ("pipeline.stages.features", "PRECISIONS"),
-    "resize": ("pipeline.stages.features", "RESIZES"), "recipe": ("pipeline.decoding.recipe", "recipe_names"),
-    "head": ("trainers.models.heads", "names"), "model": ("trainers.models.models3d", "names"),
-    "pretrained": ("trainers.models.models3d", "PRETRAINED"), "optimizer": ("trainers.training.optim", "OPTIMIZERS"),
+    "resize": ("pipeline.stages.features", "RESIZES"), "recipe": ("pipeline.decoding.recipe", "RECIPES"),
+    "head": ("trainers.models.heads", "HEADS"), "model": ("trainers.models.video_models", "VIDEO_MODELS"),
+    "pretrained": ("trainers.models.video_models", "PRETRAINED"), "optimizer": ("trainers.training.optim", "OPTIMIZERS"),
     "scheduler": ("trainers.training.optim", "SCHEDULERS"), "precision": ("trainers.training.config", "PRECISIONS"),
-    "train_views": ("trainers.training.config", "TRAIN_VIEWS"), "memory_format": ("trainers.training.config", "MEMORY_FORMATS"),
-    "folds": ("trainers.runs.cv", "FOLDS"), "part": ("trainers.data.data", "SPLIT_ROLES"),
-    "tracker": ("trainers.runs.tracker", "TRACKERS"), "method": ("trainers.inference.explain", "METHODS"), "over_time": ("trainers.inference.explain", "TEMPORAL"),
+    "train_views": ("trainers.training.config", "TRAIN_VIEWS"),
+    "memory_format": ("trainers.training.config", "MEMORY_FORMATS"), "folds": ("trainers.runs.cv", "FOLDS"),
+    "part": ("trainers.data.views", "SPLIT_ROLES"), "tracker": ("trainers.runs.tracker", "TRACKERS"),
+    "method": ("trainers.inference.explain", "METHODS"), "over_time": ("trainers.inference.explain", "TEMPORAL"),
     "export_format": ("trainers.inference.export", "FORMATS"), "mix": ("trainers.data.mixing", "MIXES"),
-    "temporal_input": ("trainers.models.heads", "temporal_inputs"),
+    "temporal_input": ("trainers.models.heads", "TEMPORAL_INPUTS"),
 }
 
 
-def choice_names(param: str) -> tuple[str, ...]:
+def registry(param: str):
+    """The Registry that parameter `param` chooses from."""
     module, attr = CHOICES[param]
-    names = getattr(importlib.import_module(module), attr)
-    return tuple(names() if callable(names) else names)
+    return getattr(importlib.import_module(module), attr)
+
+
+def choice_names(param: str) -> tuple[str, ...]:
+    return registry(param).names()
 
 
 def complete(param: str) -> Callable[[str], list[str]]:
@@ -254,6 +257,32 @@ AUGMENT = {
     "vflip": (bool, "--vflip", "Training clips: a coin-flip vertical mirror."),
     "jitter": (float, "--jitter", "Training clips: brightness, contrast, saturation factors in 1 +- J (e.g. 0.3); 0: none."),
 }
+# a recipe's fields over the named one's (pipeline.decoding.recipe.Recipe; har extract): None keeps the recipe's
+RECIPE = {
+    "frames": (Optional[int], "--frames", "T frames per sample."),
+    "sampling": (Optional[str], "--sampling", "Which frames: the sampling strategy."),
+    "clips": (Optional[int], "--clips", "K clips per video (multiclip)."),
+    "stride": (Optional[int], "--stride", "Frame step inside a clip."),
+    "size": (Optional[str], "--size", "PX or HxW of the stored frames."),
+    "views": (Optional[int], "--views", "Augmented copies stored besides the clean view."),
+    "seed": (Optional[int], "--seed", "Seed of random sampling and the views."),
+    "rotate": (Optional[float], "--rotate", "Augmented views: also a rotation uniform in +-DEGREES (e.g. 15) [default: 0, none]."),
+    "vflip": (Optional[bool], "--vflip/--no-vflip", "Augmented views: also a coin-flip vertical mirror [default: no]."),
+    "hflip": (Optional[bool], "--hflip/--no-hflip", "Augmented views: a coin-flip horizontal mirror; --no-hflip where left/right is part of the label [default: yes]."),
+    "lossy": (Optional[bool], "--lossy/--lossless", "JPEG-coded frames (smaller) or lossless zstd."),
+}
+# a server's bounds (trainers.inference.server.ServeConfig; har serve)
+SERVE = {
+    "host": (str, "--host", "Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface, for a trusted network)."),
+    "port": (int, "--port", "Port (0: any free port)."),
+    "workers": (int, "--workers", "Threads that decode and score at once (the runs are loaded once and shared)."),
+    "queue": (int, "--queue", "Requests that may wait for a worker; more get 503."),
+    "max_upload_mb": (float, "--max-upload-mb", "Largest upload (413 beyond)."),
+    "max_seconds": (float, "--max-seconds", "Longest video accepted, in seconds (413 beyond)."),
+    "uploads": (int, "--uploads", "Uploads received at once (503 beyond)."),
+    "per_client": (int, "--per-client", "Requests at once from one address (429 beyond)."),
+    "body_timeout": (float, "--body-timeout", "Seconds an upload may take (408 beyond)."),
+}
 # a sequence head's settings (trainers.training.config.HeadConfig)
 HEAD = {
     "hidden": (int, "--hidden", "Hidden size of the head."),
@@ -276,9 +305,9 @@ TRAINING = "interrupted; the same command resumes from the last finished epoch"
 
 def head_config(head: str, settings: dict):
     """The head's training config from a command's head and loop options, checked."""
-    from trainers.training.head_task import TrainConfig
+    from trainers.training.head_task import HeadTrainConfig
 
-    cfg = TrainConfig(head=head, head_options=C.HeadConfig(**pick(settings, HEAD)), **pick(settings, LOOP))
+    cfg = HeadTrainConfig(head=head, head_options=C.HeadConfig(**pick(settings, HEAD)), **pick(settings, LOOP))
     cfg.validate()
     return cfg
 
@@ -290,11 +319,12 @@ RunDir = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder of
 
 def takes(defaults, group: dict, skip: tuple[str, ...] = ()):
     """Add the options of `group` to a command's signature, their defaults from the config class
-    `defaults`; the command receives them in **settings."""
+    `defaults` (None: every default None, "keep what the named thing says"); the command receives
+    them in **settings."""
     def add(fn):
         sig = inspect.signature(fn, eval_str=True)  # annotations as objects: Typer reads them from here
         own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        new = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name),
+        new = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name) if defaults is not None else None,
                                  annotation=Annotated[typ, opt(flag, help=text, choices=name if name in CHOICES else None)])
                for name, (typ, flag, text) in group.items() if name not in skip]
         fn.__signature__ = sig.replace(parameters=own + new)
@@ -304,76 +334,3 @@ def takes(defaults, group: dict, skip: tuple[str, ...] = ()):
 
 def pick(settings: dict, group: dict) -> dict:
     return {k: v for k, v in settings.items() if k in group}
-
-
-# ---- output ---------------------------------------------------------------------------------------------
-
-def setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False, show_time=False)])
-
-
-@contextlib.contextmanager
-def progress(label: str, unit: str = "videos", rate_of: str = "videos"):
-    """A transient progress bar on stderr; yields update(done, total, counted=None). The rate is
-    `counted` (e.g. frames) per second when given, else items done since the first report (items
-    found done before, such as reused videos, do not inflate it)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    t0, first = time.perf_counter(), []
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-               TextColumn(f"{{task.fields[rate]}} {rate_of}/s"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None, rate="-")
-
-        def update(done: int, total: int | None, counted: int | None = None) -> None:
-            first.append(done) if not first else None
-            dt = time.perf_counter() - t0
-            n = counted if counted is not None else done - first[0]
-            bar.update(task, completed=done, total=total, rate=f"{n / dt:.1f}" if dt > 0 and n > 0 else "-")
-        yield update
-
-
-def epoch_table(rows: list[dict]):
-    from rich.table import Table
-
-    table = Table("epoch", "lr", "train loss", "train acc", "val loss", "val acc", "s", title="training", min_width=60)
-    for r in rows[-15:]:
-        table.add_row(str(r["epoch"]), f"{r['lr']:.2e}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.3f}",
-                      f"{r['val_loss']:.4f}", f"{r['val_acc']:.3f}{' *' if r['best'] else ''}", f"{r['seconds']:.2f}")
-    return table
-
-
-def train(train: Callable, quiet: bool = False):
-    """Call `train(on_epoch)` with a live epoch table; print warnings, the run and its test metrics."""
-    from rich.live import Live
-
-    rows: list[dict] = []
-    live = Live(console=out, transient=quiet, auto_refresh=False)  # started by the first epoch, not before
-
-    def on_epoch(row: dict) -> None:
-        if not rows:
-            live.start()
-        rows.append(row)
-        live.update(epoch_table(rows), refresh=True)
-
-    try:
-        res = train(on_epoch)
-    finally:
-        live.stop()
-    if rows and not quiet:
-        out.print()
-    if not res.summary:  # a torchrun rank other than 0: rank 0 reports
-        return res
-    for w in res.warnings:
-        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-    s, t = res.summary, res.summary["test"]
-    state = "up to date" if res.up_to_date else f"best epoch {s['best_epoch']} of {s['epochs_run']}, {s['train_seconds']:.1f} s"
-    pairs = f", reversed pairs {t['reversed_pairs_top1']:.3f}" if "reversed_pairs_top1" in t else ""
-    out.print(f"run: {res.run_dir} ({state})\ntest ({t['videos']} videos): top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f}, "
-              f"F1 macro {t['f1_macro']:.3f}, ROC AUC {t['roc_auc_ovr_macro']:.3f}{pairs}\n"
-              f"report: {res.run_dir / 'report.md'}", highlight=False)
-    return res

@@ -1,7 +1,9 @@
 """Which device a stage runs on: one rule for every command (features, training, predict)."""
 from __future__ import annotations
 
-DEVICES = ("auto", "cpu", "cuda")
+from pipeline.core.registry import Registry
+
+DEVICES = Registry.of("device", {"auto": "cuda when present, else cpu", "cpu": "the CPU", "cuda": "the GPU"})
 
 
 def resolve(name: str) -> str:

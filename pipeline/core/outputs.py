@@ -24,7 +24,7 @@ from pathlib import Path
 
 KINDS = ("frames", "features", "run", "cv", "explain", "compare", "timeline", "synth")
 
-# the files a run folder holds (runs.py, loop.py, report.py); anything else means it is not ours
+# the files a run folder holds (runner.py, loop.py, report.py); anything else means it is not ours
 RUN_FILES = frozenset({"config.json", "lineage.json", "last.pt", "best.pt", "history.json", "metrics.json",
                        "report.md", "curves.png", "confusion.png", "confusion.csv", "per_class.png",
                        "per_class.csv", ".lock", ".har-run", "roc_pr.png", "most_confused.csv",

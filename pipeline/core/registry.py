@@ -3,8 +3,10 @@ recurrent cells, video models, optimizers, schedulers, task kinds): names in reg
 each with its one-line description, duplicates refused, unknown names answered with the allowed
 ones.
 
-One registration style everywhere: `REG.add(name, item, about)`, or as a decorator
-`@REG.register(name, about)`.
+One shape everywhere: a public `Registry` constant in the module that owns the kind (BACKBONES,
+HEADS, VIDEO_MODELS, DEVICES, ...), read by the library and by the CLI's choices alike. One
+registration style: `REG.add(name, item, about)`, or as a decorator `@REG.register(name, about)`;
+a plain set of allowed values (devices, precisions, store formats) is `Registry.of(kind, names)`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,16 @@ class Registry(Generic[T]):
         self.kind = kind             # "backbone", "head", "video model": used in messages
         self._items: dict[str, T] = {}
         self._about: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, kind: str, entries) -> "Registry[str]":
+        """A registry of plain values, each name its own entry: `entries` maps name -> about, or
+        lists the names (e.g. `Registry.of("device", ("auto", "cpu", "cuda"))`)."""
+        reg = cls(kind)
+        about = entries if isinstance(entries, dict) else dict.fromkeys(entries, "")
+        for name, text in about.items():
+            reg.add(name, name, text)
+        return reg
 
     def add(self, name: str, item: T, about: str = "") -> T:
         if name in self._items:
@@ -44,8 +56,20 @@ class Registry(Generic[T]):
     def names(self) -> tuple[str, ...]:
         return tuple(self._items)
 
+    def items(self) -> tuple[tuple[str, T], ...]:
+        return tuple(self._items.items())
+
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        try:
+            return name in self._items
+        except TypeError:   # an unhashable value (a list from a config file) is simply not a name
+            return False
 
     def __iter__(self):
         return iter(tuple(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self._items)})"

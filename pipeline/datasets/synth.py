@@ -6,11 +6,14 @@ WarmUp/CoolDown), so a bag-of-frames model cannot tell a pair apart and a sequen
 The patterns change what a frozen CNN's globally pooled features see (size, brightness,
 colour, count), not only where things are. A group shares its look (background, shape, colour,
 camera offset), so a random split leaks appearance from train to test just as UCF50's does.
+
+Its adapter (`load_synthetic`, registered in `datasets.DATASETS` as `synthetic`) reads the
+folder as a class-per-folder tree and records the reversed pairs for the stores (`store_facts`).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,8 @@ import numpy as np
 from pipeline.core import outputs
 from pipeline.core.files import replace_atomically
 from pipeline.core.lineage import seed_for
+from pipeline.datasets.folder import class_folders
+from pipeline.datasets.index import DatasetError, DatasetIndex
 from pipeline.decoding.video import write_video
 
 # (name, pattern, reversed?) in the order `--classes N` takes them
@@ -198,11 +203,11 @@ def reversed_classes(classes: list[str]) -> list[str]:
     return [c for pair in by_pattern.values() if set(pair) <= present for c in pair]
 
 
-def generate(out: Path, cfg: SynthConfig, on_video=None, masks: bool = False) -> list[Path]:
+def generate(out: Path, cfg: SynthConfig, on_video=None, masks: bool = False, progress=None) -> list[Path]:
     """Write every clip as <out>/<Class>/v_<Class>_gGG_cCC.avi and <out>/synth.json, the manifest
     that lists every file written; with `masks` also <out>/masks.json: {"<Class>/v_...avi": per
     source frame, the [top, left, bottom, right] pixel box of every object} (the ground truth of a
-    pointing game).
+    pointing game). `on_video(path)` and `progress(done, total)` are called after every clip.
 
     `out` is new, empty or har synth's own earlier output (`outputs.check_output`); anything else
     in it is refused before a byte is written, and only the files its synth.json lists are ever
@@ -240,6 +245,8 @@ def generate(out: Path, cfg: SynthConfig, on_video=None, masks: bool = False) ->
         paths.append(path)
         if on_video:
             on_video(path)
+        if progress:
+            progress(len(paths), len(clips))
     _remove(out, stale)
     if masks:
         boxes = {rel: object_boxes(cfg, ci, g, c) for ci, g, c, rel in clips}
@@ -274,3 +281,33 @@ def _remove(out: Path, stale: list[str]) -> None:
     for folder in sorted({p for rel in stale for p in Path(rel).parents if p != Path(".")}, key=lambda p: -len(p.parts)):
         if (out / folder).is_dir() and not (out / folder).is_symlink() and not any((out / folder).iterdir()):
             (out / folder).rmdir()
+
+
+# ---- the dataset's adapter (datasets.DATASETS: synthetic) --------------------------------------
+
+def store_facts(dataset: str, classes: list[str]) -> dict:
+    """Facts of a dataset that its stores keep in their attrs for training to read: for the
+    synthetic set `reversed_pairs`, the classes whose time-reversed twin is a class too (the ones
+    a bag-of-frames model cannot tell apart); nothing for the others."""
+    if dataset != "synthetic":
+        return {}
+    return {"reversed_pairs": reversed_classes(list(classes))}
+
+
+def load_synthetic(root: Path) -> DatasetIndex:
+    if not (root / "synth.json").exists():
+        raise DatasetError(f"synthetic: no synth.json at {root}; make the dataset first with `har synth {root}`")
+    if _synth_unfinished(root / "synth.json"):
+        raise DatasetError(f"synthetic: {root} is half written (har synth did not finish); run the same "
+                           f"`har synth {root}` again")
+    index = class_folders("synthetic", root, "synthetic")
+    return replace(index, attrs=store_facts("synthetic", index.classes))
+
+
+def _synth_unfinished(manifest: Path) -> bool:
+    """Whether har synth is writing this folder, or was killed while it did (synth.json "complete": false)."""
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("complete") is False

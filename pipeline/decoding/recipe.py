@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.datasets import datasets
 from pipeline.core import lineage
+from pipeline.core.registry import Registry
 from pipeline.decoding import sampling
 
 
@@ -66,16 +67,16 @@ class Recipe:
         return self.samples * self.frames * self.height * self.width * 3
 
 
-def recipe_names() -> tuple[str, ...]:
-    return tuple(datasets.manifest()["recipes"])
+# the named recipes of data_manifest.yaml (har extract --recipe): name -> its fields
+RECIPES: Registry[dict] = Registry("recipe")
+for _name, _spec in datasets.manifest()["recipes"].items():
+    RECIPES.add(_name, _spec, ", ".join(f"{k} {v}" for k, v in _spec.items()))
+del _name, _spec
 
 
 def named_recipe(name: str, **overrides) -> Recipe:
     """A recipe from data_manifest.yaml, with single fields overridden (None = keep)."""
-    recipes = datasets.manifest()["recipes"]
-    if name not in recipes:
-        raise ValueError(f"unknown recipe {name!r}; allowed: {', '.join(recipes)}")
-    spec = dict(recipes[name])
+    spec = dict(RECIPES.get(name))
     size = spec.pop("size")
     spec["height"], spec["width"] = parse_size(size) if isinstance(size, str) else (size, size)
     spec.update({k: v for k, v in overrides.items() if v is not None})

@@ -117,6 +117,14 @@ def is_permanent(error: str) -> bool:
     return str(error).endswith(PERMANENT)
 
 
+def demux_errors() -> tuple[type[Exception], ...]:
+    """What PyAV raises for a file FFmpeg cannot demux or decode (av.error.FFmpegError and its
+    kinds, some of them OSErrors too), for a caller that catches them without importing PyAV."""
+    import av
+
+    return (av.error.FFmpegError,)
+
+
 @dataclass(frozen=True)
 class Probe:
     frames_estimate: int  # header count, or packets counted by demuxing when the header has none

@@ -152,11 +152,11 @@ class Backbone:
     input: InputPolicy = TORCHVISION_224
 
 
-_REGISTRY: Registry[Backbone] = Registry("backbone")
+BACKBONES: Registry[Backbone] = Registry("backbone")
 
 
 def register(b: Backbone, about: str) -> Backbone:
-    return _REGISTRY.add(b.name, b, about)
+    return BACKBONES.add(b.name, b, about)
 
 
 register(Backbone("resnet152", "torchvision", "resnet152", "ResNet152_Weights.IMAGENET1K_V1", 2048, "fc"),
@@ -177,12 +177,8 @@ for _n, _size, _top1 in ((0, 224, 75.1), (1, 240, 76.7), (2, 260, 77.6)):
              f"({_top1} % top-1)")
 
 
-def names() -> tuple[str, ...]:
-    return _REGISTRY.names()
-
-
 def get(name: str) -> Backbone:
-    return _REGISTRY.get(name)
+    return BACKBONES.get(name)
 
 
 def policy_of(record: dict) -> InputPolicy:
@@ -406,7 +402,7 @@ def cost(name: str) -> dict:
         model(frame)
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "gflops": counter.get_total_flops() / 1e9, "input": f"{size}x{size} frame",
-            "pretrained": ("imagenet", "none", "PATH"), "about": f"{_REGISTRY.about(name)} ({spec.weights})"}
+            "pretrained": ("imagenet", "none", "PATH"), "about": f"{BACKBONES.about(name)} ({spec.weights})"}
 
 
 def resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
@@ -417,3 +413,30 @@ def resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
     if h <= w:
         return size[0], int(size[0] * w / h)
     return int(size[0] * h / w), size[0]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a stored frame becomes a backbone's input under its policy: resized to `resized`, then
+    the centred `crop` cut: the numbers `Preprocess` resizes and crops by (torchvision's own
+    resize and crop), computed once by `input_geometry` for the two that need them as numbers,
+    explain's chain (where a map goes back on the frame) and export (the traced cut)."""
+    stored: tuple[int, int]    # (height, width) of the stored frame
+    resized: tuple[int, int]   # after the resize: the shorter side at the policy's `resize`
+    crop: tuple[int, int]      # the centre crop cut from the resized frame
+
+    @property
+    def window(self) -> tuple[float, float, float, float]:
+        """The part of the stored frame the crop covers: (top, left, height, width) in stored
+        pixels, unrounded (where a map drawn on the input goes back onto the stored frame)."""
+        (h, w), (rh, rw), (ch, cw) = self.stored, self.resized, self.crop
+        sy, sx = rh / h, rw / w
+        return (rh - ch) / 2 / sy, (rw - cw) / 2 / sx, ch / sy, cw / sx
+
+
+def input_geometry(policy: InputPolicy, h: int, w: int) -> Geometry:
+    """The geometry of `policy` on stored (h, w) frames: the shorter side resized to
+    `policy.resize` (torchvision's sizes: `resized_size`), the centre `policy.size` square. E.g.
+    resize 256, size 224 on 240 x 320 frames: resized (256, 341), crop (224, 224), covering
+    (15.0, 54.9, 210.0, 210.2) of the stored frame."""
+    return Geometry((h, w), resized_size(h, w, [policy.resize]), (policy.size, policy.size))

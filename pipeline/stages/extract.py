@@ -1,10 +1,11 @@
-"""`har extract`: videos -> frame store, as a Dask graph over batches of videos.
+"""`har extract`: videos -> frame store, as a Dask graph over batches of videos. `configure` makes
+the stage's config from the command's words (a named recipe, fields overridden, the format).
 
 Plan, then execute:
 1. index the dataset and fingerprint its sources (hashes reused when size and mtime match);
 2. compare with the store already there: same fingerprint -> nothing to do;
 3. plan batches of videos; a video whose source is unchanged since the last store is copied
-   from it, the rest are decoded;
+   from it, the rest are decoded (pipeline.decoding.reader);
 4. run the batches (each writes its own shard and chunks; status last) into a working store
    beside the target, which a killed run resumes;
 5. when every video is done, swap the working store in (Zarr: rename; HDF5: convert).
@@ -23,7 +24,8 @@ from pipeline.decoding import augment, video
 from pipeline.datasets import datasets
 from pipeline.stores import latest, store, swap
 from pipeline.core import lineage, location, outputs, resources
-from pipeline.decoding.recipe import Recipe, sample_axes, sample_plan
+from pipeline.decoding.reader import read_video
+from pipeline.decoding.recipe import Recipe, sample_axes
 from pipeline.core.cluster import cpu_count, run_tasks
 from pipeline.core.resources import human
 
@@ -43,6 +45,37 @@ class ExtractConfig:
     scheduler: str | None = None    # None local cluster, "synchronous", or tcp://host:port
     force: bool = False             # rebuild the store (also one made with another recipe at --out)
     verify: bool = False            # hash every source again, and read the store against its checksums
+
+
+def configure(dataset: str, recipe: str = "default", size: str | None = None, fmt: str | None = None,
+              out: Path | None = None, **settings) -> tuple[ExtractConfig, list[str]]:
+    """An ExtractConfig from `har extract`'s words, checked, and the notes a user should read: the
+    named recipe (data_manifest.yaml) with single fields overridden (None keeps the recipe's;
+    `size` as PX or HxW), the format from `fmt` or `out`'s suffix, and the dataset's own mirror
+    default (ssv2: left and right are part of its labels, so its views are not mirrored unless
+    `hflip=True`). `settings`: Recipe fields and ExtractConfig fields by name."""
+    from pipeline.decoding import recipe as R
+
+    datasets.DATASETS.get(dataset)
+    fmt = store.choose_format(fmt, out)
+    fields = set(Recipe.__dataclass_fields__)
+    overrides = {k: v for k, v in settings.items() if k in fields}
+    if size is not None:
+        overrides["height"], overrides["width"] = R.parse_size(size)
+    unmirrored = overrides.get("hflip") is None and datasets.manifest()["datasets"].get(dataset, {}).get("hflip") is False
+    if unmirrored:
+        overrides["hflip"] = False
+    r = R.named_recipe(recipe, **overrides)
+    r.validate()
+    notes = []
+    if unmirrored and r.views:
+        notes.append(f"{dataset}: the augmented views are not mirrored (left and right are part of its labels); "
+                     "--hflip mirrors them")
+    if (r.rotate or r.vflip or not r.hflip) and r.views == 0 and not unmirrored:
+        notes.append("--rotate, --vflip and --no-hflip apply to augmented views; with --views 0 there are none "
+                     "(train-e2e on this store still follows its --no-hflip)")
+    rest = {k: v for k, v in settings.items() if k not in fields}
+    return ExtractConfig(dataset=dataset, recipe=r, out=out, format=fmt, **rest), notes
 
 
 @dataclass
@@ -105,87 +138,9 @@ def default_store_path(dataset: str, recipe: Recipe, fmt: str = "zarr") -> Path:
     return lineage.har_home() / "stores" / dataset / recipe.fingerprint()[:12] / name
 
 
-# ---- one video ------------------------------------------------------------------------------
+# ---- one video: pipeline.decoding.reader ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class VideoSamples:
-    frames: np.ndarray       # (S, T, H, W, 3) uint8
-    frame_idx: np.ndarray    # (S, T) int32 source frame of each stored frame
-    num_frames: int          # frames the source really decodes to
-    fps: float               # average frame rate
-    view_params: np.ndarray  # (S, 10) float32 crop/flip/jitter/rotation/vflip of each sample (augment.FIELDS)
-    decoded: int = 0         # source frames the decoder was given, each counted once (<= num_frames;
-                             # fewer when partial): a second pass and the views add none
-    passes: int = 1          # decoding passes over the file (2 when the header's frame count was wrong)
-
-
-def extract_video(path: Path, rel: str, recipe: Recipe, threads: int = 0) -> VideoSamples:
-    """Decode one video into its S samples. Raises video.VideoError for a bad file.
-
-    A video that decodes to far fewer frames than its container announces (a truncated
-    download) fails rather than being sampled from the part that survived.
-
-    When one demux pass locates every frame (`video.packet_plan`), the indices are planned on
-    that count and only the GOPs holding sampled frames are decoded. Otherwise the header's
-    frame count plans them; if decoding everything finds another count (HMDB51's headers are
-    often one off), the plan is redone with the true count and, if it moved, the video is
-    decoded again, so stored frames are always exactly frame_idx of the stream.
-    """
-    from av.video.reformatter import VideoReformatter
-
-    info = video.probe(path)
-    out_hw = (recipe.height, recipe.width)
-    reformatter = VideoReformatter()  # keeps its swscale context between frames
-    _, view_of = sample_axes(recipe)
-    plan = video.packet_plan(path)  # when packets locate the frames, decode only what is needed
-    n = plan.frames if plan is not None else max(1, info.frames_estimate)
-    decoded = 0   # the most source frames one pass gave the decoder: a second pass re-decodes, it adds none
-    for attempt in range(2):
-        idx = sample_plan(recipe, rel, n)
-        where: dict[int, list[tuple[int, int]]] = {}
-        for (s, t), k in np.ndenumerate(idx):
-            where.setdefault(int(k), []).append((s, t))
-        out = np.zeros((recipe.samples, recipe.frames, *out_hw, 3), np.uint8)
-        params: dict[int, augment.ViewParams] = {}
-        src_hw: list[tuple[int, int]] = []
-
-        def on_frame(k: int, frame) -> None:
-            if not src_hw:
-                src_hw.append(augment.upright_hw(frame))
-            rgb = None
-            for s, t in where[k]:
-                v = int(view_of[s])
-                if v == 0:
-                    out[s, t] = augment.clean(frame, out_hw, reformatter)
-                    continue
-                if rgb is None:
-                    rgb = video.frame_rgb(frame)
-                if v not in params:
-                    params[v] = augment.params_for(recipe.seed, rel, v, rgb.shape[:2], out_hw, recipe.rotate, recipe.vflip,
-                                                   recipe.hflip)
-                out[s, t] = augment.apply(rgb, params[v], out_hw)
-
-        sent = video.scan_sparse(path, plan, where, on_frame, threads=threads) if plan is not None else None
-        if sent is not None:
-            true_n = plan.frames
-            decoded = max(decoded, sent)
-        else:
-            plan = None  # decode every frame from here on; on_frame overwrites what it wrote
-            true_n = video.scan(path, where.__contains__, on_frame, threads=threads)
-            decoded = true_n   # every frame
-        if true_n == 0:
-            # the file's bytes are the reason: a decoder short of memory or threads raised in video.scan
-            raise video.VideoError("no decodable video frames", permanent=True)
-        if true_n < info.frames_estimate - max(2, info.frames_estimate // 20):
-            raise video.VideoError(f"truncated or damaged: the container announces {info.frames_estimate} frames, "
-                                   f"only {true_n} decode", permanent=True)
-        if true_n == n or np.array_equal(sample_plan(recipe, rel, true_n), idx):
-            vp = np.stack([augment.params_for(recipe.seed, rel, int(v), src_hw[0], out_hw, recipe.rotate,
-                                              recipe.vflip, recipe.hflip).as_array() for v in view_of])
-            return VideoSamples(out, idx, true_n, info.fps, vp, min(decoded, true_n), attempt + 1)
-        logger.info("%s: header said %d frames, decoded %d; sampling again", rel, n, true_n)
-        n = true_n
-    raise video.VideoError(f"frame count changed between two decodes ({n})")
+extract_video = read_video  # run_batch's decoder, found by this name (tests and benchmarks/noop_decoder.py swap it)
 
 
 # ---- a batch of videos: one Dask task ---------------------------------------------------------

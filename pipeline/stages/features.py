@@ -25,11 +25,13 @@ from pipeline.stores import latest, store, swap
 from pipeline.core import lineage, location, outputs, resources
 from pipeline.core import device as devices
 from pipeline.core.cluster import run_tasks
+from pipeline.core.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RESIZES = ("weights", "stored")
+PRECISIONS = Registry.of("precision", {"auto": "bf16 on cuda, fp32 on cpu", "fp32": "", "bf16": "", "fp16": ""})
+RESIZES = Registry.of("resize policy", {"weights": "the weights' own resize, crop and normalisation",
+                                        "stored": "frames as stored, only the normalisation"})
 DATASET_ATTRS = ("reversed_pairs",)  # facts of the dataset the frame store's attrs carry on (datasets.DatasetIndex)
 COPIED = ("video", "label", "group", "num_frames", "fps", "error", "frame_idx", "clip_index", "view_index",
           "view_params")

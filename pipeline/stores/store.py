@@ -30,10 +30,11 @@ from pipeline.decoding import augment
 from pipeline.core import location
 from pipeline.stores import shapes
 from pipeline.core.location import Url
+from pipeline.core.registry import Registry
 
 SCHEMA_VERSION = 2  # 2: per-sample checksums, static checksums, crc32c on data chunks
 PENDING, OK, FAILED = 0, 1, 2
-FORMATS = ("zarr", "hdf5")
+FORMATS = Registry.of("store format", {"zarr": "Zarr v3 folder (.zarr)", "hdf5": "HDF5 file (.h5)"})
 PER_VIDEO_RESULTS = ("frame_idx", "view_params", "num_frames", "fps", "error")  # written by extraction tasks, then status
 
 
@@ -138,6 +139,19 @@ def _zarr():
 
 def format_of(path: Path) -> str:
     return "hdf5" if location.of(path).suffix.lower() in (".h5", ".hdf5") else "zarr"
+
+
+def choose_format(fmt: str | None, out: Path | None) -> str:
+    """The store format for `--format fmt` and `--out out`: given, else out's (.h5: hdf5), else zarr;
+    ValueError when fmt is unknown or out's suffix says another format."""
+    if fmt is None:
+        return format_of(out) if out is not None else "zarr"
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+    if out is not None and location.of(out).suffix and format_of(out) != fmt:
+        raise ValueError(f"--out {out} does not look like a {fmt} store; use a .zarr folder or an .h5 file to "
+                         "match --format")
+    return fmt
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def test_torchvision_policies_are_their_weights_transforms():
     """The torchvision entries' policies, written as data, are what their weights' transforms() do."""
     from torchvision.models import get_weight
 
-    for name in backbones.names():
+    for name in backbones.BACKBONES.names():
         spec = backbones.get(name)
         if spec.library != "torchvision":
             continue

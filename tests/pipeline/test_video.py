@@ -7,7 +7,8 @@ from helpers import CODECS, indexed_frames, read_index, write_audio_only, write_
 
 from conftest import shared_data
 from pipeline.decoding import video
-from pipeline.stages.extract import Recipe, extract_video
+from pipeline.decoding.reader import read_video
+from pipeline.decoding.recipe import Recipe
 
 
 @pytest.mark.parametrize("suffix, codec, options, what", CODECS, ids=[c[3] for c in CODECS])
@@ -38,7 +39,7 @@ def test_variable_frame_rate(tmp_path):
 def test_extracted_samples_are_the_indexed_frames(tmp_path, sampling, clips, stride, suffix, codec, options, what):
     path = write_indexed(tmp_path / f"v{suffix}", 57, codec, options)
     recipe = Recipe(sampling=sampling, frames=8, clips=clips, stride=stride, height=32, width=48, views=1)
-    v = extract_video(path, "v", recipe)
+    v = read_video(path, "v", recipe)
     frames, idx, n, fps = v.frames, v.frame_idx, v.num_frames, v.fps
     assert n == 57 and fps == pytest.approx(25)
     assert frames.shape == (recipe.samples, 8, 32, 48, 3)
@@ -49,7 +50,7 @@ def test_extracted_samples_are_the_indexed_frames(tmp_path, sampling, clips, str
 
 def test_vfr_and_shorter_than_t(tmp_path):
     for path, n in ((write_vfr(tmp_path / "vfr.mp4", 45), 45), (write_indexed(tmp_path / "short.avi", 5), 5)):
-        v = extract_video(path, "v", Recipe(frames=16, height=32, width=48))
+        v = read_video(path, "v", Recipe(frames=16, height=32, width=48))
         frames, idx = v.frames, v.frame_idx
         assert v.num_frames == n
         assert [read_index(f) for f in frames[0]] == idx[0].tolist()
@@ -80,7 +81,7 @@ def test_real_clips_stored_frames_equal_decoded_frames(name):
 
     path = shared_data() / "videos" / name
     recipe = Recipe(frames=16, height=64, width=64)
-    v = extract_video(path, name, recipe)
+    v = read_video(path, name, recipe)
     frames, idx, n = v.frames, v.frame_idx, v.num_frames
     by_index: dict[int, np.ndarray] = {}
     total = video.scan(path, lambda k: True, lambda k, f: by_index.__setitem__(k, augment.clean(f, (64, 64))))
@@ -103,7 +104,7 @@ def test_rotation_is_applied():
 def test_bad_files_raise_video_error(tmp_path, make, reason):
     path = make(tmp_path)
     with pytest.raises(video.VideoError, match=reason):
-        extract_video(path, "x", Recipe())
+        read_video(path, "x", Recipe())
 
 
 def test_truncated_file_fails_with_reason(tmp_path):
@@ -112,7 +113,7 @@ def test_truncated_file_fails_with_reason(tmp_path):
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: len(data) // 3])
     with pytest.raises(video.VideoError, match="truncated"):
-        extract_video(cut, "cut", Recipe())
+        read_video(cut, "cut", Recipe())
 
 
 def write_video_long(path: Path) -> Path:
@@ -171,10 +172,10 @@ def test_extraction_is_the_same_with_or_without_partial_decoding(tmp_path, monke
     recipe = Recipe(sampling="multiclip", frames=8, clips=2, height=32, width=48, views=1)
     for suffix, codec, options, _ in SPARSE:
         path = write_indexed(tmp_path / f"v{suffix}", 75, codec, options, noise=24)
-        sparse = extract_video(path, "v", recipe)
+        sparse = read_video(path, "v", recipe)
         with monkeypatch.context() as m:
             m.setattr(video, "packet_plan", lambda p: None)
-            full = extract_video(path, "v", recipe)
+            full = read_video(path, "v", recipe)
         assert sparse.num_frames == full.num_frames == 75
         np.testing.assert_array_equal(sparse.frame_idx, full.frame_idx)
         np.testing.assert_array_equal(sparse.frames, full.frames)
@@ -234,7 +235,7 @@ def test_packets_decoded_for_wanted_frames(wanted, send):
 def test_codecs_not_known_to_restart_at_keyframes_are_decoded_in_full(tmp_path):
     path = write_indexed(tmp_path / "v.flv", 30, "flv", {"g": "12"}, noise=24)  # Sorenson H.263
     assert video.packet_plan(path) is None
-    v = extract_video(path, "v", Recipe(frames=8, height=32, width=48))
+    v = read_video(path, "v", Recipe(frames=8, height=32, width=48))
     assert [read_index(f) for f in v.frames[0]] == v.frame_idx[0].tolist()
 
 
@@ -271,3 +272,30 @@ def test_partial_decoding_gives_up_at_a_broken_packet():
     # B-frames: frame 5 is packet 7 in decode order (0 4 2 1 3 8 6 5 ...); nothing past it is sent
     assert video.scan_sparse(path, plan, [5], lambda k, f: got.__setitem__(k, f.pts)) == 8
     assert got == {5: 5 * 1024}
+
+
+def test_the_extract_stage_decodes_through_the_reader():
+    """har extract's per-video decoder is the pipeline's reader (one function, patchable by this name)."""
+    from pipeline.decoding import reader
+    from pipeline.stages import extract
+
+    assert extract.extract_video is reader.read_video
+
+
+@pytest.mark.parametrize("suffix, codec, options, what", CODECS[:2], ids=[c[3] for c in CODECS[:2]])
+def test_clean_frames_are_the_samples_clean_view(tmp_path, suffix, codec, options, what):
+    """A streamed decode (the timeline's) gives every frame's index and time, and for the wanted
+    frames exactly the clean view read_video stores; the others are not converted."""
+    from pipeline.decoding import reader
+
+    path = write_indexed(tmp_path / f"v{suffix}", 30, codec, options)
+    recipe = Recipe(frames=6, height=32, width=48)
+    v = read_video(path, "v", recipe)
+    wanted = set(v.frame_idx[0].tolist())
+    got = list(reader.clean_frames(path, (32, 48), wanted.__contains__))
+    assert [k for k, _, _ in got] == list(range(30))
+    assert all(t is not None for _, t, _ in got) and [t for _, t, _ in got] == sorted(t for _, t, _ in got)
+    assert all((img is None) == (k not in wanted) for k, _, img in got)
+    by_index = {k: img for k, _, img in got}
+    for t, k in enumerate(v.frame_idx[0].tolist()):
+        np.testing.assert_array_equal(by_index[k], v.frames[0, t])

@@ -18,10 +18,10 @@ import torch
 
 from helpers import reversed_pair_features, write_feature_store
 from trainers.runs import cv as crossval
-from trainers.training import config, head_task, loop
-from trainers.data import data
+from trainers.training import config, head_task, loop, losses
+from trainers.data import views
 from trainers.inference import predictor
-from trainers.runs import runs
+from trainers.runs import runner
 
 CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,11 +36,11 @@ def store(tmp_path_factory):
 def _cfg(**kw):
     base = dict(head="gru", head_options=config.HeadConfig(hidden=8, dropout=0.0), epochs=2, batch_size=16,
                 precision="fp32", device="cpu")
-    return head_task.TrainConfig(**{**base, **kw})
+    return head_task.HeadTrainConfig(**{**base, **kw})
 
 
 def _rc(store, out, **kw):
-    return head_task.RunConfig(_cfg(**kw), features=store, out=out)
+    return head_task.HeadRunConfig(_cfg(**kw), features=store, out=out)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,8 @@ def test_a_crafted_last_pt_is_refused_before_any_of_it_runs(store, tmp_path):
 def test_last_pt_holds_only_what_weights_only_loading_reads(store, tmp_path, monkeypatch):
     """Even when a task's numbers come back as numpy scalars, last.pt and best.pt load weights-only,
     and the run resumes from them."""
-    real = loop.loss_and_accuracy
-    monkeypatch.setattr(loop, "loss_and_accuracy", lambda *a: tuple(np.float64(v) for v in real(*a)))
+    real = losses.loss_and_accuracy
+    monkeypatch.setattr(losses, "loss_and_accuracy", lambda *a: tuple(np.float64(v) for v in real(*a)))
     for sched in ("plateau", "exponential", "cosine", "none"):
         cfg = _rc(store, tmp_path / sched, epochs=3, scheduler=sched, optimizer="adamw")
         head_task.train_head(cfg, stop_after=1)
@@ -114,10 +114,10 @@ def test_a_truncated_best_pt_is_one_line_in_evaluate_predict_and_load_best(run):
     _truncate(run / "best.pt")
     msg = r"run/best\.pt is not a readable har checkpoint: .*; retrain or restore it"
     with pytest.raises(ValueError, match=msg):
-        runs.evaluate_run(run)
+        runner.evaluate_run(run)
     with pytest.raises(ValueError, match=msg):
         predictor.load(run, "cpu")
-    fs = data.load(json.loads((run / "lineage.json").read_text())["inputs"]["features_store"])
+    fs = views.load(json.loads((run / "lineage.json").read_text())["inputs"]["features_store"])
     with pytest.raises(ValueError, match=msg):
         loop.load_best(head_task.FeatureTask(fs).build(_cfg(), None), run, torch.device("cpu"))
     _one_line_exit_2(_cli("evaluate", run), "best.pt is not a readable har checkpoint")
@@ -127,7 +127,7 @@ def test_a_crafted_best_pt_is_refused_unread(run, tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model": Crafted(marker)}, run / "best.pt")
     with pytest.raises(ValueError, match=r"best\.pt is not a readable har checkpoint: .*refused unread"):
-        runs.evaluate_run(run)
+        runner.evaluate_run(run)
     assert not marker.exists()
     _one_line_exit_2(_cli("evaluate", run), "best.pt is not a readable har checkpoint")
 
@@ -168,7 +168,7 @@ def _edit_json(path: Path, fn) -> None:
 ])
 def test_a_damaged_config_or_lineage_is_one_line_naming_the_file_and_key(run, tamper, message):
     tamper(run)
-    load = predictor.load if "predict" in message else runs.load_run
+    load = predictor.load if "predict" in message else runner.load_run
     with pytest.raises(ValueError, match=message):
         load(run)
 
@@ -176,9 +176,9 @@ def test_a_damaged_config_or_lineage_is_one_line_naming_the_file_and_key(run, ta
 def test_a_run_from_before_the_newer_settings_loads_with_their_neutral_values(run):
     """config.json of an earlier har has no label_smoothing or warmup_epochs: it ran without them."""
     _edit_json(run / "config.json", lambda c: [c.pop(k) for k in ("label_smoothing", "warmup_epochs")])
-    cfg, _, _ = runs.load_run(run)
+    cfg, _, _ = runner.load_run(run)
     assert (cfg.label_smoothing, cfg.warmup_epochs) == (0.0, 0.0)
-    assert runs.evaluate_run(run)["top1"] >= 0
+    assert runner.evaluate_run(run)["top1"] >= 0
 
 
 def test_damaged_config_is_exit_2_in_evaluate_and_predict(run, synthetic_root):
@@ -192,16 +192,16 @@ def test_checkpoint_contents_are_checked(run, store, tmp_path):
     own = torch.load(run / "best.pt", weights_only=True)
     torch.save({"weights": own["model"]}, run / "best.pt")
     with pytest.raises(ValueError, match=r"run/best\.pt is not a readable har checkpoint: no \"model\" weights"):
-        runs.evaluate_run(run)
+        runner.evaluate_run(run)
     own["model"].pop("1.fc.bias")
     torch.save(own, run / "best.pt")
     with pytest.raises(ValueError, match=r"best\.pt does not fit this run's model \(missing 1\.fc\.bias"):
-        runs.evaluate_run(run)
+        runner.evaluate_run(run)
     other = head_task.train_head(_rc(store, tmp_path / "wide", head_options=config.HeadConfig(hidden=12))).run_dir
     shutil.copy(other / "best.pt", run / "best.pt")
     with pytest.raises(ValueError, match=r"run/best\.pt does not fit this run's model \(.* has shape \(36, 8\), "
                                          r"this run's model \(24, 8\)"):
-        runs.evaluate_run(run)
+        runner.evaluate_run(run)
 
 
 # ---- 3b. metrics.json is read back through one checked reader (compare, cv, serve, up to date) ------
@@ -230,16 +230,16 @@ def test_checkpoint_contents_are_checked(run, store, tmp_path):
 def test_a_damaged_metrics_json_is_one_line_naming_the_file_and_key(run, tamper, message):
     _edit_json(run / "metrics.json", tamper)
     with pytest.raises(ValueError) as e:
-        runs.read_metrics(run)
+        runner.read_metrics(run)
     assert str(e.value).startswith(f"{run / 'metrics.json'}: {message}"), str(e.value)
-    assert "\n" not in str(e.value) and str(e.value).endswith(runs.RUN_REMEDY)
+    assert "\n" not in str(e.value) and str(e.value).endswith(runner.RUN_REMEDY)
 
 
 def test_a_sound_metrics_json_reads_as_written_and_a_missing_one_is_an_unfinished_run(run):
-    assert json.dumps(runs.read_metrics(run)) == json.dumps(json.loads((run / "metrics.json").read_text()))
+    assert json.dumps(runner.read_metrics(run)) == json.dumps(json.loads((run / "metrics.json").read_text()))
     (run / "metrics.json").unlink()
     with pytest.raises(ValueError, match=r"run is not finished \(no metrics\.json\)"):
-        runs.read_metrics(run)
+        runner.read_metrics(run)
 
 
 def test_an_up_to_date_rerun_checks_metrics_json_before_saying_so(run, store):
@@ -317,7 +317,7 @@ def test_train_head_is_not_up_to_date_over_a_best_pt_that_is_not_its_own(store, 
 ])
 def test_training_settings_out_of_range_are_refused(kw, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        head_task.TrainConfig(**kw).validate()
+        head_task.HeadTrainConfig(**kw).validate()
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -360,7 +360,7 @@ def test_a_head_too_large_to_train_is_refused_before_allocating(store, tmp_path)
 def test_a_config_json_asking_for_a_huge_head_is_refused_before_building_it(run):
     _edit_json(run / "config.json", lambda c: c["head_options"].update(hidden=100_000_000))
     with pytest.raises(ValueError, match=r"config\.json: --hidden 100000000 --layers 1: loading the gru head \("):
-        runs.evaluate_run(run)
+        runner.evaluate_run(run)
     with pytest.raises(ValueError, match=r"config\.json: --hidden 100000000"):
         predictor.load(run, "cpu")
 
@@ -379,10 +379,10 @@ def test_a_store_with_too_few_classes_is_one_line_naming_it(tmp_path, classes, m
     path = write_feature_store(tmp_path / "few.zarr", f, y, g, CLASSES)
     stores._zarr().open_group(path, mode="r+").attrs["classes"] = classes
     with pytest.raises(stores.DamagedStoreError, match="attributes were changed"):
-        data.load(path)  # edited after it was sealed: damage
+        views.load(path)  # edited after it was sealed: damage
     stores.mark_complete(path)  # sealed so: as a store made from such a dataset would be
     with pytest.raises(ValueError) as e:
-        data.load(path)
+        views.load(path)
     assert str(path) in str(e.value) and message in str(e.value)
     _one_line_exit_2(_cli("train-head", "mean", "--features", path, "--out", tmp_path / "r"), "few.zarr", message)
 

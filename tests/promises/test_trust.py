@@ -450,7 +450,7 @@ def test_an_output_inside_an_input_is_refused(data, tmp_path):
 
 
 def test_a_frame_store_replaced_during_training_is_named_as_replaced(data, tmp_path):
-    from trainers.data import clips, data as training_data
+    from trainers.data import clips, views as training_data
 
     frames = run(data, tmp_path / "f.zarr", Recipe(sampling="clip", frames=4, height=24, width=32)).store
     cs = training_data.open_view(frames, "frames")
@@ -502,7 +502,7 @@ def test_rows_swapped_with_their_checksums_are_damage_naming_both(data, tmp_path
     checksum covered the bytes alone."""
     import numpy as np
 
-    from trainers.data import clips, data as training_data
+    from trainers.data import clips, views as training_data
 
     frames = run(data, tmp_path / "f.zarr").store
     with store.StoreReader(frames) as r:
@@ -531,7 +531,7 @@ def test_samples_swapped_inside_a_feature_store_are_damage(tmp_path):
     import zarr
     from helpers import reversed_pair_features, write_feature_store
 
-    from trainers.data import data as training_data
+    from trainers.data import views as training_data
 
     feats, labels, groups = reversed_pair_features(videos_per_class=3, groups=3, frames=4, dim=8)
     for swap_what in ("rows", "samples"):
@@ -568,7 +568,7 @@ def test_a_store_written_before_checksums_bound_their_place_still_reads_and_is_n
     checksum format is no input of the fingerprint); the next rebuild writes bound checksums."""
     import numpy as np
 
-    from trainers.data import clips, data as training_data
+    from trainers.data import clips, views as training_data
 
     frames = run(data, tmp_path / "f.zarr").store
     as_written_before_binding(frames)

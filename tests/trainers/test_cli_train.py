@@ -49,16 +49,16 @@ def test_predict_gives_the_probabilities_the_store_path_gives(chain, synthetic_r
     """A video through `har predict` (decode, sample, backbone, head) scores as its stored features do."""
     import numpy as np
 
-    from trainers.data import data
+    from trainers.data import views
     from trainers.training import head_task, loop
     from trainers.inference import predictor
 
     _, feats = chain
-    res = head_task.train_head(head_task.RunConfig(head_task.TrainConfig(epochs=2), features=feats, out=tmp_path / "r"))
-    fs = data.load(feats)
+    res = head_task.train_head(head_task.HeadRunConfig(head_task.HeadTrainConfig(epochs=2), features=feats, out=tmp_path / "r"))
+    fs = views.load(feats)
     i = list(fs.videos).index("Brighten/v_Brighten_g03_c02.avi")
     task = head_task.FeatureTask(fs)
-    model = loop.load_best(task.build(head_task.TrainConfig(), None), res.run_dir,
+    model = loop.load_best(task.build(head_task.HeadTrainConfig(), None), res.run_dir,
                            loop.resolve_device("cpu"))
     stored = task.probabilities(model, np.array([i]), loop.resolve_device("cpu"))[0]
     got = predictor.load(res.run_dir)(synthetic_root / fs.videos[i], top=4)
@@ -105,14 +105,14 @@ def test_every_training_command_has_help_with_examples():
 
 def test_models_lists_every_registry_with_parameters_and_flops():
     from pipeline.stages import backbones
-    from trainers.models import heads, models3d
+    from trainers.models import heads, video_models
 
     res = har("models", "--json")
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [r["name"] for r in rows["backbones"]] == list(backbones.names())
-    assert [r["name"] for r in rows["heads"]] == list(heads.names())
-    assert [r["name"] for r in rows["video_models"]] == list(models3d.names())
+    assert [r["name"] for r in rows["backbones"]] == list(backbones.BACKBONES.names())
+    assert [r["name"] for r in rows["heads"]] == list(heads.HEADS.names())
+    assert [r["name"] for r in rows["video_models"]] == list(video_models.VIDEO_MODELS.names())
     resnet152 = next(r for r in rows["backbones"] if r["name"] == "resnet152")
     assert abs(resnet152["gflops"] - 23.0) < 0.5 and abs(resnet152["params"] / 1e6 - 58.1) < 0.2  # 11.5 GMACs
     assert all(r["params"] > 0 and r["gflops"] > 0 for r in rows["video_models"])

@@ -7,7 +7,7 @@ import torch
 from pipeline.stages.extract import ExtractConfig, Recipe, extract
 from pipeline.stores.store import StoreReader
 from trainers.data import clips as C
-from trainers.data import data
+from trainers.data import views
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def frame_store(synthetic_root, tmp_path_factory):
 
 
 def test_loader_yields_the_stored_clips_in_order_with_labels(frame_store):
-    cs = data.open_view(frame_store, "frames")
+    cs = views.open_view(frame_store, "frames")
     videos = np.flatnonzero(cs.ok)[:6]
     items = C.eval_items(cs, videos)
     assert items.shape == (12, 2) and set(items[:, 1]) == {0, 1}  # 2 clean clips per video
@@ -32,7 +32,7 @@ def test_loader_yields_the_stored_clips_in_order_with_labels(frame_store):
 
 
 def test_training_items_one_augmented_sample_per_video_reproducible_per_epoch(frame_store):
-    cs = data.open_view(frame_store, "frames")
+    cs = views.open_view(frame_store, "frames")
     videos = np.flatnonzero(cs.ok)
     a, b = C.train_items(cs, videos, 0, 1), C.train_items(cs, videos, 0, 1)
     np.testing.assert_array_equal(a, b)
@@ -46,7 +46,7 @@ def test_training_items_one_augmented_sample_per_video_reproducible_per_epoch(fr
 def test_epoch_stream_gives_each_epoch_exactly_its_own_batches(frame_store, workers):
     """One iterator across epochs (prefetching over the boundary) yields what a fresh per-epoch
     loader yields, short last batches included; a skipped or unfinished epoch restarts it right."""
-    cs = data.open_view(frame_store, "frames")
+    cs = views.open_view(frame_store, "frames")
     videos = np.flatnonzero(cs.ok)
 
     def items_for(e):
@@ -98,4 +98,4 @@ def test_three_crops_span_the_longer_side():
 
 def test_a_missing_store_is_refused(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
-        data.open_view(tmp_path / "none.zarr", "frames")
+        views.open_view(tmp_path / "none.zarr", "frames")

@@ -10,7 +10,7 @@ from helpers import har
 import torch
 
 from trainers.training import clip_task, loop
-from trainers.models import models3d
+from trainers.models import video_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def _run(frames, out, **kw):
 MODERN = ("s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s", "swin3d_b")
 
 
-@pytest.mark.parametrize("model", [m for m in models3d.names() if m not in MODERN])
+@pytest.mark.parametrize("model", [m for m in video_models.VIDEO_MODELS.names() if m not in MODERN])
 def test_every_video_model_trains_and_evaluates_from_the_frame_store(frames, tmp_path, model):
     res = _run(frames, tmp_path / model, model=model)
     m = json.loads((res.run_dir / "metrics.json").read_text())
@@ -76,17 +76,17 @@ def test_train_e2e_usage_errors_are_one_line_exit_2(frames, tmp_path, args, mess
 
 
 def test_evaluate_and_predict_an_e2e_run_as_the_store_path_scores_it(frames, synthetic_root, tmp_path):
-    from trainers.data import data
+    from trainers.data import views
     from trainers.training import loop
     from trainers.inference import predictor
-    from trainers.runs import runs
+    from trainers.runs import runner
 
     res = _run(frames, tmp_path / "r", model="small-cnn-rnn", epochs=2)
     m = json.loads((res.run_dir / "metrics.json").read_text())
-    again = runs.evaluate_run(res.run_dir, "test")
+    again = runner.evaluate_run(res.run_dir, "test")
     assert again["top1"] == m["test"]["top1"] and again["confusion"] == m["test"]["confusion"]
-    cs = data.open_view(frames, "frames")
-    cfg, _, _ = runs.load_run(res.run_dir)
+    cs = views.open_view(frames, "frames")
+    cfg, _, _ = runner.load_run(res.run_dir)
     task = clip_task.ClipTask(cs, cfg)
     device = loop.resolve_device("cpu")
     model = loop.load_best(task.build(cfg, None), res.run_dir, device)

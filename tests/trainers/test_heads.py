@@ -9,7 +9,7 @@ from trainers.models import heads
 from trainers.runs import metrics
 
 
-@pytest.mark.parametrize("name", heads.names())
+@pytest.mark.parametrize("name", heads.HEADS.names())
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_every_head_trains_a_step_and_every_parameter_gets_a_gradient(name, bidirectional):
     torch.manual_seed(0)
@@ -29,7 +29,7 @@ def test_mean_head_cannot_see_order_and_the_sequence_heads_can():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 8)
     rev = x.flip(1)
-    for name in heads.names():
+    for name in heads.HEADS.names():
         model = heads.build(name, 8, 3, 5, config.HeadConfig(hidden=8, dropout=0.0)).eval()
         same = torch.allclose(model(x), model(rev), atol=1e-5)
         assert same == (name == "mean"), name
@@ -62,7 +62,7 @@ def test_standardize_uses_the_given_statistics():
 ])
 def test_bad_training_config_is_refused(kw, message):
     with pytest.raises(ValueError, match=message):
-        head_task.TrainConfig(**kw).validate()
+        head_task.HeadTrainConfig(**kw).validate()
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
@@ -139,13 +139,13 @@ def test_temporal_inputs_ignore_a_clips_constant_look_and_keep_its_change(mode):
 
 
 def test_temporal_input_is_checked_and_leaves_earlier_runs_fingerprints_alone():
-    from trainers.training.config import HeadConfig, TrainConfig
+    from trainers.training.config import HeadConfig, HeadTrainConfig
 
     with pytest.raises(ValueError, match="--temporal-input 'flow' is not supported; allowed: auto, raw, centred, deltas"):
-        HeadConfig(temporal_input="flow").validate()
+        HeadTrainConfig(head_options=HeadConfig(temporal_input="flow")).validate()   # checked against heads.TEMPORAL_INPUTS
     # runs of earlier versions saw raw features: raw stays out of the fingerprint (and fills their config.json)
-    assert "temporal_input" not in TrainConfig(head_options=HeadConfig(temporal_input="raw")).fingerprint_dict()["head_options"]
-    assert TrainConfig().fingerprint_dict()["head_options"]["temporal_input"] == "auto"
+    assert "temporal_input" not in HeadTrainConfig(head_options=HeadConfig(temporal_input="raw")).fingerprint_dict()["head_options"]
+    assert HeadTrainConfig().fingerprint_dict()["head_options"]["temporal_input"] == "auto"
     # `auto` in a config.json (runs of its first version, before runs recorded the concrete name):
     # centred for the heads that read the order, raw for the bag of frames
     assert heads.temporal_input("lstm", "auto") == "centred" and heads.temporal_input("attention", "auto") == "centred"
@@ -157,30 +157,30 @@ def test_auto_is_recorded_as_the_heads_default_and_earlier_auto_runs_read_back_a
 
     from helpers import reversed_pair_features, write_feature_store
 
-    from trainers.runs import runs
-    from trainers.training.config import HeadConfig, TrainConfig
+    from trainers.runs import runner
+    from trainers.training.config import HeadConfig, HeadTrainConfig
 
     # a run records the concrete input auto chose for its head
-    assert [TrainConfig(head=h).resolved().head_options.temporal_input for h in ("lstm", "gru", "attention", "mean")] \
+    assert [HeadTrainConfig(head=h).resolved().head_options.temporal_input for h in ("lstm", "gru", "attention", "mean")] \
         == ["centred", "centred", "centred", "raw"]
     # the concrete name is fingerprinted as given: runs that named it keep their fingerprint
-    assert TrainConfig(head="attention").resolved().fingerprint_dict()["head_options"]["temporal_input"] == "centred"
-    assert "temporal_input" not in TrainConfig(head="mean").resolved().fingerprint_dict()["head_options"]   # raw
+    assert HeadTrainConfig(head="attention").resolved().fingerprint_dict()["head_options"]["temporal_input"] == "centred"
+    assert "temporal_input" not in HeadTrainConfig(head="mean").resolved().fingerprint_dict()["head_options"]   # raw
     f, y, g = reversed_pair_features(videos_per_class=8, dim=8, frames=6)
     store = write_feature_store(tmp_path / "f.zarr", f, y, g, ["A", "B", "C", "D"])
-    cfg = TrainConfig(head="attention", head_options=HeadConfig(hidden=16, dropout=0.0), epochs=2, batch_size=8, split="random")
-    res = head_task.train_head(head_task.RunConfig(cfg, features=store, out=tmp_path / "new"))
+    cfg = HeadTrainConfig(head="attention", head_options=HeadConfig(hidden=16, dropout=0.0), epochs=2, batch_size=8, split="random")
+    res = head_task.train_head(head_task.HeadRunConfig(cfg, features=store, out=tmp_path / "new"))
     assert json.loads((res.run_dir / "config.json").read_text())["head_options"]["temporal_input"] == "centred"
     # a run of auto's first version (config.json says auto): read back with the input it trained on (centred);
     # trained here with centred, its config.json then made to say auto
-    cfg = TrainConfig(head="attention", head_options=HeadConfig(hidden=16, dropout=0.0, temporal_input="centred"),
+    cfg = HeadTrainConfig(head="attention", head_options=HeadConfig(hidden=16, dropout=0.0, temporal_input="centred"),
                       epochs=2, batch_size=8, split="random")
-    res = head_task.train_head(head_task.RunConfig(cfg, features=store, out=tmp_path / "old"))
+    res = head_task.train_head(head_task.HeadRunConfig(cfg, features=store, out=tmp_path / "old"))
     saved = json.loads((res.run_dir / "config.json").read_text())
     saved["head_options"]["temporal_input"] = "auto"
     (res.run_dir / "config.json").write_text(json.dumps(saved))
-    back = runs.evaluate_run(res.run_dir)
+    back = runner.evaluate_run(res.run_dir)
     for k in ("top1", "f1_macro", "roc_auc_ovr_macro"):   # the same probabilities, not just the same argmax
         assert back[k] == pytest.approx(res.summary["test"][k], abs=1e-9), k
-    again = head_task.train_head(head_task.RunConfig(cfg, features=store, out=tmp_path / "old"))
+    again = head_task.train_head(head_task.HeadRunConfig(cfg, features=store, out=tmp_path / "old"))
     assert again.up_to_date

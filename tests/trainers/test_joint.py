@@ -10,7 +10,7 @@ from helpers import har, reversed_pair_features, write_feature_store
 
 from trainers.training import config, head_task, joint
 from trainers.inference import predictor
-from trainers.runs import runs
+from trainers.runs import runner
 
 A_CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
 B_CLASSES = ["Left", "Right", "Up"]
@@ -30,12 +30,12 @@ def stores(tmp_path_factory):
 def _cfg(**kw):
     base = dict(head="lstm", head_options=config.HeadConfig(hidden=32, dropout=0.1), epochs=12, batch_size=16,
                 lr=3e-3, scheduler="cosine", patience=12)
-    return head_task.TrainConfig(**{**base, **kw})
+    return head_task.HeadTrainConfig(**{**base, **kw})
 
 
 def test_joint_run_reports_each_dataset_and_compares_with_each_alone(stores, tmp_path):
     a, b = stores
-    res = joint.train_joint(head_task.RunConfig(_cfg(), out=tmp_path / "j"), [a, b])
+    res = joint.train_joint(head_task.HeadRunConfig(_cfg(), out=tmp_path / "j"), [a, b])
     m = json.loads((tmp_path / "j" / "metrics.json").read_text())
     assert m["joint"] and [s["path"] for s in m["stores"]] == [str(a), str(b)]
     assert [s["dataset"] for s in m["stores"]] == ["synthetic", "folder"]
@@ -57,10 +57,10 @@ def test_joint_run_reports_each_dataset_and_compares_with_each_alone(stores, tmp
     best = torch.load(tmp_path / "j" / "best.pt", weights_only=True)["model"]
     assert best["1.fc.weight"].shape[0] == len(A_CLASSES) + len(B_CLASSES)
     # the same command again: up to date, and so are the alone runs
-    again = joint.train_joint(head_task.RunConfig(_cfg(), out=tmp_path / "j"), [a, b])
+    again = joint.train_joint(head_task.HeadRunConfig(_cfg(), out=tmp_path / "j"), [a, b])
     assert again.up_to_date
     # har evaluate recomputes the per-dataset metrics from best.pt
-    ev = runs.evaluate_run(tmp_path / "j")
+    ev = runner.evaluate_run(tmp_path / "j")
     for name in ("synthetic", "folder"):
         assert ev["datasets"][name]["top1"] == pytest.approx(m["test"]["datasets"][name]["top1"])
     assert res.summary["best_val_acc"] == pytest.approx(
@@ -248,9 +248,9 @@ def test_a_video_model_trains_jointly_on_two_frame_stores(video_joint, tmp_path)
     best = torch.load(tmp_path / "e" / "best.pt", weights_only=True)["model"]
     last = [v for k, v in best.items() if k.endswith("weight")][-1]
     assert last.shape[0] == 3 + n_syn                       # Red, Green, Blue + the synthetic classes
-    _, _, kind = runs.load_run(tmp_path / "e")
+    _, _, kind = runner.load_run(tmp_path / "e")
     assert kind is tasks.get("joint-video-model") and kind.joint
-    ev = runs.evaluate_run(tmp_path / "e")
+    ev = runner.evaluate_run(tmp_path / "e")
     for name in ("folder", "synthetic"):
         assert ev["datasets"][name]["top1"] == pytest.approx(m["test"]["datasets"][name]["top1"])
     # the mixed batches: each clip read from its own store, its label in its dataset's rows; two

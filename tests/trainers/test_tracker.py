@@ -10,7 +10,7 @@ from helpers import har, reversed_pair_features, write_feature_store
 from PIL import Image
 
 from trainers.training import head_task
-from trainers.training.config import HeadConfig, TrainConfig
+from trainers.training.config import HeadConfig, HeadTrainConfig
 
 CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
 
@@ -67,7 +67,7 @@ def test_tensorboard_holds_every_epoch_the_confusion_image_and_the_hyperparamete
 
 def test_epochs_reach_the_dashboard_while_training_and_a_resume_adds_only_the_rest(store, tmp_path):
     seen = []
-    cfg = head_task.RunConfig(TrainConfig(epochs=5, head_options=HeadConfig(hidden=16), patience=50),
+    cfg = head_task.HeadRunConfig(HeadTrainConfig(epochs=5, head_options=HeadConfig(hidden=16), patience=50),
                               features=store, out=tmp_path / "run")
 
     def on_epoch(row):  # called after the tracker: the event file already holds this epoch
@@ -155,7 +155,7 @@ def test_a_failing_tracker_is_a_warning_and_the_run_finishes(store, tmp_path, mo
 
 
 def test_another_config_in_the_same_folder_gets_its_own_dashboard(store, tmp_path):
-    cfg = head_task.RunConfig(TrainConfig(epochs=3, head_options=HeadConfig(hidden=16)), features=store,
+    cfg = head_task.HeadRunConfig(HeadTrainConfig(epochs=3, head_options=HeadConfig(hidden=16)), features=store,
                               out=tmp_path / "run")
     head_task.train_head(cfg, stop_after=2)                      # interrupted
     from dataclasses import replace

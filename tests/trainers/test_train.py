@@ -17,9 +17,9 @@ import torch
 from helpers import reversed_pair_features, write_feature_store
 from pipeline.stores import store
 from trainers.runs import cv as crossval
-from trainers.training import config, head_task, loop, optim
-from trainers.data import data
-from trainers.runs import runs
+from trainers.training import clip_task, config, head_task, loop, losses, optim
+from trainers.data import views
+from trainers.runs import runner
 
 CLASSES = ["Grow", "Shrink", "Brighten", "Darken"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,11 +34,11 @@ def pair_store(tmp_path_factory):
 def _cfg(head="lstm", **kw):
     base = dict(head=head, head_options=config.HeadConfig(hidden=32, dropout=0.1), epochs=25, batch_size=16,
                 lr=3e-3, scheduler="cosine", patience=25)
-    return head_task.TrainConfig(**{**base, **kw})
+    return head_task.HeadTrainConfig(**{**base, **kw})
 
 
 def _train(pair_store, out, **kw):
-    return head_task.train_head(head_task.RunConfig(_cfg(**kw), features=pair_store, out=out))
+    return head_task.train_head(head_task.HeadRunConfig(_cfg(**kw), features=pair_store, out=out))
 
 
 def test_sequence_heads_separate_reversed_pairs_and_the_bag_of_frames_cannot(pair_store, tmp_path):
@@ -61,12 +61,12 @@ def test_run_directory_holds_every_metric_and_figure(pair_store, tmp_path):
     assert len(m["test"]["confusion"]) == 4 and m["split"]["name"] == "groups" and m["split"]["leakage"] == 0
     assert len(json.loads((res.run_dir / "history.json").read_text())) == 4
     lin = json.loads((res.run_dir / "lineage.json").read_text())
-    assert lin["inputs"]["features_fingerprint"] == data.load(pair_store).fingerprint
+    assert lin["inputs"]["features_fingerprint"] == views.load(pair_store).fingerprint
     report = (res.run_dir / "report.md").read_text()
     assert "curves.png" in report and "confusion.png" in report and "per_class.png" in report
     assert (res.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # har evaluate recomputes the same numbers from the checkpoint
-    again = runs.evaluate_run(res.run_dir, "test")
+    again = runner.evaluate_run(res.run_dir, "test")
     assert again["top1"] == m["test"]["top1"] and again["confusion"] == m["test"]["confusion"]
 
 
@@ -96,7 +96,7 @@ def test_same_seed_same_run_other_seed_other_weights(pair_store, tmp_path):
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(pair_store, tmp_path):
     _train(pair_store, tmp_path / "whole", epochs=8, scheduler="plateau", lr_patience=1)
-    cfg = head_task.RunConfig(_cfg(epochs=8, scheduler="plateau", lr_patience=1), features=pair_store, out=tmp_path / "cut")
+    cfg = head_task.HeadRunConfig(_cfg(epochs=8, scheduler="plateau", lr_patience=1), features=pair_store, out=tmp_path / "cut")
     first = head_task.train_head(cfg, stop_after=3)
     assert first.summary == {"interrupted_after": 3} and not (tmp_path / "cut" / "metrics.json").exists()
     head_task.train_head(cfg)
@@ -127,23 +127,23 @@ def test_kill_minus_9_mid_training_then_the_same_command_finishes_identically(tm
 
 
 def test_memory_mapped_features_train_the_same_run(pair_store, tmp_path):
-    fs = data.load(pair_store, ram_limit=0)
+    fs = views.load(pair_store, ram_limit=0)
     assert fs.mapped and isinstance(fs.features, np.memmap)
-    np.testing.assert_array_equal(fs.features, data.load(pair_store).features)
+    np.testing.assert_array_equal(fs.features, views.load(pair_store).features)
     _train(pair_store, tmp_path / "ram", epochs=3)
-    head_task.train_head(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "mapped", ram_limit=0))
+    head_task.train_head(head_task.HeadRunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "mapped", ram_limit=0))
     _same_run(tmp_path / "ram", tmp_path / "mapped")
 
 
 def test_rerun_is_up_to_date_and_a_changed_parameter_is_a_new_run(pair_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    a = head_task.train_head(head_task.RunConfig(_cfg(epochs=2), features=pair_store))
-    b = head_task.train_head(head_task.RunConfig(_cfg(epochs=2), features=pair_store))
+    a = head_task.train_head(head_task.HeadRunConfig(_cfg(epochs=2), features=pair_store))
+    b = head_task.train_head(head_task.HeadRunConfig(_cfg(epochs=2), features=pair_store))
     assert b.up_to_date and b.run_dir == a.run_dir and a.run_dir.parent == tmp_path / "runs"
-    c = head_task.train_head(head_task.RunConfig(_cfg(epochs=2, lr=1e-3), features=pair_store))
+    c = head_task.train_head(head_task.HeadRunConfig(_cfg(epochs=2, lr=1e-3), features=pair_store))
     assert not c.up_to_date and c.run_dir != a.run_dir
     with pytest.raises(ValueError, match="holds another run"):
-        head_task.train_head(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=a.run_dir))
+        head_task.train_head(head_task.HeadRunConfig(_cfg(epochs=3), features=pair_store, out=a.run_dir))
 
 
 def test_random_split_warns_about_leakage(pair_store, tmp_path):
@@ -158,40 +158,40 @@ def test_failed_videos_are_in_no_split_and_are_reported(tmp_path):
     status = np.full(len(y), store.OK, np.int8)
     status[[0, 5]] = store.FAILED
     p = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES, status=status)
-    fs = data.load(p)
-    split = data.make_split(fs, "random")
+    fs = views.load(p)
+    split = views.make_split(fs, "random")
     used = np.concatenate([split.train, split.val, split.test])
     assert 0 not in used and 5 not in used and len(used) == len(y) - 2
-    res = head_task.train_head(head_task.RunConfig(_cfg(epochs=1, split="random"), features=p, out=tmp_path / "r"))
+    res = head_task.train_head(head_task.HeadRunConfig(_cfg(epochs=1, split="random"), features=p, out=tmp_path / "r"))
     assert len(res.summary["failed_videos"]) == 2
     assert any("2 videos failed extraction" in w for w in res.warnings)
 
 
 def test_logo_fold_gets_a_group_disjoint_validation_set(pair_store):
-    fs = data.load(pair_store)
-    split = data.make_split(fs, "logo03")
+    fs = views.load(pair_store)
+    split = views.make_split(fs, "logo03")
     assert split.carved_val and len(split.val) > 0
     gs = [set(fs.groups[part]) for part in (split.train, split.val, split.test)]
     assert gs[2] == {3} and not (gs[0] & gs[1]) and not (gs[0] & gs[2]) and not (gs[1] & gs[2])
     with pytest.raises(ValueError, match="unknown split 'official1'.*allowed: groups, logo01"):
-        data.make_split(fs, "official1")
+        views.make_split(fs, "official1")
 
 
 def test_training_draws_augmented_views_and_evaluation_uses_the_clean_one(pair_store):
-    fs = data.load(pair_store)
+    fs = views.load(pair_store)
     fs3 = replace(fs, view_index=np.tile(np.array([0, 1, 2], np.int16), (len(fs.labels), 1)))
-    drawn = data.train_samples(fs3.view_index, np.arange(len(fs.labels)), np.random.default_rng(0))
+    drawn = views.train_samples(fs3.view_index, np.arange(len(fs.labels)), np.random.default_rng(0))
     assert set(drawn.tolist()) == {1, 2}
     every = np.arange(len(fs.labels))
-    assert set(data.train_samples(fs3.view_index, every, np.random.default_rng(0), "all").tolist()) == {0, 1, 2}
-    assert set(data.train_samples(fs3.view_index, every, np.random.default_rng(0), "clean").tolist()) == {0}
+    assert set(views.train_samples(fs3.view_index, every, np.random.default_rng(0), "all").tolist()) == {0, 1, 2}
+    assert set(views.train_samples(fs3.view_index, every, np.random.default_rng(0), "clean").tolist()) == {0}
     clean_only = replace(fs, view_index=np.zeros((len(fs.labels), 1), np.int16))
-    assert set(data.train_samples(clean_only.view_index, np.arange(5), np.random.default_rng(0)).tolist()) == {0}
-    np.testing.assert_array_equal(data.eval_samples(fs3), [0])
+    assert set(views.train_samples(clean_only.view_index, np.arange(5), np.random.default_rng(0)).tolist()) == {0}
+    np.testing.assert_array_equal(views.eval_samples(fs3), [0])
 
 
 def test_cv_over_logo_folds_reports_mean_and_std(pair_store, tmp_path):
-    res = crossval.cv(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
+    res = crossval.cv(head_task.HeadRunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
     assert [r["fold"] for r in res.folds] == [f"logo{g:02d}" for g in range(1, 7)]
     tops = [r["top1"] for r in res.folds]
     assert res.summary["top1"]["mean"] == pytest.approx(np.mean(tops))
@@ -201,10 +201,10 @@ def test_cv_over_logo_folds_reports_mean_and_std(pair_store, tmp_path):
         assert res.summary[k]["values"] == pytest.approx([r[k] for r in res.folds])
     md = (tmp_path / "cv" / "cv.md").read_text()
     assert md.count("| logo0") == 6 and f"**{np.mean(tops):.4f} +- {np.std(tops):.4f}**" in md
-    again = crossval.cv(head_task.RunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
+    again = crossval.cv(head_task.HeadRunConfig(_cfg(epochs=3), features=pair_store, out=tmp_path / "cv"), "logo")
     assert all(r["up_to_date"] for r in again.folds)
     with pytest.raises(ValueError, match="--folds official: f.zarr has no such splits"):
-        crossval.cv(head_task.RunConfig(_cfg(), features=pair_store), "official")
+        crossval.cv(head_task.HeadRunConfig(_cfg(), features=pair_store), "official")
 
 
 def test_bf16_autocast_trains_the_lstm_head_as_well(pair_store, tmp_path):
@@ -220,7 +220,7 @@ def test_cv_over_the_official_splits(tmp_path):
     official = {f"official{k}": np.where(g % 3 == k - 1, datasets.TEST, datasets.TRAIN).astype(np.int8)
                 for k in (1, 2, 3)}
     p = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES, dataset="ucf101", extra_splits=official)
-    res = crossval.cv(head_task.RunConfig(_cfg(epochs=2), features=p, out=tmp_path / "cv"), "official")
+    res = crossval.cv(head_task.HeadRunConfig(_cfg(epochs=2), features=p, out=tmp_path / "cv"), "official")
     assert [r["fold"] for r in res.folds] == ["official1", "official2", "official3"]
     assert res.summary["top1"]["folds"] == 3 and "reversed_pairs_top1" not in res.summary  # not synthetic
     for r, k in zip(res.folds, (1, 2, 3)):
@@ -229,7 +229,7 @@ def test_cv_over_the_official_splits(tmp_path):
 
 def test_gradient_accumulation_equals_one_larger_batch(pair_store):
     """Batches of 8 accumulated twice move the weights as batches of 16 do (no dropout here)."""
-    fs = data.load(pair_store)
+    fs = views.load(pair_store)
     task = head_task.FeatureTask(fs)
     videos = np.arange(32)
     results = []
@@ -239,7 +239,7 @@ def test_gradient_accumulation_equals_one_larger_batch(pair_store):
         torch.manual_seed(0)
         model = task.build(cfg, videos)
         opt = optim.make_optimizer(cfg, model.parameters())
-        loop.train_one_epoch(model, task, videos, cfg, 1, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+        loop.train_one_epoch(model, task, videos, cfg, 1, opt, losses.CrossEntropy(), torch.device("cpu"))
         results.append(model.state_dict())
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
@@ -250,7 +250,7 @@ def test_torchrun_ddp_on_two_cpu_processes_equals_one_process_with_the_whole_bat
     sees the whole batch (DDP averages the gradients); rank 0 alone writes the run."""
     f, y, g = reversed_pair_features(videos_per_class=24)
     feats = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES)
-    assert len(data.make_split(data.load(feats), "groups").train) % 2 == 0
+    assert len(views.make_split(views.load(feats), "groups").train) % 2 == 0
     common = ["train-head", "mean", "--features", str(feats), "--epochs", "3", "--dropout", "0",
               "--precision", "fp32", "--lr", "0.01"]
     env = {**os.environ, "HAR_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
@@ -277,7 +277,7 @@ def test_a_store_with_several_clips_is_scored_by_averaging_clip_probabilities(tm
     """Video-level accuracy: every clean clip of a video is scored and the softmaxes averaged."""
     f, y, g = reversed_pair_features(videos_per_class=6, views=2)    # 3 samples per video
     p = write_feature_store(tmp_path / "f.zarr", f, y, g, CLASSES)
-    fs = data.load(p)
+    fs = views.load(p)
     fs = replace(fs, clip_index=np.tile(np.array([0, 1, 0], np.int16), (len(y), 1)),
                  view_index=np.tile(np.array([0, 0, 1], np.int16), (len(y), 1)))  # 2 clean clips + 1 view
     task = head_task.FeatureTask(fs)
@@ -296,7 +296,7 @@ def test_reversed_pairs_come_from_the_store_and_from_its_dataset_for_older_store
     before they did (same fingerprint, never rebuilt) still gets them from its dataset."""
     def view(attrs):
         empty = np.zeros(0, np.int64)
-        return data.StoreView(Path("s.zarr"), empty, empty, empty.astype(bool), empty, empty, empty, {},
+        return views.StoreView(Path("s.zarr"), empty, empty, empty.astype(bool), empty, empty, empty, {},
                               {"classes": ["Grow", "Shrink", "Pulse"], **attrs})
 
     assert view({"dataset": "synthetic"}).reversed_pairs == ["Grow", "Shrink"]
@@ -308,7 +308,7 @@ def test_warmup_raises_the_rate_linearly_per_step_then_leaves_the_schedule_alone
     """--warmup-epochs 2 with 4 steps per epoch: the steps of epoch 1 at 1/8 .. 4/8 of the rate,
     of epoch 2 at 5/8 .. 8/8, of epoch 3 at the schedule's own rate; between epochs the optimizer
     holds the schedule's rate (what the scheduler steps from)."""
-    fs = data.load(pair_store)
+    fs = views.load(pair_store)
     task = head_task.FeatureTask(fs)
     videos = np.arange(32)
     cfg = _cfg("mean", batch_size=8, warmup_epochs=2.0, lr=0.1, precision="fp32")
@@ -322,7 +322,7 @@ def test_warmup_raises_the_rate_linearly_per_step_then_leaves_the_schedule_alone
         return step(*a, **k)
     opt.step = spy
     for epoch in (1, 2, 3):
-        loop.train_one_epoch(model, task, videos, cfg, epoch, opt, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+        loop.train_one_epoch(model, task, videos, cfg, epoch, opt, losses.CrossEntropy(), torch.device("cpu"))
         assert opt.param_groups[0]["lr"] == 0.1
     assert seen == pytest.approx([0.1 * k / 8 for k in range(1, 9)] + [0.1] * 4)
     assert loop.warmup_factor(_cfg(), 1, 1, 4) == 1.0
@@ -335,6 +335,36 @@ def test_label_smoothing_changes_the_loss_it_trains_on(pair_store, tmp_path):
     # the same start: a smoothed target makes the first epoch's training loss higher (an uncertain target)
     assert b[0]["train_loss"] > a[0]["train_loss"]
     assert json.loads((smooth.run_dir / "config.json").read_text())["label_smoothing"] == 0.2
+
+
+def test_every_task_class_is_a_task_and_the_defaults_are_the_single_store_ones(pair_store):
+    """Every kind's task class inherits tasks.Task with nothing left abstract; a head task's
+    optional methods are the base's defaults: all parameters in one group, torch's cross-entropy
+    (the same loss and gradients, weighted and smoothed), each video once an epoch, the store's
+    split, and the argmax as a right answer."""
+    from trainers.training import joint, joint_e2e, tasks
+
+    for cls in (head_task.FeatureTask, clip_task.ClipTask, joint.JointTask, joint_e2e.JointClipTask):
+        assert issubclass(cls, tasks.Task) and not cls.__abstractmethods__, cls
+    assert isinstance(joint.SlicedLoss(torch.zeros(3, dtype=torch.long)), losses.Loss)
+
+    fs = views.load(pair_store)
+    task, cfg = head_task.FeatureTask(fs), _cfg("mean")
+    model = task.build(cfg, np.arange(8))
+    assert list(task.param_groups(cfg, model)) == list(model.parameters())
+    assert task.epoch_videos(cfg, np.arange(7)) == 7
+    split = task.make_split("random")
+    assert split.name == "random" and np.array_equal(split.test, views.make_split(fs, "random").test)
+    torch.manual_seed(0)
+    logits, y = torch.randn(12, 4, requires_grad=True), torch.randint(0, 4, (12,))
+    for weight, smoothing in ((None, 0.0), (torch.rand(4), 0.2)):
+        mine = task.loss(replace(cfg, label_smoothing=smoothing), weight)
+        assert isinstance(mine, losses.CrossEntropy)
+        theirs = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+        a, b = mine(logits, y), theirs(logits, y)
+        assert torch.equal(a, b)
+        assert torch.equal(*(torch.autograd.grad(v, logits)[0] for v in (a, b)))
+    assert int(mine.correct(logits, y)) == int((logits.argmax(1) == y).sum())
 
 
 @pytest.fixture(scope="module")

@@ -1,2 +1,2 @@
-"""What training reads: views of a store (`data`: splits and features), clips straight from a
+"""What training reads: views of a store (`views`: splits and features), clips straight from a
 frame store (`clips`), and how a joint run's batches mix its datasets (`mixing`)."""

@@ -18,7 +18,7 @@ import torch
 from pipeline.core import location
 from pipeline.stores import store
 from pipeline.core.lineage import seed_for
-from trainers.data import data
+from trainers.data import views
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -97,7 +97,7 @@ class ClipLoader:
     the whole training pipeline ran at 0.2x the bare model). Call `close()` (or drop it) to stop
     the workers."""
 
-    def __init__(self, cs: data.StoreView | torch.utils.data.Dataset, batch_size: int, workers: int, pin: bool = False,
+    def __init__(self, cs: views.StoreView | torch.utils.data.Dataset, batch_size: int, workers: int, pin: bool = False,
                  persistent: bool = True):
         self._items = _Items()
         self.loader = torch.utils.data.DataLoader(
@@ -139,7 +139,7 @@ class EpochStream:
     exactly epoch e's batches; asking for any other epoch than the next one, or leaving an epoch
     unfinished, starts a fresh iterator at the asked epoch."""
 
-    def __init__(self, cs: data.StoreView | torch.utils.data.Dataset, items_for: Callable[[int], np.ndarray],
+    def __init__(self, cs: views.StoreView | torch.utils.data.Dataset, items_for: Callable[[int], np.ndarray],
                  batch_size: int, workers: int, pin: bool = False):
         self.cs, self.items_for, self.batch_size, self.workers, self.pin = cs, items_for, batch_size, workers, pin
         self._it, self._next = None, None
@@ -166,21 +166,21 @@ class EpochStream:
         self._it, self._next = None, None
 
 
-def train_items(cs: data.StoreView, videos: np.ndarray, seed: int, epoch: int, which: str = "augmented") -> np.ndarray:
+def train_items(cs: views.StoreView, videos: np.ndarray, seed: int, epoch: int, which: str = "augmented") -> np.ndarray:
     """(len(videos), 2) (video, sample) pairs in a (seed, epoch)-shuffled order, one sample per
     video drawn as the feature heads draw theirs."""
     rng = np.random.default_rng(seed_for(seed, "clips", epoch))
     order = videos[rng.permutation(len(videos))]
-    return np.stack([order, data.train_samples(cs.view_index, order, rng, which)], axis=1)
+    return np.stack([order, views.train_samples(cs.view_index, order, rng, which)], axis=1)
 
 
-def eval_items(cs: data.StoreView, videos: np.ndarray) -> np.ndarray:
+def eval_items(cs: views.StoreView, videos: np.ndarray) -> np.ndarray:
     """Every clean sample (one per clip) of each video, video-major: (len(videos) * K, 2)."""
-    clean = data.eval_samples(cs)
+    clean = views.eval_samples(cs)
     return np.stack([np.repeat(videos, len(clean)), np.tile(clean, len(videos))], axis=1)
 
 
-def loader(cs: data.StoreView, items: np.ndarray, batch_size: int, workers: int, pin: bool = False):
+def loader(cs: views.StoreView, items: np.ndarray, batch_size: int, workers: int, pin: bool = False):
     """One pass: batches of (uint8 (B, T, H, W, 3), int64 (B,)) in the order of `items`."""
     return ClipLoader(cs, batch_size, workers, pin, persistent=False)(items)
 

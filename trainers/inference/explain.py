@@ -24,23 +24,27 @@ how much each of the T frames' features moved the target probability, by integra
 from the clip's mean feature (Captum `IntegratedGradients`) or by replacing one step at a time
 with it (Captum `Occlusion`); `TEMPORAL` names them. The baseline is the clip's own mean, so a
 frame scores by what it adds to the clip's average look: its place in time, not its appearance.
+
+`explain_videos(ExplainJob)` is the whole command: its settings checked, the run loaded
+(trainers.inference.loaded), each video explained and written, a video that does not decode
+recorded, not fatal.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.stages import extract
 from pipeline.core.registry import Registry
-from trainers.training import loop
-from trainers.inference import predictor
-from trainers.runs import runs
+from pipeline.decoding import reader, video
+from pipeline.decoding.recipe import Recipe
+from trainers.inference import loaded
 from trainers.models.chain import Chain
 
 METHODS: Registry[str] = Registry("explanation method")
@@ -251,7 +255,7 @@ class Explainer:
     """A run loaded for explanations: its chain, the recipe that samples a video as the store did."""
     run_dir: Path
     chain: Chain
-    recipe: extract.Recipe
+    recipe: Recipe
     device: torch.device
 
     def check(self, target: str | None, clip: int) -> None:
@@ -299,7 +303,7 @@ class Explainer:
         """Explain one video file (video.VideoError for a bad one)."""
         self.check(target, clip)
         classes = self.chain.classes
-        samples = extract.extract_video(Path(path), Path(path).name, self.recipe)
+        samples = reader.read_video(Path(path), Path(path).name, self.recipe)
         k = len(samples.frames)
         probs = self.probabilities(samples.frames)
         mean = probs.mean(0)
@@ -318,18 +322,14 @@ def _no_cudnn(device: torch.device):
 
 
 def load(run_dir: Path, device: str = "auto") -> Explainer:
-    """A finished run as an Explainer (its card checked as har predict checks it)."""
-    cfg, lin, kind = runs.load_run(run_dir)
-    card = lin.get("predict")
-    if card is None:
-        raise ValueError(f"{run_dir} was trained by an older har without a model card; train it again")
-    recipe = predictor.check_card(card, Path(run_dir) / "lineage.json", kind)
-    dev = loop.resolve_device(device if device != "auto" else cfg.device)
-    chain = kind.chain(Path(run_dir), cfg, card, dev)
+    """A finished run as an Explainer (loaded and its card checked as har predict does: trainers.inference.loaded)."""
+    run = loaded.load(run_dir)
+    dev = run.device(device)
+    chain = run.kind.chain(run.run_dir, run.config, run.card, dev)
     for m in chain.model.modules():  # an in-place ReLU would rewrite a hooked layer's output under the hook
         if isinstance(m, nn.ReLU):
             m.inplace = False
-    return Explainer(Path(run_dir), chain, replace(recipe, views=0), dev)
+    return Explainer(run.run_dir, chain, run.recipe, dev)  # the recipe's clean view only (loaded: views=0)
 
 
 # ---- filters ---------------------------------------------------------------------------------------
@@ -414,6 +414,74 @@ def write_filters(chain: Chain, out: Path, layer: str | None = None) -> dict:
         doc["layers"].append({"layer": f.layer, "shape": [o, i, kt, kh, kw], "factor": f.factor, "file": str(path)})
     rundir.write_json(out / "filters.json", doc)
     return doc
+
+
+# ---- the whole command ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """`har explain`: which run, which videos, how (checked by `explain_videos`)."""
+    run_dir: Path                            # a finished run of `har train-head` or `har train-e2e`
+    videos: tuple[Path, ...] = ()            # video files; none with method "filters"
+    method: str = "gradcam"                  # METHODS
+    target: str | None = None                # the class to explain (None: the predicted one)
+    layer: str | None = None                 # a module name (None: the method's default layer)
+    over_time: str = "integrated-gradients"  # TEMPORAL: a head run's attribution over the T frames
+    clip: int = 0                            # which clip of a multi-clip recipe
+    out: Path | None = None                  # the pictures' and JSON's folder (None: RUN/explain)
+    device: str = "auto"                     # auto: the run's own device setting
+
+
+@dataclass(frozen=True)
+class Explained:
+    folder: Path                             # where the files went (a marked explain folder)
+    results: list[dict] = field(default_factory=list)  # per video: `write`'s document, or {"video", "error"}
+    filters: dict | None = None              # method "filters": `write_filters`' document
+
+    @property
+    def failed(self) -> int:
+        """Videos that could not be explained (they did not decode)."""
+        return sum("error" in r for r in self.results)
+
+
+def explain_videos(job: ExplainJob, on_result: Callable[[dict], None] | None = None) -> Explained:
+    """`har explain` as one call: the method, the videos and the files checked; the run loaded, its
+    target and clip checked before anything is written; the folder made and marked; then each
+    video explained and written (<stem>.<method>.*, stems made unique by position: v, v_), or its
+    decoding failure recorded as {"video", "error"}: the others go on. `on_result(doc)` as each
+    is done. With method "filters": the filters drawn, no video."""
+    METHODS.get(job.method)  # a bad name: one line listing the methods
+    method, videos = job.method, list(job.videos)
+    if method == "filters" and videos:
+        raise ValueError("--method filters draws the run's filters and takes no VIDEO; drop the video files")
+    if method != "filters" and not videos:
+        raise ValueError(f"--method {method} explains videos: name at least one VIDEO after RUN")
+    TEMPORAL.get(job.over_time)
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        raise ValueError(f"no such video file: {', '.join(missing)}")
+    model = load(job.run_dir, job.device)
+    if method != "filters":
+        model.check(job.target, job.clip)  # before anything is written
+    folder = out_dir(job.run_dir, job.out, videos)
+    if method == "filters":
+        return Explained(folder, filters=write_filters(model.chain, folder, job.layer))
+    results, stems = [], set()
+    for v in videos:
+        stem = v.stem
+        while stem in stems:
+            stem += "_"
+        stems.add(stem)
+        try:
+            e = model(v, method, job.target, job.layer, job.clip, job.over_time)
+        except video.VideoError as bad:
+            doc = {"video": str(v), "error": str(bad)}
+        else:
+            doc = write(e, folder, stem)
+        results.append(doc)
+        if on_result is not None:
+            on_result(doc)
+    return Explained(folder, results)
 
 
 # ---- sanity checks (the literature's; tests and benchmarks/explain_sanity.py use them) ------------

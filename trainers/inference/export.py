@@ -54,8 +54,8 @@ from torch import nn
 from pipeline.stages import backbones
 from pipeline.core import files, outputs
 from pipeline.core.registry import Registry
-from trainers.inference import predictor
-from trainers.runs import runs
+from trainers.inference import loaded, predictor
+from trainers.runs import runner
 from trainers.training import tasks
 from trainers.models.chain import Normalised
 
@@ -165,8 +165,8 @@ def backbone_cut(card: dict, hw: tuple[int, int]) -> Cut:
         return Cut(nn.Identity(), {"resize_to": None, "crop": None, "in_graph": True}, pre.mean, pre.inv_std)
     mode, aa = pre.interpolation.value, bool(pre.antialias)
     h, w = hw
-    rh, rw = backbones.resized_size(h, w, pre.resize_size)
-    ch, cw = (pre.crop_size * 2)[:2]
+    geometry = backbones.input_geometry(pre.policy, h, w)   # the sizes predict's Preprocess cuts to
+    (rh, rw), (ch, cw) = geometry.resized, geometry.crop
     if (rh, rw) == (h, w):  # torchvision leaves a frame of the size asked for untouched
         rows, cols = torch.eye(h), torch.eye(w)
     else:
@@ -424,13 +424,11 @@ class ExportResult:
 
 def build(run_dir: Path) -> tuple[Exported, dict, Callable[[np.ndarray], torch.Tensor]]:
     """(module, metadata, har predict's score) of a finished run, on the CPU:
-    its card checked as `har predict` checks it, its chain (TaskKind.chain) behind the cut."""
+    loaded and its card checked as `har predict` does (trainers.inference.loaded), its chain
+    (TaskKind.chain) behind the cut."""
     run_dir = Path(run_dir)
-    cfg, lin, kind = runs.load_run(run_dir)
-    card = lin.get("predict")
-    if card is None:
-        raise ExportError(f"{run_dir} was trained by an older har without a model card; train it again")
-    recipe = predictor.check_card(card, run_dir / "lineage.json", kind)
+    run = loaded.load(run_dir, ExportError)
+    cfg, lin, kind, card, recipe = run.config, run.lineage, run.kind, run.card, run.recipe
     if kind.name not in CUTS:
         raise ExportError(f"har export does not know the input of task kind {kind.name!r}; allowed: "
                           f"{', '.join(CUTS.names())}")
@@ -512,7 +510,7 @@ def export(run_dir: Path, fmt: str = "onnx", out: Path | None = None) -> ExportR
     _need(f)
     if not Path(run_dir).is_dir():
         raise ExportError(f"{run_dir} is not a folder; name a run folder of `har train-head` or `har train-e2e`")
-    _, lin, kind = runs.load_run(run_dir)  # what is not a run is refused before any model loads
+    _, lin, kind = runner.load_run(run_dir)  # what is not a run is refused before any model loads
     if kind.joint:
         from trainers.training import joint
 
@@ -542,8 +540,7 @@ def check(path: Path, videos: list[Path], run_dir: Path) -> list[dict]:
     each decoded and sampled as the run's recipe says, scored by the file (its own runtime) and by
     `run_dir` (given, never taken from the file's metadata). Per video {"video", "clips", "top1", "predict_top1", "max_diff"} (top-1 of
     the clip-averaged probabilities), or {"video", "error"} for a file that does not decode."""
-    from pipeline.stages import extract
-    from pipeline.decoding import video
+    from pipeline.decoding import reader, video
 
     path = Path(path)
     fmt = _format_of(path)
@@ -558,7 +555,7 @@ def check(path: Path, videos: list[Path], run_dir: Path) -> list[dict]:
     out = []
     for v in videos:
         try:
-            frames = extract.extract_video(Path(v), Path(v).name, pred.recipe).frames
+            frames = reader.read_video(Path(v), Path(v).name, pred.recipe).frames
         except video.VideoError as e:
             out.append({"video": str(v), "error": str(e)})
             continue

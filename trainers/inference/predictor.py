@@ -5,6 +5,10 @@ The run records what made its input (the recipe; for a head also the backbone, i
 sha256 and resize; for a video model its centre crop), so a video is decoded and sampled exactly
 as the store's recipe did (clean view, every clip), encoded by the same backbone and scored by the
 head, or cropped and scored by the video model; clip probabilities are averaged.
+
+`predict(PredictJob)` is the whole command: the settings and files checked, the run loaded
+(trainers.inference.loaded), every file classified (`classify`: here or on Dask workers), the
+rows written to a CSV that replaces the old one only when every video is done.
 """
 from __future__ import annotations
 
@@ -14,19 +18,19 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.datasets import datasets
-from pipeline.stages import extract
 from pipeline.core import lineage
-from pipeline.decoding import video
-from trainers.training import loop, tasks
-from trainers.runs import rundir, runs
-from trainers.inference import timeline
+from pipeline.decoding import reader, video
+from pipeline.decoding.recipe import Recipe
+from trainers.training import loop
+from trainers.runs import rundir, runner
+from trainers.inference import loaded, timeline
 
 
 logger = logging.getLogger(__name__)
@@ -36,7 +40,7 @@ logger = logging.getLogger(__name__)
 class Predictor:
     """decode + sample as the store did -> `score` (K clips, T, H, W, 3) uint8 -> (K, C) logits."""
     run_dir: Path
-    recipe: extract.Recipe
+    recipe: Recipe
     score: Callable[[np.ndarray], torch.Tensor]
     classes: list[str]
     device: torch.device
@@ -45,7 +49,7 @@ class Predictor:
     def __call__(self, path: Path, top: int = 5) -> dict:
         """{"video", "clips", "top": [{"class", "probability"}...]} or {"video", "error"} for a bad file."""
         try:
-            samples = extract.extract_video(Path(path), Path(path).name, self.recipe)
+            samples = reader.read_video(Path(path), Path(path).name, self.recipe)
         except video.VideoError as e:
             return {"video": str(path), "error": str(e)}
         probs = self._probabilities([samples.frames])[0]
@@ -117,55 +121,26 @@ class Predictor:
                 "probabilities": p}
 
 
-def check_card(card: dict, path: Path, task: tasks.TaskKind) -> extract.Recipe:
-    """The recipe of a run's model card (lineage.json's "predict"), every other entry checked; RunError
-    naming the file and the key when one is missing or of the wrong kind."""
-    def bad(key: str, why: str) -> rundir.RunError:
-        return rundir.RunError(f"{path}: predict.{key} {why}; {runs.RUN_REMEDY}")
-
-    for key, kind in task.card.items():
-        value = card.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
-            raise bad(key, f"is {value!r:.60}; allowed: {'a whole number >= 1' if kind is int else kind.__name__}")
-    classes = card["classes"]
-    if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise bad("classes", f"is {classes!r:.60}; allowed: a list of 2 or more class names")
-    if "weights" in card and not (card["weights"].get("kind") in ("imagenet", "none")
-                                  or isinstance(card["weights"].get("source"), str)):
-        raise bad("weights", "names no weights (kind imagenet or none, or a source)")
-    if not isinstance(card.get("recipe"), dict):
-        raise bad("recipe", "is missing or not an object")
-    try:
-        recipe = replace(extract.Recipe(**card["recipe"]), views=0)
-        recipe.validate()
-    except (TypeError, ValueError) as e:
-        raise bad("recipe", f"is not a recipe ({e})") from None
-    return recipe
-
-
 def load(run_dir: Path, device: str = "auto", labels: str | None = None) -> Predictor:
     """The predictor of a finished run: its model card checked, its model (and for a head the
     recorded backbone) loaded on `device` (auto: the run's own device setting). A joint run
     (trainers.training.joint) answers in the classes of dataset `labels`: its output layer alone."""
-    cfg, lin, kind = runs.load_run(run_dir)
-    card = lin.get("predict")
-    if card is None:
-        raise ValueError(f"{run_dir} was trained by an older har without a model card; train it again")
-    recipe = check_card(card, Path(run_dir) / "lineage.json", kind)
+    run = loaded.load(run_dir)
+    cfg, card = run.config, run.card
     if card.get("model", getattr(cfg, "model", None)) != getattr(cfg, "model", None):
         raise rundir.RunError(f"{Path(run_dir) / 'lineage.json'}: predict.model {card['model']!r} is not the model of "
-                              f"config.json ({getattr(cfg, 'model', 'a head')!r}); {runs.RUN_REMEDY}")
+                              f"config.json ({getattr(cfg, 'model', 'a head')!r}); {runner.RUN_REMEDY}")
     rows, classes = rows_of(card, labels, Path(run_dir))   # checked before the model loads
-    dev = loop.resolve_device(device if device != "auto" else cfg.device)
-    score = kind.scorer(Path(run_dir), cfg, card, dev)
+    dev = run.device(device)
+    score = run.kind.scorer(run.run_dir, cfg, card, dev)
     if rows is None:
-        return Predictor(Path(run_dir), recipe, score, list(card["classes"]), dev, cfg)
-    return Predictor(Path(run_dir), recipe, lambda frames: score(frames)[:, rows], classes, dev, cfg)
+        return Predictor(run.run_dir, run.recipe, score, list(card["classes"]), dev, cfg)
+    return Predictor(run.run_dir, run.recipe, lambda frames: score(frames)[:, rows], classes, dev, cfg)
 
 
 def label_sets(run_dir: Path) -> list[str | None]:
     """The datasets whose labels a run gives: a joint run's datasets, else [None] (its own)."""
-    _, lin, _ = runs.load_run(run_dir)
+    _, lin, _ = runner.load_run(run_dir)
     sets = (lin.get("predict") or {}).get("datasets")
     return [d["name"] for d in sets] if isinstance(sets, list) and sets else [None]
 
@@ -363,6 +338,92 @@ class CsvOut:
             self.tmp.unlink(missing_ok=True)
 
 
+# ---- the whole command ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PredictJob:
+    """`har predict`: what to classify, with which run, where the answers go (checked by `predict`)."""
+    videos: tuple[Path, ...]        # video files as given, or folders walked for videos (find_videos)
+    run_dir: Path                   # a finished run of `har train-head` or `har train-e2e`
+    top: int = 5                    # classes listed per video (per window with `window`)
+    window: float | None = None     # seconds: classify sliding windows and give a timeline instead
+    stride: float | None = None     # seconds between window starts (None: half the window); needs `window`
+    csv: Path | None = None         # one row per video (per window); replaced only when every video is done
+    out: Path | None = None         # the timeline files' folder (None: RUN/timeline); needs `window`
+    workers: int | None = None      # classify on a local Dask cluster of this many processes
+    scheduler: str | None = None    # or on an existing Dask cluster (tcp://host:port)
+    labels: str | None = None       # a joint run: whose classes to answer in, by dataset name
+    device: str = "auto"            # auto: the run's own device setting
+
+
+@dataclass(frozen=True)
+class Prediction:
+    rows: list[dict]                # one per file found, in order (`classify`'s rows)
+    timing: timeline.Timing | None  # the windows, when a timeline was asked for
+    csv: Path | None = None         # the CSV written, every row in it
+
+    @property
+    def failed(self) -> int:
+        """Rows with an error: files that could not be classified."""
+        return sum("error" in r for r in self.rows)
+
+
+def predict(job: PredictJob, on_row: Callable[[dict, int, int], None] | None = None,
+            on_note: Callable[[str], None] | None = None) -> Prediction:
+    """`har predict` as one call. In order: the settings checked; the files found (`on_note(text)`
+    for each one skipped, before anything else can fail); with a window, every video's windows
+    checked before any is classified; the run loaded (checked before anything is written); the
+    timeline folder made and marked; the CSV begun. Then every file classified (`classify`),
+    `on_row(row, done, total)` as each is done, after its rows went into the CSV. The CSV replaces
+    `job.csv` only when every video is done: any failure on the way leaves the old file as it was."""
+    if job.top < 1:
+        raise ValueError(f"--top {job.top} must be >= 1")
+    if job.workers is not None and job.workers < 1:
+        raise ValueError(f"--workers {job.workers} is out of range; allowed: >= 1")
+    timing = None
+    if job.window is not None:
+        timing = timeline.Timing(job.window, job.stride)
+        timing.validate()
+    elif job.stride is not None:
+        raise ValueError("--stride needs --window (the window's length in seconds)")
+    elif job.out is not None:
+        raise ValueError("--out is where --window writes its timeline files; add --window or drop --out")
+    files, notes = find_videos(list(job.videos))
+    for n in notes:
+        if on_note is not None:
+            on_note(n)
+    if not files:
+        raise ValueError(f"no video files in {', '.join(map(str, job.videos))}")
+    if timing is not None:
+        check_windows(files, timing)
+    model = load(job.run_dir, job.device, job.labels)  # the run checked before anything is written
+    folder = None
+    if timing is not None:
+        from pipeline.core import outputs
+
+        where = job.out if job.out is not None else Path(job.run_dir) / "timeline"
+        folder = outputs.marked_folder(where, "timeline", files)
+    sheet = CsvOut(job.csv, job.top, timing is not None, files) if job.csv is not None else None
+    ok, done = False, 0
+
+    def take(row: dict) -> None:
+        nonlocal done
+        done += 1
+        if sheet is not None:
+            sheet.add(row)
+        if on_row is not None:
+            on_row(row, done, len(files))
+
+    try:
+        rows = classify(model, files, job.top, timing, folder, take, device=job.device, labels=job.labels,
+                        workers=job.workers, scheduler=job.scheduler)
+        ok = True
+    finally:
+        if sheet is not None:
+            sheet.close(ok)  # the CSV replaced only now, every row written; else the old one stays
+    return Prediction(rows, timing, job.csv)
+
+
 # ---- a joint run's card (trainers.training.joint): which rows are whose classes -------------------------------
 
 def safe_name(name, i: int) -> str:
@@ -377,7 +438,7 @@ def check_datasets(card: dict, path: Path) -> None:
     classes exactly the card's classes at its rows, the rows tiling them in order; RunError otherwise."""
     sets, classes = card.get("datasets"), card.get("classes")
     bad = rundir.RunError(f"{path}: predict.datasets is not a list of datasets with their classes and rows; "
-                          f"{runs.RUN_REMEDY}")
+                          f"{runner.RUN_REMEDY}")
     if not isinstance(sets, list) or not sets or not isinstance(classes, list):
         raise bad
     at, names = 0, set()

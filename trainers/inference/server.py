@@ -193,7 +193,7 @@ def run_info(name: str, run_dir: Path, p, digest: str, labels: str | None = None
     """What /api/runs tells about a run: from its config, lineage card and metrics (a joint run's
     entry for dataset `labels`: that dataset's test metrics). A damaged metrics.json shows no
     metrics (logged), never stops the server."""
-    from trainers.runs import runs
+    from trainers.runs import runner
     from trainers.training import tasks
 
     def read(f: str) -> dict:
@@ -205,7 +205,7 @@ def run_info(name: str, run_dir: Path, p, digest: str, labels: str | None = None
 
     cfg, lin = read("config.json"), read("lineage.json")
     try:
-        metrics = runs.read_metrics(run_dir)
+        metrics = runner.read_metrics(run_dir)
     except ValueError as e:
         logger.warning("%s; /api/runs shows no metrics for %s", e, name)
         metrics = {}
@@ -469,7 +469,6 @@ def number(fields: dict, key: str, kind: type, lo: float, hi: float, default):
 
 def create_app(cfg: ServeConfig, served: dict[str, Served]):
     """The FastAPI application over already loaded runs: (the ASGI app to serve, the FastAPI app)."""
-    import av
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from python_multipart.multipart import parse_options_header
@@ -479,6 +478,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
     from trainers.inference import explain as X
     from trainers.inference import timeline
 
+    unreadable = video.demux_errors()  # PyAV's errors, named by the decoding package (no PyAV here)
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="har-serve")
     # explanations hook the model and run one at a time: a thread of their own, so they never hold
     # the predict workers
@@ -632,7 +632,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
                 except video.VideoError as e:  # the decoder's words, without the server's own paths
                     text = str(e).replace(str(folder), "").replace(str(scratch), "")
                     raise Refused(422, f"{name}: {text}") from None
-                except av.error.FFmpegError as e:  # a file the demuxer chokes on: the file, not the server
+                except unreadable as e:  # a file the demuxer chokes on: the file, not the server
                     raise Refused(422, f"{name}: not a readable video ({type(e).__name__})") from None
                 except ClientDisconnect:
                     raise Refused(499, "the client left") from None

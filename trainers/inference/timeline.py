@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.decoding import sampling, video
+from pipeline.decoding import reader, sampling, video
 from pipeline.decoding.recipe import Recipe
 
 MAX_SECONDS = 3600.0  # one window or stride at most an hour
@@ -125,10 +125,6 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None,
     (so a variable-frame-rate video gets its real times), "end": the time the last frame ends.
     Raises video.VideoError for an unreadable file or one that decodes to far fewer frames than
     planned (truncated, as `har predict` without a window refuses it)."""
-    from av.video.reformatter import VideoReformatter
-
-    from pipeline.decoding import augment
-
     seen = {} if seen is None else seen
     info = video.probe(path)
     n = frame_count(path) if n is None else n
@@ -144,11 +140,10 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None,
         for (k, t), f in np.ndenumerate(ix):
             needs.setdefault(int(f), []).append((w, k, t))
     out_hw = (recipe.height, recipe.width)
-    reformatter = VideoReformatter()
     held: dict[int, np.ndarray] = {}  # the windows still open: at most about window / stride
     f, t_last, dt = 0, None, 1 / fps
-    for f, frame in video.frames(path):
-        t = frame.time if frame.time is not None else f / fps
+    for f, when, img in reader.clean_frames(path, out_hw, needs.__contains__):  # img: the clean view if needed
+        t = when if when is not None else f / fps
         if t_last is not None and t > t_last:
             dt = t - t_last
         t_last = t
@@ -156,7 +151,6 @@ def stream(path: Path, recipe: Recipe, timing: Timing, seen: dict | None = None,
             seen["times"][f] = t
         finished = []
         if f in needs:
-            img = augment.clean(frame, out_hw, reformatter)
             for w, k, i in needs.pop(f):
                 if w not in held:
                     held[w] = np.empty((recipe.clips, recipe.frames, *out_hw, 3), np.uint8)

@@ -23,41 +23,33 @@ has every figure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pipeline.core.registry import Registry
+from trainers.models.head_config import HeadConfig
 from trainers.training import limits
 
-if TYPE_CHECKING:  # configs are checked against this registry (trainers.training.config imports it then), never the reverse
-    from trainers.training.config import HeadConfig
+Builder = Callable[[int, int, int, HeadConfig], nn.Module]  # (dim, classes, frames, cfg) -> module
+HEADS: Registry[Builder] = Registry("head")
+register = HEADS.register   # @register(name, about)
 
-
-Builder = Callable[[int, int, int, "HeadConfig"], nn.Module]  # (dim, classes, frames, cfg) -> module
-_REGISTRY: Registry[Builder] = Registry("head")
-register = _REGISTRY.register   # @register(name, about)
-
-# the recurrent cells a name chooses (the heads here, and the recurrent video models of models3d)
+# the recurrent cells a name chooses (the heads here, and the recurrent video models of video_models)
 CELLS: Registry[type[nn.RNNBase]] = Registry("recurrent cell")
 CELLS.add("lstm", nn.LSTM, "long short-term memory (Hochreiter & Schmidhuber)")
 CELLS.add("gru", nn.GRU, "gated recurrent unit (Cho et al.)")
 CELLS.add("rnn", nn.RNN, "plain tanh RNN (Elman)")
 
 
-def names() -> tuple[str, ...]:
-    return _REGISTRY.names()
-
-
 def check(name: str) -> None:
-    _REGISTRY.get(name)
+    HEADS.get(name)
 
 
 def check_options(name: str, cfg: HeadConfig) -> None:
     """The options of head `name` in their allowed ranges (ValueError naming the value)."""
     check(name)
-    cfg.validate()
+    cfg.validate(TEMPORAL_INPUTS)
     if name == "attention" and cfg.hidden % cfg.heads:
         raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the attention head")
 
@@ -86,17 +78,12 @@ def build(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig,
     cfg.validate()
     temporal = temporal_input(name, cfg.temporal_input)
     width = dim * (2 if temporal == "centred+deltas" else 1)
-    return nn.Sequential(Standardize(dim, mean, std, temporal), _REGISTRY.get(name)(width, classes, frames, cfg))
-
-
-def temporal_inputs() -> tuple[str, ...]:
-    """What --temporal-input allows."""
-    return ("auto", *TEMPORAL_INPUTS.names())
+    return nn.Sequential(Standardize(dim, mean, std, temporal), HEADS.get(name)(width, classes, frames, cfg))
 
 
 # `--temporal-input auto`: each head's input as chosen on `har synth` under the group split
 # (BENCHMARKS.md "Heads that learn motion"); a training run records the concrete name
-# (TrainConfig.resolved), so a later change here never changes what a finished run was.
+# (HeadTrainConfig.resolved), so a later change here never changes what a finished run was.
 DEFAULT_TEMPORAL_INPUT = {"mean": "raw"}   # every head that reads the order: centred
 
 
@@ -114,7 +101,11 @@ def temporal_input(head: str, asked: str) -> str:
 
 
 # what a head is shown of the feature sequence (after standardisation): name -> (B, T, D) -> (B, T, D')
-TEMPORAL_INPUTS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("temporal input")
+TEMPORAL_INPUTS: Registry[Callable[[torch.Tensor], torch.Tensor] | None] = Registry("temporal input")
+
+
+# a choice, not a function: each head's default, made concrete by temporal_input() before a head is built
+TEMPORAL_INPUTS.add("auto", None, "the head's default: centred, raw for mean")
 
 
 @TEMPORAL_INPUTS.register("raw", "the standardised features")
@@ -146,6 +137,9 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.float().clone())
         self.register_buffer("inv_std", torch.ones(dim) if std is None else 1.0 / std.float().clamp_min(1e-6))
         self.temporal = TEMPORAL_INPUTS.get(temporal)
+        if self.temporal is None:
+            raise ValueError(f"temporal input {temporal!r} is a choice resolved per head (heads.temporal_input); "
+                             "build with the concrete name")
 
     def forward(self, x):  # (B, T, D)
         return self.temporal((x - self.mean) * self.inv_std)
@@ -323,4 +317,4 @@ def cost(name: str, options: HeadConfig, dim: int = 2048, frames: int = 16, clas
         model(x)
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "gflops": counter.get_total_flops() / 1e9, "input": f"{frames}x{dim} features",
-            "pretrained": ("-",), "about": _REGISTRY.about(name)}
+            "pretrained": ("-",), "about": HEADS.about(name)}

@@ -1,2 +1,3 @@
-"""A run on disk and what is made of it: the run folder, running a task into it, metrics, the
-report, `har compare`, `har cv`, trackers, explanation pictures, and `har demo`."""
+"""A run on disk and what is made of it: the run folder (`rundir`), running a task into it and
+reading it back (`runner`), metrics, the report, `har compare`, `har cv`, trackers, explanation
+pictures, and `har demo`."""

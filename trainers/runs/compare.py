@@ -3,8 +3,8 @@ R3D with R(2+1)D by hand.
 
 One table of each run's test metrics with what makes them comparable or not (model, store,
 backbone and weights, split, seed, epochs); the validation curves overlaid; and per class the F1
-of every run and its difference from the first run. Reads only finished runs (runs.load_run and
-runs.read_metrics check each); writes, with --out, compare.md, compare.csv, compare_per_class.csv
+of every run and its difference from the first run. Reads only finished runs (runner.load_run and
+runner.read_metrics check each); writes, with --out, compare.md, compare.csv, compare_per_class.csv
 and compare_curves.png into a folder of its own.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.files import replace_atomically
-from trainers.runs import rundir, runs
+from trainers.runs import rundir, runner
 from trainers.runs.report import fmt
 
 METRICS = ("top1", "top5", "f1_macro", "roc_auc_ovr_macro", "reversed_pairs_top1")
@@ -31,8 +31,8 @@ class Comparison:
 
 
 def _row(run_dir: Path) -> tuple[dict, list[dict], dict]:
-    cfg, lin, kind = runs.load_run(run_dir)
-    m = runs.read_metrics(run_dir)  # every key read below checked, or one line naming it
+    cfg, lin, kind = runner.load_run(run_dir)
+    m = runner.read_metrics(run_dir)  # every key read below checked, or one line naming it
     hist = _history(Path(run_dir) / "history.json")
     test = m["test"]
     row = {"run": Path(run_dir).name, "kind": kind.name, "model": m.get("model"),
@@ -53,12 +53,12 @@ def _history(path: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     except ValueError as e:
-        raise rundir.RunError(f"{path} is not valid JSON ({e}); {runs.RUN_REMEDY}") from None
+        raise rundir.RunError(f"{path} is not valid JSON ({e}); {runner.RUN_REMEDY}") from None
     ok = isinstance(hist, list) and all(
         isinstance(h, dict) and all(isinstance(h.get(k), (int, float)) and not isinstance(h.get(k), bool)
                                     for k in ("epoch", "val_acc", "val_loss")) for h in hist)
     if not ok:
-        raise rundir.RunError(f"{path} is not a list of epochs (epoch, val_acc, val_loss); {runs.RUN_REMEDY}")
+        raise rundir.RunError(f"{path} is not a list of epochs (epoch, val_acc, val_loss); {runner.RUN_REMEDY}")
     return hist
 
 
@@ -108,6 +108,18 @@ def markdown(c: Comparison) -> str:
         diffs = [cell(float(c.f1[i, j] - c.f1[i, 0])) for j in range(1, len(c.rows))]
         lines.append(f"| {c.classes[i]} | " + " | ".join(vals) + " | " + " | ".join(diffs) + " |")
     return "\n".join(lines) + "\n"
+
+
+def compare_into(runs: list[Path], out: Path | None = None) -> tuple[Comparison, dict]:
+    """`har compare`: the comparison of `runs`, and with `out` its files written into that folder
+    (a compare folder of har's own or a new one: pipeline.core.outputs.marked_folder refuses any
+    other); the files' paths by kind."""
+    c = compare(runs)
+    if out is None:
+        return c, {}
+    from pipeline.core import outputs
+
+    return c, write(c, outputs.marked_folder(out, "compare", inputs=runs))
 
 
 def write(c: Comparison, out: Path) -> dict:

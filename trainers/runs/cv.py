@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core import lineage
-from trainers.data import data
+from trainers.data import views
+from pipeline.core.registry import Registry
 from trainers.runs import metrics, rundir
 from trainers.runs.report import fmt
-from trainers.training.head_task import RunConfig, feature_store_for, train_head
+from trainers.training.head_task import HeadRunConfig, feature_store_for, train_head
 
-FOLDS = ("logo", "official")
+FOLDS = Registry.of("folds", {"logo": "leave one group out", "official": "the dataset's official splits"})
 
 
 @dataclass
@@ -41,7 +42,7 @@ def markdown(summary: dict, rows: list[dict], keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None) -> CVResult:
+def cv(cfg: HeadRunConfig, folds: str, on_fold: Callable[[dict], None] | None = None) -> CVResult:
     """Train the head on every fold (leave-one-group-out, or the official splits 1-3); each fold is
     a run (resumable, up to date on rerun) under the cv directory; mean +- std of test metrics."""
     if folds not in FOLDS:
@@ -49,11 +50,11 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
     cfg = replace(cfg, train=cfg.train.resolved())
     cfg.train.validate()
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
-    fs = data.open_view(path, "features")  # its splits and fingerprint; each fold's run reads the features
+    fs = views.open_view(path, "features")  # its splits and fingerprint; each fold's run reads the features
     prefix = "logo" if folds == "logo" else "official"
     names = sorted(n for n in fs.splits if n.startswith(prefix))
     if not names:
-        have = ", ".join(data.split_names(fs))
+        have = ", ".join(views.split_names(fs))
         why = "it has no groups" if folds == "logo" else "its dataset has no official splits (UCF101 and HMDB51 do)"
         raise ValueError(f"--folds {folds}: {path.name} has no such splits ({why}); its splits: {have}")
     fp = lineage.fingerprint({"train": replace(cfg.train, split=None).fingerprint_dict(), "features": fs.fingerprint,
@@ -63,7 +64,7 @@ def cv(cfg: RunConfig, folds: str, on_fold: Callable[[dict], None] | None = None
         return _cv(cfg, path, names, folds, out, on_fold)
 
 
-def _cv(cfg: RunConfig, path: Path, names: list[str], folds: str, out: Path,
+def _cv(cfg: HeadRunConfig, path: Path, names: list[str], folds: str, out: Path,
         on_fold: Callable[[dict], None] | None) -> CVResult:
     rows = []
     for name in names:

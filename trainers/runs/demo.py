@@ -19,7 +19,7 @@ from pipeline.stages import features as F
 from pipeline.decoding import recipe as R
 from pipeline.datasets import synth as S
 from trainers.training import head_task
-from trainers.runs import runs
+from trainers.runs import runner
 
 BACKBONE = "efficientnet_lite0"  # its ImageNet weights install with har: real features, offline
 WEIGHTS = ("imagenet", "none")
@@ -27,8 +27,8 @@ HEADS = ("lstm", "mean")
 
 
 def run(out_dir: Path, workers: int | None = None, say: Callable[[str], None] = print,
-        train: Callable[[Callable], runs.RunResult] = lambda job: job(None),
-        weights: str = "imagenet") -> dict[str, runs.RunResult]:
+        train: Callable[[Callable], runner.RunResult] = lambda job: job(None),
+        weights: str = "imagenet") -> dict[str, runner.RunResult]:
     """Every step into `out_dir` (a rerun finds each one up to date); the run of each head.
     `weights`: imagenet (Lite0's, installed with har) or none (a random initialisation, marked)."""
     if weights not in WEIGHTS:
@@ -51,8 +51,8 @@ def run(out_dir: Path, workers: int | None = None, say: Callable[[str], None] = 
     results = {}
     for i, head in enumerate(HEADS):
         say(f"4/4 train-head {head} on the group-disjoint split ({i + 1}/{len(HEADS)})")
-        jb = head_task.job(head_task.RunConfig(head_task.TrainConfig(head=head), features=fres.store))  # the defaults
+        jb = head_task.job(head_task.HeadRunConfig(head_task.HeadTrainConfig(head=head), features=fres.store))  # the defaults
         # one folder per fingerprint: a demo folder of an earlier har keeps its runs, and this one trains beside them
-        folder = Path(out_dir) / "runs" / f"{head}-{runs.fingerprint(jb)[:10]}"
-        results[head] = train(lambda on_epoch, jb=jb, folder=folder: runs.execute(jb, folder, on_epoch))
+        folder = Path(out_dir) / "runs" / f"{head}-{runner.fingerprint(jb)[:10]}"
+        results[head] = train(lambda on_epoch, jb=jb, folder=folder: runner.execute(jb, folder, on_epoch))
     return results

@@ -1,4 +1,4 @@
-"""The clip task: a video model (trainers.models.models3d) trained end to end from a frame store
+"""The clip task: a video model (trainers.models.video_models) trained end to end from a frame store
 (`har train-e2e`), through the same loop, run folder, metrics and report as the heads.
 
 Batches are uint8 clips (B, T, H, W, 3) read by DataLoader workers that live for the whole run;
@@ -19,10 +19,10 @@ from torch import nn
 
 from pipeline.stores import latest
 from pipeline.core import location
-from trainers.data import clips, data
+from trainers.data import clips, views
 from trainers.training import distributed, loop, tasks
-from trainers.models import models3d
-from trainers.runs import runs
+from trainers.models import video_models
+from trainers.runs import runner
 from trainers.models.chain import Chain, Normalised, to_channels_first
 from trainers.training.config import E2EConfig
 
@@ -44,17 +44,17 @@ def channels_last(cfg: E2EConfig) -> bool:
     return cfg.memory_format == "channels-last"
 
 
-class ClipTask:
+class ClipTask(tasks.Task):
     """A video model on a frame store: batches are uint8 clips (B, T, H, W, 3); crop and flip on the device."""
 
-    def __init__(self, cs: data.StoreView, cfg: E2EConfig, crop: int | None = None):
+    def __init__(self, cs: views.StoreView, cfg: E2EConfig, crop: int | None = None):
         self.view = self.cs = cs
         self.labels, self.classes = cs.labels, cs.classes
         self.frames = cs.frame_shape[0]
         if crop is not None:   # a finished run read back: the crop it trained with (its card)
             self.crop, self.warnings = crop, []
         else:                  # the crop the model takes, checked against the store (ValueError saying what to extract)
-            self.crop, self.warnings = models3d.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape,
+            self.crop, self.warnings = video_models.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape,
                                                           str(cs.path))
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         hflip = store_hflip(cs) if cfg.hflip is None else cfg.hflip
@@ -79,17 +79,17 @@ class ClipTask:
             self._train = None
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
-        model = models3d.build(self.model, len(self.classes), self.pretrained if train is not None else "none",
+        model = video_models.build(self.model, len(self.classes), self.pretrained if train is not None else "none",
                                frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
-        return models3d.to_channels_last(model) if channels_last(cfg) else model
+        return video_models.to_channels_last(model) if channels_last(cfg) else model
 
     def param_groups(self, cfg: E2EConfig, model: nn.Module):
         """The new output layer at --lr; each layer below it at lr x backbone_lr_mult x
-        layer_decay^(its distance from the output layer) (models3d.layer_groups). Without either,
+        layer_decay^(its distance from the output layer) (video_models.layer_groups). Without either,
         one group, as runs had before these options (their last.pt resumes)."""
         if cfg.backbone_lr_mult == 1.0 and cfg.layer_decay == 1.0:
             return model.parameters()
-        groups = models3d.layer_groups(model.net, models3d.get(self.model).classifier)
+        groups = video_models.layer_groups(model.net, video_models.get(self.model).classifier)
         top = len(groups) - 1
         return [{"params": ps, "lr": cfg.lr * (1.0 if i == top else cfg.backbone_lr_mult * cfg.layer_decay ** (top - i))}
                 for i, ps in enumerate(groups)]
@@ -138,16 +138,16 @@ class E2ERunConfig:
 
 
 def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
-              stop_after: int | None = None) -> runs.RunResult:
+              stop_after: int | None = None) -> runner.RunResult:
     cfg.train.validate()
     if (cfg.frames is None) == (cfg.dataset is None):
         raise ValueError("give --frames PATH or --dataset NAME (exactly one: the frame store to train on)")
     path = (location.of(cfg.frames) if cfg.frames else latest.latest_store(cfg.dataset, "frames")).absolute()
-    cs = data.open_view(path, "frames")
-    split = data.make_split(cs, cfg.train.split)
+    cs = views.open_view(path, "frames")
+    split = views.make_split(cs, cfg.train.split)
     task = ClipTask(cs, cfg.train)
     t, h, w = cs.frame_shape
-    job = runs.Job(name=cfg.train.model, cfg=replace(cfg.train, split=split.name), task=task, split=split, store=path,
+    job = runner.Job(name=cfg.train.model, cfg=replace(cfg.train, split=split.name), task=task, split=split, store=path,
                    fingerprint=cs.fingerprint, inputs={"frames_store": str(path), "frames_fingerprint": cs.fingerprint},
                    describe=f"video model `{cfg.train.model}` (pretrained: {cfg.train.pretrained}) on `{path}` "
                             f"({t} frames at {h}x{w}, crops of {task.crop})",
@@ -156,16 +156,16 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
                           "hflip": task.augment["hflip"]},
                    card={"recipe": cs.attrs["recipe"], "model": cfg.train.model, "classes": cs.classes,
                          "crop": task.crop},
-                   failed=tuple(cs.failed()), warnings=tuple(runs.warnings_for(split, cs)) + tuple(task.warnings))
+                   failed=tuple(cs.failed()), warnings=tuple(runner.warnings_for(split, cs)) + tuple(task.warnings))
     try:
-        return runs.execute(job, cfg.out, on_epoch, stop_after, cfg.tracker)
+        return runner.execute(job, cfg.out, on_epoch, stop_after, cfg.tracker)
     except torch.OutOfMemoryError:
         raise out_of_memory(cfg.train) from None
     finally:
         task.close()  # stop the loader's worker processes
 
 
-def store_hflip(cs: data.StoreView) -> bool:
+def store_hflip(cs: views.StoreView) -> bool:
     """Whether a store's recipe mirrors its views horizontally (stores from before the option do)
     and its dataset allows a mirror (not SSv2, whose labels say left and right): training clips of
     a video model follow it unless --hflip/--no-hflip says otherwise."""
@@ -175,7 +175,7 @@ def store_hflip(cs: data.StoreView) -> bool:
     return allowed and bool((cs.attrs.get("recipe") or {}).get("hflip", True))
 
 
-def mirrored_views_warning(cs: data.StoreView, cfg: E2EConfig) -> list[str]:
+def mirrored_views_warning(cs: views.StoreView, cfg: E2EConfig) -> list[str]:
     """--no-hflip on a store whose augmented views were stored mirrored: training still draws them."""
     r = cs.attrs.get("recipe") or {}
     if cfg.hflip is False and r.get("views", 0) and r.get("hflip", True) and cfg.train_views != "clean":
@@ -198,19 +198,19 @@ def recorded_crop(run_dir: Path) -> int | None:
     """The crop a finished run trained with (lineage.json's card); None when it records none."""
     from trainers.runs import rundir
 
-    card = rundir.read_json(Path(run_dir) / "lineage.json", runs.RUN_REMEDY).get("predict") or {}
+    card = rundir.read_json(Path(run_dir) / "lineage.json", runner.RUN_REMEDY).get("predict") or {}
     crop = card.get("crop")
     return crop if isinstance(crop, int) and not isinstance(crop, bool) and crop > 0 else None
 
 
 def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
     """The run's task on its store, with the crop it trained with."""
-    return ClipTask(data.open_view(path, "frames"), cfg, recorded_crop(run_dir))
+    return ClipTask(views.open_view(path, "frames"), cfg, recorded_crop(run_dir))
 
 
-def built(card: dict, cfg: E2EConfig) -> models3d.VideoModel:
+def built(card: dict, cfg: E2EConfig) -> video_models.VideoModel:
     """A fresh network as the run's was built: its model, classes and clip (frames, crop)."""
-    return models3d.build(card["model"], len(card["classes"]), frames=int(card["recipe"]["frames"]), size=card["crop"],
+    return video_models.build(card["model"], len(card["classes"]), frames=int(card["recipe"]["frames"]), size=card["crop"],
                           drop_path=cfg.drop_path)
 
 
@@ -227,7 +227,7 @@ def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
 def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device) -> Chain:
     """The video model as a differentiable chain of the stored frames: the centre crop of the
     card cuts the input (to_input), then normalisation and the network."""
-    spec = models3d.get(card["model"])
+    spec = video_models.get(card["model"])
     model = loop.load_best(built(card, cfg), Path(run_dir), device)
     size = card["crop"]
 

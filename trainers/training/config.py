@@ -1,8 +1,8 @@
 """Every training setting, as frozen dataclasses: what a run's config.json holds.
 
-    LoopConfig     what the loop needs whatever it trains (epochs, optimizer, schedule, seed, device)
-    TrainConfig    + a sequence head and its options (HeadConfig): trained on features
-    E2EConfig      + a video model, its crop and loader: trained end to end on clips
+    LoopConfig       what the loop needs whatever it trains (epochs, optimizer, schedule, seed, device)
+    HeadTrainConfig  + a sequence head and its options (HeadConfig): trained on features
+    E2EConfig        + a video model, its crop and loader: trained end to end on clips
 
 Light on purpose (no torch, no numpy): the command line takes its defaults and help from here.
 Each config checks its own values (`check_values`: ValueError naming the value and what is
@@ -13,12 +13,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.core.device import DEVICES, resolve as resolve_device
+from pipeline.core.registry import Registry
+from trainers.models.head_config import HeadConfig   # light: a dataclass; re-exported for the CLI
 from trainers.training import limits
 from trainers.training.optim import OPTIMIZERS, SCHEDULERS
 
-TRAIN_VIEWS = ("augmented", "all", "clean")   # which stored view an epoch draws per video (trainers.data.data)
-PRECISIONS = ("auto", "fp32", "bf16")
-MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
+TRAIN_VIEWS = Registry.of("train views", {"augmented": "a random augmented view (clean if none)", "all": "every view",
+                                          "clean": "the clean view only"})  # which stored view an epoch draws per video
+PRECISIONS = Registry.of("precision", {"auto": "bf16 autocast where native, else fp32", "fp32": "", "bf16": ""})
+MEMORY_FORMATS = Registry.of("memory format", ("auto", "channels-last", "contiguous"))
 
 
 @dataclass(frozen=True)
@@ -120,38 +123,7 @@ def added_later(cls: type) -> dict:
 
 
 @dataclass(frozen=True)
-class HeadConfig:
-    hidden: int = 256            # recurrent state / MLP / transformer width (LRCN seed: 256)
-    layers: int = 1              # stacked recurrent or transformer layers
-    bidirectional: bool = False  # recurrent heads only: also read the clip backwards
-    dropout: float = 0.5         # before the classifier (and between stacked layers)
-    heads: int = 4               # attention heads (attention only)
-    temporal_input: str = "auto" # what the head sees of the sequence (trainers.models.heads.TEMPORAL_INPUTS); auto:
-                                 # the head's default (heads.DEFAULT_TEMPORAL_INPUT), made concrete when a
-                                 # run starts (TrainConfig.resolved) so config.json records what it trained on
-    ADDED_LATER = {"temporal_input": "raw"}   # as LoopConfig.ADDED_LATER
-
-    # whole-number settings: (field, lowest, highest). A wide head is refused by its memory
-    # (`training_bytes`), not by a range; the highest values are what torch's sizes can hold
-    RANGES = (("hidden", 1, 2**31 - 1), ("layers", 1, 256), ("heads", 1, 1024))
-
-    def validate(self) -> None:
-        for name, lo, hi in self.RANGES:
-            limits.whole(name, getattr(self, name), lo, hi)
-        if not isinstance(self.bidirectional, bool):
-            raise ValueError(f"--bidirectional {self.bidirectional!r} is not supported; allowed: true, false")
-        from trainers.models.heads import TEMPORAL_INPUTS
-
-        if self.temporal_input != "auto" and self.temporal_input not in TEMPORAL_INPUTS:
-            raise ValueError(f"--temporal-input {self.temporal_input!r} is not supported; allowed: auto, "
-                             f"{', '.join(TEMPORAL_INPUTS.names())}")
-        d = self.dropout
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:  # nan too
-            raise ValueError(f"--dropout {d!r} is out of range; allowed: 0 <= dropout < 1")
-
-
-@dataclass(frozen=True)
-class TrainConfig(LoopConfig):
+class HeadTrainConfig(LoopConfig):
     """A sequence head trained on cached features. Its loop defaults were chosen by leave-one-group-out
     on har synth, an independent temporal generator and both on real (EfficientNet-Lite0) features
     (BENCHMARKS.md, "train-head's defaults"): a 40-epoch cosine schedule in batches of 16 beat 30
@@ -170,7 +142,7 @@ class TrainConfig(LoopConfig):
         heads.check_options(self.head, self.head_options)
         super().check_values()
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self) -> HeadTrainConfig:
         """`--temporal-input auto` made the head's default (heads.default_temporal_input): what a run
         trains with and records in config.json."""
         from trainers.models import heads
@@ -193,7 +165,7 @@ class E2EConfig(LoopConfig):
     three_crop: bool = False       # test time: three crops along the longer side, averaged
     workers: int | None = None     # DataLoader worker processes reading the store; None: min(8, cores - 1), >= 2
     memory_format: str = "auto"    # auto (channels-last on CUDA) | channels-last | contiguous
-    # fine-tuning a pretrained network (trainers.models.models3d.layer_groups): the new output layer learns at
+    # fine-tuning a pretrained network (trainers.models.video_models.layer_groups): the new output layer learns at
     # lr, the layers below at lr x backbone_lr_mult x layer_decay^(layers above them)
     backbone_lr_mult: float = 1.0  # e.g. 0.1: the pretrained trunk learns 10x slower than the new classifier
     layer_decay: float = 1.0       # layer-wise lr decay (BEiT/MViT/Swin fine-tuning: 0.65-0.9); 1: off
@@ -214,9 +186,9 @@ class E2EConfig(LoopConfig):
     CPU_BF16 = False
 
     def check_values(self) -> None:
-        from trainers.models import models3d
+        from trainers.models import video_models
 
-        spec = models3d.get(self.model)
+        spec = video_models.get(self.model)
         if self.pretrained not in ("none", *spec.pretrained):
             raise ValueError(f"--pretrained {self.pretrained!r} is not available for {self.model}; allowed: "
                              f"{', '.join(('none', *spec.pretrained))}")
@@ -240,7 +212,7 @@ class E2EConfig(LoopConfig):
         if self.drop_path is not None:
             limits.real("drop_path", self.drop_path, above=None, at_least=0.0, below=1.0)
             if spec.drop_path is None:
-                able = [n for n in models3d.names() if models3d.get(n).drop_path is not None]
+                able = [n for n in video_models.VIDEO_MODELS.names() if video_models.get(n).drop_path is not None]
                 raise ValueError(f"--drop-path is not available for {self.model} (it has no stochastic depth); "
                                  f"allowed for: {', '.join(able)}")
         super().check_values()

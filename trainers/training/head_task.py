@@ -19,17 +19,17 @@ from pipeline.stages import backbones
 from pipeline.stores import latest
 from pipeline.core import location
 from pipeline.core.lineage import seed_for
-from trainers.data import data
+from trainers.data import views
 from trainers.training import distributed, limits, loop, tasks
 from trainers.models import heads
-from trainers.runs import runs
+from trainers.runs import runner
 from trainers.models.chain import Chain, Float16Rounded, Normalised, PerFrame, Sequential2
-from trainers.training.config import TrainConfig
+from trainers.training.config import HeadTrainConfig
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    train: TrainConfig
+class HeadRunConfig:
+    train: HeadTrainConfig
     features: Path | None = None     # the feature store; or
     dataset: str | None = None       # the latest feature store made for this dataset
     backbone: str | None = None      # ... with this backbone (default: the latest of any)
@@ -38,28 +38,28 @@ class RunConfig:
     tracker: str = "tensorboard"     # the dashboard (trainers.runs.tracker); changes nothing the run computes
 
 
-class FeatureTask:
+class FeatureTask(tasks.Task):
     """A head on a feature store: batches are gathered feature sequences (B, T, D)."""
 
-    def __init__(self, fs: data.FeatureSet):
+    def __init__(self, fs: views.FeatureSet):
         self.view = self.fs = fs
         self.labels, self.classes = fs.labels, fs.classes
 
-    def build(self, cfg: TrainConfig, train: np.ndarray | None) -> nn.Module:
+    def build(self, cfg: HeadTrainConfig, train: np.ndarray | None) -> nn.Module:
         """The head, with Standardize set from the training videos' features (all their samples);
         train=None skips that pass (a checkpoint about to be loaded holds the statistics)."""
-        mean, std = data.feature_stats(self.fs, train) if train is not None else (None, None)
+        mean, std = views.feature_stats(self.fs, train) if train is not None else (None, None)
         return heads.build(cfg.head, self.fs.dim, len(self.classes), self.fs.frames, cfg.head_options, mean, std)
 
     def batches(self, cfg: loop.LoopConfig, videos: np.ndarray, epoch: int,
                 world: distributed.World = distributed.World()):
         rng = np.random.default_rng(seed_for(cfg.seed, "epoch", epoch))
         order = videos[rng.permutation(len(videos))]
-        samples = data.train_samples(self.fs.view_index, order, rng, cfg.train_views)
+        samples = views.train_samples(self.fs.view_index, order, rng, cfg.train_views)
         order, samples = distributed.shard(np.stack([order, samples], axis=1), world).T
         for a in range(0, len(order), cfg.batch_size):
             vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
-            yield torch.from_numpy(data.gather(self.fs, vb, sb)), torch.from_numpy(self.labels[vb])
+            yield torch.from_numpy(views.gather(self.fs, vb, sb)), torch.from_numpy(self.labels[vb])
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return x
@@ -69,12 +69,12 @@ class FeatureTask:
                       cfg: loop.LoopConfig | None = None, batch: int = 256) -> np.ndarray:
         """(len(videos), C) video probabilities: softmax of every clean clip, averaged per video."""
         model.eval()
-        clips = data.eval_samples(self.fs)
+        clips = views.eval_samples(self.fs)
         out = np.zeros((len(videos), len(self.classes)), np.float32)
         for a in range(0, len(videos), batch):
             vb = videos[a:a + batch]
             rows = np.repeat(vb, len(clips))
-            x = torch.from_numpy(data.gather(self.fs, rows, np.tile(clips, len(vb)))).to(device)
+            x = torch.from_numpy(views.gather(self.fs, rows, np.tile(clips, len(vb)))).to(device)
             with loop.autocast(cfg or loop.LoopConfig(precision="fp32"), device):
                 logits = model(x)
             p = torch.softmax(logits.float(), dim=1).cpu().numpy().reshape(len(vb), len(clips), -1)
@@ -93,7 +93,7 @@ def feature_store_for(features: Path | None, dataset: str | None, backbone: str 
     return latest.latest_store(dataset, "features" if backbone is None else f"features-{backbone}")
 
 
-def model_card(fs: data.FeatureSet) -> dict:
+def model_card(fs: views.FeatureSet) -> dict:
     """What `har predict` needs to turn a video into this run's input the way the store did (the
     store's input policy checked here: a damaged one is refused before training, not at predict)."""
     a = fs.attrs
@@ -104,7 +104,7 @@ def model_card(fs: data.FeatureSet) -> dict:
             "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
 
 
-def check_head_fits(cfg: TrainConfig, dim: int, classes: int, frames: int, device, where: str = "",
+def check_head_fits(cfg: HeadTrainConfig, dim: int, classes: int, frames: int, device, where: str = "",
                     batch: int | None = None) -> None:
     """ValueError, before anything is allocated, when the head cannot fit in `device`'s available
     memory: to train it (`batch` given: 16 bytes a parameter plus a batch) or to use it (4 bytes a
@@ -121,18 +121,18 @@ def check_head_fits(cfg: TrainConfig, dim: int, classes: int, frames: int, devic
                       else "use a machine with more memory, or restore config.json if it was changed")
 
 
-def job(cfg: RunConfig) -> runs.Job:
+def job(cfg: HeadRunConfig) -> runner.Job:
     """The run `cfg` asks for: its store read, its split made, the head checked to fit."""
     cfg = replace(cfg, train=cfg.train.resolved())
     cfg.train.validate()
     path = feature_store_for(cfg.features, cfg.dataset, cfg.backbone).absolute()
-    fs = data.load(path, cfg.ram_limit)
-    split = data.make_split(fs, cfg.train.split)
+    fs = views.load(path, cfg.ram_limit)
+    split = views.make_split(fs, cfg.train.split)
     check_head_fits(cfg.train, fs.dim, len(fs.classes), fs.frames, loop.resolve_device(cfg.train.device),
                     batch=cfg.train.batch_size)
     pretrained = bool(fs.attrs.get("pretrained", True))
     source = (fs.attrs.get("weights") or {}).get("source", "")
-    return runs.Job(
+    return runner.Job(
         name=cfg.train.head, cfg=replace(cfg.train, split=split.name), task=FeatureTask(fs), split=split, store=path,
         fingerprint=fs.fingerprint,
         inputs={"features_store": str(path), "features_fingerprint": fs.fingerprint,
@@ -141,18 +141,18 @@ def job(cfg: RunConfig) -> runs.Job:
                  f"{'ImageNet' if pretrained else 'RANDOM'} weights{' ' + source if pretrained and source else ''})",
         extra={"features": str(path), "features_fingerprint": fs.fingerprint, "dataset": fs.attrs.get("dataset"),
                "backbone": fs.attrs.get("backbone"), "pretrained": pretrained, "weights": source},
-        card=model_card(fs), failed=tuple(fs.failed()), warnings=tuple(runs.warnings_for(split, fs)))
+        card=model_card(fs), failed=tuple(fs.failed()), warnings=tuple(runner.warnings_for(split, fs)))
 
 
-def train_head(cfg: RunConfig, on_epoch: Callable[[dict], None] | None = None,
-               stop_after: int | None = None) -> runs.RunResult:
-    return runs.execute(job(cfg), cfg.out, on_epoch, stop_after, cfg.tracker)
+def train_head(cfg: HeadRunConfig, on_epoch: Callable[[dict], None] | None = None,
+               stop_after: int | None = None) -> runner.RunResult:
+    return runner.execute(job(cfg), cfg.out, on_epoch, stop_after, cfg.tracker)
 
 
 # ---- reading a head run back (trainers.training.tasks) -------------------------------------------------------
 
-def open_task(path: Path, cfg: TrainConfig, run_dir: Path) -> FeatureTask:
-    fs = data.load(path)
+def open_task(path: Path, cfg: HeadTrainConfig, run_dir: Path) -> FeatureTask:
+    fs = views.load(path)
     check_head_fits(cfg, fs.dim, len(fs.classes), fs.frames, loop.resolve_device(cfg.device),
                     f"{Path(run_dir) / 'config.json'}: ")
     return FeatureTask(fs)
@@ -164,7 +164,7 @@ def weights_argument(card: dict) -> str:
     return {"imagenet": "imagenet", "none": "none"}.get(w["kind"], w["source"])
 
 
-def _encoder_and_head(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+def _encoder_and_head(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device):
     """The run's head (best.pt) and the recorded backbone, checked to be the one the features came from."""
     from pipeline.stages.features import Encoder, EncoderConfig
 
@@ -182,7 +182,7 @@ def _encoder_and_head(run_dir: Path, cfg: TrainConfig, card: dict, device: torch
     return enc, head
 
 
-def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
+def scorer(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
     """uint8 clips (K, T, H, W, 3) -> (K, C) logits: the recorded backbone, then the head."""
     enc, head = _encoder_and_head(run_dir, cfg, card, device)
 
@@ -193,7 +193,7 @@ def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) ->
     return encode_and_score
 
 
-def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> Chain:
+def chain(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device) -> Chain:
     """The backbone and the head as one differentiable chain of the stored frames: the recorded
     input policy's resize and centre crop cut the input (to_input), its normalisation, the backbone per frame,
     float16 rounding as the store holds features, the head."""
@@ -219,18 +219,13 @@ def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device) -> 
     def window(h: int, w: int) -> tuple[float, float, float, float]:
         if not pre.resize:
             return 0.0, 0.0, float(h), float(w)
-        from pipeline.stages.backbones import resized_size
-
-        rh, rw = resized_size(h, w, list(pre.resize_size))
-        ch, cw = (pre.crop_size * 2)[:2]
-        sy, sx = rh / h, rw / w
-        return (rh - ch) / 2 / sy, (rw - cw) / 2 / sx, ch / sy, cw / sx
+        return backbones.input_geometry(pre.policy, h, w).window   # the one geometry, export's too
 
     encode, head = encode.to(device).eval(), head.eval()
     return Chain(Sequential2(encode, head), to_input, window, list(card["classes"]), "head", encode, head)
 
 
-KIND = tasks.TaskKind(name="head", config=TrainConfig, store="features",
+KIND = tasks.TaskKind(name="head", config=HeadTrainConfig, store="features",
                       inputs=("features_store", "features_fingerprint"),
                       card={"backbone": str, "weights": dict, "classes": list, "frames": int, "dim": int},
                       open=open_task, scorer=scorer, chain=chain)

@@ -1,4 +1,5 @@
-"""Joint training on several datasets: `har train-head HEAD --features A.zarr --features B.zarr`.
+"""Joint training on several datasets: `har train-head HEAD --features A.zarr --features B.zarr`;
+and `one_or_jointly`, the choice both training commands make between one store and several.
 
 One model for all: a shared trunk (the head's standardisation and layers) and one output layer per
 dataset. The output layers are the rows of the head's last linear layer, dataset d owning its own
@@ -26,13 +27,14 @@ from torch import nn
 
 from pipeline.core import lineage, location, outputs
 from pipeline.core.lineage import seed_for
-from trainers.data import data
+from trainers.data import views
 from trainers.training import distributed, head_task, loop, tasks
+from trainers.training.losses import Loss, loss_and_accuracy
 from trainers.models import heads
-from trainers.runs import report, rundir, runs
+from trainers.runs import report, rundir, runner
 from trainers.data.mixing import MIXES
 from trainers.inference.predictor import safe_name
-from trainers.training.config import TrainConfig
+from trainers.training.config import HeadTrainConfig
 
 # the metrics a joint run also gives as the mean over its datasets
 MEANS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
@@ -44,8 +46,8 @@ MEANS = ("top1", "top5", "precision_macro", "recall_macro", "f1_macro", "precisi
 class Part:
     name: str               # the dataset's name in this run (its store's dataset, made unique)
     path: Path
-    fs: data.FeatureSet
-    split: data.Split       # its own split, local video indices
+    fs: views.FeatureSet
+    split: views.Split       # its own split, local video indices
     offset: int             # its first video in the joint numbering
     rows: slice             # its output rows (classes) in the joint output layer
 
@@ -64,7 +66,7 @@ class _Rows(nn.Module):
         return self.model(x)[:, self.rows]
 
 
-class SlicedLoss(nn.Module):
+class SlicedLoss(Loss):
     """Cross-entropy of each sample over its own dataset's rows (the row of its label says which),
     with optional class weights and label smoothing over those rows."""
 
@@ -103,7 +105,7 @@ class _JointView:
         self.reversed_pairs: list[str] = []
 
 
-class JointBase:
+class JointBase(tasks.Task):
     """A model on several stores at once: the joint numbering is the stores' videos one after the
     other, the joint classes their classes one after the other. `single` holds each dataset's own
     task (what evaluates one dataset's videos); a subclass builds the model and reads the batches."""
@@ -116,7 +118,7 @@ class JointBase:
         self.owner = torch.tensor([i for i, p in enumerate(parts) for _ in p.fs.classes])
         self.split = Split(parts)
 
-    def make_split(self, name: str | None) -> data.Split:
+    def make_split(self, name: str | None) -> views.Split:
         return self.split
 
     def part_of(self, videos: np.ndarray) -> np.ndarray:
@@ -132,11 +134,11 @@ class JointBase:
         samples = np.zeros(len(order), np.int64)
         for i, p in enumerate(self.parts):
             at = np.flatnonzero(owner == i)
-            samples[at] = data.train_samples(p.fs.view_index, p.local(order[at]), rng, cfg.train_views)
+            samples[at] = views.train_samples(p.fs.view_index, p.local(order[at]), rng, cfg.train_views)
         order, samples = distributed.shard(np.stack([order, samples], axis=1), world).T
         return order, samples
 
-    def loss(self, cfg, weight: torch.Tensor | None) -> nn.Module:
+    def loss(self, cfg, weight: torch.Tensor | None) -> Loss:
         return SlicedLoss(self.owner, weight, cfg.label_smoothing)
 
     def epoch_videos(self, cfg, videos: np.ndarray) -> int:
@@ -171,7 +173,7 @@ class JointBase:
         for i, p in enumerate(self.parts):
             at = np.flatnonzero(which == i)
             if len(at):
-                loss, acc = loop.loss_and_accuracy(np.ascontiguousarray(probs[at][:, p.rows]),
+                loss, acc = loss_and_accuracy(np.ascontiguousarray(probs[at][:, p.rows]),
                                                    self.labels[videos[at]] - p.rows.start,
                                                    None if weight is None else weight[p.rows])
                 losses.append(loss)
@@ -184,7 +186,7 @@ class JointBase:
         per = {}
         for i, p in enumerate(self.parts):
             mine = videos[which == i]
-            per[p.name] = runs.evaluate(self.single[i], _Rows(model, p.rows), p.local(mine), device, cfg)
+            per[p.name] = self.single[i].evaluate(_Rows(model, p.rows), p.local(mine), device, cfg)
         means = {k: float(np.mean([m[k] for m in per.values()])) for k in MEANS
                  if all(isinstance(m.get(k), (int, float)) for m in per.values())}
         return {**means, "videos": int(len(videos)), "datasets": per}
@@ -225,7 +227,7 @@ class JointTask(JointBase):
         first = parts[0].fs
         self.dim, self.frames = first.dim, first.frames
 
-    def build(self, cfg: TrainConfig, train: np.ndarray | None) -> nn.Module:
+    def build(self, cfg: HeadTrainConfig, train: np.ndarray | None) -> nn.Module:
         """The head over every dataset's classes; standardised by the pooled statistics of every
         dataset's training features."""
         mean = std = None
@@ -233,7 +235,7 @@ class JointTask(JointBase):
             total, sq, count = 0.0, 0.0, 0
             for i, p in enumerate(self.parts):
                 mine = p.local(train[self.part_of(train) == i])
-                m, s = data.feature_stats(p.fs, mine)
+                m, s = views.feature_stats(p.fs, mine)
                 n = len(mine) * p.fs.features.shape[1] * p.fs.frames
                 total, sq, count = total + n * m.double(), sq + n * (s.double() ** 2 + m.double() ** 2), count + n
             mean = total / max(1, count)
@@ -241,7 +243,7 @@ class JointTask(JointBase):
             mean, std = mean.float(), std.float()
         return heads.build(cfg.head, self.dim, len(self.classes), self.frames, cfg.head_options, mean, std)
 
-    def batches(self, cfg: TrainConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
+    def batches(self, cfg: HeadTrainConfig, videos: np.ndarray, epoch: int, world: distributed.World = distributed.World()):
         order, samples = self.epoch_order(cfg, videos, epoch, world)
         for a in range(0, len(order), cfg.batch_size):
             vb, sb = order[a:a + cfg.batch_size], samples[a:a + cfg.batch_size]
@@ -250,14 +252,14 @@ class JointTask(JointBase):
             for i, p in enumerate(self.parts):
                 at = np.flatnonzero(owner == i)
                 if len(at):
-                    x[at] = data.gather(p.fs, p.local(vb[at]), sb[at])
+                    x[at] = views.gather(p.fs, p.local(vb[at]), sb[at])
             yield torch.from_numpy(x), torch.from_numpy(self.labels[vb])
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return x
 
 
-class Split(data.Split):
+class Split(views.Split):
     """The joint split: every dataset's own split, in the joint numbering."""
 
     def __init__(self, parts: list[Part]):
@@ -306,7 +308,7 @@ def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None
     paths = [location.of(p) for p in paths]
     if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError(f"{option} names the same store twice; joint training takes different datasets")
-    sets = [data.load(p, ram_limit) if store == "features" else data.open_view(p, "frames") for p in paths]
+    sets = [views.load(p, ram_limit) if store == "features" else views.open_view(p, "frames") for p in paths]
     first = sets[0]
     for fs, path in zip(sets[1:], paths[1:]):
         key = same_card(fs.attrs, first.attrs, SHARED[store])
@@ -328,7 +330,7 @@ def parts_for(paths: list[Path], split: str | None, ram_limit: int | None = None
         names.append(name)
     parts, offset, row = [], 0, 0
     for fs, path, name, s in zip(sets, paths, names, split_names(split, len(sets))):
-        sp = data.make_split(fs, s)
+        sp = views.make_split(fs, s)
         if len(sp.val) == 0:
             raise ValueError(f"{name} ({path}): split {sp.name!r} leaves no validation videos; joint training selects "
                              "on each dataset's validation accuracy: choose a split with some (--split a+b)")
@@ -348,7 +350,7 @@ def with_datasets(card: dict, parts: list[Part]) -> dict:
 def job_extra(parts: list[Part], mix: str) -> dict:
     """The summary fields every joint run has: its stores, mixing rule and datasets."""
     return {"joint": True, "stores": stores_of(parts), "mix": mix,
-            "datasets": {p.name: {"store": str(p.path), "classes": list(p.fs.classes), "split": runs.split_info(p.split)}
+            "datasets": {p.name: {"store": str(p.path), "classes": list(p.fs.classes), "split": runner.split_info(p.split)}
                          for p in parts}, "alone": {}}
 
 
@@ -356,13 +358,26 @@ def stores_of(parts: list[Part]) -> list[dict]:
     return [{"dataset": p.name, "path": str(p.path), "fingerprint": p.fs.fingerprint} for p in parts]
 
 
-def run(joint: runs.Job, out: Path | None, tracker: str, alone_run, on_epoch=None, stop_after: int | None = None,
-        train=None) -> runs.RunResult:
+def one_or_jointly(option: str, paths: list[Path], dataset: str | None, mix: str, alone, jointly) -> runner.RunResult:
+    """What a training command's stores ask for: one store (`option` once, or --dataset) trains
+    `alone()`; `option` given twice or more trains `jointly()`. ValueError for --mix without several
+    stores, or --dataset beside them."""
+    if len(paths) <= 1:
+        if mix != loop.LoopConfig.mix:
+            raise ValueError(f"--mix {mix} is for joint training; give {option} twice or more")
+        return alone()
+    if dataset is not None:
+        raise ValueError(f"give the stores of a joint run as {option} PATH twice or more, without --dataset")
+    return jointly()
+
+
+def run(joint: runner.Job, out: Path | None, tracker: str, alone_run, on_epoch=None, stop_after: int | None = None,
+        train=None) -> runner.RunResult:
     """The same model on each dataset alone first (`alone_run(part, folder, on_epoch)`, in folders
     beside the joint run's, `RUN-alone-<dataset>`), then the joint run, whose metrics.json and
     report compare the two. `train(fn)` runs each training (the command line passes its epoch table)."""
     train = train or (lambda fn: fn(on_epoch))
-    run_dir = (Path(out) if out else Path("runs") / f"{joint.name}-{runs.fingerprint(joint)[:10]}").absolute()
+    run_dir = (Path(out) if out else Path("runs") / f"{joint.name}-{runner.fingerprint(joint)[:10]}").absolute()
     parts = joint.task.parts
     folders = [run_dir.parent / f"{run_dir.name}-alone-{p.name}" for p in parts]
     if distributed.world().main:   # every folder checked before anything trains (execute checks again, locked)
@@ -376,28 +391,28 @@ def run(joint: runs.Job, out: Path | None, tracker: str, alone_run, on_epoch=Non
             alone[p.name] = {"run": str(res.run_dir), "top1": res.summary["test"]["top1"],
                              "f1_macro": res.summary["test"]["f1_macro"], "val_top1": res.summary["val"]["top1"]}
     joint.extra["alone"] = alone
-    return train(lambda on: runs.execute(joint, run_dir, on, stop_after, tracker))
+    return train(lambda on: runner.execute(joint, run_dir, on, stop_after, tracker))
 
 
 def joint_job(task: JointBase, cfg, name: str, store: str, what: str, after: str, extra: dict, card: dict,
-              warnings: tuple[str, ...] = ()) -> runs.Job:
+              warnings: tuple[str, ...] = ()) -> runner.Job:
     """The Job of a joint run of any kind (`store`: "features" | "frames"): every store named in its
     lineage with the joint fingerprint, the summary fields of every joint run, each dataset's
     warnings and failed videos, its card with every dataset's rows."""
     parts = task.parts
     fp = task.view.fingerprint
     stores = stores_of(parts)
-    return runs.Job(
+    return runner.Job(
         name=name, cfg=replace(cfg, split=task.split.name), task=task, split=task.split, store=parts[0].path,
         fingerprint=fp, inputs={f"{store}_stores": [s["path"] for s in stores], "joint_fingerprint": fp, "stores": stores},
         describe=f"{what} trained jointly on {', '.join(f'`{p.name}` ({p.path})' for p in parts)}{after}",
         extra={**job_extra(parts, cfg.mix), **extra}, card=with_datasets(card, parts),
         failed=tuple(f"{p.name}: {v}" for p in parts for v in p.fs.failed()),
-        warnings=tuple(f"{p.name}: {w}" for p in parts for w in runs.warnings_for(p.split, p.fs)) + tuple(warnings),
+        warnings=tuple(f"{p.name}: {w}" for p in parts for w in runner.warnings_for(p.split, p.fs)) + tuple(warnings),
         more_stores=tuple(p.path for p in parts[1:]))
 
 
-def job(cfg: head_task.RunConfig, paths: list[Path]) -> runs.Job:
+def job(cfg: head_task.HeadRunConfig, paths: list[Path]) -> runner.Job:
     cfg = replace(cfg, train=cfg.train.resolved())
     cfg.train.validate()
     parts = parts_for(paths, cfg.train.split, cfg.ram_limit)
@@ -412,8 +427,8 @@ def job(cfg: head_task.RunConfig, paths: list[Path]) -> runs.Job:
                      head_task.model_card(first))
 
 
-def train_joint(cfg: head_task.RunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
-                train=None) -> runs.RunResult:
+def train_joint(cfg: head_task.HeadRunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
+                train=None) -> runner.RunResult:
     """`har train-head HEAD --features A --features B`: the head on each dataset alone, then jointly
     (`run`)."""
     def alone(p: Part, folder: Path, on):
@@ -425,11 +440,11 @@ def train_joint(cfg: head_task.RunConfig, paths: list[Path], on_epoch=None, stop
 
 # ---- reading a joint run back (trainers.training.tasks) ------------------------------------------------------
 
-def open_task(paths: list[Path], cfg: TrainConfig, run_dir: Path) -> JointTask:
+def open_task(paths: list[Path], cfg: HeadTrainConfig, run_dir: Path) -> JointTask:
     return JointTask(parts_for(paths, cfg.split), cfg.mix)
 
 
-def scorer(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+def scorer(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device):
     return head_task.scorer(run_dir, cfg, card, device)
 
 
@@ -441,11 +456,11 @@ def refuse(run_dir: Path) -> None:
                      "on one dataset for now (its `-alone-` runs are beside it)")
 
 
-def chain(run_dir: Path, cfg: TrainConfig, card: dict, device: torch.device):
+def chain(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device):
     refuse(run_dir)
 
 
-KIND = tasks.TaskKind(name="joint-head", config=TrainConfig, store="features",
+KIND = tasks.TaskKind(name="joint-head", config=HeadTrainConfig, store="features",
                       inputs=("features_stores", "joint_fingerprint"),
                       card={"backbone": str, "weights": dict, "classes": list, "frames": int, "dim": int,
                             "datasets": list},

@@ -22,8 +22,8 @@ from torch import nn
 
 from trainers.training import clip_task, distributed, joint, tasks
 from trainers.data import clips
-from trainers.models import models3d
-from trainers.runs import runs
+from trainers.models import video_models
+from trainers.runs import runner
 from trainers.training.config import E2EConfig
 
 
@@ -41,9 +41,9 @@ class JointClipTask(joint.JointBase):
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
         first = self.single[0]
-        model = models3d.build(first.model, len(self.classes), first.pretrained if train is not None else "none",
+        model = video_models.build(first.model, len(self.classes), first.pretrained if train is not None else "none",
                                frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
-        return models3d.to_channels_last(model) if clip_task.channels_last(cfg) else model
+        return video_models.to_channels_last(model) if clip_task.channels_last(cfg) else model
 
     def param_groups(self, cfg: E2EConfig, model: nn.Module):
         return self.single[0].param_groups(cfg, model)
@@ -78,7 +78,7 @@ class JointClipTask(joint.JointBase):
         super().close()
 
 
-def job(cfg: clip_task.E2ERunConfig, paths: list[Path]) -> runs.Job:
+def job(cfg: clip_task.E2ERunConfig, paths: list[Path]) -> runner.Job:
     cfg.train.validate()
     parts = joint.parts_for(paths, cfg.train.split, store="frames")
     task = JointClipTask(parts, cfg.train)
@@ -92,7 +92,7 @@ def job(cfg: clip_task.E2ERunConfig, paths: list[Path]) -> runs.Job:
 
 
 def train_joint(cfg: clip_task.E2ERunConfig, paths: list[Path], on_epoch=None, stop_after: int | None = None,
-                train=None) -> runs.RunResult:
+                train=None) -> runner.RunResult:
     """`har train-e2e MODEL --frames A --frames B`: the model on each dataset alone, then jointly
     (joint.run). Every store is read and checked before anything trains."""
     def alone(p: joint.Part, folder: Path, on):

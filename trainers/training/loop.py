@@ -1,7 +1,7 @@
 """The training loop, as plain functions, for any task: `train_one_epoch`, `fit`, `load_best`.
 
 It knows nothing of heads or clips. A task (trainers.training.tasks: a head on features, a video model on
-clips) gives the data and the model behind the names of `Task`; `fit` trains it, selects on
+clips) gives the data and the model behind the names of `tasks.Task`; `fit` trains it, selects on
 validation accuracy (averaged over the last `val_window` epochs), early-stops and checkpoints
 (trainers.training.checkpoint): `last.pt` after every epoch, `best.pt` with the weights of the best.
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,38 +26,15 @@ from torch import nn
 from pipeline.core import device as devices
 from pipeline.core.lineage import seed_for
 from trainers.training import checkpoint, distributed, optim
-from trainers.data import data
+from trainers.data import views
 from trainers.runs import rundir
 from trainers.training.config import LoopConfig
+from trainers.training.losses import Loss
+
+if TYPE_CHECKING:   # annotations only: tasks never imports the loop
+    from trainers.training.tasks import Task
 
 logger = logging.getLogger(__name__)
-
-class Task(Protocol):
-    """What `fit` trains on: the data and the model it builds, behind these names. One module per
-    kind of task implements it and registers itself in trainers.training.tasks."""
-    view: data.StoreView    # the store trained on
-    labels: np.ndarray      # [N] class of every video
-    classes: list[str]
-
-    def build(self, cfg, train: np.ndarray | None) -> nn.Module: ...           # a fresh model (seeded by fit);
-                                                                               # None: weights come from a checkpoint
-    def batches(self, cfg, videos: np.ndarray, epoch: int,                     # CPU (x, y) in a seeded order,
-                world: distributed.World) -> Iterable: ...                     # this rank's share
-    def prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...  # on the device
-    def probabilities(self, model: nn.Module, videos: np.ndarray, device: torch.device,   # (len(videos), C),
-                      cfg) -> np.ndarray: ...                                         # clips averaged per video
-    def close(self) -> None: ...                                               # loader workers, if any
-    # optional: param_groups(cfg, model) -> the optimizer's parameter groups (default: one group, lr);
-    # loss(cfg, weight) -> the loss module (default: cross-entropy; one with `correct(logits, y)` also
-    # counts training accuracy); score(probs, videos, weight) -> (loss, accuracy) that selects the best
-    # epoch (default: over all videos); epoch_videos(cfg, videos) -> videos an epoch trains on (default:
-    # len(videos)). A joint task (trainers.training.joint) has them all.
-
-
-def param_groups(task, cfg, model: nn.Module):
-    """The task's parameter groups where it has them (per-layer learning rates), else all parameters."""
-    groups = getattr(task, "param_groups", None)
-    return groups(cfg, model) if groups is not None else model.parameters()
 
 
 def warmup_factor(cfg: LoopConfig, epoch: int, batch: int, batches: int) -> float:
@@ -119,7 +96,7 @@ def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
 
 
 def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopConfig, epoch: int,
-                    opt, loss_fn: nn.Module, device: torch.device,
+                    opt, loss_fn: Loss, device: torch.device,
                     world: distributed.World = distributed.World()) -> tuple[float, float]:
     """One pass over `videos` in a (seed, epoch)-determined order, view draw, crop and dropout:
     (mean loss, accuracy), over every rank's share under DDP. With accumulate=N the optimizer steps
@@ -129,7 +106,7 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
     model.train()
     sums, seen, i = torch.zeros(2, dtype=torch.float64, device=device), 0, 0   # loss sum, right answers
     base = [g["lr"] for g in opt.param_groups]   # the schedule's rates for this epoch; warm-up scales them
-    per_epoch = task.epoch_videos(cfg, videos) if hasattr(task, "epoch_videos") else len(videos)
+    per_epoch = task.epoch_videos(cfg, videos)
     batches = max(1, -(-per_epoch // max(1, world.size) // cfg.batch_size))
 
     def step(batch: int) -> None:
@@ -149,7 +126,7 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
         (loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
         if i % cfg.accumulate == 0:
             step(i)
-        right = loss_fn.correct(logits.detach(), y) if hasattr(loss_fn, "correct") else (logits.argmax(1) == y).sum()
+        right = loss_fn.correct(logits.detach(), y)
         sums += torch.stack([loss.detach().double() * len(y), right.double()])
         seen += len(y)
     if i % cfg.accumulate:
@@ -158,14 +135,6 @@ def train_one_epoch(model: nn.Module, task: Task, videos: np.ndarray, cfg: LoopC
         g["lr"] = lr
     total_loss, correct, seen = distributed.all_sum(torch.cat([sums, sums.new_tensor([seen])]), world).tolist()
     return total_loss / max(1, seen), correct / max(1, seen)
-
-
-def loss_and_accuracy(probs: np.ndarray, y: np.ndarray, weight: torch.Tensor | None) -> tuple[float, float]:
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-12))
-    loss = nn.functional.nll_loss(logp, torch.from_numpy(y), weight=weight)
-    return float(loss), float((probs.argmax(1) == y).mean())
 
 
 def trailing_mean(rows: list[dict], key: str) -> float:
@@ -205,7 +174,7 @@ def _resume(ck: dict, path: Path, model: nn.Module, opt, sched) -> dict:
 
 # ---- the loop --------------------------------------------------------------------------------------
 
-def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerprint: str,
+def fit(cfg: LoopConfig, task: Task, split: views.Split, run_dir: Path, fingerprint: str,
         on_epoch: Callable[[dict], None] | None = None, stop_after: int | None = None) -> FitResult:
     """Train on split.train, select on split.val; checkpoints in run_dir. Resumes from
     run_dir/last.pt when it belongs to the same `fingerprint`. `stop_after` ends the call after
@@ -218,15 +187,10 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     model = task.build(cfg, split.train).to(device)  # the same initial weights on every rank (same seed)
-    opt = optim.make_optimizer(cfg, param_groups(task, cfg, model))
+    opt = optim.make_optimizer(cfg, task.param_groups(cfg, model))
     sched = optim.make_scheduler(cfg, opt)
     weight = class_weights(task.labels[split.train], len(task.classes)) if cfg.class_weighted else None
-    if hasattr(task, "loss"):
-        loss_fn = task.loss(cfg, weight).to(device)
-    else:
-        loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
-                                      label_smoothing=cfg.label_smoothing)
-    score = getattr(task, "score", None) or (lambda probs, videos, w: loss_and_accuracy(probs, task.labels[videos], w))
+    loss_fn = task.loss(cfg, weight).to(device)
     val = split.val if len(split.val) else split.train
     state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_loss": math.inf, "best_epoch": 0, "stale": 0,
              "done": False}
@@ -247,7 +211,7 @@ def fit(cfg: LoopConfig, task: Task, split: data.Split, run_dir: Path, fingerpri
         te = time.perf_counter()
         lr = opt.param_groups[-1]["lr"]  # the output layer's (with per-layer rates the others are lower)
         train_loss, train_acc = train_one_epoch(trained, task, split.train, cfg, epoch, opt, loss_fn, device, world)
-        val_loss, val_acc = score(task.probabilities(model, val, device, cfg), val, weight)
+        val_loss, val_acc = task.score(task.probabilities(model, val, device, cfg), val, weight)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val_acc)
         elif sched is not None:

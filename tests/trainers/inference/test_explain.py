@@ -160,10 +160,10 @@ def test_filters_of_a_run_and_of_a_factorised_stem(work, tmp_path):
     assert [x["shape"] for x in doc["layers"]] == [[32, 3, 3, 3, 3]]
     assert Image.open(doc["layers"][0]["file"]).size[0] > 200
 
-    from trainers.models import models3d
+    from trainers.models import video_models
     from trainers.models.chain import Chain, Normalised
 
-    net = models3d.build("r2plus1d_18", 4)
+    net = video_models.build("r2plus1d_18", 4)
     chain = Chain(Normalised(net.net, (0.5,) * 3, (0.5,) * 3), None, None, ["a", "b", "c", "d"], "video-model")
     got = explain.write_filters(chain, tmp_path)
     assert [(x["factor"], x["shape"]) for x in got["layers"]] == [("spatial", [45, 3, 1, 7, 7]),
@@ -204,6 +204,24 @@ def test_a_bad_video_is_one_line_and_the_others_are_explained(work, tmp_path):
     assert r.returncode == 3 and "bad.avi" in r.stderr  # some inputs failed
     assert (tmp_path / "x" / f"{good.stem}.gradcam.png").is_file()
     assert not list((tmp_path / "x").glob("bad.*"))
+
+
+def test_explain_videos_is_the_command_as_one_library_call(work, tmp_path):
+    """explain.explain_videos(ExplainJob): each video's document as it is done, a failed one recorded
+    (the others go on), a name given twice written under a unique stem; filters without videos."""
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"RIFF" + bytes(range(256)) * 40)
+    good = videos(work)[1]
+    got = []
+    job = explain.ExplainJob(run_dir=work / "video", videos=(good, bad, good), out=tmp_path / "x", device="cpu")
+    res = explain.explain_videos(job, on_result=got.append)
+    assert got == res.results and res.failed == 1 and res.filters is None
+    assert [r["video"] for r in res.results] == [str(good), str(bad), str(good)] and "error" in res.results[1]
+    assert {f"{good.stem}.gradcam.png", f"{good.stem}_.gradcam.png"} <= {p.name for p in res.folder.iterdir()}
+    res = explain.explain_videos(explain.ExplainJob(run_dir=work / "video", method="filters", out=tmp_path / "f"))
+    assert res.results == [] and res.filters["layers"] and res.failed == 0
+    with pytest.raises(ValueError, match="takes no VIDEO"):
+        explain.explain_videos(explain.ExplainJob(run_dir=work / "video", videos=(good,), method="filters"))
 
 
 def test_out_is_never_a_folder_of_other_files_and_reruns_replace_only_its_own(work, tmp_path):

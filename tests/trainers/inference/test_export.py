@@ -99,10 +99,10 @@ def predictors(work):
 def clips(work, predictors):
     """Real clips: every other synthetic video (both classes) decoded and sampled as `har predict`
     does, (K, T, H, W, 3) uint8."""
-    from pipeline.stages import extract
+    from pipeline.decoding import reader
 
     recipe = predictors("video").recipe
-    return np.concatenate([extract.extract_video(v, v.name, recipe).frames for v in videos(work)[::2]])
+    return np.concatenate([reader.read_video(v, v.name, recipe).frames for v in videos(work)[::2]])
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_check_gives_har_predicts_top1_on_real_videos(work, exported, predictors
 
 # ---- the pieces ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", backbones.names())
+@pytest.mark.parametrize("name", backbones.BACKBONES.names())
 @pytest.mark.parametrize("hw", [(48, 64), (240, 320), (112, 112), (300, 200)])
 def test_resize_and_crop_as_matrices_equal_torchvisions(name, hw):
     """Every backbone's input policy (bilinear or bicubic, antialiased, then a centre crop) on
@@ -273,6 +273,29 @@ def test_resized_size_is_torchvisions(h, w, size, expected):
     assert backbones.resized_size(h, w, size) == expected == tuple(_compute_resized_output_size((h, w), size))
 
 
+@pytest.mark.parametrize("size, resize, hw, resized, window", [
+    (224, 256, (240, 320), (256, 341), (15.0, 54.897, 210.0, 210.205)),
+    (224, 256, (112, 112), (256, 256), (7.0, 7.0, 98.0, 98.0)),
+    (224, 224, (320, 240), (298, 224), (39.732, 0.0, 240.537, 240.0)),
+    (240, 272, (96, 64), (408, 272), (19.765, 3.765, 56.471, 56.471)),
+])
+def test_one_input_geometry_for_predict_explain_and_export(size, resize, hw, resized, window):
+    """backbones.input_geometry: the sizes torchvision's resize and centre crop give (Preprocess),
+    the part of the stored frame the crop covers (explain's chain), and export's cut built on them."""
+    import torchvision.transforms.functional as F
+
+    policy = backbones.InputPolicy(size=size, resize=resize)
+    g = backbones.input_geometry(policy, *hw)
+    assert g.stored == hw and g.resized == resized and g.crop == (size, size)
+    assert g.window == pytest.approx(window, abs=1e-3)
+    frame = torch.zeros(1, 3, *hw, dtype=torch.uint8)
+    assert tuple(F.resize(frame, [resize], antialias=True).shape[2:]) == resized
+    assert tuple(backbones.Preprocess(policy)(frame).shape[2:]) == g.crop
+    card = {"input": policy.as_dict()}
+    about = E.backbone_cut(card, hw).about
+    assert about["resize_to"] == list(resized) and (about["crop"]["height"], about["crop"]["width"]) == g.crop
+
+
 @pytest.mark.parametrize("n, crop, expected", [
     (5, 3, [1, 2, 3]), (6, 3, [2, 3, 4]), (4, 4, [0, 1, 2, 3]), (2, 4, [-1, 0, 1, -1]), (1, 4, [-1, 0, -1, -1]),
     (7, 4, [2, 3, 4, 5]),   # round(1.5) = 2 (banker's, as torchvision's int(round(...)))
@@ -296,7 +319,7 @@ class _Pixels(torch.nn.Module):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("name", heads.names())
+@pytest.mark.parametrize("name", heads.HEADS.names())
 def test_every_head_exports(name, fmt, tmp_path):
     """Each registered head through the format's own writer and runtime, any batch size; the
     attention head too (traced on the transformer's plain path: its fused kernel has no ONNX form)."""

@@ -202,6 +202,33 @@ def test_folder_predict_writes_a_row_per_video_and_goes_on_past_bad_files(colour
     assert other.read_text() == "name,score\nx,1\n"
 
 
+def test_predict_is_the_command_as_one_library_call(colour_run, tmp_path):
+    """predictor.predict(PredictJob): a note for each file skipped, each row as it is done (done of
+    total, after its CSV rows), the rows in the order found, the CSV in place once every video is."""
+    run, root = colour_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    goods = sorted(root.glob("*/*_g01_c01.avi"))
+    for g in goods:
+        (folder / g.name).write_bytes(g.read_bytes())
+    (folder / "broken.avi").write_bytes(b"RIFF not really a video")
+    outside = tmp_path / "outside.avi"
+    outside.write_bytes(goods[0].read_bytes())
+    (folder / "link.avi").symlink_to(outside)  # leads out of the folder: skipped, with a note
+    notes, seen = [], []
+    job = predictor.PredictJob(videos=(folder,), run_dir=run, top=2, csv=tmp_path / "p.csv", device="cpu")
+    res = predictor.predict(job, on_row=lambda r, done, total: seen.append((done, total)), on_note=notes.append)
+    assert len(notes) == 1 and "link.avi" in notes[0]
+    n = len(goods) + 1
+    assert seen == [(i, n) for i in range(1, n + 1)]
+    assert [os.path.basename(r["video"]) for r in res.rows] == sorted(["broken.avi", *(g.name for g in goods)])
+    assert res.failed == 1 and res.timing is None and res.csv == tmp_path / "p.csv"
+    with open(res.csv, newline="") as f:
+        assert len(list(csv.DictReader(f))) == n
+    with pytest.raises(ValueError, match="--top 0 must be >= 1"):
+        predictor.predict(predictor.PredictJob(videos=(folder,), run_dir=run, top=0))
+
+
 def test_predict_refuses_bad_options_with_one_line(colour_run, long_video, tmp_path):
     run, _ = colour_run
     cases = [(["--stride", 1], "--stride needs --window"), (["--window", 0], "out of range"),

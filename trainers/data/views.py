@@ -20,12 +20,17 @@ from pipeline.core import location
 from pipeline.stores import store
 from pipeline.core.files import replace_atomically
 from pipeline.core.lineage import seed_for
+from pipeline.core.registry import Registry
 from trainers.training import config
 
 logger = logging.getLogger(__name__)
 
 TRAIN, VAL, TEST = datasets.TRAIN, datasets.VAL, datasets.TEST
-SPLIT_ROLES = {"train": TRAIN, "val": VAL, "test": TEST}
+SPLIT_ROLES: Registry[int] = Registry("split part")   # a part of a split -> its code in the store
+for _role, _code, _about in (("train", TRAIN, "the training videos"), ("val", VAL, "early stopping and the best epoch"),
+                             ("test", TEST, "held out until the end")):
+    SPLIT_ROLES.add(_role, _code, _about)
+del _role, _code, _about
 
 
 @dataclass

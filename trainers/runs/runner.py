@@ -23,13 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.core import lineage
 from pipeline.stores import store
 from trainers.training import checkpoint, config, distributed, loop, tasks
-from trainers.data import data
-from trainers.runs import metrics, report, rundir
+from trainers.data import views
+from trainers.runs import rundir
 from trainers.runs.tracker import check_tracker, open_tracker
 
 logger = logging.getLogger(__name__)
@@ -43,25 +41,12 @@ class RunResult:
     warnings: list[str]
 
 
-def evaluate(task: loop.Task, model, videos: np.ndarray, device, cfg: loop.LoopConfig) -> dict:
-    """Every metric of `videos` (clips averaged per video); where the store's dataset has classes
-    paired with their time-reversed twin (its attrs say which), also the accuracy on those."""
-    probs = task.probabilities(model, videos, device, cfg)
-    y = task.labels[videos]
-    m = metrics.classification(y, probs, task.classes)
-    pairs = task.view.reversed_pairs
-    if pairs:
-        keep = np.isin(np.asarray(task.classes)[y], pairs)
-        m["reversed_pairs_top1"] = metrics.subset_accuracy(y, probs, keep)
-    return m
-
-
-def split_info(split: data.Split) -> dict:
+def split_info(split: views.Split) -> dict:
     return {"name": split.name, "train": int(len(split.train)), "val": int(len(split.val)),
             "test": int(len(split.test)), "leakage": split.leakage, "val_carved_from_train": split.carved_val}
 
 
-def warnings_for(split: data.Split, fs: data.StoreView) -> list[str]:
+def warnings_for(split: views.Split, fs: views.StoreView) -> list[str]:
     out = []
     if split.leakage > 0:
         out.append(f"split {split.name!r} leaks groups: {split.leakage:.0%} of its test videos have a clip of the same "
@@ -80,8 +65,8 @@ class Job:
     """One training run, whatever is trained: everything `execute` needs."""
     name: str                   # head or video model: the run directory's prefix
     cfg: loop.LoopConfig        # its split already resolved
-    task: loop.Task
-    split: data.Split
+    task: tasks.Task
+    split: views.Split
     store: Path                 # the feature or frame store trained on
     fingerprint: str            # of that store
     inputs: dict                # lineage inputs
@@ -163,8 +148,7 @@ def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict
                       stop_after: int | None, warns: list[str], board) -> RunResult:
     main, done = board is not None, run_dir / "metrics.json"
     # videos (clips, for a video model) an epoch trains on; a joint task's mixing rule may repeat some
-    count = getattr(job.task, "epoch_videos", None)
-    per_epoch = count(job.cfg, job.split.train) if count is not None else len(job.split.train)
+    per_epoch = job.task.epoch_videos(job.cfg, job.split.train)
 
     def epoch_done(row: dict) -> None:
         board.epoch(row, per_epoch / max(row["seconds"], 1e-9))
@@ -181,7 +165,7 @@ def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict
     device = loop.resolve_device(job.cfg.device)
     model = loop.load_best(job.task.build(job.cfg, None), run_dir, device)
     val = job.split.val if len(job.split.val) else job.split.train
-    measure = getattr(job.task, "evaluate", None) or (lambda *a: evaluate(job.task, *a))  # a joint task: per dataset
+    measure = job.task.evaluate  # a joint task: per dataset
     summary = {"fingerprint": fp, "model": job.name, "describe": job.describe, **job.extra,
                "config": job.cfg.as_dict(), "split": split_info(job.split), "failed_videos": list(job.failed),
                "best_epoch": fit.best_epoch, "best_val_acc": fit.best_val_acc, "epochs_run": len(fit.history),
@@ -189,10 +173,7 @@ def _train_and_report(job: Job, run_dir: Path, fp: str, on_epoch: Callable[[dict
                "device": str(device), "precision": loop.precision_of(job.cfg, device),
                "val": measure(model, val, device, job.cfg),
                "test": measure(model, job.split.test, device, job.cfg)}
-    if hasattr(job.task, "report"):
-        job.task.report(run_dir, summary, fit.history)
-    else:
-        report.write(run_dir, summary, fit.history, job.task.classes)
+    job.task.report(run_dir, summary, fit.history)  # a joint task: one per dataset and the table of them
     rundir.write_json(done, summary)  # the run is finished whatever the dashboard does next
     board.finish(summary, run_dir / "confusion.png")
     return RunResult(run_dir, False, summary, warns)
@@ -370,8 +351,8 @@ def load_run(run_dir: Path) -> tuple[loop.LoopConfig, dict, tasks.TaskKind]:
 
 def evaluate_run(run_dir: Path, role: str = "test") -> dict:
     """Recompute a split part's metrics from best.pt and the store the run trained on."""
-    if role not in data.SPLIT_ROLES:
-        raise ValueError(f"--split {role!r} is not supported; allowed: {', '.join(data.SPLIT_ROLES)}")
+    if role not in views.SPLIT_ROLES:
+        raise ValueError(f"--split {role!r} is not supported; allowed: {', '.join(views.SPLIT_ROLES)}")
     cfg, lin, kind = load_run(run_dir)
     path, recorded = tasks.store_of(lin["inputs"], kind)
     task = kind.open(path, cfg, Path(run_dir))
@@ -379,11 +360,11 @@ def evaluate_run(run_dir: Path, role: str = "test") -> dict:
         if task.view.fingerprint != recorded:
             raise store.StoreError(f"{path} changed since run {Path(run_dir).name} was trained (fingerprint "
                                    f"{task.view.fingerprint[:12]} != {recorded[:12]}); train again")
-        split = task.make_split(cfg.split) if hasattr(task, "make_split") else data.make_split(task.view, cfg.split)
+        split = task.make_split(cfg.split)
         videos = {"train": split.train, "val": split.val, "test": split.test}[role]
         device = loop.resolve_device(cfg.device)
         model = loop.load_best(task.build(cfg, None), Path(run_dir), device)
-        result = task.evaluate(model, videos, device, cfg) if hasattr(task, "evaluate") else evaluate(task, model, videos, device, cfg)
+        result = task.evaluate(model, videos, device, cfg)
     finally:
         task.close()  # a clip task's loader workers
     return {"split": split.name, "part": role, **result}

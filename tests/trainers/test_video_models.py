@@ -6,7 +6,9 @@ import copy
 import pytest
 import torch
 
-from trainers.models import models3d as M
+from pipeline.stages.backbones import WeightsError
+from trainers.models import cnn3d
+from trainers.models import video_models as M
 
 # a start with zero output weights (non-local blocks are the identity at first, Wang et al.): their
 # inner convolutions get exactly zero gradient on the first step, by design
@@ -21,7 +23,7 @@ CLIP = {"mvit": (4, 64), "swin3d": (4, 32), "s3d": (8, 32)}
 # of the torchvision Kinetics models, one transformer of each family here (Swin3D-S/-B are Swin3D-T's
 # code with more blocks, MViT-v1 MViT-v2's without pooling attention, S3D separable convolutions):
 # tests/trainers/test_modern_models.py trains every one of them from the CLI
-@pytest.mark.parametrize("name", [n for n in M.names() if n not in ("swin3d_s", "swin3d_b", "mvit_v1_b", "s3d")])
+@pytest.mark.parametrize("name", [n for n in M.VIDEO_MODELS.names() if n not in ("swin3d_s", "swin3d_b", "mvit_v1_b", "s3d")])
 def test_every_video_model_trains_a_step_and_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     spec = M.get(name)
@@ -67,8 +69,8 @@ def test_inflated_network_on_a_still_clip_gives_the_2d_answer():
     net2d = torchvision.models.resnet18(weights=None).eval()
     image = torch.randn(1, 3, 64, 64)
     still = image.unsqueeze(2).repeat(1, 1, 5, 1, 1)          # (1, 3, 5, 64, 64): 5 identical frames
-    flat = M.inflate(copy.deepcopy(net2d), lambda name, conv: 1).eval()
-    deep = M.inflate(copy.deepcopy(net2d), lambda name, conv: 3).eval()
+    flat = cnn3d.inflate(copy.deepcopy(net2d), lambda name, conv: 1).eval()
+    deep = cnn3d.inflate(copy.deepcopy(net2d), lambda name, conv: 3).eval()
     with torch.no_grad():
         torch.testing.assert_close(flat(still), net2d(image), rtol=1e-4, atol=1e-4)
         # with a time kernel of 3, frames away from the clip's ends (zero padding) still see the 2D answer
@@ -94,7 +96,7 @@ def test_missing_kinetics_weights_offline_name_the_file_the_cache_and_the_url(mo
         raise OSError("no network")
     monkeypatch.setattr(api.WeightsEnum, "get_state_dict", offline)
     cache = tmp_path / "hub" / "checkpoints"
-    with pytest.raises(M.WeightsError) as e:
+    with pytest.raises(WeightsError) as e:
         M.build(name, 5, "kinetics400")
     assert f"{file} is not in {cache}" in str(e.value) and f"download https://download.pytorch.org/models/{file}" in str(e.value)
     assert "--pretrained none" in str(e.value)
@@ -112,12 +114,12 @@ def test_cached_weights_that_are_damaged_or_hostile_are_refused_never_run(monkey
         def __reduce__(self):
             return (open, (str(marker), "w"))
     (cache / "swin3d_t-7615ae03.pth").write_bytes(pickle.dumps({"w": Hostile()}))
-    with pytest.raises(M.WeightsError, match=r"swin3d_t-7615ae03\.pth is not a loadable state_dict .*download "
+    with pytest.raises(WeightsError, match=r"swin3d_t-7615ae03\.pth is not a loadable state_dict .*download "
                                               r"https://download\.pytorch\.org/models/swin3d_t-7615ae03\.pth again"):
         M.build("swin3d_t", 5, "kinetics400")
     assert not marker.exists()
     torch.save({"not": torch.zeros(1)}, cache / "s3d-d76dad2f.pth")   # loadable, but another network's
-    with pytest.raises(M.WeightsError, match=r"s3d-d76dad2f\.pth does not fit S3D_Weights\.KINETICS400_V1"):
+    with pytest.raises(WeightsError, match=r"s3d-d76dad2f\.pth does not fit S3D_Weights\.KINETICS400_V1"):
         M.build("s3d", 5, "kinetics400")
 
 
@@ -227,14 +229,14 @@ def test_drop_path_rises_linearly_to_the_rate_and_is_refused_where_there_is_none
 
 
 def test_settings_added_later_leave_earlier_runs_fingerprints_alone():
-    from trainers.training.config import E2EConfig, LoopConfig, TrainConfig, added_later
+    from trainers.training.config import E2EConfig, LoopConfig, HeadTrainConfig, added_later
 
-    for cfg in (E2EConfig(), TrainConfig()):
+    for cfg in (E2EConfig(), HeadTrainConfig()):
         assert not set(cfg.fingerprint_dict()) & set(added_later(type(cfg)))
     # each config declares its own: the loop's own settings are not another class's
     assert set(LoopConfig.ADDED_LATER) <= {f for f in LoopConfig.__dataclass_fields__}
     assert set(E2EConfig.ADDED_LATER) <= set(E2EConfig.__dataclass_fields__) - set(LoopConfig.__dataclass_fields__)
-    assert set(added_later(TrainConfig)) == set(LoopConfig.ADDED_LATER)
+    assert set(added_later(HeadTrainConfig)) == set(LoopConfig.ADDED_LATER)
     assert E2EConfig(label_smoothing=0.1).fingerprint_dict()["label_smoothing"] == 0.1
     assert E2EConfig(drop_path=0.0, model="swin3d_t").fingerprint_dict()["drop_path"] == 0.0
 
