@@ -52,7 +52,7 @@ def synth(
 @command(interrupted="interrupted; the finished videos are kept, run the same command again to finish", kept="videos",
          where=lambda kw: kw.get("out_path") or __import__("pipeline.core.lineage").core.lineage.har_home(),
          urls=("out_path", "root"))
-@takes(None, RECIPE)
+@takes(None, RECIPE, after="recipe")
 def extract(
     dataset: Annotated[str, arg("The dataset's layout.", choices="dataset")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: $HAR_HOME/datasets/DATASET].")] = None,
@@ -373,7 +373,7 @@ def predict(
 
 
 @command(interrupted="stopped")
-@takes(ServeConfig, SERVE)
+@takes(ServeConfig, SERVE, after="run_dirs")
 def serve(
     run_dirs: Annotated[list[Path], arg("Run folders of `har train-head` or `har train-e2e` to serve.", metavar="RUN...")],
     allow_host: Annotated[Optional[list[str]], opt("--allow-host", help="Another name clients may use in the Host "

@@ -289,7 +289,7 @@ HEAD = {
     "layers": (int, "--layers", "Stacked layers."),
     "bidirectional": (bool, "--bidirectional", "Recurrent heads: read the clip both ways."),
     "dropout": (float, "--dropout", "Dropout before the classifier."),
-    "heads": (int, "--heads", "Attention heads (attention head)."),
+    "heads": (int, "--heads", "Attention heads (attention, attentive-probe)."),
     "temporal_input": (str, "--temporal-input", "What the head sees: auto (centred, raw for mean), raw features, centred (each clip's mean over time removed: the change, not the look), deltas (frame differences), centred+deltas."),
 }
 
@@ -317,17 +317,21 @@ Tracker = Annotated[str, opt("--tracker", help="Training dashboard, live: Tensor
 RunDir = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder of `har train-head` or `har train-e2e`.")]
 
 
-def takes(defaults, group: dict, skip: tuple[str, ...] = ()):
+def takes(defaults, group: dict, skip: tuple[str, ...] = (), after: str | None = None):
     """Add the options of `group` to a command's signature, their defaults from the config class
-    `defaults` (None: every default None, "keep what the named thing says"); the command receives
-    them in **settings."""
+    `defaults` (None: every default None, "keep what the named thing says"), after the parameter
+    `after` (default: at the end; the order --help lists them in); the command receives them in
+    **settings."""
     def add(fn):
         sig = inspect.signature(fn, eval_str=True)  # annotations as objects: Typer reads them from here
-        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        new = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name) if defaults is not None else None,
+        # every parameter keyword-only (Typer passes them by name), so the group may go anywhere
+        own = [p.replace(kind=p.KEYWORD_ONLY) for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        new = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                 default=getattr(defaults, name) if defaults is not None else None,
                                  annotation=Annotated[typ, opt(flag, help=text, choices=name if name in CHOICES else None)])
                for name, (typ, flag, text) in group.items() if name not in skip]
-        fn.__signature__ = sig.replace(parameters=own + new)
+        at = [p.name for p in own].index(after) + 1 if after else len(own)
+        fn.__signature__ = sig.replace(parameters=own[:at] + new + own[at:])
         return fn
     return add
 

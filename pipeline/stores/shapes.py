@@ -21,12 +21,21 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from pipeline.core.location import Url
 
-if TYPE_CHECKING:
-    from pipeline.stores.store import StoreReader
+
+class Reader(Protocol):
+    """What `declared` reads of an open store (pipeline.stores.store.StoreReader): a protocol, so
+    that this module and the store's never import each other, not even for type checking."""
+    path: Path | Url
+    format: str
+
+    def names(self) -> list[str]: ...
+
+    def __getitem__(self, name: str): ...
 
 PER_VIDEO = ("video", "label", "group", "num_frames", "fps", "status", "error")  # and split/*, source/*
 PER_SAMPLE = ("checksum", "clip_index", "view_index")                           # (N, S)
@@ -145,7 +154,7 @@ def problems(declared: dict[str, Declared], attrs: dict, data_name: str) -> list
     return out
 
 
-def declared(r: "StoreReader") -> dict[str, Declared]:
+def declared(r: Reader) -> dict[str, Declared]:
     """What each array of the store declares (shape, grid, a one-chunk string array's file size),
     from its metadata alone: nothing here reads or walks chunks. ValueError for a grid that cannot be."""
     out = {}

@@ -38,7 +38,8 @@ def test_mean_head_cannot_see_order_and_the_sequence_heads_can():
 def test_registry_refuses_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="already registered under the name 'lstm'"):
         heads.register("lstm")(lambda *a: None)
-    with pytest.raises(ValueError, match="unknown head 'transformer'; allowed: lstm, gru, rnn, late-fusion, mean, attention"):
+    with pytest.raises(ValueError, match="unknown head 'transformer'; allowed: lstm, gru, rnn, late-fusion, mean, attention, "
+                                         "attentive-probe"):
         heads.check("transformer")
     with pytest.raises(ValueError, match="--hidden 30 must be a multiple of --heads 4"):
         heads.build("attention", 8, 3, 4, config.HeadConfig(hidden=30))

@@ -43,8 +43,8 @@ def _train(pair_store, out, **kw):
 
 def test_sequence_heads_separate_reversed_pairs_and_the_bag_of_frames_cannot(pair_store, tmp_path):
     acc = {h: _train(pair_store, tmp_path / h, head=h).summary["test"]["reversed_pairs_top1"]
-           for h in ("lstm", "gru", "attention", "mean")}
-    for h in ("lstm", "gru", "attention"):
+           for h in ("lstm", "gru", "attention", "attentive-probe", "mean")}
+    for h in ("lstm", "gru", "attention", "attentive-probe"):
         assert acc[h] >= 0.9, acc
     assert acc["mean"] <= 0.7 and acc["lstm"] - acc["mean"] >= 0.3, acc
 

@@ -6,6 +6,8 @@
 - `mean`: the average over time -> linear. A bag of frames: it cannot tell a clip from the
   same clip played backwards, which is the point of keeping it.
 - `attention`: a small temporal transformer (self-attention with learned positions) -> mean pool.
+- `attentive-probe`: V-JEPA 2's probe of frozen features: (layers - 1) self-attention blocks, then
+  a learned query cross-attends over every position (attentive pooling) -> linear.
 
 Every head is preceded by `Standardize`: per-dimension mean and std of the training features,
 kept as buffers in the checkpoint, so heads see unit-scale inputs whatever the backbone. Then the
@@ -50,8 +52,8 @@ def check_options(name: str, cfg: HeadConfig) -> None:
     """The options of head `name` in their allowed ranges (ValueError naming the value)."""
     check(name)
     cfg.validate(TEMPORAL_INPUTS)
-    if name == "attention" and cfg.hidden % cfg.heads:
-        raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the attention head")
+    if name in ("attention", "attentive-probe") and cfg.hidden % cfg.heads:
+        raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the {name} head")
 
 
 def param_count(name: str, dim: int, classes: int, frames: int, cfg: HeadConfig) -> int:
@@ -303,6 +305,62 @@ class TemporalTransformer(nn.Module):
 @register("attention", "temporal transformer with position embeddings")
 def _attention(dim, classes, frames, cfg):
     return TemporalTransformer(dim, classes, frames, cfg)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention then MLP: queries (B, Q, H) read keys/values (B, T, H) -> (B, Q, H)."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
+
+    def forward(self, q, x):
+        kv = self.norm_kv(x)
+        q = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
+        return q + self.mlp(self.norm_mlp(q))
+
+
+class AttentiveProbe(nn.Module):
+    """The attentive probe V-JEPA 2 evaluates frozen features with (Assran et al. 2025): project to
+    `hidden`, `layers - 1` pre-norm self-attention blocks over the feature positions, then one
+    cross-attention block in which a learned query token reads every position (attentive
+    pooling instead of a mean), a linear classifier on that token. Position embeddings (learned,
+    from a sine table) are added first: a video backbone's tokens carry their place already, a
+    2D backbone's per-frame features do not, and without them the probe is a bag of frames."""
+
+    def __init__(self, dim: int, classes: int, frames: int, cfg: HeadConfig):
+        super().__init__()
+        if cfg.hidden % cfg.heads:
+            raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the "
+                             "attentive-probe head")
+        drop = min(cfg.dropout, 0.1)
+        self.proj = nn.Linear(dim, cfg.hidden)
+        self.pos = nn.Parameter(sinusoid(frames, cfg.hidden))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=4 * cfg.hidden, dropout=drop,
+                                       batch_first=True, norm_first=True, activation="gelu")
+            for _ in range(cfg.layers - 1))
+        self.query = nn.Parameter(torch.zeros(1, 1, cfg.hidden))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.pool = CrossAttentionBlock(cfg.hidden, cfg.heads, drop)
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden, classes)
+
+    def forward(self, x):  # (B, T, D)
+        h = self.proj(x) + self.pos[:, : x.shape[1]]                 # (B, T, hidden)
+        for block in self.blocks:
+            h = block(h)
+        q = self.query + torch.zeros_like(h[:, :1])                    # (B, 1, hidden); traces for any batch
+        q = self.pool(q, h)[:, 0]                                      # (B, hidden): the query's reading
+        return self.fc(self.drop(self.norm(q)))
+
+
+@register("attentive-probe", "V-JEPA 2's attentive probe: a learned query cross-attends over the positions")
+def _attentive_probe(dim, classes, frames, cfg):
+    return AttentiveProbe(dim, classes, frames, cfg)
 
 
 def cost(name: str, options: HeadConfig, dim: int = 2048, frames: int = 16, classes: int = 101) -> dict:
