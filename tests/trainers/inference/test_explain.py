@@ -153,6 +153,21 @@ def test_explain_a_head_run_with_a_target_and_occlusion(work, tmp_path):
     assert doc["probability"] == pytest.approx(shrink_p, abs=1e-4)  # one clip: the clip is the video
 
 
+def test_an_attentive_probe_run_is_explained_over_time(work, tmp_path):
+    """The attentive probe (issue 30) trains on the same features and is explained like any head:
+    Grad-CAM in the backbone per frame, integrated gradients over its T positions."""
+    env = {"HAR_HOME": str(work / "home")}
+    r = har("train-head", "attentive-probe", "--features", work / "feat.zarr", "--epochs", 8, "--out", tmp_path / "probe",
+            env=env)
+    assert r.returncode == 0, r.stderr
+    grow = sorted((work / "syn" / "Grow").glob("*.avi"))[0]
+    r = har("explain", tmp_path / "probe", grow, "--out", tmp_path / "x", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["explanations"][0]
+    assert doc["importance_kind"] == "integrated-gradients" and len(doc["importance"]) == 8
+    assert doc["layer"].endswith("layer4")
+
+
 def test_filters_of_a_run_and_of_a_factorised_stem(work, tmp_path):
     r = har("explain", work / "video", "--method", "filters", "--out", tmp_path / "f", "--json")
     assert r.returncode == 0, r.stderr
@@ -251,9 +266,10 @@ def test_the_default_folder_inside_the_run_keeps_it_a_run(work):
     assert har("evaluate", work / "video").returncode == 0
 
 
-def test_randomised_redraws_every_parameter_of_an_attention_head():
+@pytest.mark.parametrize("name", ["attention", "attentive-probe"])
+def test_randomised_redraws_every_parameter_of_an_attention_head(name):
     """Model randomisation must reach every weight: MultiheadAttention's in-projection (only a
-    private reset) and bare parameters such as learned positions too."""
+    private reset) and bare parameters such as learned positions and the probe's query too."""
     import torch
     from torch import nn
 
@@ -261,7 +277,7 @@ def test_randomised_redraws_every_parameter_of_an_attention_head():
     from trainers.models.chain import Chain, Sequential2
     from trainers.training.config import HeadConfig
 
-    head = heads.build("attention", 16, 4, 8, HeadConfig(hidden=16))
+    head = heads.build(name, 16, 4, 8, HeadConfig(hidden=16, layers=2))
     chain = Chain(Sequential2(nn.Identity(), head), None, None, ["a", "b", "c", "d"], "head", nn.Identity(), head)
     rand = explain.randomised(chain)
     before = dict(chain.model.named_parameters())
