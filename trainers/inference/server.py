@@ -576,8 +576,14 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         def job():
             with video.stoppable(stop):
                 return work(*args)
+        if stopping.is_set():   # an upload that finished after Ctrl-C: the pools are shut down by now
+            raise Refused(503, "the server is stopping; try again later")
         jobs.add(stop)
-        done = executor.submit(contextvars.copy_context().run, job)
+        try:
+            done = executor.submit(contextvars.copy_context().run, job)
+        except RuntimeError:    # "cannot schedule new futures after shutdown": the server stopped meanwhile
+            jobs.discard(stop)
+            raise Refused(503, "the server is stopping; try again later") from None
         future = asyncio.wrap_future(done)
         try:
             while not future.done():

@@ -217,8 +217,9 @@ def live(colour_run, tmp_path_factory):
     """`har serve` as a user starts it: a real uvicorn process on 127.0.0.1."""
     run, _ = colour_run
     tmp = tmp_path_factory.mktemp("servetmp")
-    # 50 uploads at once from one address: as many upload places and requests per client (defaults 8)
-    with serving(run, "--workers", 2, "--uploads", 50, "--per-client", 50,
+    # 50 uploads at once from one address: one address holds at most half the upload places, so 100
+    # places and 50 requests per client (defaults 8)
+    with serving(run, "--workers", 2, "--uploads", 100, "--per-client", 50,
                  env={**os.environ, "TMPDIR": str(tmp)}) as (url, proc):
         yield url, proc, tmp
 
