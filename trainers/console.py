@@ -175,8 +175,8 @@ def failed(r: dict) -> None:
     err.print(f"[red]{escape(r['video'] + ': ' + r['error'])}[/]", highlight=False)
 
 
-def note(text: str, markup: bool = False) -> None:
-    err.print(f"[yellow]note:[/] {text if markup else escape(text)}", highlight=False)
+def note(text: str) -> None:
+    err.print(f"[yellow]note:[/] {escape(text)}", highlight=False)
 
 
 def explained(r: dict) -> None:

@@ -52,7 +52,13 @@ def check_options(name: str, cfg: HeadConfig) -> None:
     """The options of head `name` in their allowed ranges (ValueError naming the value)."""
     check(name)
     cfg.validate(TEMPORAL_INPUTS)
-    if name in ("attention", "attentive-probe") and cfg.hidden % cfg.heads:
+    if name in ("attention", "attentive-probe"):
+        check_width(name, cfg)
+
+
+def check_width(name: str, cfg: HeadConfig) -> None:
+    """An attention head splits --hidden into --heads equal parts."""
+    if cfg.hidden % cfg.heads:
         raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the {name} head")
 
 
@@ -285,8 +291,7 @@ class TemporalTransformer(nn.Module):
 
     def __init__(self, dim: int, classes: int, frames: int, cfg: HeadConfig):
         super().__init__()
-        if cfg.hidden % cfg.heads:
-            raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the attention head")
+        check_width("attention", cfg)
         self.proj = nn.Linear(dim, cfg.hidden)
         self.pos = nn.Parameter(sinusoid(frames, cfg.hidden))  # learned, starting from the sine table
         layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=2 * cfg.hidden,
@@ -332,9 +337,7 @@ class AttentiveProbe(nn.Module):
 
     def __init__(self, dim: int, classes: int, frames: int, cfg: HeadConfig):
         super().__init__()
-        if cfg.hidden % cfg.heads:
-            raise ValueError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the "
-                             "attentive-probe head")
+        check_width("attentive-probe", cfg)
         drop = min(cfg.dropout, 0.1)
         self.proj = nn.Linear(dim, cfg.hidden)
         self.pos = nn.Parameter(sinusoid(frames, cfg.hidden))
