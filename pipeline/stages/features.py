@@ -63,6 +63,9 @@ class FeatureConfig:
             raise ValueError(f"--resize {self.resize!r} is not supported; allowed: {', '.join(RESIZES)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size} must be >= 1")
+        if backbones.get(self.backbone).kind == "clip" and self.resize != "weights":
+            raise ValueError(f"--resize {self.resize}: {self.backbone} sees clips at the size its weights were trained at; "
+                             "allowed for video backbones: weights")
         if (self.store is None) == (self.dataset is None):
             raise ValueError("give --store PATH or --dataset NAME (exactly one: the frame store to encode)")
 
@@ -117,7 +120,9 @@ class EncoderConfig:
 
 
 class Encoder:
-    """A loaded backbone on a device: encode(uint8 (M, H, W, 3)) -> float16 (M, D)."""
+    """A loaded frame backbone on a device: encode(uint8 (M, H, W, 3)) -> float16 (M, D); clips
+    (K, T, H, W, 3) -> (K, T, D), one vector per frame (`video_backbones.ClipEncoder` is the
+    other kind: one per temporal token of a clip)."""
 
     def __init__(self, cfg: EncoderConfig):
         import torch
@@ -135,6 +140,18 @@ class Encoder:
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         if cfg.compile:
             self.model = torch.compile(self.model)
+        self.dim = backbones.get(cfg.backbone).dim
+        self.policy = self.preprocess.policy
+
+    def positions(self, stored_frames: int) -> int:
+        return stored_frames
+
+    def record(self, stored_frames: int) -> dict | None:
+        return None  # one feature per stored frame: nothing to say
+
+    def encode_clips(self, clips: np.ndarray) -> np.ndarray:
+        k, t = clips.shape[:2]
+        return self.encode(clips.reshape(k * t, *clips.shape[2:])).reshape(k, t, -1)
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         import torch
@@ -154,13 +171,22 @@ class Encoder:
         return np.concatenate(chunks)
 
 
+def make_encoder(cfg: EncoderConfig):
+    """The encoder of the backbone's kind: frames (Encoder) or clips (video_backbones.ClipEncoder)."""
+    if backbones.get(cfg.backbone).kind == "clip":
+        from pipeline.stages.video_backbones import ClipEncoder
+
+        return ClipEncoder(cfg)
+    return Encoder(cfg)
+
+
 _ENCODERS: dict[EncoderConfig, Encoder] = {}
 
 
 def encoder_for(cfg: EncoderConfig) -> Encoder:
-    """One Encoder per process and settings (a Dask worker keeps its model between shards)."""
+    """One encoder per process and settings (a Dask worker keeps its model between shards)."""
     if cfg not in _ENCODERS:
-        _ENCODERS[cfg] = Encoder(cfg)
+        _ENCODERS[cfg] = make_encoder(cfg)
     return _ENCODERS[cfg]
 
 
@@ -212,13 +238,13 @@ def run_shard(task: ShardTask, prefetched: tuple[np.ndarray, np.ndarray] | None 
     status, frames = prefetched if prefetched is not None else read_frames(task)
     m, s, t = frames.shape[:3]
     ok = status == store.OK
-    flat = frames[ok].reshape(-1, *frames.shape[3:])  # (frames of ok videos, H, W, 3)
-    feats = np.zeros((m, s, t, backbones.get(task.encoder.backbone).dim), np.float16)
-    if len(flat):
-        feats[ok] = enc.encode(flat).reshape(int(ok.sum()), s, t, -1)
+    clips = frames[ok].reshape(-1, *frames.shape[2:])  # (clips of ok videos, T, H, W, 3)
+    feats = np.zeros((m, s, enc.positions(t), enc.dim), np.float16)
+    if len(clips):
+        feats[ok] = enc.encode_clips(clips).reshape(int(ok.sum()), s, enc.positions(t), -1)
     out_status = np.where(ok, store.OK, store.FAILED).astype(np.int8)
     store.write_batch(location.of(task.work), task.start, {"features": feats, "status": out_status}, data_name="features")
-    return {"start": task.start, "videos": int(ok.sum()), "frames": int(len(flat))}
+    return {"start": task.start, "videos": int(ok.sum()), "frames": int(clips.shape[0] * t)}
 
 
 # ---- the stage -----------------------------------------------------------------------------
@@ -252,7 +278,13 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     spec = backbones.get(cfg.backbone)
     encoder = EncoderConfig(backbone=cfg.backbone, weights=cfg.weights, device=device, precision=precision,
                             batch_size=cfg.batch_size, compile=cfg.compile, resize=cfg.resize)
-    weights = encoder_for(encoder).weights if cfg.scheduler is None else backbones.load(cfg.backbone, cfg.weights)[2]
+    # loaded afresh (the files behind --weights may have changed since this process last loaded them);
+    # this process's shards use it, Dask workers load their own
+    enc = make_encoder(encoder)
+    if cfg.scheduler is None:
+        _ENCODERS[encoder] = enc
+    weights, dim, positions, clip = enc.weights, enc.dim, enc.positions(t), enc.record(t)
+    policy = enc.policy.as_dict()
     target = location.of(cfg.out) if cfg.out else default_out(src, cfg.backbone, weights, cfg.resize)
     target = outputs.check_output(target, "features", inputs=[src])  # resolved: a symlinked --out is its target
     content = {"schema_version": store.SCHEMA_VERSION, "kind": "features",
@@ -261,9 +293,10 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
                **({"resize": cfg.resize} if cfg.resize != "weights" else {}),  # old stores keep their fingerprint
                # a torchvision backbone's policy is its weights enum's (named in `weights`): stores made
                # before policies were recorded keep their fingerprint; har's own policies are in it
-               **({"input": spec.input.as_dict()} if spec.library != "torchvision" else {})}
+               **({"input": policy} if spec.library != "torchvision" else {}),
+               **({"clip": clip} if clip else {})}  # a video backbone: frames taken, tubelet, positions
     lin = {"fingerprint": lineage.fingerprint(content), "inputs": {"frames_store": str(src),
-           "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "input": spec.input.as_dict(),
+           "frames_fingerprint": content["frames_fingerprint"]}, "params": {**content, "input": policy,
                                                                             "device": device,
            "batch_size": cfg.batch_size}, "versions": lineage.versions(), "created": lineage.now()}
     result = FeatureResult(store=target, device=device, precision=precision, weights=weights, backbone=cfg.backbone)
@@ -271,7 +304,8 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
         swap.recover(target)
         h, w = attrs["recipe"]["height"], attrs["recipe"]["width"]
         # a task holds a shard of frames (and the next one, prefetched): size shards by the frames
-        layout = store.Layout(n, s, t, 0, 0, store.choose_batch(n, max(s * t * h * w * 3, s * t * spec.dim * 2)))
+        # the data's T is the encoder's positions: the stored frames, or a video backbone's temporal tokens
+        layout = store.Layout(n, s, positions, 0, 0, store.choose_batch(n, max(s * t * h * w * 3, s * positions * dim * 2)))
         if target.exists() and _replaceable(target, lin, cfg.force):
             with store.StoreReader(target) as old:
                 if (not cfg.force and old.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
@@ -286,20 +320,20 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
                 _point_latest(attrs["dataset"], target, cfg.backbone)
             return result
         work = swap.work_path(target)
-        if not swap.resumable(work, lin["fingerprint"], layout, "features", (spec.dim,)):
+        if not swap.resumable(work, lin["fingerprint"], layout, "features", (dim,)):
             fattrs = {"schema_version": store.SCHEMA_VERSION, "kind": "features", "dataset": attrs["dataset"],
                       "classes": attrs["classes"], "default_split": attrs.get("default_split"),
-                      "recipe": attrs["recipe"], "backbone": cfg.backbone, "feature_dim": spec.dim,
+                      "recipe": attrs["recipe"], "backbone": cfg.backbone, "feature_dim": dim,
                       "weights": asdict(weights), "pretrained": weights.pretrained, "precision": precision,
-                      "resize": cfg.resize, "input": spec.input.as_dict(),
+                      "resize": cfg.resize, "input": policy, **({"clip": clip} if clip else {}),
                       **{k: attrs[k] for k in DATASET_ATTRS if k in attrs},
                       "frames_fingerprint": content["frames_fingerprint"], "lineage": lin, "complete": False}
             initial = np.where(src_status == store.OK, store.PENDING, store.FAILED).astype(np.int8)
             store.create_zarr(work, layout, copied, fattrs, data_name="features", data_dtype="float16",
-                              data_tail=(spec.dim,), results=False, status=initial)
+                              data_tail=(dim,), results=False, status=initial)
             for a, b in layout.batches():  # batches of failed videos only: no task writes them, a reader
                 if not (initial[a:b] == store.PENDING).any():  # checks every chunk: write their zeros
-                    store.write_batch(work, a, {"features": np.zeros((b - a, s, t, spec.dim), np.float16),
+                    store.write_batch(work, a, {"features": np.zeros((b - a, s, positions, dim), np.float16),
                                                 "status": initial[a:b]}, data_name="features")
             store.mark_laid_out(work)
         with store.StoreReader(work) as w:

@@ -126,8 +126,11 @@ def problems(declared: dict[str, Declared], attrs: dict, data_name: str) -> list
     if t is None:
         t = _most_common(d.shape[2] for name, d in declared.items()
                          if name in (data_name, "frame_idx") and len(d.shape) > 2)
-    tails = {name: (s_data, t, *want[2:]) if name in (data_name, "frame_idx") else (s_data, *want[1:])
-             for name, want in tails.items()}
+    # a video backbone's features hold its temporal tokens, not the stored frames (attrs clip.positions)
+    clip = attrs.get("clip") if data_name == "features" and isinstance(attrs.get("clip"), dict) else {}
+    positions = clip.get("positions") if isinstance(clip.get("positions"), int) else None
+    tails = {name: (s_data, positions if name == data_name and positions else t, *want[2:])
+             if name in (data_name, "frame_idx") else (s_data, *want[1:]) for name, want in tails.items()}
     for name, d in sorted(declared.items()):
         if per_video(name) or name in tails:
             if not d.shape or d.shape[0] != n:

@@ -42,7 +42,7 @@ def read(path, name):
         return r.read(name)
 
 
-@pytest.mark.parametrize("name", backbones.BACKBONES.names())
+@pytest.mark.parametrize("name", backbones.names("frame"))
 def test_every_backbone_encodes_on_cpu(tiny_frames, tmp_path, name):
     res = features(FeatureConfig(backbone=name, weights="none", store=tiny_frames[0], out=tmp_path / "f.zarr",
                                  device="cpu", batch_size=3))

@@ -13,6 +13,9 @@ KINDS = (("backbones", "backbones (frozen, har features)"), ("heads", "heads (ha
 def catalog() -> dict[str, list[dict]]:
     """kind -> one row per registered name: name, params, gflops, input, pretrained, about. Counted
     on PyTorch's meta device: nothing computed, no weights needed."""
-    return {"backbones": [backbones.cost(n) for n in backbones.BACKBONES.names()],
+    from pipeline.stages import video_backbones
+
+    return {"backbones": [backbones.cost(n) if backbones.get(n).kind == "frame" else video_backbones.cost(n)
+                          for n in backbones.BACKBONES.names()],
             "heads": [heads.cost(n, HeadConfig()) for n in heads.HEADS.names()],
             "video_models": [video_models.cost(n) for n in video_models.VIDEO_MODELS.names()]}

@@ -234,7 +234,7 @@ def test_check_gives_har_predicts_top1_on_real_videos(work, exported, predictors
 
 # ---- the pieces ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", backbones.BACKBONES.names())
+@pytest.mark.parametrize("name", backbones.names("frame"))
 @pytest.mark.parametrize("hw", [(48, 64), (240, 320), (112, 112), (300, 200)])
 def test_resize_and_crop_as_matrices_equal_torchvisions(name, hw):
     """Every backbone's input policy (bilinear or bicubic, antialiased, then a centre crop) on

