@@ -252,7 +252,7 @@ def train_e2e(
     model: Annotated[str, arg("The video model (har models compares them).", choices="model")],
     frames: Annotated[Optional[list[Path]], typer.Option("--frames", help="The frame store; give it 2+ times to train one model jointly on several datasets (shared trunk, an output layer per dataset).")] = None,
     dataset: DatasetName = None, out_dir: RunOut = None,
-    pretrained: Annotated[str, opt("--pretrained", help="Initial weights: kinetics400 for torchvision's video models (r3d_18, r2plus1d_18, mc3_18, nonlocal, s3d, mvit_v1_b, mvit_v2_s, swin3d_t/s/b: the store must hold their clip, har models lists it), imagenet for the 2D-based (i3d, lrcn, late-fusion-e2e).", choices="pretrained")] = C.E2EConfig.pretrained,
+    pretrained: Annotated[str, opt("--pretrained", help="Initial weights: kinetics400 for torchvision's video models (r3d_18, r2plus1d_18, mc3_18, nonlocal, s3d, mvit_v1_b, mvit_v2_s, swin3d_t/s/b: the store must hold their clip, har models lists it), imagenet for the 2D-based (i3d, lrcn, late-fusion-e2e), a save_pretrained FOLDER or Hugging Face HUB_ID for videomae, vjepa2, timesformer.", choices="pretrained")] = C.E2EConfig.pretrained,
     crop: Annotated[Optional[int], typer.Option(help="Crop size [default: the model's input size, at most the stored size].")] = None,
     three_crop: Annotated[bool, typer.Option("--three-crop", help="Test time: three crops per clip, averaged.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes [default: min(8, cores - 1), at least 2].")] = None,

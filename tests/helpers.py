@@ -258,3 +258,47 @@ def dask_cluster(tmp_path: Path, workers: int = 2):
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# ---- tiny Hugging Face video models (VideoMAE, V-JEPA 2, TimeSformer) -----------------------------
+
+MEAN, STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+
+
+def tiny_model(name: str):
+    """A tiny VideoMAE, V-JEPA 2 or TimeSformer (32 px, 4 frames, 32-d, 2 layers): seconds on a CPU."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(7)
+    if name == "videomae":
+        return tf.VideoMAEModel(tf.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2,
+                                                  intermediate_size=64, **TINY))
+    if name == "vjepa2":
+        return tf.VJEPA2Model(tf.VJEPA2Config(crop_size=32, frames_per_clip=4, patch_size=8, tubelet_size=2, mlp_ratio=2,
+                                              pred_hidden_size=16, pred_num_hidden_layers=1, pred_num_attention_heads=2,
+                                              **TINY))
+    return tf.TimesformerModel(tf.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, intermediate_size=64,
+                                                    **TINY))
+
+
+def processor(name: str):
+    """transformers' own processor with a non-default normalisation (the folders save it)."""
+    import transformers as tf
+
+    if name == "videomae":  # an image processor: preprocessor_config.json, as VideoMAE's hub folders hold
+        return tf.VideoMAEImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                                         image_mean=MEAN, image_std=STD)
+    if name == "vjepa2":    # a video processor: video_preprocessor_config.json
+        return tf.VJEPA2VideoProcessor(crop_size=32, image_mean=MEAN, image_std=STD)
+    return tf.TimesformerVideoProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
+                                        image_mean=MEAN, image_std=STD, resample=3)
+
+
+def save_folder(name: str, path, with_processor: bool = True):
+    """A `save_pretrained` folder of a tiny model, with its processor config unless told otherwise."""
+    tiny_model(name).save_pretrained(path)
+    if with_processor:
+        processor(name).save_pretrained(path)
+    return path

@@ -12,47 +12,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, har, write_colour_dataset
+from helpers import MEAN, ROOT, STD, har, processor, save_folder, write_colour_dataset
 
 from pipeline.stages import backbones
 from pipeline.stores.store import StoreReader
 
 tf = pytest.importorskip("transformers")
-
-MEAN, STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-
-
-def tiny_model(name: str):
-    torch.manual_seed(7)
-    if name == "videomae":
-        return tf.VideoMAEModel(tf.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2,
-                                                  intermediate_size=64, **TINY))
-    if name == "vjepa2":
-        return tf.VJEPA2Model(tf.VJEPA2Config(crop_size=32, frames_per_clip=4, patch_size=8, tubelet_size=2, mlp_ratio=2,
-                                              pred_hidden_size=16, pred_num_hidden_layers=1, pred_num_attention_heads=2,
-                                              **TINY))
-    return tf.TimesformerModel(tf.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, intermediate_size=64,
-                                                    **TINY))
-
-
-def processor(name: str):
-    """transformers' own processor with this test's normalisation (the folders save it)."""
-    if name == "videomae":  # an image processor: preprocessor_config.json, as VideoMAE's hub folders hold
-        return tf.VideoMAEImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
-                                         image_mean=MEAN, image_std=STD)
-    if name == "vjepa2":    # a video processor: video_preprocessor_config.json
-        return tf.VJEPA2VideoProcessor(crop_size=32, image_mean=MEAN, image_std=STD)
-    return tf.TimesformerVideoProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
-                                        image_mean=MEAN, image_std=STD, resample=3)
-
-
-def save_folder(name: str, path, with_processor: bool = True):
-    tiny_model(name).save_pretrained(path)
-    if with_processor:
-        processor(name).save_pretrained(path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):

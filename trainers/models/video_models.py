@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.core.registry import Registry
-from trainers.models import cnn3d, frame_models, video_transformers
+from trainers.models import cnn3d, frame_models, hub_models, video_transformers
 from trainers.models.frame_models import FrameCNN
 from trainers.models.video_spec import PRETRAINED, Clip, VideoModel, VideoModelSpec, to_channels_last  # noqa: F401 (the API)
 
@@ -28,12 +28,13 @@ def register(spec: VideoModelSpec) -> VideoModelSpec:
 
 
 # the order `har models`, --help and every "allowed:" list show: torchvision's pretrained models first
-ORDER = ("r3d_18", "r2plus1d_18", "mc3_18", "s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s", "swin3d_b", "c3d",
+ORDER = ("r3d_18", "r2plus1d_18", "mc3_18", "s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s", "swin3d_b", "videomae",
+         "vjepa2", "timesformer", "c3d",
          "i3d", "nonlocal", "convlstm", "lrcn", "late-fusion-e2e", "small-cnn-lstm", "small-cnn-rnn", "small-c3d")
 
 
 def _register_families() -> None:
-    specs = {s.name: s for family in (cnn3d, video_transformers, frame_models) for s in family.SPECS}
+    specs = {s.name: s for family in (cnn3d, video_transformers, hub_models, frame_models) for s in family.SPECS}
     if sorted(specs) != sorted(ORDER):   # a model added to a family is added to ORDER too
         raise RuntimeError(f"video_models.ORDER {sorted(ORDER)} != the families' models {sorted(specs)}")
     for name in ORDER:
@@ -48,15 +49,24 @@ def get(name: str) -> VideoModelSpec:
 
 
 def build(name: str, classes: int, pretrained: str = "none", frames: int | None = None, size: int | None = None,
-          drop_path: float | None = None) -> VideoModel:
+          drop_path: float | None = None, hub: dict | None = None, load: bool = True) -> VideoModel:
     """The network for `classes` classes, its input clip `frames` x `size` (default: the model's;
     only fixed-input networks are built for a shape), stochastic depth `drop_path` (default: the
-    model's own rate)."""
+    model's own rate). A Hugging Face model (spec.hub) is built from `hub`, what a run recorded
+    (`hub_models.facts`: no folder needed), else from --pretrained's folder or hub id (its weights
+    loaded when `load`)."""
     spec = get(name)
     allowed = ("none", *spec.pretrained)
-    if pretrained not in allowed:
+    if pretrained not in allowed and not spec.hub:
         raise ValueError(f"--pretrained {pretrained!r} is not available for {name}; allowed: {', '.join(allowed)}")
-    net = spec.build(classes, pretrained, Clip(frames or spec.frames, size or spec.size))
+    clip = Clip(frames or spec.frames, size or spec.size)
+    if spec.hub:
+        facts = hub or hub_models.facts(name, pretrained, clip)
+        net = spec.build(classes, pretrained, clip, drop_path=drop_path, load=load and hub is None,
+                         recorded=hub["config"] if hub else None)
+        lo, hi = facts["value_range"]   # pixels scaled to lo..hi, then (v - mean) / std: in VideoModel's 0..1 units
+        return VideoModel(net, [(m - lo) / (hi - lo) for m in facts["mean"]], [s / (hi - lo) for s in facts["std"]])
+    net = spec.build(classes, pretrained, clip)
     if drop_path is not None:
         set_drop_path(net, drop_path)
     return VideoModel(net, spec.mean, spec.std)
@@ -71,6 +81,18 @@ def fit_store(name: str, pretrained: str, crop: int | None, shape: tuple[int, in
     spec = get(name)
     t, h, w = shape
     warnings: list[str] = []
+    if spec.hub and pretrained != "none":
+        f = hub_models.facts(name, pretrained, Clip(t, min(h, w)))
+        size = min(crop or f["size"], h, w)
+        if crop is not None and crop > min(h, w):
+            warnings.append(f"--crop {crop} is larger than the stored frames of {store} ({h}x{w}); cropping {size}")
+        if t != f["frames"]:
+            warnings.append(f"{name} takes {f['frames']}-frame clips; {store} holds {t}: each clip's frames are "
+                            f"resampled to {f['frames']} (evenly spaced), or extract with --frames {f['frames']}")
+        if size != f["size"]:
+            warnings.append(f"{name} takes {f['size']} px; crops of {size} are resized to it inside the model, or "
+                            f"extract with --size {f['size']}")
+        return size, warnings
     if pretrained == "kinetics400" and spec.weights:
         want = f"{spec.frames}-frame clips at {spec.size}x{spec.size}"
         extract = (f"extract a store for it: har extract DATASET --frames {spec.frames} --size "

@@ -49,6 +49,7 @@ class VideoModelSpec:
     multiple: tuple[int, int] = (1, 1)       # frames and crop must be multiples of these (MViT's position tables)
     classifier: str = "fc"                   # the new output layer (module path in the network)
     drop_path: float | None = None           # default stochastic-depth rate; None: the network has none
+    hub: bool = False                        # a Hugging Face encoder (hub_models): --pretrained FOLDER|HUB_ID
 
 
 class VideoModel(nn.Module):

@@ -79,8 +79,10 @@ class ClipTask(tasks.Task):
             self._train = None
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
-        model = video_models.build(self.model, len(self.classes), self.pretrained if train is not None else "none",
-                               frames=self.frames, size=self.crop, drop_path=cfg.drop_path)
+        hub = video_models.get(self.model).hub   # its architecture is the folder's: read it, its weights only to train
+        model = video_models.build(self.model, len(self.classes),
+                                   self.pretrained if train is not None or hub else "none",
+                                   frames=self.frames, size=self.crop, drop_path=cfg.drop_path, load=train is not None)
         return video_models.to_channels_last(model) if channels_last(cfg) else model
 
     def param_groups(self, cfg: E2EConfig, model: nn.Module):
@@ -155,7 +157,7 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
                           "pretrained": cfg.train.pretrained != "none", "crop": task.crop,
                           "hflip": task.augment["hflip"]},
                    card={"recipe": cs.attrs["recipe"], "model": cfg.train.model, "classes": cs.classes,
-                         "crop": task.crop},
+                         "crop": task.crop, **hub_card(cfg.train, t, task.crop)},
                    failed=tuple(cs.failed()), warnings=tuple(runner.warnings_for(split, cs)) + tuple(task.warnings))
     try:
         return runner.execute(job, cfg.out, on_epoch, stop_after, cfg.tracker)
@@ -163,6 +165,16 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
         raise out_of_memory(cfg.train) from None
     finally:
         task.close()  # stop the loader's worker processes
+
+
+def hub_card(cfg: E2EConfig, frames: int, crop: int) -> dict:
+    """A Hugging Face model's card entry: its encoder's config and normalisation (predict, serve
+    and export rebuild the network from them, without the folder)."""
+    if not video_models.get(cfg.model).hub:
+        return {}
+    from trainers.models import hub_models
+
+    return {"hub": hub_models.facts(cfg.model, cfg.pretrained, video_models.Clip(frames, crop))}
 
 
 def store_hflip(cs: views.StoreView) -> bool:
@@ -211,7 +223,7 @@ def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
 def built(card: dict, cfg: E2EConfig) -> video_models.VideoModel:
     """A fresh network as the run's was built: its model, classes and clip (frames, crop)."""
     return video_models.build(card["model"], len(card["classes"]), frames=int(card["recipe"]["frames"]), size=card["crop"],
-                          drop_path=cfg.drop_path)
+                              drop_path=cfg.drop_path, hub=card.get("hub"))
 
 
 def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
@@ -228,6 +240,9 @@ def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device) -> Ch
     """The video model as a differentiable chain of the stored frames: the centre crop of the
     card cuts the input (to_input), then normalisation and the network."""
     spec = video_models.get(card["model"])
+    if spec.hub:
+        raise ValueError(f"{run_dir}: a fine-tuned {card['model']} is not explained or exported yet (its chain of "
+                         "tokens is still to come); predict and serve score it")
     model = loop.load_best(built(card, cfg), Path(run_dir), device)
     size = card["crop"]
 

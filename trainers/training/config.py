@@ -159,7 +159,8 @@ class E2EConfig(LoopConfig):
     batch_size: int = 8            # clips per step (see --accumulate for a larger effective batch)
     lr: float = 1e-4
     model: str = "r2plus1d_18"
-    pretrained: str = "none"       # none | kinetics400 (torchvision's video ResNets) | imagenet (2D-based, i3d)
+    pretrained: str = "none"       # none | kinetics400 (torchvision's video ResNets) | imagenet (2D-based, i3d) |
+                                   # a save_pretrained folder or hub id (videomae, vjepa2, timesformer)
     crop: int | None = None        # training crop (random) and test crop (centred); default: the model's
                                    # input size, at most the stored frame size
     three_crop: bool = False       # test time: three crops along the longer side, averaged
@@ -189,7 +190,10 @@ class E2EConfig(LoopConfig):
         from trainers.models import video_models
 
         spec = video_models.get(self.model)
-        if self.pretrained not in ("none", *spec.pretrained):
+        if spec.hub and not (isinstance(self.pretrained, str) and 0 < len(self.pretrained) <= 4096):
+            raise ValueError(f"--pretrained {self.pretrained!r:.80}: {self.model} takes a save_pretrained FOLDER, "
+                             "a Hugging Face HUB_ID or none")
+        if not spec.hub and self.pretrained not in ("none", *spec.pretrained):
             raise ValueError(f"--pretrained {self.pretrained!r} is not available for {self.model}; allowed: "
                              f"{', '.join(('none', *spec.pretrained))}")
         if self.crop is not None:

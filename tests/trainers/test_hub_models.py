@@ -1,0 +1,97 @@
+"""Hugging Face video transformers fine-tuned end to end (`har train-e2e videomae|vjepa2|timesformer
+--pretrained FOLDER`): tiny models saved with `save_pretrained` (no download), trained through the
+same loop with layer-wise lr decay, warm-up, label smoothing and drop path; predict from the run alone."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import har, save_folder, write_colour_dataset
+
+from pipeline.stages import backbones
+from trainers.models import video_models as M
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A colour dataset in a store of 6-frame 40 x 48 clips (the tiny models take 4 frames of 32 px:
+    resampled and resized inside), and a folder per family."""
+    w = tmp_path_factory.mktemp("hub")
+    root = write_colour_dataset(w / "videos", groups=3, clips=2, frames=12)
+    assert har("extract", "folder", "--root", root, "--frames", 6, "--size", "40x48", "--out", w / "frames.zarr",
+               "--workers", 1).returncode == 0
+    for name in ("videomae", "vjepa2", "timesformer"):
+        save_folder(name, w / name)
+    return w
+
+
+@pytest.mark.parametrize("name", ["videomae", "vjepa2", "timesformer"])
+def test_every_parameter_of_a_hub_model_gets_a_gradient_and_the_weights_are_the_folders(work, name):
+    import transformers as tf
+
+    model = M.build(name, 3, pretrained=str(work / name), frames=6, size=40).train()
+    ref = getattr(tf, backbones.get(name).clip.model_class).from_pretrained(work / name)
+    got = model.net.encoder.state_dict()
+    for k, v in ref.state_dict().items():
+        if not k.startswith("predictor."):   # V-JEPA 2's predictor is dropped: classification reads the encoder
+            assert torch.equal(got[k], v), k
+    clips = torch.randint(0, 256, (2, 6, 40, 40, 3), dtype=torch.uint8)
+    loss = torch.nn.functional.cross_entropy(model(clips), torch.tensor([0, 2]))
+    loss.backward()
+    assert not any(".predictor." in n for n, _ in model.named_parameters())
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_a_fine_tuned_videomae_trains_predicts_without_its_folder_and_says_what_it_resampled(work, tmp_path):
+    folder = tmp_path / "videomae"
+    shutil.copytree(work / "videomae", folder)
+    run = tmp_path / "run"
+    r = har("train-e2e", "videomae", "--frames", work / "frames.zarr", "--pretrained", folder, "--epochs", 3,
+            "--batch-size", 4, "--lr", 1e-3, "--layer-decay", 0.75, "--warmup-epochs", 1, "--label-smoothing", 0.1,
+            "--crop", 40, "--workers", 0, "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert "resampled to 4" in r.stderr and "crops of 40 are resized to it inside the model" in r.stderr
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["model"] == "videomae" and m["test"]["videos"] > 0
+    card = json.loads((run / "lineage.json").read_text())["predict"]
+    assert card["hub"]["mean"] == [0.3, 0.4, 0.5] and card["hub"]["config"]["model_type"] == "videomae"
+    shutil.rmtree(folder)  # predict rebuilds the network from the card, then best.pt: the folder is not needed
+    video = sorted((work / "videos" / "Red").glob("*.avi"))[0]
+    r = har("predict", video, "--run", run, "--json")
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)["predictions"][0]["top"]
+    assert top[0]["class"] in ("Red", "Green", "Blue") and abs(sum(t["probability"] for t in top) - 1) < 1e-4
+    for r in (har("explain", run, video, "--out", tmp_path / "x"), har("export", run, "--out", tmp_path / "m.onnx")):
+        assert r.returncode == 2 and "not explained or exported yet" in r.stderr, r.stderr
+
+
+def test_drop_path_where_the_model_has_it(work, tmp_path):
+    r = har("train-e2e", "timesformer", "--frames", work / "frames.zarr", "--pretrained", work / "timesformer",
+            "--epochs", 1, "--batch-size", 4, "--drop-path", 0.2, "--workers", 0, "--out", tmp_path / "ts")
+    assert r.returncode == 0, r.stderr
+    card = json.loads((tmp_path / "ts" / "lineage.json").read_text())["predict"]
+    assert card["hub"]["config"]["model_type"] == "timesformer"
+    model = M.build("timesformer", 3, pretrained=str(work / "timesformer"), frames=6, size=40, drop_path=0.2)
+    rates = [float(getattr(layer.drop_path, "drop_prob", 0.0)) for layer in model.net.encoder.encoder.layer]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2)
+    r = har("train-e2e", "videomae", "--frames", work / "frames.zarr", "--pretrained", work / "videomae",
+            "--drop-path", 0.1, "--out", tmp_path / "v")
+    assert r.returncode == 2 and "--drop-path" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("pretrained, says", [
+    ("{work}/vjepa2", "'vjepa2' model, not videomae's"),
+    ("no-such-owner/no-such-model", "not in the Hugging Face cache"),
+    ("../not/a/hub/id", "neither a folder nor a Hugging Face hub id"),
+])
+def test_a_wrong_pretrained_is_one_line(work, tmp_path, pretrained, says):
+    r = har("train-e2e", "videomae", "--frames", work / "frames.zarr", "--pretrained", pretrained.format(work=work),
+            "--out", tmp_path / "run", env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "run").exists()
