@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one go, for a lent device machine (see BENCHMARKS.md).
-#   bash benchmarks/gpu_session.sh tests|memory|pipeline|features|extract [OUTDIR]
+#   bash benchmarks/gpu_session.sh tests|memory|pipeline|features|extract|foundation [OUTDIR]
 # The machine's own python3 (its torch/torchvision); packages it lacks come from .whl/ (pip download
 # as in the device README). Each stage writes its JSON lines / log to OUTDIR (default ./gpu-out).
 set -uo pipefail
@@ -32,6 +32,11 @@ case $stage in
     # GOPS="12" or "250" runs one keyframe interval (each fits one 10-minute device call)
     $py benchmarks/extract_bench.py --work /tmp/har-bench --workers 1 2 4 8 --long-minutes 0 \
         --gops ${GOPS:-12 250} 2>&1 | grep --line-buffered '^{' | tee -a "$out/extract.jsonl" ;;
+  foundation)
+    # VideoMAE / V-JEPA 2 / TimeSformer (needs transformers in .whl/): features and fine-tuning clips/s, bf16,
+    # at their base configurations (V-JEPA 2 at its 64 frames here), beside ResNet-18 and R(2+1)D-18
+    $py benchmarks/video_foundation.py --device cuda --repeat 5 --base-batch 4 --base-frames-vjepa2 64 \
+        --skip-base-finetune 2>&1 | tee "$out/foundation.json" ;;
   features)
     $py benchmarks/features_bench.py --device cuda --backbone resnet152 --videos 80 --frames 16 --size 224 \
         --batch-size 256 2>&1 | tee "$out/features.jsonl" ;;
