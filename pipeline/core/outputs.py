@@ -200,9 +200,23 @@ def _synth_owner(meta: dict, where: str):
             raise OutputError(f"{where} holds a synth.json listing {f!r}, a path outside the folder (or not a plain "
                               "relative one); har synth never writes or deletes there: move it away or choose "
                               "another folder")
+        if not _synth_writes(f):   # a forged list names a user's file
+            raise OutputError(f"{where} holds a synth.json listing {f!r}, which is not a file har synth writes (a clip "
+                              f"Class/v_Class_gGG_cCC.avi or {SYNTH_MASKS}); it never replaces or removes it: move "
+                              "it away or choose another folder")
     listed = {*files, SYNTH_MANIFEST}
     dirs = {"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)}
     return listed.__contains__, dirs
+
+
+def _synth_writes(rel: str) -> bool:
+    """Whether har synth writes a file of this relative name: a clip Class/v_Class_gGG_cCC.avi,
+    masks.json, or the temporary file a killed write of one leaves."""
+    *parent, name = rel.split("/")
+    tmp = SYNTH_TEMPORARY.fullmatch(name)
+    if tmp:
+        rel = "/".join([*parent, f"{tmp['clip']}.avi" if tmp["clip"] else tmp["file"]])
+    return rel == SYNTH_MASKS or bool(SYNTH_LEGACY_CLIP.fullmatch(rel))
 
 
 def _is_ours(target: Path, kind: str) -> bool:

@@ -226,19 +226,39 @@ def load(name: str, weights: str = "imagenet"):
 
 class Tokens(torch.nn.Module):
     """The encoder as a function of normalised clips (B, F, 3, S, S) -> (B, T', D): the last hidden
-    state without the tokens before the grid, averaged over space."""
+    state without the tokens before the grid, laid out as (B, D, T', H', W') by the `tokens` layer
+    (an identity: where Grad-CAM reads a map of tokens), averaged over space."""
 
     def __init__(self, model: torch.nn.Module, spec: backbones.ClipSpec, shape: ClipShape):
         super().__init__()
         self.model, self.input_name, self.forward_kw = model, spec.input_name, dict(spec.forward)
         self.cls, self.time_major, self.positions = spec.cls_tokens, spec.time_major, shape.positions
+        self.side = shape.size // model.config.patch_size   # H' = W' (square inputs)
+        self.tokens = torch.nn.Identity()
 
     def forward(self, x):
         h = self.model(**{self.input_name: x}, **self.forward_kw).last_hidden_state[:, self.cls:]
-        b, n, d = h.shape
-        if self.time_major:
-            return h.reshape(b, self.positions, n // self.positions, d).mean(2)
-        return h.reshape(b, n // self.positions, self.positions, d).mean(1)
+        side = self.side
+        if self.time_major:   # (B, T' H' W', D)
+            grid = h.unflatten(1, (self.positions, side, side)).permute(0, 4, 1, 2, 3)
+        else:                 # (B, H' W' T', D)
+            grid = h.unflatten(1, (side, side, self.positions)).permute(0, 4, 3, 1, 2)
+        # (B, T', D) with B read off the input: the ONNX exporter loses the batch size inside the
+        # transformer's reshapes and folded the next layers' shapes to the example's batch
+        return self.tokens(grid).mean((3, 4)).transpose(1, 2).reshape(x.shape[0], self.positions, -1)
+
+
+class ClipFeatures(torch.nn.Module):
+    """Normalised clips as the chain holds them, (B, 3, T, S, S) -> (B, T', D): the clip's frames
+    taken as the features stage takes them (`ClipShape.frame_positions`), then `Tokens`."""
+
+    def __init__(self, tokens: Tokens, frames_per_clip: int):
+        super().__init__()
+        self.net, self.frames = tokens, frames_per_clip
+
+    def forward(self, x):
+        take = torch.as_tensor(ClipShape.frame_positions(int(x.shape[2]), self.frames), device=x.device)
+        return self.net(x.index_select(2, take).transpose(1, 2))
 
 
 class ClipEncoder:
@@ -270,6 +290,20 @@ class ClipEncoder:
 
     def positions(self, stored_frames: int) -> int:
         return self.shape.positions
+
+    def spread(self, importance: np.ndarray, stored_frames: int) -> np.ndarray:
+        """A value per temporal token -> a value per stored frame: each token's shared among the
+        stored frames it was made from (frames not taken get 0), so the totals stay the same."""
+        s = self.shape
+        owner = np.full(stored_frames, -1)
+        for j, frame in enumerate(s.frame_positions(stored_frames, s.frames_per_clip)):
+            owner[frame] = j // s.tubelet
+        out = np.zeros(stored_frames, np.float32)
+        for p in range(len(importance)):
+            mine = owner == p
+            if mine.any():
+                out[mine] = importance[p] / mine.sum()
+        return out
 
     def record(self, stored_frames: int) -> dict:
         """What the lineage says of the clip: frames taken, tubelet, positions, the policy's source."""

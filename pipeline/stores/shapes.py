@@ -51,6 +51,7 @@ class Declared:
     cells: int                        # chunk (or shard) files its grid names; 1 for HDF5
     string: bool = False
     chunk_bytes: int | None = None    # a one-chunk array's chunk file size (None: several chunks, or unknown)
+    last_present: bool | None = None  # whether its grid's last chunk (or shard) file exists (None: not looked)
 
 
 def per_video(name: str) -> bool:
@@ -154,6 +155,10 @@ def problems(declared: dict[str, Declared], attrs: dict, data_name: str) -> list
                        f"(one a sample of {n} videos)")
         elif d.string and d.chunk_bytes is not None and d.chunk_bytes < VLEN_BYTES * math.prod(d.shape):
             out.append(f"{name} declares {math.prod(d.shape)} strings in a chunk file of {d.chunk_bytes} bytes")
+        elif d.last_present is False and attrs.get("complete"):
+            # har writes every chunk of a finished store: a grid running past its files was edited longer
+            out.append(f"{name} declares {_fmt(d.shape)} but the last chunk file of that grid is missing "
+                       "(a shape edited longer, or a store cut short)")
     return out
 
 
@@ -183,5 +188,10 @@ def declared(r: Reader) -> dict[str, Declared]:
                 size = sizes.get(key)
             elif (r.path / key).is_file():
                 size = (r.path / key).stat().st_size
-        out[name] = Declared(shape, cells, string, size)
+        last = None
+        grid = [-(-n // c) for n, c in zip(shape, grid_of)]
+        if grid and min(grid) > 0:   # one look per array: its grid's last cell
+            key = f"{name}/{arr.metadata.chunk_key_encoding.encode_chunk_key(tuple(g - 1 for g in grid))}"
+            last = key in sizes if sizes is not None else (r.path / key).is_file()
+        out[name] = Declared(shape, cells, string, size, last)
     return out

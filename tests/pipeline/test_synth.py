@@ -243,6 +243,25 @@ def test_a_synth_json_listing_paths_outside_its_folder_never_reaches_them(tmp_pa
     assert _snapshot(out) == before and _snapshot(tmp_path) == outside_before
 
 
+@pytest.mark.parametrize("listed", ["notes.txt", "Grow/notes.txt", "Grow/v_Grow_g01_c01.mp4", "Grow/v_Shrink_g01_c01.avi",
+                                    "x/y/z.avi", "Grow/v_Grow_g1_c01.avi"])
+def test_a_synth_json_listing_a_file_synth_never_writes_is_refused_and_the_file_kept(tmp_path, listed):
+    """A forged manifest of har's own shape that lists a user's file beside it (found by an audit:
+    `notes.txt` was deleted by the next rerun): refused in one line, nothing removed."""
+    from helpers import har
+
+    out = _made(tmp_path)
+    (out / listed).parent.mkdir(parents=True, exist_ok=True)
+    (out / listed).write_bytes(b"the user's")
+    meta = json.loads((out / "synth.json").read_text())
+    meta["files"].append(listed)
+    meta["config"]["groups"] = 9   # a rerun with TINY would remove every file of the other config
+    (out / "synth.json").write_text(json.dumps(meta))
+    before = _snapshot(out)
+    _one_line(har("synth", out, *TINY), f"holds a synth.json listing {listed!r}, which is not a file har synth writes")
+    assert _snapshot(out) == before and (out / listed).read_bytes() == b"the user's"
+
+
 def test_a_symlink_in_synths_output_is_refused_and_never_followed(tmp_path):
     from helpers import har
 

@@ -67,8 +67,31 @@ def test_a_fine_tuned_videomae_trains_predicts_without_its_folder_and_says_what_
     assert r.returncode == 0, r.stderr
     top = json.loads(r.stdout)["predictions"][0]["top"]
     assert top[0]["class"] in ("Red", "Green", "Blue") and abs(sum(t["probability"] for t in top) - 1) < 1e-4
-    for r in (har("explain", run, video, "--out", tmp_path / "x"), har("export", run, "--out", tmp_path / "m.onnx")):
-        assert r.returncode == 2 and "not explained or exported yet" in r.stderr, r.stderr
+    # Grad-CAM on the tokens as a (T', H', W') grid; the ONNX file gives har predict's logits
+    r = har("explain", run, video, "--out", tmp_path / "x")
+    assert r.returncode == 0 and "gradcam at net.tokens" in " ".join(r.stdout.split()), r.stdout + r.stderr
+    assert list((tmp_path / "x").glob("*.gradcam.png"))
+    r = har("export", run, "--out", tmp_path / "m.onnx", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["max_logit_diff_vs_predict"] < 1e-4
+
+
+@pytest.mark.parametrize("name", ["vjepa2", "timesformer"])
+def test_explain_and_export_of_a_fine_tuned_hub_model_with_resampled_frames_and_a_resized_crop(work, tmp_path, name):
+    """Frames resampled (6 -> 4) and the crop resized (40 -> 32) inside the network: the resize is
+    torch's antialiased bilinear written as matrices, so ONNX takes it and the logits agree."""
+    run = tmp_path / name
+    r = har("train-e2e", name, "--frames", work / "frames.zarr", "--pretrained", work / name, "--epochs", 1,
+            "--batch-size", 4, "--crop", 40, "--workers", 0, "--out", run)
+    assert r.returncode == 0, r.stderr
+    video = sorted((work / "videos" / "Blue").glob("*.avi"))[0]
+    maps = M.build(name, 3, pretrained=str(work / name), frames=6, size=40).net.grid
+    assert maps == ((2 if name == "vjepa2" else 4), 4, 4)   # T' x H' x W' tokens
+    r = har("explain", run, video, "--out", tmp_path / "x")
+    assert r.returncode == 0 and "net.tokens" in r.stdout, r.stdout + r.stderr
+    r = har("export", run, "--out", tmp_path / "m.onnx", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["max_logit_diff_vs_predict"] < 1e-4
 
 
 def test_drop_path_where_the_model_has_it(work, tmp_path):

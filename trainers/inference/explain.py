@@ -292,6 +292,8 @@ class Explainer:
                 maps = activations(self.chain, x, lay)
             if self.chain.head is not None:
                 imp, kind = temporal(self.chain, x, target, how), how
+                if self.chain.spread is not None:   # a video backbone's tokens: each shared among its frames
+                    imp, kind = self.chain.spread(imp, len(frames)), f"{how} (per temporal token, shared among its frames)"
             else:
                 mass = maps.reshape(len(maps), -1).sum(1)
                 imp, kind = (mass / mass.sum() if mass.sum() > 0 else mass), f"{method} map mass per frame"

@@ -57,7 +57,7 @@ from pipeline.core.registry import Registry
 from trainers.inference import loaded, predictor
 from trainers.runs import runner
 from trainers.training import tasks
-from trainers.models.chain import Normalised
+from trainers.models.chain import Normalised, resize_matrix  # noqa: F401 (resize_matrix: part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -112,20 +112,6 @@ class Resample(nn.Module):
 
     def forward(self, x):
         return torch.matmul(self.rows, torch.matmul(x, self.cols_t)).clamp(0, 255).round()
-
-
-def resize_matrix(n_in: int, n_out: int, mode: str, antialias: bool) -> torch.Tensor:
-    """(n_out, n_in) weights of torch's 1-D resize from n_in to n_out samples (align_corners
-    False, as torchvision resizes tensors), read off torch itself by resizing unit vectors.
-
-    The probe is 2 wide, not 1: torch 2.14's antialiased kernel returns zeros for a one-pixel-wide
-    image (a 4x1 column resized to 6x1 gives 0, 0, 0, 0, 0, 0)."""
-    if n_in == n_out and mode in ("bilinear", "bicubic"):
-        return torch.eye(n_in)
-    probe = torch.eye(n_in).view(n_in, 1, n_in, 1).expand(n_in, 1, n_in, 2).contiguous()
-    corners = False if mode in ("bilinear", "bicubic") else None
-    out = torch.nn.functional.interpolate(probe, size=(n_out, 2), mode=mode, align_corners=corners, antialias=antialias)
-    return out[:, 0, :, 0].t().contiguous()
 
 
 def window(n: int, crop: int) -> list[int]:

@@ -28,6 +28,7 @@ class Chain:
     kind: str                                          # the task kind ("head", "video-model")
     encode: nn.Module | None = None                    # head runs: pixels -> (1, T, D) features
     head: nn.Module | None = None                      # head runs: (1, T, D) features -> (1, C) logits
+    spread: Callable[[np.ndarray, int], np.ndarray] | None = None  # a video backbone's T' positions -> T stored frames
 
 
 def to_channels_first(frames: torch.Tensor) -> torch.Tensor:
@@ -79,3 +80,17 @@ class Sequential2(nn.Module):
 
     def forward(self, x):
         return self.head(self.encode(x))
+
+
+def resize_matrix(n_in: int, n_out: int, mode: str, antialias: bool) -> torch.Tensor:
+    """(n_out, n_in) weights of torch's 1-D resize from n_in to n_out samples (align_corners
+    False, as torchvision resizes tensors), read off torch itself by resizing unit vectors.
+
+    The probe is 2 wide, not 1: torch 2.14's antialiased kernel returns zeros for a one-pixel-wide
+    image (a 4x1 column resized to 6x1 gives 0, 0, 0, 0, 0, 0)."""
+    if n_in == n_out and mode in ("bilinear", "bicubic"):
+        return torch.eye(n_in)
+    probe = torch.eye(n_in).view(n_in, 1, n_in, 1).expand(n_in, 1, n_in, 2).contiguous()
+    corners = False if mode in ("bilinear", "bicubic") else None
+    out = torch.nn.functional.interpolate(probe, size=(n_out, 2), mode=mode, align_corners=corners, antialias=antialias)
+    return out[:, 0, :, 0].t().contiguous()

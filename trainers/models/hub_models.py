@@ -3,10 +3,11 @@
 `SPECS` lists them; trainers.models.video_models registers them.
 
 The network: the encoder (VideoMAEModel, VJEPA2Model, TimesformerModel) from a `save_pretrained`
-folder or the Hugging Face cache, then a new classifier: TimeSformer's CLS token (as its own
-classification model reads it), or the mean of every token through a LayerNorm (VideoMAE's
-fine-tuning head; V-JEPA 2 is evaluated with an attentive probe, `har train-head attentive-probe`,
-and fine-tuned here with the same mean pooling). The stored clip is fed as the store holds it: its
+folder or the Hugging Face cache, then a new classifier on the mean of its patch tokens through a
+LayerNorm (VideoMAE's fine-tuning head; TimeSformer's CLS token is left out, so that every family
+decides from the token grid that Grad-CAM explains; V-JEPA 2 is evaluated with an attentive probe,
+`har train-head attentive-probe`, and fine-tuned here with the same mean pooling). `har explain`:
+Grad-CAM on the tokens reshaped to (T', H', W') (the `tokens` layer), as on a 3D CNN's last map. The stored clip is fed as the store holds it: its
 frames resampled to the model's frames per clip (nearest, evenly spaced, as the features stage
 takes them) and the crop resized to the model's input side when they differ, so any frame store
 trains (fit_store warns). Normalisation: the folder's processor config (or the family's defaults).
@@ -16,39 +17,62 @@ serve and export rebuild the network without the folder.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from pipeline.stages import backbones
+from pipeline.stages.video_backbones import ClipShape
+from trainers.models.chain import resize_matrix
 from trainers.models.video_spec import Clip, VideoModelSpec
 
 SPECS: list[VideoModelSpec] = []
 
 
 class HubVideoNet(nn.Module):
-    """Normalised clips (B, 3, T, H, W) -> (B, classes)."""
+    """Normalised clips (B, 3, T, H, W) -> (B, classes): the encoder's patch tokens laid out as a
+    grid (B, D, T', H', W') by the `tokens` layer (an identity: where Grad-CAM reads them, as it
+    reads a 3D CNN's last feature map), averaged, LayerNorm, the new classifier."""
 
     def __init__(self, encoder: nn.Module, clip: backbones.ClipSpec, frames: int, size: int, classes: int):
         super().__init__()
         self.encoder = encoder
         self.input_name, self.forward_kw, self.cls = clip.input_name, dict(clip.forward), clip.cls_tokens
+        self.time_major = clip.time_major
         self.frames, self.size = frames, size
-        dim = encoder.config.hidden_size
-        self.fc_norm = nn.Identity() if self.cls else nn.LayerNorm(dim)
+        config = encoder.config
+        tubelet = int(getattr(config, clip.tubelet_key)) if clip.tubelet_key else 1
+        self.grid = (frames // tubelet, size // config.patch_size, size // config.patch_size)
+        dim = config.hidden_size
+        self.tokens = nn.Identity()
+        self._matrices: dict = {}   # the resize's weights per input size (not state: rebuilt from the sizes)
+        self.fc_norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, classes)
+
+    def _resize(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(size, h) and (size, w) weights of torch's antialiased bilinear resize (chain.resize_matrix)."""
+        key = (h, w, str(device))
+        if key not in self._matrices:
+            self._matrices[key] = (resize_matrix(h, self.size, "bilinear", True).to(device),
+                                   resize_matrix(w, self.size, "bilinear", True).to(device))
+        return self._matrices[key]
 
     def forward(self, x):
         b, c, t, h, w = x.shape
         x = x.permute(0, 2, 1, 3, 4)                                    # (B, T, 3, H, W), as transformers takes it
         if t != self.frames:
-            take = torch.from_numpy(np.rint(np.linspace(0, t - 1, self.frames)).astype(np.int64)).to(x.device)
+            # the features stage's frame positions; computed on plain ints (a traced shape is a tensor)
+            take = torch.as_tensor(ClipShape.frame_positions(int(t), self.frames), device=x.device)
             x = x.index_select(1, take)
-        if (h, w) != (self.size, self.size):
-            x = nn.functional.interpolate(x.flatten(0, 1), size=(self.size, self.size), mode="bilinear",
-                                          antialias=True, align_corners=False).unflatten(0, (b, self.frames))
-        tokens = self.encoder(**{self.input_name: x}, **self.forward_kw).last_hidden_state
-        pooled = tokens[:, 0] if self.cls else tokens.mean(1)
+        if (h, w) != (self.size, self.size):   # antialiased bilinear as matrices: the same pixels, and ONNX exports it
+            rows, cols = self._resize(int(h), int(w), x.device)
+            x = torch.einsum("oh,btchw,pw->btcop", rows, x, cols)
+        h = self.encoder(**{self.input_name: x}, **self.forward_kw).last_hidden_state[:, self.cls:]
+        t, gh, gw = self.grid
+        if self.time_major:   # (B, T' H' W', D): VideoMAE, V-JEPA 2
+            grid = h.unflatten(1, (t, gh, gw)).permute(0, 4, 1, 2, 3)
+        else:                 # (B, H' W' T', D): TimeSformer
+            grid = h.unflatten(1, (gh, gw, t)).permute(0, 4, 3, 1, 2)
+        pooled = self.tokens(grid).mean((2, 3, 4))
         return self.classifier(self.fc_norm(pooled))
 
 

@@ -240,9 +240,6 @@ def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device) -> Ch
     """The video model as a differentiable chain of the stored frames: the centre crop of the
     card cuts the input (to_input), then normalisation and the network."""
     spec = video_models.get(card["model"])
-    if spec.hub:
-        raise ValueError(f"{run_dir}: a fine-tuned {card['model']} is not explained or exported yet (its chain of "
-                         "tokens is still to come); predict and serve score it")
     model = loop.load_best(built(card, cfg), Path(run_dir), device)
     size = card["crop"]
 
@@ -253,7 +250,12 @@ def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device) -> Ch
     def window(h: int, w: int) -> tuple[float, float, float, float]:
         return float((h - size) // 2), float((w - size) // 2), float(size), float(size)
 
-    net = Normalised(model.net, spec.mean, spec.std).to(device).eval()
+    # the model's own constants (a Hugging Face model's are its processor's, not the spec's defaults)
+    mean, std = (model.mean / 255).flatten().tolist(), (1 / (model.inv_std * 255)).flatten().tolist()
+    net = Normalised(model.net, mean, std).to(device).eval()
+    with torch.no_grad():   # predict's own constants, bit for bit
+        net.mean.copy_(model.mean.reshape(net.mean.shape))
+        net.inv_std.copy_(model.inv_std.reshape(net.inv_std.shape))
     return Chain(net, to_input, window, list(card["classes"]), "video-model")
 
 

@@ -198,18 +198,21 @@ def chain(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device)
     float16 rounding as the store holds features, the head."""
     import torchvision.transforms.functional as F
 
-    if backbones.get(card["backbone"]).kind == "clip":
-        raise ValueError(f"{run_dir}: a head on {card['backbone']} features is not explained or exported yet (the "
-                         "chain through a video backbone is still to come); predict and serve score it")
     enc, head = _encoder_and_head(run_dir, cfg, card, device)
     pre = enc.preprocess
     mean = (pre.mean.flatten() / 255).tolist()
     std = (1 / (pre.inv_std.flatten() * 255)).tolist()
-    norm = Normalised(enc.model, mean, std, dims=4)
+    clip = backbones.get(card["backbone"]).kind == "clip"
+    if clip:   # a video backbone: the clip's frames taken, its tokens (a (T', H', W') grid), mean over space
+        from pipeline.stages.video_backbones import ClipFeatures
+
+        norm = Normalised(ClipFeatures(enc.net, enc.shape.frames_per_clip), mean, std, dims=5)
+    else:
+        norm = Normalised(enc.model, mean, std, dims=4)
     with torch.no_grad():  # predict's own constants, bit for bit (rebuilt from lists they are 1 ulp off)
         norm.mean.copy_(pre.mean.reshape(norm.mean.shape))
         norm.inv_std.copy_(pre.inv_std.reshape(norm.inv_std.shape))
-    encode = nn.Sequential(PerFrame(norm), Float16Rounded())
+    encode = nn.Sequential(norm if clip else PerFrame(norm), Float16Rounded())
 
     def to_input(frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
@@ -224,7 +227,8 @@ def chain(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device)
         return backbones.input_geometry(pre.policy, h, w).window   # the one geometry, export's too
 
     encode, head = encode.to(device).eval(), head.eval()
-    return Chain(Sequential2(encode, head), to_input, window, list(card["classes"]), "head", encode, head)
+    return Chain(Sequential2(encode, head), to_input, window, list(card["classes"]), "head", encode, head,
+                 enc.spread if clip else None)
 
 
 KIND = tasks.TaskKind(name="head", config=HeadTrainConfig, store="features",
