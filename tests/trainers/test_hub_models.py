@@ -118,3 +118,29 @@ def test_a_wrong_pretrained_is_one_line(work, tmp_path, pretrained, says):
             "--out", tmp_path / "run", env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_har_serve_answers_for_a_fine_tuned_hub_model_as_har_predict_does(work, tmp_path):
+    """A served video foundation model (rebuilt from its run card: no folder needed) answers
+    /api/predict with har predict's probabilities and /api/explain with Grad-CAM on its tokens."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from trainers.inference import predictor, server
+
+    run = tmp_path / "run"
+    assert har("train-e2e", "vjepa2", "--frames", work / "frames.zarr", "--pretrained", work / "vjepa2", "--epochs", 1,
+               "--batch-size", 4, "--workers", 0, "--out", run).returncode == 0
+    video = sorted((work / "videos" / "Green").glob("*.avi"))[0]
+    want = predictor.load(run, "cpu")(video, 3)
+    cfg = server.ServeConfig((run,), device="cpu", max_upload_mb=2, max_seconds=20)
+    asgi, _ = server.create_app(cfg, server.load_runs(cfg))
+    with TestClient(asgi, base_url="http://127.0.0.1") as c:
+        r = c.post("/api/predict", files={"file": (video.name, video.read_bytes())}, data={"top": 3})
+        assert r.status_code == 200, r.text
+        got = r.json()["predictions"][0]["top"]
+        assert [t["class"] for t in got] == [t["class"] for t in want["top"]]
+        assert [t["probability"] for t in got] == pytest.approx([t["probability"] for t in want["top"]], abs=1e-6)
+        r = c.post("/api/explain", files={"file": (video.name, video.read_bytes())})
+        assert r.status_code == 200, r.text
+        assert r.json()["layer"].endswith("tokens")
