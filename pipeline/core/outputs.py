@@ -211,12 +211,13 @@ def _synth_owner(meta: dict, where: str):
 
 def _synth_writes(rel: str) -> bool:
     """Whether har synth writes a file of this relative name: a clip Class/v_Class_gGG_cCC.avi,
-    masks.json, or the temporary file a killed write of one leaves."""
+    masks.json, or the temporary file a killed write of one of them (or of synth.json) leaves."""
     *parent, name = rel.split("/")
     tmp = SYNTH_TEMPORARY.fullmatch(name)
     if tmp:
         rel = "/".join([*parent, f"{tmp['clip']}.avi" if tmp["clip"] else tmp["file"]])
-    return rel == SYNTH_MASKS or bool(SYNTH_LEGACY_CLIP.fullmatch(rel))
+    own = (SYNTH_MASKS, SYNTH_MANIFEST) if tmp else (SYNTH_MASKS,)   # synth.json itself is never in its own list
+    return rel in own or bool(SYNTH_LEGACY_CLIP.fullmatch(rel))
 
 
 def _is_ours(target: Path, kind: str) -> bool:

@@ -157,6 +157,9 @@ class ClipSpec:
     cls_tokens: int = 0          # tokens before the patch grid (TimeSformer's CLS)
     time_major: bool = True      # patch tokens ordered (time, space); False: (space, time)
     forward: tuple[tuple[str, object], ...] = ()  # other forward keywords (V-JEPA 2: skip its predictor)
+    resize_ratio: tuple[int, int] | None = None  # (a, b): the processor's resize is crop x a // b, whatever its
+                                                 # config says (V-JEPA 2: 256 / 224)
+    unused: tuple[str, ...] = ()       # weights never run here, not required of a checkpoint (V-JEPA 2's predictor)
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ for _n, _size, _top1 in ((0, 224, 75.1), (1, 240, 76.7), (2, 260, 77.6)):
 _VIDEOMAE = ClipSpec("videomae", "VideoMAEConfig", "VideoMAEModel", "pixel_values", "num_frames", "image_size",
                      "tubelet_size")
 _VJEPA2 = ClipSpec("vjepa2", "VJEPA2Config", "VJEPA2Model", "pixel_values_videos", "frames_per_clip", "crop_size",
-                   "tubelet_size", forward=(("skip_predictor", True),))
+                   "tubelet_size", forward=(("skip_predictor", True),), resize_ratio=(256, 224), unused=("predictor.",))
 _TIMESFORMER = ClipSpec("timesformer", "TimesformerConfig", "TimesformerModel", "pixel_values", "num_frames",
                         "image_size", None, cls_tokens=1, time_major=False)
 register(Backbone("videomae", "transformers", "VideoMAEModel", "MCG-NJU/videomae-base-finetuned-kinetics", 768, "",

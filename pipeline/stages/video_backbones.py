@@ -73,19 +73,20 @@ def _looks_like_hub_id(s: str) -> bool:
                                    for p in parts)
 
 
-def folder_for(name: str, weights: str) -> tuple[Path, str]:
+def folder_for(name: str, weights: str, flag: str = "--weights") -> tuple[Path, str]:
     """(folder, kind) holding `weights` for backbone `name`: kind 'folder' or 'hub'. A hub id is
-    looked up in the Hugging Face cache first, then downloaded where the network allows."""
+    looked up in the Hugging Face cache first, then downloaded where the network allows. `flag`:
+    the option that named it, in messages."""
     spec = backbones.get(name)
     hub_id = spec.weights if weights == "imagenet" else weights
     path = Path(weights).expanduser()
     if weights != "imagenet" and path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise WeightsError(f"--weights {weights!r} is not a save_pretrained folder of {name} "
+            raise WeightsError(f"{flag} {weights!r} is not a save_pretrained folder of {name} "
                                "(config.json and the weights in it); allowed: a folder, a hub id, imagenet, none")
         return path.resolve(), "folder"
     if not _looks_like_hub_id(hub_id):
-        raise WeightsError(f"--weights {weights!r} is neither a folder nor a Hugging Face hub id (owner/name); "
+        raise WeightsError(f"{flag} {weights!r} is neither a folder nor a Hugging Face hub id (owner/name); "
                            f"allowed for {name}: a save_pretrained folder, a hub id, imagenet (= {spec.weights}), none")
     from huggingface_hub import constants, snapshot_download
 
@@ -99,7 +100,7 @@ def folder_for(name: str, weights: str) -> tuple[Path, str]:
     except Exception:
         raise WeightsError(f"{name}: {hub_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be "
                            f"downloaded here; on a machine with internet run `hf download {hub_id}` and copy that cache "
-                           f"(HF_HOME), or pass --weights FOLDER (a save_pretrained folder)") from None
+                           f"(HF_HOME), or pass {flag} FOLDER (a save_pretrained folder)") from None
 
 
 def folder_sha256(folder: Path) -> str:
@@ -122,7 +123,8 @@ def read_policy(folder: Path | None, name: str, model_size: int) -> tuple[InputP
     found = [folder / f for f in PROCESSOR_FILES if folder is not None and (folder / f).is_file()]
     if not found:
         d = spec.input
-        resize = max(model_size, round(model_size * d.resize / d.size))
+        r = spec.clip.resize_ratio
+        resize = max(model_size, model_size * r[0] // r[1] if r else round(model_size * d.resize / d.size))
         return (InputPolicy(model_size, resize, d.interpolation, d.value_range, d.mean, d.std),
                 f"{spec.clip.model_class.replace('Model', '')} processor defaults")
     path = found[0]
@@ -132,19 +134,24 @@ def read_policy(folder: Path | None, name: str, model_size: int) -> tuple[InputP
         return WeightsError(f"{path}: {what}; har follows processors that resize the shorter side, cut a centre "
                             "square and rescale/normalise")
 
-    def side(v, key):
+    def side(v, key, square_ok: bool):
         if isinstance(v, int) and not isinstance(v, bool):
             return v
         if isinstance(v, dict) and key in v and len(v) == 1:
             return v[key]
-        if isinstance(v, dict) and set(v) == {"height", "width"} and v["height"] == v["width"]:
+        # a crop of height = width is a square; a resize to height x width squashes the frame
+        if square_ok and isinstance(v, dict) and set(v) == {"height", "width"} and v["height"] == v["width"]:
             return v["height"]
-        raise bad(f"size {v!r:.80} is not one side")
+        raise bad(f"{'crop_size' if square_ok else 'size'} {v!r:.80} is not one side"
+                  f"{'' if square_ok else ' (a resize to height x width squashes the frame)'}")
 
     if d.get("do_resize", True) is not True or d.get("do_center_crop", True) is not True:
         raise bad("do_resize and do_center_crop must both be true")
-    size = side(d.get("crop_size", spec.input.size), "height")
-    resize = side(d.get("size", {"shortest_edge": spec.input.resize}), "shortest_edge")
+    size = side(d.get("crop_size", spec.input.size), "height", True)
+    if spec.clip.resize_ratio:   # V-JEPA 2's processor derives its resize from the crop, whatever `size` says
+        resize = size * spec.clip.resize_ratio[0] // spec.clip.resize_ratio[1]
+    else:
+        resize = side(d.get("size", {"shortest_edge": spec.input.resize}), "shortest_edge", False)
     resample = d.get("resample", 2)
     if resample not in RESAMPLE:
         raise bad(f"resample {resample!r} is not one of {sorted(RESAMPLE)} (bilinear, bicubic)")
@@ -208,7 +215,8 @@ def load(name: str, weights: str = "imagenet"):
                                                                       output_loading_info=True)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
             raise WeightsError(f"{folder} does not load as {c.model_class}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
-        missing = [k for k in report.get("missing_keys", []) if "pooler" not in k]
+        missing = [k for k in report.get("missing_keys", [])   # a pooler, V-JEPA 2's predictor: never run here
+                   if "pooler" not in k and not k.startswith(c.unused)]
         if missing or report.get("mismatched_keys"):
             raise WeightsError(f"{folder}: its weights do not fill {c.model_class} ({len(missing)} missing, e.g. "
                                f"{(missing or [str(report.get('mismatched_keys'))])[0]!r:.80}); har never encodes with "
@@ -287,6 +295,7 @@ class ClipEncoder:
 
             torch.set_num_threads(cpu_count())
         self.net = Tokens(model, spec.clip, self.shape).to(self.device)
+        self.run = torch.compile(self.net) if cfg.compile else self.net   # --compile, as for the image backbones
 
     def positions(self, stored_frames: int) -> int:
         return self.shape.positions
@@ -295,14 +304,10 @@ class ClipEncoder:
         """A value per temporal token -> a value per stored frame: each token's shared among the
         stored frames it was made from (frames not taken get 0), so the totals stay the same."""
         s = self.shape
-        owner = np.full(stored_frames, -1)
-        for j, frame in enumerate(s.frame_positions(stored_frames, s.frames_per_clip)):
-            owner[frame] = j // s.tubelet
         out = np.zeros(stored_frames, np.float32)
-        for p in range(len(importance)):
-            mine = owner == p
-            if mine.any():
-                out[mine] = importance[p] / mine.sum()
+        taken = s.frame_positions(stored_frames, s.frames_per_clip)   # a frame may be taken more than once
+        for j, frame in enumerate(taken):   # each token's value in equal parts to the frames it was made from
+            out[frame] += importance[j // s.tubelet] / s.tubelet
         return out
 
     def record(self, stored_frames: int) -> dict:
@@ -327,7 +332,7 @@ class ClipEncoder:
                 x = self.preprocess(x)
                 x = x.reshape(b, f, *x.shape[1:])
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                    y = self.net(x)
+                    y = self.run(x)
                 out.append(y.float().to("cpu").numpy().astype(np.float16))
         return np.concatenate(out)
 

@@ -267,3 +267,41 @@ def test_an_attentive_probe_on_video_features_trains_and_predict_scores_as_the_s
     assert har("train-head", "lstm", "--features", feats, "--epochs", 2, "--out", tmp_path / "lstm").returncode == 0
     r = har("export", tmp_path / "lstm", "--out", tmp_path / "lstm.onnx", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["max_logit_diff_vs_predict"] < 1e-3, r.stderr
+
+
+def test_spread_keeps_each_tokens_total_when_frames_are_taken_more_than_once():
+    """V-JEPA 2 takes 64 frames of a 16-frame store: frames repeat across tubelets; each token's
+    importance is shared among the frames it was made from and the total stays the same."""
+    from types import SimpleNamespace
+
+    from pipeline.stages.video_backbones import ClipEncoder, ClipShape
+
+    for stored, wanted, tubelet in ((16, 64, 2), (6, 4, 2), (8, 16, 2), (10, 8, 1)):
+        enc = SimpleNamespace(shape=ClipShape(wanted, tubelet, 32, 8))
+        tokens = np.random.default_rng(0).normal(size=wanted // tubelet)
+        out = ClipEncoder.spread(enc, tokens, stored)
+        assert out.shape == (stored,) and out.sum() == pytest.approx(tokens.sum(), rel=1e-5)
+        taken = set(ClipShape.frame_positions(stored, wanted).tolist())
+        assert all(out[i] == 0 for i in range(stored) if i not in taken)
+
+
+def test_vjepa2s_resize_is_derived_from_its_crop_as_transformers_does(tmp_path):
+    """V-JEPA 2's processor resizes to int(crop x 256 / 224) whatever its config's `size` says; a
+    `size` of height x width (a squash) is refused, not read as a shorter side."""
+    from pipeline.stages.video_backbones import read_policy
+
+    for crop in (32, 48, 96, 256):
+        folder = tmp_path / f"v{crop}"
+        folder.mkdir()
+        tf.VJEPA2VideoProcessor(crop_size=crop).save_pretrained(folder)
+        path = folder / "video_preprocessor_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "size": {"shortest_edge": crop + 9}}))
+        policy, _ = read_policy(folder, "vjepa2", crop)
+        assert policy.resize == tf.VJEPA2VideoProcessor(crop_size=crop).size["shortest_edge"] and policy.size == crop
+    assert read_policy(None, "vjepa2", 96)[0].resize == 109   # no processor config: the same rule at the model's size
+    folder = tmp_path / "squash"
+    processor("videomae").save_pretrained(folder)
+    path = folder / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "size": {"height": 32, "width": 32}}))
+    with pytest.raises(backbones.WeightsError, match="squashes the frame"):
+        read_policy(folder, "videomae", 32)

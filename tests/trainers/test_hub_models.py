@@ -144,3 +144,41 @@ def test_har_serve_answers_for_a_fine_tuned_hub_model_as_har_predict_does(work, 
         r = c.post("/api/explain", files={"file": (video.name, video.read_bytes())})
         assert r.status_code == 200, r.text
         assert r.json()["layer"].endswith("tokens")
+
+
+def test_layer_wise_decay_gives_each_transformer_layer_its_own_rate(work):
+    """--layer-decay walks into the transformers encoder: embeddings, each layer, then the new head."""
+    model = M.build("videomae", 3, pretrained=str(work / "videomae"), frames=6, size=40)
+    groups = M.layer_groups(model.net, "classifier")
+    layers = model.net.encoder.encoder.layer
+    for block in layers:   # every layer's parameters are one group of their own
+        ids = {id(p) for p in block.parameters()}
+        assert any({id(p) for p in g} == ids for g in groups)
+    assert len(groups) >= len(layers) + 3   # embeddings, the layers, fc_norm, the classifier
+
+
+def test_a_run_is_not_up_to_date_over_other_weights_in_the_same_folder_and_evaluates_without_it(work, tmp_path):
+    """The fingerprint holds the weights' digest and the processor (a folder refilled is another
+    run); a finished run evaluates from its card alone (no folder, no network)."""
+    import transformers as tf
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(work / "videomae", folder)
+    args = ("train-e2e", "videomae", "--frames", work / "frames.zarr", "--pretrained", folder, "--epochs", 1,
+            "--batch-size", 4, "--workers", 0)
+    assert har(*args, "--out", tmp_path / "a").returncode == 0
+    assert "up to date" in har(*args, "--out", tmp_path / "a").stdout
+    torch.manual_seed(99)   # other weights, same architecture, same path
+    tf.VideoMAEModel(tf.VideoMAEConfig.from_pretrained(folder)).save_pretrained(folder)
+    again = har(*args, "--out", tmp_path / "a")
+    assert "up to date" not in again.stdout
+    shutil.rmtree(folder)
+    r = har("evaluate", tmp_path / "a", "--json")
+    assert r.returncode == 0, r.stderr
+
+
+def test_joint_training_of_a_hub_model_is_one_line(work, tmp_path):
+    r = har("train-e2e", "videomae", "--frames", work / "frames.zarr", "--frames", work / "frames.zarr",
+            "--pretrained", work / "videomae", "--out", tmp_path / "j")
+    assert r.returncode == 2 and "joint training of the Hugging Face video models is not supported" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -293,7 +293,9 @@ class Explainer:
             if self.chain.head is not None:
                 imp, kind = temporal(self.chain, x, target, how), how
                 if self.chain.spread is not None:   # a video backbone's tokens: each shared among its frames
+                    unused = self.chain.spread(np.ones_like(imp), len(frames)) == 0   # frames no token was made from
                     imp, kind = self.chain.spread(imp, len(frames)), f"{how} (per temporal token, shared among its frames)"
+                    maps = np.where(unused[:, None, None], 0.0, maps).astype(np.float32)
             else:
                 mass = maps.reshape(len(maps), -1).sum(1)
                 imp, kind = (mass / mass.sum() if mass.sum() > 0 else mass), f"{method} map mass per frame"

@@ -91,7 +91,7 @@ def hub_config(name: str, pretrained: str, clip: Clip, drop_path: float | None =
     elif pretrained == "none":
         config = cls(**{spec.frames_key: clip.frames, spec.size_key: clip.size})
     else:
-        folder, _ = vb.folder_for(name, pretrained)
+        folder, _ = vb.folder_for(name, pretrained, "--pretrained")
         d = vb._read_json(folder / "config.json")
         if d.get("model_type") != spec.model_type:
             raise backbones.WeightsError(f"{folder} holds a {d.get('model_type')!r} model, not {name}'s "
@@ -127,20 +127,18 @@ def _from_dict(cls, d: dict):
 def build_hub(name: str):
     def build(classes: int, pretrained: str, clip: Clip, drop_path: float | None = None, load: bool = True,
               recorded: dict | None = None) -> nn.Module:
+        """The network from `recorded` (the encoder's config a run or `facts` read) or --pretrained's
+        folder; its weights from that folder when `load` (checked to fill the encoder: vb.load)."""
         from pipeline.stages import video_backbones as vb
 
         tf = vb.transformers()
         spec = backbones.get(name).clip
-        config, folder = hub_config(name, pretrained, clip, drop_path, recorded)
-        model_class = getattr(tf, spec.model_class)
-        if folder is not None and load:
-            encoder, _, _, _ = vb.load(name, str(folder))   # checked: the weights fill the encoder
-            if drop_path is not None:  # the rate is read when the layers are built: build them so, then the weights
-                fresh = model_class(config)
-                fresh.load_state_dict(encoder.state_dict())
-                encoder = fresh
-        else:
-            encoder = model_class(config)
+        config, _ = hub_config(name, pretrained, clip, drop_path, recorded)
+        encoder = getattr(tf, spec.model_class)(config)   # drop path is read when the layers are built
+        if load and pretrained != "none":
+            folder, _ = vb.folder_for(name, pretrained, "--pretrained")
+            weights = vb.load(name, str(folder))[0].state_dict()
+            encoder.load_state_dict(weights)
         if getattr(encoder, "predictor", None) is not None:
             encoder.predictor = None   # V-JEPA 2's predictor (masked-token prediction) is never run here
         encoder.requires_grad_(True).train()
@@ -161,14 +159,14 @@ def facts(name: str, pretrained: str, clip: Clip) -> dict:
     policy, source = vb.read_policy(folder, name, size)
     return {"config": config.to_dict(), "mean": list(policy.mean), "std": list(policy.std),
             "value_range": list(policy.value_range), "frames": int(getattr(config, spec.frames_key)), "size": size,
-            "processor": source}
+            "processor": source, "sha256": vb.folder_sha256(folder) if folder is not None else None}
 
 
 for _name, _about, _extra in (
         ("videomae", "VideoMAE (Hugging Face; --pretrained FOLDER|HUB_ID), mean-pooled tokens", dict(multiple=(2, 16))),
         ("vjepa2", "V-JEPA 2 (Hugging Face; --pretrained FOLDER|HUB_ID), mean-pooled tokens",
          dict(multiple=(2, 16), drop_path=0.0)),
-        ("timesformer", "TimeSformer (Hugging Face; --pretrained FOLDER|HUB_ID), its CLS token",
+        ("timesformer", "TimeSformer (Hugging Face; --pretrained FOLDER|HUB_ID), mean-pooled tokens",
          dict(multiple=(1, 16), drop_path=0.0))):
     _b = backbones.get(_name)
     SPECS.append(VideoModelSpec(_name, build_hub(_name), frames={"vjepa2": 64, "timesformer": 8}.get(_name, 16),

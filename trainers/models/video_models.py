@@ -53,8 +53,8 @@ def build(name: str, classes: int, pretrained: str = "none", frames: int | None 
     """The network for `classes` classes, its input clip `frames` x `size` (default: the model's;
     only fixed-input networks are built for a shape), stochastic depth `drop_path` (default: the
     model's own rate). A Hugging Face model (spec.hub) is built from `hub`, what a run recorded
-    (`hub_models.facts`: no folder needed), else from --pretrained's folder or hub id (its weights
-    loaded when `load`)."""
+    (`hub_models.facts`: no folder needed), else from --pretrained's folder or hub id; its weights
+    come from that folder when `load` and --pretrained names one."""
     spec = get(name)
     allowed = ("none", *spec.pretrained)
     if pretrained not in allowed and not spec.hub:
@@ -62,8 +62,7 @@ def build(name: str, classes: int, pretrained: str = "none", frames: int | None 
     clip = Clip(frames or spec.frames, size or spec.size)
     if spec.hub:
         facts = hub or hub_models.facts(name, pretrained, clip)
-        net = spec.build(classes, pretrained, clip, drop_path=drop_path, load=load and hub is None,
-                         recorded=hub["config"] if hub else None)
+        net = spec.build(classes, pretrained, clip, drop_path=drop_path, load=load, recorded=facts["config"])
         lo, hi = facts["value_range"]   # pixels scaled to lo..hi, then (v - mean) / std: in VideoModel's 0..1 units
         return VideoModel(net, [(m - lo) / (hi - lo) for m in facts["mean"]], [s / (hi - lo) for s in facts["std"]])
     net = spec.build(classes, pretrained, clip)
@@ -142,6 +141,13 @@ def set_drop_path(net: nn.Module, rate: float) -> None:
         m.p = rate * i / (len(blocks) - 1) if len(blocks) > 1 else rate
 
 
+def _blocks_inside(module: nn.Module) -> bool:
+    """A Hugging Face model or one of its parts that holds the layers (VideoMAEModel -> its encoder
+    -> `layer`, a ModuleList): walked into, so that each transformer layer is a group of its own."""
+    return type(module).__module__.startswith("transformers.") and (
+        any(isinstance(c, nn.ModuleList) for c in module.children()) or any(_blocks_inside(c) for c in module.children()))
+
+
 def layer_groups(net: nn.Module, classifier: str) -> list[list[nn.Parameter]]:
     """The trainable parameters in depth order, input first and the new output layer last: one
     group per entry of the network's Sequential/ModuleList containers (its blocks), expanded
@@ -158,7 +164,7 @@ def layer_groups(net: nn.Module, classifier: str) -> list[list[nn.Parameter]]:
         from torchvision.models import ResNet
 
         for child in module.children():
-            if type(child) in (nn.Sequential, nn.ModuleList) or isinstance(child, (FrameCNN, ResNet)):
+            if type(child) in (nn.Sequential, nn.ModuleList) or isinstance(child, (FrameCNN, ResNet)) or _blocks_inside(child):
                 walk(child)
             else:
                 ps = [p for p in child.parameters() if p.requires_grad and id(p) not in skip]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.stores import latest
-from pipeline.core import location
+from pipeline.core import lineage, location
 from trainers.data import clips, views
 from trainers.training import distributed, loop, tasks
 from trainers.models import video_models
@@ -47,7 +47,7 @@ def channels_last(cfg: E2EConfig) -> bool:
 class ClipTask(tasks.Task):
     """A video model on a frame store: batches are uint8 clips (B, T, H, W, 3); crop and flip on the device."""
 
-    def __init__(self, cs: views.StoreView, cfg: E2EConfig, crop: int | None = None):
+    def __init__(self, cs: views.StoreView, cfg: E2EConfig, crop: int | None = None, hub: dict | None = None):
         self.view = self.cs = cs
         self.labels, self.classes = cs.labels, cs.classes
         self.frames = cs.frame_shape[0]
@@ -56,6 +56,9 @@ class ClipTask(tasks.Task):
         else:                  # the crop the model takes, checked against the store (ValueError saying what to extract)
             self.crop, self.warnings = video_models.fit_store(cfg.model, cfg.pretrained, cfg.crop, cs.frame_shape,
                                                           str(cs.path))
+        # a Hugging Face model: its encoder's config, normalisation and weights' digest, read once (a finished
+        # run's from its card: evaluating it needs no folder)
+        self.hub = hub if hub is not None or not video_models.get(cfg.model).hub else hub_facts(cfg, self.frames, self.crop)
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         hflip = store_hflip(cs) if cfg.hflip is None else cfg.hflip
         self.warnings = self.warnings + mirrored_views_warning(cs, cfg)
@@ -79,10 +82,10 @@ class ClipTask(tasks.Task):
             self._train = None
 
     def build(self, cfg: E2EConfig, train: np.ndarray | None) -> nn.Module:
-        hub = video_models.get(self.model).hub   # its architecture is the folder's: read it, its weights only to train
-        model = video_models.build(self.model, len(self.classes),
-                                   self.pretrained if train is not None or hub else "none",
-                                   frames=self.frames, size=self.crop, drop_path=cfg.drop_path, load=train is not None)
+        # a Hugging Face model's weights come from its folder to train; evaluated, it is built from its facts
+        model = video_models.build(self.model, len(self.classes), self.pretrained if train is not None else "none",
+                                   frames=self.frames, size=self.crop, drop_path=cfg.drop_path,
+                                   hub=self.hub)
         return video_models.to_channels_last(model) if channels_last(cfg) else model
 
     def param_groups(self, cfg: E2EConfig, model: nn.Module):
@@ -149,15 +152,18 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
     split = views.make_split(cs, cfg.train.split)
     task = ClipTask(cs, cfg.train)
     t, h, w = cs.frame_shape
+    # a Hugging Face model's weights and processor are what --pretrained names now: in the run's fingerprint
+    fp = cs.fingerprint if task.hub is None else lineage.fingerprint({"frames": cs.fingerprint, "pretrained": task.hub})
     job = runner.Job(name=cfg.train.model, cfg=replace(cfg.train, split=split.name), task=task, split=split, store=path,
-                   fingerprint=cs.fingerprint, inputs={"frames_store": str(path), "frames_fingerprint": cs.fingerprint},
+                   fingerprint=fp, inputs={"frames_store": str(path), "frames_fingerprint": cs.fingerprint,
+                                           **({"pretrained_sha256": task.hub["sha256"]} if task.hub else {})},
                    describe=f"video model `{cfg.train.model}` (pretrained: {cfg.train.pretrained}) on `{path}` "
                             f"({t} frames at {h}x{w}, crops of {task.crop})",
                    extra={"frames": str(path), "frames_fingerprint": cs.fingerprint, "dataset": cs.attrs.get("dataset"),
                           "pretrained": cfg.train.pretrained != "none", "crop": task.crop,
                           "hflip": task.augment["hflip"]},
                    card={"recipe": cs.attrs["recipe"], "model": cfg.train.model, "classes": cs.classes,
-                         "crop": task.crop, **hub_card(cfg.train, t, task.crop)},
+                         "crop": task.crop, **({"hub": task.hub} if task.hub else {})},
                    failed=tuple(cs.failed()), warnings=tuple(runner.warnings_for(split, cs)) + tuple(task.warnings))
     try:
         return runner.execute(job, cfg.out, on_epoch, stop_after, cfg.tracker)
@@ -167,14 +173,12 @@ def train_e2e(cfg: E2ERunConfig, on_epoch: Callable[[dict], None] | None = None,
         task.close()  # stop the loader's worker processes
 
 
-def hub_card(cfg: E2EConfig, frames: int, crop: int) -> dict:
-    """A Hugging Face model's card entry: its encoder's config and normalisation (predict, serve
-    and export rebuild the network from them, without the folder)."""
-    if not video_models.get(cfg.model).hub:
-        return {}
+def hub_facts(cfg: E2EConfig, frames: int, crop: int) -> dict:
+    """A Hugging Face model's facts (its run card's `hub`): its encoder's config, normalisation and
+    weights' digest (predict, serve, export and evaluate rebuild the network from them, without the folder)."""
     from trainers.models import hub_models
 
-    return {"hub": hub_models.facts(cfg.model, cfg.pretrained, video_models.Clip(frames, crop))}
+    return hub_models.facts(cfg.model, cfg.pretrained, video_models.Clip(frames, crop))
 
 
 def store_hflip(cs: views.StoreView) -> bool:
@@ -216,8 +220,12 @@ def recorded_crop(run_dir: Path) -> int | None:
 
 
 def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
-    """The run's task on its store, with the crop it trained with."""
-    return ClipTask(views.open_view(path, "frames"), cfg, recorded_crop(run_dir))
+    """The run's task on its store, with the crop it trained with (and a Hugging Face model's facts)."""
+    from trainers.runs import rundir
+
+    card = rundir.read_json(Path(run_dir) / "lineage.json", runner.RUN_REMEDY).get("predict") or {}
+    hub = card.get("hub") if isinstance(card.get("hub"), dict) else None
+    return ClipTask(views.open_view(path, "frames"), cfg, recorded_crop(run_dir), hub)
 
 
 def built(card: dict, cfg: E2EConfig) -> video_models.VideoModel:

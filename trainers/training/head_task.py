@@ -121,6 +121,12 @@ def check_head_fits(cfg: HeadTrainConfig, dim: int, classes: int, frames: int, d
                       else "use a machine with more memory, or restore config.json if it was changed")
 
 
+def _weights_word(attrs: dict) -> str:
+    """What pretrained weights a feature store's backbone has: ImageNet's, or a video model's checkpoint."""
+    name = attrs.get("backbone")
+    return "ImageNet" if name not in backbones.BACKBONES or backbones.get(name).kind == "frame" else "pretrained"
+
+
 def job(cfg: HeadRunConfig) -> runner.Job:
     """The run `cfg` asks for: its store read, its split made, the head checked to fit."""
     cfg = replace(cfg, train=cfg.train.resolved())
@@ -138,7 +144,7 @@ def job(cfg: HeadRunConfig) -> runner.Job:
         inputs={"features_store": str(path), "features_fingerprint": fs.fingerprint,
                 "features_lineage": fs.attrs.get("lineage")},
         describe=f"head `{cfg.train.head}` on `{path}` (backbone {fs.attrs.get('backbone')}, "
-                 f"{'ImageNet' if pretrained else 'RANDOM'} weights{' ' + source if pretrained and source else ''})",
+                 f"{_weights_word(fs.attrs) if pretrained else 'RANDOM'} weights{' ' + source if pretrained and source else ''})",
         extra={"features": str(path), "features_fingerprint": fs.fingerprint, "dataset": fs.attrs.get("dataset"),
                "backbone": fs.attrs.get("backbone"), "pretrained": pretrained, "weights": source},
         card=model_card(fs), failed=tuple(fs.failed()), warnings=tuple(runner.warnings_for(split, fs)))

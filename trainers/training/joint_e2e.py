@@ -80,6 +80,10 @@ class JointClipTask(joint.JointBase):
 
 def job(cfg: clip_task.E2ERunConfig, paths: list[Path]) -> runner.Job:
     cfg.train.validate()
+    if video_models.get(cfg.train.model).hub:
+        raise ValueError(f"{cfg.train.model}: joint training of the Hugging Face video models is not supported yet; "
+                         "train it on one --frames store, or jointly one of: "
+                         + ", ".join(n for n in video_models.VIDEO_MODELS.names() if not video_models.get(n).hub))
     parts = joint.parts_for(paths, cfg.train.split, store="frames")
     task = JointClipTask(parts, cfg.train)
     t, h, w = parts[0].fs.frame_shape
