@@ -44,24 +44,32 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic")
 COLOURS = ("RGB",)  # the channel orders a network here reads; stored frames are RGB
+# the geometries: the shorter side resized (aspect kept), or the whole frame resized to a square
+# (squashed, as a processor with size {"height": s, "width": s} does); then the centre square cut
+SHORTER_SIDE, SQUARE = "resize shorter side, centre crop", "resize to a square, centre crop"
+RULES = (SHORTER_SIDE, SQUARE)
+# where a centre crop starts when the margin is odd: torchvision's round((n - c) / 2), half to even,
+# or transformers' processors' int((n - c) / 2) (a pixel apart for a margin of 11, 15, ...)
+CROP_OFFSETS = ("round", "floor")
 MAX_SIZE = 8192     # the largest input side a recorded policy may ask for
 
 
 @dataclass(frozen=True)
 class InputPolicy:
     """How the weights want a frame, as data: the stored RGB frame's shorter side is resized to
-    `resize` (antialiased `interpolation`; whole pixels, as torchvision resizes uint8), the centre
-    `size` x `size` square is cut; pixel values 0..255 are mapped linearly onto `value_range`, then
+    `resize` (antialiased `interpolation`; whole pixels, as torchvision resizes uint8; with rule
+    SQUARE the whole frame to `resize` x `resize`), the centre `size` x `size` square is cut; pixel values 0..255 are mapped linearly onto `value_range`, then
     (x - mean) / std per channel, in `value_range` units. E.g. TensorFlow's EfficientNet-Lite:
     value_range (0, 255), mean 127, std 128: a pixel of 255 becomes 1.0, one of 0 becomes -0.99."""
     size: int                                      # the square side the network sees
-    resize: int                                    # the shorter side before the centre crop
+    resize: int                                    # the shorter side (SQUARE: both sides) before the centre crop
     interpolation: str = "bilinear"                # bilinear | bicubic
     value_range: tuple[float, float] = (0.0, 1.0)  # what 0..255 pixels are scaled to
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     colour: str = "RGB"                            # channel order the network reads
-    rule: str = "resize shorter side, centre crop"  # the one geometry every entry here uses
+    rule: str = SHORTER_SIDE                       # RULES: every registered entry uses the shorter side
+    crop_offset: str = "round"                     # CROP_OFFSETS: torchvision's round, transformers' floor
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
@@ -69,8 +77,10 @@ class InputPolicy:
                              f"{', '.join(INTERPOLATIONS)}")
         if self.colour not in COLOURS:
             raise ValueError(f"input colour order {self.colour!r} is not supported; allowed: {', '.join(COLOURS)}")
-        if self.rule != InputPolicy.rule:
-            raise ValueError(f"input rule {self.rule!r} is not supported; allowed: {InputPolicy.rule!r}")
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"input crop offset {self.crop_offset!r} is not supported; allowed: {', '.join(CROP_OFFSETS)}")
+        if self.rule not in RULES:
+            raise ValueError(f"input rule {self.rule!r} is not supported; allowed: {', '.join(map(repr, RULES))}")
         lo, hi = self.value_range
         if not 0 < self.size <= self.resize or not hi > lo \
                 or min(self.std) <= 0 or len(self.mean) != 3 or len(self.std) != 3:
@@ -87,7 +97,10 @@ class InputPolicy:
         return mean, torch.tensor(self.std, dtype=torch.float32) * to_pixels
 
     def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The record (lists for tuples); the crop offset only when not torchvision's, so that the
+        records, and fingerprints, of stores made before it existed stay as they were."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k == "crop_offset" and v == "round")}
 
     @classmethod
     def from_dict(cls, d: dict) -> InputPolicy:
@@ -117,7 +130,7 @@ class InputPolicy:
         for k in ("size", "resize"):
             if isinstance(kw[k], bool) or not isinstance(kw[k], int) or not 1 <= kw[k] <= MAX_SIZE:
                 raise ValueError(f"{where}: {k} must be a whole number of pixels, 1 to {MAX_SIZE}")
-        for k in ("interpolation", "colour", "rule"):
+        for k in ("interpolation", "colour", "rule", "crop_offset"):
             if k in kw and not isinstance(kw[k], str):
                 raise ValueError(f"{where}: {k} must be a name")
         try:
@@ -216,13 +229,13 @@ _VJEPA2 = ClipSpec("vjepa2", "VJEPA2Config", "VJEPA2Model", "pixel_values_videos
 _TIMESFORMER = ClipSpec("timesformer", "TimesformerConfig", "TimesformerModel", "pixel_values", "num_frames",
                         "image_size", None, cls_tokens=1, time_major=False)
 register(Backbone("videomae", "transformers", "VideoMAEModel", "MCG-NJU/videomae-base-finetuned-kinetics", 768, "",
-                  InputPolicy(224, 224, mean=(0.5,) * 3, std=(0.5,) * 3), _VIDEOMAE),
+                  InputPolicy(224, 224, mean=(0.5,) * 3, std=(0.5,) * 3, crop_offset="floor"), _VIDEOMAE),
          "VideoMAE (Hugging Face), 768-d per 2-frame tubelet; default: ViT-B fine-tuned on Kinetics-400, 16 frames")
 register(Backbone("vjepa2", "transformers", "VJEPA2Model", "facebook/vjepa2-vitl-fpc64-256", 1024, "",
-                  InputPolicy(256, 292), _VJEPA2),
+                  InputPolicy(256, 292, crop_offset="floor"), _VJEPA2),
          "V-JEPA 2 (Hugging Face), 1024-d per 2-frame tubelet; default: ViT-L, 64 frames, 256 px")
 register(Backbone("timesformer", "transformers", "TimesformerModel", "facebook/timesformer-base-finetuned-k400", 768,
-                  "", InputPolicy(224, 224), _TIMESFORMER),
+                  "", InputPolicy(224, 224, crop_offset="floor"), _TIMESFORMER),
          "TimeSformer (Hugging Face), 768-d per frame; default: ViT-B fine-tuned on Kinetics-400, 8 frames")
 
 
@@ -391,7 +404,7 @@ class Preprocess:
         from torchvision.transforms import InterpolationMode
 
         self.policy, self.resize = policy, resize
-        self.resize_size, self.crop_size = [policy.resize], [policy.size, policy.size]
+        self.resize_size, self.crop_size = resize_size(policy), [policy.size, policy.size]
         self.interpolation, self.antialias = InterpolationMode(policy.interpolation), True
         mean, std = policy.pixel_units()
         self.mean = mean.view(1, 3, 1, 1)
@@ -401,10 +414,21 @@ class Preprocess:
         import torchvision.transforms.functional as F
 
         if self.resize:
-            x = F.resize(x, self.resize_size, interpolation=self.interpolation, antialias=self.antialias)
-            x = F.center_crop(x, self.crop_size)
+            x = self.cut(x)
         mean, inv_std = self.mean.to(x.device), self.inv_std.to(x.device)
         return (x.float() - mean) * inv_std
+
+    def cut(self, x):
+        """The policy's resize and centre crop of a (..., H, W) batch (torchvision's resize and crop;
+        a crop offset of "floor" starts the crop where transformers' processors do)."""
+        import torchvision.transforms.functional as F
+
+        x = F.resize(x, self.resize_size, interpolation=self.interpolation, antialias=self.antialias)
+        if self.policy.crop_offset == "round":
+            return F.center_crop(x, self.crop_size)
+        (h, w), c = x.shape[-2:], self.crop_size[0]
+        top, left = crop_start(h, c, "floor"), crop_start(w, c, "floor")
+        return x[..., top:top + c, left:left + c]
 
     def __repr__(self):
         if not self.resize:
@@ -493,4 +517,15 @@ def input_geometry(policy: InputPolicy, h: int, w: int) -> Geometry:
     `policy.resize` (torchvision's sizes: `resized_size`), the centre `policy.size` square. E.g.
     resize 256, size 224 on 240 x 320 frames: resized (256, 341), crop (224, 224), covering
     (15.0, 54.9, 210.0, 210.2) of the stored frame."""
-    return Geometry((h, w), resized_size(h, w, [policy.resize]), (policy.size, policy.size))
+    return Geometry((h, w), resized_size(h, w, resize_size(policy)), (policy.size, policy.size))
+
+
+def crop_start(n: int, crop: int, offset: str = "round") -> int:
+    """Where a centre crop of `crop` starts in `n` samples (crop <= n): torchvision's round((n - crop)
+    / 2), half to even, or transformers' int((n - crop) / 2). E.g. n=43, crop=32: 6 or 5."""
+    return round((n - crop) / 2.0) if offset == "round" else int((n - crop) / 2.0)
+
+
+def resize_size(policy: InputPolicy) -> list[int]:
+    """torchvision's resize argument for a policy: [s] scales the shorter side, [s, s] squashes."""
+    return [policy.resize] if policy.rule == SHORTER_SIDE else [policy.resize, policy.resize]

@@ -125,33 +125,41 @@ def read_policy(folder: Path | None, name: str, model_size: int) -> tuple[InputP
         d = spec.input
         r = spec.clip.resize_ratio
         resize = max(model_size, model_size * r[0] // r[1] if r else round(model_size * d.resize / d.size))
-        return (InputPolicy(model_size, resize, d.interpolation, d.value_range, d.mean, d.std),
+        return (InputPolicy(model_size, resize, d.interpolation, d.value_range, d.mean, d.std, crop_offset="floor"),
                 f"{spec.clip.model_class.replace('Model', '')} processor defaults")
     path = found[0]
     d = _read_json(path)
 
     def bad(what: str) -> WeightsError:
-        return WeightsError(f"{path}: {what}; har follows processors that resize the shorter side, cut a centre "
-                            "square and rescale/normalise")
+        return WeightsError(f"{path}: {what}; har follows processors that resize the shorter side (or the whole "
+                            "frame to a square), cut a centre square and rescale/normalise")
 
-    def side(v, key, square_ok: bool):
+    def side(v, key, what):
+        """(pixels, whether it is a height = width square)"""
         if isinstance(v, int) and not isinstance(v, bool):
-            return v
+            return v, what == "crop_size"
         if isinstance(v, dict) and key in v and len(v) == 1:
-            return v[key]
-        # a crop of height = width is a square; a resize to height x width squashes the frame
-        if square_ok and isinstance(v, dict) and set(v) == {"height", "width"} and v["height"] == v["width"]:
-            return v["height"]
-        raise bad(f"{'crop_size' if square_ok else 'size'} {v!r:.80} is not one side"
-                  f"{'' if square_ok else ' (a resize to height x width squashes the frame)'}")
+            return v[key], False
+        if isinstance(v, dict) and set(v) == {"height", "width"} and v["height"] == v["width"]:
+            return v["height"], True
+        raise bad(f"{what} {v!r:.80} is not one side or a square")
 
-    if d.get("do_resize", True) is not True or d.get("do_center_crop", True) is not True:
-        raise bad("do_resize and do_center_crop must both be true")
-    size = side(d.get("crop_size", spec.input.size), "height", True)
+    if d.get("do_resize", True) is not True:
+        raise bad("do_resize must be true")
+    rule = backbones.SHORTER_SIDE
     if spec.clip.resize_ratio:   # V-JEPA 2's processor derives its resize from the crop, whatever `size` says
+        size = side(d.get("crop_size", spec.input.size), "height", "crop_size")[0]
         resize = size * spec.clip.resize_ratio[0] // spec.clip.resize_ratio[1]
     else:
-        resize = side(d.get("size", {"shortest_edge": spec.input.resize}), "shortest_edge", False)
+        resize, square = side(d.get("size", {"shortest_edge": spec.input.resize}), "shortest_edge", "size")
+        if square:   # {"height": s, "width": s}: the whole frame squashed to s x s, as transformers resizes it
+            rule = backbones.SQUARE
+        if d.get("do_center_crop", True) is True:
+            size = side(d.get("crop_size", spec.input.size), "height", "crop_size")[0]
+        elif square:   # no crop: the squashed square is the input
+            size = resize
+        else:
+            raise bad("without do_center_crop the frame keeps its aspect ratio: the model takes a square")
     resample = d.get("resample", 2)
     if resample not in RESAMPLE:
         raise bad(f"resample {resample!r} is not one of {sorted(RESAMPLE)} (bilinear, bicubic)")
@@ -159,7 +167,7 @@ def read_policy(folder: Path | None, name: str, model_size: int) -> tuple[InputP
     if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 < rescale < 1e6:
         raise bad(f"rescale_factor {rescale!r} is not a positive number")
     normalise = d.get("do_normalize", True)
-    record = {"size": size, "resize": resize, "interpolation": RESAMPLE[resample],
+    record = {"size": size, "resize": resize, "interpolation": RESAMPLE[resample], "rule": rule, "crop_offset": "floor",
               "value_range": [0.0, 255.0 * rescale],
               "mean": d.get("image_mean", list(spec.input.mean)) if normalise else [0.0] * 3,
               "std": d.get("image_std", list(spec.input.std)) if normalise else [1.0] * 3}

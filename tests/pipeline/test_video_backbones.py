@@ -299,9 +299,21 @@ def test_vjepa2s_resize_is_derived_from_its_crop_as_transformers_does(tmp_path):
         policy, _ = read_policy(folder, "vjepa2", crop)
         assert policy.resize == tf.VJEPA2VideoProcessor(crop_size=crop).size["shortest_edge"] and policy.size == crop
     assert read_policy(None, "vjepa2", 96)[0].resize == 109   # no processor config: the same rule at the model's size
-    folder = tmp_path / "squash"
-    processor("videomae").save_pretrained(folder)
-    path = folder / "preprocessor_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "size": {"height": 32, "width": 32}}))
-    with pytest.raises(backbones.WeightsError, match="squashes the frame"):
-        read_policy(folder, "videomae", 32)
+
+
+@pytest.mark.parametrize("size, crop, centre", [({"shortest_edge": 36}, 32, True), ({"height": 32, "width": 32}, 32, True),
+                                                ({"height": 40, "width": 40}, 32, True),
+                                                ({"height": 32, "width": 32}, 32, False)])
+def test_the_policy_read_from_a_processor_gives_its_pixels(tmp_path, size, crop, centre):
+    """Shorter side or squashed to a square (size {"height": s, "width": s}), with or without a
+    centre crop: har's Preprocess of the recorded policy gives transformers' own pixel values."""
+    from pipeline.stages.video_backbones import read_policy
+
+    tf.VideoMAEImageProcessor(size=size, crop_size={"height": crop, "width": crop}, do_center_crop=centre,
+                              image_mean=MEAN, image_std=STD).save_pretrained(tmp_path)
+    policy, _ = read_policy(tmp_path, "videomae", 32)
+    frames = torch.randint(0, 256, (4, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ours = backbones.Preprocess(policy)(frames)
+    theirs = tf.VideoMAEImageProcessor.from_pretrained(tmp_path)([list(frames)], return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == theirs.shape == (4, 3, 32, 32)
+    assert (ours - theirs).abs().max() < 0.05 and (ours - theirs).abs().mean() < 0.01

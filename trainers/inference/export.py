@@ -114,13 +114,14 @@ class Resample(nn.Module):
         return torch.matmul(self.rows, torch.matmul(x, self.cols_t)).clamp(0, 255).round()
 
 
-def window(n: int, crop: int) -> list[int]:
+def window(n: int, crop: int, offset: str = "round") -> list[int]:
     """Indices into n samples of torchvision's centre crop of `crop` (-1: the zero padding it adds
-    when crop > n). E.g. n=5, crop=3 -> [1, 2, 3]; n=2, crop=4 -> [-1, 0, 1, -1]."""
+    when crop > n); `offset` "floor": where transformers' processors start it (backbones.crop_start).
+    E.g. n=5, crop=3 -> [1, 2, 3]; n=2, crop=4 -> [-1, 0, 1, -1]."""
     if crop > n:
         before = (crop - n) // 2
         return [i - before if 0 <= i - before < n else -1 for i in range(crop)]
-    start = round((n - crop) / 2.0)  # Python's round, half to even, as torchvision's
+    start = backbones.crop_start(n, crop, offset)
     return list(range(start, start + crop))
 
 
@@ -157,7 +158,7 @@ def backbone_cut(card: dict, hw: tuple[int, int]) -> Cut:
         rows, cols = torch.eye(h), torch.eye(w)
     else:
         rows, cols = resize_matrix(h, rh, mode, aa), resize_matrix(w, rw, mode, aa)
-    ys, xs = window(rh, ch), window(rw, cw)
+    ys, xs = window(rh, ch, pre.policy.crop_offset), window(rw, cw, pre.policy.crop_offset)
     about = {"resize_to": [rh, rw], "interpolation": mode, "antialias": aa, "rounded_to_uint8": True,
              "crop": {"top": ys[0], "left": xs[0], "height": ch, "width": cw}, "in_graph": True}
     return Cut(Resample(_pick(rows, ys), _pick(cols, xs)), about, pre.mean, pre.inv_std)

@@ -202,8 +202,6 @@ def chain(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device)
     """The backbone and the head as one differentiable chain of the stored frames: the recorded
     input policy's resize and centre crop cut the input (to_input), its normalisation, the backbone per frame,
     float16 rounding as the store holds features, the head."""
-    import torchvision.transforms.functional as F
-
     enc, head = _encoder_and_head(run_dir, cfg, card, device)
     pre = enc.preprocess
     mean = (pre.mean.flatten() / 255).tolist()
@@ -223,8 +221,7 @@ def chain(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device)
     def to_input(frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
         if pre.resize:
-            x = F.center_crop(F.resize(x, pre.resize_size, interpolation=pre.interpolation, antialias=pre.antialias),
-                              pre.crop_size)
+            x = pre.cut(x)   # the policy's resize and centre crop, as the features were made
         return x.permute(1, 0, 2, 3).unsqueeze(0).float().to(device)
 
     def window(h: int, w: int) -> tuple[float, float, float, float]:
