@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -279,8 +279,9 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     encoder = EncoderConfig(backbone=cfg.backbone, weights=cfg.weights, device=device, precision=precision,
                             batch_size=cfg.batch_size, compile=cfg.compile, resize=cfg.resize)
     # loaded afresh (the files behind --weights may have changed since this process last loaded them);
-    # this process's shards use it, Dask workers load their own
-    enc = make_encoder(encoder)
+    # this process's shards use it; with a scheduler the workers load their own and this one, on the
+    # CPU, only tells the weights, feature size and input policy
+    enc = make_encoder(encoder if cfg.scheduler is None else replace(encoder, device="cpu"))
     if cfg.scheduler is None:
         _ENCODERS[encoder] = enc
     weights, dim, positions, clip = enc.weights, enc.dim, enc.positions(t), enc.record(t)

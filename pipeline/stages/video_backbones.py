@@ -53,7 +53,8 @@ def transformers():
     return tf
 
 
-def _read_json(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """A JSON config file as a dict (at most MAX_CONFIG_BYTES); WeightsError in one line otherwise."""
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise WeightsError(f"{path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
     try:
@@ -103,14 +104,38 @@ def folder_for(name: str, weights: str, flag: str = "--weights") -> tuple[Path, 
                            f"(HF_HOME), or pass {flag} FOLDER (a save_pretrained folder)") from None
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}   # (path, size, mtime_ns) -> sha256: a GB checkpoint hashed once
+
+
+def _file_sha256(path: Path) -> str:
+    """A file's sha256, hashed once per process while its size and mtime stay (a fine-tuning run
+    starts by reading the same folder for its facts, its fingerprint and its weights)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = lineage.file_sha256(path)
+    return _DIGESTS[key]
+
+
 def folder_sha256(folder: Path) -> str:
     """One digest of what makes the model: config.json and every weights file, by name."""
     files = sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern)})
     if not files:
         raise WeightsError(f"{folder} holds no weights (*.safetensors or *.bin) beside its config.json")
-    parts = [f"config.json:{lineage.file_sha256(folder / 'config.json')}"]
-    parts += [f"{f.name}:{lineage.file_sha256(f)}" for f in files]
+    parts = [f"config.json:{_file_sha256(folder / 'config.json')}"]
+    parts += [f"{f.name}:{_file_sha256(f)}" for f in files]
     return lineage.fingerprint(parts)
+
+
+def folder_config(name: str, folder: Path, option: str = "--backbone") -> dict:
+    """The folder's config.json, checked to be a model of backbone `name`'s family (`option`: where
+    the user chooses the family, in the message)."""
+    config = read_config(folder / "config.json")
+    model_type = backbones.get(name).clip.model_type
+    if config.get("model_type") != model_type:
+        raise WeightsError(f"{folder} holds a {config.get('model_type')!r} model, not {name}'s ({model_type!r}); "
+                           f"choose the {option} of that family")
+    return config
 
 
 # ---- the input policy --------------------------------------------------------------------------
@@ -128,7 +153,7 @@ def read_policy(folder: Path | None, name: str, model_size: int) -> tuple[InputP
         return (InputPolicy(model_size, resize, d.interpolation, d.value_range, d.mean, d.std, crop_offset="floor"),
                 f"{spec.clip.model_class.replace('Model', '')} processor defaults")
     path = found[0]
-    d = _read_json(path)
+    d = read_config(path)
 
     def bad(what: str) -> WeightsError:
         return WeightsError(f"{path}: {what}; har follows processors that resize the shorter side (or the whole "
@@ -213,10 +238,7 @@ def load(name: str, weights: str = "imagenet"):
         info, folder = WeightsInfo("none", f"random init (seed 0) of {c.config_class}() defaults", None), None
     else:
         folder, kind = folder_for(name, weights)
-        config = _read_json(folder / "config.json")
-        if config.get("model_type") != c.model_type:
-            raise WeightsError(f"{folder} holds a {config.get('model_type')!r} model, not {name}'s "
-                               f"({c.model_type!r}); choose the --backbone of that family")
+        folder_config(name, folder)
         sha = folder_sha256(folder)
         try:
             model, report = getattr(tf, c.model_class).from_pretrained(str(folder), local_files_only=True,

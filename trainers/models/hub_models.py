@@ -92,10 +92,7 @@ def hub_config(name: str, pretrained: str, clip: Clip, drop_path: float | None =
         config = cls(**{spec.frames_key: clip.frames, spec.size_key: clip.size})
     else:
         folder, _ = vb.folder_for(name, pretrained, "--pretrained")
-        d = vb._read_json(folder / "config.json")
-        if d.get("model_type") != spec.model_type:
-            raise backbones.WeightsError(f"{folder} holds a {d.get('model_type')!r} model, not {name}'s "
-                                         f"({spec.model_type!r}); choose the video model of that family")
+        d = vb.folder_config(name, folder, "video model")
         config = _from_dict(cls, {k: v for k, v in d.items() if k not in ("architectures", "auto_map")})
     if drop_path is not None:
         if not hasattr(config, "drop_path_rate"):

@@ -58,7 +58,9 @@ class ClipTask(tasks.Task):
                                                           str(cs.path))
         # a Hugging Face model: its encoder's config, normalisation and weights' digest, read once (a finished
         # run's from its card: evaluating it needs no folder)
-        self.hub = hub if hub is not None or not video_models.get(cfg.model).hub else hub_facts(cfg, self.frames, self.crop)
+        if hub is None and video_models.get(cfg.model).hub:
+            hub = hub_facts(cfg, self.frames, self.crop)
+        self.hub = hub
         self.model, self.pretrained, self.three = cfg.model, cfg.pretrained, cfg.three_crop
         hflip = store_hflip(cs) if cfg.hflip is None else cfg.hflip
         self.warnings = self.warnings + mirrored_views_warning(cs, cfg)
