@@ -1,0 +1,104 @@
+"""Variants of the `attention` head, scored by leave-one-group-out like the defaults (head_defaults.py).
+
+    .venv/bin/python benchmarks/attention_variants.py VARIANT [head_defaults.py's arguments]
+    e.g. .venv/bin/python benchmarks/attention_variants.py tokdrop=0.3 --features motion/r18none.zarr \
+             --recipes demo --heads attention --threads 1 --rules best --json tokdrop.json
+
+A study, not a head: each variant patches `heads.TemporalTransformer` (or the loop) in this
+process only, then runs `head_defaults.main` with the remaining arguments, which prints its JSON
+(per fold: the test top-1 of the epoch a rule picks, the curves). Settings that are already
+options (`--set hidden=64`, `--set layers=2`, `--set temporal_input=raw`) need no variant: `base`.
+
+Variants (P a probability, D a decay):
+    base          the head as it is
+    tokdrop=P     dropout on the tokens after the projection and the position embedding
+    framedrop=P   whole time steps dropped while training (masked from attention and the pooling)
+    indrop=P      dropout on the standardised input features
+    fixedpos      the position table kept at its sine values (not learned)
+    cls           a learned class token read out instead of the mean over time
+    conv          a depthwise temporal convolution (kernel 3, residual) before the encoder
+    ema=D         after every epoch the weights averaged (w_avg = D w_avg + (1 - D) w), validated and saved
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from trainers.models import heads  # noqa: E402
+from trainers.training import loop  # noqa: E402
+
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema")
+
+
+def patch(kind: str, value: float) -> None:
+    """Replace TemporalTransformer's __init__/forward (or the loop's epoch) for this process."""
+    T = heads.TemporalTransformer
+    base_init = T.__init__
+
+    def init(self, dim, classes, frames, cfg):
+        base_init(self, dim, classes, frames, cfg)
+        if kind == "cls":
+            self.cls = nn.Parameter(torch.zeros(1, 1, cfg.hidden))
+        if kind == "conv":
+            self.conv = nn.Conv1d(cfg.hidden, cfg.hidden, 3, padding=1, groups=cfg.hidden)
+        if kind == "fixedpos":
+            self.pos.requires_grad_(False)
+
+    def forward(self, x):  # (B, T, D)
+        if kind == "indrop":
+            x = nn.functional.dropout(x, value, self.training)
+        h = self.proj(x) + self.pos[:, : x.shape[1]]
+        if kind == "tokdrop":
+            h = nn.functional.dropout(h, value, self.training)
+        if kind == "conv":
+            h = h + self.conv(h.transpose(1, 2)).transpose(1, 2)
+        if kind == "cls":
+            h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], 1)
+            return self.fc(self.drop(self.norm(self.encoder(h))[:, 0]))
+        if kind == "framedrop" and self.training:
+            drop = torch.rand(h.shape[:2], device=h.device) < value
+            drop[drop.all(1)] = False                  # every clip keeps a frame
+            keep = (~drop).float()[..., None]
+            h = (self.norm(self.encoder(h, src_key_padding_mask=drop)) * keep).sum(1) / keep.sum(1)
+            return self.fc(self.drop(h))
+        return self.fc(self.drop(self.norm(self.encoder(h)).mean(dim=1)))
+
+    T.__init__, T.forward = init, forward
+    if kind == "ema":
+        epoch = loop.train_one_epoch
+
+        def averaged_epoch(model, *args, **kwargs):
+            state = getattr(model, "_ema", None)
+            if state is not None:
+                model.load_state_dict(state["raw"])    # train on the raw weights
+            out = epoch(model, *args, **kwargs)
+            raw = {n: t.detach().clone() for n, t in model.state_dict().items()}
+            avg = raw if state is None else {n: value * state["avg"][n] + (1 - value) * t if t.is_floating_point()
+                                             else t for n, t in raw.items()}
+            model._ema = {"raw": raw, "avg": {n: t.clone() for n, t in avg.items()}}
+            model.load_state_dict(avg)                 # validate and save the average
+            return out
+
+        loop.train_one_epoch = averaged_epoch
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].partition("=")[0] not in KINDS:
+        print(f"usage: attention_variants.py VARIANT [head_defaults args]; VARIANT one of {', '.join(KINDS)} "
+              "(with =VALUE where it takes one)", file=sys.stderr)
+        return 2
+    kind, _, value = argv[0].partition("=")
+    patch(kind, float(value) if value else 0.0)
+    import head_defaults
+
+    return head_defaults.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
