@@ -46,7 +46,7 @@ def measure(work: Path, groups: int, seed: int, backbone: str = "resnet18", weig
             resize: str = "stored") -> dict:
     from pipeline.datasets import synth
     from trainers.data import views
-    from trainers.inference import explain
+    from trainers.inference import explain, sanity
 
     work.mkdir(parents=True, exist_ok=True)
     har("synth", "syn", "--classes", 2, "--groups", groups, "--clips", 2, "--frames", 24, "--seed", seed, "--masks",
@@ -66,41 +66,41 @@ def measure(work: Path, groups: int, seed: int, backbone: str = "resnet18", weig
     tol = 15 * 64 / 240  # the game's 15 px of the 240-px source, in stored pixels
     for model in MODELS:
         ex = explain.load(work / model, "cpu")
-        rand = explain.Explainer(ex.run_dir, explain.randomised(ex.chain), ex.recipe, ex.device)
+        rand = explain.Explainer(ex.run_dir, sanity.randomised(ex.chain), ex.recipe, ex.device)
         hits: dict[str, list] = {}
         rho: dict[str, list] = {}
         for i, rel in enumerate(view.videos):
             for method in ("gradcam", "gradcam++", "guided-backprop", "activations"):
                 e = ex(work / "syn" / rel, method)
                 if method.startswith("gradcam"):
-                    stored = [explain.boxes_on_stored(boxes[rel][k], (240, 320), e.frames.shape[1:3])
+                    stored = [sanity.boxes_on_stored(boxes[rel][k], (240, 320), e.frames.shape[1:3])
                               for k in e.frame_idx]
                     for name, t in (("strict", 0.0), ("15px", tol)):
-                        h = explain.pointing_hits(e.maps, stored, tolerance=t)
+                        h = sanity.pointing_hits(e.maps, stored, tolerance=t)
                         hits.setdefault(f"{method} {name} all", []).extend(h)
                         if i in test:
                             hits.setdefault(f"{method} {name} test", []).extend(h)
                 target = ex.chain.classes.index(e.target)
-                rho.setdefault(method, []).append(explain.rank_correlation(e.maps, rand.explain_clip(e.frames, target,
+                rho.setdefault(method, []).append(sanity.rank_correlation(e.maps, rand.explain_clip(e.frames, target,
                                                                                                      method)[0]))
         out[model] = {"pointing": {k: round(float(np.mean(v)), 4) for k, v in hits.items()},
                       "frames": len(hits["gradcam strict all"]),
                       "randomisation_rho": {k: round(float(np.mean(v)), 4) for k, v in rho.items()}}
 
     head = explain.load(work / "head", "cpu")
-    rand = explain.Explainer(head.run_dir, explain.randomised(head.chain), head.recipe, head.device)
+    rand = explain.Explainer(head.run_dir, sanity.randomised(head.chain), head.recipe, head.device)
     rng = np.random.default_rng(seed)
     top, low, hits, rho = [], [], [], []
     for rel in view.videos:
         e = head(work / "syn" / rel, "gradcam")
-        stored = [explain.boxes_on_stored(boxes[rel][k], (240, 320), e.frames.shape[1:3]) for k in e.frame_idx]
-        hits.extend(explain.pointing_hits(e.maps, stored, tolerance=tol))
-        rho.append(explain.rank_correlation(e.maps, rand.explain_clip(e.frames, head.chain.classes.index(e.target),
+        stored = [sanity.boxes_on_stored(boxes[rel][k], (240, 320), e.frames.shape[1:3]) for k in e.frame_idx]
+        hits.extend(sanity.pointing_hits(e.maps, stored, tolerance=tol))
+        rho.append(sanity.rank_correlation(e.maps, rand.explain_clip(e.frames, head.chain.classes.index(e.target),
                                                                       "gradcam")[0]))
         order = np.argsort(-np.abs(e.importance), kind="stable")
         t = head.chain.classes.index(e.target)
-        top.append(explain.shuffle_change(head.chain, e.frames, t, order[:2], rng))
-        low.append(explain.shuffle_change(head.chain, e.frames, t, order[-2:], rng))
+        top.append(sanity.shuffle_change(head.chain, e.frames, t, order[:2], rng))
+        low.append(sanity.shuffle_change(head.chain, e.frames, t, order[-2:], rng))
     out["shuffle_top2"] = float(np.mean(top))
     out["shuffle_low2"] = float(np.mean(low))
     out["head"] = {"backbone": backbone, "weights": weights, "resize": resize,

@@ -10,7 +10,7 @@ from helpers import har
 from PIL import Image
 
 from pipeline.datasets import synth
-from trainers.inference import explain
+from trainers.inference import explain, sanity
 
 TOLERANCE = 15 * 64 / 240  # the pointing game's 15 px of the 240-px source, in 64-px stored pixels
 
@@ -54,8 +54,8 @@ def test_pointing_game_gradcam_maximum_falls_on_the_object(work):
     hits = []
     for v in videos(work):
         e = ex(v, "gradcam")
-        stored = [explain.boxes_on_stored(boxes[rel(work, v)][k], (240, 320), e.frames.shape[1:3]) for k in e.frame_idx]
-        hits += explain.pointing_hits(e.maps, stored, tolerance=TOLERANCE)
+        stored = [sanity.boxes_on_stored(boxes[rel(work, v)][k], (240, 320), e.frames.shape[1:3]) for k in e.frame_idx]
+        hits += sanity.pointing_hits(e.maps, stored, tolerance=TOLERANCE)
     assert len(hits) == 8 * len(videos(work))
     print(f"pointing game: {np.mean(hits):.3f} of {len(hits)} frames")
     assert np.mean(hits) >= 0.8, f"pointing game {np.mean(hits):.3f}"
@@ -65,9 +65,9 @@ def test_pointing_hits_reads_boxes_as_top_left_bottom_right():
     m = np.zeros((2, 10, 20), np.float32)
     m[0, 2, 15] = 1  # row 2, column 15
     m[1, 8, 1] = 1
-    assert explain.pointing_hits(m, [[[0, 10, 5, 20]], [[0, 10, 5, 20]]]) == [True, False]
-    assert explain.pointing_hits(m, [[], [[7, 0, 10, 3]]]) == [True]  # a frame without an object is not counted
-    assert explain.pointing_hits(m, [[[4, 10, 6, 20]], []], tolerance=2) == [True]
+    assert sanity.pointing_hits(m, [[[0, 10, 5, 20]], [[0, 10, 5, 20]]]) == [True, False]
+    assert sanity.pointing_hits(m, [[], [[7, 0, 10, 3]]]) == [True]  # a frame without an object is not counted
+    assert sanity.pointing_hits(m, [[[4, 10, 6, 20]], []], tolerance=2) == [True]
 
 
 def test_model_randomisation_changes_gradcam_maps(work):
@@ -76,21 +76,21 @@ def test_model_randomisation_changes_gradcam_maps(work):
     which know no class, stay the input's structure (0.97) and are the reference. Grad-CAM++ does
     not pass on this small model (0.88: its weights are never negative) - BENCHMARKS.md says so."""
     ex = explain.load(work / "video", "cpu")
-    rand = explain.Explainer(ex.run_dir, explain.randomised(ex.chain), ex.recipe, ex.device)
+    rand = explain.Explainer(ex.run_dir, sanity.randomised(ex.chain), ex.recipe, ex.device)
     rho = {}
     for method in ("gradcam", "activations"):
         rho[method] = []
         for v in videos(work)[::4]:
             e = ex(v, method)
             r, *_ = rand.explain_clip(e.frames, ex.chain.classes.index(e.target), method)
-            rho[method].append(explain.rank_correlation(e.maps, r))
+            rho[method].append(sanity.rank_correlation(e.maps, r))
     gradcam, activations = np.mean(rho["gradcam"]), np.mean(rho["activations"])
     print(f"randomisation: Grad-CAM {gradcam:.3f}, activations {activations:.3f}")
     assert gradcam < 0.5 and gradcam < activations - 0.3, rho
     a = np.arange(100.0)
-    assert explain.rank_correlation(a, a ** 3) == pytest.approx(1.0)
-    assert explain.rank_correlation(a, -a) == pytest.approx(-1.0)
-    assert explain.rank_correlation(a, np.zeros(100)) == 0.0
+    assert sanity.rank_correlation(a, a ** 3) == pytest.approx(1.0)
+    assert sanity.rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert sanity.rank_correlation(a, np.zeros(100)) == 0.0
 
 
 def test_temporal_attribution_ranks_frames_by_what_they_change(work):
@@ -105,8 +105,8 @@ def test_temporal_attribution_ranks_frames_by_what_they_change(work):
         assert e.importance_kind == "integrated-gradients" and e.importance.shape == (8,)
         order = np.argsort(-np.abs(e.importance), kind="stable")
         t = ex.chain.classes.index(e.target)
-        top.append(explain.shuffle_change(ex.chain, e.frames, t, order[:2], rng, tries=4))
-        low.append(explain.shuffle_change(ex.chain, e.frames, t, order[-2:], rng, tries=4))
+        top.append(sanity.shuffle_change(ex.chain, e.frames, t, order[:2], rng, tries=4))
+        low.append(sanity.shuffle_change(ex.chain, e.frames, t, order[-2:], rng, tries=4))
     print(f"swap top-2 {np.mean(top):.4f}, bottom-2 {np.mean(low):.4f}")
     assert np.mean(top) > 1.5 * np.mean(low), (np.mean(top), np.mean(low))
 
@@ -279,7 +279,7 @@ def test_randomised_redraws_every_parameter_of_an_attention_head(name):
 
     head = heads.build(name, 16, 4, 8, HeadConfig(hidden=16, layers=2))
     chain = Chain(Sequential2(nn.Identity(), head), None, None, ["a", "b", "c", "d"], "head", nn.Identity(), head)
-    rand = explain.randomised(chain)
+    rand = sanity.randomised(chain)
     before = dict(chain.model.named_parameters())
     same = [n for n, p in rand.model.named_parameters() if p.numel() > 1 and torch.equal(p, before[n])]
     assert same == [] and rand.head is rand.model.head and chain.model is not rand.model
@@ -300,7 +300,7 @@ def test_shuffle_change_moves_every_chosen_frame_and_terminates_on_repeats():
 
     frames = np.repeat(np.arange(6, dtype=np.uint8)[:, None, None, None], 3, axis=3).repeat(2, 1).repeat(2, 2)
     chain = Chain(Probe(), lambda f: torch.from_numpy(f).permute(3, 0, 1, 2)[None].float(), None, ["a", "b"], "x")
-    explain.shuffle_change(chain, frames, 0, np.array([1, 4, 4, 2]), np.random.default_rng(0), tries=3)
+    sanity.shuffle_change(chain, frames, 0, np.array([1, 4, 4, 2]), np.random.default_rng(0), tries=3)
     for order in seen[1:]:
         assert sorted(order) == list(range(6)) and all(order[i] != i for i in (1, 2, 4))
         assert [order[i] for i in (0, 3, 5)] == [0, 3, 5]
