@@ -9,12 +9,13 @@ Integrity: a Zarr chunk that is missing reads as the fill value (zeros), which w
 wrong. So every store carries `checksum` [N, S] (crc32 of each sample's data as a reader will see
 it, written with the data and before `status`), the crc32 of each static array in its attrs
 (`static_checksums`), and a crc32c codec on every data chunk (damaged bytes fail to read). Readers
-open inputs with `open_input` and read data with `read_rows` / `read_sample`, which verify them;
-a finished store with a pending video is damaged too (its `status` chunk is gone). A sample's
-checksum also covers its place (row, sample and video: attrs `checksum_binding`), so samples moved
-to another row together with their checksums are damage too; stores written before that hold the
-crc32 of the bytes alone and are read as before. Before any chunk is walked or read, the shapes
-each array declares are checked against the store's own lengths (`pipeline.stores.shapes`).
+open inputs with `open_input` and read data with `read_rows` / `read_sample`, which verify them (the
+checksums are `pipeline.stores.checksums`'); a finished store with a pending video is damaged too
+(its `status` chunk is gone). A sample's checksum also covers its place (row, sample and video:
+attrs `checksum_binding`), so samples moved to another row together with their checksums are damage
+too; stores written before that hold the crc32 of the bytes alone and are read as before. Before any
+chunk is walked or read, the shapes each array declares are checked against the store's own lengths
+(`pipeline.stores.shapes`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from pipeline.decoding import augment
 from pipeline.core import location
-from pipeline.stores import shapes
+from pipeline.stores import checksums, shapes
 from pipeline.core.location import Url
 from pipeline.core.registry import Registry
 
@@ -52,77 +53,13 @@ REBUILD = ("rebuild it with the command that made it and --verify (har extract) 
            "(har features); har never reads missing data as numbers")
 
 
-# attrs `checksum_binding` of a store whose sample checksums cover their place: crc32 of
-# "row/sample/video\n" followed by the sample's bytes. A store without it (har before 2026-12)
-# holds the crc32 of the bytes alone: still read and verified, as it was written
-BINDING = "row/sample/video"
-
-
-def binds(attrs: dict) -> bool:
-    """Do this store's sample checksums cover each sample's row, sample index and video?"""
-    return attrs.get("checksum_binding") == BINDING
-
-
-def _place(row: int, sample: int, video: str) -> int:
-    """The crc32 a bound sample checksum starts from."""
-    return zlib.crc32(f"{row}/{sample}/{video}\n".encode())
-
-
-def sample_checksums(data: np.ndarray, start: int = 0, videos=None) -> np.ndarray:
-    """(m, S) uint32: crc32 of each sample data[i, s] (any trailing shape), as stored bytes; with
-    `videos` (the names of rows start..start+m) bound to its place, so that the same bytes in another
-    row, sample or video give another checksum (rows swapped with their checksums do not verify).
-
-    >>> x = np.zeros((2, 1, 3), np.uint8)
-    >>> int(sample_checksums(x)[0, 0]) == int(sample_checksums(x)[1, 0])       # unbound: the same
-    True
-    >>> int(sample_checksums(x, 0, ["a", "b"])[0, 0]) == int(sample_checksums(x, 0, ["a", "b"])[1, 0])
-    False
-    """
-    m, s = data.shape[:2]
-    out = np.zeros((m, s), np.uint32)
-    for i in range(m):
-        for j in range(s):
-            seed = 0 if videos is None else _place(start + i, j, str(videos[i]))
-            out[i, j] = zlib.crc32(np.ascontiguousarray(data[i, j]), seed)
-    return out
-
-
-_NAMES: dict[tuple[str, int], np.ndarray] = {}   # (store, crc32 of its `video`) -> the names
-
-
-def _all_names(path, attrs: dict, read) -> np.ndarray:
-    """A store's whole `video` table (`read()` reads it), once per process and store: a Zarr `video`
-    is one chunk, and features reads and writes a shard at a time. Keyed by the table's recorded
-    checksum, so a store replaced by one with other videos is read again; a damaged table is never
-    kept."""
-    crc = attrs.get("static_checksums", {}).get("video")
-    key = (str(path), crc)
-    names = _NAMES.get(key) if crc is not None else None
-    if names is None:
-        names = np.array(np.asarray(read()).tolist(), dtype=object)
-        if crc is not None and array_checksum(names) == crc:
-            if len(_NAMES) >= 8:
-                _NAMES.pop(next(iter(_NAMES)))
-            _NAMES[key] = names
-    return names
-
-
 def video_names(r: "StoreReader", start: int, stop: int) -> np.ndarray:
     """The `video` names of rows [start, stop): what a bound checksum covers."""
-    names = _all_names(r.path, r.attrs, lambda: r.read("video"))
+    names = checksums.video_table(r.path, r.attrs, lambda: r.read("video"))
     if len(names) < stop:
         raise DamagedStoreError(f"{r.path} is damaged: its video table has {len(names)} rows, the data {stop}; "
                                 f"{REBUILD}")
     return names[start:stop]
-
-
-def array_checksum(arr: np.ndarray) -> int:
-    """crc32 of a static array's values (strings as UTF-8 lines)."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind in "OUT":
-        return zlib.crc32("\n".join(str(x) for x in arr.ravel()).encode())
-    return zlib.crc32(np.ascontiguousarray(arr))
 
 
 def _zarr():
@@ -207,9 +144,9 @@ def create_zarr(path: Path, layout: Layout, static: dict[str, np.ndarray], attrs
     tail = data_tail if data_tail is not None else (layout.height, layout.width, 3)
     # the attrs (kind first of all) go in with the group: a kill while the arrays are created leaves
     # a working store that is recognisably har's, so the next run may remove it
-    sums = {name: array_checksum(arr) for name, arr in static.items()}
+    sums = {name: checksums.array_checksum(arr) for name, arr in static.items()}
     root = zarr.create_group(str(path), zarr_format=3, overwrite=True,
-                             attributes={**attrs, "static_checksums": sums, "checksum_binding": BINDING},
+                             attributes={**attrs, "static_checksums": sums, "checksum_binding": checksums.BINDING},
                              **location.storage_options(location.of(path)))
     small = {"compressors": [BloscCodec(cname="zstd", clevel=5), Crc32cCodec()]}  # every chunk checked on read
     checked = small
@@ -248,14 +185,14 @@ def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: 
     arr = root[data_name]
     lossy = any(type(c).__name__ == "JpegCodec" for c in _codecs_of(arr))
     attrs = dict(root.attrs)
-    if binds(attrs):
-        videos = _all_names(path, attrs, lambda: root["video"][...])[start:stop] if videos is None else videos
+    if checksums.binds(attrs):
+        videos = checksums.video_table(path, attrs, lambda: root["video"][...])[start:stop] if videos is None else videos
         if len(videos) != stop - start:
             raise ValueError(f"write_batch: {len(videos)} video names for rows {start}..{stop - 1}")
     else:
         videos = None
     # the checksum of what a reader will see: a lossy codec's decoded bytes, read back
-    root["checksum"][start:stop] = sample_checksums(np.asarray(arr[start:stop]) if lossy else data[data_name],
+    root["checksum"][start:stop] = checksums.sample_checksums(np.asarray(arr[start:stop]) if lossy else data[data_name],
                                                     start, videos)
     root["status"][start:stop] = data["status"]
 
@@ -298,14 +235,7 @@ def mark_complete(path: Path) -> None:
     group = _zarr().open_group(str(path), mode="r+", zarr_format=3, **location.storage_options(location.of(path)))
     attrs = {k: v for k, v in group.attrs.items() if k != "attrs_checksum"}
     attrs["complete"] = True
-    group.attrs.update({"complete": True, "attrs_checksum": attrs_checksum(attrs)})
-
-
-def attrs_checksum(attrs: dict) -> str:
-    """Fingerprint of a store's attributes other than itself (canonical JSON: Zarr and HDF5 agree)."""
-    from pipeline.core.lineage import fingerprint
-
-    return fingerprint({k: v for k, v in attrs.items() if k != "attrs_checksum"})[:16]
+    group.attrs.update({"complete": True, "attrs_checksum": checksums.attrs_checksum(attrs)})
 
 
 class StoreReader:
@@ -446,7 +376,7 @@ def quick_check(r: "StoreReader") -> list[str]:
     checksums, a video without status, and (Zarr) every chunk file present, since a missing one
     reads as zeros. [] when nothing is found; --verify (`verify`) reads everything."""
     problems = []
-    if r.attrs.get("complete") and r.attrs.get("attrs_checksum") != attrs_checksum(r.attrs):
+    if r.attrs.get("complete") and r.attrs.get("attrs_checksum") != checksums.attrs_checksum(r.attrs):
         problems.append("its attributes were changed since it was written (attrs_checksum)")
     shape = shape_problems(r)
     if shape:
@@ -499,7 +429,7 @@ def check_static(r: "StoreReader") -> str:
     bad = []
     for name, crc in r.attrs.get("static_checksums", {}).items():
         try:
-            ok = array_checksum(r.read(name)) == crc
+            ok = checksums.array_checksum(r.read(name)) == crc
         except Exception as e:  # a missing or damaged chunk or metadata file
             bad.append(f"{name} unreadable ({type(e).__name__}: {e})")
             continue
@@ -518,8 +448,8 @@ def read_rows(r: "StoreReader", start: int, stop: int, status: np.ndarray | None
     except Exception as e:  # zarr's crc32c / shard index / codec errors, a truncated HDF5 chunk
         raise DamagedStoreError(f"{r.path} is damaged: {name} of videos {_names(r.read('video'), range(start, stop))} "
                                 f"cannot be read ({type(e).__name__}: {e}); {REBUILD}") from None
-    videos = video_names(r, start, stop) if binds(r.attrs) else None
-    bad = np.flatnonzero((sample_checksums(data, start, videos) != sums).any(axis=1))
+    videos = video_names(r, start, stop) if checksums.binds(r.attrs) else None
+    bad = np.flatnonzero((checksums.sample_checksums(data, start, videos) != sums).any(axis=1))
     if len(bad):
         rows = ", ".join(str(i) for i in (bad + start)[:3]) + (", ..." if len(bad) > 3 else "")
         raise DamagedStoreError(f"{r.path} is damaged: {name} of {_names(r.read('video'), bad + start)} (rows {rows}) "
@@ -536,7 +466,7 @@ def read_sample(arr, sums, path: Path, v: int, s: int, video: str | None = None)
     except Exception as e:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} cannot be read "
                                 f"({type(e).__name__}: {e}); {REBUILD}") from None
-    if zlib.crc32(np.ascontiguousarray(x), 0 if video is None else _place(v, s, str(video))) != crc:
+    if zlib.crc32(np.ascontiguousarray(x), 0 if video is None else checksums.place(v, s, str(video))) != crc:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} does not match its checksum "
                                 f"(a chunk is missing, changed or moved); {REBUILD}")
     return x

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import write_audio_only
 
-from pipeline.stores import hdf5, store, swap
+from pipeline.stores import checksums, hdf5, store, swap
 from pipeline.stages.extract import ExtractConfig, Recipe, extract, recorded_sources
 from pipeline.stores.status import store_state
 from pipeline.stores.store import StoreReader
@@ -296,7 +296,7 @@ def _to_attrs_layout(out):
     attrs = dict(g.attrs)
     attrs["lineage"]["inputs"] = {"root": attrs["lineage"]["inputs"]["root"], "sources": sources}
     attrs["static_checksums"] = {k: v for k, v in attrs["static_checksums"].items() if not k.startswith("source/")}
-    attrs["attrs_checksum"] = store.attrs_checksum(attrs)
+    attrs["attrs_checksum"] = checksums.attrs_checksum(attrs)
     g.attrs.put(attrs)
     assert lineage.SOURCE_FIELDS and not any(n.startswith("source/") for n in StoreReader(out).names())
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import har, har_process
 
-from pipeline.stores import store, swap
+from pipeline.stores import checksums, store, swap
 from pipeline.stages.extract import ExtractConfig, Recipe, extract
 from pipeline.stores.status import store_state
 
@@ -506,7 +506,7 @@ def test_rows_swapped_with_their_checksums_are_damage_naming_both(data, tmp_path
 
     frames = run(data, tmp_path / "f.zarr").store
     with store.StoreReader(frames) as r:
-        assert store.binds(r.attrs) and r["frames"].shards[0] == 1 and r["checksum"].chunks[0] == 1  # a file a row
+        assert checksums.binds(r.attrs) and r["frames"].shards[0] == 1 and r["checksum"].chunks[0] == 1  # a file a row
         videos = r.read("video")
         before = np.asarray(r["frames"][...])
     assert har("status", frames, "--verify")[0] == 0
@@ -555,10 +555,10 @@ def as_written_before_binding(path: Path) -> None:
 
     g = zarr.open_group(str(path), mode="r+")
     name = "features" if g.attrs["kind"] == "features" else "frames"
-    g["checksum"][...] = store.sample_checksums(np.asarray(g[name][...]))
+    g["checksum"][...] = checksums.sample_checksums(np.asarray(g[name][...]))
     attrs = dict(g.attrs)
     attrs.pop("checksum_binding")
-    attrs["attrs_checksum"] = store.attrs_checksum(attrs)
+    attrs["attrs_checksum"] = checksums.attrs_checksum(attrs)
     g.attrs.clear()
     g.attrs.update(attrs)
 
@@ -573,7 +573,7 @@ def test_a_store_written_before_checksums_bound_their_place_still_reads_and_is_n
     frames = run(data, tmp_path / "f.zarr").store
     as_written_before_binding(frames)
     with store.StoreReader(frames) as r:
-        assert not store.binds(r.attrs)
+        assert not checksums.binds(r.attrs)
     assert store_state(frames, verify=True).current
     code, out, _ = har("status", frames, "--verify")
     assert code == 0 and "current" in out
@@ -590,13 +590,13 @@ def test_a_store_written_before_checksums_bound_their_place_still_reads_and_is_n
                        "--device", "cpu", "--resize", "stored")
     assert code == 0, err
     with store.StoreReader(feat) as r:
-        assert store.binds(r.attrs)
+        assert checksums.binds(r.attrs)
     assert store_state(feat, verify=True).current
 
     sorted(data.rglob("*.avi"))[0].unlink()   # one video gone: rebuilt, the others copied (verified as written)
     res = run(data, frames)
     assert res.reused == n - 1 and res.decoded == 0
     with store.open_input(frames, "frames", "test") as r:
-        assert store.binds(r.attrs)
+        assert checksums.binds(r.attrs)
         assert np.array_equal(store.read_rows(r, 0, n - 1), old[1:])
     assert store_state(frames, verify=True).current

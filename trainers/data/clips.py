@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.core import location
-from pipeline.stores import store
+from pipeline.stores import checksums, store
 from pipeline.core.lineage import seed_for
 from trainers.data import views
 
@@ -42,7 +42,7 @@ class ClipDataset(torch.utils.data.Dataset):
             self._check_version()
             r = store.StoreReader(location.of(self.path))
             self._frames, self._sums = r["frames"], np.asarray(r["checksum"][...])  # N x S uint32: small
-            self._videos = r.read("video") if store.binds(r.attrs) else None        # what each checksum covers
+            self._videos = r.read("video") if checksums.binds(r.attrs) else None        # what each checksum covers
         v, s = key
         # checked against its checksum: a lost or changed chunk stops training, never trains on zeros;
         # a store swapped in meanwhile fails its old checksums too, and is then named as replaced
