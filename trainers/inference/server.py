@@ -17,8 +17,8 @@ hold is bounded.
 - A request takes a slot (`workers` running + `queue` waiting) and, while its body arrives, an
   upload place (`uploads`); with none free it gets 503 and Retry-After before its body is read.
   One client address holds at most `per_client` requests at once (429 beyond).
-- The body is parsed here, as it arrives (python-multipart's streaming parser; FastAPI's form
-  parsing would spool it into the system's temporary folder first): only the known fields, each
+- The body is parsed as it arrives (`trainers.inference.forms`: python-multipart's streaming
+  parser; FastAPI's form parsing would spool it into the system's temporary folder first): only the known fields, each
   short; the file goes straight into the server's own scratch folder under a name of ours, and its
   first bytes must be a video container's (415 otherwise, whatever its name). More than
   --max-upload-mb is 413 as soon as it is known; a body that stalls (no byte for 30 s, or not
@@ -32,7 +32,8 @@ hold is bounded.
 - Ctrl-C (or SIGTERM) stops every running job the same way; requests in flight get 503.
 - Server-side faults are one line: 507 when the server's disk is full, 503 for other I/O errors.
 - The Host header must name this server (the bound address, localhost, or an --allow-host name):
-  a web page elsewhere cannot drive a server on 127.0.0.1 through DNS rebinding.
+  a web page elsewhere cannot drive a server on 127.0.0.1 through DNS rebinding. That check and
+  the body's size limit are ASGI middleware in front of the app (`trainers.inference.middleware`).
 Nothing a client sends names a server-side file (a run is chosen among the loaded runs' names).
 Binds 127.0.0.1 unless told otherwise.
 """
@@ -58,17 +59,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from trainers.inference.forms import NAME_LIMIT, Form, FormReader, Refused, number
+from trainers.inference.middleware import BodyLimit, HostCheck, is_address
+
 logger = logging.getLogger(__name__)
 
 EXTRA = "pip install 'har[serve]'"
-NAME_LIMIT = 200       # characters of a client's file name echoed back (a label, never a path)
-FIELD_LIMIT = 1024     # bytes of one form field other than the file
-PARTS_LIMIT = 16       # parts of one multipart body
 IDLE_SECONDS = 30.0    # the longest silence within a body (at most --body-timeout)
 MIN_RATE = 8 * 1024    # bytes per second a body must average after its first GRACE_SECONDS
 GRACE_SECONDS = 10.0
 HEADER_SECONDS = 10.0  # a connection's request line and headers must arrive within this
-HEADER_LIMIT = 4096    # bytes of one multipart part header's name or value
 MAX_FPS = 1000.0       # a frame rate above this is a forged header, not a video
 SECONDS_PER_WINDOW = 2.0  # a timeline request gets at most --max-seconds / this windows
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -129,35 +129,6 @@ class ServeConfig:
         elif not is_address(self.host):
             names.add(self.host)
         return sorted({n.lower() for n in names | set(self.allow_hosts)})
-
-
-def is_address(host: str) -> bool:
-    """An IP address, IPv6 in brackets or not."""
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
-class HostCheck:
-    """ASGI middleware: the Host header must be an IP address or one of `hosts` (starlette's
-    TrustedHostMiddleware judges the names); a DNS-rebinding page names a host of its own (400)."""
-
-    def __init__(self, app, hosts: list[str]):
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        self.app, self.names = app, TrustedHostMiddleware(app, allowed_hosts=hosts)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            bare = host.rsplit("]", 1)[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
-            if is_address(bare):
-                return await self.app(scope, receive, send)
-        return await self.names(scope, receive, send)
 
 
 def require() -> None:
@@ -243,228 +214,6 @@ def load_runs(cfg: ServeConfig) -> dict[str, Served]:
                 name += "_"
             served[name] = Served(name, r, p, explainer, run_info(name, r, p, before, labels))
     return served
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413 as soon as it is known (its
-    Content-Length, or the bytes counted as they arrive), before anything is parsed or stored."""
-
-    def __init__(self, app, limit: int, shown_mb: float):
-        self.app, self.limit, self.shown_mb = app, limit, shown_mb
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        try:
-            declared = int(headers.get(b"content-length", b"0"))
-        except ValueError:
-            declared = 0
-        if declared > self.limit:
-            return await self._too_large(send)
-        seen, over = 0, False
-
-        async def counted():
-            nonlocal seen, over
-            if over:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:  # the app is told the client left; the client gets 413
-                    over = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def sending(message):
-            if not over:
-                await send(message)
-
-        try:
-            await self.app(scope, counted, sending)
-        except Exception:
-            if not over:
-                raise
-        if over:
-            await self._too_large(send)
-
-    async def _too_large(self, send):
-        body = json.dumps({"detail": f"upload too large; allowed: up to {self.shown_mb:g} MB "
-                                     "(har serve --max-upload-mb)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class Refused(Exception):
-    """A request answered with `status` and one line (raised below the endpoints, where FastAPI's
-    HTTPException would tie the parsing code to FastAPI)."""
-
-    def __init__(self, status: int, detail: str, retry: bool = False):
-        super().__init__(detail)
-        self.status, self.detail, self.retry = status, detail, retry
-
-
-def label(filename: str | None) -> str:
-    """A client's file name as a label: its last component, printable, bounded."""
-    name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
-    return "".join(c for c in name if c.isprintable())[:NAME_LIMIT] or "upload"
-
-
-@dataclass
-class Form:
-    fields: dict[str, str]
-    path: Path | None = None     # the uploaded file, in the request's scratch folder
-    name: str = "upload"         # its client-side name, as a label
-
-
-class FormReader:
-    """A multipart/form-data body parsed as it arrives (python-multipart's streaming parser): the
-    fields in `allowed` (each at most FIELD_LIMIT bytes), and one `file` part written to `folder`
-    once its first bytes are known to be a video container's."""
-
-    def __init__(self, boundary: bytes, folder: Path, allowed: tuple[str, ...]):
-        from python_multipart.multipart import MultipartParser
-
-        self.folder, self.allowed = folder, allowed
-        self.events: list[tuple[str, bytes]] = []
-        ev = self.events.append
-        self.parser = MultipartParser(boundary, {
-            "on_part_begin": lambda: ev(("begin", b"")),
-            "on_header_field": lambda d, s, e: ev(("hfield", bytes(d[s:e]))),
-            "on_header_value": lambda d, s, e: ev(("hvalue", bytes(d[s:e]))),
-            "on_header_end": lambda: ev(("hend", b"")),
-            "on_headers_finished": lambda: ev(("headers", b"")),
-            "on_part_data": lambda d, s, e: ev(("data", bytes(d[s:e]))),
-            "on_part_end": lambda: ev(("end", b"")),
-            "on_end": lambda: ev(("done", b"")),
-        })
-        self.form = Form({})
-        self.parts, self.done = 0, False
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.hfield = self.hvalue = b""
-        self.part: str | None = None
-        self.value = bytearray()
-        self.out = None  # the file part's file, once sniffed
-
-    def feed(self, chunk: bytes) -> None:
-        from python_multipart.exceptions import MultipartParseError
-
-        try:
-            self.parser.write(chunk)
-        except MultipartParseError as e:
-            raise Refused(400, f"the body is not valid multipart/form-data ({e})") from None
-        events, self.events[:] = list(self.events), []
-        for kind, data in events:
-            getattr(self, f"_{kind}")(data)
-
-    def close(self) -> Form:
-        if self.out is not None:
-            self.out.close()
-        if not self.done:
-            raise Refused(400, "the body ended before its multipart end")
-        if self.form.path is None:
-            raise Refused(422, "field `file` is required: the video file")
-        return self.form
-
-    def abort(self) -> None:
-        if self.out is not None:
-            self.out.close()
-
-    def _begin(self, _):
-        self.parts += 1
-        if self.parts > PARTS_LIMIT:
-            raise Refused(422, f"too many form parts; allowed: the fields {', '.join(self.allowed)}")
-        self.headers, self.part, self.value = [], None, bytearray()
-
-    def _hfield(self, d):
-        self.hfield += d
-        if len(self.hfield) > HEADER_LIMIT:
-            raise Refused(400, f"a form part's header is longer than {HEADER_LIMIT} bytes")
-
-    def _hvalue(self, d):
-        self.hvalue += d
-        if len(self.hvalue) > HEADER_LIMIT:
-            raise Refused(400, f"a form part's header is longer than {HEADER_LIMIT} bytes")
-
-    def _hend(self, _):
-        if len(self.headers) >= 8:
-            raise Refused(400, "a form part has more than 8 headers")
-        self.headers.append((self.hfield.lower(), self.hvalue))
-        self.hfield = self.hvalue = b""
-
-    def _headers(self, _):
-        from python_multipart.multipart import parse_options_header
-
-        disposition = dict(self.headers).get(b"content-disposition", b"")
-        _, params = parse_options_header(disposition)
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        if name not in self.allowed:
-            raise Refused(422, f"unknown form field {name[:40]!r}; allowed: {', '.join(self.allowed)}")
-        if name in self.form.fields or (name == "file" and self.form.path is not None):
-            raise Refused(422, f"form field {name!r} given twice; allowed: once")
-        self.part = name
-        if name == "file":
-            self.form.name = label(params.get(b"filename", b"").decode("utf-8", "replace"))
-
-    def _data(self, d):
-        self.value += d
-        if self.part == "file":
-            if self.out is not None:
-                self.out.write(self.value)
-                self.value.clear()
-            elif len(self.value) >= 512:
-                self._open()
-        elif len(self.value) > FIELD_LIMIT:
-            raise Refused(422, f"form field {self.part!r} is longer than {FIELD_LIMIT} bytes")
-
-    def _open(self):
-        from pipeline.decoding import video
-
-        found = video.sniff(bytes(self.value))
-        if not self.value:
-            raise Refused(422, f"{self.form.name!r} is empty; allowed: a video file")
-        if found is None:
-            raise Refused(415, f"{self.form.name!r} is not a video file (its first bytes are no video "
-                               "container's); allowed: avi, mp4/mov, mkv/webm, mpeg, ogg, flv, wmv, gif")
-        self.form.path = self.folder / f"upload{found[1]}"
-        self.out = open(self.form.path, "xb")
-        self.out.write(self.value)
-        self.value.clear()
-
-    def _end(self, _):
-        if self.part == "file":
-            if self.out is None:
-                self._open()
-            self.out.close()
-            self.out = None
-        elif self.part is not None:
-            try:
-                self.form.fields[self.part] = self.value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Refused(422, f"form field {self.part!r} is not UTF-8 text") from None
-        self.part = None
-
-    def _done(self, _):
-        self.done = True
-
-
-def number(fields: dict, key: str, kind: type, lo: float, hi: float, default):
-    """Form field `key` as an int or float within [lo, hi] (a float: lo excluded), or `default`
-    when absent; Refused(422) naming the value and what is allowed."""
-    text = fields.get(key, "").strip()
-    if not text:
-        return default
-    try:
-        v = kind(text)
-    except ValueError:
-        v = None
-    ok = v is not None and (lo <= v <= hi if kind is int else (math.isfinite(v) and lo < v <= hi))
-    if not ok:
-        span = f"{lo:g}..{hi:g}" if kind is int else f"> {lo:g} and <= {hi:g}"
-        raise Refused(422, f"{key} {text[:40]!r} is out of range; allowed: {'a whole number ' if kind is int else ''}"
-                           f"{span}")
-    return v
 
 
 def create_app(cfg: ServeConfig, served: dict[str, Served]):

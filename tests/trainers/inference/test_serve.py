@@ -24,7 +24,7 @@ pytest.importorskip("fastapi", reason="har serve needs the serve extra: pip inst
 pytest.importorskip("multipart", reason="har serve needs python-multipart: pip install 'har[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from trainers.inference import predictor, server  # noqa: E402
+from trainers.inference import forms, predictor, server  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -133,7 +133,7 @@ def test_client_file_names_are_labels_never_paths(client, colour_run, tmp_path):
             continue
         assert r.status_code == 200, (name[:40], r.text)
         label = r.json()["predictions"][0]["video"]
-        assert "/" not in label and "\\" not in label and "\x00" not in label and len(label) <= server.NAME_LIMIT
+        assert "/" not in label and "\\" not in label and "\x00" not in label and len(label) <= forms.NAME_LIMIT
     assert not Path("/tmp/evil.avi").exists()
 
 
@@ -448,7 +448,7 @@ def test_server_faults_are_one_line_and_models_are_loaded_at_start(colour_run, t
 
         def full(*a, **k):
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(server, "open", full, raising=False)
+        monkeypatch.setattr(forms, "open", full, raising=False)   # the upload is written by the form reader
         r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())})
         assert r.status_code == 507 and r.json()["detail"] == "the server's disk is full; try again later"
         assert list(Path(app.state.scratch).iterdir()) == []
