@@ -1,7 +1,7 @@
 """The checksums of a store: what `pipeline.stores.store` writes beside the data and verifies on
 every read (docs/design.md, "Integrity").
 
-- a sample's crc32 (`sample_checksums`), bound to its place (row, sample and video: `BINDING`,
+- a sample's crc32 (`sample_checksum`; `sample_checksums` for rows of samples), bound to its place (row, sample and video: `BINDING`,
   recorded in attrs `checksum_binding`) so that samples moved to another row with their checksums
   do not verify; stores written before the binding hold the crc32 of the bytes alone (`binds`);
 - a static array's crc32 (`array_checksum`, in attrs `static_checksums`);
@@ -29,9 +29,10 @@ def binds(attrs: dict) -> bool:
     return attrs.get("checksum_binding") == BINDING
 
 
-def place(row: int, sample: int, video: str) -> int:
-    """The crc32 a bound sample checksum starts from."""
-    return zlib.crc32(f"{row}/{sample}/{video}\n".encode())
+def sample_checksum(x: np.ndarray, row: int, sample: int, video=None) -> int:
+    """crc32 of one sample's bytes; with its `video` name, started from its place (row, sample, video)."""
+    seed = 0 if video is None else zlib.crc32(f"{row}/{sample}/{video}\n".encode())
+    return zlib.crc32(np.ascontiguousarray(x), seed)
 
 
 def sample_checksums(data: np.ndarray, start: int = 0, videos=None) -> np.ndarray:
@@ -49,8 +50,7 @@ def sample_checksums(data: np.ndarray, start: int = 0, videos=None) -> np.ndarra
     out = np.zeros((m, s), np.uint32)
     for i in range(m):
         for j in range(s):
-            seed = 0 if videos is None else place(start + i, j, str(videos[i]))
-            out[i, j] = zlib.crc32(np.ascontiguousarray(data[i, j]), seed)
+            out[i, j] = sample_checksum(data[i, j], start + i, j, None if videos is None else str(videos[i]))
     return out
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,14 +185,15 @@ def write_batch(path: Path, start: int, data: dict[str, np.ndarray], data_name: 
     lossy = any(type(c).__name__ == "JpegCodec" for c in _codecs_of(arr))
     attrs = dict(root.attrs)
     if checksums.binds(attrs):
-        videos = checksums.video_table(path, attrs, lambda: root["video"][...])[start:stop] if videos is None else videos
+        if videos is None:
+            videos = checksums.video_table(path, attrs, lambda: root["video"][...])[start:stop]
         if len(videos) != stop - start:
             raise ValueError(f"write_batch: {len(videos)} video names for rows {start}..{stop - 1}")
     else:
         videos = None
     # the checksum of what a reader will see: a lossy codec's decoded bytes, read back
-    root["checksum"][start:stop] = checksums.sample_checksums(np.asarray(arr[start:stop]) if lossy else data[data_name],
-                                                    start, videos)
+    seen = np.asarray(arr[start:stop]) if lossy else data[data_name]
+    root["checksum"][start:stop] = checksums.sample_checksums(seen, start, videos)
     root["status"][start:stop] = data["status"]
 
 
@@ -466,7 +466,7 @@ def read_sample(arr, sums, path: Path, v: int, s: int, video: str | None = None)
     except Exception as e:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} cannot be read "
                                 f"({type(e).__name__}: {e}); {REBUILD}") from None
-    if zlib.crc32(np.ascontiguousarray(x), 0 if video is None else checksums.place(v, s, str(video))) != crc:
+    if checksums.sample_checksum(x, v, s, None if video is None else str(video)) != crc:
         raise DamagedStoreError(f"{path} is damaged: sample {s} of video #{v} does not match its checksum "
                                 f"(a chunk is missing, changed or moved); {REBUILD}")
     return x

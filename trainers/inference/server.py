@@ -18,11 +18,11 @@ hold is bounded.
   upload place (`uploads`); with none free it gets 503 and Retry-After before its body is read.
   One client address holds at most `per_client` requests at once (429 beyond).
 - The body is parsed as it arrives (`trainers.inference.forms`: python-multipart's streaming
-  parser; FastAPI's form parsing would spool it into the system's temporary folder first): only the known fields, each
-  short; the file goes straight into the server's own scratch folder under a name of ours, and its
-  first bytes must be a video container's (415 otherwise, whatever its name). More than
-  --max-upload-mb is 413 as soon as it is known; a body that stalls (no byte for 30 s, or not
-  complete within --body-timeout) is 408.
+  parser; FastAPI's form parsing would spool it into the system's temporary folder first): only
+  the known fields, each short; the file goes straight into the server's own scratch folder under
+  a name of ours, and its first bytes must be a video container's (415 otherwise, whatever its
+  name). More than --max-upload-mb is 413 as soon as it is known; a body that stalls (no byte for
+  30 s, or not complete within --body-timeout) is 408.
 - A video PyAV cannot decode is 422, one longer than --max-seconds 413; a timeline window must
   span at least `timeline.MIN_WINDOW_FRAMES` frames, and a request gets at most one window per 2 s
   of --max-seconds (413 beyond).
