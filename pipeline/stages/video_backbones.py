@@ -104,14 +104,15 @@ def folder_for(name: str, weights: str, flag: str = "--weights") -> tuple[Path, 
                            f"(HF_HOME), or pass {flag} FOLDER (a save_pretrained folder)") from None
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}   # (path, size, mtime_ns) -> sha256: a GB checkpoint hashed once
+_DIGESTS: dict[tuple, str] = {}   # (path, size, mtime_ns, ctime_ns, inode) -> sha256: a GB checkpoint hashed once
 
 
 def _file_sha256(path: Path) -> str:
-    """A file's sha256, hashed once per process while its size and mtime stay (a fine-tuning run
-    starts by reading the same folder for its facts, its fingerprint and its weights)."""
+    """A file's sha256, hashed once per process while the file stays (a fine-tuning run starts by
+    reading the same folder for its facts, its fingerprint and its weights). Size, mtime, ctime and
+    inode, as lineage.source_fingerprints: a copy that keeps the mtime (cp -p) changes the others."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if key not in _DIGESTS:
         _DIGESTS[key] = lineage.file_sha256(path)
     return _DIGESTS[key]

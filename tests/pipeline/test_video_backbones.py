@@ -286,8 +286,7 @@ def test_spread_keeps_each_tokens_total_when_frames_are_taken_more_than_once():
 
 
 def test_vjepa2s_resize_is_derived_from_its_crop_as_transformers_does(tmp_path):
-    """V-JEPA 2's processor resizes to int(crop x 256 / 224) whatever its config's `size` says; a
-    `size` of height x width (a squash) is refused, not read as a shorter side."""
+    """V-JEPA 2's processor resizes to int(crop x 256 / 224) whatever its config's `size` says."""
     from pipeline.stages.video_backbones import read_policy
 
     for crop in (32, 48, 96, 256):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from helpers import har, save_folder, write_colour_dataset
@@ -175,6 +174,16 @@ def test_a_run_is_not_up_to_date_over_other_weights_in_the_same_folder_and_evalu
     shutil.rmtree(folder)
     r = har("evaluate", tmp_path / "a", "--json")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_runs_recorded_config_does_not_hold_the_installed_transformers_version(work):
+    """transformers writes its own version into every config dict; a run's facts (its card and its
+    fingerprint) leave it out, so upgrading transformers does not make a finished run another run."""
+    from trainers.models import hub_models
+
+    clip = M.Clip(6, 40)
+    facts = hub_models.facts("videomae", str(work / "videomae"), clip)
+    assert "transformers_version" not in facts["config"] and facts["config"]["num_frames"] == 4
 
 
 def test_joint_training_of_a_hub_model_is_one_line(work, tmp_path):

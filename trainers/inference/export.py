@@ -57,7 +57,7 @@ from pipeline.core.registry import Registry
 from trainers.inference import loaded, predictor
 from trainers.runs import runner
 from trainers.training import tasks
-from trainers.models.chain import Normalised, resize_matrix  # noqa: F401 (resize_matrix: part of this module's API)
+from trainers.models.chain import Normalised, resize_matrix
 
 logger = logging.getLogger(__name__)
 

@@ -122,17 +122,17 @@ def _from_dict(cls, d: dict):
 
 
 def build_hub(name: str):
-    def build(classes: int, pretrained: str, clip: Clip, drop_path: float | None = None, load: bool = True,
+    def build(classes: int, pretrained: str, clip: Clip, drop_path: float | None = None,
               recorded: dict | None = None) -> nn.Module:
         """The network from `recorded` (the encoder's config a run or `facts` read) or --pretrained's
-        folder; its weights from that folder when `load` (checked to fill the encoder: vb.load)."""
+        folder; its weights from that folder when --pretrained names one (checked to fill the encoder: vb.load)."""
         from pipeline.stages import video_backbones as vb
 
         tf = vb.transformers()
         spec = backbones.get(name).clip
         config, _ = hub_config(name, pretrained, clip, drop_path, recorded)
         encoder = getattr(tf, spec.model_class)(config)   # drop path is read when the layers are built
-        if load and pretrained != "none":
+        if pretrained != "none":
             folder, _ = vb.folder_for(name, pretrained, "--pretrained")
             weights = vb.load(name, str(folder))[0].state_dict()
             encoder.load_state_dict(weights)
@@ -154,7 +154,9 @@ def facts(name: str, pretrained: str, clip: Clip) -> dict:
     spec = backbones.get(name).clip
     size = int(getattr(config, spec.size_key))
     policy, source = vb.read_policy(folder, name, size)
-    return {"config": config.to_dict(), "mean": list(policy.mean), "std": list(policy.std),
+    # transformers adds its own version to every config dict: left out, so an upgrade is not another run
+    recorded = {k: v for k, v in config.to_dict().items() if k != "transformers_version"}
+    return {"config": recorded, "mean": list(policy.mean), "std": list(policy.std),
             "value_range": list(policy.value_range), "frames": int(getattr(config, spec.frames_key)), "size": size,
             "processor": source, "sha256": vb.folder_sha256(folder) if folder is not None else None}
 

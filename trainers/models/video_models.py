@@ -49,12 +49,12 @@ def get(name: str) -> VideoModelSpec:
 
 
 def build(name: str, classes: int, pretrained: str = "none", frames: int | None = None, size: int | None = None,
-          drop_path: float | None = None, hub: dict | None = None, load: bool = True) -> VideoModel:
+          drop_path: float | None = None, hub: dict | None = None) -> VideoModel:
     """The network for `classes` classes, its input clip `frames` x `size` (default: the model's;
     only fixed-input networks are built for a shape), stochastic depth `drop_path` (default: the
     model's own rate). A Hugging Face model (spec.hub) is built from `hub`, what a run recorded
     (`hub_models.facts`: no folder needed), else from --pretrained's folder or hub id; its weights
-    come from that folder when `load` and --pretrained names one."""
+    come from that folder when --pretrained names one."""
     spec = get(name)
     allowed = ("none", *spec.pretrained)
     if pretrained not in allowed and not spec.hub:
@@ -62,7 +62,7 @@ def build(name: str, classes: int, pretrained: str = "none", frames: int | None 
     clip = Clip(frames or spec.frames, size or spec.size)
     if spec.hub:
         facts = hub or hub_models.facts(name, pretrained, clip)
-        net = spec.build(classes, pretrained, clip, drop_path=drop_path, load=load, recorded=facts["config"])
+        net = spec.build(classes, pretrained, clip, drop_path=drop_path, recorded=facts["config"])
         lo, hi = facts["value_range"]   # pixels scaled to lo..hi, then (v - mean) / std: in VideoModel's 0..1 units
         return VideoModel(net, [(m - lo) / (hi - lo) for m in facts["mean"]], [s / (hi - lo) for s in facts["std"]])
     net = spec.build(classes, pretrained, clip)

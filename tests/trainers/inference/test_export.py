@@ -18,6 +18,7 @@ from pipeline.stages import backbones
 from pipeline.core import outputs
 from trainers.inference import export as E
 from trainers.models import heads
+from trainers.models.chain import resize_matrix
 from trainers.inference import predictor
 
 ATOL = 1e-4
@@ -257,7 +258,7 @@ def test_resize_and_crop_as_matrices_equal_torchvisions(name, hw):
 @pytest.mark.parametrize("n_in, n_out", [(4, 6), (6, 4), (48, 256), (320, 341), (7, 7), (1, 3)])
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
 def test_resize_matrix_is_torchs_interpolation(n_in, n_out, mode):
-    m = E.resize_matrix(n_in, n_out, mode, True)
+    m = resize_matrix(n_in, n_out, mode, True)
     x = torch.rand(3, 2, n_in, 5)
     ref = torch.nn.functional.interpolate(x, size=(n_out, 5), mode=mode, align_corners=False, antialias=True)
     torch.testing.assert_close(torch.matmul(m, x), ref, atol=1e-5, rtol=1e-5)
