@@ -227,8 +227,9 @@ class ClipShape:
         return np.rint(np.linspace(0, stored - 1, wanted)).astype(np.int64)
 
 
-def load(name: str, weights: str = "imagenet"):
-    """(model, ClipShape, WeightsInfo, folder or None): the bare encoder, eval mode, frozen, on the CPU."""
+def load(name: str, weights: str = "imagenet", config=None):
+    """(model, ClipShape, WeightsInfo, folder or None): the bare encoder, eval mode, frozen, on the CPU.
+    `config`: the folder's config as a run changed it (fine-tuning's drop path), built with the weights."""
     tf = transformers()
     spec = backbones.get(name)
     c = spec.clip
@@ -243,7 +244,7 @@ def load(name: str, weights: str = "imagenet"):
         sha = folder_sha256(folder)
         try:
             model, report = getattr(tf, c.model_class).from_pretrained(str(folder), local_files_only=True,
-                                                                      output_loading_info=True)
+                                                                      output_loading_info=True, config=config)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
             raise WeightsError(f"{folder} does not load as {c.model_class}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
         missing = [k for k in report.get("missing_keys", [])   # a pooler, V-JEPA 2's predictor: never run here

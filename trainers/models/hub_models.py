@@ -131,11 +131,11 @@ def build_hub(name: str):
         tf = vb.transformers()
         spec = backbones.get(name).clip
         config, _ = hub_config(name, pretrained, clip, drop_path, recorded)
-        encoder = getattr(tf, spec.model_class)(config)   # drop path is read when the layers are built
-        if pretrained != "none":
+        if pretrained == "none":
+            encoder = getattr(tf, spec.model_class)(config)
+        else:   # the config (drop path is read when the layers are built) goes in with the weights
             folder, _ = vb.folder_for(name, pretrained, "--pretrained")
-            weights = vb.load(name, str(folder))[0].state_dict()
-            encoder.load_state_dict(weights)
+            encoder = vb.load(name, str(folder), config)[0]
         if getattr(encoder, "predictor", None) is not None:
             encoder.predictor = None   # V-JEPA 2's predictor (masked-token prediction) is never run here
         encoder.requires_grad_(True).train()
