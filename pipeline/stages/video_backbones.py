@@ -264,6 +264,14 @@ def load(name: str, weights: str = "imagenet", config=None):
     return model, shape, info, folder
 
 
+def token_grid(hidden: torch.Tensor, t: int, gh: int, gw: int, time_major: bool) -> torch.Tensor:
+    """The grid tokens of a last hidden state, (B, N, D) -> (B, D, T', H', W'): stored time-major
+    (T' H' W': VideoMAE, V-JEPA 2) or space-major (H' W' T': TimeSformer)."""
+    if time_major:
+        return hidden.unflatten(1, (t, gh, gw)).permute(0, 4, 1, 2, 3)
+    return hidden.unflatten(1, (gh, gw, t)).permute(0, 4, 3, 1, 2)
+
+
 class Tokens(torch.nn.Module):
     """The encoder as a function of normalised clips (B, F, 3, S, S) -> (B, T', D): the last hidden
     state without the tokens before the grid, laid out as (B, D, T', H', W') by the `tokens` layer
@@ -277,12 +285,8 @@ class Tokens(torch.nn.Module):
         self.tokens = torch.nn.Identity()
 
     def forward(self, x):
-        h = self.model(**{self.input_name: x}, **self.forward_kw).last_hidden_state[:, self.cls:]
-        side = self.side
-        if self.time_major:   # (B, T' H' W', D)
-            grid = h.unflatten(1, (self.positions, side, side)).permute(0, 4, 1, 2, 3)
-        else:                 # (B, H' W' T', D)
-            grid = h.unflatten(1, (side, side, self.positions)).permute(0, 4, 3, 1, 2)
+        hidden = self.model(**{self.input_name: x}, **self.forward_kw).last_hidden_state[:, self.cls:]
+        grid = token_grid(hidden, self.positions, self.side, self.side, self.time_major)
         # (B, T', D) with B read off the input: the ONNX exporter loses the batch size inside the
         # transformer's reshapes and folded the next layers' shapes to the example's batch
         return self.tokens(grid).mean((3, 4)).transpose(1, 2).reshape(x.shape[0], self.positions, -1)

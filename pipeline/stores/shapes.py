@@ -176,7 +176,8 @@ def declared(r: Reader) -> dict[str, Declared]:
         grid_of = tuple(int(c) for c in (arr.shards or arr.chunks))
         if len(grid_of) != len(shape) or min(grid_of, default=1) < 1:
             raise ValueError(f"{name} declares chunks of {grid_of} for its shape {shape}")
-        cells = math.prod(-(-n // c) for n, c in zip(shape, grid_of))
+        grid = [-(-n // c) for n, c in zip(shape, grid_of)]
+        cells = math.prod(grid)
         codecs = set()
         for c in getattr(arr.metadata, "codecs", ()):   # a sharding codec's inner codecs too
             codecs |= {type(c).__name__, *(type(i).__name__ for i in getattr(c, "codecs", ()))}
@@ -189,7 +190,6 @@ def declared(r: Reader) -> dict[str, Declared]:
             elif (r.path / key).is_file():
                 size = (r.path / key).stat().st_size
         last = None
-        grid = [-(-n // c) for n, c in zip(shape, grid_of)]
         if grid and min(grid) > 0:   # one look per array: its grid's last cell
             key = f"{name}/{arr.metadata.chunk_key_encoding.encode_chunk_key(tuple(g - 1 for g in grid))}"
             last = key in sizes if sizes is not None else (r.path / key).is_file()

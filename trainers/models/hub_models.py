@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.stages import backbones
-from pipeline.stages.video_backbones import ClipShape
+from pipeline.stages.video_backbones import ClipShape, token_grid
 from trainers.models.chain import resize_matrix
 from trainers.models.video_spec import Clip, VideoModelSpec
 
@@ -66,13 +66,8 @@ class HubVideoNet(nn.Module):
         if (h, w) != (self.size, self.size):   # antialiased bilinear as matrices: the same pixels, and ONNX exports it
             rows, cols = self._resize(int(h), int(w), x.device)
             x = torch.einsum("oh,btchw,pw->btcop", rows, x, cols)
-        h = self.encoder(**{self.input_name: x}, **self.forward_kw).last_hidden_state[:, self.cls:]
-        t, gh, gw = self.grid
-        if self.time_major:   # (B, T' H' W', D): VideoMAE, V-JEPA 2
-            grid = h.unflatten(1, (t, gh, gw)).permute(0, 4, 1, 2, 3)
-        else:                 # (B, H' W' T', D): TimeSformer
-            grid = h.unflatten(1, (gh, gw, t)).permute(0, 4, 3, 1, 2)
-        pooled = self.tokens(grid).mean((2, 3, 4))
+        hidden = self.encoder(**{self.input_name: x}, **self.forward_kw).last_hidden_state[:, self.cls:]
+        pooled = self.tokens(token_grid(hidden, *self.grid, self.time_major)).mean((2, 3, 4))
         return self.classifier(self.fc_norm(pooled))
 
 

@@ -212,22 +212,24 @@ def out_of_memory(cfg: E2EConfig) -> ValueError:
 
 # ---- reading a video-model run back (trainers.training.tasks) ------------------------------------------------
 
-def recorded_crop(run_dir: Path) -> int | None:
-    """The crop a finished run trained with (lineage.json's card); None when it records none."""
+def recorded_card(run_dir: Path) -> dict:
+    """A finished run's card (lineage.json's `predict`; {} when it has none)."""
     from trainers.runs import rundir
 
-    card = rundir.read_json(Path(run_dir) / "lineage.json", runner.RUN_REMEDY).get("predict") or {}
+    return rundir.read_json(Path(run_dir) / "lineage.json", runner.RUN_REMEDY).get("predict") or {}
+
+
+def recorded_crop(card: dict) -> int | None:
+    """The crop a finished run trained with (its card's); None when it records none."""
     crop = card.get("crop")
     return crop if isinstance(crop, int) and not isinstance(crop, bool) and crop > 0 else None
 
 
 def open_task(path: Path, cfg: E2EConfig, run_dir: Path) -> ClipTask:
     """The run's task on its store, with the crop it trained with (and a Hugging Face model's facts)."""
-    from trainers.runs import rundir
-
-    card = rundir.read_json(Path(run_dir) / "lineage.json", runner.RUN_REMEDY).get("predict") or {}
+    card = recorded_card(run_dir)
     hub = card.get("hub") if isinstance(card.get("hub"), dict) else None
-    return ClipTask(views.open_view(path, "frames"), cfg, recorded_crop(run_dir), hub)
+    return ClipTask(views.open_view(path, "frames"), cfg, recorded_crop(card), hub)
 
 
 def built(card: dict, cfg: E2EConfig) -> video_models.VideoModel:
@@ -249,7 +251,6 @@ def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
 def chain(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device) -> Chain:
     """The video model as a differentiable chain of the stored frames: the centre crop of the
     card cuts the input (to_input), then normalisation and the network."""
-    spec = video_models.get(card["model"])
     model = loop.load_best(built(card, cfg), Path(run_dir), device)
     size = card["crop"]
 

@@ -116,7 +116,7 @@ def train_joint(cfg: clip_task.E2ERunConfig, paths: list[Path], on_epoch=None, s
 
 def open_task(paths: list[Path], cfg: E2EConfig, run_dir: Path) -> JointClipTask:
     """The run's task on its stores, with the crop it trained with."""
-    return JointClipTask(joint.parts_for(paths, cfg.split, store="frames"), cfg, clip_task.recorded_crop(run_dir))
+    return JointClipTask(joint.parts_for(paths, cfg.split, store="frames"), cfg, clip_task.recorded_crop(clip_task.recorded_card(run_dir)))
 
 
 def scorer(run_dir: Path, cfg: E2EConfig, card: dict, device: torch.device):
