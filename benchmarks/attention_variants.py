@@ -18,6 +18,15 @@ Variants (P a probability, D a decay):
     cls           a learned class token read out instead of the mean over time
     conv          a depthwise temporal convolution (kernel 3, residual) before the encoder
     ema=D         after every epoch the weights averaged (w_avg = D w_avg + (1 - D) w), validated and saved
+    flat          the classifier reads the T output tokens side by side (T x hidden) instead of their mean
+    segpool=K     the mean over each of K equal stretches of time, side by side (K x hidden; TSN's segments)
+    relbias       a learned bias per attention head and relative offset (T5, Shaw et al.) on top of the
+                  absolute positions: attending to a neighbour needs no learned position match
+    rms           each clip's (centred) input divided by its own root mean square over time and features:
+                  a low-contrast look's motion as loud as a high-contrast one's against the positions
+    tokennorm     each frame's input vector scaled to unit root mean square (the direction of the change)
+    ff4gelu       the encoder's MLP 4 x hidden wide with GELU (the usual transformer's; now 2 x with ReLU)
+    posscale=S    the position table starts at S times the sine table (1 now): less position against content
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from torch import nn  # noqa: E402
 from trainers.models import heads  # noqa: E402
 from trainers.training import loop  # noqa: E402
 
-KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema")
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale")
 
 
 def patch(kind: str, value: float) -> None:
@@ -49,8 +58,27 @@ def patch(kind: str, value: float) -> None:
             self.conv = nn.Conv1d(cfg.hidden, cfg.hidden, 3, padding=1, groups=cfg.hidden)
         if kind == "fixedpos":
             self.pos.requires_grad_(False)
+        if kind == "ff4gelu":
+            layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=4 * cfg.hidden,
+                                               dropout=min(cfg.dropout, 0.1), batch_first=True, norm_first=True,
+                                               activation="gelu")
+            self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        if kind == "posscale":
+            with torch.no_grad():
+                self.pos.mul_(value)
+        if kind == "flat":
+            self.fc = nn.Linear(frames * cfg.hidden, classes)
+        if kind == "segpool":
+            self.fc = nn.Linear(int(value) * cfg.hidden, classes)
+        if kind == "relbias":
+            self.rel = nn.Parameter(torch.zeros(cfg.heads, 2 * frames - 1))
+            self.n_heads = cfg.heads
 
     def forward(self, x):  # (B, T, D)
+        if kind == "rms":
+            x = x / x.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(0.05)
+        if kind == "tokennorm":
+            x = x / x.pow(2).mean(dim=2, keepdim=True).sqrt().clamp_min(1e-6)
         if kind == "indrop":
             x = nn.functional.dropout(x, value, self.training)
         h = self.proj(x) + self.pos[:, : x.shape[1]]
@@ -67,9 +95,22 @@ def patch(kind: str, value: float) -> None:
             keep = (~drop).float()[..., None]
             h = (self.norm(self.encoder(h, src_key_padding_mask=drop)) * keep).sum(1) / keep.sum(1)
             return self.fc(self.drop(h))
+        if kind == "flat":
+            return self.fc(self.drop(self.norm(self.encoder(h)).flatten(1)))
+        if kind == "segpool":
+            out = self.norm(self.encoder(h))
+            return self.fc(self.drop(torch.cat([s.mean(1) for s in out.chunk(int(value), dim=1)], 1)))
+        if kind == "relbias":
+            t = h.shape[1]
+            idx = torch.arange(t)[None, :] - torch.arange(t)[:, None] + self.pos.shape[1] - 1   # j - i, shifted
+            bias = self.rel[:, idx]                                                              # (heads, T, T)
+            mask = bias[None].expand(h.shape[0], -1, -1, -1).reshape(-1, t, t)
+            return self.fc(self.drop(self.norm(self.encoder(h, mask=mask)).mean(dim=1)))
         return self.fc(self.drop(self.norm(self.encoder(h)).mean(dim=1)))
 
     T.__init__, T.forward = init, forward
+    if kind == "relbias":   # the encoder's inference fast path turns a per-head (B * heads, T, T) bias into NaN
+        torch.backends.mha.set_fastpath_enabled(False)
     if kind == "ema":
         epoch = loop.train_one_epoch
 
