@@ -27,6 +27,8 @@ Variants (P a probability, D a decay):
     tokennorm     each frame's input vector scaled to unit root mean square (the direction of the change)
     ff4gelu       the encoder's MLP 4 x hidden wide with GELU (the usual transformer's; now 2 x with ReLU)
     posscale=S    the position table starts at S times the sine table (1 now): less position against content
+    mixup=A       each training batch mixed with a shuffled copy of itself, x = l x + (1 - l) x', the loss
+                  l CE(y) + (1 - l) CE(y'), l ~ Beta(A, A) (Zhang et al. 2018); any head, the loop's change
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from torch import nn  # noqa: E402
 from trainers.models import heads  # noqa: E402
 from trainers.training import loop  # noqa: E402
 
-KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale")
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup")
 
 
 def patch(kind: str, value: float) -> None:
@@ -109,6 +111,8 @@ def patch(kind: str, value: float) -> None:
         return self.fc(self.drop(self.norm(self.encoder(h)).mean(dim=1)))
 
     T.__init__, T.forward = init, forward
+    if kind == "mixup":
+        mix_batches(value)
     if kind == "relbias":   # the encoder's inference fast path turns a per-head (B * heads, T, T) bias into NaN
         torch.backends.mha.set_fastpath_enabled(False)
     if kind == "ema":
@@ -127,6 +131,40 @@ def patch(kind: str, value: float) -> None:
             return out
 
         loop.train_one_epoch = averaged_epoch
+
+
+def mix_batches(alpha: float) -> None:
+    """Mixup in the training loop: the task's `prepare` mixes each batch (seeded by the loop's crop
+    generator) and remembers the partner order and weight; the loss the loop calls reads them."""
+    from trainers.training import head_task
+
+    mixed = {}
+
+    def prepare(self, x, generator):
+        lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
+        perm = torch.randperm(len(x), generator=generator)
+        mixed.update(lam=lam, perm=perm)
+        return lam * x + (1 - lam) * x[perm]
+
+    head_task.FeatureTask.prepare = prepare
+    epoch = loop.train_one_epoch
+
+    class MixedLoss(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, logits, y):
+            lam, perm = mixed["lam"], mixed["perm"]
+            return lam * self.inner(logits, y) + (1 - lam) * self.inner(logits, y[perm])
+
+        def correct(self, logits, y):
+            return self.inner.correct(logits, y)
+
+    def mixed_epoch(model, task, videos, cfg, ep, opt, loss_fn, *args, **kwargs):
+        return epoch(model, task, videos, cfg, ep, opt, MixedLoss(loss_fn), *args, **kwargs)
+
+    loop.train_one_epoch = mixed_epoch
 
 
 def main(argv: list[str]) -> int:
