@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.stages import backbones
+from pipeline.stages.input_policy import InputPolicy
 from pipeline.stores import latest, store, swap
 from pipeline.core import lineage, location, outputs, resources
 from pipeline.core import device as devices
@@ -116,7 +117,7 @@ class EncoderConfig:
     batch_size: int = 256       # frames per forward pass
     compile: bool = False       # torch.compile the backbone
     resize: str = "weights"     # weights: the weights' own resize and crop | stored: only normalised
-    policy: backbones.InputPolicy | None = None  # the input policy a store recorded (None: the backbone's own)
+    policy: InputPolicy | None = None  # the input policy a store recorded (None: the backbone's own)
 
 
 class Encoder:

@@ -33,7 +33,8 @@ import torch
 
 from pipeline.core import lineage
 from pipeline.stages import backbones
-from pipeline.stages.backbones import InputPolicy, WeightsError, WeightsInfo
+from pipeline.stages.backbones import WeightsError, WeightsInfo
+from pipeline.stages.input_policy import SHORTER_SIDE, SQUARE, InputPolicy, Preprocess
 
 EXTRA = "pip install 'har[video-models]'"
 PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
@@ -172,14 +173,14 @@ def read_policy(folder: Path | None, name: str, model_size: int) -> tuple[InputP
 
     if d.get("do_resize", True) is not True:
         raise bad("do_resize must be true")
-    rule = backbones.SHORTER_SIDE
+    rule = SHORTER_SIDE
     if spec.clip.resize_ratio:   # V-JEPA 2's processor derives its resize from the crop, whatever `size` says
         size = side(d.get("crop_size", spec.input.size), "height", "crop_size")[0]
         resize = size * spec.clip.resize_ratio[0] // spec.clip.resize_ratio[1]
     else:
         resize, square = side(d.get("size", {"shortest_edge": spec.input.resize}), "shortest_edge", "size")
         if square:   # {"height": s, "width": s}: the whole frame squashed to s x s, as transformers resizes it
-            rule = backbones.SQUARE
+            rule = SQUARE
         if d.get("do_center_crop", True) is True:
             size = side(d.get("crop_size", spec.input.size), "height", "crop_size")[0]
         elif square:   # no crop: the squashed square is the input
@@ -322,7 +323,7 @@ class ClipEncoder:
             raise WeightsError(f"{cfg.backbone}: the processor crops {self.policy.size} px but the model takes "
                                f"{self.shape.size} px ({spec.clip.size_key} in config.json)")
         self.dim = self.shape.dim
-        self.preprocess = backbones.Preprocess(self.policy, True)
+        self.preprocess = Preprocess(self.policy, True)
         self.device = torch.device(cfg.device)
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         self.clips_per_batch = max(1, cfg.batch_size // self.shape.frames_per_clip)

@@ -22,7 +22,7 @@ import torch
 from conftest import shared_data
 from helpers import har
 
-from pipeline.stages import backbones
+from pipeline.stages import backbones, input_policy
 from pipeline.stores import store
 from pipeline.decoding.video import write_video
 
@@ -168,7 +168,7 @@ def test_stored_features_equal_an_independent_implementation(real, resize):
             print(f"wrong policy: per-frame cosine mean {off.mean():.3f}, min {off.min():.3f}")
     # the store says which weights and which policy made it
     assert attrs["pretrained"] and attrs["weights"]["kind"] == "imagenet"
-    assert backbones.InputPolicy.from_dict(attrs["input"]) == backbones.get(LITE).input
+    assert input_policy.InputPolicy.from_dict(attrs["input"]) == backbones.get(LITE).input
     assert attrs["input"]["interpolation"] == "bicubic" and attrs["input"]["mean"] == [127.0] * 3
 
 
@@ -250,8 +250,8 @@ def test_a_damaged_recorded_policy_is_one_value_error(change):
     """A run's card or a store's attrs are files: whatever they say, the policy is refused in one
     line (ValueError), never NaN features, a huge resize or a traceback."""
     with pytest.raises(ValueError, match="recorded input policy"):
-        backbones.InputPolicy.from_dict({**GOOD, **change})
-    assert backbones.InputPolicy.from_dict(dict(GOOD)) == backbones.get(LITE).input
+        input_policy.InputPolicy.from_dict({**GOOD, **change})
+    assert input_policy.InputPolicy.from_dict(dict(GOOD)) == backbones.get(LITE).input
 
 
 def test_weights_of_another_lite_or_not_a_state_dict_are_one_line(tmp_path):

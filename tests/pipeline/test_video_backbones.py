@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import MEAN, ROOT, STD, har, processor, save_folder, write_colour_dataset
 
-from pipeline.stages import backbones
+from pipeline.stages import backbones, input_policy
 from pipeline.stores.store import StoreReader
 
 tf = pytest.importorskip("transformers")
@@ -312,7 +312,7 @@ def test_the_policy_read_from_a_processor_gives_its_pixels(tmp_path, size, crop,
                               image_mean=MEAN, image_std=STD).save_pretrained(tmp_path)
     policy, _ = read_policy(tmp_path, "videomae", 32)
     frames = torch.randint(0, 256, (4, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    ours = backbones.Preprocess(policy)(frames)
+    ours = input_policy.Preprocess(policy)(frames)
     theirs = tf.VideoMAEImageProcessor.from_pretrained(tmp_path)([list(frames)], return_tensors="pt")["pixel_values"][0]
     assert ours.shape == theirs.shape == (4, 3, 32, 32)
     assert (ours - theirs).abs().max() < 0.05 and (ours - theirs).abs().mean() < 0.01

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.stages import backbones
+from pipeline.stages import backbones, input_policy
 from pipeline.core import files, outputs
 from pipeline.core.registry import Registry
 from trainers.inference import loaded, predictor
@@ -116,12 +116,12 @@ class Resample(nn.Module):
 
 def window(n: int, crop: int, offset: str = "round") -> list[int]:
     """Indices into n samples of torchvision's centre crop of `crop` (-1: the zero padding it adds
-    when crop > n); `offset` "floor": where transformers' processors start it (backbones.crop_start).
+    when crop > n); `offset` "floor": where transformers' processors start it (input_policy.crop_start).
     E.g. n=5, crop=3 -> [1, 2, 3]; n=2, crop=4 -> [-1, 0, 1, -1]."""
     if crop > n:
         before = (crop - n) // 2
         return [i - before if 0 <= i - before < n else -1 for i in range(crop)]
-    start = backbones.crop_start(n, crop, offset)
+    start = input_policy.crop_start(n, crop, offset)
     return list(range(start, start + crop))
 
 
@@ -144,15 +144,15 @@ class Cut:
 
 def backbone_cut(card: dict, hw: tuple[int, int]) -> Cut:
     """A head run: the resize and centre crop of the input policy its store recorded, or none for
-    features made with --resize stored; normalised with the constants of `backbones.Preprocess`
+    features made with --resize stored; normalised with the constants of `input_policy.Preprocess`
     (the chain rebuilds them from a list: one bit off, 3e-5 in the logits after the float16
     rounding of the features)."""
-    pre = backbones.Preprocess(backbones.policy_of(card), card.get("resize", "weights") == "weights")
+    pre = input_policy.Preprocess(backbones.policy_of(card), card.get("resize", "weights") == "weights")
     if not pre.resize:
         return Cut(nn.Identity(), {"resize_to": None, "crop": None, "in_graph": True}, pre.mean, pre.inv_std)
     mode, aa = pre.interpolation.value, bool(pre.antialias)
     h, w = hw
-    geometry = backbones.input_geometry(pre.policy, h, w)   # the sizes predict's Preprocess cuts to
+    geometry = input_policy.input_geometry(pre.policy, h, w)   # the sizes predict's Preprocess cuts to
     (rh, rw), (ch, cw) = geometry.resized, geometry.crop
     if (rh, rw) == (h, w):  # torchvision leaves a frame of the size asked for untouched
         rows, cols = torch.eye(h), torch.eye(w)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.stages import backbones
+from pipeline.stages import backbones, input_policy
 from pipeline.stores import latest
 from pipeline.core import location
 from pipeline.core.lineage import seed_for
@@ -98,7 +98,7 @@ def model_card(fs: views.FeatureSet) -> dict:
     store's input policy checked here: a damaged one is refused before training, not at predict)."""
     a = fs.attrs
     if "input" in a:
-        backbones.InputPolicy.from_dict(a["input"])
+        input_policy.InputPolicy.from_dict(a["input"])
     return {"recipe": a["recipe"], "backbone": a["backbone"], "weights": a["weights"],
             "resize": a.get("resize", "weights"), **({"input": a["input"]} if "input" in a else {}),
             "classes": fs.classes, "frames": fs.frames, "dim": fs.dim}
@@ -227,7 +227,7 @@ def chain(run_dir: Path, cfg: HeadTrainConfig, card: dict, device: torch.device)
     def window(h: int, w: int) -> tuple[float, float, float, float]:
         if not pre.resize:
             return 0.0, 0.0, float(h), float(w)
-        return backbones.input_geometry(pre.policy, h, w).window   # the one geometry, export's too
+        return input_policy.input_geometry(pre.policy, h, w).window   # the one geometry, export's too
 
     encode, head = encode.to(device).eval(), head.eval()
     return Chain(Sequential2(encode, head), to_input, window, list(card["classes"]), "head", encode, head,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import har
 
-from pipeline.stages import backbones
+from pipeline.stages import backbones, input_policy
 from pipeline.core import outputs
 from trainers.inference import export as E
 from trainers.models import heads
@@ -271,7 +271,7 @@ def test_resize_matrix_is_torchs_interpolation(n_in, n_out, mode):
 def test_resized_size_is_torchvisions(h, w, size, expected):
     from torchvision.transforms.functional import _compute_resized_output_size
 
-    assert backbones.resized_size(h, w, size) == expected == tuple(_compute_resized_output_size((h, w), size))
+    assert input_policy.resized_size(h, w, size) == expected == tuple(_compute_resized_output_size((h, w), size))
 
 
 @pytest.mark.parametrize("size, resize, hw, resized, window", [
@@ -281,17 +281,17 @@ def test_resized_size_is_torchvisions(h, w, size, expected):
     (240, 272, (96, 64), (408, 272), (19.765, 3.765, 56.471, 56.471)),
 ])
 def test_one_input_geometry_for_predict_explain_and_export(size, resize, hw, resized, window):
-    """backbones.input_geometry: the sizes torchvision's resize and centre crop give (Preprocess),
+    """input_policy.input_geometry: the sizes torchvision's resize and centre crop give (Preprocess),
     the part of the stored frame the crop covers (explain's chain), and export's cut built on them."""
     import torchvision.transforms.functional as F
 
-    policy = backbones.InputPolicy(size=size, resize=resize)
-    g = backbones.input_geometry(policy, *hw)
+    policy = input_policy.InputPolicy(size=size, resize=resize)
+    g = input_policy.input_geometry(policy, *hw)
     assert g.stored == hw and g.resized == resized and g.crop == (size, size)
     assert g.window == pytest.approx(window, abs=1e-3)
     frame = torch.zeros(1, 3, *hw, dtype=torch.uint8)
     assert tuple(F.resize(frame, [resize], antialias=True).shape[2:]) == resized
-    assert tuple(backbones.Preprocess(policy)(frame).shape[2:]) == g.crop
+    assert tuple(input_policy.Preprocess(policy)(frame).shape[2:]) == g.crop
     card = {"input": policy.as_dict()}
     about = E.backbone_cut(card, hw).about
     assert about["resize_to"] == list(resized) and (about["crop"]["height"], about["crop"]["width"]) == g.crop
