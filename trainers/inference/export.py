@@ -13,12 +13,9 @@ The file says what it needs without har. ONNX `metadata_props` (ONNX Runtime rea
 dtype, frames, size, channels, the resize, crop and normalisation done inside), `har_run`,
 `fingerprint`, `har_version`, `task`, `model` or `backbone`, `head`, `weights` and `resize`,
 `recipe` (JSON). TorchScript: the same in the extra files `classes.json`, `input.json` and
-`har.json` (`torch.jit.load(path, _extra_files={"classes.json": "", ...})`). `FORMATS` names the
-formats:
-
-    onnx         ONNX (opset 17, TorchScript-based exporter) for ONNX Runtime and others; needs
-                 pip install 'har[export]' (onnx, onnxruntime)
-    torchscript  TorchScript (torch.jit.load, also from C++ libtorch)
+`har.json` (`torch.jit.load(path, _extra_files={"classes.json": "", ...})`). The formats, how
+each is written and read back: trainers.inference.export_formats (`onnx`, opset 17, needs
+pip install 'har[export]'; `torchscript`).
 
 The backbone's resize is written as two matrix products (rows @ frame @ columns), the matrices
 read off torch's own interpolation (antialiased bilinear or bicubic, as torchvision resizes a
@@ -35,14 +32,9 @@ check passed (pipeline.core.files).
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import os
 import time
-import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,22 +46,16 @@ from torch import nn
 from pipeline.stages import backbones, input_policy
 from pipeline.core import files, outputs
 from pipeline.core.registry import Registry
-from trainers.inference import loaded, predictor
+from trainers.inference import export_formats, loaded, predictor
+from trainers.inference.export_formats import FORMATS, INPUT_NAME, OUTPUT_NAME, ExportError, Format
 from trainers.runs import runner
 from trainers.training import tasks
 from trainers.models.chain import Normalised, resize_matrix
 
 logger = logging.getLogger(__name__)
 
-EXTRA = "pip install 'har[export]'"
-OPSET = 17          # ONNX Runtime >= 1.14, TensorRT 8.6, OpenVINO 2023: LayerNormalization (attention heads)
-INPUT_NAME, OUTPUT_NAME = "frames", "logits"
 ATOL, RTOL = 1e-4, 0.0  # the written file against `har predict`'s logits on the check clips: absolute
 CHECK_CLIPS = 2     # seeded random clips scored by both (and the first alone: a batch of 1)
-
-
-class ExportError(ValueError):
-    """A run or an output path har cannot export to; the message says why and what to do."""
 
 
 # ---- the graph: stored clip -> the model's input -> logits -------------------------------------
@@ -192,147 +178,6 @@ def normalisation(model: nn.Module) -> dict:
     std = (1 / (norm.inv_std.flatten() * 255)).tolist()
     return {"mean": [round(v, 6) for v in mean], "std": [round(v, 6) for v in std], "in_graph": True,
             "formula": "(x / 255 - mean) / std on the uint8 pixels x, inside the model"}
-
-
-# ---- formats -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    suffix: str
-    write: Callable[[nn.Module, torch.Tensor, dict, Path], None]   # (module, example, metadata, path)
-    meta: Callable[[Path], dict | None]                             # har's metadata of a file; None: not har's
-    load: Callable[[Path], Callable[[np.ndarray], np.ndarray]]      # file -> uint8 clips -> logits
-    needs: tuple[str, ...] = ()                                     # modules it imports (the extra)
-
-
-def _need(fmt: Format) -> None:
-    """ExportError naming the extra when a module the format needs is not installed."""
-    import importlib.util
-
-    missing = [m for m in fmt.needs if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ExportError(f"--format {fmt.name} needs {' and '.join(missing)}, not installed here: {EXTRA}")
-
-
-@contextlib.contextmanager
-def _tracing():
-    """No gradients; transformer layers on their plain path (their fused inference kernel,
-    aten::_transformer_encoder_layer_fwd, has no ONNX form and would be traced into TorchScript
-    as a call); quiet: the TorchScript-based ONNX exporter's deprecation notice (it is the one that
-    needs no onnxscript) and the tracer's notes on Python ints that are constants on purpose
-    (the run's T, H, W)."""
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-
-
-def _write_onnx(module: nn.Module, example: torch.Tensor, meta: dict, path: Path) -> None:
-    import onnx
-
-    buf = io.BytesIO()
-    with _tracing():
-        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    model = onnx.load_model_from_string(buf.getvalue())
-    model.producer_name, model.producer_version = "har", meta["har"]["har_version"]
-    model.doc_string = meta["har"]["about"]
-    flat = {"classes": meta["classes"], "input": meta["input"], **meta["har"]}
-    for key, value in flat.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def _onnx_meta(path: Path) -> dict | None:
-    try:
-        import onnx
-        from google.protobuf.message import DecodeError
-    except ImportError:
-        return None
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (OSError, ValueError, DecodeError):  # not ONNX at all
-        return None
-    props = {p.key: p.value for p in model.metadata_props}
-    if "har_version" not in props or "har_run" not in props:
-        return None
-    out = {}
-    for key, value in props.items():  # lists and objects are JSON; names and versions plain text
-        try:
-            out[key] = json.loads(value) if value[:1] in ("[", "{") else value
-        except ValueError:
-            out[key] = value
-    return out
-
-
-def _load_onnx(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda frames: session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(frames, np.uint8)})[0]
-
-
-EXTRA_FILES = ("classes.json", "input.json", "har.json")
-
-
-def _write_torchscript(module: nn.Module, example: torch.Tensor, meta: dict, path: Path) -> None:
-    with _tracing():
-        traced = torch.jit.trace(module, (example,), check_trace=False)
-        extra = {"classes.json": json.dumps(meta["classes"]), "input.json": json.dumps(meta["input"]),
-                 "har.json": json.dumps(meta["har"])}
-        torch.jit.save(traced, str(path), _extra_files=extra)
-
-
-def _torchscript_meta(path: Path) -> dict | None:
-    """The extra files of a TorchScript archive, read as the zip it is (nothing of it is run)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            if not any(n.endswith("/data.pkl") for n in names):
-                return None
-            extra = {f: json.loads(z.read(n)) for n in names for f in EXTRA_FILES if n.endswith("/extra/" + f)}
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError):
-        return None
-    har = extra.get("har.json")
-    if not (isinstance(har, dict) and "har_version" in har and "har_run" in har):
-        return None
-    return {"classes": extra.get("classes.json"), "input": extra.get("input.json"), **har}
-
-
-def _load_torchscript(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's notice that torch.export is newer
-        module = torch.jit.load(str(path), map_location="cpu")
-
-    def score(frames: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(frames, np.uint8))).numpy()
-    return score
-
-
-FORMATS: Registry[Format] = Registry("export format")
-FORMATS.add("onnx", Format("onnx", ".onnx", _write_onnx, _onnx_meta, _load_onnx, ("onnx", "onnxruntime")),
-            f"ONNX opset {OPSET} for ONNX Runtime and others ({EXTRA})")
-FORMATS.add("torchscript", Format("torchscript", ".pt", _write_torchscript, _torchscript_meta, _load_torchscript),
-            "TorchScript for torch.jit.load (Python or C++ libtorch)")
-
-
-def read_meta(path: Path) -> dict | None:
-    """har's metadata of an exported file, by its suffix's format (flat: classes, input, har_run,
-    har_version, task, ..., lists and objects decoded); None when it is not one of har's exports."""
-    try:
-        fmt = _format_of(path)
-    except ExportError:
-        return None
-    return fmt.meta(Path(path)) if Path(path).is_file() else None
 
 
 # ---- where it may be written ------------------------------------------------------------------------
@@ -494,7 +339,7 @@ def export(run_dir: Path, fmt: str = "onnx", out: Path | None = None) -> ExportR
     back by its own runtime, gives har predict's logits on seeded clips (ATOL, RTOL)."""
     started = time.perf_counter()
     f = FORMATS.get(fmt)
-    _need(f)
+    export_formats.need(f)
     if not Path(run_dir).is_dir():
         raise ExportError(f"{run_dir} is not a folder; name a run folder of `har train-head` or `har train-e2e`")
     _, lin, kind = runner.load_run(run_dir)  # what is not a run is refused before any model loads
@@ -530,8 +375,8 @@ def check(path: Path, videos: list[Path], run_dir: Path) -> list[dict]:
     from pipeline.decoding import reader, video
 
     path = Path(path)
-    fmt = _format_of(path)
-    _need(fmt)
+    fmt = export_formats.format_of(path)
+    export_formats.need(fmt)
     meta = fmt.meta(path) if path.is_file() else None
     if meta is None:
         raise ExportError(f"{path} is not a har {fmt.name} export")
@@ -559,12 +404,3 @@ def check(path: Path, videos: list[Path], run_dir: Path) -> list[dict]:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _format_of(path: Path) -> Format:
-    """The format whose suffix `path` has (ExportError naming the allowed suffixes)."""
-    for name in FORMATS:
-        if FORMATS.get(name).suffix == Path(path).suffix:
-            return FORMATS.get(name)
-    raise ExportError(f"{path} is not a model file har exports; allowed suffixes: "
-                      f"{', '.join(FORMATS.get(n).suffix for n in FORMATS)}")

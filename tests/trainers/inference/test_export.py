@@ -17,6 +17,7 @@ from helpers import har
 from pipeline.stages import backbones, input_policy
 from pipeline.core import outputs
 from trainers.inference import export as E
+from trainers.inference import export_formats as EF
 from trainers.models import heads
 from trainers.models.chain import resize_matrix
 from trainers.inference import predictor
@@ -128,7 +129,7 @@ def test_exported_logits_equal_har_predicts(work, exported, clips, reference, ru
     r = exported(run, fmt)
     assert r.path == (work / run / "export" / f"model{SUFFIX[fmt]}").resolve() and r.path.is_file()
     assert r.max_diff <= ATOL
-    load = E.FORMATS.get(fmt).load(r.path)
+    load = EF.FORMATS.get(fmt).load(r.path)
     ref = reference(run)
     got = load(clips)
     assert got.dtype == np.float32 and got.shape == (len(clips), 2)
@@ -140,7 +141,7 @@ def test_exported_logits_equal_har_predicts(work, exported, clips, reference, ru
 @pytest.mark.parametrize("run", RUNS)
 def test_metadata_names_classes_input_and_the_run(work, exported, run):
     for fmt in [f for r, f in CASES if r == run]:
-        meta = E.read_meta(exported(run, fmt).path)
+        meta = EF.read_meta(exported(run, fmt).path)
         assert meta["classes"] == ["Grow", "Shrink"]
         i = meta["input"]
         assert (i["layout"], i["dtype"], i["channels"], i["frames"], i["height"], i["width"]) == \
@@ -332,7 +333,7 @@ def test_every_head_exports(name, fmt, tmp_path):
     module = E.Exported(model, torch.nn.Identity()).eval()
     x = torch.randint(0, 256, (3, 2, 4, 4, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     meta = {"classes": ["a", "b", "c"], "input": {}, "har": {"har_run": "-", "har_version": "0", "about": name}}
-    fmt_ = E.FORMATS.get(fmt)
+    fmt_ = EF.FORMATS.get(fmt)
     fmt_.write(module, x[:2], meta, tmp_path / f"m{fmt_.suffix}")
     load = fmt_.load(tmp_path / f"m{fmt_.suffix}")
     with torch.inference_mode():
@@ -354,7 +355,7 @@ def test_float16_rounding_of_features_survives_onnxruntime():
 
     x = torch.randn(4096) * 3
     buf = io.BytesIO()
-    torch.onnx.export(Float16Rounded(), (x,), buf, dynamo=False, opset_version=E.OPSET)
+    torch.onnx.export(Float16Rounded(), (x,), buf, dynamo=False, opset_version=EF.OPSET)
     s = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     got = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_array_equal(got, x.numpy().astype(np.float16).astype(np.float32))
@@ -372,7 +373,7 @@ def test_an_export_replaces_only_its_own_kind(work, exported, tmp_path):
     first = E.export(work / "video", "torchscript", tmp_path / "m.pt")
     assert not first.replaced
     again = E.export(work / "video", "torchscript", tmp_path / "m.pt")
-    assert again.replaced and E.read_meta(tmp_path / "m.pt")["task"] == "video-model"
+    assert again.replaced and EF.read_meta(tmp_path / "m.pt")["task"] == "video-model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file left
 
 
@@ -468,7 +469,7 @@ def test_cli_exports_and_says_where(work, tmp_path):
     code, out, err = har("export", work / "video", "--format", "torchscript", "--out", tmp_path / "c3d.pt")
     assert code == 0, err
     assert "c3d.pt" in out and "(batch, 4, 48, 64, 3)" in out
-    assert E.read_meta(tmp_path / "c3d.pt")["classes"] == ["Grow", "Shrink"]
+    assert EF.read_meta(tmp_path / "c3d.pt")["classes"] == ["Grow", "Shrink"]
     code, out, err = har("export", work / "video", "--format", "torchscript", "--out", tmp_path / "c3d.pt", "--json")
     assert code == 0, err
     doc = json.loads(out)
@@ -479,7 +480,7 @@ def test_cli_default_format_is_onnx_in_the_run(work, exported):
     needs("onnx")
     code, _, err = har("export", work / "video")
     assert code == 0, err
-    assert E.read_meta(work / "video" / "export" / "model.onnx")["task"] == "video-model"
+    assert EF.read_meta(work / "video" / "export" / "model.onnx")["task"] == "video-model"
 
 
 @pytest.mark.parametrize("args, match", [
