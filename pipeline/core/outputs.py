@@ -157,10 +157,8 @@ def synth_files(folder: Path, where: str | None = None) -> frozenset[str]:
         for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name
             rel = path.relative_to(folder).as_posix()
-            tmp = SYNTH_TEMPORARY.fullmatch(name)
-            stem = tmp and (f"{tmp['clip']}.avi" if tmp["clip"] else tmp["file"])
-            mine = (rel in dirs if path.is_dir() else
-                    path.is_file() and (owns(rel) or (stem is not None and owns(str(Path(rel).with_name(stem))))))
+            of = _temporary_of(rel)
+            mine = (rel in dirs if path.is_dir() else path.is_file() and (owns(rel) or (of is not None and owns(of))))
             if path.is_symlink() or not mine:
                 raise OutputError(f"{where} holds {rel}, which its synth.json does not list: har synth replaces and "
                                   "removes only the files it wrote; move it away or choose another folder")
@@ -212,12 +210,18 @@ def _synth_owner(meta: dict, where: str):
 def _synth_writes(rel: str) -> bool:
     """Whether har synth writes a file of this relative name: a clip Class/v_Class_gGG_cCC.avi,
     masks.json, or the temporary file a killed write of one of them (or of synth.json) leaves."""
+    of = _temporary_of(rel)
+    own = (SYNTH_MASKS, SYNTH_MANIFEST) if of else (SYNTH_MASKS,)   # synth.json itself is never in its own list
+    return (of or rel) in own or bool(SYNTH_LEGACY_CLIP.fullmatch(of or rel))
+
+
+def _temporary_of(rel: str) -> str | None:
+    """The relative path of the file whose killed write left the temporary file `rel`, or None when
+    `rel` is not one of har synth's temporary names: A/v_A_g01_c01.tmp.avi -> A/v_A_g01_c01.avi,
+    .synth.json.ab12cd34.tmp -> synth.json."""
     *parent, name = rel.split("/")
     tmp = SYNTH_TEMPORARY.fullmatch(name)
-    if tmp:
-        rel = "/".join([*parent, f"{tmp['clip']}.avi" if tmp["clip"] else tmp["file"]])
-    own = (SYNTH_MASKS, SYNTH_MANIFEST) if tmp else (SYNTH_MASKS,)   # synth.json itself is never in its own list
-    return rel in own or bool(SYNTH_LEGACY_CLIP.fullmatch(rel))
+    return tmp and "/".join([*parent, f"{tmp['clip']}.avi" if tmp["clip"] else tmp["file"]])
 
 
 def _is_ours(target: Path, kind: str) -> bool:
