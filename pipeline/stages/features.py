@@ -281,8 +281,8 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
                             batch_size=cfg.batch_size, compile=cfg.compile, resize=cfg.resize)
     # loaded afresh (the files behind --weights may have changed since this process last loaded them);
     # this process's shards use it; with a scheduler the workers load their own and this one, on the
-    # CPU, only tells the weights, feature size and input policy
-    enc = make_encoder(encoder if cfg.scheduler is None else replace(encoder, device="cpu"))
+    # CPU and uncompiled, only tells the weights, feature size and input policy
+    enc = make_encoder(encoder if cfg.scheduler is None else replace(encoder, device="cpu", compile=False))
     if cfg.scheduler is None:
         _ENCODERS[encoder] = enc
     weights, dim, positions, clip = enc.weights, enc.dim, enc.positions(t), enc.record(t)
