@@ -55,7 +55,7 @@ CHOICES = {
     "memory_format": ("trainers.training.config", "MEMORY_FORMATS"), "folds": ("trainers.runs.cv", "FOLDS"),
     "part": ("trainers.data.views", "SPLIT_ROLES"), "tracker": ("trainers.runs.tracker", "TRACKERS"),
     "method": ("trainers.inference.explain", "METHODS"), "over_time": ("trainers.inference.explain", "TEMPORAL"),
-    "export_format": ("trainers.inference.export", "FORMATS"), "mix": ("trainers.data.mixing", "MIXES"),
+    "export_format": ("trainers.inference.export_formats", "FORMATS"), "mix": ("trainers.data.mixing", "MIXES"),
     "temporal_input": ("trainers.models.heads", "TEMPORAL_INPUTS"),
 }
 

@@ -187,7 +187,7 @@ def _made(tmp_path, *args):
 @pytest.mark.parametrize("user_file, named", [
     ("Grow/v_Grow_g99_c01.avi", None), ("Grow/v_Grow_g01_c01.tmp2.avi", None), ("notes.txt", None),
     ("Blink/v_Blink_g01_c01.avi", "Blink"), ("Grow/mine/clip.avi", "Grow/mine"), ("masks.json", None),
-    (".synth.json.abc.tmp", None)])
+    (".synth.json.abc.tmp", None), ("Grow/...abcdefgh.tmp", None)])   # the last: a temporary name of "." crashed
 @pytest.mark.parametrize("rerun", [TINY, ["--classes", 1, "--groups", 1, "--clips", 1, "--frames", 8],
                                    ["--classes", 3, "--groups", 3, "--clips", 1, "--frames", 9, "--masks"]],
                          ids=["same", "smaller", "larger"])
