@@ -27,6 +27,7 @@ Variants (P a probability, D a decay):
     tokennorm     each frame's input vector scaled to unit root mean square (the direction of the change)
     ff4gelu       the encoder's MLP 4 x hidden wide with GELU (the usual transformer's; now 2 x with ReLU)
     posscale=S    the position table starts at S times the sine table (1 now): less position against content
+    postnorm      the encoder layers post-norm (the original transformer's; pre-norm now)
     mixup=A       each training batch mixed with a shuffled copy of itself, x = l x + (1 - l) x', the loss
                   l CE(y) + (1 - l) CE(y'), l ~ Beta(A, A) (Zhang et al. 2018); any head, the loop's change
 """
@@ -44,7 +45,7 @@ from torch import nn  # noqa: E402
 from trainers.models import heads  # noqa: E402
 from trainers.training import loop  # noqa: E402
 
-KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup")
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm")
 
 
 def patch(kind: str, value: float) -> None:
@@ -64,6 +65,10 @@ def patch(kind: str, value: float) -> None:
             layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=4 * cfg.hidden,
                                                dropout=min(cfg.dropout, 0.1), batch_first=True, norm_first=True,
                                                activation="gelu")
+            self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        if kind == "postnorm":
+            layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=2 * cfg.hidden,
+                                               dropout=min(cfg.dropout, 0.1), batch_first=True, norm_first=False)
             self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         if kind == "posscale":
             with torch.no_grad():
