@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.decoding import augment, video
 from pipeline.datasets import datasets
-from pipeline.stores import latest, store, swap
+from pipeline.stores import inputs, latest, store, swap
 from pipeline.core import lineage, location, outputs, resources
 from pipeline.decoding.reader import read_video
 from pipeline.decoding.recipe import Recipe, sample_axes
@@ -159,14 +159,14 @@ class _old_rows:
         try:
             self.cols = {name: np.asarray(old[name][self.lo:hi]) for name in
                          ("status", "error", "num_frames", "fps", "frame_idx", "view_params")}
-            self.block = store.read_rows(old, self.lo, hi)
+            self.block = inputs.read_rows(old, self.lo, hi)
         except Exception:   # read one by one: only the damaged rows are decoded again
             self.cols = self.block = None
 
     def frames(self, j: int) -> np.ndarray:
         if self.block is not None:
             return self.block[j - self.lo]
-        return store.read_rows(self.old, j, j + 1)[0]
+        return inputs.read_rows(self.old, j, j + 1)[0]
 
     def results(self, j: int) -> tuple:
         names = ("status", "error", "num_frames", "fps", "frame_idx", "view_params")
@@ -373,7 +373,7 @@ def extract(cfg: ExtractConfig, progress: Callable[[int, int, list[dict]], None]
         damage = []
         if old is not None and store.has_results(old):
             # --verify reads every sample against its checksum; otherwise what shows without reading
-            damage = store.verify(old) if cfg.verify else store.quick_check(old)
+            damage = inputs.verify(old) if cfg.verify else inputs.quick_check(old)
         if damage or (old is not None and cfg.force):
             why = f"is damaged ({'; '.join(damage[:2])})" if damage else "is replaced (--force)"
             result.notes = (*result.notes, f"{target} {why}: every video is extracted again")

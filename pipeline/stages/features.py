@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.stages import backbones
 from pipeline.stages.input_policy import InputPolicy
-from pipeline.stores import latest, store, swap
+from pipeline.stores import inputs, latest, store, swap
 from pipeline.core import lineage, location, outputs, resources
 from pipeline.core import device as devices
 from pipeline.core.cluster import run_tasks
@@ -226,7 +226,7 @@ def read_frames(task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
     try:
         with store.StoreReader(path) as fr:
             status = fr.read("status")[task.start:task.stop]
-            frames = store.read_rows(fr, task.start, task.stop)
+            frames = inputs.read_rows(fr, task.start, task.stop)
     except store.DamagedStoreError:
         same_version()  # a swap landing inside this read looks like damage: say which it was
         raise
@@ -268,7 +268,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
     t0 = time.perf_counter()
     cfg.validate()
     src = frame_store_for(cfg).absolute()
-    with store.open_input(src, "frames", "har features reads a frame store") as fr:
+    with inputs.open_input(src, "frames", "har features reads a frame store") as fr:
         attrs = fr.attrs
         n, s, t = fr["frame_idx"].shape
         src_status = fr.read("status")
@@ -312,7 +312,7 @@ def features(cfg: FeatureConfig, progress: Callable[[int, int, int], None] | Non
             with store.StoreReader(target) as old:
                 if (not cfg.force and old.attrs.get("lineage", {}).get("fingerprint") == lin["fingerprint"]
                         and store.has_results(old, data_name="features") and old.attrs.get("complete")
-                        and not store.quick_check(old)):  # a damaged store is rebuilt, never "up to date"
+                        and not inputs.quick_check(old)):  # a damaged store is rebuilt, never "up to date"
                     result.up_to_date = True
                     result.failed = int((old.read("status") == store.FAILED).sum())
         if result.up_to_date:

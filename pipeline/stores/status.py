@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.datasets import datasets
 from pipeline.core import lineage, location
-from pipeline.stores import store
+from pipeline.stores import inputs, store
 from pipeline.stages.extract import Recipe, build_lineage, recorded_sources
 
 STATES = ("current", "stale", "incomplete", "damaged", "unreadable")
@@ -59,7 +59,7 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
         base.update(dataset=attrs.get("dataset", "?"), kind=kind, bytes=store.dir_bytes(path))
         # declared shapes first: an array edited to 10**12 videos is damage found in a moment, not a
         # walk of its chunk grid or a read of terabytes
-        shape = store.shape_problems(r)
+        shape = inputs.shape_problems(r)
         if shape:
             return StoreState(**base, state="damaged", reason="; ".join(shape[:3]))
         try:
@@ -77,7 +77,7 @@ def store_state(path: Path, verify: bool = False) -> StoreState:
         if not store.has_results(r, data_name=kind):
             return StoreState(**base, state="incomplete", reason="written by an older har (arrays missing); "
                               "run the stage again")
-        problems = store.verify(r) if verify else store.quick_check(r)
+        problems = inputs.verify(r) if verify else inputs.quick_check(r)
         if problems:  # each problem names the videos concerned
             return StoreState(**base, state="damaged", reason="; ".join(problems[:3]))
         if kind == "features":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import reversed_pair_features, write_feature_store
 
-from pipeline.stores import store
+from pipeline.stores import inputs, store
 from pipeline.stages.extract import ExtractConfig, Recipe, extract
 from pipeline.stores.status import store_state
 
@@ -37,9 +37,9 @@ def pristine(tmp_path_factory):
 
 def consume(path: Path, kind: str):
     """Everything a later stage reads: the data verified, every array, the attributes."""
-    with store.open_input(path, kind, "test") as r:
+    with inputs.open_input(path, kind, "test") as r:
         n = len(r.read("status"))
-        data = store.read_rows(r, 0, n)
+        data = inputs.read_rows(r, 0, n)
         arrays = {name: r.read(name) for name in r.names()}
         return data, arrays, r.attrs
 
@@ -184,7 +184,7 @@ def test_a_store_declaring_huge_shapes_is_damaged_within_seconds_and_the_others_
         state = store_state(bad, verify=verify)
         assert state.state == "damaged" and f"{name} declares" in state.reason and str(value) in state.reason, state
     with pytest.raises(store.DamagedStoreError, match=f"{name} declares .*{value}"):
-        store.open_input(bad, kind, "test")
+        inputs.open_input(bad, kind, "test")
     assert time.perf_counter() - t0 < 30
 
 
@@ -223,7 +223,7 @@ def test_every_array_edited_to_the_same_length_is_damage_found_before_any_walk(p
     state = store_state(bad)
     assert state.state == "damaged" and says in state.reason and str(videos) in state.reason, state
     with pytest.raises(store.DamagedStoreError, match=re.escape(says)):
-        store.open_input(bad, which, "test")
+        inputs.open_input(bad, which, "test")
 
 
 def test_a_chunk_grid_finer_than_one_file_a_sample_is_never_walked(pristine, tmp_path):

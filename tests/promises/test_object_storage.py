@@ -164,7 +164,7 @@ def test_a_second_writer_is_refused_until_the_first_is_gone(tiny_root, bucket):
 @pytest.mark.parametrize("first", [False, True], ids=["update", "first-publish"])
 def test_a_publish_killed_before_its_marker_is_never_read_and_the_next_run_finishes_it(tiny_root, bucket,
                                                                                          tmp_path, monkeypatch, first):
-    from pipeline.stores import store
+    from pipeline.stores import inputs, store
     from pipeline.stages.extract import ExtractConfig, Recipe, extract
 
     url = Url(f"{bucket}/p.zarr")
@@ -186,7 +186,7 @@ def test_a_publish_killed_before_its_marker_is_never_read_and_the_next_run_finis
     monkeypatch.setattr(fs, "copy", real_copy)
     # half-copied: readers refuse it rather than read a mix of the two versions
     with pytest.raises(store.StoreError, match="unfinished"):
-        store.open_input(url, "frames", "")
+        inputs.open_input(url, "frames", "")
     ran = har("features", "--store", url, "--backbone", "resnet18", "--weights", "none")
     assert ran.returncode == 2 and "unfinished" in ran.stderr
     # the next run of the same command finishes the publish and finds the store up to date

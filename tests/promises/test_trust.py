@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import har, har_process
 
-from pipeline.stores import checksums, store, swap
+from pipeline.stores import checksums, inputs, store, swap
 from pipeline.stages.extract import ExtractConfig, Recipe, extract
 from pipeline.stores.status import store_state
 
@@ -140,7 +140,7 @@ def test_a_deleted_status_chunk_never_drops_videos(data, tmp_path):
     shard_files(frames, "status")[0].unlink()
     assert store_state(frames).state == "damaged"
     with pytest.raises(store.DamagedStoreError, match="no status|missing"):
-        store.open_input(frames, "frames", "test")
+        inputs.open_input(frames, "frames", "test")
 
 
 def test_flipped_bytes_in_a_chunk_name_the_store_and_the_videos(data, tmp_path):
@@ -149,9 +149,9 @@ def test_flipped_bytes_in_a_chunk_name_the_store_and_the_videos(data, tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 3] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    with store.open_input(frames, "frames", "test") as r:  # metadata is sound: only reading finds it
+    with inputs.open_input(frames, "frames", "test") as r:  # metadata is sound: only reading finds it
         with pytest.raises(store.DamagedStoreError) as e:
-            store.read_rows(r, 0, r["status"].shape[0])
+            inputs.read_rows(r, 0, r["status"].shape[0])
     assert str(frames) in str(e.value) and ".avi" in str(e.value) and "Stored and computed" not in str(e.value)[:60]
     assert store_state(frames, verify=True).state == "damaged"
 
@@ -163,9 +163,9 @@ def test_a_zero_filled_sample_is_caught_by_its_checksum(data, tmp_path):
 
     arr = zarr.open_group(str(frames), mode="r+")["frames"]
     arr[1, 0] = 0
-    with store.open_input(frames, "frames", "test") as r:
+    with inputs.open_input(frames, "frames", "test") as r:
         with pytest.raises(store.DamagedStoreError, match="checksums"):
-            store.read_rows(r, 0, 3)
+            inputs.read_rows(r, 0, 3)
 
 
 def test_static_arrays_and_schema_version_are_checked(data, tmp_path):
@@ -175,11 +175,11 @@ def test_static_arrays_and_schema_version_are_checked(data, tmp_path):
     g = zarr.open_group(str(frames), mode="r+")
     g["label"][0] = 2 if g["label"][0] != 2 else 1
     with pytest.raises(store.DamagedStoreError, match="label does not match its checksum"):
-        store.open_input(frames, "frames", "test")
+        inputs.open_input(frames, "frames", "test")
     frames2 = run(data, tmp_path / "g.zarr").store
     zarr.open_group(str(frames2), mode="r+").attrs["schema_version"] = 99
     with pytest.raises(store.StoreError, match="schema version 99"):
-        store.open_input(frames2, "frames", "test")
+        inputs.open_input(frames2, "frames", "test")
     assert store_state(frames2).state == "incomplete"
 
 
@@ -216,7 +216,7 @@ def test_a_partial_store_is_refused_and_reported_incomplete(data, tmp_path):
 
     zarr.open_group(str(partial), mode="r+").attrs["complete"] = False
     with pytest.raises(store.StoreError, match="unfinished"):
-        store.open_input(partial, "frames", "har features")
+        inputs.open_input(partial, "frames", "har features")
     assert store_state(partial).state == "incomplete"
     code, out, _ = har("status", partial)
     assert code == 3 and "incomplete" in out
@@ -517,8 +517,8 @@ def test_rows_swapped_with_their_checksums_are_damage_naming_both(data, tmp_path
     code, out, _ = har("status", frames, "--verify")
     assert code == 3 and "damaged" in out and "rows 1" in out and "rows 4" in out, out
     assert videos[1] in out and videos[4] in out
-    with store.open_input(frames, "frames", "test") as r, pytest.raises(store.DamagedStoreError, match="rows 1, 4"):
-        store.read_rows(r, 0, len(videos))
+    with inputs.open_input(frames, "frames", "test") as r, pytest.raises(store.DamagedStoreError, match="rows 1, 4"):
+        inputs.read_rows(r, 0, len(videos))
     cs = training_data.open_view(frames, "frames")
     with pytest.raises(store.DamagedStoreError, match="video #1 does not match"):
         clips.ClipDataset(cs.path, cs.labels, cs.fingerprint)[1, 0]
@@ -577,9 +577,9 @@ def test_a_store_written_before_checksums_bound_their_place_still_reads_and_is_n
     assert store_state(frames, verify=True).current
     code, out, _ = har("status", frames, "--verify")
     assert code == 0 and "current" in out
-    with store.open_input(frames, "frames", "test") as r:
+    with inputs.open_input(frames, "frames", "test") as r:
         n = len(r.read("video"))
-        old = store.read_rows(r, 0, n)
+        old = inputs.read_rows(r, 0, n)
     cs = training_data.open_view(frames, "frames")
     assert np.array_equal(clips.ClipDataset(cs.path, cs.labels, cs.fingerprint)[2, 0][0].numpy(), old[2, 0])
     meta = (frames / "zarr.json").read_bytes()
@@ -596,7 +596,7 @@ def test_a_store_written_before_checksums_bound_their_place_still_reads_and_is_n
     sorted(data.rglob("*.avi"))[0].unlink()   # one video gone: rebuilt, the others copied (verified as written)
     res = run(data, frames)
     assert res.reused == n - 1 and res.decoded == 0
-    with store.open_input(frames, "frames", "test") as r:
+    with inputs.open_input(frames, "frames", "test") as r:
         assert checksums.binds(r.attrs)
-        assert np.array_equal(store.read_rows(r, 0, n - 1), old[1:])
+        assert np.array_equal(inputs.read_rows(r, 0, n - 1), old[1:])
     assert store_state(frames, verify=True).current

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.core import location
-from pipeline.stores import checksums, store
+from pipeline.stores import checksums, inputs, store
 from pipeline.core.lineage import seed_for
 from trainers.data import views
 
@@ -47,7 +47,7 @@ class ClipDataset(torch.utils.data.Dataset):
         # checked against its checksum: a lost or changed chunk stops training, never trains on zeros;
         # a store swapped in meanwhile fails its old checksums too, and is then named as replaced
         try:
-            clip = store.read_sample(self._frames, self._sums, location.of(self.path), v, s,
+            clip = inputs.read_sample(self._frames, self._sums, location.of(self.path), v, s,
                                      None if self._videos is None else self._videos[v])
         except store.DamagedStoreError:
             self._check_version()

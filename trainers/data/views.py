@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.datasets import datasets
 from pipeline.core import location
-from pipeline.stores import store
+from pipeline.stores import inputs, store
 from pipeline.core.files import replace_atomically
 from pipeline.core.lineage import seed_for
 from pipeline.core.registry import Registry
@@ -110,8 +110,8 @@ def open_view(path: Path, kind: str) -> StoreView:
     if not path.exists():
         raise store.StoreError(f"{'feature' if kind == 'features' else 'frame'} store {path} does not exist; "
                                f"run `{MAKERS[kind]}` first")
-    # kind, schema, finished, every chunk present, static arrays and status sound (store.open_input)
-    with store.open_input(path, kind, USES[kind].format(path=path)) as r:
+    # kind, schema, finished, every chunk present, static arrays and status sound (inputs.open_input)
+    with inputs.open_input(path, kind, USES[kind].format(path=path)) as r:
         return StoreView(**_view(path, r))
 
 
@@ -122,7 +122,7 @@ def load(path: Path, ram_limit: int | None = None) -> FeatureSet:
     path = location.of(path)
     if not path.exists():
         raise store.StoreError(f"feature store {path} does not exist; run `har features` first")
-    with store.open_input(path, "features", USES["features"].format(path=path)) as r:
+    with inputs.open_input(path, "features", USES["features"].format(path=path)) as r:
         view = _view(path, r)
         arr = r["features"]
         nbytes = int(np.prod(arr.shape)) * 2
@@ -155,7 +155,7 @@ def _read_all(r: store.StoreReader) -> np.ndarray:
     """Every feature, each sample checked against its checksum (a lost chunk is never zeros)."""
     n = r["features"].shape[0]
     step = int(r["checksum"].chunks[0]) if r.format == "zarr" else n
-    return np.concatenate([store.read_rows(r, a, min(n, a + step)) for a in range(0, max(n, 1), max(step, 1))])
+    return np.concatenate([inputs.read_rows(r, a, min(n, a + step)) for a in range(0, max(n, 1), max(step, 1))])
 
 
 def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.ndarray:
@@ -177,7 +177,7 @@ def _memory_map(path: Path, reader: store.StoreReader, fingerprint: str) -> np.n
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=arr.shape)
             step = max(1, (64 << 20) // max(1, int(np.prod(arr.shape[1:])) * 2))
             for a in range(0, arr.shape[0], step):
-                mm[a:a + step] = store.read_rows(reader, a, min(arr.shape[0], a + step))
+                mm[a:a + step] = inputs.read_rows(reader, a, min(arr.shape[0], a + step))
             mm.flush()
             del mm
         replace_atomically(cache, write, cache.with_suffix(".partial.npy"))
