@@ -277,9 +277,9 @@ def build_lineage(index: datasets.DatasetIndex, recipe: Recipe, sources: list[li
 def recorded_sources(reader: store.StoreReader) -> list[lineage.Source]:
     """A frame store's sources as recorded (in the order of `video`): from its arrays source/*, or
     from the lineage attrs of a store written before they moved there."""
-    inputs = reader.attrs["lineage"]["inputs"]
-    if "sources" in inputs:   # a store of har <= 2026-12-02 (attrs grew 320 bytes a video)
-        return [lineage.source_from_dict(d) for d in inputs["sources"]]
+    recorded = reader.attrs["lineage"]["inputs"]
+    if "sources" in recorded:   # a store of har <= 2026-12-02 (attrs grew 320 bytes a video)
+        return [lineage.source_from_dict(d) for d in recorded["sources"]]
     return lineage.sources_from_arrays(reader.read("video"),
                                        {f: reader.read(f"source/{f}") for f in lineage.SOURCE_FIELDS})
 

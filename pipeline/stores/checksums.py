@@ -1,5 +1,5 @@
-"""The checksums of a store: what `pipeline.stores.store` writes beside the data and verifies on
-every read (docs/design.md, "Integrity").
+"""The checksums of a store: what `pipeline.stores.store` writes beside the data and
+`pipeline.stores.inputs` verifies on every read (docs/design.md, "Integrity").
 
 - a sample's crc32 (`sample_checksum`; `sample_checksums` for rows of samples), bound to its place (row, sample and video: `BINDING`,
   recorded in attrs `checksum_binding`) so that samples moved to another row with their checksums

@@ -10,12 +10,12 @@ wrong. So every store carries `checksum` [N, S] (crc32 of each sample's data as 
 it, written with the data and before `status`), the crc32 of each static array in its attrs
 (`static_checksums`), and a crc32c codec on every data chunk (damaged bytes fail to read). Readers
 open inputs with `open_input` and read data with `read_rows` / `read_sample`, which verify them
-(pipeline.stores.inputs; the checksums are `pipeline.stores.checksums`'); a finished store with a pending video is damaged too
-(its `status` chunk is gone). A sample's checksum also covers its place (row, sample and video:
-attrs `checksum_binding`), so samples moved to another row together with their checksums are damage
-too; stores written before that hold the crc32 of the bytes alone and are read as before. Before any
-chunk is walked or read, the shapes each array declares are checked against the store's own lengths
-(`pipeline.stores.shapes`).
+(pipeline.stores.inputs; the checksums are `pipeline.stores.checksums`'); a finished store with a
+pending video is damaged too (its `status` chunk is gone). A sample's checksum also covers its
+place (row, sample and video: attrs `checksum_binding`), so samples moved to another row together
+with their checksums are damage too; stores written before that hold the crc32 of the bytes alone
+and are read as before. Before any chunk is walked or read, `open_input` checks the shapes each
+array declares against the store's own lengths (`pipeline.stores.shapes`).
 """
 from __future__ import annotations
 

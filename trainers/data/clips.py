@@ -48,7 +48,7 @@ class ClipDataset(torch.utils.data.Dataset):
         # a store swapped in meanwhile fails its old checksums too, and is then named as replaced
         try:
             clip = inputs.read_sample(self._frames, self._sums, location.of(self.path), v, s,
-                                     None if self._videos is None else self._videos[v])
+                                      None if self._videos is None else self._videos[v])
         except store.DamagedStoreError:
             self._check_version()
             raise
