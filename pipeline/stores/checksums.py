@@ -1,9 +1,10 @@
 """The checksums of a store: what `pipeline.stores.store` writes beside the data and
 `pipeline.stores.inputs` verifies on every read (docs/design.md, "Integrity").
 
-- a sample's crc32 (`sample_checksum`; `sample_checksums` for rows of samples), bound to its place (row, sample and video: `BINDING`,
-  recorded in attrs `checksum_binding`) so that samples moved to another row with their checksums
-  do not verify; stores written before the binding hold the crc32 of the bytes alone (`binds`);
+- a sample's crc32 (`sample_checksum`; `sample_checksums` for rows of samples), bound to its
+  place (row, sample and video: `BINDING`, recorded in attrs `checksum_binding`) so that samples
+  moved to another row with their checksums do not verify; stores written before the binding hold
+  the crc32 of the bytes alone (`binds`);
 - a static array's crc32 (`array_checksum`, in attrs `static_checksums`);
 - the attributes' own fingerprint (`attrs_checksum`), which seals a finished store's attrs;
 - `video_table`: a store's `video` names, read once per process and store (what a bound checksum covers).
