@@ -1,11 +1,13 @@
 """A request's multipart form, parsed as it arrives (python-multipart's streaming parser) and
 bounded: only the fields an endpoint allows, each short, a few parts with short headers, and one
 video file written to the request's own scratch folder once its first bytes are a video
-container's. `Refused` is a request answered with a status and one line; `number` reads a
+container's. `receive` reads a request's body into a FormReader within its deadlines (a body
+that stalls is 408). `Refused` is a request answered with a status and one line; `number` reads a
 numeric field within its range.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,9 @@ NAME_LIMIT = 200       # characters of a client's file name echoed back (a label
 FIELD_LIMIT = 1024     # bytes of one form field other than the file
 PARTS_LIMIT = 16       # parts of one multipart body
 HEADER_LIMIT = 4096    # bytes of one multipart part header's name or value
+IDLE_SECONDS = 30.0    # the longest silence within a body (at most the whole body's timeout)
+MIN_RATE = 8 * 1024    # bytes per second a body must average after its first GRACE_SECONDS
+GRACE_SECONDS = 10.0
 
 
 class Refused(Exception):
@@ -185,3 +190,39 @@ def number(fields: dict, key: str, kind: type, lo: float, hi: float, default):
         raise Refused(422, f"{key} {text[:40]!r} is out of range; allowed: {'a whole number ' if kind is int else ''}"
                            f"{span}")
     return v
+
+
+async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout: float) -> Form:
+    """The form of `request` (a starlette Request), its file streamed into `folder`; 422 for a body
+    that is not multipart/form-data, 408 for one that stalls: no byte for IDLE_SECONDS, the average
+    rate below MIN_RATE after GRACE_SECONDS, or not complete within `body_timeout` seconds."""
+    from python_multipart.multipart import parse_options_header
+
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+        raise Refused(422, "field `file` is required: send multipart/form-data with the video in field `file`")
+    reader = FormReader(params[b"boundary"], folder, allowed)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    got = 0
+    chunks = request.stream().__aiter__()
+    try:
+        while True:
+            now = loop.time()
+            # the next byte must come before the body's deadline, within the longest pause, and
+            # before the average rate since the grace period falls below MIN_RATE
+            wait = min(start + body_timeout, now + IDLE_SECONDS, start + GRACE_SECONDS + got / MIN_RATE) - now
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.0))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise Refused(408, f"the upload stalled; allowed: the whole body within {body_timeout:g} s "
+                                   f"(har serve --body-timeout), no pause over {IDLE_SECONDS:g} s, and at least "
+                                   f"{MIN_RATE // 1024} KiB/s after the first {GRACE_SECONDS:g} s") from None
+            got += len(chunk)
+            if chunk:
+                reader.feed(chunk)
+        return reader.close()
+    finally:
+        reader.abort()

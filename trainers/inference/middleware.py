@@ -5,10 +5,14 @@
   127.0.0.1 through DNS rebinding (400).
 - `BodyLimit`: a body over the limit gets 413 as soon as it is known (its Content-Length, or the
   bytes counted as they arrive), before anything is parsed or stored.
+And beneath them, for the connections themselves, `connection_protocol`: uvicorn's h11 connection
+with a deadline for a request's headers and a bound on the connections one address holds.
 """
 from __future__ import annotations
 
 import json
+
+HEADER_SECONDS = 10.0  # a connection's request line and headers must arrive within this
 
 
 def is_address(host: str) -> bool:
@@ -89,3 +93,54 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+def connection_protocol(per_address: int):
+    """uvicorn's h11 connection with what uvicorn lacks for untrusted clients: a request's line and
+    headers must arrive within HEADER_SECONDS of the connection opening or of the previous response
+    (uvicorn waits for them forever: half-open connections would pile up), and one address holds
+    at most `per_address` connections (more are closed at once)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    open_from: dict[str, int] = {}
+
+    class Connection(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.address = self.client[0] if self.client else "?"
+            open_from[self.address] = open_from.get(self.address, 0) + 1
+            self.answered = self.cycle
+            self.header_timer = None
+            if open_from[self.address] > per_address:
+                transport.close()
+                return
+            self.arm()
+
+        def arm(self):
+            self.header_timer = self.loop.call_later(HEADER_SECONDS, self.too_slow)
+
+        def too_slow(self):
+            if self.cycle is self.answered and not self.transport.is_closing():  # no new request yet
+                self.transport.close()
+
+        def handle_events(self):
+            super().handle_events()
+            if self.cycle is not self.answered and self.header_timer is not None:  # a request's headers came
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def on_response_complete(self):
+            self.answered = self.cycle        # the request just answered
+            super().on_response_complete()    # may start a pipelined request: a new cycle
+            if not self.transport.is_closing() and self.cycle is self.answered:
+                self.arm()
+
+        def connection_lost(self, exc):
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            open_from[self.address] -= 1
+            if not open_from[self.address]:
+                del open_from[self.address]
+            super().connection_lost(exc)
+
+    return Connection

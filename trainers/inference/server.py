@@ -16,7 +16,8 @@ hold is bounded.
   taken before and after loading and must agree); nothing is read from the run folders afterwards.
 - A request takes a slot (`workers` running + `queue` waiting) and, while its body arrives, an
   upload place (`uploads`); with none free it gets 503 and Retry-After before its body is read.
-  One client address holds at most `per_client` requests at once (429 beyond).
+  One client address holds at most `per_client` requests at once (429 beyond). These bounds and
+  the thread pools below are the server's workload (`trainers.inference.workload`).
 - The body is parsed as it arrives (`trainers.inference.forms`: python-multipart's streaming
   parser; FastAPI's form parsing would spool it into the system's temporary folder first): only
   the known fields, each short; the file goes straight into the server's own scratch folder under
@@ -33,7 +34,9 @@ hold is bounded.
 - Server-side faults are one line: 507 when the server's disk is full, 503 for other I/O errors.
 - The Host header must name this server (the bound address, localhost, or an --allow-host name):
   a web page elsewhere cannot drive a server on 127.0.0.1 through DNS rebinding. That check and
-  the body's size limit are ASGI middleware in front of the app (`trainers.inference.middleware`).
+  the body's size limit are ASGI middleware in front of the app (`trainers.inference.middleware`),
+  and so is the connection's protocol: a request's headers within 10 s, at most 2 x `per_client`
+  connections from one address.
 Nothing a client sends names a server-side file (a run is chosen among the loaded runs' names).
 Binds 127.0.0.1 unless told otherwise.
 """
@@ -42,7 +45,6 @@ Binds 127.0.0.1 unless told otherwise.
 import asyncio
 import base64
 import contextlib
-import contextvars
 import dataclasses
 import errno
 import functools
@@ -54,21 +56,18 @@ import shutil
 import socket
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from trainers.inference.forms import NAME_LIMIT, Form, FormReader, Refused, number
-from trainers.inference.middleware import BodyLimit, HostCheck, is_address
+from trainers.inference import forms
+from trainers.inference.forms import NAME_LIMIT, Form, Refused, number
+from trainers.inference.middleware import BodyLimit, HostCheck, connection_protocol, is_address
+from trainers.inference.workload import Workload
 
 logger = logging.getLogger(__name__)
 
 EXTRA = "pip install 'har[serve]'"
-IDLE_SECONDS = 30.0    # the longest silence within a body (at most --body-timeout)
-MIN_RATE = 8 * 1024    # bytes per second a body must average after its first GRACE_SECONDS
-GRACE_SECONDS = 10.0
-HEADER_SECONDS = 10.0  # a connection's request line and headers must arrive within this
 MAX_FPS = 1000.0       # a frame rate above this is a forged header, not a video
 SECONDS_PER_WINDOW = 2.0  # a timeline request gets at most --max-seconds / this windows
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -220,7 +219,6 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
     """The FastAPI application over already loaded runs: (the ASGI app to serve, the FastAPI app)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
-    from python_multipart.multipart import parse_options_header
     from starlette.requests import ClientDisconnect
 
     from pipeline.decoding import video
@@ -228,37 +226,21 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
     from trainers.inference import timeline
 
     unreadable = video.demux_errors()  # PyAV's errors, named by the decoding package (no PyAV here)
-    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="har-serve")
-    # explanations hook the model and run one at a time: a thread of their own, so they never hold
-    # the predict workers
-    explaining = ThreadPoolExecutor(1, thread_name_prefix="har-explain")
-    slots = asyncio.Semaphore(cfg.workers + cfg.queue)
-    uploading = asyncio.Semaphore(cfg.uploads)
-    clients: dict[str, int] = {}          # requests in progress per client address
-    sending: dict[str, int] = {}          # of those, uploads still arriving
-    jobs: set[threading.Event] = set()    # the stop events of the work running now
-    stopping = threading.Event()          # set on Ctrl-C: every job stops, new requests get 503
+    work = Workload(cfg.workers, cfg.queue, cfg.uploads, cfg.per_client, cfg.client_uploads)
     scratch = Path(tempfile.mkdtemp(prefix="har-serve-"))  # the server's own: uploads live only here
-
-    def stop_all() -> None:
-        stopping.set()
-        for e in list(jobs):
-            e.set()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         try:
             yield
         finally:
-            stop_all()
-            pool.shutdown(wait=False, cancel_futures=True)
-            explaining.shutdown(wait=False, cancel_futures=True)
+            work.shutdown()
             shutil.rmtree(scratch, ignore_errors=True)
 
     app = FastAPI(title="har serve", version="1", lifespan=lifespan,
                   description="Classify videos with trained har runs (human action recognition).")
     app.state.scratch = scratch
-    app.state.stop_all = stop_all
+    app.state.stop_all = work.stop_all
     page = resources.files("trainers.inference").joinpath("server.html").read_text()
 
     def pick(run: str | None) -> Served:
@@ -285,124 +267,36 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
                                "(har serve --max-seconds)")
         return frames, fps
 
-    async def receive(request: Request, folder: Path, allowed: tuple[str, ...]) -> Form:
-        """The request's form, its file streamed into `folder`; 408 for a body that stalls."""
-        ctype, params = parse_options_header(request.headers.get("content-type", ""))
-        if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-            raise Refused(422, "field `file` is required: send multipart/form-data with the video in field `file`")
-        reader = FormReader(params[b"boundary"], folder, allowed)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        got = 0
-        chunks = request.stream().__aiter__()
-        try:
-            while True:
-                now = loop.time()
-                # the next byte must come before the body's deadline, within the longest pause, and
-                # before the average rate since the grace period falls below MIN_RATE
-                wait = min(start + cfg.body_timeout, now + IDLE_SECONDS, start + GRACE_SECONDS + got / MIN_RATE) - now
-                try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.0))
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    raise Refused(408, f"the upload stalled; allowed: the whole body within {cfg.body_timeout:g} s "
-                                       f"(har serve --body-timeout), no pause over {IDLE_SECONDS:g} s, and at least "
-                                       f"{MIN_RATE // 1024} KiB/s after the first {GRACE_SECONDS:g} s") from None
-                got += len(chunk)
-                if chunk:
-                    reader.feed(chunk)
-            return reader.close()
-        finally:
-            reader.abort()
-
-    async def run(request: Request, executor, work, *args):
-        """`work(*args)` on `executor`, stopped (pipeline.decoding.video.Cancelled) when the client leaves or
-        the server stops: a job still queued is withdrawn, a running one is waited for until it
-        stops (between packets and batches), so its slot and folder are released only then."""
-        stop = threading.Event()
-
-        def job():
-            with video.stoppable(stop):
-                return work(*args)
-        if stopping.is_set():   # an upload that finished after Ctrl-C: the pools are shut down by now
-            raise Refused(503, "the server is stopping; try again later")
-        jobs.add(stop)
-        try:
-            done = executor.submit(contextvars.copy_context().run, job)
-        except RuntimeError:    # "cannot schedule new futures after shutdown": the server stopped meanwhile
-            jobs.discard(stop)
-            raise Refused(503, "the server is stopping; try again later") from None
-        future = asyncio.wrap_future(done)
-        try:
-            while not future.done():
-                await asyncio.wait({future}, timeout=0.25)
-                if not future.done() and (stopping.is_set() or await request.is_disconnected()):
-                    stop.set()
-                    if not done.cancel():  # running: it stops at its next check
-                        await asyncio.wait({future})
-                    break
-            return future.result()
-        except (video.Cancelled, asyncio.CancelledError):
-            if stopping.is_set():
-                raise Refused(503, "the server is stopping; try again later") from None
-            raise Refused(499, "the client left") from None
-        finally:
-            jobs.discard(stop)
-
     async def handle(request: Request, allowed: tuple[str, ...], prepare, executor):
-        """One upload request: a slot and an upload place or 503 (before the body is read); the
-        form read into a folder of its own; `prepare(form)` -> (work, args) checked before any
-        work; the work run and stopped when nobody waits; the folder removed on every path."""
+        """One upload request: admitted (a slot, an upload place, the client's share) or refused
+        before its body is read; the form read into a folder of its own; `prepare(form)` ->
+        (task, args) checked before any work; the task run and stopped when nobody waits; the
+        folder removed on every path; the decoder's and the disk's failures as one line."""
         who = request.client.host if request.client else "?"
-        if stopping.is_set():
-            raise Refused(503, "the server is stopping; try again later")
-        if slots.locked():
-            raise Refused(503, "busy: every worker and queue place is taken; try again shortly", retry=True)
-        if uploading.locked():
-            raise Refused(503, "busy: every upload place is taken; try again shortly", retry=True)
-        if clients.get(who, 0) >= cfg.per_client:
-            raise Refused(429, f"too many requests at once from this address; allowed: {cfg.per_client} "
-                               "(har serve --per-client)", retry=True)
-        if sending.get(who, 0) >= cfg.client_uploads:
-            raise Refused(429, f"too many uploads at once from this address; allowed: {cfg.client_uploads} "
-                               "(half of har serve --uploads)", retry=True)
-        clients[who] = clients.get(who, 0) + 1
         name = "upload"
-        try:
-            async with slots:
-                folder = Path(tempfile.mkdtemp(dir=scratch))
-                try:
-                    sending[who] = sending.get(who, 0) + 1
-                    try:
-                        async with uploading:
-                            form = await receive(request, folder, allowed)
-                    finally:
-                        sending[who] -= 1
-                        if not sending[who]:
-                            del sending[who]
-                    name = form.name
-                    work, args = prepare(form)
-                    return await run(request, executor, work, form.path, *args)
-                except video.VideoError as e:  # the decoder's words, without the server's own paths
-                    text = str(e).replace(str(folder), "").replace(str(scratch), "")
-                    raise Refused(422, f"{name}: {text}") from None
-                except unreadable as e:  # a file the demuxer chokes on: the file, not the server
-                    raise Refused(422, f"{name}: not a readable video ({type(e).__name__})") from None
-                except ClientDisconnect:
-                    raise Refused(499, "the client left") from None
-                except OSError as e:
-                    logger.warning("%s %s: %s", request.method, request.url.path, e)
-                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise Refused(507, "the server's disk is full; try again later") from None
-                    raise Refused(503, f"the server could not read or write its files ({e.strerror or 'I/O error'});"
-                                       " try again later", retry=True) from None
-                finally:
-                    shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            clients[who] -= 1
-            if not clients[who]:
-                del clients[who]
+        async with work.admitted(who):
+            folder = Path(tempfile.mkdtemp(dir=scratch))
+            try:
+                async with work.uploading(who):
+                    form = await forms.receive(request, folder, allowed, cfg.body_timeout)
+                name = form.name
+                task, args = prepare(form)
+                return await work.run(request.is_disconnected, executor, task, form.path, *args)
+            except video.VideoError as e:  # the decoder's words, without the server's own paths
+                text = str(e).replace(str(folder), "").replace(str(scratch), "")
+                raise Refused(422, f"{name}: {text}") from None
+            except unreadable as e:  # a file the demuxer chokes on: the file, not the server
+                raise Refused(422, f"{name}: not a readable video ({type(e).__name__})") from None
+            except ClientDisconnect:
+                raise Refused(499, "the client left") from None
+            except OSError as e:
+                logger.warning("%s %s: %s", request.method, request.url.path, e)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise Refused(507, "the server's disk is full; try again later") from None
+                raise Refused(503, f"the server could not read or write its files ({e.strerror or 'I/O error'});"
+                                   " try again later", retry=True) from None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def form_schema(fields: dict[str, dict]) -> dict:
         return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -442,7 +336,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
                 except ValueError as e:
                     raise Refused(422, str(e).replace("--", "")) from None
             return functools.partial(predict_one, s, top, timing, form.name), ()
-        return await handle(request, ("file", *predict_fields), prepare, pool)
+        return await handle(request, ("file", *predict_fields), prepare, work.predicting)
 
     def predict_one(s: Served, top: int, timing, name: str, path: Path) -> dict:
         frames, fps = measure(path)
@@ -475,7 +369,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
             if method not in methods:
                 raise Refused(422, f"unknown method {method[:40]!r}; allowed: {', '.join(methods)}")
             return functools.partial(explain_one, s, method, form.name), ()
-        return await handle(request, ("file", *explain_fields), prepare, explaining)
+        return await handle(request, ("file", *explain_fields), prepare, work.explaining)
 
     def explain_one(s: Served, method: str, name: str, path: Path) -> dict:
         if isinstance(s.explainer, str):
@@ -543,54 +437,3 @@ def serve(cfg: ServeConfig, on_ready=None) -> None:
     config = uvicorn.Config(asgi, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=5,
                             http=connection_protocol(cfg.per_client * 2), h11_max_incomplete_event_size=64 * 1024)
     Server(config).run(sockets=[sock])
-
-
-def connection_protocol(per_address: int):
-    """uvicorn's h11 connection with what uvicorn lacks for untrusted clients: a request's line and
-    headers must arrive within HEADER_SECONDS of the connection opening or of the previous response
-    (uvicorn waits for them forever: half-open connections would pile up), and one address holds
-    at most `per_address` connections (more are closed at once)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    open_from: dict[str, int] = {}
-
-    class Connection(H11Protocol):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self.address = self.client[0] if self.client else "?"
-            open_from[self.address] = open_from.get(self.address, 0) + 1
-            self.answered = self.cycle
-            self.header_timer = None
-            if open_from[self.address] > per_address:
-                transport.close()
-                return
-            self.arm()
-
-        def arm(self):
-            self.header_timer = self.loop.call_later(HEADER_SECONDS, self.too_slow)
-
-        def too_slow(self):
-            if self.cycle is self.answered and not self.transport.is_closing():  # no new request yet
-                self.transport.close()
-
-        def handle_events(self):
-            super().handle_events()
-            if self.cycle is not self.answered and self.header_timer is not None:  # a request's headers came
-                self.header_timer.cancel()
-                self.header_timer = None
-
-        def on_response_complete(self):
-            self.answered = self.cycle        # the request just answered
-            super().on_response_complete()    # may start a pipelined request: a new cycle
-            if not self.transport.is_closing() and self.cycle is self.answered:
-                self.arm()
-
-        def connection_lost(self, exc):
-            if self.header_timer is not None:
-                self.header_timer.cancel()
-            open_from[self.address] -= 1
-            if not open_from[self.address]:
-                del open_from[self.address]
-            super().connection_lost(exc)
-
-    return Connection

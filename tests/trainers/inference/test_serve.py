@@ -24,7 +24,7 @@ pytest.importorskip("fastapi", reason="har serve needs the serve extra: pip inst
 pytest.importorskip("multipart", reason="har serve needs python-multipart: pip install 'har[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from trainers.inference import forms, predictor, server  # noqa: E402
+from trainers.inference import forms, middleware, predictor, server  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -669,9 +669,9 @@ def test_half_open_connections_are_closed_and_capped(colour_run):
         assert closed == 2  # the 7th and 8th: over 2 x 3 from this address
         t0 = time.perf_counter()
         for s in crowd:
-            s.settimeout(server.HEADER_SECONDS + 10)
+            s.settimeout(middleware.HEADER_SECONDS + 10)
             with contextlib.suppress(OSError):
                 assert s.recv(1) == b""
             s.close()
-        assert time.perf_counter() - t0 < server.HEADER_SECONDS + 5
+        assert time.perf_counter() - t0 < middleware.HEADER_SECONDS + 5
         assert httpx.get(url + "/api/runs", timeout=10).status_code == 200
