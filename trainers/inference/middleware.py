@@ -1,4 +1,4 @@
-"""ASGI middleware in front of `har serve`'s app: what a request must be before the app sees it.
+"""What stands in front of `har serve`'s app. ASGI middleware, what a request must be before the app sees it:
 
 - `HostCheck`: the Host header names this server (an IP address, or one of the allowed names,
   judged by starlette's TrustedHostMiddleware): a web page elsewhere cannot drive a server on

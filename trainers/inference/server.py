@@ -34,9 +34,9 @@ hold is bounded.
 - Server-side faults are one line: 507 when the server's disk is full, 503 for other I/O errors.
 - The Host header must name this server (the bound address, localhost, or an --allow-host name):
   a web page elsewhere cannot drive a server on 127.0.0.1 through DNS rebinding. That check and
-  the body's size limit are ASGI middleware in front of the app (`trainers.inference.middleware`),
-  and so is the connection's protocol: a request's headers within 10 s, at most 2 x `per_client`
-  connections from one address.
+  the body's size limit are ASGI middleware in front of the app (`trainers.inference.middleware`);
+  beneath them, the same module's connection protocol (uvicorn's h11 connection) wants a request's
+  headers within 10 s and lets one address hold at most 2 x `per_client` connections.
 Nothing a client sends names a server-side file (a run is chosen among the loaded runs' names).
 Binds 127.0.0.1 unless told otherwise.
 """
@@ -268,10 +268,11 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         return frames, fps
 
     async def handle(request: Request, allowed: tuple[str, ...], prepare, executor):
-        """One upload request: admitted (a slot, an upload place, the client's share) or refused
-        before its body is read; the form read into a folder of its own; `prepare(form)` ->
-        (task, args) checked before any work; the task run and stopped when nobody waits; the
-        folder removed on every path; the decoder's and the disk's failures as one line."""
+        """One upload request: admitted (a slot and the client's share, with an upload place free)
+        or refused before its body is read; an upload place held while the body arrives, the form
+        read into a folder of its own; `prepare(form)` -> (task, args) checked before any work; the
+        task run and stopped when nobody waits; the folder removed on every path; the decoder's
+        and the disk's failures as one line."""
         who = request.client.host if request.client else "?"
         name = "upload"
         async with work.admitted(who):
