@@ -28,6 +28,13 @@ Variants (P a probability, D a decay):
     ff4gelu       the encoder's MLP 4 x hidden wide with GELU (the usual transformer's; now 2 x with ReLU)
     posscale=S    the position table starts at S times the sine table (1 now): less position against content
     postnorm      the encoder layers post-norm (the original transformer's; pre-norm now)
+    projnorm      a LayerNorm on the projected tokens before the positions are added (ViT-style embedding
+                  norm): content at unit scale against the positions, its size kept only through the bias
+    dirsize       tokennorm's unit-RMS frame direction plus the log of that frame's RMS as one more input
+                  feature: the direction as loud as the positions, the size still there to read
+    actnorm=S     the input times one learned gain, set from the first training batch so that its root mean
+                  square is S (data-dependent init, ActNorm of Kingma & Dhariwal 2018, one scalar): the
+                  typical change as loud as the positions, one clip's size against another's kept
     mixup=A       each training batch mixed with a shuffled copy of itself, x = l x + (1 - l) x', the loss
                   l CE(y) + (1 - l) CE(y'), l ~ Beta(A, A) (Zhang et al. 2018); any head, the loop's change
 """
@@ -45,7 +52,7 @@ from torch import nn  # noqa: E402
 from trainers.models import heads  # noqa: E402
 from trainers.training import loop  # noqa: E402
 
-KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm")
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm", "projnorm", "dirsize", "actnorm")
 
 
 def patch(kind: str, value: float) -> None:
@@ -77,6 +84,13 @@ def patch(kind: str, value: float) -> None:
             self.fc = nn.Linear(frames * cfg.hidden, classes)
         if kind == "segpool":
             self.fc = nn.Linear(int(value) * cfg.hidden, classes)
+        if kind == "projnorm":
+            self.embed_norm = nn.LayerNorm(cfg.hidden)
+        if kind == "dirsize":
+            self.proj = nn.Linear(dim + 1, cfg.hidden)
+        if kind == "actnorm":
+            self.gain = nn.Parameter(torch.ones(()))
+            self.gain_set = False
         if kind == "relbias":
             self.rel = nn.Parameter(torch.zeros(cfg.heads, 2 * frames - 1))
             self.n_heads = cfg.heads
@@ -86,9 +100,21 @@ def patch(kind: str, value: float) -> None:
             x = x / x.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(0.05)
         if kind == "tokennorm":
             x = x / x.pow(2).mean(dim=2, keepdim=True).sqrt().clamp_min(1e-6)
+        if kind == "actnorm":
+            if self.training and not self.gain_set:
+                with torch.no_grad():
+                    self.gain.fill_(value / float(x.pow(2).mean().sqrt().clamp_min(1e-6)))
+                self.gain_set = True
+            x = x * self.gain
+        if kind == "dirsize":
+            size = x.pow(2).mean(dim=2, keepdim=True).sqrt().clamp_min(1e-6)
+            x = torch.cat([x / size, size.log()], dim=2)
         if kind == "indrop":
             x = nn.functional.dropout(x, value, self.training)
-        h = self.proj(x) + self.pos[:, : x.shape[1]]
+        h = self.proj(x)
+        if kind == "projnorm":
+            h = self.embed_norm(h)
+        h = h + self.pos[:, : x.shape[1]]
         if kind == "tokdrop":
             h = nn.functional.dropout(h, value, self.training)
         if kind == "conv":
