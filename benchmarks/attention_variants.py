@@ -35,6 +35,8 @@ Variants (P a probability, D a decay):
     actnorm=S     the input times one learned gain, set from the first training batch so that its root mean
                   square is S (data-dependent init, ActNorm of Kingma & Dhariwal 2018, one scalar): the
                   typical change as loud as the positions, one clip's size against another's kept
+    tcrop=F       temporal scale jitter while training (any head, the loop's change): each clip a random
+                  stretch of F..1 of its length, resampled to all T steps (nearest), order kept
     mixup=A       each training batch mixed with a shuffled copy of itself, x = l x + (1 - l) x', the loss
                   l CE(y) + (1 - l) CE(y'), l ~ Beta(A, A) (Zhang et al. 2018); any head, the loop's change
 """
@@ -52,7 +54,7 @@ from torch import nn  # noqa: E402
 from trainers.models import heads  # noqa: E402
 from trainers.training import loop  # noqa: E402
 
-KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm", "projnorm", "dirsize", "actnorm")
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm", "projnorm", "dirsize", "actnorm", "tcrop")
 
 
 def patch(kind: str, value: float) -> None:
@@ -144,6 +146,8 @@ def patch(kind: str, value: float) -> None:
     T.__init__, T.forward = init, forward
     if kind == "mixup":
         mix_batches(value)
+    if kind == "tcrop":
+        temporal_crops(value)
     if kind == "relbias":   # the encoder's inference fast path turns a per-head (B * heads, T, T) bias into NaN
         torch.backends.mha.set_fastpath_enabled(False)
     if kind == "ema":
@@ -196,6 +200,22 @@ def mix_batches(alpha: float) -> None:
         return epoch(model, task, videos, cfg, ep, opt, MixedLoss(loss_fn), *args, **kwargs)
 
     loop.train_one_epoch = mixed_epoch
+
+
+def temporal_crops(shortest: float) -> None:
+    """Each training clip (B, T, D) replaced by a random stretch of `shortest`..1 of its T steps,
+    resampled to T by nearest index (seeded by the loop's crop generator)."""
+    from trainers.training import head_task
+
+    def prepare(self, x, generator):
+        b, t = x.shape[:2]
+        span = shortest + (1 - shortest) * torch.rand(b, generator=generator)         # (B,) fraction kept
+        length = (span * t).clamp(min=2.0)
+        start = torch.rand(b, generator=generator) * (t - length)
+        idx = (start[:, None] + torch.linspace(0, 1, t)[None] * (length[:, None] - 1)).round().long().clamp(0, t - 1)
+        return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+    head_task.FeatureTask.prepare = prepare
 
 
 def main(argv: list[str]) -> int:
