@@ -60,8 +60,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from trainers.inference import forms
-from trainers.inference.forms import NAME_LIMIT, Form, Refused, number
+from trainers.inference.forms import NAME_LIMIT, Form, Refused, number, receive
 from trainers.inference.middleware import BodyLimit, HostCheck, connection_protocol, is_address
 from trainers.inference.workload import Workload
 
@@ -279,7 +278,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
             folder = Path(tempfile.mkdtemp(dir=scratch))
             try:
                 async with work.uploading(who):
-                    form = await forms.receive(request, folder, allowed, cfg.body_timeout)
+                    form = await receive(request, folder, allowed, cfg.body_timeout)
                 name = form.name
                 task, args = prepare(form)
                 return await work.run(request.is_disconnected, executor, task, form.path, *args)
