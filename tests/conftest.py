@@ -1,7 +1,16 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# pytest-xdist's workers share the cores: each worker's torch, and that of every `har` it starts
+# (they inherit this), gets its share, as torch_threads() gives a server's pool. All of them at
+# every core's count, OpenMP threads spin against each other: the suite took a quarter longer
+# (BENCHMARKS.md, "The test suite's wall time"). A user's own OMP_NUM_THREADS is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1" and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, and test modules that share fixtures:
 for _folder in sorted(Path(__file__).parent.rglob("test_*.py")):  # `from test_extract import arrays`

@@ -23,6 +23,17 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def torch_threads(share: int = 1) -> int:
+    """The threads torch's CPU kernels get when `share` pools in this process run at once:
+    OMP_NUM_THREADS where it is set (every torch program honours it: how a shared machine, a job
+    scheduler or a test runner with several workers caps one), else this process's cores (its
+    affinity, a container's share, where torch's own default counts the machine's), each divided by
+    `share`. E.g. OMP_NUM_THREADS=4, share 2 -> 2; unset on 2 cores, share 4 -> 1."""
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    total = int(asked) if asked.isdigit() and int(asked) > 0 else cpu_count()
+    return max(1, total // share)
+
+
 # Settings for the worker processes of the local cluster (an existing cluster keeps its own):
 # - the statistical profiler samples every thread every 10 ms: pure overhead here;
 # - dask's nannies export MALLOC_TRIM_THRESHOLD_=65536, and setting it freezes glibc's mmap

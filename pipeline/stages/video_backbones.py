@@ -328,9 +328,9 @@ class ClipEncoder:
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         self.clips_per_batch = max(1, cfg.batch_size // self.shape.frames_per_clip)
         if cfg.device == "cpu":
-            from pipeline.core.cluster import cpu_count
+            from pipeline.core.cluster import torch_threads
 
-            torch.set_num_threads(cpu_count())
+            torch.set_num_threads(torch_threads())
         self.net = Tokens(model, spec.clip, self.shape).to(self.device)
         self.run = torch.compile(self.net) if cfg.compile else self.net   # --compile, as for the image backbones
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from pipeline.core.cluster import run_tasks
 
 
@@ -117,3 +119,19 @@ def test_a_busy_dashboard_port_gives_no_warning():
         assert seen and not [str(w.message) for w in caught if "8787" in str(w.message)]
     finally:
         held.close()
+
+
+@pytest.mark.parametrize("omp, cores, share, threads", [
+    (None, 2, 1, 2), (None, 8, 2, 4), (None, 2, 4, 1),   # unset: this process's cores, shared
+    ("1", 8, 1, 1), ("4", 2, 2, 2), ("3", 2, 4, 1),       # the user's cap wins, shared the same way
+    ("0", 6, 1, 6), ("two", 6, 2, 3), ("", 6, 1, 6), ("-2", 6, 1, 6),   # not a thread count: ignored
+])
+def test_torch_threads_honour_omp_num_threads_and_share_the_cores(monkeypatch, omp, cores, share, threads):
+    from pipeline.core import cluster
+
+    monkeypatch.setattr(cluster, "cpu_count", lambda: cores)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert cluster.torch_threads(share) == threads

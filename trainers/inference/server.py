@@ -420,7 +420,7 @@ def serve(cfg: ServeConfig, on_ready=None) -> None:
         raise ValueError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose another --port "
                          "(0: any free port) or --host") from None
     served = load_runs(cfg)
-    torch.set_num_threads(max(1, cluster.cpu_count() // cfg.workers))  # the pool shares the cores
+    torch.set_num_threads(cluster.torch_threads(cfg.workers))  # the pool shares the cores
     asgi, app = create_app(cfg, served)
     if on_ready is not None:
         on_ready(served, sock.getsockname()[1])
