@@ -320,8 +320,13 @@ ATOMIC_CREATE = {"s3": ("s3fs", None), "gs": ("gcsfs", "2026.10.1"), "gcs": ("gc
 
 def storage_options(path) -> dict:
     """What zarr.open_group needs for `path`: no listings cache for a URL (other processes write
-    the same prefixes), nothing for a local path."""
-    return {"storage_options": {"use_listings_cache": False}} if isinstance(path, Url) and path.scheme != "memory" else {}
+    the same prefixes), nothing for a local path. On s3://, one transfer per object read: with
+    s3fs's default (`max_concurrency` 10) every whole-object read is a HEAD for its size, to split
+    objects above its 50 MB block into concurrent ranges, then the GET; a store's chunks are far
+    smaller, so every read of a chunk or of metadata cost two requests."""
+    if not isinstance(path, Url) or path.scheme == "memory":
+        return {}
+    return {"storage_options": {"use_listings_cache": False, **({"max_concurrency": 1} if path.scheme == "s3" else {})}}
 
 
 def listdir(path) -> list[str]:

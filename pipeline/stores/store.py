@@ -239,7 +239,11 @@ def mark_complete(path: Path) -> None:
 
 
 class StoreReader:
-    """Read-only view of a Zarr or HDF5 store: `reader["frames"][i]`, `reader.attrs`."""
+    """Read-only view of a Zarr or HDF5 store: `reader["frames"][i]`, `reader.attrs`.
+
+    A Zarr store's list of arrays and each array's metadata (shape, chunks, codecs) are read once
+    per reader and kept; chunks are read each time. Zarr reads an array's metadata on every lookup,
+    and har's checks look the same arrays up several times: one request each on object storage."""
 
     def __init__(self, path: Path):
         self.path = location.of(path)
@@ -264,6 +268,8 @@ class StoreReader:
             except Exception as e:  # not a zarr v3 group
                 raise StoreError(f"{self.path} is not a har store: {e}") from None
             self.attrs = dict(self._root.attrs)
+            self._arrays: dict = {}        # name -> zarr array, as looked up
+            self._names: list[str] | None = None
         if self.attrs.get("kind") not in ("frames", "features"):
             raise StoreError(f"{self.path} is not a har store (attrs kind={self.attrs.get('kind')!r})")
 
@@ -273,26 +279,35 @@ class StoreReader:
 
     def names(self) -> list[str]:
         try:
-            return self._names()
+            return self._list()
         except StoreError:
             raise
         except Exception as e:  # a damaged array's metadata: zarr and h5py raise many kinds
             raise self._damaged("the list of arrays", e) from None
 
-    def _names(self) -> list[str]:
+    def _list(self) -> list[str]:
         if self.format == "hdf5":
             out: list[str] = []
             self._h5.visit(lambda n: out.append(n) if hasattr(self._h5[n], "shape") else None)
             return sorted(out)
-        return sorted(name for name, _ in self._root.arrays()) + sorted(
-            f"{g}/{a}" for g, grp in self._root.groups() for a, _ in grp.arrays())
+        if self._names is None:   # members(), once: arrays() and groups() each read every child's metadata
+            members = dict(self._root.members())
+            found = {name: m for name, m in members.items() if isinstance(m, _zarr().Array)}
+            for g, grp in members.items():
+                if isinstance(grp, _zarr().Group):
+                    found.update((f"{g}/{a}", arr) for a, arr in grp.members() if isinstance(arr, _zarr().Array))
+            self._arrays.update(found)
+            self._names = sorted(n for n in found if "/" not in n) + sorted(n for n in found if "/" in n)
+        return list(self._names)
 
     def __getitem__(self, name: str):
         try:
             if self.format == "hdf5":
                 ds = self._h5[name]
                 return ds.asstr() if ds.dtype.kind == "O" else ds
-            return self._root[name]
+            if name not in self._arrays:
+                self._arrays[name] = self._root[name]
+            return self._arrays[name]
         except KeyError:
             raise
         except Exception as e:

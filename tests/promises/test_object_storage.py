@@ -98,6 +98,35 @@ def test_extract_features_train_head_through_s3_equal_the_local_chain(tiny_root,
     assert har("evaluate", tmp_path / "run-s3").returncode == 0
 
 
+def test_status_over_s3_reads_each_object_once_with_no_head_before_it(tiny_root, bucket, monkeypatch):
+    """A request to object storage costs 20-50 ms on S3: `har status` over a store reads each array's
+    metadata once (zarr reads it on every lookup, and the checks look arrays up several times) and
+    reads objects without a HEAD for their size first (s3fs's default before every whole read)."""
+    import collections
+
+    import s3fs
+
+    url = f"{bucket}/f.zarr"
+    assert har("extract", "synthetic", "--root", tiny_root, "--out", url, *SMALL).returncode == 0
+    calls: collections.Counter = collections.Counter()
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        calls[method, kwargs.get("Key")] += 1
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    ran = har("status", url)
+    assert ran.returncode == 0 and "current" in ran.stdout, ran.stdout + ran.stderr
+    store_key = url.split("/", 3)[3]
+    arrays = {k: n for (m, k), n in calls.items() if m == "get_object" and k.startswith(store_key + "/")
+              and k.endswith("/zarr.json")}
+    assert len(arrays) >= 10 and max(arrays.values()) == 1, arrays   # status, frames, label, ... each once
+    heads = [k for (m, k), n in calls.items() if m == "head_object" and k.startswith(store_key + "/")]
+    assert heads == [], heads                                           # no object of the store HEADed
+    assert sum(calls.values()) < 100, calls   # 8 videos, 27 arrays: 77 requests now, 555 before
+
+
 def _pending_fraction(url: str):
     import zarr
 
