@@ -225,7 +225,7 @@ def read_frames(task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
     same_version()
     try:
         with store.StoreReader(path) as fr:
-            status = fr.read("status")[task.start:task.stop]
+            status = fr.read("status", task.start, task.stop)   # its rows only: a batch per task, N rows each
             frames = inputs.read_rows(fr, task.start, task.stop)
     except store.DamagedStoreError:
         same_version()  # a swap landing inside this read looks like damage: say which it was

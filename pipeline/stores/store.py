@@ -313,9 +313,10 @@ class StoreReader:
         except Exception as e:
             raise self._damaged(f"array {name}", e) from None
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Array `name` as numpy, or its rows [start, stop) (only their chunks are read)."""
         try:
-            out = np.asarray(self[name][...])
+            out = np.asarray(self[name][...] if start is None and stop is None else self[name][start:stop])
         except (StoreError, KeyError):
             raise
         except Exception as e:  # crc32c mismatch, a truncated chunk, a codec error
