@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,12 +28,29 @@ def cpu_count() -> int:
 def torch_threads(share: int = 1) -> int:
     """The threads torch's CPU kernels get when `share` pools in this process run at once:
     OMP_NUM_THREADS where it is set (every torch program honours it: how a shared machine, a job
-    scheduler or a test runner with several workers caps one), else this process's cores (its
-    affinity, a container's share, where torch's own default counts the machine's), each divided by
-    `share`. E.g. OMP_NUM_THREADS=4, share 2 -> 2; unset on 2 cores, share 4 -> 1."""
-    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
-    total = int(asked) if asked.isdigit() and int(asked) > 0 else cpu_count()
+    scheduler or a test runner with several workers caps one; OpenMP's list form `4,2` means 4),
+    else this process's cores (its affinity, a container's share, where torch's own default counts
+    the machine's), each divided by `share`. E.g. OMP_NUM_THREADS=4, share 2 -> 2; unset on 2
+    cores, share 4 -> 1. In a Dask worker the variable is dask's (its nanny sets 1 for every
+    worker it starts), not the user's: there the worker's cores are shared among its task threads."""
+    workers = _dask_task_threads()
+    if workers is not None:
+        return max(1, cpu_count() // (workers * share))
+    m = re.match(r"\s*\+?([0-9]+)", os.environ.get("OMP_NUM_THREADS", ""), re.ASCII)
+    total = int(m[1]) if m and int(m[1]) > 0 else cpu_count()
     return max(1, total // share)
+
+
+def _dask_task_threads() -> int | None:
+    """The task threads of the Dask worker this code runs in; None outside one."""
+    if "distributed" not in sys.modules:   # never imported: not a worker (and no import cost)
+        return None
+    from distributed import get_worker
+
+    try:
+        return max(1, int(get_worker().state.nthreads))
+    except ValueError:   # "no worker found"
+        return None
 
 
 # Settings for the worker processes of the local cluster (an existing cluster keeps its own):

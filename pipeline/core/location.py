@@ -322,8 +322,10 @@ def storage_options(path) -> dict:
     """What zarr.open_group needs for `path`: no listings cache for a URL (other processes write
     the same prefixes), nothing for a local path. On s3://, one transfer per object read: with
     s3fs's default (`max_concurrency` 10) every whole-object read is a HEAD for its size, to split
-    objects above its 50 MB block into concurrent ranges, then the GET; a store's chunks are far
-    smaller, so every read of a chunk or of metadata cost two requests."""
+    objects above its 50 MB block into concurrent ranges, then the GET (ranged reads send no HEAD).
+    Metadata and the per-video arrays' chunks are far smaller, and each cost two requests. The
+    trade: a whole shard above 50 MB (`features` reads a batch at a time; lossless 224 px batches
+    can reach ~60 MB) is now one stream, not ten, read while the previous batch is encoded."""
     if not isinstance(path, Url) or path.scheme == "memory":
         return {}
     return {"storage_options": {"use_listings_cache": False, **({"max_concurrency": 1} if path.scheme == "s3" else {})}}

@@ -124,7 +124,8 @@ def test_a_busy_dashboard_port_gives_no_warning():
 @pytest.mark.parametrize("omp, cores, share, threads", [
     (None, 2, 1, 2), (None, 8, 2, 4), (None, 2, 4, 1),   # unset: this process's cores, shared
     ("1", 8, 1, 1), ("4", 2, 2, 2), ("3", 2, 4, 1),       # the user's cap wins, shared the same way
-    ("0", 6, 1, 6), ("two", 6, 2, 3), ("", 6, 1, 6), ("-2", 6, 1, 6),   # not a thread count: ignored
+    ("4,2", 8, 1, 4), (" +3", 8, 1, 3),                  # OpenMP's list form: the outer level
+    ("0", 6, 1, 6), ("two", 6, 2, 3), ("", 6, 1, 6), ("-2", 6, 1, 6), ("²", 6, 1, 6),   # not a count: ignored
 ])
 def test_torch_threads_honour_omp_num_threads_and_share_the_cores(monkeypatch, omp, cores, share, threads):
     from pipeline.core import cluster
@@ -135,3 +136,21 @@ def test_torch_threads_honour_omp_num_threads_and_share_the_cores(monkeypatch, o
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", omp)
     assert cluster.torch_threads(share) == threads
+
+
+def threads_in_a_worker(_task) -> dict:
+    from distributed import get_worker
+
+    from pipeline.core import cluster
+
+    return {"torch": cluster.torch_threads(), "cores": cluster.cpu_count(), "omp": os.environ.get("OMP_NUM_THREADS"),
+            "task_threads": get_worker().state.nthreads}
+
+
+def test_in_a_dask_worker_torch_shares_the_workers_cores_not_dasks_omp_setting():
+    # dask's nanny starts every worker with OMP_NUM_THREADS=1; har features on a cluster
+    # (--scheduler) encodes there, on the worker's cores shared among its task threads
+    seen: list[dict] = []
+    run_tasks(threads_in_a_worker, [0], seen.append, workers=1)
+    (w,) = seen
+    assert w["omp"] == "1" and w["torch"] == max(1, w["cores"] // w["task_threads"]), w
