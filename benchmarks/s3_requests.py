@@ -25,6 +25,7 @@ import collections
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,9 +49,11 @@ def main() -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    a.work.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=a.work))   # this run's HAR_HOME and head run: fresh each time
     os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
                        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
-                       "HAR_HOME": str(a.work / "home")})
+                       "HAR_HOME": str(scratch / "home")})
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="requests-bench")
     data = a.work / f"data{a.videos}"
     if not data.exists():
@@ -64,14 +67,12 @@ def main() -> None:
 
     s3fs.S3FileSystem._call_s3 = counted
     frames, feats = "s3://requests-bench/frames.zarr", "s3://requests-bench/feats.zarr"
-    steps = [("extract", ["extract", "synthetic", "--root", data, "--out", frames, "--frames", 4, "--size", 32,
-                          "--workers", 1]),
-             ("extract again", ["extract", "synthetic", "--root", data, "--out", frames, "--frames", 4, "--size", 32,
-                                "--workers", 1]),
+    extract = ["extract", "synthetic", "--root", data, "--out", frames, "--frames", 4, "--size", 32, "--workers", 1]
+    steps = [("extract", extract), ("extract again", extract),
              ("features", ["features", "--store", frames, "--out", feats, "--backbone", "resnet18", "--weights", "none",
                            "--resize", "stored"]),
              ("status", ["status", frames, feats]),
-             ("train-head", ["train-head", "lstm", "--features", feats, "--out", a.work / "run", "--epochs", 3,
+             ("train-head", ["train-head", "lstm", "--features", feats, "--out", scratch / "run", "--epochs", 3,
                              "--tracker", "none", "--split", "random"])]
     rows = []
     try:

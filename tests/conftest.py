@@ -9,8 +9,9 @@ import pytest
 # every core's count, OpenMP threads spin against each other: the suite took a quarter longer
 # (BENCHMARKS.md, "The test suite's wall time"). A user's own OMP_NUM_THREADS is kept.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1" and "OMP_NUM_THREADS" not in os.environ:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    from pipeline.core.cluster import torch_threads   # light: no torch, no dask
+
+    os.environ["OMP_NUM_THREADS"] = str(torch_threads(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, and test modules that share fixtures:
 for _folder in sorted(Path(__file__).parent.rglob("test_*.py")):  # `from test_extract import arrays`

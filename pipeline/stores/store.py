@@ -291,11 +291,12 @@ class StoreReader:
             self._h5.visit(lambda n: out.append(n) if hasattr(self._h5[n], "shape") else None)
             return sorted(out)
         if self._names is None:   # members(), once: arrays() and groups() each read every child's metadata
-            members = dict(self._root.members())
-            found = {name: m for name, m in members.items() if isinstance(m, _zarr().Array)}
-            for g, grp in members.items():
-                if isinstance(grp, _zarr().Group):
-                    found.update((f"{g}/{a}", arr) for a, arr in grp.members() if isinstance(arr, _zarr().Array))
+            zarr, found = _zarr(), {}
+            for name, m in self._root.members():
+                if isinstance(m, zarr.Group):
+                    found.update((f"{name}/{a}", arr) for a, arr in m.members() if isinstance(arr, zarr.Array))
+                elif isinstance(m, zarr.Array):
+                    found[name] = m
             self._arrays.update(found)
             self._names = sorted(n for n in found if "/" not in n) + sorted(n for n in found if "/" in n)
         return list(self._names)
