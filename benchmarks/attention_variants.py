@@ -37,6 +37,11 @@ Variants (P a probability, D a decay):
                   typical change as loud as the positions, one clip's size against another's kept
     tcrop=F       temporal scale jitter while training (any head, the loop's change): each clip a random
                   stretch of F..1 of its length, resampled to all T steps (nearest), order kept
+    tstd          Standardize's per-dimension scale from the training set's *temporal input* (each clip's
+                  mean over time removed for `centred`) instead of from the raw features: the head's input
+                  at unit scale per dimension as Standardize promises (any head; `raw` unchanged). The
+                  scale of each dimension is set once from the data, so one clip's size against another's
+                  is kept (unlike `rms`/`tokennorm`), and it is per dimension (unlike `actnorm`)
     mixup=A       each training batch mixed with a shuffled copy of itself, x = l x + (1 - l) x', the loss
                   l CE(y) + (1 - l) CE(y'), l ~ Beta(A, A) (Zhang et al. 2018); any head, the loop's change
 """
@@ -54,7 +59,7 @@ from torch import nn  # noqa: E402
 from trainers.models import heads  # noqa: E402
 from trainers.training import loop  # noqa: E402
 
-KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm", "projnorm", "dirsize", "actnorm", "tcrop")
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm", "projnorm", "dirsize", "actnorm", "tcrop", "tstd")
 
 
 def patch(kind: str, value: float) -> None:
@@ -150,6 +155,8 @@ def patch(kind: str, value: float) -> None:
         temporal_crops(value)
     if kind == "relbias":   # the encoder's inference fast path turns a per-head (B * heads, T, T) bias into NaN
         torch.backends.mha.set_fastpath_enabled(False)
+    if kind == "tstd":
+        temporal_scale()
     if kind == "ema":
         epoch = loop.train_one_epoch
 
@@ -216,6 +223,28 @@ def temporal_crops(shortest: float) -> None:
         return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
 
     head_task.FeatureTask.prepare = prepare
+
+
+def temporal_scale() -> None:
+    """views.feature_stats returns the raw features' mean and the centred features' std (per dimension,
+    over every training sample): Standardize's centring is linear, so (x - mean) / std then centred is
+    the centred features over their own std."""
+    import numpy as np
+    from trainers.data import views
+
+    def stats(fs, videos):
+        mean, _ = raw_stats(fs, videos)
+        sq = np.zeros(fs.dim)
+        count = 0
+        for a in range(0, len(videos), 256):
+            x = fs.features[np.sort(videos[a:a + 256])].astype(np.float64)        # (n, S, T, D)
+            x = x - x.mean(axis=2, keepdims=True)
+            sq += (x * x).reshape(-1, fs.dim).sum(0)
+            count += x.shape[0] * x.shape[1] * x.shape[2]
+        return mean, torch.from_numpy(np.sqrt(sq / max(1, count))).float()
+
+    raw_stats = views.feature_stats
+    views.feature_stats = stats
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,9 @@
   a learned query cross-attends over every position (attentive pooling) -> linear.
 
 Every head is preceded by `Standardize`: per-dimension mean and std of the training features,
-kept as buffers in the checkpoint, so heads see unit-scale inputs whatever the backbone. Then the
+kept as buffers in the checkpoint, so heads see unit-scale features whatever the backbone (the
+change over time that `centred` keeps is smaller, a median 0.16-0.76 of that per dimension on the
+stores of BENCHMARKS.md; scaling it to unit size instead was measured and lost). Then the
 head's temporal input (`--temporal-input`, TEMPORAL_INPUTS), what it is shown of the sequence:
 `raw` the standardised features; `centred` each clip's own mean over time removed (what changes,
 not how the clip looks: a group's appearance is constant over its clips, its motion is not);
