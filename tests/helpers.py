@@ -302,3 +302,27 @@ def save_folder(name: str, path, with_processor: bool = True):
     if with_processor:
         processor(name).save_pretrained(path)
     return path
+
+
+def needs_export(fmt: str) -> None:
+    """Skip an ONNX test where the export extra is not installed."""
+    if fmt == "onnx":
+        import pytest
+
+        for mod in ("onnx", "onnxruntime"):
+            pytest.importorskip(mod, reason=f"{mod} is not installed (pip install 'har[export]')")
+
+
+def store_arrays(path) -> dict:
+    """Every array of a store, read by har's reader: name -> numpy array."""
+    from pipeline.stores.store import StoreReader
+
+    with StoreReader(path) as r:
+        return {name: r.read(name) for name in r.names()}
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
