@@ -255,9 +255,7 @@ def publish(work: Url, target: Url) -> None:
         meta.setdefault("attributes", {})["complete"] = False
         marker.write_text(json.dumps(meta))
     new, old = work.files(), target.files()
-    keys = sorted(k for k in new if k != "zarr.json")
-    if keys:
-        fs.copy([f"{work.key}/{k}" for k in keys], [f"{target.key}/{k}" for k in keys])
+    work.copy_objects(sorted(k for k in new if k != "zarr.json"), target)
     stale = sorted(k for k in old if k not in new and k != "zarr.json")
     if stale:
         fs.rm([f"{target.key}/{k}" for k in stale])

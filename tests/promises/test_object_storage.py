@@ -127,6 +127,30 @@ def test_status_over_s3_reads_each_object_once_with_no_head_before_it(tiny_root,
     assert sum(calls.values()) < 100, calls   # 8 videos, 27 arrays: 77 requests now, 555 before
 
 
+def test_publishing_a_store_copies_each_object_without_a_head_for_its_size(tiny_root, bucket, monkeypatch):
+    """Object storage has no rename: a finished store is copied object by object (server-side). s3fs
+    asks for each object's size before copying it (a HEAD each) unless its listings cache holds it:
+    har lists the working store once and copies without them."""
+    import s3fs
+
+    calls: list = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def logged(self, method, *args, **kwargs):
+        calls.append((method, kwargs["CopySource"]["Key"] if method == "copy_object" else kwargs.get("Key")))
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", logged)
+    url = f"{bucket}/p.zarr"
+    assert har("extract", "synthetic", "--root", tiny_root, "--out", url, *SMALL).returncode == 0
+    copied = {k for m, k in calls if m == "copy_object"}
+    assert len(copied) > 20 and all(k.startswith("p.zarr.partial.zarr/") for k in copied), copied
+    chunks = {k for k in copied if not k.endswith("zarr.json")}   # (zarr HEADs a group's zarr.json as it makes an array)
+    assert len(chunks) > 10 and not chunks & {k for m, k in calls if m == "head_object"}
+    ran = har("status", url)                                        # and the copy is whole
+    assert ran.returncode == 0 and "current" in ran.stdout, ran.stdout + ran.stderr
+
+
 def _pending_fraction(url: str):
     import zarr
 
