@@ -37,11 +37,12 @@ Variants (P a probability, D a decay):
                   typical change as loud as the positions, one clip's size against another's kept
     tcrop=F       temporal scale jitter while training (any head, the loop's change): each clip a random
                   stretch of F..1 of its length, resampled to all T steps (nearest), order kept
-    tstd          Standardize's per-dimension scale from the training set's *temporal input* (each clip's
-                  mean over time removed for `centred`) instead of from the raw features: the head's input
-                  at unit scale per dimension as Standardize promises (any head; `raw` unchanged). The
-                  scale of each dimension is set once from the data, so one clip's size against another's
-                  is kept (unlike `rms`/`tokennorm`), and it is per dimension (unlike `actnorm`)
+    tstd          Standardize's per-dimension scale from the training set's centred features (each clip's
+                  mean over time removed) instead of from the raw ones: the `centred` input at unit scale
+                  per dimension. Every caller of views.feature_stats in this process gets it, whatever its
+                  temporal input (run it for heads on `centred`, the default of every order-reading head).
+                  The scale is set once from the data, so one clip's size against another's is kept
+                  (unlike `rms`/`tokennorm`), and it is per dimension (unlike `actnorm`)
     mixup=A       each training batch mixed with a shuffled copy of itself, x = l x + (1 - l) x', the loss
                   l CE(y) + (1 - l) CE(y'), l ~ Beta(A, A) (Zhang et al. 2018); any head, the loop's change
 """

@@ -221,7 +221,8 @@ class Url:
         filesystem keeps no cache (other processes write the same prefixes), so on s3:// the
         copies go through a private instance whose cache one listing of this prefix fills just
         before: one LIST per 1,000 objects instead of a HEAD each (a library that stops reading
-        its cache there still copies, with the HEADs)."""
+        its cache there still copies, with the HEADs). A key the listing lacks is an error
+        (FileNotFoundError: the copy stops, and `swap.recover` publishes again), never skipped."""
         if not keys:
             return
         fs = self.fs

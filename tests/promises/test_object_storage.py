@@ -145,6 +145,7 @@ def test_publishing_a_store_copies_each_object_without_a_head_for_its_size(tiny_
     assert har("extract", "synthetic", "--root", tiny_root, "--out", url, *SMALL).returncode == 0
     copied = {k for m, k in calls if m == "copy_object"}
     assert len(copied) > 20 and all(k.startswith("p.zarr.partial.zarr/") for k in copied), copied
+    assert {k.split("/", 1)[1] for k in copied} == set(Url(url).files())   # every object of the store, once
     chunks = {k for k in copied if not k.endswith("zarr.json")}   # (zarr HEADs a group's zarr.json as it makes an array)
     assert len(chunks) > 10 and not chunks & {k for m, k in calls if m == "head_object"}
     ran = har("status", url)                                        # and the copy is whole
