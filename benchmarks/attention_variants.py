@@ -43,6 +43,10 @@ Variants (P a probability, D a decay):
                   temporal input (run it for heads on `centred`, the default of every order-reading head).
                   The scale is set once from the data, so one clip's size against another's is kept
                   (unlike `rms`/`tokennorm`), and it is per dimension (unlike `actnorm`)
+    causal        each time step attends only to itself and the steps before it (a causal mask), and the
+                  last step's output is classified: attention read in order, as the lstm reads, its last
+                  state the summary (the mask breaks the symmetry of time even without the positions)
+    causalmean    the causal mask, the mean over time read out as now
     mixup=A       each training batch mixed with a shuffled copy of itself, x = l x + (1 - l) x', the loss
                   l CE(y) + (1 - l) CE(y'), l ~ Beta(A, A) (Zhang et al. 2018); any head, the loop's change
 """
@@ -60,7 +64,7 @@ from torch import nn  # noqa: E402
 from trainers.models import heads  # noqa: E402
 from trainers.training import loop  # noqa: E402
 
-KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm", "projnorm", "dirsize", "actnorm", "tcrop", "tstd")
+KINDS = ("base", "tokdrop", "framedrop", "indrop", "fixedpos", "cls", "conv", "ema", "flat", "segpool", "relbias", "rms", "tokennorm", "ff4gelu", "posscale", "mixup", "postnorm", "projnorm", "dirsize", "actnorm", "tcrop", "tstd", "causal", "causalmean")
 
 
 def patch(kind: str, value: float) -> None:
@@ -147,6 +151,11 @@ def patch(kind: str, value: float) -> None:
             bias = self.rel[:, idx]                                                              # (heads, T, T)
             mask = bias[None].expand(h.shape[0], -1, -1, -1).reshape(-1, t, t)
             return self.fc(self.drop(self.norm(self.encoder(h, mask=mask)).mean(dim=1)))
+        if kind in ("causal", "causalmean"):
+            t = h.shape[1]
+            mask = torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+            out = self.norm(self.encoder(h, mask=mask, is_causal=True))
+            return self.fc(self.drop(out[:, -1] if kind == "causal" else out.mean(dim=1)))
         return self.fc(self.drop(self.norm(self.encoder(h)).mean(dim=1)))
 
     T.__init__, T.forward = init, forward
@@ -154,7 +163,7 @@ def patch(kind: str, value: float) -> None:
         mix_batches(value)
     if kind == "tcrop":
         temporal_crops(value)
-    if kind == "relbias":   # the encoder's inference fast path turns a per-head (B * heads, T, T) bias into NaN
+    if kind in ("relbias", "causal", "causalmean"):   # the encoder's inference fast path turns a per-head (B * heads, T, T) bias into NaN
         torch.backends.mha.set_fastpath_enabled(False)
     if kind == "tstd":
         temporal_scale()
