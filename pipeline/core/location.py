@@ -214,29 +214,32 @@ class Url:
             self.fs.rm([f"{self.key}/{k}" for k in keys])
         self.fs.invalidate_cache(self.key)
 
-    def copy_objects(self, keys: list[str], target: Url) -> None:
-        """Server-side copies of the objects `keys` (relative to this prefix) to the same keys under
-        `target`. fsspec's copy needs each object's size (S3 copies one above 5 GB in parts) and
-        asks the server for it, a HEAD per object, unless its listings cache holds it. The shared
-        filesystem keeps no cache (other processes write the same prefixes), so on s3:// the
-        copies go through a private instance whose cache one listing of this prefix fills just
-        before: one LIST per 1,000 objects instead of a HEAD each (a library that stops reading
-        its cache there still copies, with the HEADs). A key the listing lacks is an error
-        (FileNotFoundError: the copy stops, and `swap.recover` publishes again), never skipped."""
-        if not keys:
-            return
+    def copy_objects(self, target: Url, skip: frozenset[str] = frozenset()) -> dict[str, int]:
+        """Server-side copies of every object under this prefix but those in `skip` (keys relative
+        to it) to the same keys under `target`; returns the listing it copied from (key -> size).
+        fsspec's copy needs each object's size (S3 copies one above 5 GB in parts) and asks the
+        server for it, a HEAD per object, unless its listings cache holds it. The shared filesystem
+        keeps no cache (other processes write the same prefixes), so on s3:// the listing and the
+        copies go through a private instance whose cache that listing fills: one LIST per 1,000
+        objects instead of a HEAD each (a library that stops reading its cache there still copies,
+        with the HEADs). A key the listing lacks is an error (FileNotFoundError: the copy stops,
+        and `swap.recover` publishes again), never skipped."""
         fs = self.fs
         if self.scheme == "s3":
             fs = type(fs)(**{**fs.storage_options, "use_listings_cache": True, "skip_instance_cache": True})
-            fs.find(self.key)
-        fs.copy([f"{self.key}/{k}" for k in keys], [f"{target.key}/{k}" for k in keys])
+        found = {k: int(info.get("size") or 0) for k, info in self.listing(fs).items()}
+        keys = sorted(k for k in found if k not in skip)
+        if keys:
+            fs.copy([f"{self.key}/{k}" for k in keys], [f"{target.key}/{k}" for k in keys])
         self.fs.invalidate_cache(target.key)
+        return found
 
-    def listing(self) -> dict[str, dict]:
+    def listing(self, fs=None) -> dict[str, dict]:
         """Every object under this prefix (not an object of this very name): key relative to it ->
-        its listing entry (size, ETag, LastModified), in one listing."""
+        its listing entry (size, ETag, LastModified), in one listing (through `fs`: another
+        instance of this scheme's filesystem)."""
         out = {}
-        for p, info in self.fs.find(self.key, detail=True, withdirs=False).items():
+        for p, info in (fs or self.fs).find(self.key, detail=True, withdirs=False).items():
             rel = p[len(self.key):].lstrip("/")
             if rel:
                 out[rel] = info

@@ -254,8 +254,8 @@ def publish(work: Url, target: Url) -> None:
     if meta.get("attributes", {}).get("complete") is not False or not marker.exists():
         meta.setdefault("attributes", {})["complete"] = False
         marker.write_text(json.dumps(meta))
-    new, old = work.files(), target.files()
-    work.copy_objects(sorted(k for k in new if k != "zarr.json"), target)
+    old = target.files()
+    new = work.copy_objects(target, skip=frozenset({"zarr.json"}))   # the marker is copied last, below
     stale = sorted(k for k in old if k not in new and k != "zarr.json")
     if stale:
         fs.rm([f"{target.key}/{k}" for k in stale])
