@@ -14,7 +14,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1" and "OMP_NUM_THREADS"
     os.environ["OMP_NUM_THREADS"] = str(torch_threads(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, and test modules that share fixtures:
-for _folder in sorted(Path(__file__).parent.rglob("test_*.py")):  # `from test_extract import arrays`
+for _folder in sorted(Path(__file__).parent.rglob("test_*.py")):  # `from test_trust import data, ...`
     if str(_folder.parent) not in sys.path:
         sys.path.insert(1, str(_folder.parent))
 

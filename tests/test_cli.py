@@ -88,7 +88,7 @@ cli.app()
 
 
 def test_full_disk_is_one_line_exit_4_and_the_same_command_finishes(synthetic_root, tmp_path):
-    from test_extract import arrays, assert_same_arrays
+    from helpers import assert_same_arrays, store_arrays as arrays
 
     args = ["extract", "synthetic", "--root", synthetic_root, "--frames", "4", "--size", "32", "--scheduler", "synchronous"]
     out = tmp_path / "s.zarr"
