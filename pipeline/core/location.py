@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
@@ -200,10 +201,12 @@ class Url:
                 raise
         self.fs.invalidate_cache(self.key)
 
-    def remove_tree(self) -> None:
+    def remove_tree(self, listed: Iterable[str] | None = None) -> None:
         """Delete every object under this prefix: its zarr.json first, so a kill half-way leaves
-        objects no har reader or resumer takes for a store (swap.resumable removes them)."""
-        keys = sorted(self.files(), key=lambda k: k != "zarr.json")
+        objects no har reader or resumer takes for a store (swap.resumable removes them). `listed`:
+        the keys under it (relative) when the caller has just listed them and nothing else writes
+        there (a publish's working store, whose writer holds the lock); listed here otherwise."""
+        keys = sorted(self.files() if listed is None else set(listed), key=lambda k: k != "zarr.json")
         bad = [k for k in (self.key, *keys) if any(c in k for c in GLOB)]
         if bad:   # never handed to fsspec's rm, which would expand it
             raise LocationError(f"{self}: not deleted: {bad[0]!r} holds a glob character (* ? [ ])")

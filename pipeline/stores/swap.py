@@ -250,8 +250,9 @@ def publish(work: Url, target: Url) -> None:
     marker = target / "zarr.json"
     # an existing store's marker, or for a new one the working store's: either way the prefix is
     # recognisably har's (outputs.check_output lets the next run in to finish) and unfinished
-    meta = json.loads((marker if marker.exists() else work / "zarr.json").read_text())
-    if meta.get("attributes", {}).get("complete") is not False or not marker.exists():
+    had_marker = marker.exists()
+    meta = json.loads((marker if had_marker else work / "zarr.json").read_text())
+    if meta.get("attributes", {}).get("complete") is not False or not had_marker:
         meta.setdefault("attributes", {})["complete"] = False
         marker.write_text(json.dumps(meta))
     old = target.files()
@@ -259,9 +260,9 @@ def publish(work: Url, target: Url) -> None:
     stale = sorted(k for k in old if k not in new and k != "zarr.json")
     if stale:
         fs.rm([f"{target.key}/{k}" for k in stale])
-    fs.copy(f"{work.key}/zarr.json", f"{target.key}/zarr.json")
+    fs.cp_file(f"{work.key}/zarr.json", f"{target.key}/zarr.json")   # one object: no expansion (a LIST) as copy() does
     fs.invalidate_cache(target.key)
-    work.remove_tree()
+    work.remove_tree(listed=new)   # the listing copied from: the writer's lock keeps others out of it
 
 
 def swap_in(work: Path, target: Path, fmt: str) -> None:

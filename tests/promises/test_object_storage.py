@@ -130,14 +130,14 @@ def test_status_over_s3_reads_each_object_once_with_no_head_before_it(tiny_root,
 def test_publishing_a_store_copies_each_object_without_a_head_for_its_size(tiny_root, bucket, monkeypatch):
     """Object storage has no rename: a finished store is copied object by object (server-side). s3fs
     asks for each object's size before copying it (a HEAD each) unless its listings cache holds it:
-    har lists the working store once and copies without them."""
+    har lists the working store once and copies without them, and deletes it after by that listing."""
     import s3fs
 
     calls: list = []
     real = s3fs.S3FileSystem._call_s3
 
     async def logged(self, method, *args, **kwargs):
-        calls.append((method, kwargs["CopySource"]["Key"] if method == "copy_object" else kwargs.get("Key")))
+        calls.append((method, kwargs["CopySource"]["Key"] if method == "copy_object" else kwargs.get("Key", kwargs.get("Prefix"))))
         return await real(self, method, *args, **kwargs)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", logged)
@@ -148,6 +148,8 @@ def test_publishing_a_store_copies_each_object_without_a_head_for_its_size(tiny_
     assert {k.split("/", 1)[1] for k in copied} == set(Url(url).files())   # every object of the store, once
     chunks = {k for k in copied if not k.endswith("zarr.json")}   # (zarr HEADs a group's zarr.json as it makes an array)
     assert len(chunks) > 10 and not chunks & {k for m, k in calls if m == "head_object"}
+    first_copy = next(i for i, (m, _) in enumerate(calls) if m == "copy_object")   # the listing precedes it
+    assert not [k for m, k in calls[first_copy:] if m == "list_objects_v2" and k.startswith("p.zarr.partial.zarr")]
     ran = har("status", url)                                        # and the copy is whole
     assert ran.returncode == 0 and "current" in ran.stdout, ran.stdout + ran.stderr
 
@@ -227,17 +229,17 @@ def test_a_publish_killed_before_its_marker_is_never_read_and_the_next_run_finis
         extract(ExtractConfig("synthetic", small, root=tiny_root, out=url, scheduler="synchronous"))
     other = Recipe(frames=5, height=32, width=32)
     fs = url.fs
-    real_copy = fs.copy
+    real_copy = fs.cp_file
 
     def copy(src, dst, *a, **kw):   # the kill lands just before the completion marker is copied
         if isinstance(src, str) and src.endswith(".partial.zarr/zarr.json"):
             raise KeyboardInterrupt
         return real_copy(src, dst, *a, **kw)
 
-    monkeypatch.setattr(fs, "copy", copy)
+    monkeypatch.setattr(fs, "cp_file", copy)
     with pytest.raises(KeyboardInterrupt):
         extract(ExtractConfig("synthetic", other, root=tiny_root, out=url, scheduler="synchronous", force=True))
-    monkeypatch.setattr(fs, "copy", real_copy)
+    monkeypatch.setattr(fs, "cp_file", real_copy)
     # half-copied: readers refuse it rather than read a mix of the two versions
     with pytest.raises(store.StoreError, match="unfinished"):
         inputs.open_input(url, "frames", "")
