@@ -1,11 +1,13 @@
 """Fingerprints and lineage: what an output came from, so reruns know what changed."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -211,7 +213,32 @@ def versions() -> dict:
     except ImportError:
         pass
     out["git_commit"] = git_commit()
+    out["machine"] = machine()
     return out
+
+
+def machine() -> dict:
+    """The CPU that computed it: its architecture, its model where the OS names it, and (once torch
+    is loaded) the instruction set torch chose its kernels for. Another CPU sums floats in another
+    order: the same code and versions can train another trajectory there (BENCHMARKS.md, "On another
+    CPU"), so a result is reproduced to the digit only on a CPU like this one."""
+    out = {"arch": platform.machine(), "cpu": _cpu_model() or platform.processor() or None}
+    torch = sys.modules.get("torch")   # never imported here: extract records its lineage without torch
+    if torch is not None:
+        with contextlib.suppress(Exception):
+            out["torch_cpu"] = torch.backends.cpu.get_cpu_capability()
+    return out
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux; the standard library has no portable way)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    return None
 
 
 def now() -> str:

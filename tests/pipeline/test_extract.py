@@ -1,6 +1,7 @@
 """The extraction stage: schema, reruns, versions, bad inputs, Zarr/HDF5, determinism, locking."""
 import json
 import os
+import platform
 import shutil
 import time
 
@@ -41,6 +42,7 @@ def test_schema_matches_design(synthetic_root, tmp_path):
         assert [s.path for s in sources] == r.read("video").tolist() and len(sources[0].sha256) == 64
         assert all(s.size > 0 and s.inode > 0 and s.mtime_ns > 0 and s.ctime_ns > 0 for s in sources)
         assert {"av", "zarr", "dask", "python"} <= lin["versions"].keys()
+        assert lin["versions"]["machine"]["arch"] == platform.machine() and "cpu" in lin["versions"]["machine"]
         shapes = {n: (r[n].shape, str(r[n].dtype)) for n in ("frames", "frame_idx", "clip_index", "view_index",
                                                             "label", "group", "num_frames", "fps", "status")}
     assert shapes == {"frames": ((24, 4, 4, 24, 32, 3), "uint8"), "frame_idx": ((24, 4, 4), "int32"),

@@ -3,6 +3,7 @@ seeded runs are identical; interrupted runs (in-process and kill -9) resume to t
 memory-mapped features give the same run; splits, views, failed videos and reruns behave."""
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def test_run_directory_holds_every_metric_and_figure(pair_store, tmp_path):
     assert len(json.loads((res.run_dir / "history.json").read_text())) == 4
     lin = json.loads((res.run_dir / "lineage.json").read_text())
     assert lin["inputs"]["features_fingerprint"] == views.load(pair_store).fingerprint
+    # the CPU it trained on: another one can take another trajectory with the same code and versions
+    assert lin["versions"]["machine"]["arch"] == platform.machine()
+    assert lin["versions"]["machine"]["torch_cpu"] == torch.backends.cpu.get_cpu_capability()
     report = (res.run_dir / "report.md").read_text()
     assert "curves.png" in report and "confusion.png" in report and "per_class.png" in report
     assert (res.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
