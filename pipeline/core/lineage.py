@@ -218,22 +218,30 @@ def versions() -> dict:
 
 
 def machine() -> dict:
-    """The CPU that computed it: its architecture, its model where the OS names it, and (once torch
-    is loaded) the instruction set torch chose its kernels for. Another CPU sums floats in another
-    order: the same code and versions can train another trajectory there (BENCHMARKS.md, "On another
-    CPU"), so a result is reproduced to the digit only on a CPU like this one."""
-    out = {"arch": platform.machine(), "cpu": _cpu_model() or platform.processor() or None}
-    torch = sys.modules.get("torch")   # never imported here: extract records its lineage without torch
+    """The hardware that computed it: the CPU's architecture and model (where the OS names it) and,
+    in a process that has loaded torch (features, training; never imported here, so extract records
+    no torch entry), the instruction set torch chose its CPU kernels for and the GPU in use. Another
+    CPU sums floats in another order: the same code and versions can train another trajectory there
+    (BENCHMARKS.md, "On another CPU"), so a result is reproduced to the digit only on the same kind."""
+    out = {"arch": platform.machine(), "cpu": cpu_model()}
+    torch = sys.modules.get("torch")
     if torch is not None:
         with contextlib.suppress(Exception):
             out["torch_cpu"] = torch.backends.cpu.get_cpu_capability()
+        with contextlib.suppress(Exception):
+            if torch.cuda.is_initialized():   # asking an uninitialised CUDA would initialise it
+                out["gpu"] = torch.cuda.get_device_name()
     return out
 
 
-def _cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (Linux; the standard library has no portable way)."""
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model name: Linux's /proc/cpuinfo `model name` (x86; None where it has none, as on
+    most ARM boards), Windows' processor string; None elsewhere (platform.processor() repeats the
+    architecture on Linux and macOS). The standard library has no portable way."""
+    if sys.platform == "win32":
+        return platform.processor() or None
     with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name" and value.strip():

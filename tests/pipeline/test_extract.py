@@ -3,12 +3,15 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import assert_same_arrays, store_arrays as arrays, write_audio_only
+from helpers import ROOT, assert_same_arrays, store_arrays as arrays, write_audio_only
 
+from pipeline.core import lineage
 from pipeline.stores import hdf5, store, swap
 from pipeline.stages.extract import ExtractConfig, Recipe, extract, recorded_sources
 from pipeline.stores.status import store_state
@@ -42,7 +45,8 @@ def test_schema_matches_design(synthetic_root, tmp_path):
         assert [s.path for s in sources] == r.read("video").tolist() and len(sources[0].sha256) == 64
         assert all(s.size > 0 and s.inode > 0 and s.mtime_ns > 0 and s.ctime_ns > 0 for s in sources)
         assert {"av", "zarr", "dask", "python"} <= lin["versions"].keys()
-        assert lin["versions"]["machine"]["arch"] == platform.machine() and "cpu" in lin["versions"]["machine"]
+        m = lin["versions"]["machine"]   # (torch_cpu too where the process has loaded torch, as this one has)
+        assert (m["arch"], m["cpu"]) == (platform.machine(), lineage.cpu_model())
         shapes = {n: (r[n].shape, str(r[n].dtype)) for n in ("frames", "frame_idx", "clip_index", "view_index",
                                                             "label", "group", "num_frames", "fps", "status")}
     assert shapes == {"frames": ((24, 4, 4, 24, 32, 3), "uint8"), "frame_idx": ((24, 4, 4), "int32"),
@@ -56,6 +60,19 @@ def test_schema_matches_design(synthetic_root, tmp_path):
     # views differ from the clean sample, the clean samples follow frame_idx
     assert not np.array_equal(x["frames"][0, 0], x["frames"][0, 2])
     assert (x["frame_idx"][:, :, -1] <= x["num_frames"][:, None] - 1).all()
+
+
+def test_lineage_names_the_cpu_where_the_os_does_and_never_loads_torch_for_it(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f\n")
+    arm = tmp_path / "arm"   # most ARM boards' /proc/cpuinfo: no model name
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n")
+    assert lineage.cpu_model(x86) == "AMD EPYC 9R14"
+    assert lineage.cpu_model(arm) is None and lineage.cpu_model(tmp_path / "absent") is None
+    code = ("import sys; from pipeline.core import lineage; m = lineage.versions()['machine']; "
+            "print('torch' in sys.modules, sorted(m))")
+    ran = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ran.stdout.split() == ["False", "['arch',", "'cpu']"], ran.stdout + ran.stderr
 
 
 def test_sharding_keeps_file_count_small(synthetic_root, tmp_path):
