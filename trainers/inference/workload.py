@@ -116,8 +116,10 @@ class Workload:
                 await asyncio.wait({future}, timeout=POLL_SECONDS)
                 if not future.done() and (self.stopping.is_set() or await gone()):
                     stop.set()
-                    if not done.cancel():  # running: it stops at its next check
-                        await asyncio.wait({future})
+                    done.cancel()   # a queued job is withdrawn; a running one stops at its next check
+                    # either way `future` settles later (a withdrawn job's on the loop's next turn):
+                    # its result is read once it has, never before (InvalidStateError: a 500)
+                    await asyncio.wait({future})
                     break
             return future.result()
         except (video.Cancelled, asyncio.CancelledError):

@@ -320,3 +320,38 @@ def test_a_forged_header_buys_no_work(client, colour_run, tmp_path):
     assert r.status_code == 413
     assert time.perf_counter() - t0 < 10
     assert list(client.scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("why", ["client left", "server stopping"])
+def test_a_queued_job_withdrawn_is_answered_as_stopped_work_not_as_an_internal_error(why):
+    """The one worker is busy; the next job waits in the pool's queue when its client leaves (499)
+    or the server stops (503): withdrawn before it ran, answered as stopped work (the withdrawn
+    future settles a loop turn later: reading it at once was an InvalidStateError, a 500)."""
+    import asyncio
+    import threading
+
+    from trainers.inference.workload import Workload
+
+    work = Workload(workers=1, queue=4, uploads=4, per_client=4, client_uploads=2)
+    release, ran = threading.Event(), []
+
+    async def scenario():
+        busy = work.predicting.submit(release.wait, 10)   # the only worker, held
+        if why == "server stopping":
+            asyncio.get_running_loop().call_later(0.3, work.stop_all)
+
+        async def gone():
+            return why == "client left"
+        try:
+            with pytest.raises(forms.Refused) as e:
+                await work.run(gone, work.predicting, ran.append, "queued job")
+        finally:
+            release.set()
+            busy.result()
+        return e.value.status
+
+    try:
+        assert asyncio.run(scenario()) == (499 if why == "client left" else 503)
+    finally:
+        work.shutdown()
+    assert ran == []   # withdrawn from the queue: it never ran
