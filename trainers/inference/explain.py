@@ -268,9 +268,12 @@ class Explainer:
 
     def probabilities(self, frames: np.ndarray) -> np.ndarray:
         """(K, C) softmax of every clip (K, T, H, W, 3)."""
+        out = []
         with torch.no_grad():
-            return np.stack([torch.softmax(self.chain.model(self.chain.to_input(c)), 1)[0].cpu().numpy()
-                             for c in frames])
+            for c in frames:
+                video.check_stop()   # a server's client that left, or Ctrl-C: no more work for it
+                out.append(torch.softmax(self.chain.model(self.chain.to_input(c)), 1)[0].cpu().numpy())
+        return np.stack(out)
 
     def explain_clip(self, frames: np.ndarray, target: int, method: str, layer: str | None = None,
                      how: str = "integrated-gradients") -> tuple[np.ndarray, np.ndarray, str, Layer | None]:
@@ -313,7 +316,9 @@ class Explainer:
         mean = probs.mean(0)
         t = int(np.argmax(mean)) if target is None else classes.index(target)
         frames = samples.frames[clip]
+        video.check_stop()
         maps, imp, kind, lay = self.explain_clip(frames, t, method, layer, how)
+        video.check_stop()
         order = np.argsort(-mean, kind="stable")[:top]
         return Explanation(str(path), method, lay.name if lay else None, clip, k, frames,
                            [int(i) for i in samples.frame_idx[clip]], float(samples.fps), maps, imp, kind,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ HEADER_LIMIT = 4096    # bytes of one multipart part header's name or value
 IDLE_SECONDS = 30.0    # the longest silence within a body (at most the whole body's timeout)
 MIN_RATE = 8 * 1024    # bytes per second a body must average after its first GRACE_SECONDS
 GRACE_SECONDS = 10.0
+STOP_POLL_SECONDS = 0.25   # how often an arriving upload checks that the server is not stopping
+STOPPING = "the server is stopping; try again later"
 
 
 class Refused(Exception):
@@ -192,10 +195,13 @@ def number(fields: dict, key: str, kind: type, lo: float, hi: float, default):
     return v
 
 
-async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout: float) -> Form:
+async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout: float,
+                  stopping: threading.Event | None = None) -> Form:
     """The form of `request` (a starlette Request), its file streamed into `folder`; 422 for a body
     that is not multipart/form-data, 408 for one that stalls: no byte for IDLE_SECONDS, the average
-    rate below MIN_RATE after GRACE_SECONDS, or not complete within `body_timeout` seconds."""
+    rate below MIN_RATE after GRACE_SECONDS, or not complete within `body_timeout` seconds; 503
+    within STOP_POLL_SECONDS of `stopping` being set (Ctrl-C: an upload still arriving is not
+    waited for)."""
     from python_multipart.multipart import parse_options_header
 
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
@@ -203,26 +209,38 @@ async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout:
         raise Refused(422, "field `file` is required: send multipart/form-data with the video in field `file`")
     reader = FormReader(params[b"boundary"], folder, allowed)
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = last = loop.time()
     got = 0
     chunks = request.stream().__aiter__()
+    pending: asyncio.Future | None = None   # the next chunk, awaited across polls (never cancelled by one)
     try:
         while True:
-            now = loop.time()
             # the next byte must come before the body's deadline, within the longest pause, and
             # before the average rate since the grace period falls below MIN_RATE
-            wait = min(start + body_timeout, now + IDLE_SECONDS, start + GRACE_SECONDS + got / MIN_RATE) - now
-            try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.0))
-            except StopAsyncIteration:
-                break
-            except asyncio.TimeoutError:
+            deadline = min(start + body_timeout, last + IDLE_SECONDS, start + GRACE_SECONDS + got / MIN_RATE)
+            if pending is None:
+                pending = asyncio.ensure_future(chunks.__anext__())
+            wait = max(deadline - loop.time(), 0.0)
+            done, _ = await asyncio.wait({pending}, timeout=min(wait, STOP_POLL_SECONDS) if stopping else wait)
+            if not done:
+                if stopping is not None and stopping.is_set():
+                    raise Refused(503, STOPPING)
+                if loop.time() < deadline:
+                    continue
                 raise Refused(408, f"the upload stalled; allowed: the whole body within {body_timeout:g} s "
                                    f"(har serve --body-timeout), no pause over {IDLE_SECONDS:g} s, and at least "
-                                   f"{MIN_RATE // 1024} KiB/s after the first {GRACE_SECONDS:g} s") from None
+                                   f"{MIN_RATE // 1024} KiB/s after the first {GRACE_SECONDS:g} s")
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                break
+            pending = None
+            last = loop.time()
             got += len(chunk)
             if chunk:
                 reader.feed(chunk)
         return reader.close()
     finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
         reader.abort()

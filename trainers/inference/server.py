@@ -52,6 +52,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import socket
 import tempfile
@@ -275,10 +276,13 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         who = request.client.host if request.client else "?"
         name = "upload"
         async with work.admitted(who):
-            folder = Path(tempfile.mkdtemp(dir=scratch))
+            folder = None
             try:
+                if not scratch.exists():   # aged away by a /tmp cleaner: made again, the server's own (0700)
+                    os.mkdir(scratch, 0o700)   # (one that someone else made meanwhile: FileExistsError, a 503)
+                folder = Path(tempfile.mkdtemp(dir=scratch))
                 async with work.uploading(who):
-                    form = await receive(request, folder, allowed, cfg.body_timeout)
+                    form = await receive(request, folder, allowed, cfg.body_timeout, work.stopping)
                 name = form.name
                 task, args = prepare(form)
                 return await work.run(request.is_disconnected, executor, task, form.path, *args)
@@ -296,7 +300,8 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
                 raise Refused(503, f"the server could not read or write its files ({e.strerror or 'I/O error'});"
                                    " try again later", retry=True) from None
             finally:
-                shutil.rmtree(folder, ignore_errors=True)
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def form_schema(fields: dict[str, dict]) -> dict:
         return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

@@ -19,11 +19,9 @@ import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from trainers.inference.forms import Refused
+from trainers.inference.forms import STOPPING, Refused
 
 POLL_SECONDS = 0.25   # how often running work checks that its client is still there
-
-STOPPING = "the server is stopping; try again later"
 
 
 def _release(counts: dict[str, int], who: str) -> None:
@@ -127,4 +125,7 @@ class Workload:
                 raise Refused(503, STOPPING) from None
             raise Refused(499, "the client left") from None
         finally:
+            if not done.done():   # this request itself was cancelled while its job waited or ran
+                stop.set()
+                done.cancel()
             self.jobs.discard(stop)

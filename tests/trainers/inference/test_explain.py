@@ -304,3 +304,26 @@ def test_shuffle_change_moves_every_chosen_frame_and_terminates_on_repeats():
     for order in seen[1:]:
         assert sorted(order) == list(range(6)) and all(order[i] != i for i in (1, 2, 4))
         assert [order[i] for i in (0, 3, 5)] == [0, 3, 5]
+
+
+def test_an_explanation_stops_between_its_steps_when_its_caller_stops_waiting(work, monkeypatch):
+    """A server's client that left (or Ctrl-C): after the video is read, scoring its clips and the
+    attribution each check the stop event, so the one explain thread is free again soon."""
+    import threading
+
+    from pipeline.decoding import reader, video
+
+    ex = explain.load(work / "video", "cpu")
+    stop = threading.Event()
+    real = reader.read_video
+
+    def read_then_leave(*a, **k):   # the client leaves once its video has been read
+        out = real(*a, **k)
+        stop.set()
+        return out
+    monkeypatch.setattr(explain.reader, "read_video", read_then_leave)
+    attributed = []
+    monkeypatch.setattr(ex, "explain_clip", lambda *a, **k: attributed.append(1))
+    with video.stoppable(stop), pytest.raises(video.Cancelled):
+        ex(videos(work)[-1], "gradcam")
+    assert attributed == []   # stopped before the attribution, the costly part

@@ -5,6 +5,7 @@ test_serve_process.py."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import shutil
@@ -245,7 +246,8 @@ def test_a_foreign_host_header_is_refused(colour_run):
 
 def test_server_faults_are_one_line_and_models_are_loaded_at_start(colour_run, tmp_path, monkeypatch):
     """The run folder replaced or deleted while serving changes nothing (every model was loaded at
-    start, explain's too); a full disk while storing an upload is 507; a damaged metrics.json shows
+    start, explain's too); a full disk while storing an upload or making its folder is 507, the
+    server's folder removed under it is made again; a damaged metrics.json shows
     no metrics instead of stopping the server; a run changed while it loads is refused."""
     import errno
 
@@ -274,6 +276,14 @@ def test_server_faults_are_one_line_and_models_are_loaded_at_start(colour_run, t
         r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())})
         assert r.status_code == 507 and r.json()["detail"] == "the server's disk is full; try again later"
         assert list(Path(app.state.scratch).iterdir()) == []
+        monkeypatch.undo()
+        monkeypatch.setattr(server.tempfile, "mkdtemp", full)   # the disk full before the upload's folder
+        r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())})
+        assert r.status_code == 507 and r.json()["detail"] == "the server's disk is full; try again later"
+        monkeypatch.undo()
+        shutil.rmtree(app.state.scratch)   # a /tmp cleaner ages the server's folder away: made again
+        r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())})
+        assert r.status_code == 200 and Path(app.state.scratch).stat().st_mode & 0o777 == 0o700, r.text
     monkeypatch.undo()
 
     from trainers.inference import explain
@@ -355,3 +365,44 @@ def test_a_queued_job_withdrawn_is_answered_as_stopped_work_not_as_an_internal_e
     finally:
         work.shutdown()
     assert ran == []   # withdrawn from the queue: it never ran
+
+
+def test_a_request_cancelled_while_its_job_runs_stops_the_job():
+    """The request's own task cancelled (its connection torn down) while its job runs: the job is
+    stopped at its next check, not left running on a worker no request holds any more."""
+    import asyncio
+    import threading
+
+    from pipeline.decoding import video
+    from trainers.inference.workload import Workload
+
+    work = Workload(workers=1, queue=4, uploads=4, per_client=4, client_uploads=2)
+    started, ended = threading.Event(), []
+
+    def job():
+        started.set()
+        try:
+            for _ in range(200):   # 10 s of work unless stopped
+                video.check_stop()
+                time.sleep(0.05)
+            ended.append("ran to the end")
+        except video.Cancelled:
+            ended.append("stopped")
+
+    async def scenario():
+        async def never_gone():
+            return False
+        task = asyncio.ensure_future(work.run(never_gone, work.predicting, job))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, forms.Refused):
+            await task
+
+    t0 = time.perf_counter()
+    try:
+        asyncio.run(scenario())
+        work.predicting.shutdown(wait=True)
+    finally:
+        work.shutdown()
+    assert ended == ["stopped"] and time.perf_counter() - t0 < 5 and not work.jobs

@@ -309,6 +309,31 @@ def test_ctrl_c_stops_the_server_within_seconds_whatever_runs(colour_run, long_v
     assert set(results) <= {503, "cut"}, results
 
 
+def test_ctrl_c_answers_an_upload_still_arriving_503_at_once(colour_run):
+    """Ctrl-C while a body is still arriving (within its --body-timeout): the upload is answered
+    503 within a second or so, not after uvicorn's graceful wait as a 500."""
+    run, root = colour_run
+    good = clips(root)[0].read_bytes()
+    body = (b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n" + good
+            + b"\r\n--x--\r\n")
+    with serving(run, "--body-timeout", 60) as (url, proc):
+        s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                  b"boundary=x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:-100])
+        time.sleep(1)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        s.settimeout(15)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := s.recv(4096)):
+            answer += chunk
+        waited = time.perf_counter() - t0
+        s.close()
+        proc.wait(timeout=30)
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert waited < 4, f"answered after {waited:.1f} s"   # ~0.3 s alone; uvicorn's graceful wait is 5 s
+
+
 def test_one_address_holds_at_most_its_share(colour_run):
     """--per-client 2: a third request from the same address at once is 429 with Retry-After; with
     --uploads 4 one address may have 2 uploads arriving, the third is 429 before its body."""
