@@ -215,6 +215,8 @@ async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout:
     pending: asyncio.Future | None = None   # the next chunk, awaited across polls (never cancelled by one)
     try:
         while True:
+            if stopping is not None and stopping.is_set():   # checked with every chunk, not only in pauses
+                raise Refused(503, STOPPING)
             # the next byte must come before the body's deadline, within the longest pause, and
             # before the average rate since the grace period falls below MIN_RATE
             deadline = min(start + body_timeout, last + IDLE_SECONDS, start + GRACE_SECONDS + got / MIN_RATE)
@@ -223,10 +225,8 @@ async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout:
             wait = max(deadline - loop.time(), 0.0)
             done, _ = await asyncio.wait({pending}, timeout=min(wait, STOP_POLL_SECONDS) if stopping else wait)
             if not done:
-                if stopping is not None and stopping.is_set():
-                    raise Refused(503, STOPPING)
                 if loop.time() < deadline:
-                    continue
+                    continue   # a poll: the stop is checked at the top
                 raise Refused(408, f"the upload stalled; allowed: the whole body within {body_timeout:g} s "
                                    f"(har serve --body-timeout), no pause over {IDLE_SECONDS:g} s, and at least "
                                    f"{MIN_RATE // 1024} KiB/s after the first {GRACE_SECONDS:g} s")
@@ -235,10 +235,10 @@ async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout:
             except StopAsyncIteration:
                 break
             pending = None
-            last = loop.time()
             got += len(chunk)
             if chunk:
                 reader.feed(chunk)
+            last = loop.time()
         return reader.close()
     finally:
         if pending is not None and not pending.done():

@@ -55,6 +55,7 @@ import math
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -227,7 +228,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
 
     unreadable = video.demux_errors()  # PyAV's errors, named by the decoding package (no PyAV here)
     work = Workload(cfg.workers, cfg.queue, cfg.uploads, cfg.per_client, cfg.client_uploads)
-    scratch = Path(tempfile.mkdtemp(prefix="har-serve-"))  # the server's own: uploads live only here
+    scratches = [Path(tempfile.mkdtemp(prefix="har-serve-"))]  # the server's own: uploads live only here
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -235,11 +236,21 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
             yield
         finally:
             work.shutdown()
-            shutil.rmtree(scratch, ignore_errors=True)
+            for folder in scratches:
+                if _own_folder(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
 
     app = FastAPI(title="har serve", version="1", lifespan=lifespan,
                   description="Classify videos with trained har runs (human action recognition).")
-    app.state.scratch = scratch
+    app.state.scratch = scratches[-1]
+
+    def scratch() -> Path:
+        """The server's folder for uploads; a fresh one where a /tmp cleaner removed it or its name
+        now holds what is not the server's own (a symlink, another user's folder: never written into)."""
+        if not _own_folder(scratches[-1]):
+            scratches.append(Path(tempfile.mkdtemp(prefix="har-serve-")))
+            app.state.scratch = scratches[-1]
+        return scratches[-1]
     app.state.stop_all = work.stop_all
     page = resources.files("trainers.inference").joinpath("server.html").read_text()
 
@@ -278,16 +289,14 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
         async with work.admitted(who):
             folder = None
             try:
-                if not scratch.exists():   # aged away by a /tmp cleaner: made again, the server's own (0700)
-                    os.mkdir(scratch, 0o700)   # (one that someone else made meanwhile: FileExistsError, a 503)
-                folder = Path(tempfile.mkdtemp(dir=scratch))
+                folder = Path(tempfile.mkdtemp(dir=scratch()))
                 async with work.uploading(who):
                     form = await receive(request, folder, allowed, cfg.body_timeout, work.stopping)
                 name = form.name
                 task, args = prepare(form)
                 return await work.run(request.is_disconnected, executor, task, form.path, *args)
             except video.VideoError as e:  # the decoder's words, without the server's own paths
-                text = str(e).replace(str(folder), "").replace(str(scratch), "")
+                text = str(e).replace(str(folder), "").replace(str(folder.parent), "")
                 raise Refused(422, f"{name}: {text}") from None
             except unreadable as e:  # a file the demuxer chokes on: the file, not the server
                 raise Refused(422, f"{name}: not a readable video ({type(e).__name__})") from None
@@ -405,6 +414,17 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
     limited = BodyLimit(app, int(cfg.max_upload_mb * 2**20) + 64 * 1024, cfg.max_upload_mb)
     hosts = cfg.hosts()
     return (limited if "*" in hosts else HostCheck(limited, hosts)), app
+
+
+def _own_folder(path: Path) -> bool:
+    """A real folder (not a link) of this process's user that only it may enter (0700, as mkdtemp
+    makes them)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    mine = st.st_uid == os.getuid() if hasattr(os, "getuid") else True
+    return stat.S_ISDIR(st.st_mode) and mine and stat.S_IMODE(st.st_mode) == 0o700
 
 
 def serve(cfg: ServeConfig, on_ready=None) -> None:

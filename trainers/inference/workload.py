@@ -125,7 +125,8 @@ class Workload:
                 raise Refused(503, STOPPING) from None
             raise Refused(499, "the client left") from None
         finally:
-            if not done.done():   # this request itself was cancelled while its job waited or ran
-                stop.set()
+            if not done.done():   # this request itself was cancelled while its job waited or ran:
+                stop.set()        # the job is stopped, and its slot released once it has
                 done.cancel()
+                await asyncio.wait({future})
             self.jobs.discard(stop)

@@ -247,7 +247,7 @@ def test_a_foreign_host_header_is_refused(colour_run):
 def test_server_faults_are_one_line_and_models_are_loaded_at_start(colour_run, tmp_path, monkeypatch):
     """The run folder replaced or deleted while serving changes nothing (every model was loaded at
     start, explain's too); a full disk while storing an upload or making its folder is 507, the
-    server's folder removed under it is made again; a damaged metrics.json shows
+    server's folder removed under it (its name taken by a link) is made afresh; a damaged metrics.json shows
     no metrics instead of stopping the server; a run changed while it loads is refused."""
     import errno
 
@@ -281,9 +281,16 @@ def test_server_faults_are_one_line_and_models_are_loaded_at_start(colour_run, t
         r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())})
         assert r.status_code == 507 and r.json()["detail"] == "the server's disk is full; try again later"
         monkeypatch.undo()
-        shutil.rmtree(app.state.scratch)   # a /tmp cleaner ages the server's folder away: made again
+        first = Path(app.state.scratch)
+        shutil.rmtree(first)   # a /tmp cleaner ages the server's folder away, and another user takes its
+        squat = tmp_path / "squat"   # name: a link to a folder of theirs. The server makes a fresh one
+        squat.mkdir()
+        first.symlink_to(squat)
         r = c.post("/api/predict", files={"file": (v.name, v.read_bytes())})
-        assert r.status_code == 200 and Path(app.state.scratch).stat().st_mode & 0o777 == 0o700, r.text
+        assert r.status_code == 200, r.text
+        now = Path(app.state.scratch)
+        assert now != first and now.stat().st_mode & 0o777 == 0o700 and list(squat.iterdir()) == []
+        first.unlink()
     monkeypatch.undo()
 
     from trainers.inference import explain
@@ -406,3 +413,34 @@ def test_a_request_cancelled_while_its_job_runs_stops_the_job():
     finally:
         work.shutdown()
     assert ended == ["stopped"] and time.perf_counter() - t0 < 5 and not work.jobs
+
+
+def test_an_upload_arriving_steadily_is_answered_503_once_the_server_stops(tmp_path):
+    """Ctrl-C while a body arrives steadily (a chunk every 50 ms, well within every stall rule):
+    the upload is refused 503 within a chunk or two, not read to its end."""
+    import asyncio
+    import threading
+
+    from starlette.requests import Request
+
+    body = (b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.avi\"\r\n\r\n"
+            + b"RIFF\0\0\0\0AVI LIST" + b"\0" * 40_000 + b"\r\n--x--\r\n")   # an AVI by its first bytes
+    parts = [body[i:i + 1000] for i in range(0, len(body), 1000)]   # 2 s of body at one part per 50 ms
+    stopping, sent = threading.Event(), []
+
+    async def arrive():
+        await asyncio.sleep(0.05)
+        sent.append(1)
+        return {"type": "http.request", "body": parts[len(sent) - 1], "more_body": len(sent) < len(parts)}
+
+    scope = {"type": "http", "method": "POST", "path": "/api/predict", "headers":
+             [(b"content-type", b"multipart/form-data; boundary=x")], "query_string": b""}
+
+    async def scenario():
+        asyncio.get_running_loop().call_later(0.3, stopping.set)
+        with pytest.raises(forms.Refused) as e:
+            await forms.receive(Request(scope, arrive), tmp_path, ("file",), 60, stopping)
+        return e.value
+
+    refused = asyncio.run(scenario())
+    assert refused.status == 503 and len(sent) < len(parts) / 2, (refused.status, len(sent), len(parts))
