@@ -197,6 +197,15 @@ def test_a_run_holds_its_lock_while_it_trains(store, tmp_path):
 
 # ---- 8. a full disk: no temporary file left, the OSError goes on ----------------------------------
 
+def _train_into_a_full_disk(store, run: Path, name: str) -> None:
+    """train_head into `run` ends in ENOSPC, leaving no temporary file and no (partial) `name`."""
+    with pytest.raises(OSError) as e:
+        head_task.train_head(_rc(store, run))
+    assert e.value.errno == errno.ENOSPC
+    left = sorted(p.name for p in run.iterdir())
+    assert not [n for n in left if "tmp" in n] and name not in left, left
+
+
 def _no_space(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -210,11 +219,7 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary_file(store, t
         _no_space()
 
     monkeypatch.setattr(torch, "save", half_then_full)
-    with pytest.raises(OSError) as e:
-        head_task.train_head(_rc(store, tmp_path / "r"))
-    assert e.value.errno == errno.ENOSPC
-    left = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert not [n for n in left if "tmp" in n] and "best.pt" not in left, left
+    _train_into_a_full_disk(store, tmp_path / "r", "best.pt")
 
 
 def test_a_full_disk_while_writing_metrics_or_figures_leaves_no_partial_file(store, tmp_path, monkeypatch):
@@ -229,11 +234,7 @@ def test_a_full_disk_while_writing_metrics_or_figures_leaves_no_partial_file(sto
         return real_write(self, text, *a, **k)
 
     monkeypatch.setattr(Path, "write_text", half_then_full)
-    with pytest.raises(OSError) as e:
-        head_task.train_head(_rc(store, tmp_path / "r"))
-    assert e.value.errno == errno.ENOSPC
-    left = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert not [n for n in left if "tmp" in n] and "metrics.json" not in left, left
+    _train_into_a_full_disk(store, tmp_path / "r", "metrics.json")
     monkeypatch.undo()
     assert head_task.train_head(_rc(store, tmp_path / "r")).summary["epochs_run"] == 2  # the same call finishes
 
