@@ -223,7 +223,7 @@ async def receive(request, folder: Path, allowed: tuple[str, ...], body_timeout:
             if pending is None:
                 pending = asyncio.ensure_future(chunks.__anext__())
             wait = max(deadline - loop.time(), 0.0)
-            done, _ = await asyncio.wait({pending}, timeout=min(wait, STOP_POLL_SECONDS) if stopping else wait)
+            done, _ = await asyncio.wait({pending}, timeout=min(wait, STOP_POLL_SECONDS) if stopping is not None else wait)
             if not done:
                 if loop.time() < deadline:
                     continue   # a poll: the stop is checked at the top

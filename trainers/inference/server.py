@@ -243,6 +243,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
     app = FastAPI(title="har serve", version="1", lifespan=lifespan,
                   description="Classify videos with trained har runs (human action recognition).")
     app.state.scratch = scratches[-1]
+    app.state.stop_all = work.stop_all
 
     def scratch() -> Path:
         """The server's folder for uploads; a fresh one where a /tmp cleaner removed it or its name
@@ -251,7 +252,7 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
             scratches.append(Path(tempfile.mkdtemp(prefix="har-serve-")))
             app.state.scratch = scratches[-1]
         return scratches[-1]
-    app.state.stop_all = work.stop_all
+
     page = resources.files("trainers.inference").joinpath("server.html").read_text()
 
     def pick(run: str | None) -> Served:
@@ -417,14 +418,15 @@ def create_app(cfg: ServeConfig, served: dict[str, Served]):
 
 
 def _own_folder(path: Path) -> bool:
-    """A real folder (not a link) of this process's user that only it may enter (0700, as mkdtemp
-    makes them)."""
+    """A real folder (not a link) of this process's user that no other user may enter (mkdtemp
+    makes them 0700). Windows has no owner or mode bits here: a real folder there."""
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    mine = st.st_uid == os.getuid() if hasattr(os, "getuid") else True
-    return stat.S_ISDIR(st.st_mode) and mine and stat.S_IMODE(st.st_mode) == 0o700
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    return not hasattr(os, "getuid") or (st.st_uid == os.getuid() and not st.st_mode & 0o077)
 
 
 def serve(cfg: ServeConfig, on_ready=None) -> None:
